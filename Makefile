@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Each one creates or refreshes .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test setup setup-test bench clean
+
+demo: setup
+	$(BIN)/fvagent demo
+
+test: setup-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(VENV)/.installed-demo
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-demo: pyproject.toml
+	sh deploy/system-deps.sh demo
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[demo]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml
+	sh deploy/system-deps.sh test
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[demo,test,journald]'
+	touch $@ $(VENV)/.installed-demo
+
+bench: setup-test
+	$(BIN)/python bench/crypto.py
+	$(BIN)/python bench/backlog.py
+	$(BIN)/python bench/face.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,467 @@
+"""The one local TOML file that configures fvagent, validated into frozen typed settings.
+
+``load_config(path)`` reads the file with tomllib, resolves secrets (inline, ``*_file``, or a systemd
+credential under ``$CREDENTIALS_DIRECTORY``), validates every section, and raises one ``ConfigError``
+that lists every fault as ``key.path: rule``. Unknown keys are errors, so a typo never passes silently.
+
+The ``[card_reader]`` and ``[camera]`` sections hold ``driver = "NAME"`` plus that driver's own
+settings; the driver validates them (see ``drivers.registry``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError, SecretError
+
+DEFAULT_CONFIG_PATH = Path("/etc/fvagent/fvagent.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Secrets
+
+
+def read_secret_file(path: Path, *, key: str) -> str:
+    """Read a secret from ``path``; refuse a file that group or others can read.
+
+    Raises ``SecretError`` naming ``key`` and the fix (the chmod command, the missing path).
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise SecretError(f"{key}: secret file {path} does not exist", hint=f"create it, or fix {key}") from exc
+    except PermissionError as exc:
+        raise SecretError(f"{key}: cannot read secret file {path}", hint="check the file's owner") from exc
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise SecretError(
+            f"{key}: secret file {path} is readable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); fix with: chmod 600 {path}",
+            hint=f"chmod 600 {path}",
+        )
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SecretError(f"{key}: cannot read secret file {path}: {exc}") from exc
+    if not value:
+        raise SecretError(f"{key}: secret file {path} is empty")
+    return value
+
+
+def _resolve_secrets(raw: dict[str, Any], names: tuple[str, ...], prefix: str, problems: list[tuple[str, str]]) -> None:
+    """Turn ``NAME`` / ``NAME_file`` / a systemd credential into the inline ``NAME`` value, in place.
+
+    Order: an inline value, else ``NAME_file``, else ``$CREDENTIALS_DIRECTORY/NAME`` when present
+    (how ``LoadCredential=`` hands secrets to the service). Both inline and file is an error.
+    """
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    for name in names:
+        key_path = f"{prefix}.{name}"
+        inline = raw.get(name)
+        file_value = raw.pop(f"{name}_file", None)
+        if inline is not None and file_value is not None:
+            problems.append((key_path, f"give either {name} or {name}_file, not both"))
+            continue
+        try:
+            if file_value is not None:
+                raw[name] = read_secret_file(Path(str(file_value)), key=f"{prefix}.{name}_file")
+            elif inline is None and cred_dir and (Path(cred_dir) / name).is_file():
+                raw[name] = read_secret_file(Path(cred_dir) / name, key=f"{key_path} (systemd credential)")
+        except SecretError as exc:
+            problems.append((key_path if file_value is None else f"{prefix}.{name}_file", exc.message))
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+
+
+class DeviceSettings(_Section):
+    """[device]: what this terminal is, as registered with the platform (POST /machine/info)."""
+
+    machine_code: str = Field(min_length=1, max_length=50)
+    """Unique device code: manufacturer code + serial number (machineCode)."""
+    device_no: str = Field(min_length=1, max_length=50)
+    """The device's serial number (deviceNo)."""
+    manufacturer: str = Field(min_length=1, max_length=50)
+    """Manufacturer, e.g. 德生实名易 (machineManufacturer)."""
+    model: str = Field(min_length=1, max_length=50)
+    """Model, e.g. TSR-R3 (machineMode)."""
+    purchase_date: dt.date
+    """Purchase date, yyyy-MM-dd (purchaseTime)."""
+    dept_id: str = Field(min_length=1, max_length=50)
+    """Department id (deptId)."""
+    dept_name: str = Field(min_length=1, max_length=50)
+    """Department name, e.g. 妇产科 (deptName)."""
+    register_user: str = Field(min_length=1, max_length=50)
+    """Who registers the device (registerUser)."""
+    operator: str = Field(min_length=1, max_length=10)
+    """Default operationUser for verifications until the desk sets another."""
+    status: Literal[0, 1] = 0
+    """0 enabled, 1 disabled, as sent at registration."""
+
+
+class AuthSettings(_Section):
+    """[platform.auth]: how the Authorization header is obtained."""
+
+    kind: Literal["static", "token", "oauth2"] = "static"
+    """static: the ESB ticket as issued; token: an access-token endpoint (seed 003);
+    oauth2: client_credentials at an auth center (seed 004)."""
+    ticket: SecretStr | None = None
+    """static: the ESB ticket (or ticket_file, or credential `ticket`)."""
+    token_url: str | None = None
+    """token/oauth2: the token endpoint's full URL."""
+    app_key: str | None = None
+    """token: the application key sent to the token endpoint."""
+    app_secret: SecretStr | None = None
+    """token: the application secret sent to the token endpoint (or app_secret_file)."""
+    client_id: str | None = None
+    """oauth2: client_id."""
+    client_secret: SecretStr | None = None
+    """oauth2: client_secret (or client_secret_file)."""
+    scope: str | None = None
+    """oauth2: optional scope."""
+    refresh_margin_s: float = Field(default=300.0, ge=0)
+    """Refresh a token this many seconds before it expires."""
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> AuthSettings:
+        missing: list[str] = []
+        if self.kind == "static" and self.ticket is None:
+            missing.append("ticket (or ticket_file)")
+        if self.kind == "token":
+            missing += [n for n, v in (("token_url", self.token_url), ("app_key", self.app_key),
+                                       ("app_secret (or app_secret_file)", self.app_secret)) if v is None]
+        if self.kind == "oauth2":
+            missing += [n for n, v in (("token_url", self.token_url), ("client_id", self.client_id),
+                                       ("client_secret (or client_secret_file)", self.client_secret)) if v is None]
+        if missing:
+            raise ValueError(f"kind = {self.kind!r} needs " + ", ".join(missing))
+        for url in (self.token_url,):
+            if url is not None and urlparse(url).scheme not in ("http", "https"):
+                raise ValueError("token_url must be an http(s) URL")
+        return self
+
+
+class ConventionSettings(_Section):
+    """[platform.conventions]: the encodings the spec leaves open (crypto-conventions.md)."""
+
+    send_time_format: Literal["epoch_ms", "epoch_s", "yyyyMMddHHmmss", "yyyy-MM-dd HH:mm:ss"] = "epoch_ms"
+    """Format of hmpt-portal-time; date strings are Asia/Shanghai time."""
+    sign_key_encoding: Literal["utf8", "hex"] = "utf8"
+    """How orgAppSecret becomes the HMAC key."""
+    sign_output: Literal["hex", "hex_upper", "base64"] = "hex"
+    """Encoding of hmpt-portal-sign."""
+    sm4_key_mode: Literal["auto", "raw16", "hex32", "first16", "sm3_trunc16", "nhsa_derive"] = "auto"
+    """How orgAppSecret becomes the 16-byte SM4 key."""
+    padding: Literal["pkcs7", "none"] = "pkcs7"
+    """SM4-ECB padding."""
+    cipher_encoding: Literal["base64", "hex_lower", "hex_upper"] = "base64"
+    """Encoding of the SM4 ciphertext in {"data": ...}."""
+    response_encrypted: Literal["auto", "true", "false"] = "auto"
+    """Whether a response's data is SM4-encrypted."""
+    verify_response_sign: Literal["auto", "required", "off"] = "auto"
+    """Whether a response's hmpt-portal-sign is checked."""
+    clock_skew_tolerance_s: float = Field(default=300.0, ge=0)
+    """Largest accepted difference between our clock and the platform's returnTime."""
+    json_ensure_ascii: bool = False
+    """Escape non-ASCII characters in the JSON body."""
+    long_term_end_date: str = Field(default="长期", min_length=1, max_length=10)
+    """cardEndDate sent for a long-term (长期) card, whose chip holds no end date."""
+
+
+class PlatformSettings(_Section):
+    """[platform]: the provincial platform (桂妇儿) and how to talk to it."""
+
+    base_url: str
+    """Base URL of the platform, e.g. https://gfe.example.gov.cn/api."""
+    org_app_id: str = Field(min_length=1)
+    """orgAppId, issued by the health commission."""
+    org_app_secret: SecretStr
+    """orgAppSecret (or org_app_secret_file, or credential `org_app_secret`)."""
+    enabled: bool = True
+    """The upstream switch: false keeps capturing and queueing but sends nothing."""
+    encrypt: bool = False
+    """SM4-encrypt request bodies as {"data": ciphertext}."""
+    ca_bundle: Path | None = None
+    """PEM bundle of CAs to trust for the platform's TLS certificate (default: the system's)."""
+    client_cert: Path | None = None
+    """PEM client certificate for mutual TLS, when the platform asks for one."""
+    client_key: Path | None = None
+    """Private key of client_cert, when not inside it."""
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    """TCP/TLS connect timeout."""
+    timeout_s: float = Field(default=20.0, gt=0, le=600)
+    """Whole-request timeout (read, write, pool)."""
+    auth: AuthSettings
+    """[platform.auth]."""
+    conventions: ConventionSettings = ConventionSettings()
+    """[platform.conventions]."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> PlatformSettings:
+        for name in ("ca_bundle", "client_cert", "client_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: file {path} does not exist")
+        return self
+
+
+class StorageSettings(_Section):
+    """[storage]: the state directory and how much it may hold."""
+
+    dir: Path = Path("/var/lib/fvagent")
+    """The state directory: outbox database, local data key."""
+    key_file: Path | None = None
+    """The outbox data key; default `<dir>/outbox.key`, made 0600 on first start
+    (or the systemd credential `outbox_key`)."""
+    keep_sent_days: float = Field(default=7, ge=0)
+    """Photos of sent records are erased after this many days."""
+    keep_sent_rows_days: float = Field(default=90, ge=0)
+    """Sent rows (without photos) are deleted after this many days."""
+    max_bytes: int = Field(default=2 * 1024**3, gt=0)
+    """Size budget of the outbox; past it sent data is evicted first, unsent never."""
+    min_free_bytes: int = Field(default=64 * 1024**2, ge=0)
+    """Below this much free disk, status raises a storage alert."""
+
+    @model_validator(mode="after")
+    def _keep_order(self) -> StorageSettings:
+        if self.keep_sent_rows_days < self.keep_sent_days:
+            raise ValueError("keep_sent_rows_days must be >= keep_sent_days")
+        return self
+
+
+class UploaderSettings(_Section):
+    """[uploader]: how the outbox drains to the platform."""
+
+    backoff_initial_s: float = Field(default=2.0, gt=0)
+    """First retry delay after a retryable failure (full jitter)."""
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    """Largest retry delay."""
+    max_rps: float = Field(default=10.0, gt=0)
+    """Global cap on requests per second to the platform."""
+    concurrency: int = Field(default=4, ge=1, le=32)
+    """Requests in flight at once."""
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    """How often an idle uploader looks for due records."""
+    register_refresh_h: float = Field(default=24.0, gt=0)
+    """Re-register the device this often (and whenever [device] changes)."""
+
+    @model_validator(mode="after")
+    def _order(self) -> UploaderSettings:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return self
+
+
+class DriverSection(BaseModel):
+    """[card_reader] / [camera]: ``driver`` picks a registered driver; every other key is that driver's own."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    driver: str = "fake"
+    """Name of the driver (see `fvagent doctor` for the installed ones)."""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The driver's own settings: every key but ``driver``."""
+        return dict(self.model_extra or {})
+
+
+class FaceSettings(_Section):
+    """[face]: how the face score is obtained."""
+
+    mode: Literal["compute", "relay", "both"] = "compute"
+    """compute: the engine scores; relay: record the terminal's score; both: record the terminal's,
+    log where the engine disagrees."""
+    engine: str = "dlib"
+    """Face engine (entry point group fvagent.face_engines)."""
+    threshold: float = Field(default=0.75, ge=0, le=1)
+    """faceScore at or above which faceResult is 1 (passed)."""
+    score_midpoint: float = Field(default=0.45, gt=0)
+    """Distance that maps to score 0.5 (logistic mapping)."""
+    score_slope: float = Field(default=20.0, gt=0)
+    """Steepness of the logistic mapping, per unit distance."""
+    capture_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """Longest time spent reading camera frames for one verification."""
+    liveness: Literal["off", "head-turn"] = "off"
+    """Optional head-turn liveness challenge."""
+
+
+class LocalApiSettings(_Section):
+    """[local_api]: the local HTTP API and operator page."""
+
+    enabled: bool = True
+    """Serve the local API and the operator page."""
+    listen: str = "127.0.0.1:8787"
+    """host:port to bind; anything but loopback requires `token`."""
+    token: SecretStr | None = None
+    """Bearer token for the API (or token_file); required off loopback."""
+    full_data_token: SecretStr | None = None
+    """Bearer token whose holder may see unmasked data (or full_data_token_file)."""
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8787")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> LocalApiSettings:
+        if self.host not in ("127.0.0.1", "localhost", "::1") and self.token is None:
+            raise ValueError(f"listening on {self.host} (not loopback) requires token or token_file")
+        return self
+
+
+class LoggingSettings(_Section):
+    """[logging]."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level logged."""
+    journald: Literal["auto", "on", "off"] = "auto"
+    """auto: log to journald with structured fields when systemd-python is installed and
+    the service runs under systemd; otherwise to stderr."""
+
+
+class Settings(_Section):
+    """The whole configuration file."""
+
+    device: DeviceSettings
+    platform: PlatformSettings
+    storage: StorageSettings = StorageSettings()
+    uploader: UploaderSettings = UploaderSettings()
+    card_reader: DriverSection = DriverSection()
+    camera: DriverSection = DriverSection()
+    face: FaceSettings = FaceSettings()
+    local_api: LocalApiSettings = LocalApiSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    source: Path | None = Field(default=None, exclude=True)
+    """The file this was loaded from (not a key of the file)."""
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, every secret shown as ``********``."""
+        return _masked(self.model_dump(mode="python", exclude={"source"}))
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "********"
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    if isinstance(value, Path | dt.date):
+        return str(value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+_SECRETS = {
+    ("platform",): ("org_app_secret",),
+    ("platform", "auth"): ("ticket", "app_secret", "client_secret"),
+    ("local_api",): ("token", "full_data_token"),
+}
+
+
+def _rule(err: dict[str, Any]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg[0].lower() + msg[1:] if msg else kind
+
+
+def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_drivers: bool = True) -> Settings:
+    """Validate a parsed TOML document into ``Settings``; raise ``ConfigError`` listing every fault."""
+    raw = _deep_copy(raw)
+    problems: list[tuple[str, str]] = []
+    for path, names in _SECRETS.items():
+        section: Any = raw
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            _resolve_secrets(section, names, ".".join(path), problems)
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(file)"
+            problems.append((loc, _rule(err)))
+    if settings is not None and validate_drivers:
+        from drivers import registry  # late: drivers import agent.errors
+
+        for kind, section_name in (("card_reader", "card_reader"), ("camera", "camera")):
+            section_obj: DriverSection = getattr(settings, section_name)
+            try:
+                registry.validate_settings(kind, section_obj.driver, section_obj.options)
+            except ConfigError as exc:
+                problems.extend((f"{section_name}.{p}", r) for p, r in exc.problems or [("driver", exc.message)])
+    if problems:
+        where = f" in {source}" if source else ""
+        raise ConfigError(f"configuration{where} has {len(problems)} error(s)", problems=problems,
+                          hint="fix each key named above; deploy/fvagent.example.toml documents every key")
+    assert settings is not None
+    return settings
+
+
+def load_config(path: str | os.PathLike[str], *, validate_drivers: bool = True) -> Settings:
+    """Read and validate the TOML file at ``path``. Raises ``ConfigError``."""
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {p} does not exist",
+                          hint="copy deploy/fvagent.example.toml there and fill it in") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text", problems=[("(file)", "must be UTF-8")]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML", problems=[("(file)", str(exc))]) from exc
+    return parse_config(raw, source=p.resolve(), validate_drivers=validate_drivers)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value

@@ -1,0 +1,62 @@
+"""JPEG in and out for records: decoded with Pillow, re-encoded EXIF-free and within the size limit.
+
+The platform takes JPEG images of at most 3 MB (headImg, cameraImg). Frames are numpy arrays in
+BGR order, as cameras and OpenCV deliver them.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from agent.errors import FvagentError
+
+MAX_IMAGE_BYTES = 3 * 1024 * 1024
+"""The platform's limit for headImg, cameraImg and fingerCollectImg."""
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class ImageError(FvagentError, ValueError):
+    """Bytes that should be an image are not one we can decode, or cannot be made small enough."""
+
+
+def decode_image(data: bytes, *, what: str = "image") -> np.ndarray:
+    """Decode JPEG/PNG/BMP bytes into a BGR uint8 array. Raises ``ImageError`` naming ``what``."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{what} is not a decodable image ({len(data)} bytes): {exc}") from exc
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def encode_jpeg(bgr: np.ndarray, *, max_bytes: int = MAX_IMAGE_BYTES, quality: int = 90) -> bytes:
+    """Encode a BGR (or grey) frame as JPEG without metadata, stepping quality down to fit ``max_bytes``.
+
+    Raises ``ImageError`` when even quality 20 does not fit.
+    """
+    if bgr.ndim == 2:
+        img = Image.fromarray(bgr)
+    else:
+        img = Image.fromarray(np.ascontiguousarray(bgr[:, :, ::-1]))
+    q = quality
+    while True:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=q, optimize=True)  # Pillow writes no EXIF unless given one
+        data = buf.getvalue()
+        if len(data) <= max_bytes:
+            return data
+        if q <= 20:
+            raise ImageError(f"JPEG of {img.width}x{img.height} is {len(data)} bytes at quality {q}; "
+                             f"limit {max_bytes}")
+        q -= 10
+
+
+def normalize_jpeg(data: bytes, *, what: str = "image", max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """Return ``data`` as an EXIF-free JPEG within ``max_bytes``, re-encoding only when needed."""
+    if data.startswith(JPEG_MAGIC) and len(data) <= max_bytes and b"Exif\x00\x00" not in data[:65536]:
+        decode_image(data, what=what)  # still prove it decodes
+        return data
+    return encode_jpeg(decode_image(data, what=what), max_bytes=max_bytes)

@@ -1,0 +1,1 @@
+"""Talking to the provincial platform: signing, encryption, auth providers and the client."""

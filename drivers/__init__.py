@@ -1,0 +1,1 @@
+"""Hardware drivers (card readers, cameras) behind one interface, found through entry points."""

@@ -1,0 +1,251 @@
+"""Driver interfaces: the public lifecycle lives here, drivers fill in the private steps.
+
+Every driver kind (card readers, cameras, later fingerprint readers) shares ``Driver``: built from
+validated settings, ``open()``/``close()`` (idempotent, safe on a half-built driver), a context
+manager, ``probe()`` for diagnostics, and a ``repr`` that shows the device and its state. Timeouts
+are float seconds and always bounded. "No card" is a normal return value; a device that does not
+answer raises ``DeviceTimeout``.
+
+Fakes are real, registered drivers with ``simulated = True``: they log a warning when opened and
+everything they produce is marked simulated, so fake data can never pass for real.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import threading
+import time
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from agent.errors import DeviceTimeout, DriverError
+
+log = logging.getLogger(__name__)
+
+LONG_TERM = "长期"
+"""A card valid for life: its end date is this text, not a date."""
+
+
+class DriverSettings(BaseModel):
+    """Base of each driver's own settings model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """What ``probe()`` found: ``ok`` and one line a technician can act on."""
+
+    ok: bool
+    detail: str
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Driver:
+    """Base of all drivers. Subclasses set ``kind``, ``Settings`` and implement ``_open``/``_close``."""
+
+    kind: ClassVar[str] = ""
+    """Driver kind: "card_reader", "camera", ..."""
+    Settings: ClassVar[type[DriverSettings]] = DriverSettings
+    """The driver's settings model, validated from its config section."""
+    simulated: ClassVar[bool] = False
+    """True for fakes: every record they lead to is marked as simulated."""
+
+    def __init__(self, settings: DriverSettings | None = None, *, name: str | None = None) -> None:
+        self.settings = settings if settings is not None else self.Settings()
+        self.name = name or type(self).__name__
+        self._is_open = False
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], *, name: str | None = None) -> Driver:
+        """Build from a config section's driver options (raises pydantic's ValidationError)."""
+        return cls(cls.Settings.model_validate(options), name=name)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._is_open
+
+    def open(self) -> None:
+        """Open the device. Idempotent. Raises ``DeviceNotFound`` or ``DriverError``."""
+        with self._lock:
+            if self._is_open:
+                return
+            if self.simulated:
+                log.warning("%s: simulated %s driver in use; its records are marked as fake", self.name, self.kind)
+            self._open()
+            self._is_open = True
+
+    def close(self) -> None:
+        """Release the device. Idempotent and safe on a driver that never opened."""
+        with self._lock:
+            if not self._is_open:
+                return
+            self._is_open = False
+            try:
+                self._close()
+            except Exception:  # closing must never raise over the error that made us close
+                log.debug("%s: error while closing", self.name, exc_info=True)
+
+    def __enter__(self) -> Driver:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "open" if self._is_open else "closed"
+        return f"<{type(self).__name__} {self.describe()} {state}>"
+
+    # -- for subclasses ---------------------------------------------------------------------------
+    def describe(self) -> str:
+        """The device, for repr and messages (a port, a URL, an index)."""
+        return self.name
+
+    def probe(self) -> ProbeResult:
+        """Check the device for `fvagent doctor` without side effects on a card or capture."""
+        try:
+            self.open()
+        except DriverError as exc:
+            return ProbeResult(False, str(exc))
+        return ProbeResult(True, f"{self.describe()} opened")
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------------
+# Card readers
+
+
+@dataclasses.dataclass(frozen=True)
+class IdCard:
+    """One identity document as read from a card, for all card types.
+
+    ``card_type`` uses the platform's code: "0" resident ID, "1" HK/Macau/Taiwan residence permit
+    (marker J), "2" foreign permanent resident card (markers I and Y). Dates are ``datetime.date``;
+    ``valid_to`` is ``None`` for a long-term (长期) card. Photo and fingerprint bytes stay raw.
+    """
+
+    card_type: str
+    name: str
+    sex_code: str
+    birth_date: dt.date
+    card_no: str
+    valid_from: dt.date
+    valid_to: dt.date | None
+    nation_code: str | None = None
+    """GB/T 3304 code ("01".."56", "97", "98"); None on cards without one (J, I, Y)."""
+    address: str = ""
+    authority: str = ""
+    photo_wlt: bytes | None = None
+    """The chip photo as read (1024-byte WLT), before decoding."""
+    photo_jpeg: bytes | None = None
+    """The decoded card photo as JPEG, when a decoder (or a fake fixture) provided one."""
+    fingerprint: bytes | None = None
+    english_name: str | None = None
+    nationality: str | None = None
+    """ISO 3166 alpha-3 nationality for foreign cards."""
+    pass_no: str | None = None
+    """HK/Macau/Taiwan: the 通行证 number; Y cards: the link to the old number."""
+    issue_count: str | None = None
+    card_version: str | None = None
+    terminal_score: float | None = None
+    """Relay: the face score a terminal computed itself, when its driver reports one."""
+    terminal_result: int | None = None
+    """Relay: the terminal's faceResult (0, 1, 2), when its driver reports one."""
+    simulated: bool = False
+    """True when a fake driver produced this card."""
+
+    @property
+    def long_term(self) -> bool:
+        return self.valid_to is None
+
+    def __repr__(self) -> str:  # never show personal data in a repr (it ends up in logs)
+        from agent.privacy import mask_card_no
+
+        return f"IdCard(type={self.card_type}, no={mask_card_no(self.card_no)}, simulated={self.simulated})"
+
+
+class CardReaderSettings(DriverSettings):
+    """Settings every card reader understands."""
+
+    poll_interval_s: float = 0.3
+    """Pause between find-card polls (readers dislike faster polling)."""
+
+
+class CardReader(Driver):
+    """A reader of ID cards.
+
+    ``read_card(timeout_s)`` polls until a card is read or the time is up. It returns each card
+    once per tap: the same card stays in the field without being read again until it leaves.
+    """
+
+    kind = "card_reader"
+    Settings: ClassVar[type[DriverSettings]] = CardReaderSettings
+
+    def read_card(self, timeout_s: float) -> IdCard | None:
+        """Wait up to ``timeout_s`` for a new card. Returns it, or ``None`` when no card came.
+
+        Raises ``DeviceTimeout`` when the reader does not answer, ``DeviceNotFound`` when it is gone,
+        ``CardReadError`` when the SAM failed to read a presented card, ``ProtocolError`` on a bad
+        frame. The reader must be open.
+        """
+        if not self._is_open:
+            raise DriverError("reader is not open", device=self.describe())
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        interval = getattr(self.settings, "poll_interval_s", 0.3)
+        while True:
+            with self._lock:
+                card = self._poll_card()
+            if card is not None:
+                return card
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(interval, remaining))
+
+    def _poll_card(self) -> IdCard | None:
+        """One poll: the new card now in the field, or ``None``. Must not block longer than one exchange."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------------
+# Cameras
+
+
+class Camera(Driver):
+    """A camera. ``read_frame(timeout_s)`` returns one BGR frame (numpy uint8, HxWx3)."""
+
+    kind = "camera"
+
+    def read_frame(self, timeout_s: float) -> Any:
+        """Return the next frame as a BGR ``numpy.ndarray``.
+
+        Raises ``DeviceTimeout`` when no frame arrives in ``timeout_s``, ``DeviceNotFound`` when the
+        camera is gone. The camera must be open.
+        """
+        if not self._is_open:
+            raise DriverError("camera is not open", device=self.describe())
+        frame = self._read_frame(max(0.0, timeout_s))
+        if frame is None:
+            raise DeviceTimeout(f"no frame within {timeout_s:.1f} s", device=self.describe())
+        return frame
+
+    def _read_frame(self, timeout_s: float) -> Any:
+        """Return a frame or ``None`` when none came within ``timeout_s``."""
+        raise NotImplementedError

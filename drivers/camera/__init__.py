@@ -1,0 +1,1 @@
+"""Cameras: OpenCV capture and a fake camera."""

@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests read the licensed faces from ../shared/data/faces at run time, never a copy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("FVAGENT_SHARED", ROOT.parent / "shared"))
+FACES = SHARED / "data" / "faces"
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    """The shared test faces (one folder per person); skips where ../shared is absent."""
+    if not FACES.is_dir():
+        pytest.skip(f"needs the shared test faces at {FACES} (internal test data, not in the repository)")
+    return FACES
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave artefacts (screenshots, logs) for a person to look at."""
+    path = ROOT / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
