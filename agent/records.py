@@ -1,0 +1,518 @@
+"""The platform's two payloads as typed models that follow the spec tables field by field.
+
+``VerificationRecord`` is the body of ``POST /verification/pregnant_woman/first``;
+``DeviceRegistration`` is the body of ``POST /machine/info``. Field names are the platform's,
+letter for letter. Validation enforces every rule of ``platform-api.md``: JSON types, lengths
+(``varchar(n)`` counts characters), date formats, the code tables, the GB 11643 check digit, JPEG
+images of at most 3 MB, score ranges, and the readings fvagent takes where the seed contradicts
+itself (``cardType``/``faceResult`` are JSON numbers; ``sexCode`` is one digit; ``nationalName`` is
+the short name; a long-term card's ``cardEndDate`` is the configured text, default ``长期``).
+
+A bad record is refused with ``RecordError`` whose ``problems`` lists ``(field, rule)`` for every
+fault at once. Nothing is truncated or rewritten to make a record pass. Rules never quote the
+personal data they refer to, so the errors are safe to log.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, ValidationInfo, model_validator
+
+from agent import codes
+from agent.errors import RecordError
+from agent.images import JPEG_MAGIC, MAX_IMAGE_BYTES
+from agent.privacy import mask_card_no
+
+if TYPE_CHECKING:
+    from agent.config import DeviceSettings
+    from drivers.base import IdCard
+
+LONG_TERM_END = "长期"
+"""Default cardEndDate of a long-term card ([platform.conventions] long_term_end_date)."""
+
+CHINA_TZ = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+"""The platform's clock: China has one zone and no daylight saving time."""
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+_ISO_LOCAL = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]{1,9})?")
+_MAX_B64_CHARS = 4 * math.ceil(MAX_IMAGE_BYTES / 3)
+
+Check = Callable[[Any, ValidationInfo], Any]
+
+
+def platform_local(moment: dt.datetime) -> dt.datetime:
+    """``moment`` as naive local time in China (UTC+8); a naive datetime is taken as already local."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(CHINA_TZ).replace(tzinfo=None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Field rules. Each returns the normalized value or raises ValueError with the rule (never the value).
+
+
+def _json_kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list | tuple):
+        return "an array"
+    if isinstance(v, Mapping):
+        return "an object"
+    return type(v).__name__
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"must be a JSON string, got {_json_kind(v)}")
+    return v
+
+
+def _varchar(n: int, *, allow_empty: bool = False) -> Check:
+    def check(v: Any, info: ValidationInfo) -> str:
+        s = _string(v)
+        if not s and not allow_empty:
+            raise ValueError("must not be empty")
+        if len(s) > n:
+            raise ValueError(f"at most {n} characters (varchar({n})), got {len(s)}; shorten it at the source")
+        return s
+    return check
+
+
+def _date(v: Any, info: ValidationInfo) -> str:
+    s = _string(v)
+    if not _DATE.fullmatch(s):
+        raise ValueError("must be a date as yyyy-MM-dd")
+    try:
+        dt.date.fromisoformat(s)
+    except ValueError:
+        raise ValueError("must be a real calendar date (yyyy-MM-dd)") from None
+    return s
+
+
+def _datetime19(v: Any, info: ValidationInfo) -> str:
+    s = _string(v)
+    if not _DATETIME.fullmatch(s):
+        raise ValueError("must be yyyy-MM-dd HH:mm:ss")
+    try:
+        dt.datetime.strptime(s, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        raise ValueError("must be a real date and time (yyyy-MM-dd HH:mm:ss)") from None
+    return s
+
+
+def _long_term_end(info: ValidationInfo | None) -> str:
+    ctx = info.context if info is not None else None
+    return str((ctx or {}).get("long_term_end") or LONG_TERM_END)
+
+
+def _card_end_date(v: Any, info: ValidationInfo) -> str:
+    s = _string(v)
+    long_term = _long_term_end(info)
+    if s == long_term:
+        return s
+    try:
+        return _date(s, info)
+    except ValueError:
+        raise ValueError(f"must be a date as yyyy-MM-dd, or {long_term!r} for a long-term card") from None
+
+
+def _small_code(choices: tuple[int, ...], *, numeric_string: bool) -> Check:
+    """A code sent as a JSON number; numeric strings accepted on input when ``numeric_string``."""
+    listed = ", ".join(map(str, choices))
+
+    def check(v: Any, info: ValidationInfo) -> int:
+        if isinstance(v, str) and numeric_string and len(v) == 1 and v.isdigit():
+            v = int(v)
+        if isinstance(v, float):
+            raise ValueError(f"must be a whole JSON number, one of {listed} (no decimal point)")
+        if isinstance(v, bool) or not isinstance(v, int):
+            kind = "a JSON number (or a one-digit string)" if numeric_string else "a JSON integer"
+            raise ValueError(f"must be {kind}, got {_json_kind(v)}")
+        if v not in choices:
+            raise ValueError(f"must be one of {listed}")
+        return v
+    return check
+
+
+def _score(v: Any, info: ValidationInfo) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"must be a JSON number, got {_json_kind(v)}")
+    if not math.isfinite(v) or not 0 <= v <= 1:
+        raise ValueError("must be between 0 and 1")
+    return float(v)
+
+
+def _jpeg_base64(v: Any, info: ValidationInfo) -> str:
+    s = _string(v)
+    if not s:
+        raise ValueError("must not be empty: a base64 JPEG")
+    if len(s) > _MAX_B64_CHARS:
+        raise ValueError(f"image larger than 3 MB ({MAX_IMAGE_BYTES} bytes); re-encode it smaller")
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be standard base64 (A-Z a-z 0-9 + / with = padding, no line breaks "
+                         "or data: prefix)") from None
+    if len(raw) > MAX_IMAGE_BYTES:
+        raise ValueError(f"image of {len(raw)} bytes is larger than 3 MB ({MAX_IMAGE_BYTES} bytes)")
+    if not raw.startswith(JPEG_MAGIC):
+        raise ValueError("must be a JPEG image (bytes FF D8 FF); convert it to JPEG")
+    return s
+
+
+def _sex_code(v: Any, info: ValidationInfo) -> str:
+    s = _string(v)
+    if s not in codes.SEX_NAMES:
+        if len(s) == 2 and s.startswith("0") and s[1:] in codes.SEX_NAMES:
+            raise ValueError(f"must be one digit (GB/T 2261.1: '1' 男, '2' 女, '0' 未知, '9' 未说明), not {s!r}")
+        raise ValueError("must be one of '0', '1', '2', '9' (GB/T 2261.1)")
+    return s
+
+
+def _sex_name(v: Any, info: ValidationInfo) -> str:
+    s = _string(v)
+    # 未说明 is three characters against the table's varchar(2): the code table wins, because it is
+    # the only name the spec gives for code 9 and refusing it would make such a record unsendable.
+    if s not in codes.SEX_NAMES.values():
+        raise ValueError("must be one of 未知, 男, 女, 未说明 (GB/T 2261.1)")
+    return s
+
+
+def _nation_code(v: Any, info: ValidationInfo) -> str:
+    s = _string(v)
+    if s not in codes.NATIONS:
+        raise ValueError("must be a two-digit GB/T 3304 code, 01..56, 97 or 98")
+    return s
+
+
+def _nation_name(v: Any, info: ValidationInfo) -> str:
+    s = _varchar(10)(v, info)
+    if s not in codes.NATIONS.values() and s not in codes.NATION_ALIASES:
+        if codes.nation_code(s) is not None:
+            short = codes.NATIONS[codes.nation_code(s) or ""]
+            raise ValueError(f"must be the short name as printed on the card, e.g. {short!r}")
+        raise ValueError("must be a GB/T 3304 nation name as printed on the card, e.g. '汉'")
+    return s
+
+
+def _iso_local(v: Any, info: ValidationInfo) -> str:
+    s = _string(v)
+    m = _ISO_LOCAL.fullmatch(s)
+    if m is None:
+        raise ValueError("must be ISO local time, yyyy-MM-ddTHH:mm:ss[.fraction], without a zone")
+    try:
+        dt.datetime.fromisoformat(m.group(1))
+    except ValueError:
+        raise ValueError("must be a real date and time") from None
+    return s
+
+
+def _optional(check: Check) -> Check:
+    def optional(v: Any, info: ValidationInfo) -> Any:
+        return None if v is None else check(v, info)
+    return optional
+
+
+def _rule(check: Check) -> BeforeValidator:
+    return BeforeValidator(check)
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON-ready body: spec field names in table order, optional fields left out when unset."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class VerificationRecord(_Record):
+    """One verification (人证核验结果), the body of POST /verification/pregnant_woman/first.
+
+    Build it with ``parse_verification`` (from JSON data) or ``build_verification`` (from a card).
+    Its ``repr`` masks the card number and leaves out names and images.
+    """
+
+    realName: Annotated[str, _rule(_varchar(10))]
+    cardType: Annotated[int, _rule(_small_code(tuple(codes.CARD_TYPES), numeric_string=True))]
+    cardNo: Annotated[str, _rule(_varchar(18))]
+    sexCode: Annotated[str, _rule(_sex_code)]
+    sexName: Annotated[str, _rule(_sex_name)]
+    nationalCode: Annotated[str, _rule(_nation_code)]
+    nationalName: Annotated[str, _rule(_nation_name)]
+    operationUser: Annotated[str, _rule(_varchar(10))]
+    birthday: Annotated[str, _rule(_date)]
+    address: Annotated[str, _rule(_varchar(100, allow_empty=True))]
+    police: Annotated[str, _rule(_varchar(100, allow_empty=True))]
+    cardStartDate: Annotated[str, _rule(_date)]
+    cardEndDate: Annotated[str, _rule(_card_end_date)]
+    headImg: Annotated[str, _rule(_jpeg_base64)]
+    cameraImg: Annotated[str, _rule(_jpeg_base64)]
+    faceScore: Annotated[float, _rule(_score)]
+    faceResult: Annotated[int, _rule(_small_code((0, 1, 2), numeric_string=True))]
+    verifyDate: Annotated[str, _rule(_date)]
+    verifyTime: Annotated[str, _rule(_datetime19)]
+    certTimeoutStatus: Annotated[int, _rule(_small_code((0, 1), numeric_string=False))]
+    deviceNo: Annotated[str, _rule(_varchar(50))]
+    machineCode: Annotated[str, _rule(_varchar(50))]
+    fingerCollectImg: Annotated[str | None, _rule(_optional(_jpeg_base64))] = None
+    fingerScore: Annotated[float | None, _rule(_optional(_score))] = None
+    fingerResult: Annotated[int | None, _rule(_optional(_small_code((0, 1, 2), numeric_string=False)))] = None
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self, info: ValidationInfo) -> VerificationRecord:
+        problems = _verification_cross_problems(dict(self), _long_term_end(info))
+        if problems:
+            raise ValueError("; ".join(f"{f}: {r}" for f, r in problems))
+        return self
+
+    def __repr__(self) -> str:
+        return (f"VerificationRecord(cardType={self.cardType}, cardNo={mask_card_no(self.cardNo)}, "
+                f"verifyTime={self.verifyTime!r}, faceResult={self.faceResult}, machineCode={self.machineCode!r})")
+
+    __str__ = __repr__
+
+
+class DeviceRegistration(_Record):
+    """The device registration (设备登记), the body of POST /machine/info.
+
+    ``registerTime`` is not in the spec's table but is in its example: fvagent always sends it (ISO
+    local time); on input it may be absent.
+    """
+
+    deptId: Annotated[str, _rule(_varchar(50))]
+    deptName: Annotated[str, _rule(_varchar(50))]
+    machineManufacturer: Annotated[str, _rule(_varchar(50))]
+    machineMode: Annotated[str, _rule(_varchar(50))]
+    purchaseTime: Annotated[str, _rule(_date)]
+    machineCode: Annotated[str, _rule(_varchar(50))]
+    deviceNo: Annotated[str, _rule(_varchar(50))]
+    status: Annotated[int, _rule(_small_code((0, 1), numeric_string=False))]
+    registerUser: Annotated[str, _rule(_varchar(50))]
+    registerTime: Annotated[str | None, _rule(_optional(_iso_local))] = None
+
+
+def _verification_cross_problems(values: Mapping[str, Any], long_term_end: str) -> list[tuple[str, str]]:
+    """Rules between fields, over the fields that are valid on their own (absent ones are skipped)."""
+    problems: list[tuple[str, str]] = []
+    v = values.get
+
+    if v("sexCode") is not None and v("sexName") is not None:
+        expected = codes.SEX_NAMES[v("sexCode")]
+        if v("sexName") != expected:
+            problems.append(("sexName", f"must be {expected!r} for sexCode {v('sexCode')!r} (GB/T 2261.1)"))
+
+    if v("nationalCode") is not None and v("nationalName") is not None:
+        expected = codes.NATIONS[v("nationalCode")]
+        if v("nationalName") != expected and codes.NATION_ALIASES.get(v("nationalName")) != v("nationalCode"):
+            problems.append(("nationalName", f"must be {expected!r} for nationalCode {v('nationalCode')!r} (GB/T 3304)"))
+
+    if v("cardType") == codes.CARD_RESIDENT_ID and v("cardNo") is not None:
+        id_problems = codes.validate_resident_id(v("cardNo"))
+        problems += [("cardNo", f"cardType 0: {p}") for p in id_problems]
+        if not id_problems and v("birthday") is not None:
+            inside = codes.resident_id_birth_date(v("cardNo"))
+            if inside is not None and v("birthday") != inside.isoformat():
+                problems.append(("birthday", "must equal the birth date inside cardNo (characters 7-14)"))
+
+    verify_date = dt.date.fromisoformat(v("verifyDate")) if v("verifyDate") is not None else None
+    if verify_date is not None and v("verifyTime") is not None and v("verifyTime")[:10] != v("verifyDate"):
+        problems.append(("verifyDate", "must be the date part of verifyTime"))
+    if verify_date is not None and v("birthday") is not None and dt.date.fromisoformat(v("birthday")) > verify_date:
+        problems.append(("birthday", "must not be after verifyDate"))
+
+    end = v("cardEndDate")
+    end_date = dt.date.fromisoformat(end) if end is not None and end != long_term_end else None
+    if end_date is not None and v("cardStartDate") is not None and dt.date.fromisoformat(v("cardStartDate")) > end_date:
+        problems.append(("cardEndDate", "must not be before cardStartDate"))
+    if end is not None and verify_date is not None and v("certTimeoutStatus") is not None:
+        expired = end_date is not None and end_date < verify_date
+        if v("certTimeoutStatus") != int(expired):
+            rule = ("must be 1: cardEndDate is before verifyDate (the card had expired)" if expired
+                    else "must be 0: the card was valid on verifyDate")
+            problems.append(("certTimeoutStatus", rule))
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing with every problem collected
+
+
+def _field_adapters(model: type[BaseModel]) -> dict[str, TypeAdapter[Any]]:
+    return {name: TypeAdapter(Annotated[f.annotation, *f.metadata]) for name, f in model.model_fields.items()}
+
+
+_ADAPTERS: dict[type[BaseModel], dict[str, TypeAdapter[Any]]] = {
+    VerificationRecord: _field_adapters(VerificationRecord),
+    DeviceRegistration: _field_adapters(DeviceRegistration),
+}
+
+
+def _validate_fields(model: type[BaseModel], data: Any, context: dict[str, Any],
+                     what: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Validate each field on its own: the values that passed, and a problem for every one that did not."""
+    if not isinstance(data, Mapping):
+        raise RecordError(f"a {what} must be a JSON object, got {_json_kind(data)}",
+                          problems=[("(record)", "must be a JSON object")])
+    values: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for name, field in model.model_fields.items():
+        if name not in data:
+            if field.is_required():
+                problems.append((name, "required"))
+            continue
+        if data[name] is None and field.is_required():
+            problems.append((name, "required, got null"))
+            continue
+        try:
+            values[name] = _ADAPTERS[model][name].validate_python(data[name], context=context)
+        except ValidationError as exc:
+            problems.append((name, _message(exc.errors()[0])))
+    for name in data:
+        if name not in model.model_fields:
+            problems.append((str(name), "unknown field: not in the platform spec (field names are case-sensitive)"))
+    return values, problems
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err.get("msg", ""))
+    return msg.removeprefix("Value error, ")
+
+
+def _raise(what: str, problems: list[tuple[str, str]]) -> None:
+    raise RecordError(f"{what} breaks the platform spec: {len(problems)} problem(s)", problems=problems,
+                      hint="fix each field named above; nothing was sent")
+
+
+def parse_verification(data: Mapping[str, Any], *, long_term_end: str = LONG_TERM_END) -> VerificationRecord:
+    """Validate JSON data (spec field names) into a ``VerificationRecord``.
+
+    ``long_term_end`` is the configured ``cardEndDate`` of a long-term card
+    (``[platform.conventions] long_term_end_date``). Raises ``RecordError`` whose ``problems`` lists
+    every bad field and its rule, cross-field rules included.
+    """
+    context = {"long_term_end": long_term_end}
+    values, problems = _validate_fields(VerificationRecord, data, context, "verification record")
+    problems += _verification_cross_problems(values, long_term_end)
+    if problems:
+        _raise("verification record", problems)
+    return VerificationRecord.model_validate(values, context=context)
+
+
+def parse_registration(data: Mapping[str, Any]) -> DeviceRegistration:
+    """Validate JSON data (spec field names) into a ``DeviceRegistration``; ``RecordError`` lists every fault."""
+    values, problems = _validate_fields(DeviceRegistration, data, {}, "device registration")
+    if problems:
+        _raise("device registration", problems)
+    return DeviceRegistration.model_validate(values)
+
+
+def registration_payload(device: DeviceSettings, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The body of POST /machine/info for the ``[device]`` settings, stamped with ``registerTime``.
+
+    ``now`` defaults to the current time; it is sent as China local time (ISO, milliseconds).
+    Raises ``RecordError`` when the settings break the spec.
+    """
+    moment = platform_local(now if now is not None else dt.datetime.now(CHINA_TZ))
+    data = {
+        "deptId": device.dept_id,
+        "deptName": device.dept_name,
+        "machineManufacturer": device.manufacturer,
+        "machineMode": device.model,
+        "purchaseTime": device.purchase_date.isoformat(),
+        "machineCode": device.machine_code,
+        "deviceNo": device.device_no,
+        "status": device.status,
+        "registerUser": device.register_user,
+        "registerTime": moment.isoformat(timespec="milliseconds"),
+    }
+    return parse_registration(data).to_payload()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def build_verification(card: IdCard, *, head_jpeg: bytes, camera_jpeg: bytes, face_score: float,
+                       face_result: int, operator: str, verified_at: dt.datetime, device: DeviceSettings,
+                       long_term_end: str = LONG_TERM_END, finger_jpeg: bytes | None = None,
+                       finger_score: float | None = None, finger_result: int | None = None) -> VerificationRecord:
+    """Build the record of one verification from the card read and the face check.
+
+    - names come from the code tables (``sexName`` from ``sex_code``, ``nationalName`` from
+      ``nation_code``); a card without a nation (HK/Macau/Taiwan and foreign cards) is sent as
+      97 其他, since the platform requires a GB/T 3304 code and the card has none;
+    - ``realName`` is the Chinese name, or the English name when the card has no Chinese one;
+    - ``verifyDate``/``verifyTime`` are ``verified_at`` in China local time (a naive value is taken
+      as local already);
+    - ``cardEndDate`` is ``long_term_end`` for a long-term card; ``certTimeoutStatus`` is 1 when
+      the card's last valid day is before the verify date, else 0.
+
+    Raises ``RecordError`` listing every field that breaks the spec (e.g. a name longer than 10
+    characters): nothing is truncated to make it fit.
+    """
+    local = platform_local(verified_at)
+    verify_date = local.date()
+    expired = card.valid_to is not None and card.valid_to < verify_date
+    data: dict[str, Any] = {
+        "realName": card.name or (card.english_name or ""),
+        "cardType": card.card_type,
+        "cardNo": card.card_no,
+        "sexCode": card.sex_code,
+        "sexName": codes.SEX_NAMES.get(card.sex_code, ""),
+        "nationalCode": card.nation_code or codes.NATION_OTHER,
+        "nationalName": codes.NATIONS.get(card.nation_code or codes.NATION_OTHER, ""),
+        "operationUser": operator,
+        "birthday": card.birth_date.isoformat(),
+        "address": card.address,
+        "police": card.authority,
+        "cardStartDate": card.valid_from.isoformat(),
+        "cardEndDate": card.valid_to.isoformat() if card.valid_to is not None else long_term_end,
+        "headImg": _b64(head_jpeg),
+        "cameraImg": _b64(camera_jpeg),
+        "faceScore": face_score,
+        "faceResult": face_result,
+        "verifyDate": verify_date.isoformat(),
+        "verifyTime": local.strftime("%Y-%m-%d %H:%M:%S"),
+        "certTimeoutStatus": int(expired),
+        "deviceNo": device.device_no,
+        "machineCode": device.machine_code,
+    }
+    if finger_jpeg is not None:
+        data["fingerCollectImg"] = _b64(finger_jpeg)
+    if finger_score is not None:
+        data["fingerScore"] = finger_score
+    if finger_result is not None:
+        data["fingerResult"] = finger_result
+    try:
+        return parse_verification(data, long_term_end=long_term_end)
+    except RecordError as exc:
+        # A name derived from an unknown code adds nothing to the code's own problem.
+        derived = {"sexName": card.sex_code not in codes.SEX_NAMES,
+                   "nationalName": data["nationalCode"] not in codes.NATIONS}
+        _raise("verification record", [(f, r) for f, r in exc.problems if not derived.get(f)])
+        raise
+
+
+def natural_key(record: VerificationRecord | Mapping[str, Any]) -> tuple[str, str, str]:
+    """(machineCode, cardNo, verifyTime): the same verification always has the same key."""
+    if isinstance(record, VerificationRecord):
+        return (record.machineCode, record.cardNo, record.verifyTime)
+    return (str(record["machineCode"]), str(record["cardNo"]), str(record["verifyTime"]))
