@@ -133,6 +133,17 @@ class AuthSettings(_Section):
     """oauth2: optional scope."""
     refresh_margin_s: float = Field(default=300.0, ge=0)
     """Refresh a token this many seconds before it expires."""
+    token_key_param: str = Field(default="appKey", min_length=1)
+    """token: query parameter that carries app_key (seed 003 does not name it)."""
+    token_secret_param: str = Field(default="appSecret", min_length=1)
+    """token: query parameter that carries app_secret."""
+    token_field: str = Field(default="access_token", min_length=1)
+    """token/oauth2: response field holding the token; dotted for nesting (data.access_token);
+    a plain name is also looked up under a `data` object."""
+    token_expires_field: str = Field(default="expires_in", min_length=1)
+    """token/oauth2: response field holding the lifetime in seconds (looked up like token_field)."""
+    token_lifetime_s: float = Field(default=86400.0, gt=0)
+    """token/oauth2: lifetime assumed when the response gives none (seed 003: one day)."""
 
     @model_validator(mode="after")
     def _kind_needs(self) -> AuthSettings:

@@ -68,6 +68,15 @@ class PlatformError(FvagentError):
     """Talking to the provincial platform failed in a way that is not one of the four outcomes."""
 
 
+class PlatformDisabled(PlatformError):
+    """``[platform] enabled = false``: the upstream switch is off, so nothing may be sent."""
+
+
+class AuthError(PlatformError):
+    """The Authorization could not be obtained (token endpoint). ``retryable`` says whether trying
+    later may help (network, 5xx) or the credentials themselves were refused (fix the config)."""
+
+
 class OutboxError(FvagentError):
     """The local outbox cannot store or read a record."""
 
