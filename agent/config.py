@@ -11,14 +11,26 @@ settings; the driver validates them (see ``drivers.registry``).
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
+import re
 import stat
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError, SecretError
 
@@ -29,14 +41,37 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+class KeyProblems(ValueError):
+    """Raise from a section's model validator to blame specific keys: ``problems`` is
+    ``[(key, rule), ...]`` with keys relative to the section, reported as ``section.key: rule``.
+
+    (A plain ``ValueError`` whose message starts with one of the section's key names is reported
+    against that key too; any other message is reported against the section.)
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{key}: {rule}" for key, rule in self.problems))
+
+
+def _http_url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
 # --------------------------------------------------------------------------------------------------
 # Secrets
 
 
-def read_secret_file(path: Path, *, key: str) -> str:
+def read_secret_file(path: Path, *, key: str, check_mode: bool = True) -> str:
     """Read a secret from ``path``; refuse a file that group or others can read.
 
-    Raises ``SecretError`` naming ``key`` and the fix (the chmod command, the missing path).
+    ``check_mode=False`` skips the permission check, for systemd credentials: systemd itself
+    restricts ``$CREDENTIALS_DIRECTORY`` to the service's user. Surrounding whitespace (the newline
+    an editor or ``echo`` adds) is stripped. Raises ``SecretError`` naming ``key`` and the fix (the
+    chmod command, the missing path).
     """
     try:
         st = path.stat()
@@ -44,7 +79,9 @@ def read_secret_file(path: Path, *, key: str) -> str:
         raise SecretError(f"{key}: secret file {path} does not exist", hint=f"create it, or fix {key}") from exc
     except PermissionError as exc:
         raise SecretError(f"{key}: cannot read secret file {path}", hint="check the file's owner") from exc
-    if stat.S_IMODE(st.st_mode) & 0o077:
+    if not stat.S_ISREG(st.st_mode):
+        raise SecretError(f"{key}: secret file {path} is not a regular file", hint=f"fix {key}")
+    if check_mode and stat.S_IMODE(st.st_mode) & 0o077:
         raise SecretError(
             f"{key}: secret file {path} is readable by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); fix with: chmod 600 {path}",
@@ -59,27 +96,47 @@ def read_secret_file(path: Path, *, key: str) -> str:
     return value
 
 
-def _resolve_secrets(raw: dict[str, Any], names: tuple[str, ...], prefix: str, problems: list[tuple[str, str]]) -> None:
+def _resolve_secrets(raw: dict[str, Any], names: tuple[str, ...], prefix: str, problems: list[tuple[str, str]],
+                     *, base_dir: Path | None = None, sources: dict[str, str] | None = None) -> None:
     """Turn ``NAME`` / ``NAME_file`` / a systemd credential into the inline ``NAME`` value, in place.
 
-    Order: an inline value, else ``NAME_file``, else ``$CREDENTIALS_DIRECTORY/NAME`` when present
-    (how ``LoadCredential=`` hands secrets to the service). Both inline and file is an error.
+    Order: an inline value, else ``NAME_file`` (a relative path is relative to ``base_dir``, the
+    config file's directory), else ``$CREDENTIALS_DIRECTORY/NAME`` when present (how
+    ``LoadCredential=NAME:PATH`` hands secrets to the service). Both inline and file is an error.
+    ``sources`` receives, per key path, where each secret came from (for ``fvagent config check``).
     """
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     for name in names:
         key_path = f"{prefix}.{name}"
+        file_key = f"{prefix}.{name}_file"
         inline = raw.get(name)
         file_value = raw.pop(f"{name}_file", None)
         if inline is not None and file_value is not None:
             problems.append((key_path, f"give either {name} or {name}_file, not both"))
             continue
+        if file_value is not None and (not isinstance(file_value, str) or not file_value):
+            problems.append((file_key, "must be the path of a file holding the secret"))
+            continue
         try:
             if file_value is not None:
-                raw[name] = read_secret_file(Path(str(file_value)), key=f"{prefix}.{name}_file")
+                path = Path(file_value)
+                if not path.is_absolute() and base_dir is not None:
+                    path = base_dir / path
+                raw[name] = read_secret_file(path, key=file_key)
+                where = f"file {path}"
             elif inline is None and cred_dir and (Path(cred_dir) / name).is_file():
-                raw[name] = read_secret_file(Path(cred_dir) / name, key=f"{key_path} (systemd credential)")
+                raw[name] = read_secret_file(Path(cred_dir) / name, key=key_path, check_mode=False)
+                where = f"systemd credential {name!r}"
+            elif inline is not None:
+                where = "inline"
+            else:
+                continue
         except SecretError as exc:
-            problems.append((key_path if file_value is None else f"{prefix}.{name}_file", exc.message))
+            at = file_key if file_value is not None else key_path
+            problems.append((at, exc.message.removeprefix(f"{at}: ")))
+            continue
+        if sources is not None:
+            sources[key_path] = where
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,21 +204,25 @@ class AuthSettings(_Section):
 
     @model_validator(mode="after")
     def _kind_needs(self) -> AuthSettings:
-        missing: list[str] = []
-        if self.kind == "static" and self.ticket is None:
-            missing.append("ticket (or ticket_file)")
-        if self.kind == "token":
-            missing += [n for n, v in (("token_url", self.token_url), ("app_key", self.app_key),
-                                       ("app_secret (or app_secret_file)", self.app_secret)) if v is None]
-        if self.kind == "oauth2":
-            missing += [n for n, v in (("token_url", self.token_url), ("client_id", self.client_id),
-                                       ("client_secret (or client_secret_file)", self.client_secret)) if v is None]
-        if missing:
-            raise ValueError(f"kind = {self.kind!r} needs " + ", ".join(missing))
-        for url in (self.token_url,):
-            if url is not None and urlparse(url).scheme not in ("http", "https"):
-                raise ValueError("token_url must be an http(s) URL")
+        needs = {
+            "static": ("ticket",),
+            "token": ("token_url", "app_key", "app_secret"),
+            "oauth2": ("token_url", "client_id", "client_secret"),
+        }[self.kind]
+        problems = []
+        for name in needs:
+            if getattr(self, name) is None:
+                alternatives = (f" (or {name}_file, or the systemd credential {name!r})"
+                                if name in _SECRET_NAMES else "")
+                problems.append((name, f'required when kind = "{self.kind}"{alternatives}'))
+        if problems:
+            raise KeyProblems(problems)
         return self
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v)
 
 
 class ConventionSettings(_Section):
@@ -221,18 +282,20 @@ class PlatformSettings(_Section):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, v: str) -> str:
-        parsed = urlparse(v)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError("must be an http(s) URL")
-        return v.rstrip("/")
+    def _base_url(cls, v: str) -> str:
+        return _http_url(v).rstrip("/")
+
+    @field_validator("ca_bundle", "client_cert", "client_key")
+    @classmethod
+    def _file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"file {v} does not exist (give the full path of a PEM file)")
+        return v
 
     @model_validator(mode="after")
-    def _files_exist(self) -> PlatformSettings:
-        for name in ("ca_bundle", "client_cert", "client_key"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name}: file {path} does not exist")
+    def _key_needs_cert(self) -> PlatformSettings:
+        if self.client_key is not None and self.client_cert is None:
+            raise KeyProblems([("client_key", "needs client_cert")])
         return self
 
 
@@ -315,6 +378,32 @@ class FaceSettings(_Section):
     """Longest time spent reading camera frames for one verification."""
     liveness: Literal["off", "head-turn"] = "off"
     """Optional head-turn liveness challenge."""
+    min_face_px: int = Field(default=80, ge=20, le=2000)
+    """Quality gate: the face box's shorter side, in frame pixels (smaller: "face too small")."""
+    min_sharpness: float = Field(default=40.0, ge=0)
+    """Quality gate: Laplacian variance of the face scaled to 128 px (lower: "face blurred")."""
+    min_brightness: float = Field(default=50.0, ge=0, le=255)
+    """Quality gate: mean grey level of the face (lower: "face too dark")."""
+    max_brightness: float = Field(default=215.0, ge=0, le=255)
+    """Quality gate: mean grey level of the face (higher: "face too bright")."""
+    second_face_ratio: float = Field(default=0.6, gt=0, le=1)
+    """A second face at least this fraction of the largest one's width: "more than one face"."""
+    early_stop_score: float = Field(default=0.95, gt=0, le=1)
+    """Stop reading frames once a frame scores at least this (a clear pass); >= threshold."""
+    max_compared_frames: int = Field(default=8, ge=1, le=200)
+    """Stop after comparing this many good frames (the best of them counts)."""
+    liveness_min_turn: float = Field(default=0.18, gt=0, le=1)
+    """head-turn: the nose's sideways shift, in eye distances, that counts as a turn."""
+    camera_mirrored: bool = False
+    """head-turn: the camera image is mirrored (the person's left is on the image's left)."""
+
+    @model_validator(mode="after")
+    def _face_order(self) -> FaceSettings:
+        if self.early_stop_score < self.threshold:
+            raise ValueError("early_stop_score must be >= threshold")
+        if self.max_brightness <= self.min_brightness:
+            raise ValueError("max_brightness must be > min_brightness")
+        return self
 
 
 class LocalApiSettings(_Section):
@@ -327,14 +416,17 @@ class LocalApiSettings(_Section):
     token: SecretStr | None = None
     """Bearer token for the API (or token_file); required off loopback."""
     full_data_token: SecretStr | None = None
-    """Bearer token whose holder may see unmasked data (or full_data_token_file)."""
+    """Bearer token whose holder may see unmasked data (or full_data_token_file); it also grants
+    everything `token` grants."""
+    max_body_bytes: int = Field(default=12 * 1024**2, ge=64 * 1024, le=64 * 1024**2)
+    """Largest request body accepted (two 3 MB photos in base64 need about 8 MB)."""
 
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:8787")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8787 (port 0: any free port)")
         return v
 
     @property
@@ -349,6 +441,9 @@ class LocalApiSettings(_Section):
     def _token_off_loopback(self) -> LocalApiSettings:
         if self.host not in ("127.0.0.1", "localhost", "::1") and self.token is None:
             raise ValueError(f"listening on {self.host} (not loopback) requires token or token_file")
+        if (self.token is not None and self.full_data_token is not None
+                and self.token.get_secret_value() == self.full_data_token.get_secret_value()):
+            raise ValueError("full_data_token must differ from token (it unmasks personal data)")
         return self
 
 
@@ -378,6 +473,14 @@ class Settings(_Section):
     source: Path | None = Field(default=None, exclude=True)
     """The file this was loaded from (not a key of the file)."""
 
+    _secret_sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def secret_sources(self) -> dict[str, str]:
+        """Where each secret that is set came from, by key path: ``inline``, ``file PATH`` or
+        ``systemd credential 'NAME'``."""
+        return dict(self._secret_sources)
+
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret shown as ``********``."""
         return _masked(self.model_dump(mode="python", exclude={"source"}))
@@ -403,37 +506,102 @@ _SECRETS = {
     ("platform", "auth"): ("ticket", "app_secret", "client_secret"),
     ("local_api",): ("token", "full_data_token"),
 }
+"""Secret keys per section: each may be inline, ``<key>_file``, or the systemd credential ``<key>``."""
+_SECRET_NAMES = frozenset(name for names in _SECRETS.values() for name in names)
+
+_RELATIVE_PATHS = {("platform",): ("ca_bundle", "client_cert", "client_key")}
+"""Path keys resolved against the config file's directory when relative."""
 
 
-def _rule(err: dict[str, Any]) -> str:
-    kind, msg = err["type"], err["msg"]
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings model that validates the table at ``loc`` (``()`` is the whole file)."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+_SHOULD = re.compile(r"^(Input|Value|String|List|Dictionary|Decimal|Float|Integer|Date|Datetime|Path|Url) should ")
+
+
+def _problems_from(err: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One pydantic error as ``(key.path, rule)`` pairs: the key at fault and a short rule."""
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc)
+    kind, msg = err["type"], str(err["msg"])
     if kind == "extra_forbidden":
-        return "unknown key"
+        parent = _model_at(loc[:-1])
+        known = [n for n in parent.model_fields if n != "source"] if parent is not None else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        return [(path, "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""))]
     if kind == "missing":
-        return "required"
+        return [(path, "required")]
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return [(path, f"must be a table ([{path}])")]
+    error = (err.get("ctx") or {}).get("error")
+    model = _model_at(loc)
+    if isinstance(error, KeyProblems):
+        prefix = f"{path}." if path else ""
+        return [(prefix + key, rule) for key, rule in error.problems]
     for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            return msg[len(prefix):]
-    return msg[0].lower() + msg[1:] if msg else kind
+        msg = msg.removeprefix(prefix)
+    if model is not None and kind == "value_error":
+        # "keep_sent_rows_days must be >= keep_sent_days" from a section validator: blame that key.
+        first, _, rest = msg.partition(" ")
+        first = first.rstrip(":")
+        if first in model.model_fields and rest:
+            return [(f"{path}.{first}" if path else first, rest)]
+    msg = _SHOULD.sub("must ", msg)
+    return [(path or "(file)", msg[:1].lower() + msg[1:] if msg else kind)]
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    for section_path, names in _RELATIVE_PATHS.items():
+        section: Any = raw
+        for part in section_path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            for name in names:
+                value = section.get(name)
+                if isinstance(value, str) and value and not Path(value).is_absolute():
+                    section[name] = str(base_dir / value)
 
 
 def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_drivers: bool = True) -> Settings:
-    """Validate a parsed TOML document into ``Settings``; raise ``ConfigError`` listing every fault."""
+    """Validate a parsed TOML document into ``Settings``; raise ``ConfigError`` listing every fault.
+
+    Every fault is one ``(key.path, rule)`` pair in ``ConfigError.problems``. Relative paths of
+    secret files and of the TLS files are taken relative to ``source``'s directory. With
+    ``validate_drivers`` the ``[card_reader]`` and ``[camera]`` sections are also checked by their
+    drivers (which must then be importable).
+    """
     raw = _deep_copy(raw)
     problems: list[tuple[str, str]] = []
+    sources: dict[str, str] = {}
+    base_dir = source.parent if source is not None else None
+    if "source" in raw:
+        problems.append(("source", "unknown key"))
+        del raw["source"]
+    if base_dir is not None:
+        _resolve_relative_paths(raw, base_dir)
     for path, names in _SECRETS.items():
         section: Any = raw
         for part in path:
             section = section.get(part) if isinstance(section, dict) else None
         if isinstance(section, dict):
-            _resolve_secrets(section, names, ".".join(path), problems)
+            _resolve_secrets(section, names, ".".join(path), problems, base_dir=base_dir, sources=sources)
+    # A secret whose file failed is reported once, at the file key, not again as "required".
+    failed_secrets = {path.removesuffix("_file") for path, _ in problems}
     settings: Settings | None = None
     try:
         settings = Settings.model_validate({**raw, "source": source})
     except ValidationError as exc:
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(file)"
-            problems.append((loc, _rule(err)))
+            problems.extend(p for p in _problems_from(err) if p[0] not in failed_secrets)
     if settings is not None and validate_drivers:
         from drivers import registry  # late: drivers import agent.errors
 
@@ -448,7 +616,25 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_dr
         raise ConfigError(f"configuration{where} has {len(problems)} error(s)", problems=problems,
                           hint="fix each key named above; deploy/fvagent.example.toml documents every key")
     assert settings is not None
+    settings._secret_sources = sources
     return settings
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Things that work but should be fixed, e.g. inline secrets in a file others can read."""
+    warnings: list[str] = []
+    inline = sorted(key for key, where in settings.secret_sources.items() if where == "inline")
+    if inline and settings.source is not None:
+        try:
+            mode = stat.S_IMODE(settings.source.stat().st_mode)
+        except OSError:
+            mode = 0
+        if mode & 0o004:
+            warnings.append(
+                f"{', '.join(inline)} inline in {settings.source}, which every user can read "
+                f"(mode {mode:04o}): chmod 640 {settings.source}, or move the secret to a *_file or a "
+                f"systemd credential")
+    return warnings
 
 
 def load_config(path: str | os.PathLike[str], *, validate_drivers: bool = True) -> Settings:
