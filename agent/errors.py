@@ -119,3 +119,7 @@ class CardReadError(DriverError):
 
 class FaceError(FvagentError):
     """The face engine cannot run (model missing, engine not installed)."""
+
+
+class LocalApiError(FvagentError):
+    """The local API cannot be served (its port is taken, it did not start in time)."""

@@ -1,0 +1,457 @@
+"""The local HTTP API and the operator page, as a FastAPI app over a ``DeskBackend``.
+
+Who may do what:
+- ``/v1/*``: with ``[local_api] token`` configured, every call needs ``Authorization: Bearer <token>``
+  (or the full-data token). Without one (only possible on loopback) calls are open. Results are
+  masked unless the caller presents ``full_data_token``.
+- ``/`` (the page) and ``/openapi.json`` hold no personal data and are always served.
+- ``/ui/*`` (the page's live feed, photos, operator): loopback callers without a token (the terminal's
+  own screen), anyone else with a valid token (header, or the ``fvagent_token`` cookie the page sets).
+- A caller without a token must also name a loopback host in ``Host``, so a web page that rebinds
+  its DNS name to 127.0.0.1 cannot read the feed.
+
+Nothing here logs a query string, a body or a photo: the access log is off and requests are logged
+by method, path and status only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent.config import LocalApiSettings
+from agent.errors import FvagentError, OutboxError, RecordError, StorageFull
+from agent.events import VERIFICATION
+from agent.localapi.backend import DeskBackend, NotFound
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+TOKEN_COOKIE = "fvagent_token"
+Scope = Literal["anonymous", "local", "api", "full"]
+MAX_ID = 2**63 - 1
+SSE_STATUS_INTERVAL_S = 5.0
+SSE_REPLAY = 8
+"""Verifications a newly connected page gets at once."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Response models (they make the OpenAPI document precise enough for schemathesis)
+
+
+class Problem(BaseModel):
+    field: str
+    rule: str
+
+
+class ErrorOut(BaseModel):
+    """Every error: a message, the fix when there is one, and one entry per bad field."""
+
+    error: str
+    hint: str | None = None
+    problems: list[Problem] = []
+
+
+class Accepted(BaseModel):
+    id: int = Field(description="The local outbox id of the committed verification")
+
+
+class VerificationOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: int
+    state: str | None = Field(description="pending, sending, sent, rejected or held")
+    createdAt: str | None
+    sentAt: str | None
+    attempts: int
+    lastError: str | None
+    heldReason: str | None
+    simulated: bool
+    source: str | None
+    masked: bool = Field(description="true: realName and cardNo are masked and private fields left out")
+    hasPhotos: dict[str, bool]
+    record: dict[str, Any] = Field(description="the verification with the platform spec's field names")
+
+
+class VerificationList(BaseModel):
+    items: list[VerificationOut]
+
+
+class OperatorIn(BaseModel):
+    operator: str = Field(description="operationUser for the following verifications, 1..10 characters")
+
+
+class OperatorOut(BaseModel):
+    operator: str
+
+
+VERIFICATION_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A verification with the platform spec's field names (the JSON `fvagent upload-file` "
+                   "takes). operationUser, deviceNo and machineCode may be left out.",
+    "properties": {
+        **{k: {"type": "string"} for k in (
+            "realName", "cardNo", "sexCode", "sexName", "nationalCode", "nationalName", "operationUser",
+            "birthday", "address", "police", "cardStartDate", "cardEndDate", "headImg", "cameraImg",
+            "verifyDate", "verifyTime", "deviceNo", "machineCode", "fingerCollectImg")},
+        "cardType": {"type": ["integer", "string"]},
+        "faceScore": {"type": "number", "minimum": 0, "maximum": 1},
+        "faceResult": {"type": ["integer", "string"]},
+        "certTimeoutStatus": {"type": "integer"},
+        "fingerScore": {"type": "number"},
+        "fingerResult": {"type": "integer"},
+    },
+    "required": ["realName", "cardType", "cardNo", "faceScore", "faceResult", "headImg", "cameraImg"],
+}
+
+ERRORS = {
+    401: {"model": ErrorOut, "description": "missing or unknown bearer token"},
+    403: {"model": ErrorOut, "description": "the token does not allow this"},
+}
+
+
+def _error(status: int, message: str, *, hint: str | None = None,
+           problems: list[tuple[str, str]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": message, "hint": hint, "problems": [{"field": f, "rule": r} for f, r in problems or []]}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Denied(Exception):
+    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
+        self.status, self.message, self.hint = status, message, hint
+        super().__init__(message)
+
+
+# --------------------------------------------------------------------------------------------------
+# Who is calling
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _host_name(host_header: str) -> str:
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class _Access:
+    """Decides a request's scope from its bearer token, its peer address and its Host header."""
+
+    def __init__(self, settings: LocalApiSettings) -> None:
+        self.token = settings.token.get_secret_value() if settings.token else None
+        self.full = settings.full_data_token.get_secret_value() if settings.full_data_token else None
+        self.trusted_hosts = set(LOOPBACK_HOSTS) | {settings.host.lower()}
+
+    def presented(self, request: Request) -> str | None:
+        auth = request.headers.get("authorization")
+        if auth:
+            kind, _, value = auth.partition(" ")
+            if kind.lower() != "bearer" or not value.strip():
+                raise _Denied(401, "Authorization must be 'Bearer <token>'")
+            return value.strip()
+        return request.cookies.get(TOKEN_COOKIE) or None
+
+    def scope(self, request: Request) -> Scope:
+        """The caller's scope. Raises ``_Denied`` for a token that matches nothing."""
+        given = self.presented(request)
+        if given is not None:
+            if self.full and hmac.compare_digest(given.encode(), self.full.encode()):
+                return "full"
+            if self.token and hmac.compare_digest(given.encode(), self.token.encode()):
+                return "api"
+            raise _Denied(401, "the bearer token is not recognised",
+                          hint="use [local_api] token (or full_data_token) from the agent's configuration")
+        peer = request.client.host if request.client else None
+        if _is_loopback(peer) and _host_name(request.headers.get("host", "")) in self.trusted_hosts:
+            return "local"
+        return "anonymous"
+
+    def require_api(self, request: Request) -> Scope:
+        """For /v1: a token when one is configured; without one, a local caller."""
+        scope = self.scope(request)
+        if scope in ("api", "full"):
+            return scope
+        if self.token is None and scope == "local":
+            return scope
+        raise _Denied(401, "this endpoint needs 'Authorization: Bearer <token>'",
+                      hint="the token is [local_api] token in the agent's configuration")
+
+    def require_ui(self, request: Request) -> Scope:
+        """For /ui: a local caller (the terminal's screen) or any valid token."""
+        scope = self.scope(request)
+        if scope == "anonymous":
+            raise _Denied(401, "the operator page's data is only for this terminal or a caller with the token")
+        return scope
+
+
+# --------------------------------------------------------------------------------------------------
+# The app
+
+
+def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
+    """The local API and operator page over ``backend``, with the access rules of ``settings``.
+
+    ``app.state.shutdown`` is an ``asyncio``-independent flag (a ``threading.Event``) that ends the
+    live feeds; ``LocalApiServer.stop()`` sets it.
+    """
+    import threading
+
+    access = _Access(settings)
+    app = FastAPI(
+        title="fvagent local API",
+        version="1",
+        description="Relay verifications in, results out to the registration desk, the operator page's feed.",
+        docs_url=None, redoc_url=None,
+    )
+    app.state.shutdown = threading.Event()
+    app.state.backend = backend
+    page_html = resources.files("agent.localapi").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.middleware("http")
+    async def _log_requests(request: Request, call_next: Any) -> Response:
+        started = time.monotonic()
+        response = await call_next(request)
+        # path only: query strings can hold a card number
+        log.debug("%s %s -> %d (%.0f ms)", request.method, request.url.path, response.status_code,
+                  (time.monotonic() - started) * 1000)
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    @app.exception_handler(_Denied)
+    async def _denied(request: Request, exc: _Denied) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, hint=exc.hint, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+            problems.append((".".join(loc) or "(request)", err.get("msg", "invalid")))
+        return _error(422, f"the request has {len(problems)} error(s)", problems=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    # -- the page ---------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(page_html, headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; "
+                                       "script-src 'unsafe-inline'; connect-src 'self'",
+            "Referrer-Policy": "no-referrer",
+        })
+
+    # -- /v1 --------------------------------------------------------------------------------------
+    @app.post("/v1/verifications", status_code=202, response_model=Accepted,
+              summary="Relay a verification the terminal scored itself",
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": VERIFICATION_BODY_SCHEMA}}}},
+              responses={**ERRORS, 413: {"model": ErrorOut, "description": "body too large"},
+                         415: {"model": ErrorOut, "description": "body is not JSON"},
+                         422: {"model": ErrorOut, "description": "every bad field, as (field, rule)"},
+                         507: {"model": ErrorOut, "description": "the disk is full: nothing was stored"}})
+    async def post_verification(
+        request: Request,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
+                                                      pattern=r"^[\x21-\x7e]+$",
+                                                      description="a retried post with the same key returns the same id")] = None,
+    ) -> Any:
+        access.require_api(request)
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if ctype != "application/json" and not ctype.endswith("+json"):
+            return _error(415, f"the body must be application/json, not {ctype or 'empty'}")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > settings.max_body_bytes:
+                return _error(413, f"the body is larger than {settings.max_body_bytes} bytes",
+                              hint="photos must be JPEG of at most 3 MB each")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(422, "the body is not valid JSON", problems=[("(body)", f"not valid JSON: {exc}")])
+        try:
+            record_id = await run_in_threadpool(backend.submit, body, idempotency_key=idempotency_key)
+        except RecordError as exc:
+            return _error(422, exc.message, hint=exc.hint, problems=exc.problems)
+        except StorageFull as exc:
+            return _error(507, str(exc), hint=exc.hint)
+        except OutboxError as exc:
+            log.error("relayed verification not stored: %s", exc)
+            return _error(503, "the verification could not be stored", hint=exc.hint)
+        return JSONResponse({"id": record_id}, status_code=202)
+
+    @app.get("/v1/verifications/{record_id}", response_model=VerificationOut,
+             summary="One verification by its local id",
+             responses={**ERRORS, 404: {"model": ErrorOut, "description": "no such verification"},
+                        422: {"model": ErrorOut, "description": "bad parameters"}})
+    async def get_verification(
+        request: Request,
+        record_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+        photos: Annotated[bool, Query(description="include headImg/cameraImg (full-data token only)")] = False,
+    ) -> Any:
+        scope = access.require_api(request)
+        if photos and scope != "full":
+            raise _Denied(403, "photos need the full-data token", hint="[local_api] full_data_token")
+        try:
+            return await run_in_threadpool(backend.verification, record_id, full=scope == "full", photos=photos)
+        except NotFound as exc:
+            return _error(404, str(exc))
+
+    @app.get("/v1/verifications", response_model=VerificationList,
+             summary="Recent verifications, newest first, optionally of one card and since a time",
+             responses={**ERRORS, 422: {"model": ErrorOut, "description": "bad parameters"}})
+    async def list_verifications(
+        request: Request,
+        cardNo: Annotated[str | None, Query(min_length=1, max_length=18, pattern=r"^[0-9A-Za-z]+$")] = None,  # noqa: N803
+        since: Annotated[str | None, Query(description="ISO 8601 time or yyyy-MM-dd[ HH:mm:ss], Asia/Shanghai when no offset")] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> Any:
+        scope = access.require_api(request)
+        since_dt = None
+        if since is not None:
+            try:
+                since_dt = parse_since(since)
+            except ValueError as exc:
+                return _error(422, "bad since", problems=[("since", str(exc))])
+        items = await run_in_threadpool(backend.find, card_no=cardNo, since=since_dt, limit=limit, full=scope == "full")
+        return {"items": items}
+
+    @app.get("/v1/status", summary="The same document as `fvagent status --json`",
+             responses={**ERRORS, 200: {"content": {"application/json": {"schema": {"type": "object"}}}}})
+    async def get_status(request: Request) -> Any:
+        access.require_api(request)
+        return JSONResponse(await run_in_threadpool(backend.status))
+
+    @app.get("/v1/operator", response_model=OperatorOut, summary="The current operationUser", responses=ERRORS)
+    async def get_operator(request: Request) -> Any:
+        access.require_api(request)
+        return {"operator": backend.get_operator()}
+
+    @app.put("/v1/operator", response_model=OperatorOut, summary="Set the operationUser for the following verifications",
+             responses={**ERRORS, 422: {"model": ErrorOut, "description": "bad operator"}})
+    async def put_operator(request: Request, body: OperatorIn) -> Any:
+        access.require_api(request)
+        return await _set_operator(body.operator)
+
+    async def _set_operator(name: str) -> Any:
+        try:
+            return {"operator": await run_in_threadpool(backend.set_operator, name)}
+        except RecordError as exc:
+            return _error(422, exc.message, problems=exc.problems)
+        except OSError as exc:
+            log.error("operator not saved: %s", exc)
+            return _error(503, "the operator could not be saved", hint="check the state directory's permissions and free space")
+
+    # -- /ui: the page's data -------------------------------------------------------------------
+    @app.get("/ui/status", include_in_schema=False)
+    async def ui_status(request: Request) -> Any:
+        access.require_ui(request)
+        return await run_in_threadpool(backend.page_status)
+
+    @app.put("/ui/operator", include_in_schema=False)
+    async def ui_operator(request: Request, body: OperatorIn) -> Any:
+        access.require_ui(request)
+        return await _set_operator(body.operator)
+
+    @app.get("/ui/photos/{record_id}/{which}", include_in_schema=False)
+    async def ui_photo(request: Request, record_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+                       which: Literal["head", "camera"]) -> Response:
+        access.require_ui(request)
+        try:
+            data = await run_in_threadpool(backend.photo, record_id, which)
+        except NotFound as exc:
+            return _error(404, str(exc))
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
+
+    @app.get("/ui/events", include_in_schema=False)
+    async def ui_events(request: Request) -> Response:
+        access.require_ui(request)
+        last = request.headers.get("last-event-id")
+        replay_after: int | None
+        if last and last.isdigit():
+            replay_after = int(last)
+        else:
+            recent = backend.events.recent(VERIFICATION, SSE_REPLAY)
+            replay_after = recent[0].seq - 1 if recent else None
+        sub = backend.events.subscribe(replay_after=replay_after)
+        return StreamingResponse(_sse(request, backend, sub, app.state.shutdown), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+async def _sse(request: Request, backend: DeskBackend, sub: Any, shutdown: Any) -> Any:
+    """The live feed: a status first, then each verification as it is committed, a status every few
+    seconds (it doubles as a keep-alive), until the client leaves or the server stops."""
+    try:
+        yield "retry: 2000\n\n"
+        yield _sse_frame("status", await run_in_threadpool(backend.page_status))
+        next_status = time.monotonic() + SSE_STATUS_INTERVAL_S
+        while not shutdown.is_set():
+            event = await sub.next_event(min(1.0, max(0.0, next_status - time.monotonic())))
+            if event is not None:
+                if event.kind == VERIFICATION:
+                    item = await run_in_threadpool(backend.feed_item, event)
+                    if item is not None:
+                        yield _sse_frame(VERIFICATION, item, event_id=event.seq)
+                else:
+                    next_status = 0.0  # any other event (operator, status) refreshes the status bar
+            if sub.dropped:
+                log.debug("a slow page missed %d events", sub.dropped)
+                sub.dropped = 0
+            if time.monotonic() >= next_status:
+                if await request.is_disconnected():
+                    break
+                yield _sse_frame("status", await run_in_threadpool(backend.page_status))
+                next_status = time.monotonic() + SSE_STATUS_INTERVAL_S
+    except asyncio.CancelledError:
+        raise
+    finally:
+        sub.close()
+
+
+def _sse_frame(kind: str, data: dict[str, Any], *, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def parse_since(value: str) -> dt.datetime:
+    """``since`` as an aware datetime: ISO 8601, ``yyyy-MM-dd HH:mm:ss`` or ``yyyy-MM-dd``;
+    without an offset it is Asia/Shanghai time (the platform's). Raises ``ValueError``."""
+    text = value.strip()
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("must be an ISO 8601 time, yyyy-MM-dd HH:mm:ss or yyyy-MM-dd") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    return parsed
+
+
+__all__ = ["create_app", "parse_since", "FvagentError"]
