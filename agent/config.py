@@ -369,10 +369,11 @@ class FaceSettings(_Section):
     engine: str = "dlib"
     """Face engine (entry point group fvagent.face_engines)."""
     threshold: float = Field(default=0.75, ge=0, le=1)
-    """faceScore at or above which faceResult is 1 (passed)."""
-    score_midpoint: float = Field(default=0.45, gt=0)
+    """faceScore at or above which faceResult is 1 (passed); with the default mapping 0.75 means
+    distance <= 0.456 (calibration: docs/face.md, `fvagent face calibrate`)."""
+    score_midpoint: float = Field(default=0.50, gt=0)
     """Distance that maps to score 0.5 (logistic mapping)."""
-    score_slope: float = Field(default=20.0, gt=0)
+    score_slope: float = Field(default=25.0, gt=0)
     """Steepness of the logistic mapping, per unit distance."""
     capture_timeout_s: float = Field(default=5.0, gt=0, le=60)
     """Longest time spent reading camera frames for one verification."""
@@ -380,9 +381,9 @@ class FaceSettings(_Section):
     """Optional head-turn liveness challenge."""
     min_face_px: int = Field(default=80, ge=20, le=2000)
     """Quality gate: the face box's shorter side, in frame pixels (smaller: "face too small")."""
-    min_sharpness: float = Field(default=40.0, ge=0)
+    min_sharpness: float = Field(default=12.0, ge=0)
     """Quality gate: Laplacian variance of the face scaled to 128 px (lower: "face blurred")."""
-    min_brightness: float = Field(default=50.0, ge=0, le=255)
+    min_brightness: float = Field(default=40.0, ge=0, le=255)
     """Quality gate: mean grey level of the face (lower: "face too dark")."""
     max_brightness: float = Field(default=215.0, ge=0, le=255)
     """Quality gate: mean grey level of the face (higher: "face too bright")."""
@@ -392,7 +393,7 @@ class FaceSettings(_Section):
     """Stop reading frames once a frame scores at least this (a clear pass); >= threshold."""
     max_compared_frames: int = Field(default=8, ge=1, le=200)
     """Stop after comparing this many good frames (the best of them counts)."""
-    liveness_min_turn: float = Field(default=0.18, gt=0, le=1)
+    liveness_min_turn: float = Field(default=0.15, gt=0, le=1)
     """head-turn: the nose's sideways shift, in eye distances, that counts as a turn."""
     camera_mirrored: bool = False
     """head-turn: the camera image is mirrored (the person's left is on the image's left)."""
