@@ -161,7 +161,8 @@ class _TokenAuth(AuthProvider):
             if code not in (None, 0, 200, "0", "200"):
                 raise AuthError(f"token endpoint {url} refused: code {code}: {msg}", retryable=False,
                                 hint="check [platform.auth] credentials")
-            raise AuthError(f"token endpoint {url} reply has no {self.settings.token_field!r}", retryable=False,
+            raise AuthError(f"token endpoint {url} reply has no {self.settings.token_field!r} "
+                           "([platform.auth] token_field)", retryable=False,
                             hint="set [platform.auth] token_field to the field that holds the token")
         lifetime = _lookup(body, self.settings.token_expires_field)
         try:
