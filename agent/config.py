@@ -6,6 +6,13 @@ that lists every fault as ``key.path: rule``. Unknown keys are errors, so a typo
 
 The ``[card_reader]`` and ``[camera]`` sections hold ``driver = "NAME"`` plus that driver's own
 settings; the driver validates them (see ``drivers.registry``).
+
+Adding a key to a section: declare the field with a default and a docstring, and show it in
+``deploy/fvagent.example.toml`` (a test fails until you do). A cross-key rule in a section's model
+validator should raise ``KeyProblems([("key", "rule")])`` (or a ``ValueError`` whose message starts
+with the key's name), so the error names the key: ``face.early_stop_score: must be >= threshold``.
+A new secret key goes into ``_SECRETS``; it then also accepts ``<key>_file`` and the systemd
+credential ``<key>``. docs/configuration.md is the technician's guide.
 """
 
 from __future__ import annotations
