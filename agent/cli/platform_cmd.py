@@ -1,7 +1,253 @@
-"""(being written)"""
+"""`fvagent register`, `fvagent upload-file RECORD.json` and `fvagent probe`: the platform by hand.
+
+`register` and `upload-file` send one request now and print the outcome class, our requestId, the
+one the platform echoed and its message. Exit codes (for scripts):
+
+    0 accepted   3 rejected (fix the record)   4 blocked (fix the configuration)
+    5 retryable (network or platform trouble: try again later)   6 the platform is switched off
+    1 the record or another input is bad (nothing sent)   2 the configuration file is bad
+
+`probe` sends nothing: it prints, for one sample payload, the request headers and body under the
+default conventions and then under each alternative of each open convention, so a technician can
+find the combination that reproduces the platform's own sample.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agent.cli import add_config_arg, config_path
+
+EXIT_CODES = {"accepted": 0, "rejected": 3, "blocked": 4, "retryable": 5}
+EXIT_DISABLED = 6
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    return None
+    reg = sub.add_parser("register", help="register this device with the platform now (POST /machine/info)",
+                         description="Send this device's registration ([device] settings) to the platform and "
+                                     "print the outcome. Exit 0 only when accepted (B2301, already registered, "
+                                     "counts as accepted).")
+    add_config_arg(reg)
+    reg.set_defaults(func=cmd_register)
+
+    up = sub.add_parser("upload-file", help="validate one verification record (JSON) and send it",
+                        description="Validate one verification record given as JSON with the platform's field "
+                                    "names, then send it (how a corrected rejected record is resent). Exit 0 "
+                                    "only when accepted.")
+    add_config_arg(up)
+    up.add_argument("record", metavar="RECORD.json", help="the verification record, spec field names")
+    up.set_defaults(func=cmd_upload_file)
+
+    probe = sub.add_parser("probe", help="print the request under every open convention (sends nothing)",
+                           description="Print, for a sample payload, the headers and body under the default "
+                                       "conventions and under each alternative of each open convention, to "
+                                       "match against the platform's own sample. Sends nothing.")
+    add_config_arg(probe)
+    probe.add_argument("--payload", metavar="FILE", help="JSON object to use as the sample (default: this "
+                                                         "device's registration payload)")
+    probe.add_argument("--at", metavar="EPOCH_S", type=float, default=None,
+                       help="the instant to sign, epoch seconds (default: now); use the platform sample's time")
+    probe.add_argument("--request-id", default=None, help="request id to show (default: a fresh one)")
+    probe.add_argument("--full", action="store_true", help="print long values whole, not shortened")
+    probe.set_defaults(func=cmd_probe)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from agent.config import load_config
+
+    return load_config(config_path(args), validate_drivers=False)
+
+
+def _switched_off(settings: Any) -> bool:
+    if settings.platform.enabled:
+        return False
+    print(f"fvagent: the platform is switched off ([platform] enabled = false in {settings.source}): "
+          "nothing was sent.", file=sys.stderr)
+    print("fvagent: hint: set [platform] enabled = true to send; the service keeps queueing meanwhile.",
+          file=sys.stderr)
+    return True
+
+
+def _send(settings: Any, what: str, payload: dict[str, Any]) -> int:
+    from agent import crypto
+    from agent.uplink.client import PlatformClient
+
+    crypto.self_test()
+    with PlatformClient(settings.platform) as client:
+        outcome = client.register_device(payload) if what == "register" else client.upload_verification(payload)
+    echoed = outcome.platform_request_id
+    print(f"outcome:    {outcome.kind.value}")
+    print(f"requestId:  {outcome.request_id}" + (f" (platform echoed {echoed})" if echoed and echoed != outcome.request_id
+                                                  else ""))
+    print(f"message:    {outcome.message}")
+    details = [f"HTTP {outcome.http_status}" if outcome.http_status is not None else "no HTTP reply"]
+    if outcome.code is not None:
+        details.append(f"code {outcome.code}")
+    if outcome.exception_code is not None:
+        details.append(f"exceptionCode {outcome.exception_code}")
+    if outcome.retry_after_s is not None:
+        details.append(f"retry after {outcome.retry_after_s:.0f} s")
+    print(f"details:    {', '.join(details)}")
+    advice = {"rejected": "the platform refused this record: correct it and send it again",
+              "blocked": "the configuration is wrong ([platform], [platform.auth], [platform.conventions]); "
+                         "`fvagent probe` shows the alternatives",
+              "retryable": "network or platform trouble: try again later"}.get(outcome.kind.value)
+    if advice:
+        print(f"next:       {advice}")
+    return EXIT_CODES[outcome.kind.value]
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from agent.records import registration_payload
+
+    settings = _load(args)
+    if _switched_off(settings):
+        return EXIT_DISABLED
+    payload = registration_payload(settings.device)
+    print(f"registering machineCode {payload['machineCode']} (deviceNo {payload['deviceNo']}) "
+          f"at {settings.platform.base_url}")
+    return _send(settings, "register", payload)
+
+
+def _read_json(path_text: str) -> Any:
+    from agent.errors import RecordError
+
+    path = Path(path_text)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise RecordError(f"record file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordError(f"cannot read record file {path}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"record file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                          hint="the file must hold one JSON object with the platform's field names") from None
+
+
+def cmd_upload_file(args: argparse.Namespace) -> int:
+    from agent.errors import RecordError
+    from agent.privacy import mask_card_no, mask_name
+    from agent.records import parse_verification
+
+    settings = _load(args)
+    data = _read_json(args.record)
+    if not isinstance(data, dict):
+        raise RecordError(f"record file {args.record} holds a JSON {type(data).__name__}, not an object",
+                          hint="the file must hold one JSON object with the platform's field names")
+    record = parse_verification(data, long_term_end=settings.platform.conventions.long_term_end_date)
+    payload = record.to_payload()
+    print(f"record valid: cardNo {mask_card_no(payload.get('cardNo'))}, realName {mask_name(payload.get('realName'))}, "
+          f"verifyTime {payload.get('verifyTime')}")
+    if _switched_off(settings):
+        return EXIT_DISABLED
+    return _send(settings, "upload", payload)
+
+
+# --------------------------------------------------------------------------------------------------
+# probe
+
+_ALTERNATIVES: dict[str, tuple[str, ...]] = {
+    "send_time_format": ("epoch_ms", "epoch_s", "yyyyMMddHHmmss", "yyyy-MM-dd HH:mm:ss"),
+    "sign_key_encoding": ("utf8", "hex"),
+    "sign_output": ("hex", "hex_upper", "base64"),
+    "sm4_key_mode": ("auto", "raw16", "hex32", "first16", "sm3_trunc16", "nhsa_derive"),
+    "padding": ("pkcs7", "none"),
+    "cipher_encoding": ("base64", "hex_lower", "hex_upper"),
+    "json_ensure_ascii": (False, True),  # type: ignore[dict-item]
+}
+_AFFECTS = {
+    "send_time_format": ("time", "sign"),
+    "sign_key_encoding": ("sign",),
+    "sign_output": ("sign",),
+    "sm4_key_mode": ("data",),
+    "padding": ("data",),
+    "cipher_encoding": ("data",),
+    "json_ensure_ascii": ("body", "data"),
+}
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from agent.records import registration_payload
+    from agent.uplink.conventions import Conventions
+
+    settings = _load(args)
+    platform = settings.platform
+    if args.payload:
+        payload = _read_json(args.payload)
+        source = args.payload
+    else:
+        payload = registration_payload(settings.device)
+        source = "this device's registration payload ([device])"
+    at = args.at if args.at is not None else time.time()
+    request_id = args.request_id or uuid.uuid4().hex
+    secret = platform.org_app_secret.get_secret_value()
+    configured = platform.conventions
+    shorten = (lambda s: s) if args.full else _shorten
+
+    def render(overrides: dict[str, Any]) -> dict[str, str]:
+        conv = Conventions(configured.model_copy(update=overrides), platform.org_app_id, secret)
+        out: dict[str, str] = {}
+        t = conv.send_time(at)
+        out["time"] = t
+        out["sign"] = _try(lambda: conv.sign(t))
+        out["body"] = conv.dumps(payload).decode("utf-8")
+        out["data"] = _try(lambda: conv.encrypt_data(conv.dumps(payload)))
+        return out
+
+    print(f"# fvagent probe: nothing is sent. Sample: {source}")
+    print(f"# orgAppId {platform.org_app_id}; instant {at:.3f} (epoch s); encrypt = {str(platform.encrypt).lower()}")
+    print(f"# responses: response_encrypted = {configured.response_encrypted!r}, "
+          f"verify_response_sign = {configured.verify_response_sign!r}")
+    print()
+    print("## configured conventions" + ("" if configured == type(configured)() else " (differ from the defaults)"))
+    for name in _ALTERNATIVES:
+        print(f"   {name} = {getattr(configured, name)!r}")
+    base = render({})
+    auth_shown = "(from [platform.auth] kind = %r, not shown)" % platform.auth.kind
+    print()
+    path = "/verification/pregnant_woman/first" if isinstance(payload, dict) and "cardNo" in payload else "/machine/info"
+    print(f"POST {platform.base_url}{path}")
+    print(f"hmpt-portal-sign: {base['sign']}")
+    print(f"hmpt-portal-time: {base['time']}")
+    print(f"hmpt-portal-request-id: {request_id}")
+    print(f"hmpt-portal-org-app-id: {platform.org_app_id}")
+    print(f"Authorization: {auth_shown}")
+    print()
+    print(f"body (plain):     {shorten(base['body'])}")
+    print(f"body (encrypted): {shorten(json.dumps({'data': base['data']}))}")
+    for name, values in _ALTERNATIVES.items():
+        current = getattr(configured, name)
+        ordered = [current] + [v for v in values if v != current]
+        print()
+        print(f"## {name}  (changes {', '.join(_AFFECTS[name])}; first line = configured)")
+        for value in ordered:
+            shown = render({name: value})
+            parts = [f"{field}={shorten(shown[field])}" for field in _AFFECTS[name]]
+            print(f"   {value!r:<24} " + "\n   {:<24} ".format("").join(parts))
+    return 0
+
+
+def _try(fn: Any) -> str:
+    from agent.errors import CryptoError
+
+    try:
+        return str(fn())
+    except CryptoError as exc:
+        return f"(not possible: {exc.message})"
+
+
+def _shorten(text: str, limit: int = 96) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} chars; --full shows all)"

@@ -179,8 +179,11 @@ class PlatformClient:
 
     def _done(self, path: str, outcome: Outcome) -> Outcome:
         level = logging.INFO if outcome.kind is OutcomeKind.ACCEPTED else logging.WARNING
-        log.log(level, "request %s: POST %s -> %s (HTTP %s, code %s, exceptionCode %s): %s", outcome.request_id,
-                path, outcome.kind.value, outcome.http_status, outcome.code, outcome.exception_code, outcome.message)
+        facts = [f"HTTP {outcome.http_status}" if outcome.http_status is not None else "no HTTP reply"]
+        facts += [f"code {outcome.code}"] if outcome.code is not None else []
+        facts += [f"exceptionCode {outcome.exception_code}"] if outcome.exception_code is not None else []
+        log.log(level, "request %s: POST %s -> %s (%s): %s", outcome.request_id, path, outcome.kind.value,
+                ", ".join(facts), outcome.message)
         return outcome
 
     def _classify(self, resp: httpx.Response, request_id: str, *, registration: bool) -> tuple[Outcome, bool]:
