@@ -576,7 +576,7 @@ def tls_server(tmp_path: Path) -> Iterator[Callable[..., tuple[str, dict[str, Pa
             ctx.load_verify_locations(pki["ca"])
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
         servers.append(srv)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return f"https://127.0.0.1:{srv.server_address[1]}", pki
 
     yield start
