@@ -77,6 +77,8 @@ class FaceOutcome:
     """Mode "both": the engine's own result beside the terminal's."""
     disagrees: bool = False
     """Mode "both": engine and terminal gave different pass/fail results."""
+    best_frame_index: int | None = None
+    """Which frame (0-based, in reading order) was the closest; None when none was compared."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +228,8 @@ class Scorer:
             reason = f"match: distance {distance:.3f}, score {score:.2f}"
         if self.challenge is not None and not self.challenge.passed:
             result, reason = RESULT_FAILED, self.challenge.reason
-        return FaceOutcome(score, result, reason, distance, **common)  # type: ignore[arg-type]
+        return FaceOutcome(score, result, reason, distance, best_frame_index=self.best_index,
+                           **common)  # type: ignore[arg-type]  # type: ignore[arg-type]
 
     def _reject_summary(self) -> str:
         return ", ".join(f"{why} x{n}" for why, n in self.rejects.most_common()) or "none compared"
