@@ -241,3 +241,15 @@ def test_probe_with_a_payload_file_uses_it(tmp_path: Path, capsys: pytest.Captur
     assert 'body (plain):     {"cardNo":"x","realName":"样例"}' in out
     conv = Conventions(ConventionSettings(), APP_ID, SECRET)
     assert conv.encrypt_data('{"cardNo":"x","realName":"样例"}'.encode()) in out
+
+
+def test_probe_all_lists_every_combination(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path, "http://127.0.0.1:9/api", secret="00112233445566778899aabbccddeeff")
+    assert main(["probe", "-c", cfg, "--at", "1718091555", "--all", "--full"]) == 0
+    out = capsys.readouterr().out
+    signs = out.split("## every signature")[1].split("## every data")[0].strip().splitlines()[1:]
+    datas = out.split("## every data")[1].strip().splitlines()[1:]
+    assert len(signs) == 4 * 2 * 3 and len(datas) == 6 * 2 * 3 * 2
+    conv = Conventions(ConventionSettings(send_time_format="yyyyMMddHHmmss", sign_key_encoding="hex",
+                                          sign_output="hex_upper"), APP_ID, "00112233445566778899aabbccddeeff")
+    assert f"yyyyMMddHHmmss | hex | hex_upper | 20240611153915 | {conv.sign('20240611153915')}" in out

@@ -55,6 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        help="the instant to sign, epoch seconds (default: now); use the platform sample's time")
     probe.add_argument("--request-id", default=None, help="request id to show (default: a fresh one)")
     probe.add_argument("--full", action="store_true", help="print long values whole, not shortened")
+    probe.add_argument("--all", action="store_true",
+                       help="also print every combination: the signature under each (time format, key encoding, "
+                            "output) and the data under each (key mode, padding, encoding, ensure_ascii); "
+                            "grep it for the platform's sample value")
     probe.set_defaults(func=cmd_probe)
 
 
@@ -235,7 +239,29 @@ def cmd_probe(args: argparse.Namespace) -> int:
             shown = render({name: value})
             parts = [f"{field}={shorten(shown[field])}" for field in _AFFECTS[name]]
             print(f"   {value!r:<24} " + "\n   {:<24} ".format("").join(parts))
+    if args.all:
+        _print_all_combinations(render, shorten)
     return 0
+
+
+def _print_all_combinations(render: Any, shorten: Any) -> None:
+    """Signatures depend only on the time format, key encoding and output; the data only on the key
+    rule, padding, encoding and JSON escaping: two tables cover every combination."""
+    import itertools
+
+    print()
+    print("## every signature: send_time_format | sign_key_encoding | sign_output | time | sign")
+    for fmt, key_enc, out in itertools.product(*(_ALTERNATIVES[n] for n in
+                                                 ("send_time_format", "sign_key_encoding", "sign_output"))):
+        r = render({"send_time_format": fmt, "sign_key_encoding": key_enc, "sign_output": out})
+        print(f"   {fmt} | {key_enc} | {out} | {r['time']} | {r['sign']}")
+    print()
+    print("## every data: sm4_key_mode | padding | cipher_encoding | json_ensure_ascii | data")
+    for mode, pad, enc, ascii_ in itertools.product(*(_ALTERNATIVES[n] for n in
+                                                      ("sm4_key_mode", "padding", "cipher_encoding",
+                                                       "json_ensure_ascii"))):
+        r = render({"sm4_key_mode": mode, "padding": pad, "cipher_encoding": enc, "json_ensure_ascii": ascii_})
+        print(f"   {mode} | {pad} | {enc} | {str(ascii_).lower()} | {shorten(r['data'])}")
 
 
 def _try(fn: Any) -> str:
