@@ -225,7 +225,8 @@ OPERATOR_MAX_LEN = 10
 def validate_operator(name: object) -> str:
     """Return ``name`` stripped, or raise ``ValueError`` saying what is wrong with it.
 
-    An operator is 1..10 characters (the spec's varchar(10)) without control characters.
+    An operator is 1..10 characters (the spec's varchar(10)) without control characters or lone
+    surrogates (which could not be written as UTF-8).
     """
     if not isinstance(name, str):
         raise ValueError("operator must be a string")
@@ -234,7 +235,7 @@ def validate_operator(name: object) -> str:
         raise ValueError("operator must not be empty")
     if len(value) > OPERATOR_MAX_LEN:
         raise ValueError(f"operator must be at most {OPERATOR_MAX_LEN} characters (operationUser is varchar(10))")
-    if any(unicodedata.category(ch).startswith("C") for ch in value):
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
         raise ValueError("operator must not contain control characters")
     return value
 

@@ -444,3 +444,10 @@ def test_logs_hold_no_personal_data(agent: Agent, caplog: pytest.LogCaptureFixtu
     assert ours, "expected some log output to check"
     text = "\n".join(r.getMessage() for r in ours)
     assert body["cardNo"] not in text and "韦小梅" not in text and body["headImg"][:40] not in text
+
+
+def test_unknown_query_parameter_is_refused(agent: Agent) -> None:
+    with client(agent) as c:
+        r = c.get("/v1/verifications", params={"cardno": make_id()})  # misspelt: must not list every card
+    assert r.status_code == 422
+    assert r.json()["problems"][0]["field"] == "cardno"

@@ -34,9 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.config import LocalApiSettings
-from agent.errors import FvagentError, OutboxError, RecordError, StorageFull
+from agent.errors import OutboxError, RecordError, StorageFull
 from agent.events import VERIFICATION
-from agent.localapi.backend import DeskBackend, NotFound
+from agent.localapi.backend import SHANGHAI, DeskBackend, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -91,31 +91,58 @@ class VerificationList(BaseModel):
     items: list[VerificationOut]
 
 
+OPERATOR_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+"""1..10 characters, not all blank, no control characters (agent.events.validate_operator)."""
+
+
 class OperatorIn(BaseModel):
-    operator: str = Field(description="operationUser for the following verifications, 1..10 characters")
+    operator: str = Field(min_length=1, max_length=10, pattern=OPERATOR_PATTERN,
+                          description="operationUser for the following verifications, 1..10 characters")
 
 
 class OperatorOut(BaseModel):
     operator: str
 
 
+_DATE = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+_JPEG_B64 = {"type": "string", "minLength": 4, "description": "JPEG of at most 3 MB, base64"}
 VERIFICATION_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "A verification with the platform spec's field names (the JSON `fvagent upload-file` "
-                   "takes). operationUser, deviceNo and machineCode may be left out.",
+                   "takes), validated exactly like a captured record: GB 11643 check digit, code tables, "
+                   "JPEG images, cross-field rules. operationUser defaults to the current operator; "
+                   "deviceNo and machineCode default to this device's and must match it when given.",
     "properties": {
-        **{k: {"type": "string"} for k in (
-            "realName", "cardNo", "sexCode", "sexName", "nationalCode", "nationalName", "operationUser",
-            "birthday", "address", "police", "cardStartDate", "cardEndDate", "headImg", "cameraImg",
-            "verifyDate", "verifyTime", "deviceNo", "machineCode", "fingerCollectImg")},
-        "cardType": {"type": ["integer", "string"]},
+        "realName": {"type": "string", "minLength": 1, "maxLength": 10},
+        "cardType": {"type": ["integer", "string"], "enum": [0, 1, 2, 9, "0", "1", "2", "9"]},
+        "cardNo": {"type": "string", "minLength": 1, "maxLength": 18},
+        "sexCode": {"type": "string", "enum": ["0", "1", "2", "9"]},
+        "sexName": {"type": "string", "enum": ["未知", "男", "女", "未说明"]},
+        "nationalCode": {"type": "string", "pattern": "^[0-9]{2}$"},
+        "nationalName": {"type": "string", "minLength": 1, "maxLength": 10},
+        "operationUser": {"type": "string", "minLength": 1, "maxLength": 10},
+        "birthday": _DATE,
+        "address": {"type": "string", "maxLength": 100},
+        "police": {"type": "string", "maxLength": 100},
+        "cardStartDate": _DATE,
+        "cardEndDate": {"type": "string", "minLength": 1, "maxLength": 10},
+        "headImg": _JPEG_B64,
+        "cameraImg": _JPEG_B64,
         "faceScore": {"type": "number", "minimum": 0, "maximum": 1},
-        "faceResult": {"type": ["integer", "string"]},
-        "certTimeoutStatus": {"type": "integer"},
-        "fingerScore": {"type": "number"},
-        "fingerResult": {"type": "integer"},
+        "faceResult": {"type": ["integer", "string"], "enum": [0, 1, 2, "0", "1", "2"]},
+        "verifyDate": _DATE,
+        "verifyTime": {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$"},
+        "certTimeoutStatus": {"type": "integer", "enum": [0, 1]},
+        "deviceNo": {"type": "string", "minLength": 1, "maxLength": 50},
+        "machineCode": {"type": "string", "minLength": 1, "maxLength": 50},
+        "fingerCollectImg": _JPEG_B64,
+        "fingerScore": {"type": "number", "minimum": 0, "maximum": 1},
+        "fingerResult": {"type": "integer", "enum": [0, 1, 2]},
     },
-    "required": ["realName", "cardType", "cardNo", "faceScore", "faceResult", "headImg", "cameraImg"],
+    "required": ["realName", "cardType", "cardNo", "sexCode", "sexName", "nationalCode", "nationalName",
+                 "birthday", "address", "police", "cardStartDate", "cardEndDate", "headImg", "cameraImg",
+                 "faceScore", "faceResult", "verifyDate", "verifyTime", "certTimeoutStatus"],
+    "additionalProperties": False,
 }
 
 ERRORS = {
@@ -128,6 +155,20 @@ def _error(status: int, message: str, *, hint: str | None = None,
            problems: list[tuple[str, str]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": message, "hint": hint, "problems": [{"field": f, "rule": r} for f, r in problems or []]}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _BadQuery(Exception):
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("unknown query parameters")
+
+
+def _only_params(request: Request, *allowed: str) -> None:
+    """Refuse unknown query parameters: a misspelt ``cardno`` must not silently list every card."""
+    unknown = sorted({k for k in request.query_params if k not in allowed})
+    if unknown:
+        rule = f"unknown query parameter; allowed: {', '.join(allowed) or 'none'}"
+        raise _BadQuery([(name or "(empty name)", rule) for name in unknown])
 
 
 class _Denied(Exception):
@@ -245,6 +286,10 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return _error(exc.status, exc.message, hint=exc.hint, headers=headers)
 
+    @app.exception_handler(_BadQuery)
+    async def _bad_query(request: Request, exc: _BadQuery) -> JSONResponse:
+        return _error(422, "the request has unknown query parameters", problems=exc.problems)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
@@ -255,6 +300,8 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": one answer for every bad body
+            return _error(422, "the body is not valid JSON", problems=[("(body)", str(exc.detail))])
         return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     # -- the page ---------------------------------------------------------------------------------
@@ -282,6 +329,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
                                                       description="a retried post with the same key returns the same id")] = None,
     ) -> Any:
         access.require_api(request)
+        _only_params(request)
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if ctype != "application/json" and not ctype.endswith("+json"):
             return _error(415, f"the body must be application/json, not {ctype or 'empty'}")
@@ -316,6 +364,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         photos: Annotated[bool, Query(description="include headImg/cameraImg (full-data token only)")] = False,
     ) -> Any:
         scope = access.require_api(request)
+        _only_params(request, "photos")
         if photos and scope != "full":
             raise _Denied(403, "photos need the full-data token", hint="[local_api] full_data_token")
         try:
@@ -329,16 +378,13 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     async def list_verifications(
         request: Request,
         cardNo: Annotated[str | None, Query(min_length=1, max_length=18, pattern=r"^[0-9A-Za-z]+$")] = None,  # noqa: N803
-        since: Annotated[str | None, Query(description="ISO 8601 time or yyyy-MM-dd[ HH:mm:ss], Asia/Shanghai when no offset")] = None,
+        since: Annotated[dt.datetime | None, Query(
+            description="ISO 8601 time, yyyy-MM-dd HH:mm:ss or yyyy-MM-dd; Asia/Shanghai time when it has no offset")] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> Any:
         scope = access.require_api(request)
-        since_dt = None
-        if since is not None:
-            try:
-                since_dt = parse_since(since)
-            except ValueError as exc:
-                return _error(422, "bad since", problems=[("since", str(exc))])
+        _only_params(request, "cardNo", "since", "limit")
+        since_dt = since if since is None or since.tzinfo is not None else since.replace(tzinfo=SHANGHAI)
         items = await run_in_threadpool(backend.find, card_no=cardNo, since=since_dt, limit=limit, full=scope == "full")
         return {"items": items}
 
@@ -346,17 +392,20 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
              responses={**ERRORS, 200: {"content": {"application/json": {"schema": {"type": "object"}}}}})
     async def get_status(request: Request) -> Any:
         access.require_api(request)
+        _only_params(request)
         return JSONResponse(await run_in_threadpool(backend.status))
 
     @app.get("/v1/operator", response_model=OperatorOut, summary="The current operationUser", responses=ERRORS)
     async def get_operator(request: Request) -> Any:
         access.require_api(request)
+        _only_params(request)
         return {"operator": backend.get_operator()}
 
     @app.put("/v1/operator", response_model=OperatorOut, summary="Set the operationUser for the following verifications",
              responses={**ERRORS, 422: {"model": ErrorOut, "description": "bad operator"}})
     async def put_operator(request: Request, body: OperatorIn) -> Any:
         access.require_api(request)
+        _only_params(request)
         return await _set_operator(body.operator)
 
     async def _set_operator(name: str) -> Any:
@@ -403,7 +452,29 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         return StreamingResponse(_sse(request, backend, sub, app.state.shutdown), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
+    if access.token is not None:
+        _declare_bearer(app)
     return app
+
+
+def _declare_bearer(app: FastAPI) -> None:
+    """Say in the OpenAPI document that every /v1 operation needs the bearer token."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            doc.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "[local_api] token; full_data_token also unmasks personal data"}}
+            for path, ops in doc.get("paths", {}).items():
+                if path.startswith("/v1/"):
+                    for op in ops.values():
+                        op["security"] = [{"bearer": []}]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _sse(request: Request, backend: DeskBackend, sub: Any, shutdown: Any) -> Any:
@@ -420,6 +491,7 @@ async def _sse(request: Request, backend: DeskBackend, sub: Any, shutdown: Any) 
                     item = await run_in_threadpool(backend.feed_item, event)
                     if item is not None:
                         yield _sse_frame(VERIFICATION, item, event_id=event.seq)
+                    next_status = min(next_status, time.monotonic() + 0.5)  # the queue depth just changed
                 else:
                     next_status = 0.0  # any other event (operator, status) refreshes the status bar
             if sub.dropped:
@@ -441,17 +513,4 @@ def _sse_frame(kind: str, data: dict[str, Any], *, event_id: int | None = None) 
     return f"{head}event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def parse_since(value: str) -> dt.datetime:
-    """``since`` as an aware datetime: ISO 8601, ``yyyy-MM-dd HH:mm:ss`` or ``yyyy-MM-dd``;
-    without an offset it is Asia/Shanghai time (the platform's). Raises ``ValueError``."""
-    text = value.strip()
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError("must be an ISO 8601 time, yyyy-MM-dd HH:mm:ss or yyyy-MM-dd") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))
-    return parsed
-
-
-__all__ = ["create_app", "parse_since", "FvagentError"]
+__all__ = ["create_app"]
