@@ -619,3 +619,15 @@ def test_one_client_serves_several_threads_with_one_token_fetch() -> None:
     assert [o.kind for o in outcomes] == [ACCEPTED] * 6
     assert len({o.request_id for o in outcomes}) == 6
     assert [r.url.path for r in fake.requests].count("/auth/accesstoken/create") == 1
+
+
+def test_a_body_that_claims_gzip_but_is_not_is_retryable() -> None:
+    out = outcome_of(lambda req: httpx.Response(200, stream=httpx.ByteStream(b"not gzip at all"),
+                                                headers={"Content-Encoding": "gzip"}))
+    assert out.kind is RETRYABLE and "DecodingError" in out.message
+
+
+def test_a_non_ascii_credential_blocks_instead_of_raising() -> None:
+    out = outcome_of(httpx.Response(200, json=envelope()),
+                     settings=platform(auth={"kind": "static", "ticket": "票据-1"}))
+    assert out.kind is BLOCKED and "not ASCII" in out.message

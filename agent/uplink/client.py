@@ -174,6 +174,13 @@ class PlatformClient:
         except httpx.TransportError as exc:
             return self._done(path, Outcome(OutcomeKind.RETRYABLE, request_id,
                                             f"network error: {type(exc).__name__}: {_mask(str(exc)) or 'no detail'}")), None
+        except httpx.RequestError as exc:  # e.g. DecodingError: a body that claims gzip but is not
+            return self._done(path, Outcome(OutcomeKind.RETRYABLE, request_id,
+                                            f"unreadable reply: {type(exc).__name__}: {_mask(str(exc))}")), None
+        except UnicodeEncodeError as exc:
+            return self._done(path, Outcome(OutcomeKind.BLOCKED, request_id,
+                                            f"a header value is not ASCII ({exc.reason}): check [platform] org_app_id "
+                                            "and the [platform.auth] credential")), None
         outcome, token_rejected = self._classify(resp, request_id, registration=registration)
         return self._done(path, outcome), (credential if token_rejected else None)
 
