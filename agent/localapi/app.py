@@ -488,7 +488,11 @@ async def _sse(request: Request, backend: DeskBackend, sub: Any, shutdown: Any) 
             event = await sub.next_event(min(1.0, max(0.0, next_status - time.monotonic())))
             if event is not None:
                 if event.kind == VERIFICATION:
-                    item = await run_in_threadpool(backend.feed_item, event)
+                    try:
+                        item = await run_in_threadpool(backend.feed_item, event)
+                    except Exception as exc:  # one unreadable row must not end every page's feed
+                        log.warning("verification event %d not shown on the page: %s", event.seq, type(exc).__name__)
+                        item = None
                     if item is not None:
                         yield _sse_frame(VERIFICATION, item, event_id=event.seq)
                     next_status = min(next_status, time.monotonic() + 0.5)  # the queue depth just changed
