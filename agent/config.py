@@ -396,9 +396,9 @@ class FaceSettings(_Section):
     """Quality gate: mean grey level of the face (higher: "face too bright")."""
     second_face_ratio: float = Field(default=0.6, gt=0, le=1)
     """A second face at least this fraction of the largest one's width: "more than one face"."""
-    early_stop_score: float = Field(default=0.95, gt=0, le=1)
+    early_stop_score: float = Field(default=0.90, gt=0, le=1)
     """Stop reading frames once a frame scores at least this (a clear pass); >= threshold."""
-    max_compared_frames: int = Field(default=8, ge=1, le=200)
+    max_compared_frames: int = Field(default=4, ge=1, le=200)
     """Stop after comparing this many good frames (the best of them counts)."""
     liveness_min_turn: float = Field(default=0.15, gt=0, le=1)
     """head-turn: the nose's sideways shift, in eye distances, that counts as a turn."""
