@@ -408,3 +408,12 @@ def test_cli_face_json_reports_not_verified_for_garbage(tmp_path: Path, capsys: 
     report = json.loads(capsys.readouterr().out)
     assert report["result"] == 2 and report["reason"] == "card photo is not a decodable image"
     assert report["unreadable"] == [str(live)] and {"distance", "score", "result", "reason"} <= set(report)
+
+
+def test_agent_face_imports_neither_cv2_nor_dlib() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, agent.face, agent.cli.face_cmd; print('cv2' in sys.modules, 'dlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]  # cv2 stays in drivers/; dlib loads only when an engine is used
