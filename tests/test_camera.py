@@ -210,6 +210,11 @@ def test_opencv_device_setting_forms() -> None:
         registry.validate_settings("camera", "opencv", {"device": -1})
 
 
+def test_opencv_stream_password_never_shows() -> None:
+    cam = registry.create("camera", "opencv", {"device": "rtsp://admin:s3cret@10.0.0.5:554/live"})
+    assert "s3cret" not in repr(cam) and "admin:***@10.0.0.5:554" in cam.describe()
+
+
 def test_opencv_warmup_frames_are_dropped(tmp_path: Path) -> None:
     video = write_video(tmp_path / "v.avi", LEVELS)
     cam = registry.create("camera", "opencv", {"device": str(video), "warmup_frames": 3})

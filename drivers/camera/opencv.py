@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 
@@ -103,7 +104,14 @@ class OpenCVCamera(Camera):
         """Successful reopens after a loss (for status and tests)."""
 
     def describe(self) -> str:
-        return f"camera {self.settings.device}"
+        device = self.settings.device
+        if isinstance(device, str) and "://" in device:  # never show a stream password in logs
+            parts = urlsplit(device)
+            if parts.password is not None:
+                host = parts.hostname or ""
+                netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+                device = urlunsplit(parts._replace(netloc=netloc))
+        return f"camera {device}"
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _open(self) -> None:
