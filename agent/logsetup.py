@@ -1,0 +1,172 @@
+"""Logging for the daemon and the CLI: stderr, or journald with structured fields.
+
+``setup_logging(settings.logging)`` installs one handler on the root logger:
+
+- journald (``[logging] journald = "on"``, or ``"auto"`` when systemd-python is installed and
+  stderr is connected to the journal, as systemd's ``$JOURNAL_STREAM`` says): each entry carries
+  ``PRIORITY``, ``SYSLOG_IDENTIFIER=fvagent``, ``LOGGER``, ``THREAD_NAME``, the code location, and
+  every ``extra={"FVAGENT_...": value}`` the caller gave (e.g. ``FVAGENT_OUTBOX_ID``), so
+  ``journalctl -u fvagent FVAGENT_EVENT=verification`` finds them;
+- stderr otherwise (under systemd without the journal module, the journal still captures stderr).
+
+Whatever the destination, ``MaskingFilter`` is a safety net for privacy: any ID number that slipped
+into a message, its arguments or a traceback is shown masked (``4502**********0516``) by
+``agent.privacy.mask_card_no``. Code must still mask names and numbers itself; this only catches
+mistakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from agent.privacy import mask_card_no
+
+FIELD_PREFIX = "FVAGENT_"
+"""``extra`` keys with this prefix become journald fields."""
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+# Resident ID and the new foreign permanent resident card: 17 digits + digit/X; HK/Macau/Taiwan
+# residence permits have the same shape (81/82/83 prefix); old 15-digit resident IDs; old foreign
+# permanent resident cards: 3 letters + 12 digits. Bounded by non-alphanumerics so longer numbers
+# (timestamps, hex digests) are left alone.
+_ID_NUMBER = re.compile(
+    r"(?<![0-9A-Za-z])(?:\d{17}[0-9Xx]|\d{15}|[A-Z]{3}\d{12})(?![0-9A-Za-z])"
+)
+
+
+def mask_id_numbers(text: str) -> str:
+    """``text`` with every ID-number-shaped token masked (first four and last four kept)."""
+    return _ID_NUMBER.sub(lambda m: mask_card_no(m.group(0)), text)
+
+
+class MaskingFilter(logging.Filter):
+    """Masks ID numbers in the formatted message, and in ``FVAGENT_*`` extras, in place.
+
+    The message is formatted here (``msg % args``) and the arguments dropped, so no handler can
+    show an unmasked argument (systemd's JournalHandler, for one, would log ``args`` as a field).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep the parts, masked
+            message = f"{record.msg!r} % {record.args!r}"
+        record.msg = mask_id_numbers(message)
+        record.args = None
+        for key, value in list(record.__dict__.items()):
+            if key.startswith(FIELD_PREFIX) and isinstance(value, str):
+                setattr(record, key, mask_id_numbers(value))
+        return True
+
+
+class MaskingFormatter(logging.Formatter):
+    """A formatter whose whole output (tracebacks included) passes through ``mask_id_numbers``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_id_numbers(super().format(record))
+
+
+class JournalHandler(logging.Handler):
+    """Sends records to journald with structured fields through ``sender`` (``systemd.journal.send``)."""
+
+    def __init__(self, sender: Callable[..., Any] | None = None, *, identifier: str = "fvagent") -> None:
+        super().__init__()
+        if sender is None:
+            from systemd import journal  # type: ignore[import-not-found,unused-ignore]
+
+            sender = journal.send
+        self._send = sender
+        self.identifier = identifier
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            fields: dict[str, Any] = {
+                "PRIORITY": str(_PRIORITY.get(record.levelno, 6)),
+                "SYSLOG_IDENTIFIER": self.identifier,
+                "LOGGER": record.name,
+                "THREAD_NAME": record.threadName or "",
+            }
+            for key, value in record.__dict__.items():
+                if key.startswith(FIELD_PREFIX) and value is not None:
+                    fields[key] = mask_id_numbers(str(value))
+            self._send(message, CODE_FILE=record.pathname, CODE_LINE=record.lineno,
+                       CODE_FUNC=record.funcName, **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def journald_available() -> bool:
+    """True when systemd-python's journal module can be imported."""
+    try:
+        from systemd import journal  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def stderr_is_journal(stream: TextIO | None = None, environ: dict[str, str] | None = None) -> bool:
+    """True when ``stream`` (stderr) is the journal's stream, per ``$JOURNAL_STREAM`` (device:inode)."""
+    env = os.environ if environ is None else environ
+    value = env.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not dev.isdigit() or not ino.isdigit():
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+def setup_logging(settings: Any = None, *, stream: TextIO | None = None,
+                  journal_sender: Callable[..., Any] | None = None) -> logging.Handler:
+    """Install fvagent's one root handler (replacing the previous one) and return it.
+
+    ``settings`` is a ``LoggingSettings`` (``level``, ``journald``); ``None`` means INFO to stderr.
+    ``journald = "on"`` without systemd-python logs to stderr and says so once. Calling it again
+    (SIGHUP reload) swaps the handler and level.
+    """
+    level = getattr(settings, "level", "INFO")
+    mode = getattr(settings, "journald", "off")
+    stream = stream or sys.stderr
+    use_journal = False
+    warn_missing = False
+    if mode == "on":
+        use_journal = journal_sender is not None or journald_available()
+        warn_missing = not use_journal
+    elif mode == "auto":
+        use_journal = (journal_sender is not None or journald_available()) and stderr_is_journal(stream)
+    handler: logging.Handler
+    if use_journal:
+        handler = JournalHandler(journal_sender)
+        handler.setFormatter(MaskingFormatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(stream)
+        # Under systemd without the journal module, journald adds its own timestamp and name.
+        fmt = ("%(levelname)s %(name)s: %(message)s" if stderr_is_journal(stream)
+               else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+        handler.setFormatter(MaskingFormatter(fmt))
+    handler.addFilter(MaskingFilter())
+    handler.set_name("fvagent")
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old.get_name() == "fvagent":
+            root.removeHandler(old)
+            old.close()
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, str(level), logging.INFO))
+    # Libraries that chatter at INFO about every request.
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    if warn_missing:
+        logging.getLogger(__name__).warning(
+            "[logging] journald = \"on\" but systemd-python is not installed: logging to stderr "
+            "(install the extra: pip install 'fvagent[journald]')")
+    return handler

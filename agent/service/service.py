@@ -1,0 +1,705 @@
+"""The daemon: one process, a few long-running loops, each with a clean stop.
+
+Loops (threads):
+
+- ``verification``: card reader -> ``Verifier`` (photo, face, record, durable commit, event);
+- ``uploader``: the outbox's ``Uploader`` draining to the platform;
+- ``housekeeping``: retention, registration refresh, completing held records once a WLT decoder is
+  configured.
+
+The main thread supervises: it turns SIGTERM/SIGINT into a stop and SIGHUP into a reload, rewrites
+the status file, sends systemd ``STATUS=`` lines, and sends ``WATCHDOG=1`` only while every loop's
+heartbeat is fresh, so a stalled loop stops the pings and systemd restarts the service.
+
+Hardware faults degrade (``DriverSlot``): status says so, the driver is reopened with backoff, and a
+verification that cannot score is still recorded with faceResult 2.
+
+Test-only hook: ``$FVAGENT_TEST_STALL_FILE`` names a file; while it exists the verification loop
+blocks without beating its heartbeat (a stalled loop, for the watchdog test). ``$FVAGENT_TEST_HEARTBEAT_S``
+overrides how old a heartbeat may get. Neither is meant for production.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.errors import CardReadError, ConfigError, DriverError, FvagentError, ProtocolError
+from agent.events import EventBus, OperatorState
+from agent.service.hardware import DriverSlot
+from agent.service.notify import Notifier
+from agent.service.status import collect_status, status_path, write_status_file
+from agent.service.verification import Verification, Verifier, complete_held
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 8.0
+"""How long the loops get to finish at SIGTERM (systemd's TimeoutStopSec is longer)."""
+READ_TIMEOUT_S = 1.0
+"""One read_card wait: the loop checks for stop/reload at least this often."""
+STATUS_INTERVAL_S = 2.0
+HOUSEKEEPING_INTERVAL_S = 60.0
+STALL_FILE_ENV = "FVAGENT_TEST_STALL_FILE"
+HEARTBEAT_ENV = "FVAGENT_TEST_HEARTBEAT_S"
+
+
+class Heartbeat:
+    """A loop's sign of life: ``beat()`` each iteration; ``fresh`` while the last beat is recent."""
+
+    def __init__(self, name: str, max_age_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._last = clock()
+
+    def beat(self) -> None:
+        self._last = self._clock()
+
+    @property
+    def age_s(self) -> float:
+        return self._clock() - self._last
+
+    @property
+    def fresh(self) -> bool:
+        return self.age_s <= self.max_age_s
+
+
+@dataclasses.dataclass
+class _Loop:
+    name: str
+    thread: threading.Thread
+    heartbeat: Heartbeat
+
+
+class Service:
+    """The fvagent daemon.
+
+    ``Service(settings, config_path=...)``, then ``run()`` (blocks until SIGTERM/SIGINT or
+    ``request_stop()``; returns the exit code). ``start()``/``stop()`` run it without signal
+    handling (tests, ``fvagent demo``). Dependencies can be injected: ``notifier``, ``reader`` and
+    ``camera`` (driver instances instead of the configured ones), ``engine`` (a face engine),
+    ``transport`` (httpx transport for the platform client).
+    """
+
+    def __init__(self, settings: Any, *, config_path: str | os.PathLike[str] | None = None,
+                 notifier: Notifier | None = None, reader: Any = None, camera: Any = None, engine: Any = None,
+                 transport: Any = None, events: EventBus | None = None,
+                 heartbeat_max_age_s: float | None = None, start_local_api: bool = True) -> None:
+        self.settings = settings
+        self.config_path = Path(config_path) if config_path is not None else getattr(settings, "source", None)
+        self.notifier = notifier or Notifier()
+        self.events = events or EventBus()
+        self._reader_override = reader
+        self._camera_override = camera
+        self._engine_override = engine
+        self._transport = transport
+        self._start_local_api = start_local_api
+        env_hb = os.environ.get(HEARTBEAT_ENV)
+        self._heartbeat_override = float(env_hb) if env_hb else heartbeat_max_age_s
+        self._stall_file = os.environ.get(STALL_FILE_ENV) or None
+
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._reload_requested = False
+        self._verify_lock = threading.Lock()
+        self._state = "starting"
+        self.started_at = time.time()
+        self.outbox: Any = None
+        self.client: Any = None
+        self.uploader: Any = None
+        self._uploader_stop = threading.Event()
+        self._uploader_thread: threading.Thread | None = None
+        self.reader_slot: DriverSlot | None = None
+        self.camera_slot: DriverSlot | None = None
+        self._engine: Any = None
+        self._engine_error: str | None = None
+        self.operator: OperatorState | None = None
+        self.verifier: Verifier | None = None
+        self.local_api: Any = None
+        self._local_api_error: str | None = None
+        self._loops: dict[str, _Loop] = {}
+        self.last_verification: Verification | None = None
+        self.verifications = 0
+        self._alerts: list[str] = []
+        self._last_status_line = ""
+        self._last_status_sent = 0.0
+        self._last_watchdog = 0.0
+        self._held_release_due = True
+        self._last_registration_refresh = time.monotonic()
+
+    # ----------------------------------------------------------------------------------------------
+    # Start and stop
+
+    def start(self) -> None:
+        """Open the outbox and drivers, start the loops and the local API; send READY=1.
+
+        Raises ``FvagentError`` only for what cannot degrade: the outbox (no place to commit
+        verifications means the service must not pretend to run).
+        """
+        from agent.outbox import Outbox
+
+        s = self.settings
+        Path(s.storage.dir).mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox.open(s.storage)
+        self.operator = OperatorState.for_settings(s)
+        self._open_hardware()
+        self._load_engine()
+        self.verifier = self._build_verifier()
+        self._start_uploader()
+        self._start_loop("verification", self._verification_loop, self._verification_max_age())
+        self._start_loop("housekeeping", self._housekeeping_loop, self._max_age(HOUSEKEEPING_INTERVAL_S + 60))
+        if self._start_local_api and s.local_api.enabled:
+            self._start_api()
+        self._state = "running"
+        self._write_status()
+        line = self.status_line()
+        self.notifier.ready(line)
+        log.info("fvagent %s running (config %s): %s", __version__, self.config_path, line)
+
+    def _max_age(self, default: float) -> float:
+        return self._heartbeat_override if self._heartbeat_override is not None else default
+
+    def _verification_max_age(self) -> float:
+        # One iteration may hold a whole capture plus scoring and the commit.
+        return self._max_age(self.settings.face.capture_timeout_s + READ_TIMEOUT_S + 30.0)
+
+    def _open_hardware(self) -> None:
+        from drivers import registry
+
+        s = self.settings
+        reader_override, camera_override = self._reader_override, self._camera_override
+        self.reader_slot = DriverSlot(
+            "card_reader",
+            (lambda: reader_override) if reader_override is not None
+            else (lambda: registry.create("card_reader", s.card_reader.driver, s.card_reader.options)),
+            label=f"card reader ({s.card_reader.driver})")
+        self.camera_slot = DriverSlot(
+            "camera",
+            (lambda: camera_override) if camera_override is not None
+            else (lambda: registry.create("camera", s.camera.driver, s.camera.options)),
+            label=f"camera ({s.camera.driver})")
+        self.reader_slot.get()
+        self.camera_slot.get()
+
+    def _load_engine(self) -> None:
+        if self.settings.face.mode == "relay":
+            self._engine, self._engine_error = None, None
+            return
+        if self._engine_override is not None:
+            self._engine = self._engine_override
+            return
+        from agent.face import load_engine
+
+        try:
+            engine = load_engine(self.settings.face)
+            engine.load()
+        except FvagentError as exc:
+            self._engine, self._engine_error = None, str(exc)
+            log.error("face engine unavailable: %s; verifications are recorded as not verified (faceResult 2)", exc)
+            return
+        except Exception as exc:  # a broken model file must not stop the desk
+            self._engine, self._engine_error = None, f"{type(exc).__name__}: {exc}"
+            log.error("face engine failed to load: %s", self._engine_error)
+            return
+        self._engine, self._engine_error = engine, None
+
+    def _decoder(self) -> Callable[[bytes], bytes] | None:
+        path = self.settings.card_reader.options.get("wlt_decoder")
+        if not path:
+            return None
+        try:
+            from drivers.card_reader import decode_wlt_to_jpeg  # type: ignore[attr-defined]
+        except ImportError:
+            try:
+                from drivers.card_reader.wlt import decode_wlt_to_jpeg
+            except ImportError as exc:
+                log.error("WLT decoding is not available in this build: %s", exc)
+                return None
+        return lambda wlt: decode_wlt_to_jpeg(wlt, path)  # type: ignore[no-any-return]
+
+    def _build_verifier(self) -> Verifier:
+        assert self.camera_slot is not None and self.operator is not None
+        camera_slot, operator = self.camera_slot, self.operator
+        return Verifier(
+            self.settings, self.outbox, camera=camera_slot.get, camera_fault=camera_slot.fault,
+            engine=lambda: self._engine, engine_error=lambda: self._engine_error,
+            operator=operator.get, decoder=self._decoder(), events=self.events, stopping=self.stopping)
+
+    def _start_uploader(self) -> None:
+        from agent.outbox import Uploader
+        from agent.uplink.client import PlatformClient
+
+        self.client = PlatformClient(self.settings.platform, transport=self._transport)
+        self.uploader = Uploader(self.outbox, self.client, self.settings)
+        self._uploader_stop = threading.Event()
+        self._uploader_thread = threading.Thread(target=self._run_uploader, args=(self.uploader, self._uploader_stop),
+                                                 name="uploader", daemon=True)
+        self._uploader_thread.start()
+
+    def _run_uploader(self, uploader: Any, stop: threading.Event) -> None:
+        try:
+            uploader.run(stop)
+        except Exception:
+            log.exception("the uploader stopped with an error")
+
+    def _stop_uploader(self, timeout_s: float) -> None:
+        self._uploader_stop.set()
+        if self._uploader_thread is not None:
+            self._uploader_thread.join(timeout_s)
+            if self._uploader_thread.is_alive():
+                log.warning("uploader did not stop within %.0f s", timeout_s)
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:
+                log.debug("closing the platform client failed", exc_info=True)
+
+    def _start_api(self) -> None:
+        from agent.errors import LocalApiError
+        from agent.localapi import DeskBackend, LocalApiServer
+
+        assert self.operator is not None
+        backend = DeskBackend(self.settings, self.outbox, self.events, self.operator,
+                              status_provider=self.status)
+        server = LocalApiServer(self.settings.local_api, backend)
+        try:
+            server.start()
+        except LocalApiError as exc:  # the desk keeps working without the page
+            self._local_api_error = str(exc)
+            log.error("local API not started: %s", exc)
+            return
+        self.local_api, self._local_api_error = server, None
+
+    def _start_loop(self, name: str, target: Callable[[Heartbeat], None], max_age_s: float) -> None:
+        hb = Heartbeat(name, max_age_s)
+
+        def body() -> None:
+            try:
+                target(hb)
+            except Exception:
+                log.exception("the %s loop crashed", name)  # its heartbeat goes stale: the watchdog acts
+
+        thread = threading.Thread(target=body, name=name, daemon=True)
+        self._loops[name] = _Loop(name, thread, hb)
+        thread.start()
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop every loop (the verification in progress finishes, cut short), close everything."""
+        deadline = time.monotonic() + timeout_s
+        self._state = "stopping"
+        self.stopping.set()
+        self.notifier.stopping("stopping: finishing the verification in progress")
+        for loop in list(self._loops.values()):
+            loop.thread.join(max(0.1, deadline - time.monotonic()))
+            if loop.thread.is_alive():
+                log.error("the %s loop did not stop in time", loop.name)
+        self._stop_uploader(max(0.5, deadline - time.monotonic()))
+        if self.local_api is not None:
+            self.local_api.stop(2.0)
+        for slot in (self.reader_slot, self.camera_slot):
+            if slot is not None:
+                slot.close()
+        self._state = "stopped"
+        self._write_status()
+        if self.outbox is not None:
+            try:
+                self.outbox.close()
+            except Exception:
+                log.debug("closing the outbox failed", exc_info=True)
+        self.notifier.close()
+        log.info("fvagent stopped")
+
+    def verify_once(self, timeout_s: float) -> Verification | None:
+        """``fvagent verify-once``: open the outbox and drivers, wait up to ``timeout_s`` for a card,
+        verify and commit it, close everything. ``None`` when no card came. Nothing is uploaded here."""
+        from agent.outbox import Outbox
+
+        s = self.settings
+        Path(s.storage.dir).mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox.open(s.storage)
+        try:
+            self.operator = OperatorState.for_settings(s)
+            self._open_hardware()
+            self._load_engine()
+            self.verifier = self._build_verifier()
+            assert self.reader_slot is not None
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                reader = self.reader_slot.get()
+                if reader is None:
+                    time.sleep(0.2)
+                    continue
+                try:
+                    card = reader.read_card(min(READ_TIMEOUT_S, max(0.0, deadline - time.monotonic())))
+                except (CardReadError, ProtocolError) as exc:
+                    log.warning("card read failed, present the card again: %s", exc)
+                    continue
+                except Exception as exc:
+                    self.reader_slot.fault(exc)
+                    continue
+                if card is not None:
+                    return self.verifier.verify(card, read_at=time.monotonic())
+            return None
+        finally:
+            for slot in (self.reader_slot, self.camera_slot):
+                if slot is not None:
+                    slot.close()
+            self.outbox.close()
+
+    def reader_state(self) -> str:
+        if self.reader_slot is None:
+            return "not opened"
+        state = self.reader_slot.state()
+        return f"{state['state']} ({state.get('detail', '')})"
+
+    # ----------------------------------------------------------------------------------------------
+    # The main thread
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT: start, supervise, stop. Returns the exit code (0 on a clean stop)."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        try:
+            self.start()
+            self.supervise()
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def supervise(self) -> None:
+        """The supervisor loop of the main thread, until a stop is requested."""
+        interval = self.notifier.watchdog_interval_s
+        tick = min(STATUS_INTERVAL_S, interval / 4) if interval else STATUS_INTERVAL_S
+        while not self.stopping.is_set():
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self.stopping.is_set():
+                break
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            self._write_status()
+            self._send_status_line()
+            self._watchdog(interval)
+
+    def _watchdog(self, interval: float | None) -> None:
+        if not interval:
+            return
+        stale = [loop.name for loop in self._loops.values() if not loop.heartbeat.fresh or not loop.thread.is_alive()]
+        if stale:
+            log.error("loop(s) %s stalled: not pinging the watchdog (systemd will restart the service)",
+                      ", ".join(stale))
+            return
+        now = time.monotonic()
+        if now - self._last_watchdog >= interval / 2 - 0.05 or self._last_watchdog == 0.0:
+            self.notifier.watchdog()
+            self._last_watchdog = now
+
+    def stale_loops(self) -> list[str]:
+        return [loop.name for loop in self._loops.values() if not loop.heartbeat.fresh]
+
+    # ----------------------------------------------------------------------------------------------
+    # The loops
+
+    def _verification_loop(self, hb: Heartbeat) -> None:
+        while not self.stopping.is_set():
+            hb.beat()
+            if self._stall_file and os.path.exists(self._stall_file):
+                self._stall()  # test hook: see the module documentation
+                continue
+            with self._verify_lock:
+                self._one_read()
+
+    def _stall(self) -> None:
+        log.warning("test hook: verification loop stalled while %s exists", self._stall_file)
+        assert self._stall_file is not None
+        while os.path.exists(self._stall_file) and not self.stopping.is_set():
+            time.sleep(0.05)
+
+    def _one_read(self) -> None:
+        assert self.reader_slot is not None and self.verifier is not None
+        reader = self.reader_slot.get()
+        if reader is None:
+            self.stopping.wait(0.5)
+            return
+        try:
+            card = reader.read_card(READ_TIMEOUT_S)
+        except (CardReadError, ProtocolError) as exc:
+            # The card, not the reader: the person presents it again.
+            log.warning("card read failed, present the card again: %s", exc)
+            return
+        except TimeoutError as exc:  # DeviceTimeout: the reader stopped answering
+            self.reader_slot.fault(exc)
+            return
+        except (DriverError, OSError) as exc:
+            self.reader_slot.fault(exc)
+            return
+        except Exception as exc:  # a broken driver must not end the loop
+            log.exception("card reader driver failed")
+            self.reader_slot.fault(f"{type(exc).__name__}: {exc}")
+            return
+        if card is None:
+            return
+        read_at = time.monotonic()
+        done = self.verifier.verify(card, read_at=read_at)
+        self.last_verification = done
+        self.verifications += 1
+        self._wake.set()  # status now, not at the next tick
+
+    def _housekeeping_loop(self, hb: Heartbeat) -> None:
+        next_run = 0.0
+        while not self.stopping.is_set():
+            hb.beat()
+            now = time.monotonic()
+            if now >= next_run or self._held_release_due:
+                self._housekeeping()
+                next_run = now + HOUSEKEEPING_INTERVAL_S
+            self.stopping.wait(1.0)
+
+    def _housekeeping(self) -> None:
+        try:
+            self.outbox.housekeeping(time.time())
+        except Exception as exc:
+            log.warning("outbox housekeeping failed: %s", exc)
+        if self._held_release_due:
+            self._held_release_due = False
+            self.release_held()
+        refresh_s = self.settings.uploader.register_refresh_h * 3600
+        if time.monotonic() - self._last_registration_refresh >= refresh_s:
+            self._last_registration_refresh = time.monotonic()
+            mark = getattr(self.outbox, "request_registration", None)
+            if callable(mark):
+                try:
+                    mark()
+                except Exception as exc:
+                    log.warning("registration refresh failed: %s", exc)
+
+    def release_held(self) -> int:
+        """Complete and release held records when a WLT decoder is configured. Returns how many."""
+        verifier = self.verifier
+        if verifier is None or verifier.decoder is None:
+            return 0
+        decoder = verifier.decoder
+        settings = self.settings
+
+        def complete(payload: dict[str, Any], raw_wlt: bytes | None, meta: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+            return complete_held(payload, raw_wlt, settings=settings, decoder=decoder,
+                                 engine=lambda: self._engine, meta=meta)
+
+        try:
+            released = int(self.outbox.release_held(complete) or 0)
+        except Exception as exc:
+            log.error("releasing held records failed: %s", exc)
+            return 0
+        if released:
+            log.info("%d held record(s) completed with the WLT decoder and queued for upload", released)
+        return released
+
+    # ----------------------------------------------------------------------------------------------
+    # Reload
+
+    def reload(self) -> bool:
+        """Re-read the config file; apply it, or keep the old one and log why. True when applied."""
+        from agent.config import load_config
+        from agent.logsetup import setup_logging
+
+        if self.config_path is None:
+            log.warning("reload requested but the service was started without a config file")
+            return False
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", str(exc).replace("\n", "; "))
+            self._alerts = [f"last reload refused: {exc.message}"]
+            self.notifier.ready(self.status_line())
+            return False
+        old = self.settings
+        if new.storage != old.storage:
+            log.warning("[storage] changes need a restart (systemctl restart fvagent); keeping the running one")
+            new = new.model_copy(update={"storage": old.storage})
+        self._alerts = []
+        setup_logging(new.logging)
+        with self._verify_lock:  # between two verifications
+            self.settings = new
+            changed = {name for name in ("card_reader", "camera", "face", "platform", "uploader", "device",
+                                         "local_api") if getattr(new, name) != getattr(old, name)}
+            if "card_reader" in changed or "camera" in changed:
+                for slot in (self.reader_slot, self.camera_slot):
+                    if slot is not None:
+                        slot.close()
+                self._open_hardware()
+            if "face" in changed and (new.face.engine != old.face.engine or new.face.mode != old.face.mode
+                                      or self._engine is None):
+                self._load_engine()
+            if self.operator is not None:
+                self.operator.default = new.device.operator
+            self.verifier = self._build_verifier()
+        if changed & {"platform", "uploader", "device"}:
+            self._stop_uploader(5.0)
+            self._start_uploader()
+        if "local_api" in changed and self._start_local_api:
+            if self.local_api is not None:
+                self.local_api.stop(2.0)
+                self.local_api = None
+            if new.local_api.enabled:
+                self._start_api()
+        if self.verifier is not None and self.verifier.decoder is not None:
+            self._held_release_due = True
+        log.info("configuration reloaded from %s (changed: %s)", self.config_path, ", ".join(sorted(changed)) or "nothing")
+        self._write_status()
+        self.notifier.ready(self.status_line())
+        return True
+
+    # ----------------------------------------------------------------------------------------------
+    # Status
+
+    def live_status(self) -> dict[str, Any]:
+        """What this process knows now: the status file's content."""
+        platform, uploader = self._uploader_state()
+        hardware: dict[str, Any] = {}
+        for name, slot in (("card_reader", self.reader_slot), ("camera", self.camera_slot)):
+            hardware[name] = slot.state() if slot is not None else {"state": "closed"}
+        if self.settings.face.mode == "relay":
+            hardware["face_engine"] = {"state": "off", "detail": "relay mode: the terminal scores"}
+        elif self._engine is not None:
+            hardware["face_engine"] = {"state": "ok", "detail": f"{self.settings.face.engine} loaded"}
+        else:
+            hardware["face_engine"] = {"state": "fault", "detail": self._engine_error or "not loaded"}
+        decoder = self.settings.card_reader.options.get("wlt_decoder")
+        hardware["wlt_decoder"] = ({"state": "ok", "detail": str(decoder)} if decoder and self.verifier
+                                   and self.verifier.decoder else
+                                   {"state": "off", "detail": "none configured: chip photos are held until one is"})
+        alerts = list(self._alerts)
+        if self._local_api_error:
+            alerts.append(f"local API: {self._local_api_error}")
+        stale = self.stale_loops()
+        if stale:
+            alerts.append(f"stalled loop(s): {', '.join(stale)}")
+        return {
+            "pid": os.getpid(), "version": __version__, "state": self._state,
+            "started_at": self.started_at, "updated_at": time.time(),
+            "config": str(self.config_path) if self.config_path else None,
+            "platform": platform, "uploader": uploader, "hardware": hardware,
+            "last_verification": self.last_verification.summary() if self.last_verification else None,
+            "verifications": self.verifications,
+            "local_api": {"url": self.local_api.url if self.local_api is not None else None,
+                          "error": self._local_api_error},
+            "loops": {loop.name: {"alive": loop.thread.is_alive(), "heartbeat_age_s": round(loop.heartbeat.age_s, 1)}
+                      for loop in self._loops.values()},
+            "alerts": alerts,
+        }
+
+    def _uploader_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(platform, uploader) sections of the status from the uploader's observable state."""
+        up = self.uploader
+        state_fn = getattr(up, "state", None)
+        raw: Any = state_fn() if callable(state_fn) else (state_fn if state_fn is not None else {})
+        if dataclasses.is_dataclass(raw) and not isinstance(raw, type):
+            raw = dataclasses.asdict(raw)
+        raw = dict(raw) if isinstance(raw, dict) else {}
+        paused = raw.get("paused_reason") or raw.get("paused")
+        last_success = raw.get("last_success_at") or raw.get("last_success")
+        last_error = raw.get("last_error")
+        reachable = raw.get("reachable")
+        if reachable is None:
+            ok_at = raw.get("last_success_at") or 0
+            err_at = raw.get("last_error_at") or 0
+            if ok_at or err_at:
+                reachable = bool(ok_at and ok_at >= err_at) or raw.get("last_outcome") in ("accepted", "rejected")
+        if not self.settings.platform.enabled:
+            state = "disabled"
+        elif paused:
+            state = "blocked"
+        elif reachable is True:
+            state = "ok"
+        elif reachable is False:
+            state = "down"
+        else:
+            state = "unknown"
+        platform = {"reachable": reachable, "state": state, "blocked": bool(paused) and state == "blocked",
+                    "blocked_reason": paused if paused else None}
+        uploader = {k: _jsonable(v) for k, v in raw.items()}
+        uploader.setdefault("state", "paused" if paused else ("running" if self._uploader_thread and
+                                                               self._uploader_thread.is_alive() else "stopped"))
+        uploader["last_success"] = _jsonable(last_success)
+        uploader["last_error"] = _jsonable(last_error)
+        return platform, uploader
+
+    def status(self) -> dict[str, Any]:
+        """The full status document, from this process's live state (GET /v1/status)."""
+        return collect_status(self.settings, outbox=self.outbox, live=self.live_status())
+
+    def _write_status(self) -> None:
+        try:
+            write_status_file(status_path(self.settings.storage.dir), self.live_status())
+        except Exception as exc:
+            log.warning("cannot write the status file: %s", exc)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: queue depth, last upload, hardware state."""
+        try:
+            stats = dict(self.outbox.stats()) if self.outbox is not None else {}
+        except Exception:
+            stats = {}
+        depth = sum(int(stats.get(k, 0) or 0) for k in ("pending", "sending", "held"))
+        platform, uploader = self._uploader_state()
+        last = uploader.get("last_success")
+        parts = [f"queue {depth}", f"last upload {_hhmmss(last) if last else 'none'}",
+                 f"platform {platform['state']}"]
+        for name, slot in (("reader", self.reader_slot), ("camera", self.camera_slot)):
+            if slot is not None:
+                parts.append(f"{name} {slot.state()['state']}")
+        if self.settings.face.mode != "relay":
+            parts.append("face " + ("ok" if self._engine is not None else "fault"))
+        parts.append(f"{self.verifications} verified")
+        return ", ".join(parts)
+
+    def _send_status_line(self) -> None:
+        line = self.status_line()
+        now = time.monotonic()
+        if line != self._last_status_line or now - self._last_status_sent > 30:
+            self.notifier.status(line)
+            self._last_status_line, self._last_status_sent = line, now
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _hhmmss(value: Any) -> str:
+    import datetime as dt
+
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(value).strftime("%H:%M:%S")
+    return str(value)
+
+
+__all__ = ["Heartbeat", "Service"]

@@ -1,0 +1,324 @@
+"""One verification: card -> card photo -> live frames -> score (or the terminal's) -> record -> outbox.
+
+``Verifier.verify(card)`` never raises for hardware or scoring trouble: whatever happens, the
+verification ends recorded in the outbox (durably, before ``verify`` returns) with a faceResult and
+a reason, and an event is published for the operator page. The cases:
+
+- card photo: the decoded JPEG the reader gave, else the chip's WLT decoded by the configured
+  decoder; without a decoder (or when it fails) the record is committed *held* with the raw WLT and
+  completed later by ``complete_held`` once a decoder is configured;
+- face, by ``[face] mode``: ``compute`` scores the live face with the engine; ``relay`` takes the
+  terminal's score from the card event; ``both`` records the terminal's and logs where the engine
+  disagrees. No camera, no engine or no usable frame: faceResult 2 with the reason;
+- cameraImg is required by the platform: when the camera gave no frame at all, a plain grey
+  placeholder JPEG is sent with faceResult 2 (not verified), and the row's meta says so;
+- a card whose data breaks the platform spec (e.g. a name too long for varchar(10)) is still
+  committed, held with the reason, so nothing read is lost and a technician can export and fix it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.errors import FvagentError, RecordError
+from agent.events import VERIFICATION, EventBus
+from agent.face import FaceOutcome, reconcile_both, relay_outcome, score_frames, score_live
+from agent.face.scoring import RESULT_NOT_VERIFIED
+from agent.images import ImageError, decode_image, normalize_jpeg
+from agent.privacy import mask_card_no, mask_name
+from agent.records import build_verification, parse_verification
+
+log = logging.getLogger(__name__)
+
+HELD_NO_DECODER = "card photo not decoded: no WLT decoder configured ([card_reader] wlt_decoder)"
+HELD_DECODER_FAILED = "card photo not decoded: the WLT decoder failed"
+HELD_NO_PHOTO = "the card gave no photo"
+HELD_INVALID = "the card's data breaks the platform spec"
+RELAY_FRAME_TIMEOUT_S = 1.0
+"""Relay mode: how long to wait for one camera frame for cameraImg."""
+
+_placeholder: bytes | None = None
+
+
+def placeholder_jpeg() -> bytes:
+    """A plain grey 320x240 JPEG: the cameraImg of a verification whose camera gave no frame."""
+    global _placeholder
+    if _placeholder is None:
+        import numpy as np
+
+        from agent.images import encode_jpeg
+
+        _placeholder = encode_jpeg(np.full((240, 320, 3), 128, dtype=np.uint8))
+    return _placeholder
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    """What one verification produced, as the loop and the status see it (no personal data)."""
+
+    outbox_id: int | None
+    """The committed row; ``None`` only when the outbox could not store it (``error`` says why)."""
+    result: int
+    score: float
+    reason: str
+    held_reason: str | None
+    card_no_masked: str
+    name_masked: str
+    simulated: bool
+    latency_s: float
+    """From the card read to the durable commit."""
+    at: float
+    """Wall-clock time of the commit (epoch seconds)."""
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.outbox_id, "at": _iso(self.at), "result": self.result, "score": self.score,
+                "reason": self.reason, "held": self.held_reason, "card": self.card_no_masked,
+                "latency_s": round(self.latency_s, 3), "simulated": self.simulated, "error": self.error}
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone(dt.timedelta(hours=8))).isoformat(timespec="seconds")
+
+
+class Verifier:
+    """Runs verifications for the service (and for ``fvagent verify-once``).
+
+    Parameters:
+        settings: the agent's ``Settings``.
+        outbox: the open outbox (``enqueue(payload, *, simulated, held_reason, raw_wlt, meta) -> id``).
+        camera: returns the open camera or ``None`` while it is faulty; ``camera_fault(reason)``
+            reports a camera that failed during capture.
+        engine: returns the loaded face engine, or ``None`` (with ``engine_error()`` saying why).
+        operator: returns the current operationUser.
+        decoder: ``wlt bytes -> JPEG bytes`` when a WLT decoder is configured, else ``None``.
+        events: where the committed verification is announced (optional).
+        stopping: set when the service stops: a capture in progress is cut short (it still ends
+            recorded, with what was seen so far).
+    """
+
+    def __init__(self, settings: Any, outbox: Any, *, camera: Callable[[], Any | None],
+                 camera_fault: Callable[[str], None] | None = None,
+                 engine: Callable[[], Any | None], engine_error: Callable[[], str | None] | None = None,
+                 operator: Callable[[], str], decoder: Callable[[bytes], bytes] | None = None,
+                 events: EventBus | None = None, stopping: threading.Event | None = None,
+                 now: Callable[[], dt.datetime] | None = None) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self._camera = camera
+        self._camera_fault = camera_fault or (lambda reason: None)
+        self._engine = engine
+        self._engine_error = engine_error or (lambda: None)
+        self._operator = operator
+        self.decoder = decoder
+        self.events = events
+        self._stopping = stopping or threading.Event()
+        self._now = now or (lambda: dt.datetime.now().astimezone())
+
+    # -- the whole verification -------------------------------------------------------------------
+    def verify(self, card: Any, *, read_at: float | None = None) -> Verification:
+        """Verify ``card`` (an ``IdCard`` just read) and commit the record. Never raises for hardware,
+        scoring or record problems; ``OutboxError`` is caught too and reported in ``error``."""
+        t0 = time.monotonic() if read_at is None else read_at
+        settings = self.settings
+        head, held_reason = self._card_photo(card)
+        outcome, camera_simulated = self._face(card, head)
+        camera_jpeg = outcome.best_frame_jpeg
+        meta: dict[str, Any] = {"source": "reader", "reason": outcome.reason, "face_source": outcome.source}
+        if outcome.engine_score is not None:
+            meta["engine_score"] = outcome.engine_score
+            meta["engine_result"] = outcome.engine_result
+        if camera_jpeg is None:
+            camera_jpeg = placeholder_jpeg()
+            meta["camera_placeholder"] = True
+        simulated = bool(getattr(card, "simulated", False) or camera_simulated)
+        payload: dict[str, Any] | None = None
+        try:
+            record = build_verification(
+                card, head_jpeg=head or placeholder_jpeg(), camera_jpeg=camera_jpeg, face_score=outcome.score,
+                face_result=outcome.result, operator=self._operator(), verified_at=self._now(),
+                device=settings.device, long_term_end=settings.platform.conventions.long_term_end_date)
+            payload = record.to_payload()
+        except RecordError as exc:
+            # Keep what was read: held (never sent) with the reason, for a technician to export and fix.
+            held_reason = f"{HELD_INVALID}: " + "; ".join(f"{f}: {r}" for f, r in exc.problems)[:400]
+            log.error("card %s cannot make a valid record (%s); stored held",
+                      mask_card_no(getattr(card, "card_no", "")), held_reason)
+            payload = _raw_payload(card, settings, self._operator(), self._now(), outcome, head, camera_jpeg)
+        if head is None and held_reason is not None and "headImg" in payload and not held_reason.startswith(HELD_INVALID):
+            del payload["headImg"]  # completed from the WLT when a decoder comes
+        meta["face_result_pending"] = held_reason is not None and head is None and settings.face.mode != "relay"
+        try:
+            outbox_id = int(self.outbox.enqueue(
+                payload, simulated=simulated, held_reason=held_reason,
+                raw_wlt=getattr(card, "photo_wlt", None) if held_reason else None, meta=meta))
+            error = None
+        except FvagentError as exc:
+            outbox_id, error = None, str(exc)
+            log.error("verification of card %s could not be stored: %s", mask_card_no(card.card_no), exc)
+        latency = time.monotonic() - t0
+        done = Verification(
+            outbox_id=outbox_id, result=outcome.result, score=outcome.score, reason=outcome.reason,
+            held_reason=held_reason, card_no_masked=mask_card_no(card.card_no), name_masked=mask_name(card.name),
+            simulated=simulated, latency_s=latency, at=time.time(), error=error)
+        if outbox_id is not None:
+            log.info("verification %d committed: card %s, faceResult %d, score %.2f%s (%s) in %.2f s",
+                     outbox_id, done.card_no_masked, outcome.result, outcome.score,
+                     ", held" if held_reason else "", outcome.reason, latency,
+                     extra={"FVAGENT_EVENT": "verification", "FVAGENT_OUTBOX_ID": outbox_id,
+                            "FVAGENT_FACE_RESULT": outcome.result})
+        if self.events is not None:
+            try:
+                self.events.publish(VERIFICATION, {
+                    "id": outbox_id, "reason": outcome.reason if outcome.result != 1 else None,
+                    "result": outcome.result, "score": outcome.score, "name": done.name_masked,
+                    "cardNo": done.card_no_masked, "held": held_reason, "simulated": simulated,
+                    "error": error, "source": "reader"})
+            except Exception:  # the page is a convenience; the record is already safe
+                log.debug("publishing the verification event failed", exc_info=True)
+        return done
+
+    # -- the card photo ---------------------------------------------------------------------------
+    def _card_photo(self, card: Any) -> tuple[bytes | None, str | None]:
+        """(JPEG of the card photo, held reason)."""
+        if card.photo_jpeg:
+            try:
+                return normalize_jpeg(card.photo_jpeg, what="card photo"), None
+            except ImageError as exc:
+                log.warning("card photo from the reader is not a usable JPEG: %s", exc)
+        if card.photo_wlt:
+            if self.decoder is None:
+                return None, HELD_NO_DECODER
+            try:
+                return normalize_jpeg(self.decoder(card.photo_wlt), what="decoded card photo"), None
+            except Exception as exc:  # a vendor library failing must not block the desk
+                log.warning("WLT decoder failed: %s", exc)
+                return None, f"{HELD_DECODER_FAILED} ({exc})"
+        return None, HELD_NO_PHOTO
+
+    # -- the face ---------------------------------------------------------------------------------
+    def _face(self, card: Any, head: bytes | None) -> tuple[FaceOutcome, bool]:
+        """(the face outcome, whether a simulated camera took part)."""
+        face = self.settings.face
+        camera = self._camera()
+        simulated = bool(camera is not None and getattr(camera, "simulated", False))
+        terminal: FaceOutcome | None = None
+        if face.mode in ("relay", "both"):
+            terminal = self._terminal(card)
+        if face.mode == "relay":
+            assert terminal is not None
+            if terminal.best_frame_jpeg is None and camera is not None:
+                terminal = dataclasses.replace(terminal, best_frame_jpeg=self._one_frame(camera))
+            return terminal, simulated
+        engine_outcome = self._compute(camera, head)
+        if terminal is not None and face.mode == "both":
+            if getattr(card, "terminal_score", None) is None:
+                return dataclasses.replace(engine_outcome, reason=f"{engine_outcome.reason}; "
+                                           "the terminal sent no score"), simulated
+            return reconcile_both(terminal, engine_outcome), simulated
+        return engine_outcome, simulated
+
+    def _terminal(self, card: Any) -> FaceOutcome:
+        score, result = getattr(card, "terminal_score", None), getattr(card, "terminal_result", None)
+        if score is None and result is None:
+            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, "the terminal reported no face score", source="terminal")
+        try:
+            return relay_outcome(score, result)
+        except RecordError as exc:
+            rules = "; ".join(f"{f}: {r}" for f, r in exc.problems)
+            log.warning("terminal's face values refused: %s", rules)
+            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, f"the terminal's face values are invalid ({rules})",
+                               source="terminal")
+
+    def _compute(self, camera: Any | None, head: bytes | None) -> FaceOutcome:
+        engine = self._engine()
+        if engine is None:
+            reason = f"face engine unavailable: {self._engine_error() or 'not loaded'}"
+            frame = self._one_frame(camera) if camera is not None else None
+            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, reason, best_frame_jpeg=frame,
+                               head_jpeg=head)
+        if camera is None:
+            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, "camera unavailable", head_jpeg=head)
+        stopping = self._stopping
+
+        def clock() -> float:  # a stop request ends the capture at once, with what was seen so far
+            return time.monotonic() + (1e6 if stopping.is_set() else 0.0)
+
+        outcome = score_live(engine, camera, head, self.settings.face, clock=clock)
+        if stopping.is_set():
+            outcome = dataclasses.replace(outcome, reason=f"{outcome.reason} (capture cut short: service stopping)")
+        if outcome.camera_error:
+            self._camera_fault(outcome.camera_error)
+        return outcome
+
+    def _one_frame(self, camera: Any) -> bytes | None:
+        """One frame as JPEG for cameraImg (relay mode, or when the engine is unavailable)."""
+        from agent.images import encode_jpeg
+
+        try:
+            return encode_jpeg(camera.read_frame(RELAY_FRAME_TIMEOUT_S))
+        except Exception as exc:
+            log.debug("no frame for cameraImg: %s", exc)
+            if not isinstance(exc, TimeoutError):
+                self._camera_fault(str(exc))
+            return None
+
+
+def _raw_payload(card: Any, settings: Any, operator: str, now: dt.datetime, outcome: FaceOutcome,
+                 head: bytes | None, camera_jpeg: bytes) -> dict[str, Any]:
+    """The record's fields as read, unvalidated: what a held-invalid row keeps for a technician."""
+    from agent.records import platform_local
+
+    local = platform_local(now)
+    data: dict[str, Any] = {
+        "realName": card.name or (getattr(card, "english_name", None) or ""),
+        "cardType": card.card_type, "cardNo": card.card_no, "sexCode": card.sex_code,
+        "nationalCode": card.nation_code, "operationUser": operator,
+        "birthday": _date(card.birth_date), "address": card.address, "police": card.authority,
+        "cardStartDate": _date(card.valid_from),
+        "cardEndDate": _date(card.valid_to) if card.valid_to else settings.platform.conventions.long_term_end_date,
+        "cameraImg": base64.b64encode(camera_jpeg).decode("ascii"),
+        "faceScore": outcome.score, "faceResult": outcome.result,
+        "verifyDate": local.date().isoformat(), "verifyTime": local.strftime("%Y-%m-%d %H:%M:%S"),
+        "deviceNo": settings.device.device_no, "machineCode": settings.device.machine_code,
+    }
+    if head:
+        data["headImg"] = base64.b64encode(head).decode("ascii")
+    return data
+
+
+def _date(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def complete_held(payload: dict[str, Any], raw_wlt: bytes | None, *, settings: Any,
+                  decoder: Callable[[bytes], bytes], engine: Callable[[], Any | None],
+                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Complete a record held for its card photo: decode the WLT into headImg and, in compute mode,
+    score the stored live photo against it (the face result was pending). Returns the validated
+    payload. Raises ``RecordError``/``FvagentError`` when it cannot be completed (it stays held).
+    """
+    if not raw_wlt:
+        raise RecordError("held record has no raw WLT photo to decode", problems=[("headImg", "no WLT kept")])
+    head = normalize_jpeg(decoder(raw_wlt), what="decoded card photo")
+    data = dict(payload)
+    data["headImg"] = base64.b64encode(head).decode("ascii")
+    pending = (meta or {}).get("face_result_pending", settings.face.mode != "relay")
+    if pending and settings.face.mode != "relay" and int(data.get("faceResult", 2)) == RESULT_NOT_VERIFIED:
+        eng = engine()
+        if eng is not None and data.get("cameraImg") and not (meta or {}).get("camera_placeholder"):
+            try:
+                frame = decode_image(base64.b64decode(data["cameraImg"]), what="stored live photo")
+                outcome = score_frames(eng, [frame], head, settings.face)
+                data["faceScore"], data["faceResult"] = outcome.score, outcome.result
+                log.info("held record completed: faceResult %d (%s)", outcome.result, outcome.reason)
+            except ImageError as exc:
+                log.warning("held record's live photo cannot be scored: %s", exc)
+    return parse_verification(data, long_term_end=settings.platform.conventions.long_term_end_date).to_payload()
