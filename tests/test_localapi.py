@@ -451,3 +451,29 @@ def test_unknown_query_parameter_is_refused(agent: Agent) -> None:
         r = c.get("/v1/verifications", params={"cardno": make_id()})  # misspelt: must not list every card
     assert r.status_code == 422
     assert r.json()["problems"][0]["field"] == "cardno"
+
+
+def test_feed_item_speaks_chinese_and_shows_unsaved_captures(agent: Agent) -> None:
+    from agent.events import Event
+
+    with client(agent) as c:
+        record_id = c.post("/v1/verifications", json=verification_body(score=0.42, result=0)).json()["id"]
+    reader_event = Event(1, "verification", {"id": record_id, "source": "reader",
+                                             "reason": "no match: best distance 0.612 over 3 frame(s), score 0.42"}, time.time())
+    item = agent.backend.feed_item(reader_event)
+    assert item is not None
+    assert item["reason"].startswith("人证比对不一致") and "0.42" in item["reason"] and "0.75" in item["reason"]
+    assert item["reasonDetail"].startswith("no match")
+    no_face = agent.backend.feed_item(Event(2, "verification", {"id": record_id, "source": "reader",
+                                                                "reason": "no usable frame in 5.0 s (12 frames: no face 12)"},
+                                            time.time()))
+    assert no_face is not None and no_face["reason"] == "未采集到合格的人脸画面"
+    # a capture that could not be stored: shown from the event, masked whatever was sent
+    unsaved = agent.backend.feed_item(Event(3, "verification", {
+        "id": None, "name": "韦小梅", "cardNo": make_id(), "result": 2, "score": 0.0,
+        "error": "disk full", "source": "reader"}, time.time()))
+    assert unsaved is not None
+    assert unsaved["state"] == "unsaved" and "disk full" in unsaved["error"]
+    assert unsaved["name"] == "韦**" and unsaved["cardNo"].count("*") == 10
+    assert unsaved["photos"] == {"head": None, "camera": None}
+    assert agent.backend.feed_item(Event(4, "verification", {"id": 987654}, time.time())) is None

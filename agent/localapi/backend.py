@@ -41,7 +41,25 @@ FULL_FIELDS = ("realName", "cardType", "cardNo", "sexCode", "sexName", "national
 """Record fields a full-data caller sees; photos only when asked for."""
 
 RESULT_TEXT = {0: "未通过", 1: "通过", 2: "未核验"}
-DEFAULT_REASON = {0: "人脸比对分数低于阈值", 2: "未完成人脸比对"}
+DEFAULT_REASON = {0: "人证比对未通过", 2: "未完成人脸比对"}
+REASON_ZH: tuple[tuple[str, str], ...] = (
+    # (a phrase of the face session's reason, what the desk reads); first match wins
+    ("liveness failed", "活体检测未通过"),
+    ("liveness: no face", "活体检测时未检测到人脸"),
+    ("no match", "人证比对不一致"),
+    ("camera error", "摄像头故障，未能采集现场照片"),
+    ("camera delivered no frame", "摄像头无画面"),
+    ("more than one face", "画面中有多张人脸"),
+    ("face too small", "人脸过小，请靠近摄像头"),
+    ("face blurred", "人脸模糊，请保持不动"),
+    ("face too dark", "光线过暗"),
+    ("face too bright", "光线过亮或逆光"),
+    ("no usable frame", "未采集到合格的人脸画面"),
+    ("no face", "未检测到人脸"),
+    ("card photo", "证件照片不可用"),
+    ("no live image", "没有现场照片"),
+    ("service stopping", "服务停止，采集中断"),
+)
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
@@ -202,36 +220,65 @@ class DeskBackend:
     def feed_item(self, event: Event) -> dict[str, Any] | None:
         """What the operator page shows for a ``verification`` event: masked, with photo links.
 
-        The event's data is ``{"id": outbox_id, "reason": optional text}``; everything else comes
-        from the outbox. ``None`` when the row is gone.
+        The event's data is ``{"id": outbox_id, "reason": optional text, ...}``; the record's fields
+        come from the outbox. An event whose record could not be stored (``id`` None) is shown from
+        the event's own masked fields (``name``, ``cardNo``, ``result``, ``score``, ``error``), so
+        the desk sees that something went wrong. ``None`` when there is nothing to show.
         """
-        try:
-            record_id = int(event.data["id"])
-            view = self.verification(record_id)
-        except (KeyError, TypeError, ValueError, NotFound):
-            log.debug("event %d names no stored verification", event.seq)
+        data = event.data
+        raw_id = data.get("id")
+        view = None
+        if raw_id is not None:
+            try:
+                view = self.verification(int(raw_id))
+            except (TypeError, ValueError, NotFound):
+                log.debug("event %d names no stored verification", event.seq)
+        if view is None and not (data.get("cardNo") or data.get("error")):
             return None
-        rec = view["record"]
-        result = _as_int(rec.get("faceResult"))
-        reason = event.data.get("reason") or (DEFAULT_REASON.get(result) if result is not None else None)
-        if result == 0 and not event.data.get("reason") and rec.get("faceScore") is not None:
-            reason = f"人脸比对分数 {float(rec['faceScore']):.2f} 低于阈值 {self.settings.face.threshold:.2f}"
+        rec = view["record"] if view else {}
+        result = _as_int(rec.get("faceResult", data.get("result")))
+        score = rec.get("faceScore", data.get("score"))
+        source = data.get("source") or (view or {}).get("source")
+        reason_text, detail = self._reason(result, score, data.get("reason"), relayed=source == "local_api")
+        error = data.get("error")
+        held = (view or {}).get("heldReason") or data.get("held")
         return {
-            "id": record_id,
+            "id": view["id"] if view else None,
             "seq": event.seq,
-            "name": rec.get("realName", ""),
-            "cardNo": rec.get("cardNo", ""),
-            "score": rec.get("faceScore"),
+            "name": rec.get("realName", "") if view else _safe_name(data.get("name")),
+            "cardNo": rec.get("cardNo") if view else _safe_card(data.get("cardNo")),
+            "score": score,
             "result": result,
             "resultText": RESULT_TEXT.get(result, "未知") if result is not None else "未知",
-            "reason": None if result == 1 else reason,
-            "verifyTime": rec.get("verifyTime"),
-            "operator": rec.get("operationUser"),
-            "state": view["state"],
-            "simulated": view["simulated"],
-            "source": view["source"] or event.data.get("source"),
-            "photos": {k: (f"/ui/photos/{record_id}/{k}" if has else None) for k, has in view["hasPhotos"].items()},
+            "reason": reason_text,
+            "reasonDetail": detail,
+            "verifyTime": rec.get("verifyTime") or dt.datetime.fromtimestamp(event.time, SHANGHAI).strftime("%Y-%m-%d %H:%M:%S"),
+            "operator": rec.get("operationUser") or self.operator.get(),
+            "state": view["state"] if view else "unsaved",
+            "held": bool(held),
+            "error": "记录未能保存：" + str(error) if error and not view else None,
+            "simulated": bool((view or {}).get("simulated") or data.get("simulated")),
+            "source": source,
+            "photos": {k: (f"/ui/photos/{view['id']}/{k}" if has else None)
+                       for k, has in (view["hasPhotos"] if view else {"head": False, "camera": False}).items()},
         }
+
+    def _reason(self, result: int | None, score: Any, reason: Any, *, relayed: bool = False) -> tuple[str | None, str | None]:
+        """(Chinese reason for the page, the original technical line) for a result other than passed."""
+        if result == 1:
+            return None, None
+        detail = str(reason) if reason else None
+        lowered = (detail or "").lower()
+        score_text = _score_text(score)
+        if relayed or "relayed from the terminal" in lowered:
+            zh = "终端比对未通过" if result == 0 else "终端未完成人脸比对"
+            return (f"{zh}（分数 {score_text}）" if result == 0 and score_text else zh), detail
+        zh = next((words for needle, words in REASON_ZH if needle in lowered), None)
+        if result == 0 and score_text and (zh is None or "no match" in lowered):
+            zh = f"{zh or '人证比对不一致'}（分数 {score_text}，阈值 {self.settings.face.threshold:.2f}）"
+        if zh is None and result is not None:
+            zh = DEFAULT_REASON.get(result)
+        return zh, detail
 
     # -- status and operator ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -290,6 +337,25 @@ def _row_get(row: Any, name: str) -> Any:
     if isinstance(row, dict):
         return row.get(name)
     return getattr(row, name, None)
+
+
+def _safe_name(value: Any) -> str:
+    """An event's name as shown: masked, whatever the publisher sent."""
+    text = str(value or "")
+    return text if "*" in text else mask_name(text)
+
+
+def _score_text(score: Any) -> str | None:
+    try:
+        return f"{float(score):.2f}"
+    except (TypeError, ValueError):
+        return None
+
+
+def _safe_card(value: Any) -> str:
+    """An event's card number as shown: masked, whatever the publisher sent."""
+    text = str(value or "")
+    return text if "*" in text else mask_card_no(text)
 
 
 def _as_int(value: Any) -> int | None:
