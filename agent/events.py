@@ -159,6 +159,8 @@ class EventBus:
         self._history_size = history
         self._max_queue = max_queue
         self._seq = 0
+        self.instance_id = os.urandom(4).hex()
+        """Differs between runs, so a client's remembered ``seq`` from an earlier run is not mistaken for this one's."""
 
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
         """Deliver ``data`` as an event of ``kind`` to every subscriber. Never blocks; returns the event.

@@ -477,3 +477,25 @@ def test_feed_item_speaks_chinese_and_shows_unsaved_captures(agent: Agent) -> No
     assert unsaved["name"] == "韦**" and unsaved["cardNo"].count("*") == 10
     assert unsaved["photos"] == {"head": None, "camera": None}
     assert agent.backend.feed_item(Event(4, "verification", {"id": 987654}, time.time())) is None
+
+
+def test_feed_resumes_after_last_event_id_and_ignores_ids_of_an_earlier_run(agent: Agent) -> None:
+    with client(agent) as c:
+        ids = [c.post("/v1/verifications", json=verification_body(seed=i)).json()["id"] for i in range(3)]
+    second = agent.events.recent("verification", 3)[1]
+    for last_id, expected in ((f"{agent.events.instance_id}.{second.seq}", ids[2:]),
+                              (f"0badcafe.{second.seq}", ids)):  # another run's id: replay the recent ones
+        got: list[tuple[str, dict[str, Any]]] = []
+        stop = threading.Event()
+        threading.Thread(target=read_sse, args=(agent.url + "/ui/events", stop.is_set, got),
+                         kwargs={"headers": {"Last-Event-ID": last_id}}, daemon=True).start()
+        wait_for(lambda: any(k == "status" for k, _ in got[1:]) or len(got) > len(expected), 8,
+                 "the replay and the next status")
+        stop.set()
+        assert [d["id"] for k, d in got if k == "verification"] == expected
+
+
+def test_without_token_only_this_machine_may_call(agent: Agent) -> None:
+    with client(agent) as c:
+        r = c.get("/v1/status", headers={"Host": "rebound.example"})
+    assert r.status_code == 403 and "127.0.0.1" in r.json()["error"]

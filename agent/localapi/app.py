@@ -147,7 +147,8 @@ VERIFICATION_BODY_SCHEMA: dict[str, Any] = {
 
 ERRORS = {
     401: {"model": ErrorOut, "description": "missing or unknown bearer token"},
-    403: {"model": ErrorOut, "description": "the token does not allow this"},
+    403: {"model": ErrorOut, "description": "the token does not allow this, or (without a token configured) "
+                                            "the caller is not this machine"},
 }
 
 
@@ -234,8 +235,11 @@ class _Access:
         scope = self.scope(request)
         if scope in ("api", "full"):
             return scope
-        if self.token is None and scope == "local":
-            return scope
+        if self.token is None:
+            if scope == "local":
+                return scope
+            raise _Denied(403, "this API answers only this machine, addressed as 127.0.0.1 or localhost",
+                          hint="call it on the terminal itself; for other machines set [local_api] token and listen")
         raise _Denied(401, "this endpoint needs 'Authorization: Bearer <token>'",
                       hint="the token is [local_api] token in the agent's configuration")
 
@@ -441,10 +445,12 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     @app.get("/ui/events", include_in_schema=False)
     async def ui_events(request: Request) -> Response:
         access.require_ui(request)
-        last = request.headers.get("last-event-id")
+        # the browser resends the last id it saw on reconnect: "<bus instance>.<seq>"; an id from an
+        # earlier run of the agent (another instance) means "start afresh"
+        instance, _, last_seq = (request.headers.get("last-event-id") or "").partition(".")
         replay_after: int | None
-        if last and last.isdigit():
-            replay_after = int(last)
+        if instance == backend.events.instance_id and last_seq.isdigit():
+            replay_after = int(last_seq)
         else:
             recent = backend.events.recent(VERIFICATION, SSE_REPLAY)
             replay_after = recent[0].seq - 1 if recent else None
@@ -494,7 +500,7 @@ async def _sse(request: Request, backend: DeskBackend, sub: Any, shutdown: Any) 
                         log.warning("verification event %d not shown on the page: %s", event.seq, type(exc).__name__)
                         item = None
                     if item is not None:
-                        yield _sse_frame(VERIFICATION, item, event_id=event.seq)
+                        yield _sse_frame(VERIFICATION, item, event_id=f"{backend.events.instance_id}.{event.seq}")
                     next_status = min(next_status, time.monotonic() + 0.5)  # the queue depth just changed
                 else:
                     next_status = 0.0  # any other event (operator, status) refreshes the status bar
@@ -512,7 +518,7 @@ async def _sse(request: Request, backend: DeskBackend, sub: Any, shutdown: Any) 
         sub.close()
 
 
-def _sse_frame(kind: str, data: dict[str, Any], *, event_id: int | None = None) -> str:
+def _sse_frame(kind: str, data: dict[str, Any], *, event_id: str | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
