@@ -1,0 +1,139 @@
+"""The deploy kit: the unit passes `systemd-analyze verify`, the udev rules cover the spec's readers,
+install.sh lays out the files with the right modes and uninstall.sh keeps the outbox unless asked."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+SPEC = ROOT.parent / "shared" / "spec" / "idcard-reader-protocol.md"
+
+
+def _unit() -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    # systemd allows repeated keys (DeviceAllow, LoadCredential): keep the text for those checks.
+    text = (DEPLOY / "fvagent.service").read_text()
+    parser.read_string(re.sub(r"^(DeviceAllow|LoadCredential|Environment)=.*$", "", text, flags=re.M))
+    return parser
+
+
+def test_unit_has_the_promised_settings() -> None:
+    text = (DEPLOY / "fvagent.service").read_text()
+    service = _unit()["Service"]
+    assert service["Type"] == "notify"
+    assert service["ExecStart"].startswith("/opt/fvagent/venv/bin/fvagent run")
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["User"] == "fvagent" and service["Group"] == "fvagent"
+    assert service["StateDirectory"] == "fvagent" and service["ConfigurationDirectory"] == "fvagent"
+    assert service["ProtectSystem"] == "strict"
+    assert service["PrivateTmp"] == "yes" and service["NoNewPrivileges"] == "yes"
+    assert service["DevicePolicy"] == "closed"
+    assert service["Restart"] == "on-failure"
+    assert int(service["WatchdogSec"]) >= 10
+    assert int(service["TimeoutStopSec"]) > 10  # our own stop takes at most 10 s
+    assert service["RestartPreventExitStatus"] == "2"
+    for device in ("char-ttyUSB", "char-ttyACM", "char-usb_device", "char-video4linux"):
+        assert re.search(rf"^DeviceAllow={device} rw$", text, re.M), device
+    # every secret key of the config can come in as a credential of the same name
+    from agent.config import _SECRET_NAMES
+
+    credentials = set(re.findall(r"^LoadCredential=([a-z_]+):", text, re.M))
+    assert set(_SECRET_NAMES) <= credentials
+    assert "outbox_key" in credentials
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze not installed (deploy/system-deps.sh test installs systemd)")
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    # verify insists that ExecStart's binary exists: check a copy whose ExecStart points at this
+    # checkout's fvagent (same unit otherwise). The shipped path is checked above.
+    exe = ROOT / ".venv" / "bin" / "fvagent"
+    if not exe.exists():
+        exe = Path(shutil.which("fvagent") or "/bin/true")
+    unit = tmp_path / "fvagent.service"
+    unit.write_text((DEPLOY / "fvagent.service").read_text().replace("/opt/fvagent/venv/bin/fvagent", str(exe)))
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines()
+                if "fvagent.service" in line or "Unknown" in line or "Invalid" in line]
+    assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
+
+
+def test_udev_rules_cover_the_spec_readers_and_cameras() -> None:
+    rules = (DEPLOY / "70-fvagent.rules").read_text()
+    pairs = {("0400", "c35a"), ("0483", "5652"), ("0483", "5750"), ("28e9", "028a")}
+    if SPEC.exists():  # the VID:PIDs named in §8 of the reader protocol
+        section = SPEC.read_text().split("## 8.")[1].split("## 9.")[0]
+        found = {(v.lower(), p.lower()) for v, p in re.findall(r"0x([0-9A-Fa-f]{4}):0x([0-9A-Fa-f]{4})", section)}
+        found |= {(v.lower(), p.lower()) for v, p in re.findall(r"\*\*([0-9A-Fa-f]{4}):([0-9A-Fa-f]{4})\*\*", section)}
+        assert found and found <= pairs | found
+        pairs |= found
+    for vid, pid in pairs:
+        usb = rf'SUBSYSTEM=="usb".*ATTR\{{idVendor\}}=="{vid}", ATTR\{{idProduct\}}=="{pid}".*GROUP="fvagent"'
+        tty = rf'SUBSYSTEM=="tty".*ATTRS\{{idVendor\}}=="{vid}", ATTRS\{{idProduct\}}=="{pid}"'
+        assert re.search(usb, rules), f"{vid}:{pid} usb"
+        assert re.search(tty, rules), f"{vid}:{pid} tty"
+    assert 'SUBSYSTEM=="video4linux"' in rules
+    # every rule line is KEY op "value" pairs separated by commas
+    pair = r'[A-Z]+(\{[A-Za-z_]+\})?(==|!=|\+=|=|:=)"[^"]*"'
+    for line in rules.splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert re.fullmatch(rf"{pair}(, {pair})*", line), line
+
+
+def test_scripts_are_valid_sh() -> None:
+    for script in ("install.sh", "uninstall.sh"):
+        subprocess.run(["sh", "-n", str(DEPLOY / script)], check=True, timeout=30)
+        assert os.access(DEPLOY / script, os.X_OK), f"{script} is not executable"
+
+
+def _sh(script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(DEPLOY / script), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_install_and_uninstall_staged(tmp_path: Path) -> None:
+    dest = tmp_path / "root"
+    env = {"DESTDIR": str(dest), "FVAGENT_PREFIX": "/opt/fva"}
+    proc = _sh("install.sh", "--no-venv", env=env)
+    assert proc.returncode == 0, proc.stderr
+    config = dest / "etc/fvagent/fvagent.toml"
+    assert config.read_text() == (DEPLOY / "fvagent.example.toml").read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    assert stat.S_IMODE((dest / "etc/fvagent").stat().st_mode) == 0o750
+    assert stat.S_IMODE((dest / "etc/credstore").stat().st_mode) == 0o700
+    unit = (dest / "etc/systemd/system/fvagent.service").read_text()
+    assert "ExecStart=/opt/fva/venv/bin/fvagent run" in unit and "/opt/fvagent" not in unit
+    assert (dest / "etc/udev/rules.d/70-fvagent.rules").is_file()
+    assert (dest / "opt/fva/docs/operations.md").is_file()
+
+    # A second install keeps the technician's config.
+    config.write_text("# edited\n")
+    assert _sh("install.sh", "--no-venv", env=env).returncode == 0
+    assert config.read_text() == "# edited\n"
+
+    # Uninstall keeps the outbox and the config ...
+    outbox = dest / "var/lib/fvagent/outbox.db"
+    outbox.parent.mkdir(parents=True)
+    outbox.write_bytes(b"records")
+    proc = _sh("uninstall.sh", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not (dest / "etc/systemd/system/fvagent.service").exists()
+    assert not (dest / "opt/fva").exists()
+    assert outbox.read_bytes() == b"records" and config.exists()
+    # ... --purge refuses while it cannot prove everything was delivered ...
+    proc = _sh("uninstall.sh", "--purge", env=env)
+    assert proc.returncode == 1 and "not delivered" in proc.stderr
+    assert outbox.exists()
+    # ... and --purge --yes deletes it.
+    assert _sh("uninstall.sh", "--purge", "--yes", env=env).returncode == 0
+    assert not outbox.exists() and not config.exists()
