@@ -190,6 +190,11 @@ def test_idempotency_key_returns_the_same_id(agent: Agent) -> None:
     assert first.json()["id"] == again.json()["id"]
     assert other.json()["id"] != first.json()["id"]
     assert agent.events.last_seq == 2  # the retried post is not announced twice
+    with client(agent) as c:
+        reused = c.post("/v1/verifications", json=verification_body(score=0.5, result=0),
+                        headers={"Idempotency-Key": "term-1-abc"})
+    assert reused.status_code == 409
+    assert reused.json()["problems"][0]["field"] == "Idempotency-Key"
 
 
 def test_every_bad_field_is_listed(agent: Agent) -> None:

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agent.config import LocalApiSettings
 from agent.errors import OutboxError, RecordError, StorageFull
 from agent.events import VERIFICATION
-from agent.localapi.backend import SHANGHAI, DeskBackend, NotFound
+from agent.localapi.backend import SHANGHAI, DeskBackend, IdempotencyConflict, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ ERRORS = {
     401: {"model": ErrorOut, "description": "missing or unknown bearer token"},
     403: {"model": ErrorOut, "description": "the token does not allow this, or (without a token configured) "
                                             "the caller is not this machine"},
+    503: {"model": ErrorOut, "description": "the outbox or the state directory cannot be used now"},
 }
 
 
@@ -290,6 +291,11 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return _error(exc.status, exc.message, hint=exc.hint, headers=headers)
 
+    @app.exception_handler(OutboxError)
+    async def _outbox_error(request: Request, exc: OutboxError) -> JSONResponse:
+        log.error("%s %s: outbox error: %s", request.method, request.url.path, exc.message)
+        return _error(503, "the outbox cannot be read now", hint=exc.hint)
+
     @app.exception_handler(_BadQuery)
     async def _bad_query(request: Request, exc: _BadQuery) -> JSONResponse:
         return _error(422, "the request has unknown query parameters", problems=exc.problems)
@@ -323,6 +329,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
               openapi_extra={"requestBody": {"required": True,
                                              "content": {"application/json": {"schema": VERIFICATION_BODY_SCHEMA}}}},
               responses={**ERRORS, 413: {"model": ErrorOut, "description": "body too large"},
+                         409: {"model": ErrorOut, "description": "Idempotency-Key already used for a different verification"},
                          415: {"model": ErrorOut, "description": "body is not JSON"},
                          422: {"model": ErrorOut, "description": "every bad field, as (field, rule)"},
                          507: {"model": ErrorOut, "description": "the disk is full: nothing was stored"}})
@@ -351,6 +358,9 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
             record_id = await run_in_threadpool(backend.submit, body, idempotency_key=idempotency_key)
         except RecordError as exc:
             return _error(422, exc.message, hint=exc.hint, problems=exc.problems)
+        except IdempotencyConflict as exc:
+            return _error(409, str(exc), hint="use a new Idempotency-Key for each verification",
+                          problems=[("Idempotency-Key", "already used for a different verification")])
         except StorageFull as exc:
             return _error(507, str(exc), hint=exc.hint)
         except OutboxError as exc:

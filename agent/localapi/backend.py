@@ -67,6 +67,14 @@ class NotFound(LookupError):
     """No verification with that id (or its photo was erased after upload, per retention)."""
 
 
+class IdempotencyConflict(ValueError):
+    """An Idempotency-Key already used for a different verification. ``record_id`` is the first one."""
+
+    def __init__(self, message: str, record_id: int) -> None:
+        self.record_id = record_id
+        super().__init__(message)
+
+
 def _problem_error(message: str, problems: list[tuple[str, str]]) -> RecordError:
     return RecordError(message, problems=problems,
                        hint="fix each field listed; the field names are the platform spec's")
@@ -105,8 +113,9 @@ class DeskBackend:
         Missing ``operationUser`` is filled with the current operator, missing ``deviceNo`` and
         ``machineCode`` with ``[device]``'s; a different ``deviceNo``/``machineCode`` is an error
         (this agent uploads for its own device only). Returns the outbox id once the row is durable;
-        a repeated ``idempotency_key`` returns the first id. Raises ``RecordError`` listing every
-        bad field (``.problems``), or ``OutboxError`` / ``StorageFull`` when it cannot be stored.
+        a repeated ``idempotency_key`` with the same verification returns the first id, with a
+        different one raises ``IdempotencyConflict``. Raises ``RecordError`` listing every bad field
+        (``.problems``), or ``OutboxError`` / ``StorageFull`` when it cannot be stored.
         """
         from agent.records import parse_verification  # late: keeps the module light to import
 
@@ -134,6 +143,13 @@ class DeskBackend:
         body_hash = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         record_id = int(self.outbox.enqueue(payload, idempotency_key=idempotency_key,
                                             meta={"source": "local_api", "body_sha256": body_hash}))
+        if idempotency_key is not None:
+            row = self.outbox.get(record_id)
+            first_hash = (_row_get(row, "meta") or {}).get("body_sha256") if row is not None else None
+            if first_hash is not None and first_hash != body_hash:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key was already used for verification {record_id}, with a different body",
+                    record_id)
         if self._first_announcement(record_id):
             log.info("relayed verification %d committed (card %s, faceResult %s)", record_id,
                      mask_card_no(payload.get("cardNo")), payload.get("faceResult"))
