@@ -1,0 +1,14 @@
+"""Durable store-and-forward: the encrypted SQLite outbox, the uploader, registration and retention.
+
+``Outbox.open(storage_settings)`` commits each verification durably before anyone is told it is
+done; ``Uploader`` drains it to the platform; ``housekeeping(outbox, now)`` applies retention and
+the size budget. docs/outbox.md is the guide.
+"""
+
+from agent.errors import KeyFileError, OutboxCorrupt, OutboxError, StorageFull
+from agent.outbox.retention import housekeeping
+from agent.outbox.store import Attempt, Claim, Outbox, Row
+from agent.outbox.uploader import RateLimiter, Uploader, full_jitter
+
+__all__ = ["Attempt", "Claim", "KeyFileError", "Outbox", "OutboxCorrupt", "OutboxError", "RateLimiter", "Row",
+           "StorageFull", "Uploader", "full_jitter", "housekeeping"]

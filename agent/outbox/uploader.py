@@ -1,0 +1,541 @@
+"""The uploader: drains the outbox to the platform, oldest first, politely.
+
+- a global cap on requests per second (``[uploader] max_rps``, evenly spaced) and at most
+  ``concurrency`` requests in flight, registration included;
+- per record, exponential backoff with full jitter (``backoff_initial_s`` .. ``backoff_max_s``,
+  Retry-After honoured); while the platform keeps failing, a global backoff on the same curve, with
+  one probe request at a time, so a long backlog never becomes a retry storm;
+- the four outcome classes: accepted -> sent; rejected -> kept as rejected with the reason;
+  blocked -> every upload paused (records stay pending) until the ``[platform]`` configuration
+  changes (its fingerprint is stored with the pause, so a restart does not resume by itself);
+  retryable -> back off;
+- registration (POST /machine/info) before the first upload and whenever ``[device]`` (or the
+  platform's URL / org app id) changes, again every ``register_refresh_h``; records queue meanwhile;
+- ``[platform] enabled = false``: nothing is sent, everything stays queued.
+
+Every attempt is a fresh request (new request id, sendTime and signature, made by the client); the
+outbox keeps one attempts row per try with its request id.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.errors import OutboxCorrupt, OutboxError, PlatformDisabled, RecordError
+from agent.outbox.registration import device_fingerprint, platform_fingerprint
+from agent.outbox.store import Claim, Outbox
+from agent.uplink.outcome import Outcome, OutcomeKind
+
+log = logging.getLogger(__name__)
+
+UPLOADER_LOCK = "uploader.lock"
+
+
+def full_jitter(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Backoff before retry number ``attempt`` (1-based): uniform in [0, min(max, initial * 2**(attempt-1))]."""
+    ceiling = min(max_s, initial_s * (2.0 ** min(max(attempt, 1) - 1, 60)))
+    return rng.uniform(0.0, ceiling)
+
+
+class RateLimiter:
+    """At most ``rate`` starts per second, evenly spaced (one every 1/rate s), shared by all threads."""
+
+    def __init__(self, rate: float, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate
+        self._monotonic = monotonic
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self, stop: threading.Event | None = None) -> bool:
+        """Block until this caller's slot; False when ``stop`` was set first (the slot is given back)."""
+        with self._lock:
+            now = self._monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        delay = slot - self._monotonic()
+        if delay > 0:
+            if stop is not None:
+                if stop.wait(delay):
+                    with self._lock:
+                        self._next = max(self._monotonic(), self._next - self.interval)
+                    return False
+            else:
+                time.sleep(delay)
+        return True
+
+
+@dataclasses.dataclass
+class _Observed:
+    state: str = "starting"
+    paused_reason: str | None = None
+    blocked: bool = False
+    last_success: dict[str, Any] | None = None
+    last_error: dict[str, Any] | None = None
+    backoff_until: float | None = None
+
+
+class Uploader:
+    """Sends the outbox's pending records to the platform.
+
+    Parameters:
+        outbox: the open ``Outbox``.
+        client_factory: ``client_factory(platform_settings) -> PlatformClient`` (``PlatformClient``
+            itself fits; tests pass a lambda that adds a transport).
+        platform_settings, uploader_settings, device_settings: ``[platform]``, ``[uploader]``, ``[device]``.
+        clock: epoch seconds (stored times, backoff); rng: the jitter's random source.
+
+    ``run(stop)`` is the daemon's loop; ``step()`` / ``drain_once()`` do the same work synchronously
+    for tests. ``snapshot()`` is the state for status pages; ``paused_reason``, ``last_success``,
+    ``last_error`` and ``rate_rps`` are also attributes. ``update_settings(...)`` applies a reloaded
+    configuration (a changed ``[platform]`` lifts a pause caused by ``blocked``).
+    """
+
+    def __init__(self, outbox: Outbox, client_factory: Callable[[Any], Any], platform_settings: Any,
+                 uploader_settings: Any, device_settings: Any, *, clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None) -> None:
+        self.outbox = outbox
+        self._client_factory = client_factory
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._client: Any = None
+        self._client_error: str | None = None
+        self._observed = _Observed()
+        self._failures = 0
+        self._accepted_times: collections.deque[float] = collections.deque()
+        self._reg_retry_at = 0.0
+        self._sender_lock_fd: int | None = None
+        self.platform = platform_settings
+        self.settings = uploader_settings
+        self.device = device_settings
+        self._limiter = RateLimiter(uploader_settings.max_rps)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=uploader_settings.concurrency,
+                                                           thread_name_prefix="uploader")
+        self._apply_settings()
+
+    # -- configuration -----------------------------------------------------------------------------
+    def update_settings(self, *, platform_settings: Any = None, uploader_settings: Any = None,
+                        device_settings: Any = None) -> None:
+        """Apply reloaded settings. A new ``[platform]`` gets a new client and, when it differs from the
+        configuration that was blocked, lifts the pause; a new ``[device]`` triggers registration."""
+        with self._lock:
+            if platform_settings is not None and platform_settings != self.platform:
+                self.platform = platform_settings
+                self._close_client()
+            if uploader_settings is not None and uploader_settings != self.settings:
+                if uploader_settings.max_rps != self.settings.max_rps:
+                    self._limiter = RateLimiter(uploader_settings.max_rps)
+                if uploader_settings.concurrency != self.settings.concurrency:
+                    old = self._pool
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=uploader_settings.concurrency, thread_name_prefix="uploader")
+                    old.shutdown(wait=False)
+                self.settings = uploader_settings
+            if device_settings is not None:
+                self.device = device_settings
+            self._apply_settings()
+        self.outbox.wakeup.set()
+
+    def _apply_settings(self) -> None:
+        self._platform_fp = platform_fingerprint(self.outbox, self.platform)
+        self._device_fp = device_fingerprint(self.outbox, self.device, self.platform)
+        self._reg_retry_at = 0.0
+        blocked = self.outbox.get_state("blocked")
+        if isinstance(blocked, dict) and blocked.get("fingerprint") != self._platform_fp:
+            log.warning("the [platform] configuration changed since uploads were blocked (%s): resuming",
+                        blocked.get("reason"))
+            self.outbox.set_state("blocked", None)
+            blocked = None
+        self._blocked = blocked if isinstance(blocked, dict) else None
+        self._registration = self.outbox.registration_state()
+        self._failures = 0
+        self._observed.backoff_until = None
+        self._client_error = None
+
+    def _get_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._client_factory(self.platform)
+            return self._client
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                log.debug("closing the platform client failed", exc_info=True)
+
+    def close(self) -> None:
+        """Stop the worker threads and close the client (``run`` does this when it returns)."""
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            self._close_client()
+        if self._sender_lock_fd is not None:
+            os.close(self._sender_lock_fd)
+            self._sender_lock_fd = None
+
+    # -- observable state --------------------------------------------------------------------------
+    @property
+    def paused_reason(self) -> str | None:
+        return self._observed.paused_reason
+
+    @property
+    def blocked(self) -> bool:
+        return self._blocked is not None
+
+    @property
+    def last_success(self) -> dict[str, Any] | None:
+        return self._observed.last_success
+
+    @property
+    def last_error(self) -> dict[str, Any] | None:
+        return self._observed.last_error
+
+    @property
+    def rate_rps(self) -> float:
+        """Records accepted per second over the last minute."""
+        horizon = time.monotonic() - 60.0
+        with self._lock:
+            while self._accepted_times and self._accepted_times[0] < horizon:
+                self._accepted_times.popleft()
+            return round(len(self._accepted_times) / 60.0, 2)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The uploader for ``fvagent status``: ``state`` (starting, idle, sending, backoff, paused,
+        blocked, disabled, stopped), ``paused_reason``, ``blocked`` (+ ``blocked_reason``),
+        ``last_success``, ``last_error``, ``rate_rps``, ``backoff_until``, ``registration``."""
+        o = self._observed
+        return {"state": o.state, "paused_reason": o.paused_reason, "blocked": self.blocked,
+                "blocked_reason": (self._blocked or {}).get("reason"), "last_success": o.last_success,
+                "last_error": o.last_error, "rate_rps": self.rate_rps, "backoff_until": o.backoff_until,
+                "max_rps": self.settings.max_rps, "concurrency": self.settings.concurrency,
+                "registration": dict(self._registration)}
+
+    def _set(self, state: str, reason: str | None = None) -> None:
+        self._observed.state = state
+        self._observed.paused_reason = reason
+
+    # -- the gate: may we send now? ----------------------------------------------------------------
+    def _gate(self, now: float) -> float | None:
+        """``None`` when sending may go on; else how long to wait before asking again (and why, in state)."""
+        poll = self.settings.poll_interval_s
+        if not self.platform.enabled:
+            self._set("disabled", "the platform is switched off ([platform] enabled = false): records stay queued")
+            return poll
+        if self._blocked is not None:
+            self._set("blocked", f"uploads paused: {self._blocked.get('reason')}; fix [platform] and reload")
+            return poll
+        if self._client_error is not None:
+            self._set("paused", self._client_error)
+            return poll
+        until = self._observed.backoff_until
+        if until is not None and now < until:
+            self._set("backoff", f"the platform is failing; next try in {until - now:.0f} s")
+            return min(poll, until - now)
+        if not self._ensure_registered(now):
+            until = self._observed.backoff_until
+            return min(poll, max(0.0, until - now)) if until is not None else poll
+        return None
+
+    def _client_or_pause(self) -> Any | None:
+        try:
+            return self._get_client()
+        except Exception as exc:  # a bad key rule, an unreadable TLS file: a configuration problem
+            self._client_error = f"cannot set up the platform client: {exc}; fix [platform] and reload"
+            log.error("%s", self._client_error)
+            return None
+
+    def _ensure_registered(self, now: float) -> bool:
+        reg = self._registration
+        current = reg.get("registered") and reg.get("fingerprint") == self._device_fp
+        if current:
+            refresh_due = now - float(reg.get("at") or 0) > self.settings.register_refresh_h * 3600
+            if refresh_due and now >= self._reg_retry_at:
+                self._register(now, refresh=True)
+            return True
+        if now < self._reg_retry_at:
+            if self._observed.state not in ("paused", "backoff", "blocked"):
+                self._set("paused", "waiting to register the device")
+            return False
+        return self._register(now, refresh=False)
+
+    def _register(self, now: float, *, refresh: bool) -> bool:
+        """One registration request; True when the device may upload afterwards."""
+        from agent.records import registration_payload
+
+        try:
+            payload = registration_payload(self.device)
+        except RecordError as exc:
+            problems = "; ".join(f"{f}: {r}" for f, r in exc.problems)
+            self._set("paused", f"the [device] settings break the platform spec ({problems}); fix [device] and reload")
+            self._reg_retry_at = now + self.settings.backoff_max_s
+            return refresh
+        client = self._client_or_pause()
+        if client is None:
+            return False
+        self._limiter.wait()
+        try:
+            outcome = client.register_device(payload)
+        except PlatformDisabled:
+            return False
+        except Exception as exc:
+            log.exception("registration failed unexpectedly")
+            outcome = Outcome(OutcomeKind.RETRYABLE, "", f"client error: {type(exc).__name__}: {exc}")
+        at = self._clock()
+        state = {"registered": outcome.accepted or (refresh and outcome.kind is OutcomeKind.RETRYABLE),
+                 "fingerprint": self._device_fp, "at": at if outcome.accepted else self._registration.get("at"),
+                 "last_attempt_at": at, "outcome": outcome.kind.value, "request_id": outcome.request_id,
+                 "message": outcome.message, "machine_code": self.device.machine_code}
+        if outcome.kind is OutcomeKind.ACCEPTED:
+            log.info("device %s registered with the platform (%s)", self.device.machine_code, outcome.message)
+            self._failures = 0
+        elif outcome.kind is OutcomeKind.REJECTED:
+            state["registered"] = False
+            self._set("paused", f"registration rejected: {outcome.message}; fix [device] and reload")
+            self._reg_retry_at = at + self.settings.backoff_max_s
+        elif outcome.kind is OutcomeKind.BLOCKED:
+            state["registered"] = False
+            self._block(f"registration: {outcome.message}")
+        else:
+            self._retryable(outcome, at)
+            if refresh:  # already registered: a failed refresh must not stop the uploads
+                self._reg_retry_at = at + self.settings.backoff_max_s
+        self._registration = state
+        self.outbox.set_registration_state(state)
+        return bool(state["registered"])
+
+    def _block(self, reason: str) -> None:
+        with self._lock:
+            self._blocked = {"fingerprint": self._platform_fp, "reason": reason, "at": self._clock()}
+            self.outbox.set_state("blocked", self._blocked)
+            self._set("blocked", f"uploads paused: {reason}; fix [platform] and reload")
+        log.error("uploads paused until the [platform] configuration changes: %s", reason)
+
+    def _retryable(self, outcome: Outcome, now: float) -> None:
+        with self._lock:
+            self._failures += 1
+            with self._rng_lock:
+                delay = full_jitter(self._failures, self.settings.backoff_initial_s, self.settings.backoff_max_s,
+                                    self._rng)
+            if outcome.retry_after_s is not None:
+                delay = max(delay, min(outcome.retry_after_s, self.settings.backoff_max_s))
+            until = now + delay
+            self._observed.backoff_until = max(self._observed.backoff_until or 0.0, until)
+            self._set("backoff", f"the platform is failing ({outcome.message}); next try in {delay:.0f} s")
+
+    # -- one record --------------------------------------------------------------------------------
+    def _send_one(self, claim: Claim) -> None:
+        try:
+            payload = self.outbox.payload(claim.id)
+        except OutboxCorrupt as exc:
+            self.outbox.finish(claim, "local", message=str(exc))
+            self._observed.last_error = {"at": self._clock(), "id": claim.id, "outcome": "local", "message": str(exc)}
+            return
+        if payload is None:  # deleted meanwhile
+            return
+        client = self._client_or_pause()
+        if client is None:
+            self.outbox.release(claim)
+            return
+        try:
+            outcome = client.upload_verification(payload)
+        except PlatformDisabled:
+            self.outbox.release(claim)
+            return
+        except Exception as exc:  # the client promises not to raise for the network; be safe anyway
+            log.exception("upload of record %d failed unexpectedly", claim.id)
+            outcome = Outcome(OutcomeKind.RETRYABLE, "", f"client error: {type(exc).__name__}: {exc}")
+        del payload
+        self._apply(claim, outcome)
+
+    def _apply(self, claim: Claim, outcome: Outcome) -> None:
+        now = self._clock()
+        details = dict(request_id=outcome.request_id or None, http_status=outcome.http_status,
+                       exception_code=outcome.exception_code, message=outcome.message, now=now)
+        kind = outcome.kind
+        if kind is OutcomeKind.ACCEPTED:
+            self.outbox.finish(claim, "accepted", **details)
+            with self._lock:
+                self._failures = 0
+                self._observed.backoff_until = None
+                self._accepted_times.append(time.monotonic())
+            self._observed.last_success = {"at": now, "id": claim.id, "request_id": outcome.request_id}
+            return
+        self._observed.last_error = {"at": now, "id": claim.id, "outcome": kind.value, "message": outcome.message,
+                                     "request_id": outcome.request_id}
+        if kind is OutcomeKind.REJECTED:
+            self.outbox.finish(claim, "rejected", **details)
+            with self._lock:
+                self._failures = 0
+            log.warning("record %d rejected by the platform: %s", claim.id, outcome.message)
+        elif kind is OutcomeKind.BLOCKED:
+            self.outbox.finish(claim, "blocked", next_attempt_at=now, **details)
+            self._block(outcome.message)
+        else:
+            with self._rng_lock:
+                delay = full_jitter(claim.attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s,
+                                    self._rng)
+            if outcome.retry_after_s is not None:
+                delay = max(delay, min(outcome.retry_after_s, self.settings.backoff_max_s))
+            self.outbox.finish(claim, "retryable", next_attempt_at=now + delay, **details)
+            self._retryable(outcome, now)
+
+    def _claim(self, free: int) -> list[Claim]:
+        # While the platform is failing, probe with one record at a time.
+        limit = 1 if self._failures else free
+        return self.outbox.claim(limit, self._clock())
+
+    # -- synchronous driving (tests, the `fvagent` one-shot commands) ------------------------------
+    def recover(self) -> int:
+        """Requeue rows a crash left in ``sending``; call once before sending (``run`` does)."""
+        return self.outbox.requeue_interrupted()
+
+    def step(self) -> int:
+        """One round: if sending is allowed, claim up to ``concurrency`` due records, send them
+        (rate-capped, concurrently) and wait for them. Returns how many were attempted."""
+        if self._gate(self._clock()) is not None:
+            return 0
+        claims = self._claim(self.settings.concurrency)
+        if not claims:
+            self._set("idle")
+            return 0
+        self._set("sending")
+        futures = []
+        for claim in claims:
+            if self._gate(self._clock()) is not None:
+                self.outbox.release(claim)
+                continue
+            self._limiter.wait()
+            futures.append(self._pool.submit(self._send_one, claim))
+        for future in futures:
+            future.result()
+        return len(futures)
+
+    def drain_once(self) -> int:
+        """``step()`` until nothing due is left (or sending pauses). Returns how many were attempted."""
+        total = 0
+        while n := self.step():
+            total += n
+        return total
+
+    # -- the daemon's loop -------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Send until ``stop`` is set. Takes the uploader lock (one uploader per outbox), requeues what
+        a crash left in ``sending``, then keeps ``concurrency`` requests in flight at most."""
+        self._take_sender_lock()
+        self.recover()
+        inflight = 0
+        cond = threading.Condition()
+
+        def done(_: concurrent.futures.Future[None]) -> None:
+            nonlocal inflight
+            with cond:
+                inflight -= 1
+                cond.notify_all()
+
+        try:
+            while not stop.is_set():
+                try:
+                    wait = self._gate(self._clock())
+                except OutboxError as exc:
+                    self._set("paused", f"outbox: {exc}")
+                    log.error("uploader: %s", exc)
+                    wait = self.settings.poll_interval_s
+                if wait is not None:
+                    self._sleep(stop, wait, wake=False)
+                    continue
+                with cond:
+                    while inflight >= self.settings.concurrency and not stop.is_set():
+                        cond.wait(0.2)
+                    free = self.settings.concurrency - inflight
+                if stop.is_set():
+                    break
+                self.outbox.wakeup.clear()
+                try:
+                    claims = self._claim(free)
+                except OutboxError as exc:
+                    self._set("paused", f"outbox: {exc}")
+                    log.error("uploader: %s", exc)
+                    self._sleep(stop, self.settings.poll_interval_s)
+                    continue
+                if not claims:
+                    if inflight == 0 and self._observed.state in ("sending", "starting"):
+                        self._set("idle")
+                    self._sleep(stop, self._idle_wait())
+                    continue
+                self._set("sending")
+                for i, claim in enumerate(claims):
+                    if stop.is_set() or self._gate(self._clock()) is not None or not self._limiter.wait(stop):
+                        for rest in claims[i:]:
+                            self.outbox.release(rest)
+                        break
+                    with cond:
+                        inflight += 1
+                    self._pool.submit(self._send_one_logged, claim).add_done_callback(done)
+                if self._failures:
+                    # Probing a failing platform: let this one finish before deciding on the next.
+                    with cond:
+                        while inflight and not stop.is_set():
+                            cond.wait(0.2)
+        finally:
+            with cond:
+                deadline = time.monotonic() + self.platform.timeout_s + 5
+                while inflight and time.monotonic() < deadline:
+                    cond.wait(0.2)
+            self._set("stopped")
+            self.close()
+
+    def _send_one_logged(self, claim: Claim) -> None:
+        try:
+            self._send_one(claim)
+        except Exception:
+            log.exception("uploader: record %d: unexpected error; it is retried after a restart", claim.id)
+
+    def _idle_wait(self) -> float:
+        poll = self.settings.poll_interval_s
+        try:
+            due = self.outbox.next_due_at()
+        except OutboxError:
+            return poll
+        if due is None:
+            return poll
+        return max(0.0, min(poll, due - self._clock()))
+
+    def _sleep(self, stop: threading.Event, seconds: float, *, wake: bool = True) -> None:
+        """Wait up to ``seconds``; wake early on ``stop`` or (with ``wake``) a new record."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if wake:
+                if self.outbox.wakeup.wait(min(left, 0.1)):
+                    return
+            elif stop.wait(min(left, 0.1)):
+                return
+
+    def _take_sender_lock(self) -> None:
+        path = self.outbox.path.parent / UPLOADER_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise OutboxError(f"another fvagent process is already uploading from {self.outbox.path}",
+                                  hint="run one fvagent service per state directory") from exc
+            raise
+        self._sender_lock_fd = fd
