@@ -504,3 +504,15 @@ def test_without_token_only_this_machine_may_call(agent: Agent) -> None:
     with client(agent) as c:
         r = c.get("/v1/status", headers={"Host": "rebound.example"})
     assert r.status_code == 403 and "127.0.0.1" in r.json()["error"]
+
+
+def test_answers_do_not_wait_for_delayed_acks(agent: Agent) -> None:
+    # Regression: a listening socket made without proto=TCP made asyncio skip TCP_NODELAY, and every
+    # answer waited ~40 ms for the client's delayed ACK.
+    times = []
+    with client(agent) as c:
+        for _ in range(11):
+            t0 = time.perf_counter()
+            assert c.get("/v1/operator").status_code == 200
+            times.append(time.perf_counter() - t0)
+    assert sorted(times)[5] < 0.025, f"median {sorted(times)[5] * 1000:.0f} ms"

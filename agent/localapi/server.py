@@ -84,9 +84,12 @@ class LocalApiServer:
         host, port = self.settings.host, self.settings.port
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-            family, _, _, _, addr = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            family, _, proto, _, addr = infos[0]
+            # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and without
+            # it every response waits ~40 ms for a delayed ACK (Nagle)
+            sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind(addr)
             sock.listen(64)
             sock.setblocking(False)
