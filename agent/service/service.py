@@ -36,7 +36,7 @@ from agent.errors import CardReadError, ConfigError, DriverError, FvagentError, 
 from agent.events import EventBus, OperatorState
 from agent.service.hardware import DriverSlot
 from agent.service.notify import Notifier
-from agent.service.status import collect_status, status_path, write_status_file
+from agent.service.status import collect_status, iso, status_path, write_status_file
 from agent.service.verification import Verification, Verifier, complete_held
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,10 @@ class Service:
         self._state = "starting"
         self.started_at = time.time()
         self.outbox: Any = None
-        self.client: Any = None
         self.uploader: Any = None
         self._uploader_stop = threading.Event()
         self._uploader_thread: threading.Thread | None = None
+        self._uploader_error: str | None = None
         self.reader_slot: DriverSlot | None = None
         self.camera_slot: DriverSlot | None = None
         self._engine: Any = None
@@ -133,7 +133,6 @@ class Service:
         self._last_status_sent = 0.0
         self._last_watchdog = 0.0
         self._held_release_due = True
-        self._last_registration_refresh = time.monotonic()
 
     # ----------------------------------------------------------------------------------------------
     # Start and stop
@@ -148,7 +147,7 @@ class Service:
 
         s = self.settings
         Path(s.storage.dir).mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox.open(s.storage)
+        self.outbox = Outbox.open(s.storage, check=True)
         self.operator = OperatorState.for_settings(s)
         self._open_hardware()
         self._load_engine()
@@ -233,12 +232,16 @@ class Service:
             engine=lambda: self._engine, engine_error=lambda: self._engine_error,
             operator=operator.get, decoder=self._decoder(), events=self.events, stopping=self.stopping)
 
-    def _start_uploader(self) -> None:
-        from agent.outbox import Uploader
+    def _client_factory(self, platform_settings: Any) -> Any:
         from agent.uplink.client import PlatformClient
 
-        self.client = PlatformClient(self.settings.platform, transport=self._transport)
-        self.uploader = Uploader(self.outbox, self.client, self.settings)
+        return PlatformClient(platform_settings, transport=self._transport)
+
+    def _start_uploader(self) -> None:
+        from agent.outbox import Uploader
+
+        s = self.settings
+        self.uploader = Uploader(self.outbox, self._client_factory, s.platform, s.uploader, s.device)
         self._uploader_stop = threading.Event()
         self._uploader_thread = threading.Thread(target=self._run_uploader, args=(self.uploader, self._uploader_stop),
                                                  name="uploader", daemon=True)
@@ -247,7 +250,8 @@ class Service:
     def _run_uploader(self, uploader: Any, stop: threading.Event) -> None:
         try:
             uploader.run(stop)
-        except Exception:
+        except Exception as exc:
+            self._uploader_error = str(exc)
             log.exception("the uploader stopped with an error")
 
     def _stop_uploader(self, timeout_s: float) -> None:
@@ -256,11 +260,6 @@ class Service:
             self._uploader_thread.join(timeout_s)
             if self._uploader_thread.is_alive():
                 log.warning("uploader did not stop within %.0f s", timeout_s)
-        if self.client is not None:
-            try:
-                self.client.close()
-            except Exception:
-                log.debug("closing the platform client failed", exc_info=True)
 
     def _start_api(self) -> None:
         from agent.errors import LocalApiError
@@ -484,15 +483,6 @@ class Service:
         if self._held_release_due:
             self._held_release_due = False
             self.release_held()
-        refresh_s = self.settings.uploader.register_refresh_h * 3600
-        if time.monotonic() - self._last_registration_refresh >= refresh_s:
-            self._last_registration_refresh = time.monotonic()
-            mark = getattr(self.outbox, "request_registration", None)
-            if callable(mark):
-                try:
-                    mark()
-                except Exception as exc:
-                    log.warning("registration refresh failed: %s", exc)
 
     def release_held(self) -> int:
         """Complete and release held records when a WLT decoder is configured. Returns how many."""
@@ -556,9 +546,9 @@ class Service:
             if self.operator is not None:
                 self.operator.default = new.device.operator
             self.verifier = self._build_verifier()
-        if changed & {"platform", "uploader", "device"}:
-            self._stop_uploader(5.0)
-            self._start_uploader()
+        if changed & {"platform", "uploader", "device"} and self.uploader is not None:
+            self.uploader.update_settings(platform_settings=new.platform, uploader_settings=new.uploader,
+                                          device_settings=new.device)
         if "local_api" in changed and self._start_local_api:
             if self.local_api is not None:
                 self.local_api.stop(2.0)
@@ -612,25 +602,31 @@ class Service:
         }
 
     def _uploader_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(platform, uploader) sections of the status from the uploader's observable state."""
-        up = self.uploader
-        state_fn = getattr(up, "state", None)
-        raw: Any = state_fn() if callable(state_fn) else (state_fn if state_fn is not None else {})
-        if dataclasses.is_dataclass(raw) and not isinstance(raw, type):
-            raw = dataclasses.asdict(raw)
-        raw = dict(raw) if isinstance(raw, dict) else {}
-        paused = raw.get("paused_reason") or raw.get("paused")
-        last_success = raw.get("last_success_at") or raw.get("last_success")
-        last_error = raw.get("last_error")
-        reachable = raw.get("reachable")
-        if reachable is None:
-            ok_at = raw.get("last_success_at") or 0
-            err_at = raw.get("last_error_at") or 0
-            if ok_at or err_at:
-                reachable = bool(ok_at and ok_at >= err_at) or raw.get("last_outcome") in ("accepted", "rejected")
+        """(platform, uploader) sections of the status, from the uploader's ``snapshot()``."""
+        snap: dict[str, Any] = {}
+        if self.uploader is not None:
+            try:
+                snap = dict(self.uploader.snapshot())
+            except Exception as exc:
+                snap = {"state": "unknown", "last_error": {"message": f"uploader state unreadable: {exc}"}}
+        thread_alive = self._uploader_thread is not None and self._uploader_thread.is_alive()
+        if self._uploader_error and not thread_alive:
+            snap["state"] = "stopped"
+            snap["paused_reason"] = f"the uploader stopped: {self._uploader_error}"
+        last_success, last_error = snap.get("last_success") or {}, snap.get("last_error") or {}
+        registration = snap.get("registration") or {}
+        # Reachable: the latest answer we got. Accepted and rejected records, and any registration
+        # answer but "retryable", mean the platform answered; a retryable failure means it did not.
+        events = [(float(last_success.get("at") or 0), True)]
+        if last_error:
+            events.append((float(last_error.get("at") or 0), last_error.get("outcome") != "retryable"))
+        if registration.get("last_attempt_at"):
+            events.append((float(registration["last_attempt_at"]), registration.get("outcome") != "retryable"))
+        at, answered = max(events)
+        reachable: bool | None = answered if at > 0 else None
         if not self.settings.platform.enabled:
             state = "disabled"
-        elif paused:
+        elif snap.get("blocked"):
             state = "blocked"
         elif reachable is True:
             state = "ok"
@@ -638,13 +634,14 @@ class Service:
             state = "down"
         else:
             state = "unknown"
-        platform = {"reachable": reachable, "state": state, "blocked": bool(paused) and state == "blocked",
-                    "blocked_reason": paused if paused else None}
-        uploader = {k: _jsonable(v) for k, v in raw.items()}
-        uploader.setdefault("state", "paused" if paused else ("running" if self._uploader_thread and
-                                                               self._uploader_thread.is_alive() else "stopped"))
-        uploader["last_success"] = _jsonable(last_success)
-        uploader["last_error"] = _jsonable(last_error)
+        platform = {"reachable": reachable, "state": state, "blocked": bool(snap.get("blocked")),
+                    "blocked_reason": snap.get("blocked_reason"), "checked_at": iso(at) if at else None}
+        uploader = {k: _jsonable(v) for k, v in snap.items() if k != "registration"}
+        for key in ("last_success", "last_error"):
+            value = snap.get(key)
+            if isinstance(value, dict) and value.get("at"):
+                uploader[key] = {**_jsonable(value), "at": iso(value["at"])}
+        uploader.setdefault("state", "running" if thread_alive else "stopped")
         return platform, uploader
 
     def status(self) -> dict[str, Any]:
@@ -666,7 +663,8 @@ class Service:
         depth = sum(int(stats.get(k, 0) or 0) for k in ("pending", "sending", "held"))
         platform, uploader = self._uploader_state()
         last = uploader.get("last_success")
-        parts = [f"queue {depth}", f"last upload {_hhmmss(last) if last else 'none'}",
+        last_at = last.get("at") if isinstance(last, dict) else None
+        parts = [f"queue {depth}", f"last upload {str(last_at)[11:19] if last_at else 'none'}",
                  f"platform {platform['state']}"]
         for name, slot in (("reader", self.reader_slot), ("camera", self.camera_slot)):
             if slot is not None:
@@ -691,14 +689,6 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
-    return str(value)
-
-
-def _hhmmss(value: Any) -> str:
-    import datetime as dt
-
-    if isinstance(value, int | float):
-        return dt.datetime.fromtimestamp(value).strftime("%H:%M:%S")
     return str(value)
 
 
