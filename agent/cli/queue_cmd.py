@@ -1,7 +1,181 @@
-"""(being written)"""
+"""`fvagent queue ...`: look into the outbox and act on it, also while the daemon runs.
+
+    fvagent queue stats [--json]         count per state (pending, sending, sent, rejected, held) and total
+    fvagent queue ls [--state S] [-n N]  rows, newest first (no personal data)
+    fvagent queue show ID                one record, masked, with every upload attempt
+    fvagent queue retry ID | --rejected  send again (a rejected record after the hospital fixed the cause)
+    fvagent queue export --rejected FILE the rejected records in full (JSON Lines, 0600), to fix and resend
+
+Only ``[storage]`` of the configuration is used. WAL and a busy timeout let these commands read and
+write the database while the service is uploading from it.
+"""
+
+from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import sys
+from typing import Any
+
+from agent.cli import add_config_arg, config_path
+
+STATES = ("pending", "sending", "sent", "rejected", "held")
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    return None
+    queue = sub.add_parser("queue", help="inspect and act on the outbox (works while the service runs)",
+                           description="Inspect the local outbox and act on it. Works while the service runs.")
+    qsub = queue.add_subparsers(dest="queue_command", metavar="ACTION")
+    queue.set_defaults(func=lambda args: (queue.print_help(), 2)[1])
+
+    stats = qsub.add_parser("stats", help="count of records per state")
+    add_config_arg(stats)
+    stats.add_argument("--json", action="store_true", help="print a JSON object (count per state and total)")
+    stats.set_defaults(func=cmd_stats)
+
+    ls = qsub.add_parser("ls", help="list records, newest first (no personal data)")
+    add_config_arg(ls)
+    ls.add_argument("--state", choices=STATES, help="only records in this state")
+    ls.add_argument("-n", "--limit", type=int, default=50, help="at most this many (default 50)")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=cmd_ls)
+
+    show = qsub.add_parser("show", help="one record, personal data masked, with its upload attempts")
+    add_config_arg(show)
+    show.add_argument("id", type=int, help="the record's id (from `fvagent queue ls`)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=cmd_show)
+
+    retry = qsub.add_parser("retry", help="send a record again now (ID, or every rejected one)")
+    add_config_arg(retry)
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?", help="the record's id")
+    which.add_argument("--rejected", action="store_true", help="every rejected record")
+    retry.set_defaults(func=cmd_retry)
+
+    export = qsub.add_parser("export", help="write the rejected records in full to FILE (to fix and resend)")
+    add_config_arg(export)
+    export.add_argument("--rejected", action="store_true", required=True, help="export the rejected records")
+    export.add_argument("file", metavar="FILE", help="new file to write (JSON Lines, mode 0600; never overwritten)")
+    export.set_defaults(func=cmd_export)
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from agent.config import load_config
+    from agent.outbox import Outbox
+
+    settings = load_config(config_path(args), validate_drivers=False)
+    return Outbox.open(settings.storage)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return dt.datetime.fromtimestamp(float(epoch), SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args) as outbox:
+        stats = outbox.stats()
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False))
+        return 0
+    for state in STATES:
+        print(f"{state:9} {stats[state]}")
+    print(f"{'total':9} {stats['total']}")
+    if stats.get("oldest_pending_age_s") is not None:
+        print(f"oldest unsent: {stats['oldest_pending_age_s']:.0f} s old")
+    print(f"size:     {stats['bytes'] / 2**20:.1f} MiB of {stats['max_bytes'] / 2**20:.0f} MiB (storage.max_bytes)"
+          + ("  OVER BUDGET: unsent records are never evicted" if stats["over_budget"] else ""))
+    return 0
+
+
+def _row_doc(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "state": row.state, "created_at": _when(row.created_at), "attempts": row.attempts,
+            "next_attempt_at": _when(row.next_attempt_at) if row.state == "pending" else None,
+            "sent_at": _when(row.sent_at) if row.sent_at else None, "last_outcome": row.last_outcome,
+            "last_error": row.last_error, "request_id": row.request_id, "held_reason": row.held_reason,
+            "simulated": row.simulated, "photos": row.has_photos, "meta": row.meta}
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _open(args) as outbox:
+        rows = outbox.list(args.state, limit=args.limit)
+    if args.json:
+        print(json.dumps([_row_doc(r) for r in rows], ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no records" + (f" in state {args.state}" if args.state else ""))
+        return 0
+    print(f"{'ID':>7}  {'STATE':9} {'CREATED':19}  {'TRIES':>5}  DETAIL")
+    for r in rows:
+        detail = r.last_error or r.held_reason or (f"sent {_when(r.sent_at)}" if r.sent_at else "")
+        flag = " [simulated]" if r.simulated else ""
+        print(f"{r.id:>7}  {r.state:9} {_when(r.created_at)}  {r.attempts:>5}  {(detail or '')[:90]}{flag}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from agent.errors import OutboxError
+    from agent.privacy import mask_card_no, mask_name
+
+    with _open(args) as outbox:
+        row = outbox.get(args.id)
+        if row is None:
+            raise OutboxError(f"no record with id {args.id}", hint="see `fvagent queue ls`")
+        payload = outbox.payload(args.id) or {}
+        attempts = outbox.attempts(args.id)
+    record = {k: v for k, v in payload.items() if k not in ("headImg", "cameraImg", "fingerCollectImg")}
+    for name in ("realName",):
+        if name in record:
+            record[name] = mask_name(record[name])
+    if "cardNo" in record:
+        record["cardNo"] = mask_card_no(record["cardNo"])
+    for name in ("address", "birthday", "police"):
+        if record.get(name):
+            record[name] = "***"
+    photos = {k: f"{len(payload[k]) * 3 // 4} bytes" for k in ("headImg", "cameraImg", "fingerCollectImg")
+              if payload.get(k)}
+    doc = _row_doc(row)
+    doc["record"] = record
+    doc["photos"] = photos or ("erased after upload (retention)" if row.photos_erased_at else "none")
+    doc["attempts_log"] = [{"attempt": a.attempt, "request_id": a.request_id, "started_at": _when(a.started_at),
+                            "outcome": a.outcome, "http_status": a.http_status, "exception_code": a.exception_code,
+                            "message": a.message} for a in attempts]
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False))
+        return 0
+    for key in ("id", "state", "created_at", "attempts", "next_attempt_at", "sent_at", "last_outcome", "last_error",
+                "request_id", "held_reason", "simulated", "photos", "meta"):
+        if doc.get(key) not in (None, "", {}):
+            print(f"{key + ':':17} {doc[key]}")
+    print("record (masked):")
+    for key, value in record.items():
+        print(f"  {key + ':':19} {value}")
+    if doc["attempts_log"]:
+        print("attempts:")
+        for a in doc["attempts_log"]:
+            print(f"  #{a['attempt']} {a['started_at']} {a['outcome'] or 'in progress'} requestId "
+                  f"{a['request_id'] or '-'}" + (f": {a['message']}" if a["message"] else ""))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    with _open(args) as outbox:
+        if args.rejected:
+            n = outbox.retry_rejected()
+            print(f"{n} rejected record(s) queued again")
+        else:
+            outbox.retry(args.id)
+            print(f"record {args.id} queued again")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _open(args) as outbox:
+        n = outbox.export_rejected(args.file)
+    print(f"{n} rejected record(s) written to {args.file} (full personal data: handle it as such, delete it "
+          "when done)", file=sys.stderr if n == 0 else sys.stdout)
+    return 0

@@ -97,9 +97,9 @@ def housekeeping(outbox: Outbox, now: float | None = None) -> dict[str, Any]:
     result["max_bytes"] = storage.max_bytes
     result["alert"] = None
     if total > storage.max_bytes:
-        result["alert"] = (f"storage: the outbox holds {total // 2**20} MiB of unsent records, over storage.max_bytes "
-                           f"({storage.max_bytes // 2**20} MiB); nothing unsent is ever evicted: restore the upload "
-                           "(see the platform state) or raise max_bytes")
+        result["alert"] = (f"storage: the outbox holds {total / 2**20:.1f} MiB, over storage.max_bytes "
+                           f"({storage.max_bytes / 2**20:.1f} MiB), and unsent records are never evicted: restore "
+                           "the upload (see the platform state) or raise max_bytes")
         log.warning("%s", result["alert"])
     return result
 

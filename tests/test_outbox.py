@@ -1,0 +1,416 @@
+"""The outbox on real SQLite files: durability settings, encryption at rest, keys, damage, migrations,
+operator actions and retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import stat
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent.config import StorageSettings
+from agent.errors import KeyFileError, OutboxCorrupt, OutboxError
+from agent.outbox import Outbox, housekeeping
+from agent.outbox import schema
+from agent.outbox.keys import DataKey
+from tests.test_outbox_support import card_no, record, storage
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    box = Outbox.open(storage(tmp_path))
+    yield box
+    box.close()
+
+
+def _files_bytes(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in directory.iterdir() if p.name.startswith("outbox.db"))
+
+
+# -- durability and encryption --------------------------------------------------------------------
+
+def test_open_sets_wal_full_sync_and_current_schema(outbox: Outbox) -> None:
+    conn = sqlite3.connect(outbox.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT
+    conn.close()
+    assert outbox._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_enqueue_is_committed_before_it_returns(outbox: Outbox) -> None:
+    record_id = outbox.enqueue(record(1), meta={"source": "test", "reason": "ok"})
+    # A second connection (another process would see the same) finds the row committed.
+    other = sqlite3.connect(outbox.path)
+    assert other.execute("SELECT state FROM records WHERE id = ?", (record_id,)).fetchone() == ("pending",)
+    other.close()
+    assert outbox.payload(record_id) == record(1)
+    row = outbox.get(record_id)
+    assert row is not None and row.state == "pending" and row.meta == {"source": "test", "reason": "ok"}
+    assert row.has_photos and row.attempts == 0 and not row.simulated
+
+
+def test_database_reveals_no_personal_data(outbox: Outbox) -> None:
+    rec = record(7)
+    outbox.enqueue(rec)
+    outbox.enqueue(record(8), held_reason="no WLT decoder", raw_wlt=b"WLT-PHOTO-BYTES" * 20)
+    raw = _files_bytes(outbox.path.parent)
+    for secret in (rec["cardNo"], rec["realName"], rec["address"], rec["headImg"][:40], "WLT-PHOTO-BYTES"):
+        assert secret.encode("utf-8") not in raw
+    assert outbox.raw_wlt(2) == b"WLT-PHOTO-BYTES" * 20
+
+
+def test_find_by_card_number_through_the_blind_index(outbox: Outbox) -> None:
+    a = outbox.enqueue(record(1))
+    outbox.enqueue(record(2))
+    c = outbox.enqueue(record(1, verify_time=dt.datetime(2024, 6, 12, 9, 0, 0)))
+    assert [r.id for r in outbox.find(card_no(1))] == [c, a]
+    assert outbox.find(card_no(3)) == []
+    assert len(outbox.find(None, limit=2)) == 2
+    assert outbox.find(card_no(1), since=dt.datetime.now() + dt.timedelta(hours=1)) == []
+    # the index is keyed: not a plain digest of the number
+    stored = sqlite3.connect(outbox.path).execute("SELECT card_index FROM records WHERE id = ?", (a,)).fetchone()[0]
+    assert stored == outbox._key.card_index(card_no(1)) and len(stored) == 16
+    assert DataKey(b"\x01" * 16, "other").card_index(card_no(1)) != stored
+
+
+def test_idempotency_key_returns_the_first_id(outbox: Outbox) -> None:
+    first = outbox.enqueue(record(1), idempotency_key="terminal-42")
+    again = outbox.enqueue(record(1), idempotency_key="terminal-42")
+    assert first == again and outbox.stats()["total"] == 1
+    assert outbox.enqueue(record(1), idempotency_key="terminal-43") != first
+
+
+def test_stats_counts_every_state(outbox: Outbox) -> None:
+    for n in range(5):
+        outbox.enqueue(record(n))
+    outbox.enqueue(record(9), held_reason="waiting for a WLT decoder")
+    claims = outbox.claim(3)
+    outbox.finish(claims[0], "accepted", message="ok", request_id="r1")
+    outbox.finish(claims[1], "rejected", message="A2301 parameter error", request_id="r2")
+    stats = outbox.stats()
+    assert {k: stats[k] for k in ("pending", "sending", "sent", "rejected", "held", "total")} == \
+        {"pending": 2, "sending": 1, "sent": 1, "rejected": 1, "held": 1, "total": 6}
+    assert stats["oldest_pending_age_s"] is not None and stats["bytes"] > 0 and not stats["over_budget"]
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+def test_key_file_is_made_0600_on_first_start(tmp_path: Path) -> None:
+    with Outbox.open(storage(tmp_path)) as box:
+        box.enqueue(record(1))
+    key_file = tmp_path / "state" / "outbox.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(bytes.fromhex(key_file.read_text().strip())) == 16
+    with Outbox.open(storage(tmp_path)) as box:  # the same key opens it again
+        assert box.payload(1) == record(1)
+
+
+def test_wrong_key_is_a_clear_startup_error_and_changes_nothing(tmp_path: Path) -> None:
+    with Outbox.open(storage(tmp_path)) as box:
+        box.enqueue(record(1))
+    key_file = tmp_path / "state" / "outbox.key"
+    before = _files_bytes(tmp_path / "state")
+    original = key_file.read_text()
+    key_file.write_text(os.urandom(16).hex())
+    with pytest.raises(KeyFileError, match="not the key the outbox") as info:
+        Outbox.open(storage(tmp_path))
+    assert "backup" in (info.value.hint or "")
+    assert _files_bytes(tmp_path / "state") == before
+    key_file.write_text(original)
+    with Outbox.open(storage(tmp_path)) as box:
+        assert box.payload(1) == record(1)
+
+
+def test_missing_key_is_never_replaced_by_a_new_one(tmp_path: Path) -> None:
+    with Outbox.open(storage(tmp_path)) as box:
+        box.enqueue(record(1))
+    key_file = tmp_path / "state" / "outbox.key"
+    key_file.rename(tmp_path / "saved.key")
+    with pytest.raises(KeyFileError, match="missing"):
+        Outbox.open(storage(tmp_path))
+    assert not key_file.exists()
+
+
+def test_key_file_readable_by_others_or_malformed_is_refused(tmp_path: Path) -> None:
+    Outbox.open(storage(tmp_path)).close()
+    key_file = tmp_path / "state" / "outbox.key"
+    key_file.chmod(0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        Outbox.open(storage(tmp_path))
+    key_file.chmod(0o600)
+    key_file.write_text("not-hex")
+    with pytest.raises(KeyFileError, match="32 hexadecimal"):
+        Outbox.open(storage(tmp_path))
+
+
+def test_systemd_credential_supplies_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    key = os.urandom(16)
+    (creds / "outbox_key").write_text(key.hex() + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    with Outbox.open(storage(tmp_path)) as box:
+        box.enqueue(record(1))
+        assert "credential" in box.key_source
+    assert not (tmp_path / "state" / "outbox.key").exists()
+    (creds / "outbox_key").write_text(os.urandom(16).hex())
+    with pytest.raises(KeyFileError):
+        Outbox.open(storage(tmp_path))
+
+
+def test_custom_key_file_path(tmp_path: Path) -> None:
+    settings = StorageSettings(dir=tmp_path / "state", key_file=tmp_path / "keys" / "fv.key")
+    with Outbox.open(settings) as box:
+        box.enqueue(record(1))
+    assert (tmp_path / "keys" / "fv.key").exists() and not (tmp_path / "state" / "outbox.key").exists()
+
+
+# -- damage ---------------------------------------------------------------------------------------
+
+def _damaged_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if ".damaged-" in p.name and not p.name.endswith(("-wal", "-shm")))
+
+
+def test_garbage_file_is_kept_aside_and_never_overwritten(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    garbage = b"this is not a database at all\n" * 300
+    (state / "outbox.db").write_bytes(garbage)
+    with pytest.raises(OutboxCorrupt, match="damaged") as info:
+        Outbox.open(storage(tmp_path))
+    aside = _damaged_files(state)
+    assert len(aside) == 1 and aside[0].read_bytes() == garbage
+    assert str(aside[0]) in str(info.value)
+    with Outbox.open(storage(tmp_path)) as box:  # the next start begins a new outbox
+        assert box.stats()["total"] == 0
+    assert aside[0].read_bytes() == garbage
+
+
+def test_truncated_database_is_detected_and_kept_aside(tmp_path: Path) -> None:
+    with Outbox.open(storage(tmp_path)) as box:
+        for n in range(20):
+            box.enqueue(record(n, photo_b64=None))
+        box.enqueue({**record(99), "headImg": "A" * 200_000})
+    db = tmp_path / "state" / "outbox.db"
+    assert not (tmp_path / "state" / "outbox.db-wal").exists()  # a clean close checkpoints
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OutboxCorrupt, match="truncated"):
+        Outbox.open(storage(tmp_path))
+    aside = _damaged_files(tmp_path / "state")
+    assert len(aside) == 1 and aside[0].read_bytes() == data[: len(data) // 2]
+
+
+def test_corrupted_pages_are_found_by_the_check_and_kept_aside(tmp_path: Path) -> None:
+    with Outbox.open(storage(tmp_path)) as box:
+        for n in range(30):
+            box.enqueue(record(n))
+    db = tmp_path / "state" / "outbox.db"
+    data = bytearray(db.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    for p in range(2, len(data) // page):  # scribble over every page but the first (the header)
+        data[p * page + 8: p * page + 40] = os.urandom(32)
+    db.write_bytes(bytes(data))
+    with pytest.raises(OutboxCorrupt):
+        Outbox.open(storage(tmp_path), check=True)
+    assert len(_damaged_files(tmp_path / "state")) == 1
+    assert not db.exists()
+
+
+def test_damaged_file_in_use_by_another_process_is_left_in_place(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    Outbox.open(storage(tmp_path)).close()
+    import fcntl
+
+    holder = os.open(state / "outbox.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_SH)  # the daemon holds the outbox open
+    try:
+        (state / "outbox.db").write_bytes(b"garbage" * 1000)
+        with pytest.raises(OutboxCorrupt, match="another fvagent process"):
+            Outbox.open(storage(tmp_path))
+        assert (state / "outbox.db").read_bytes() == b"garbage" * 1000
+        assert _damaged_files(state) == []
+    finally:
+        os.close(holder)
+
+
+# -- migrations -----------------------------------------------------------------------------------
+
+def _make_v1(tmp_path: Path) -> tuple[Path, bytes]:
+    """A version-1 outbox as the first release wrote it, with one pending and one sent record."""
+    state = tmp_path / "state"
+    state.mkdir()
+    key = os.urandom(16)
+    (state / "outbox.key").write_text(key.hex())
+    (state / "outbox.key").chmod(0o600)
+    dk = DataKey(key, "test")
+    conn = sqlite3.connect(state / "outbox.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    assert schema.migrate(conn, target=1) == 0
+    assert schema.version(conn) == 1
+    conn.execute("INSERT INTO meta(key, value) VALUES ('key_check', ?)", (dk.check_value(),))
+    for n, state_name in ((1, "pending"), (2, "sent")):
+        uid = uuid.uuid4().hex
+        rec = record(n)
+        data = {k: v for k, v in rec.items() if k not in ("headImg", "cameraImg")}
+        photos = {k: rec[k] for k in ("headImg", "cameraImg")}
+        sealed = dk.seal(json.dumps(data).encode(), f"fvagent-outbox:{uid}:data".encode())
+        sealed_photos = dk.seal(json.dumps(photos).encode(), f"fvagent-outbox:{uid}:photos".encode())
+        now = time.time() - 100 + n
+        conn.execute("INSERT INTO records (uid, created_at, state, attempts, next_attempt_at, request_id, sent_at,"
+                     " bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (uid, now, state_name, n - 1, now, "r-old" if n == 2 else None, now if n == 2 else None,
+                      len(sealed) + len(sealed_photos)))
+        conn.execute("INSERT INTO payloads (record_id, data, photos) VALUES (last_insert_rowid(), ?, ?)",
+                     (sealed, sealed_photos))
+    conn.close()
+    return state / "outbox.db", key
+
+
+def test_forward_migration_from_v1_keeps_every_record(tmp_path: Path) -> None:
+    db, _ = _make_v1(tmp_path)
+    with Outbox.open(storage(tmp_path), check=True) as box:
+        assert schema.version(box._conn) == schema.CURRENT
+        assert box.payload(1) == record(1) and box.payload(2) == record(2)
+        assert box.get(2).state == "sent" and box.get(2).request_id == "r-old"  # type: ignore[union-attr]
+        stats = box.stats()
+        assert (stats["pending"], stats["sent"], stats["total"]) == (1, 1, 2)
+        new = box.enqueue(record(3), idempotency_key="k")  # the v2 columns work
+        assert new == 3 and box.find(card_no(3))[0].id == 3
+        assert box.find(card_no(1)) == []  # v1 rows have no blind index (documented)
+        claims = box.claim(10)
+        assert [c.id for c in claims] == [1, 3]
+        box.finish(claims[0], "accepted", message="ok", request_id="r-new")
+        assert [a.request_id for a in box.attempts(1)] == ["r-new"]
+        assert box.integrity_check() == ["ok"]
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(records)")}
+    assert {"simulated", "held_reason", "idempotency_key", "card_index", "meta"} <= columns
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    Outbox.open(storage(tmp_path)).close()
+    conn = sqlite3.connect(tmp_path / "state" / "outbox.db")
+    conn.execute(f"PRAGMA user_version = {schema.CURRENT + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(OutboxError, match="newer than this fvagent"):
+        Outbox.open(storage(tmp_path))
+    assert (tmp_path / "state" / "outbox.db").exists()
+
+
+# -- operator actions -----------------------------------------------------------------------------
+
+def test_retry_and_retry_rejected(outbox: Outbox) -> None:
+    ids = [outbox.enqueue(record(n)) for n in range(3)]
+    claims = outbox.claim(3)
+    outbox.finish(claims[0], "accepted", message="ok", request_id="a")
+    outbox.finish(claims[1], "rejected", message="A2301 parameter error: cardNo", request_id="b")
+    outbox.finish(claims[2], "rejected", message="A2301 parameter error: birthday", request_id="c")
+    with pytest.raises(OutboxError, match="already accepted"):
+        outbox.retry(ids[0])
+    with pytest.raises(OutboxError, match="no record"):
+        outbox.retry(999)
+    outbox.retry(ids[1])
+    assert outbox.get(ids[1]).state == "pending"  # type: ignore[union-attr]
+    assert outbox.retry_rejected() == 1
+    assert outbox.stats()["pending"] == 2 and outbox.stats()["rejected"] == 0
+
+
+def test_export_rejected_writes_full_records_0600_and_never_overwrites(outbox: Outbox, tmp_path: Path) -> None:
+    outbox.enqueue(record(1))
+    outbox.enqueue(record(2))
+    claims = outbox.claim(2)
+    outbox.finish(claims[0], "rejected", message="A2301 parameter error", request_id="x")
+    outbox.finish(claims[1], "accepted", message="ok", request_id="y")
+    out = tmp_path / "rejected.jsonl"
+    assert outbox.export_rejected(out) == 1
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert lines[0]["id"] == 1 and lines[0]["record"] == record(1) and "A2301" in lines[0]["lastError"]
+    with pytest.raises(OutboxError, match="exists"):
+        outbox.export_rejected(out)
+
+
+def test_release_held_completes_and_queues(outbox: Outbox) -> None:
+    incomplete = {k: v for k, v in record(1).items() if k != "headImg"}
+    held = outbox.enqueue(incomplete, held_reason="no WLT decoder", raw_wlt=b"WLT" * 10)
+    keep = outbox.enqueue(incomplete, held_reason="no WLT decoder", raw_wlt=b"XYZ")
+    seen: list[bytes | None] = []
+
+    def complete(payload: dict, wlt: bytes | None) -> dict | None:
+        seen.append(wlt)
+        if wlt == b"XYZ":
+            return None
+        return {**payload, "headImg": record(1)["headImg"]}
+
+    assert outbox.release_held(complete) == 1
+    assert seen == [b"WLT" * 10, b"XYZ"]
+    assert outbox.get(held).state == "pending" and outbox.payload(held) == record(1)  # type: ignore[union-attr]
+    assert outbox.raw_wlt(held) is None
+    assert outbox.get(keep).state == "held"  # type: ignore[union-attr]
+    assert outbox.claim(10)[0].id == held  # held records are never claimed
+
+
+def test_requeue_interrupted_returns_sending_rows(outbox: Outbox) -> None:
+    outbox.enqueue(record(1))
+    claim = outbox.claim(1)[0]
+    assert outbox.get(claim.id).state == "sending"  # type: ignore[union-attr]
+    assert outbox.requeue_interrupted() == 1
+    row = outbox.get(claim.id)
+    assert row is not None and row.state == "pending" and row.attempts == 1
+    assert [a.outcome for a in outbox.attempts(claim.id)] == ["interrupted"]
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+def test_retention_erases_sent_photos_then_rows(tmp_path: Path) -> None:
+    now = [1_700_000_000.0]
+    box = Outbox.open(storage(tmp_path, keep_sent_days=7, keep_sent_rows_days=30), clock=lambda: now[0])
+    try:
+        sent = box.enqueue(record(1))
+        pending = box.enqueue(record(2))
+        box.finish(box.claim(1)[0], "accepted", message="ok", request_id="r")
+        assert housekeeping(box, now[0] + 6 * 86400)["photos_erased"] == 0
+        result = housekeeping(box, now[0] + 8 * 86400)
+        assert result["photos_erased"] == 1 and result["rows_deleted"] == 0
+        payload = box.payload(sent)
+        assert payload is not None and "headImg" not in payload and payload["cardNo"] == card_no(1)
+        assert not box.get(sent).has_photos  # type: ignore[union-attr]
+        assert box.payload(pending) == record(2)  # unsent: untouched
+        assert box.housekeeping(now[0] + 31 * 86400)["rows_deleted"] == 1
+        assert box.get(sent) is None and box.get(pending) is not None
+        assert box.integrity_check() == ["ok"]
+    finally:
+        box.close()
+
+
+def test_size_budget_evicts_sent_data_first_and_never_unsent(tmp_path: Path) -> None:
+    big = "A" * 40_000
+    box = Outbox.open(storage(tmp_path, max_bytes=200_000))
+    try:
+        sent_ids = [box.enqueue({**record(n), "headImg": big}) for n in range(4)]
+        for claim in box.claim(4):
+            box.finish(claim, "accepted", message="ok", request_id=f"r{claim.id}")
+        unsent = [box.enqueue({**record(10 + n), "headImg": big}) for n in range(3)]
+        assert box.stats()["bytes"] > 200_000
+        result = housekeeping(box)
+        assert result["evicted_photos"] >= 1 and result["alert"] is None
+        assert box.stats()["bytes"] <= 200_000
+        assert all(box.payload(i)["headImg"] == big for i in unsent)  # type: ignore[index]
+        # Unsent alone over the budget: nothing unsent goes, an alert is raised, capture still works.
+        more = [box.enqueue({**record(20 + n), "headImg": big}) for n in range(5)]
+        result = housekeeping(box)
+        assert result["alert"] and "never evicted" in result["alert"]
+        assert box.stats()["over_budget"] and all(box.get(i) is not None for i in unsent + more)
+        assert all(box.get(i) is None or not box.get(i).has_photos for i in sent_ids)  # type: ignore[union-attr]
+        assert box.integrity_check() == ["ok"]
+    finally:
+        box.close()
