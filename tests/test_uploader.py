@@ -1,0 +1,287 @@
+"""The uploader against PlatformClient over httpx.MockTransport: registration, the four outcome classes,
+backoff, the switch, pause on blocked until the configuration changes, order, and the run loop."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agent.config import Settings, load_config
+from agent.errors import OutboxError
+from agent.outbox import Outbox, RateLimiter, Uploader, full_jitter
+from agent.uplink.client import PlatformClient
+from tests.test_outbox_support import record, write_config
+
+Reply = Callable[[httpx.Request, dict[str, Any]], httpx.Response | None]
+
+
+class FakePlatform:
+    """A MockTransport handler that records every request and answers per a scriptable rule."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, Any], str, float]] = []
+        self.rule: Reply | None = None
+        self.lock = threading.Lock()
+
+    def envelope(self, request: httpx.Request, code: int = 200, exception_code: str = "00000", msg: str = "ok",
+                 status: int = 200, headers: dict[str, str] | None = None) -> httpx.Response:
+        rid = request.headers["hmpt-portal-request-id"]
+        return httpx.Response(status, headers=headers, json={
+            "code": code, "msg": msg, "exceptionCode": exception_code, "requestId": rid,
+            "returnTime": int(time.time() * 1000), "data": None})
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        with self.lock:
+            self.requests.append((request.url.path, body, request.headers["hmpt-portal-request-id"], time.monotonic()))
+        if self.rule is not None:
+            answer = self.rule(request, body)
+            if answer is not None:
+                return answer
+        return self.envelope(request)
+
+    def paths(self) -> list[str]:
+        return [p.rsplit("/", 2)[-1] if "machine" in p else "upload" for p, *_ in self.requests]
+
+    def uploads(self) -> list[dict[str, Any]]:
+        return [body for path, body, *_ in self.requests if path.endswith("/first")]
+
+
+def _settings(tmp_path: Path, **kw: Any) -> Settings:
+    cfg = write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "state", url="http://platform.test/api", **kw)
+    return load_config(cfg, validate_drivers=False)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Any:
+    class Env:
+        platform = FakePlatform()
+        settings = _settings(tmp_path)
+        outbox = Outbox.open(settings.storage)
+        uploaders: list[Uploader] = []
+
+        def uploader(self, settings: Settings | None = None, **kw: Any) -> Uploader:
+            s = settings or self.settings
+            up = Uploader(self.outbox, lambda p: PlatformClient(p, transport=httpx.MockTransport(self.platform)),
+                          s.platform, s.uploader, s.device, rng=random.Random(7), **kw)
+            self.uploaders.append(up)
+            return up
+
+    e = Env()
+    yield e
+    for up in e.uploaders:
+        up.close()
+    e.outbox.close()
+
+
+def test_registers_before_the_first_upload_then_sends_oldest_first(env: Any) -> None:
+    ids = [env.outbox.enqueue(record(n)) for n in range(6)]
+    up = env.uploader()
+    assert up.drain_once() == 6
+    assert env.platform.paths()[0] == "info"
+    assert [b["cardNo"] for b in env.platform.uploads()] == [record(n)["cardNo"] for n in range(6)]
+    assert env.platform.uploads()[0] == record(0)
+    assert all(env.outbox.get(i).state == "sent" for i in ids)
+    reg = env.outbox.registration_state()
+    assert reg["registered"] and reg["outcome"] == "accepted"
+    # a second uploader (a restart) does not register again: the state lives in the database
+    env.outbox.enqueue(record(9))
+    assert env.uploader().drain_once() == 1
+    assert env.platform.paths().count("info") == 1
+    assert up.last_success is not None and up.snapshot()["state"] in ("sending", "idle")
+
+
+def test_already_registered_b2301_counts_as_registered(env: Any) -> None:
+    env.platform.rule = lambda req, body: (env.platform.envelope(req, code=500, exception_code="B2301",
+                                                                 msg="设备已登记") if "machine" in req.url.path else None)
+    env.outbox.enqueue(record(1))
+    assert env.uploader().drain_once() == 1
+    assert env.outbox.registration_state()["registered"]
+
+
+def test_device_change_registers_again(env: Any, tmp_path: Path) -> None:
+    env.outbox.enqueue(record(1))
+    up = env.uploader()
+    up.drain_once()
+    new_device = env.settings.device.model_copy(update={"dept_name": "产科二病区"})
+    up.update_settings(device_settings=new_device)
+    env.outbox.enqueue(record(2))
+    up.drain_once()
+    infos = [body for path, body, *_ in env.platform.requests if "machine" in path]
+    assert [b["deptName"] for b in infos] == ["妇产科", "产科二病区"]
+
+
+def test_records_queue_while_registration_fails_and_flow_once_it_works(env: Any) -> None:
+    down = {"on": True}
+    env.platform.rule = lambda req, body: httpx.Response(503) if down["on"] else None
+    for n in range(3):
+        env.outbox.enqueue(record(n))
+    up = env.uploader()
+    assert up.drain_once() == 0
+    assert env.platform.uploads() == [] and env.outbox.stats()["pending"] == 3
+    assert not env.outbox.registration_state()["registered"]
+    down["on"] = False
+    deadline = time.monotonic() + 10
+    while env.outbox.stats()["sent"] < 3 and time.monotonic() < deadline:
+        up.drain_once()
+        time.sleep(0.02)
+    assert env.outbox.stats()["sent"] == 3
+
+
+def test_switched_off_sends_nothing_and_keeps_queueing(tmp_path: Path, env: Any) -> None:
+    off = _settings(tmp_path, enabled=False)
+    for n in range(3):
+        env.outbox.enqueue(record(n))
+    up = env.uploader(off)
+    assert up.drain_once() == 0
+    assert env.platform.requests == [] and env.outbox.stats()["pending"] == 3
+    assert up.snapshot()["state"] == "disabled" and "enabled = false" in up.paused_reason
+    up.update_settings(platform_settings=env.settings.platform)
+    assert up.drain_once() == 3
+
+
+def test_rejected_is_kept_with_the_reason_and_not_retried(env: Any) -> None:
+    env.platform.rule = lambda req, body: (env.platform.envelope(req, code=500, exception_code="A2301",
+                                                                 msg="参数错误: cardNo")
+                                           if body.get("cardNo") == record(1)["cardNo"] else None)
+    bad = env.outbox.enqueue(record(1))
+    good = env.outbox.enqueue(record(2))
+    up = env.uploader()
+    up.drain_once()
+    row = env.outbox.get(bad)
+    assert row.state == "rejected" and "A2301" in row.last_error and row.last_outcome == "rejected"
+    assert env.outbox.get(good).state == "sent"
+    assert up.drain_once() == 0
+    assert len(env.platform.uploads()) == 2
+
+
+def test_blocked_pauses_everything_until_the_platform_config_changes(env: Any, tmp_path: Path) -> None:
+    env.platform.rule = lambda req, body: (httpx.Response(403, text="forbidden") if "/first" in req.url.path
+                                           else None)
+    for n in range(5):
+        env.outbox.enqueue(record(n))
+    up = env.uploader()
+    up.drain_once()
+    sent_while_blocked = len(env.platform.uploads())
+    assert 1 <= sent_while_blocked <= env.settings.uploader.concurrency
+    assert up.blocked and up.snapshot()["state"] == "blocked" and "403" in up.snapshot()["blocked_reason"]
+    assert env.outbox.stats()["pending"] == 5 and env.outbox.stats()["rejected"] == 0
+    assert up.drain_once() == 0 and len(env.platform.uploads()) == sent_while_blocked
+    # A restart with the same configuration stays paused (the pause is in the database) ...
+    again = env.uploader()
+    assert again.blocked and again.drain_once() == 0
+    # ... a changed [platform] lifts it.
+    env.platform.rule = None
+    (tmp_path / "new").mkdir()
+    fixed = _settings(tmp_path / "new")
+    fixed = fixed.model_copy(update={"platform": fixed.platform.model_copy(update={"org_app_id": "APP0002"})})
+    again.update_settings(platform_settings=fixed.platform)
+    assert not again.blocked
+    assert again.drain_once() == 5 and env.outbox.stats()["sent"] == 5
+
+
+def test_retryable_backs_off_with_full_jitter_and_keeps_every_request_id(env: Any) -> None:
+    fails = {"n": 2}
+
+    def rule(req: httpx.Request, body: dict[str, Any]) -> httpx.Response | None:
+        if "/first" in req.url.path and fails["n"] > 0:
+            fails["n"] -= 1
+            return httpx.Response(502)
+        return None
+
+    env.platform.rule = rule
+    rid = env.outbox.enqueue(record(1))
+    up = env.uploader()
+    before = time.time()
+    assert up.drain_once() == 1
+    row = env.outbox.get(rid)
+    assert row.state == "pending" and row.last_outcome == "retryable" and "502" in row.last_error
+    assert before <= row.next_attempt_at <= time.time() + env.settings.uploader.backoff_initial_s
+    assert up.snapshot()["state"] == "backoff"
+    deadline = time.monotonic() + 10
+    while env.outbox.get(rid).state != "sent" and time.monotonic() < deadline:
+        up.drain_once()
+        time.sleep(0.01)
+    attempts = env.outbox.attempts(rid)
+    assert [a.outcome for a in attempts] == ["retryable", "retryable", "accepted"]
+    sent_ids = [r for p, b, r, _ in env.platform.requests if p.endswith("/first")]
+    assert [a.request_id for a in attempts] == sent_ids and len(set(sent_ids)) == 3
+    assert env.outbox.get(rid).request_id == sent_ids[-1]
+
+
+def test_retry_after_is_honoured(env: Any) -> None:
+    env.platform.rule = lambda req, body: (httpx.Response(429, headers={"Retry-After": "30"})
+                                           if "/first" in req.url.path else None)
+    rid = env.outbox.enqueue(record(1))
+    up = env.uploader()
+    start = time.time()
+    up.drain_once()
+    # backoff_max_s is 0.5 in the test config: Retry-After is honoured up to that ceiling
+    assert env.outbox.get(rid).next_attempt_at >= start + 0.5 - 0.01
+    assert up.snapshot()["backoff_until"] >= start + 0.5 - 0.01
+
+
+def test_full_jitter_bounds() -> None:
+    rng = random.Random(1)
+    for attempt in range(1, 12):
+        ceiling = min(300.0, 2.0 * 2 ** (attempt - 1))
+        values = [full_jitter(attempt, 2.0, 300.0, rng) for _ in range(200)]
+        assert all(0 <= v <= ceiling for v in values)
+        assert max(values) > ceiling * 0.8  # it spreads over the whole range (full jitter)
+
+
+def test_rate_limiter_spaces_requests_evenly() -> None:
+    limiter = RateLimiter(20.0)
+    stamps = []
+    for _ in range(10):
+        limiter.wait()
+        stamps.append(time.monotonic())
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert min(gaps) >= 0.05 - 0.003
+    assert stamps[-1] - stamps[0] >= 9 * 0.05 - 0.01
+
+
+def test_run_loop_drains_new_records_and_stops(env: Any) -> None:
+    up = env.uploader()
+    stop = threading.Event()
+    thread = threading.Thread(target=up.run, args=(stop,))
+    thread.start()
+    try:
+        ids = [env.outbox.enqueue(record(n)) for n in range(10)]
+        deadline = time.monotonic() + 10
+        while env.outbox.stats()["sent"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(env.outbox.get(i).state == "sent" for i in ids)
+        # one uploader per outbox
+        with pytest.raises(OutboxError, match="already uploading"):
+            Uploader(env.outbox, lambda p: None, env.settings.platform, env.settings.uploader,
+                     env.settings.device).run(threading.Event())
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive() and up.snapshot()["state"] == "stopped"
+
+
+def test_run_requeues_records_a_crash_left_in_sending(env: Any) -> None:
+    rid = env.outbox.enqueue(record(1))
+    env.outbox.claim(1)  # as if the process died mid-request
+    up = env.uploader()
+    stop = threading.Event()
+    thread = threading.Thread(target=up.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while env.outbox.get(rid).state != "sent" and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert [a.outcome for a in env.outbox.attempts(rid)] == ["interrupted", "accepted"]
