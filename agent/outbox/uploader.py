@@ -117,6 +117,7 @@ class Uploader:
         self._accepted_times: collections.deque[float] = collections.deque()
         self._reg_retry_at = 0.0
         self._sender_lock_fd: int | None = None
+        self._unrecorded: list[tuple[Claim, str, dict[str, Any]]] = []
         self.platform = platform_settings
         self.settings = uploader_settings
         self.device = device_settings
@@ -341,7 +342,7 @@ class Uploader:
         try:
             payload = self.outbox.payload(claim.id)
         except OutboxCorrupt as exc:
-            self.outbox.finish(claim, "local", message=str(exc))
+            self._finish(claim, "local", message=str(exc))
             self._observed.last_error = {"at": self._clock(), "id": claim.id, "outcome": "local", "message": str(exc)}
             return
         if payload is None:  # deleted meanwhile
@@ -361,13 +362,37 @@ class Uploader:
         del payload
         self._apply(claim, outcome)
 
+    def _finish(self, claim: Claim, kind: str, **details: Any) -> None:
+        """Record a result; when the outbox cannot (disk full), keep it and try again later."""
+        try:
+            self.outbox.finish(claim, kind, **details)
+        except OutboxError as exc:
+            log.error("record %d: the %s result cannot be stored yet (%s); kept in memory and retried", claim.id,
+                      kind, exc)
+            with self._lock:
+                self._unrecorded.append((claim, kind, details))
+            self._set("paused", f"outbox: {exc}")
+
+    def _flush_unrecorded(self) -> bool:
+        """Store results that could not be stored before; True when none are left."""
+        with self._lock:
+            waiting, self._unrecorded = self._unrecorded, []
+        for i, (claim, kind, details) in enumerate(waiting):
+            try:
+                self.outbox.finish(claim, kind, **details)
+            except OutboxError:
+                with self._lock:
+                    self._unrecorded[:0] = waiting[i:]
+                return False
+        return True
+
     def _apply(self, claim: Claim, outcome: Outcome) -> None:
         now = self._clock()
         details = dict(request_id=outcome.request_id or None, http_status=outcome.http_status,
                        exception_code=outcome.exception_code, message=outcome.message, now=now)
         kind = outcome.kind
         if kind is OutcomeKind.ACCEPTED:
-            self.outbox.finish(claim, "accepted", **details)
+            self._finish(claim, "accepted", **details)
             with self._lock:
                 self._failures = 0
                 self._observed.backoff_until = None
@@ -377,12 +402,12 @@ class Uploader:
         self._observed.last_error = {"at": now, "id": claim.id, "outcome": kind.value, "message": outcome.message,
                                      "request_id": outcome.request_id}
         if kind is OutcomeKind.REJECTED:
-            self.outbox.finish(claim, "rejected", **details)
+            self._finish(claim, "rejected", **details)
             with self._lock:
                 self._failures = 0
             log.warning("record %d rejected by the platform: %s", claim.id, outcome.message)
         elif kind is OutcomeKind.BLOCKED:
-            self.outbox.finish(claim, "blocked", next_attempt_at=now, **details)
+            self._finish(claim, "blocked", next_attempt_at=now, **details)
             self._block(outcome.message)
         else:
             with self._rng_lock:
@@ -390,7 +415,7 @@ class Uploader:
                                     self._rng)
             if outcome.retry_after_s is not None:
                 delay = max(delay, min(outcome.retry_after_s, self.settings.backoff_max_s))
-            self.outbox.finish(claim, "retryable", next_attempt_at=now + delay, **details)
+            self._finish(claim, "retryable", next_attempt_at=now + delay, **details)
             self._retryable(outcome, now)
 
     def _claim(self, free: int) -> list[Claim]:
@@ -406,7 +431,7 @@ class Uploader:
     def step(self) -> int:
         """One round: if sending is allowed, claim up to ``concurrency`` due records, send them
         (rate-capped, concurrently) and wait for them. Returns how many were attempted."""
-        if self._gate(self._clock()) is not None:
+        if not self._flush_unrecorded() or self._gate(self._clock()) is not None:
             return 0
         claims = self._claim(self.settings.concurrency)
         if not claims:
@@ -449,7 +474,9 @@ class Uploader:
         try:
             while not stop.is_set():
                 try:
-                    wait = self._gate(self._clock())
+                    wait = None if self._flush_unrecorded() else self.settings.poll_interval_s
+                    if wait is None:
+                        wait = self._gate(self._clock())
                 except OutboxError as exc:
                     self._set("paused", f"outbox: {exc}")
                     log.error("uploader: %s", exc)
