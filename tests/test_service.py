@@ -210,7 +210,7 @@ def test_compute_mode_scores_and_a_camera_without_face_gives_result_2(run_servic
     wait_for(lambda: len(platform.uploads) == 2, what="second upload")
     second = platform.uploads[1]
     assert second["faceResult"] == 2 and second["faceScore"] == 0
-    row = service.outbox.list("sent", limit=1)[0]
+    row = service.outbox.get(service.last_verification.outbox_id)
     assert "no usable frame" in row.meta["reason"] and "no face" in row.meta["reason"]
 
 
@@ -251,7 +251,7 @@ def test_camera_gone_still_records_result_2_with_a_placeholder(run_service: Any,
     wait_for(lambda: platform.uploads, what="upload")
     sent = platform.uploads[0]
     assert sent["faceResult"] == 2
-    row = service.outbox.list("sent", limit=1)[0]
+    row = service.outbox.get(service.last_verification.outbox_id)
     assert row.meta.get("camera_placeholder") is True
     assert service.status()["hardware"]["camera"]["state"] == "fault"
 

@@ -79,7 +79,9 @@ def _check_config(path: Path, add: Callable[[Check], None]) -> Any:
     from agent.errors import ConfigError
 
     try:
-        settings = load_config(path)
+        # Driver sections are checked with their drivers below, so one missing driver does not
+        # hide every other check.
+        settings = load_config(path, validate_drivers=False)
     except ConfigError as exc:
         problems = "; ".join(f"{p}: {r}" for p, r in exc.problems) or exc.message
         add(Check("config", FAIL, f"{path}: {problems}", exc.hint or "fix the keys named; fvagent config check"))
@@ -105,14 +107,17 @@ def _check_config(path: Path, add: Callable[[Check], None]) -> Any:
 
 def _check_storage(settings: Any, add: Callable[[Check], None]) -> None:
     directory = Path(settings.storage.dir)
+    probe = directory
     if not directory.is_dir():
-        add(Check("state directory", FAIL, f"{directory} does not exist",
-                  f"create it (install.sh does): install -d -o fvagent -m 0750 {directory}"))
-        return
-    if not os.access(directory, os.W_OK):
+        add(Check("state directory", WARN, f"{directory} does not exist yet",
+                  "systemd creates it at the first start (StateDirectory=); for fvagent run: "
+                  f"install -d -o fvagent -m 0750 {directory}"))
+        while not probe.is_dir() and probe != probe.parent:
+            probe = probe.parent
+    elif not os.access(directory, os.W_OK):
         add(Check("state directory", FAIL, f"{directory} is not writable by this user",
                   "run as the service user (sudo -u fvagent fvagent doctor) or fix the owner"))
-    usage = shutil.disk_usage(directory)
+    usage = shutil.disk_usage(probe)
     free_mb = usage.free / 2**20
     floor = settings.storage.min_free_bytes
     if usage.free < floor:
@@ -125,6 +130,12 @@ def _check_storage(settings: Any, add: Callable[[Check], None]) -> None:
 
 
 def _check_outbox(settings: Any, add: Callable[[Check], None]) -> None:
+    from agent.outbox.store import DB_NAME
+
+    if not (Path(settings.storage.dir) / DB_NAME).exists():
+        # Never create it here: a key file made by root would lock the service user out.
+        add(Check("outbox", OK, "none yet: the service creates it (and its key) at the first start"))
+        return
     try:
         from agent.outbox import Outbox
 

@@ -116,6 +116,10 @@ def _queue(settings: Any, outbox: Any | None) -> tuple[dict[str, Any], dict[str,
     try:
         if outbox is None:
             from agent.outbox import Outbox
+            from agent.outbox.store import DB_NAME
+
+            if not (Path(settings.storage.dir) / DB_NAME).exists():  # never create it from here
+                return {"note": "no outbox yet: the service creates it at its first start"}, None, None
 
             outbox = Outbox.open(settings.storage)
             own = True
