@@ -45,6 +45,10 @@ PHOTO_FIELDS = ("headImg", "cameraImg", "fingerCollectImg")
 """Payload fields sealed apart from the rest, so retention can erase them alone."""
 BUSY_TIMEOUT_MS = 15000
 WAL_LIMIT_BYTES = 64 * 1024**2
+CHECKPOINT_BYTES = 4 * 1024**2
+"""The background checkpointer folds the WAL into the database once it holds this much."""
+AUTOCHECKPOINT_PAGES = 16384
+"""Backstop: a commit checkpoints by itself only when the WAL passed this many pages."""
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _FULL_CODES = {13}  # SQLITE_FULL
@@ -123,6 +127,41 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+_PHOTOS_MAGIC = b"FVP1"
+
+
+def _pack_photos(photos: dict[str, Any]) -> bytes:
+    """The photo fields as one blob: each string stored as its UTF-8 bytes, side by side.
+
+    Cheaper than JSON on the capture path: no escaping scan over 200 KB of base64, and no base64
+    decoding either (on this class of CPU decoding costs more than sealing the extra quarter)."""
+    fields, parts = [], []
+    for name, value in photos.items():
+        if isinstance(value, str):
+            part, kind = value.encode("utf-8"), "str"
+        else:
+            part, kind = _dumps(value), "json"
+        fields.append([name, len(part), kind])
+        parts.append(part)
+    header = _dumps(fields)
+    return _PHOTOS_MAGIC + len(header).to_bytes(4, "big") + header + b"".join(parts)
+
+
+def _unpack_photos(blob: bytes) -> dict[str, Any]:
+    if not blob.startswith(_PHOTOS_MAGIC):
+        return dict(json.loads(blob))  # rows written before the compact form
+    size = int.from_bytes(blob[4:8], "big")
+    fields = json.loads(blob[8:8 + size])
+    out: dict[str, Any] = {}
+    at = 8 + size
+    view = memoryview(blob)
+    for name, length, kind in fields:
+        part = view[at:at + length]
+        at += length
+        out[name] = str(part, "utf-8") if kind == "str" else json.loads(bytes(part))
+    return out
+
+
 def _timestamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
@@ -158,6 +197,9 @@ class Outbox:
         self._closed = False
         self.wakeup = threading.Event()
         """Set after every enqueue and retry, so an idle uploader starts at once."""
+        self._stop_checkpoints = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     def __repr__(self) -> str:
         return f"Outbox(path={str(self.path)!r}, key={self._key.source!r})"
@@ -224,6 +266,7 @@ class Outbox:
                                       hint="put [storage] dir on a local file system")
                 conn.execute("PRAGMA synchronous = FULL")
                 conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
+                conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
                 conn.execute("PRAGMA foreign_keys = ON")
                 try:
                     found = schema.migrate(conn)
@@ -284,8 +327,39 @@ class Outbox:
                                hint="two fvagent processes use different key files: make them agree")
         return key
 
+    def _checkpoint_loop(self) -> None:
+        """Fold the WAL into the database off the capture path.
+
+        A commit that has to checkpoint itself writes megabytes before it returns: that is what
+        made enqueue's tail latency. Here a second connection runs a PASSIVE checkpoint (it never
+        blocks writers) whenever the WAL passes ``CHECKPOINT_BYTES``.
+        """
+        wal = self.path.with_name(self.path.name + "-wal")
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stop_checkpoints.wait(0.2):
+                try:
+                    if wal.stat().st_size < CHECKPOINT_BYTES:
+                        continue
+                    if conn is None:
+                        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                               timeout=BUSY_TIMEOUT_MS / 1000)
+                        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                        conn.execute("PRAGMA synchronous = FULL")
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except FileNotFoundError:
+                    continue
+                except sqlite3.Error as exc:  # the backstop autocheckpoint still bounds the WAL
+                    log.debug("background checkpoint failed: %s", exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
     def close(self) -> None:
         """Close the database; idempotent."""
+        self._stop_checkpoints.set()
+        if self._checkpointer.is_alive() and self._checkpointer is not threading.current_thread():
+            self._checkpointer.join(10)
         with self._lock:
             if self._closed:
                 return
@@ -369,7 +443,7 @@ class Outbox:
         data = {k: v for k, v in payload.items() if k not in PHOTO_FIELDS}
         photos = {k: payload[k] for k in PHOTO_FIELDS if payload.get(k) is not None}
         sealed_data = self._key.seal(_dumps(data), _aad(uid, "data"))
-        sealed_photos = self._key.seal(_dumps(photos), _aad(uid, "photos")) if photos else None
+        sealed_photos = self._key.seal(_pack_photos(photos), _aad(uid, "photos")) if photos else None
         sealed_wlt = self._key.seal(bytes(raw_wlt), _aad(uid, "wlt")) if raw_wlt else None
         card_no = payload.get("cardNo")
         index = self._key.card_index(card_no) if isinstance(card_no, str) and card_no else None
@@ -412,7 +486,7 @@ class Outbox:
         try:
             payload = json.loads(self._key.open(data, _aad(uid, "data")))
             if photos is not None:
-                payload.update(json.loads(self._key.open(photos, _aad(uid, "photos"))))
+                payload.update(_unpack_photos(self._key.open(photos, _aad(uid, "photos"))))
         except (CryptoError, ValueError) as exc:
             raise OutboxCorrupt(f"record {record_id}: its sealed data does not open (altered on disk)",
                                 record_id=record_id) from exc
@@ -567,7 +641,7 @@ class Outbox:
         data = {k: v for k, v in payload.items() if k not in PHOTO_FIELDS}
         photos = {k: payload[k] for k in PHOTO_FIELDS if payload.get(k) is not None}
         sealed_data = self._key.seal(_dumps(data), _aad(uid, "data"))
-        sealed_photos = self._key.seal(_dumps(photos), _aad(uid, "photos")) if photos else None
+        sealed_photos = self._key.seal(_pack_photos(photos), _aad(uid, "photos")) if photos else None
         card_no = payload.get("cardNo")
         index = self._key.card_index(card_no) if isinstance(card_no, str) and card_no else None
         with self._write("update the held record") as conn:
