@@ -82,9 +82,10 @@ def env(tmp_path: Path) -> Any:
     e.outbox.close()
 
 
-def test_registers_before_the_first_upload_then_sends_oldest_first(env: Any) -> None:
+def test_registers_before_the_first_upload_then_sends_oldest_first(env: Any, tmp_path: Path) -> None:
     ids = [env.outbox.enqueue(record(n)) for n in range(6)]
-    up = env.uploader()
+    (tmp_path / "one").mkdir()
+    up = env.uploader(_settings(tmp_path / "one", concurrency=1))  # one at a time: arrival order is send order
     assert up.drain_once() == 6
     assert env.platform.paths()[0] == "info"
     assert [b["cardNo"] for b in env.platform.uploads()] == [record(n)["cardNo"] for n in range(6)]

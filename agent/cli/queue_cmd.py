@@ -67,7 +67,7 @@ def _open(args: argparse.Namespace) -> Any:
     from agent.outbox import Outbox
 
     settings = load_config(config_path(args), validate_drivers=False)
-    return Outbox.open(settings.storage)
+    return Outbox.open(settings.storage, create=False)
 
 
 def _when(epoch: float | None) -> str:

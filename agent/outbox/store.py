@@ -216,14 +216,15 @@ class Outbox:
 
     # -- opening -----------------------------------------------------------------------------------
     @classmethod
-    def open(cls, storage: StorageSettings, *, check: bool = False,
+    def open(cls, storage: StorageSettings, *, check: bool = False, create: bool = True,
              clock: Callable[[], float] = time.time) -> Outbox:
         """Open (or create) the outbox in ``storage.dir``.
 
         Creates the state directory (0700) and, on first start, the 0600 key file; reads the key
         from the systemd credential ``outbox_key`` when one is given; runs the schema migrations.
         ``check`` runs ``PRAGMA quick_check`` too (it reads the whole file: the daemon does it at
-        start, the CLI does not).
+        start, the CLI does not). ``create=False`` (the CLI) raises ``OutboxError`` instead of
+        creating a missing outbox, so a command run as root never makes files the service cannot use.
 
         Raises ``KeyFileError`` for a missing, malformed or wrong key (found with the sealed check
         value: nothing is written); ``OutboxCorrupt`` for a damaged database file, which is renamed
@@ -232,6 +233,9 @@ class Outbox:
         for anything else (permissions, a newer schema).
         """
         directory = Path(storage.dir)
+        if not create and not (directory / DB_NAME).exists():
+            raise OutboxError(f"there is no outbox in {directory} yet",
+                              hint="the service creates it (and its key) at its first start; check [storage] dir")
         try:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
