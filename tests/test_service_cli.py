@@ -1,0 +1,85 @@
+"""`fvagent status [--json]` and `fvagent verify-once` as a technician runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import load_config
+from agent.service import samples
+from agent.service.notify import Notifier
+from agent.service.service import Service
+from tests.test_service import ScriptedReader, config_doc, write_config
+
+pytest.importorskip("skimage", reason="the sample face comes from scikit-image (the demo extra)")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return samples.write_images(tmp_path_factory.mktemp("faces"))
+
+
+def fvagent(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+def test_status_json_without_a_daemon_exits_3_and_says_so(tmp_path: Path, images: dict[str, Any]) -> None:
+    path = write_config(tmp_path / "c.toml", config_doc(tmp_path, images))
+    proc = fvagent("status", "--json", "--config", str(path))
+    assert proc.returncode == 3, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["daemon"]["running"] is False and "daemon not running" in doc["daemon"]["detail"]
+    assert {"pending", "sending", "sent", "rejected", "held", "total"} <= set(doc["queue"])
+    assert doc["platform"]["base_url"] == "http://127.0.0.1:9/api"
+    assert not (tmp_path / "state" / "outbox.key").exists()  # status never creates the outbox or its key
+
+
+def test_status_of_a_running_daemon(tmp_path: Path, images: dict[str, Any]) -> None:
+    path = write_config(tmp_path / "c.toml", config_doc(tmp_path, images))
+    settings = load_config(path, validate_drivers=False)
+    reader = ScriptedReader()
+    service = Service(settings, config_path=path, reader=reader, notifier=Notifier(backend="socket", environ={}),
+                      start_local_api=False)
+    service.start()
+    try:
+        reader.present(samples.sample_card(samples.PEOPLE[0], samples.card_photo_jpeg(),
+                                           terminal_score=0.88, terminal_result=1))
+        deadline = time.monotonic() + 15
+        while service.verifications < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        service._write_status()
+        proc = fvagent("status", "--config", str(path))
+        assert proc.returncode == 0, proc.stderr
+        assert f"running since" in proc.stdout and f"(pid {os.getpid()})" in proc.stdout
+        assert "card_reader:  ok" in proc.stdout
+        assert "last verification: #1" in proc.stdout
+        assert samples.PEOPLE[0].card_no not in proc.stdout
+        # platform unreachable (port 9): the queue holds the record and status says where it stands
+        doc = json.loads(fvagent("status", "--json", "--config", str(path)).stdout)
+        assert doc["queue"]["total"] == 1 and doc["last_verification"]["result"] == 1
+    finally:
+        service.stop()
+
+
+def test_verify_once_commits_one_verification(tmp_path: Path, images: dict[str, Any]) -> None:
+    path = write_config(tmp_path / "c.toml", config_doc(tmp_path, images))
+    settings = load_config(path, validate_drivers=False)
+    reader = ScriptedReader()
+    reader.present(samples.sample_card(samples.PEOPLE[2], samples.card_photo_jpeg(),
+                                       terminal_score=0.95, terminal_result=1))
+    service = Service(settings, config_path=path, reader=reader, start_local_api=False)
+    done = service.verify_once(5.0)
+    assert done is not None and done.outbox_id == 1 and done.result == 1
+    from agent.outbox import Outbox
+
+    with Outbox.open(settings.storage) as outbox:
+        assert outbox.stats()["pending"] == 1
+    assert Service(settings, config_path=path, reader=ScriptedReader(), start_local_api=False).verify_once(0.3) is None
