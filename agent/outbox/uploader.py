@@ -49,30 +49,31 @@ def full_jitter(attempt: int, initial_s: float, max_s: float, rng: random.Random
 
 
 class RateLimiter:
-    """At most ``rate`` starts per second, evenly spaced (one every 1/rate s), shared by all threads."""
+    """At most ``rate`` starts per second: consecutive starts at least 1/rate s apart, measured from
+    the actual start (a late wake-up never lets the next one catch up), shared by all threads."""
+
+    MARGIN = 1.02
+    """Spacing is 2 % wider than 1/rate, so the platform, whose clock sees our requests with a few
+    ms of jitter, never counts more than ``rate`` in any one-second window."""
 
     def __init__(self, rate: float, *, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.interval = 1.0 / rate
+        self.interval = self.MARGIN / rate
         self._monotonic = monotonic
         self._next = 0.0
         self._lock = threading.Lock()
 
     def wait(self, stop: threading.Event | None = None) -> bool:
-        """Block until this caller's slot; False when ``stop`` was set first (the slot is given back)."""
-        with self._lock:
-            now = self._monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        delay = slot - self._monotonic()
-        if delay > 0:
-            if stop is not None:
-                if stop.wait(delay):
-                    with self._lock:
-                        self._next = max(self._monotonic(), self._next - self.interval)
-                    return False
-            else:
-                time.sleep(delay)
-        return True
+        """Block until the next start is allowed; False when ``stop`` was set first."""
+        with self._lock:  # callers queue here, so each start is measured from the one before
+            delay = self._next - self._monotonic()
+            if delay > 0:
+                if stop is not None:
+                    if stop.wait(delay):
+                        return False
+                else:
+                    time.sleep(delay)
+            self._next = self._monotonic() + self.interval
+            return True
 
 
 @dataclasses.dataclass
@@ -117,6 +118,7 @@ class Uploader:
         self._accepted_times: collections.deque[float] = collections.deque()
         self._reg_retry_at = 0.0
         self._sender_lock_fd: int | None = None
+        self._stop = threading.Event()
         self._unrecorded: list[tuple[Claim, str, dict[str, Any]]] = []
         self.platform = platform_settings
         self.settings = uploader_settings
@@ -351,6 +353,11 @@ class Uploader:
         if client is None:
             self.outbox.release(claim)
             return
+        # The rate cap applies here, right before the request, so nothing between the limiter and
+        # the wire can bunch requests up.
+        if not self._limiter.wait(self._stop) or self._blocked is not None or not self.platform.enabled:
+            self.outbox.release(claim)
+            return
         try:
             outcome = client.upload_verification(payload)
         except PlatformDisabled:
@@ -443,7 +450,6 @@ class Uploader:
             if self._gate(self._clock()) is not None:
                 self.outbox.release(claim)
                 continue
-            self._limiter.wait()
             futures.append(self._pool.submit(self._send_one, claim))
         for future in futures:
             future.result()
@@ -461,6 +467,7 @@ class Uploader:
         """Send until ``stop`` is set. Takes the uploader lock (one uploader per outbox), requeues what
         a crash left in ``sending``, then keeps ``concurrency`` requests in flight at most."""
         self._take_sender_lock()
+        self._stop = stop
         self.recover()
         inflight = 0
         cond = threading.Condition()
@@ -505,7 +512,7 @@ class Uploader:
                     continue
                 self._set("sending")
                 for i, claim in enumerate(claims):
-                    if stop.is_set() or self._gate(self._clock()) is not None or not self._limiter.wait(stop):
+                    if stop.is_set() or self._gate(self._clock()) is not None:
                         for rest in claims[i:]:
                             self.outbox.release(rest)
                         break
