@@ -132,6 +132,7 @@ class Service:
         self._last_status_line = ""
         self._last_status_sent = 0.0
         self._last_watchdog = 0.0
+        self._stalled: list[str] = []
         self._held_release_due = True
 
     # ----------------------------------------------------------------------------------------------
@@ -405,10 +406,17 @@ class Service:
         if not interval:
             return
         stale = [loop.name for loop in self._loops.values() if not loop.heartbeat.fresh or not loop.thread.is_alive()]
+        if self._uploader_thread is not None and not self._uploader_thread.is_alive() and not self.stopping.is_set():
+            stale.append("uploader")
         if stale:
-            log.error("loop(s) %s stalled: not pinging the watchdog (systemd will restart the service)",
-                      ", ".join(stale))
+            if stale != self._stalled:
+                log.error("loop(s) %s stalled: not pinging the watchdog (systemd will restart the service)",
+                          ", ".join(stale))
+                self._stalled = stale
             return
+        if self._stalled:
+            log.warning("loop(s) %s running again: watchdog pings resume", ", ".join(self._stalled))
+            self._stalled = []
         now = time.monotonic()
         if now - self._last_watchdog >= interval / 2 - 0.05 or self._last_watchdog == 0.0:
             self.notifier.watchdog()
