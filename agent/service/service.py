@@ -556,6 +556,8 @@ class Service:
             if self.operator is not None:
                 self.operator.default = new.device.operator
             self.verifier = self._build_verifier()
+            if "verification" in self._loops:
+                self._loops["verification"].heartbeat.max_age_s = self._verification_max_age()
         if changed & {"platform", "uploader", "device"} and self.uploader is not None:
             self.uploader.update_settings(platform_settings=new.platform, uploader_settings=new.uploader,
                                           device_settings=new.device)
