@@ -1,18 +1,19 @@
 """The operator page end to end in headless Chromium: a card tap appears on the page within 5 s.
 
-The agent side is real: the local API server on loopback, a real outbox in tmp_path, the registered
-fake card reader and fake camera, and a small capture loop that does what the service's
-verification loop does (card -> record -> durable commit -> event). The browser is Debian's
-chromium driven by playwright (never `playwright install`). A screenshot of the page is saved
-under test-artifacts/ for a person to look at.
+- ``test_card_tap_appears_on_the_page``: the daemon (``agent.service.Service``) runs in-process with
+  its real loops, outbox, uploader and local API; the camera is the registered ``fake`` driver over
+  the sample images; the card reader is the service tests' scripted reader, which the test "taps";
+  the platform answers through ``httpx.MockTransport``.
+- ``test_relayed_verification_appears_on_the_page``: a terminal's relayed post over the real local
+  API server and outbox.
+
+The browser is Debian's chromium driven by playwright (never `playwright install`). Screenshots of
+the page are saved under test-artifacts/ for a person to look at.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,6 @@ from typing import Any
 
 import pytest
 
-from agent.events import VERIFICATION
-from agent.records import build_verification
 from tests.test_localapi import Agent, make_settings, synthetic_jpeg, verification_body
 
 CHROMIUM = "/usr/bin/chromium"
@@ -72,39 +71,13 @@ def face_images() -> tuple[bytes, bytes]:
     return synthetic_jpeg(11), synthetic_jpeg(12, (240, 200))
 
 
-class CaptureLoop:
-    """What the service's verification loop does, minus the face engine: read a card from the
-    reader, build the record (the terminal's score), commit it, then announce it on the bus."""
-
-    def __init__(self, agent: Agent, reader: Any, camera_jpeg: bytes) -> None:
-        self.agent, self.reader, self.camera_jpeg = agent, reader, camera_jpeg
-        self.stop = threading.Event()
-        self.committed: list[int] = []
-        self.thread = threading.Thread(target=self._run, name="capture", daemon=True)
-
-    def _run(self) -> None:
-        with self.reader:
-            while not self.stop.is_set():
-                card = self.reader.read_card(0.3)
-                if card is None:
-                    continue
-                record = build_verification(
-                    card, head_jpeg=card.photo_jpeg, camera_jpeg=self.camera_jpeg,
-                    face_score=0.91, face_result=1, operator=self.agent.operator.get(),
-                    verified_at=dt.datetime.now(dt.timezone(dt.timedelta(hours=8))),
-                    device=self.agent.settings.device)
-                record_id = self.agent.outbox.enqueue(record.to_payload(), simulated=card.simulated)
-                self.committed.append(record_id)
-                self.agent.events.publish(VERIFICATION, {"id": record_id, "source": "reader",
-                                                         "simulated": card.simulated})
-
-    def __enter__(self) -> CaptureLoop:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
+def assert_photo_shown(page: Any, frame: str) -> None:
+    """The photo in ``#frame`` loaded and decoded (the page's CSP forbids eval, so no wait_for_function)."""
+    img = page.wait_for_selector(f"#{frame} img", timeout=5000)
+    deadline = time.monotonic() + 5
+    while img.get_property("naturalWidth").json_value() == 0:
+        assert time.monotonic() < deadline, f"the photo in #{frame} did not load"
+        time.sleep(0.05)
 
 
 def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, artifacts_dir: Path) -> None:
@@ -125,8 +98,57 @@ def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, art
         assert page.inner_text("#f-result") == "未通过"
         assert "0.42" in page.inner_text("#f-reason")
         assert body["cardNo"] not in page.content()
-        page.wait_for_function("document.querySelector('#head-frame img') && document.querySelector('#head-frame img').naturalWidth > 0",
-                               timeout=5000)
+        assert_photo_shown(page, "head-frame")
         page.wait_for_selector("#queue:text-is('1')", timeout=5000)  # the status bar follows the queue
         page.screenshot(path=str(artifacts_dir / "operator-page-relay.png"))
         assert not page.js_errors, page.js_errors
+
+
+def test_card_tap_appears_on_the_page(tmp_path: Path, page: Any, artifacts_dir: Path) -> None:
+    pytest.importorskip("skimage", reason="the sample face comes from scikit-image (the demo extra)")
+    from agent.config import load_config
+    from agent.service import samples
+    from agent.service.notify import Notifier
+    from agent.service.service import Service
+    from tests.test_service import Platform, ScriptedReader, config_doc, write_config
+
+    images = samples.write_images(tmp_path / "faces")
+    doc = config_doc(tmp_path, images, local_api={"enabled": True, "listen": "127.0.0.1:0"})
+    settings = load_config(write_config(tmp_path / "fvagent.toml", doc), validate_drivers=False)
+    reader, platform = ScriptedReader(), Platform()
+    import httpx
+
+    service = Service(settings, reader=reader, transport=httpx.MockTransport(platform),
+                      notifier=Notifier(backend="socket", environ={}))
+    service.start()
+    try:
+        assert service.local_api is not None, service._local_api_error
+        page.goto(service.local_api.url + "/")
+        page.wait_for_selector("#conn:has-text('实时连接正常')", timeout=5000)
+        person = samples.PEOPLE[0]
+        t0 = time.monotonic()
+        reader.present(samples.sample_card(person, images["card"].read_bytes(),
+                                           terminal_score=0.91, terminal_result=1))  # the tap
+        page.wait_for_selector("#list li[data-id]", timeout=TAP_DEADLINE_S * 1000)
+        assert time.monotonic() - t0 < TAP_DEADLINE_S
+        assert page.inner_text("#f-name") == person.name[0] + "**"
+        assert page.inner_text("#f-card") == person.card_no[:4] + "*" * 10 + person.card_no[-4:]
+        assert page.inner_text("#f-result") == "通过"
+        assert page.inner_text("#f-score") == "0.91"
+        assert "模拟数据" in page.inner_text("#latest-title")  # fake drivers are never mistaken for real
+        html = page.content()
+        assert person.card_no not in html and person.name not in html
+        for frame in ("head-frame", "camera-frame"):
+            assert_photo_shown(page, frame)
+        # a face that cannot be verified shows the reason in Chinese
+        reader.present(samples.sample_card(samples.PEOPLE[1], images["card"].read_bytes(),
+                                           terminal_score=0.35, terminal_result=0))
+        page.wait_for_selector("#list li:nth-child(2)", timeout=TAP_DEADLINE_S * 1000)
+        assert page.inner_text("#f-result") == "未通过"
+        assert "终端比对未通过" in page.inner_text("#f-reason")
+        page.wait_for_selector("#platform-dot.ok", timeout=10000)
+        page.wait_for_selector("#f-state:text-is('已上传')", timeout=10000)  # the page follows the upload
+        page.screenshot(path=str(artifacts_dir / "operator-page.png"))
+        assert not page.js_errors, page.js_errors
+    finally:
+        service.stop()

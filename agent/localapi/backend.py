@@ -324,6 +324,15 @@ class DeskBackend:
         except Exception:
             log.debug("status failed", exc_info=True)
             doc = {}
+        states: dict[str, str] = {}
+        for event in self.events.recent(VERIFICATION, 10):  # so the page can follow each upload
+            record_id = event.data.get("id")
+            try:
+                row = self.outbox.get(int(record_id)) if record_id is not None else None
+            except Exception:
+                row = None
+            if row is not None:
+                states[str(record_id)] = str(_row_get(row, "state"))
         queue = int(stats.get("pending", 0) or 0) + int(stats.get("sending", 0) or 0) + int(stats.get("held", 0) or 0)
         platform, platform_text = _platform_state(doc, self.settings)
         return {
@@ -332,6 +341,7 @@ class DeskBackend:
             "platform": platform,
             "platformText": platform_text,
             "operator": self.operator.get(),
+            "states": states,
             "time": dt.datetime.now(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S"),
         }
 
