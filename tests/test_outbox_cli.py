@@ -1,0 +1,128 @@
+"""`fvagent queue ...` over a real outbox file, in-process and as a real process beside a writer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import load_config
+from agent.outbox import Outbox
+from tests.test_outbox_support import card_no, record, write_config
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Outbox]:
+    cfg = write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "state")
+    box = Outbox.open(load_config(cfg, validate_drivers=False).storage)
+    yield cfg, box
+    box.close()
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _fill(box: Outbox) -> list[int]:
+    ids = [box.enqueue(record(n), meta={"source": "reader"}) for n in range(4)]
+    box.enqueue(record(9), held_reason="card photo waits for a WLT decoder", simulated=True)
+    claims = box.claim(3)
+    box.finish(claims[0], "accepted", message="ok", request_id="req-accepted")
+    box.finish(claims[1], "rejected", message="A2301 parameter error: birthday", request_id="req-rejected",
+               exception_code="A2301", http_status=200)
+    return ids
+
+
+def test_stats_json_counts_every_state(setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, box = setup
+    _fill(box)
+    code, out, _ = _run(capsys, "queue", "stats", "--json", "-c", str(cfg))
+    doc = json.loads(out)
+    assert code == 0
+    assert {k: doc[k] for k in ("pending", "sending", "sent", "rejected", "held", "total")} == \
+        {"pending": 1, "sending": 1, "sent": 1, "rejected": 1, "held": 1, "total": 5}
+    code, out, _ = _run(capsys, "queue", "stats", "-c", str(cfg))
+    assert code == 0 and "rejected  1" in out and "total     5" in out
+
+
+def test_ls_and_show_never_print_personal_data(setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, box = setup
+    ids = _fill(box)
+    code, out, _ = _run(capsys, "queue", "ls", "--state", "rejected", "-c", str(cfg))
+    assert code == 0 and f"{ids[1]:>7}  rejected" in out and "A2301" in out and "pending" not in out
+    code, out, _ = _run(capsys, "queue", "ls", "-c", str(cfg))
+    assert "[simulated]" in out and out.count("\n") == 6
+    code, out, _ = _run(capsys, "queue", "show", str(ids[1]), "-c", str(cfg))
+    assert code == 0
+    assert card_no(1) not in out and "韦测试" not in out and record(1)["address"] not in out
+    assert card_no(1)[:4] + "*" in out and "req-rejected" in out and "A2301" in out
+    assert record(1)["headImg"][:30] not in out
+    code, out, _ = _run(capsys, "queue", "show", str(ids[1]), "--json", "-c", str(cfg))
+    doc = json.loads(out)
+    assert doc["attempts_log"][0]["request_id"] == "req-rejected" and doc["record"]["realName"] == "韦**"
+    code, _, err = _run(capsys, "queue", "show", "999", "-c", str(cfg))
+    assert code == 1 and "no record with id 999" in err
+
+
+def test_retry_and_export(setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cfg, box = setup
+    ids = _fill(box)
+    out_file = tmp_path / "rejected.jsonl"
+    code, out, _ = _run(capsys, "queue", "export", "--rejected", str(out_file), "-c", str(cfg))
+    assert code == 0 and "1 rejected record(s)" in out
+    assert json.loads(out_file.read_text(encoding="utf-8"))["record"] == record(1)
+    code, _, err = _run(capsys, "queue", "export", "--rejected", str(out_file), "-c", str(cfg))
+    assert code == 1 and "exists" in err
+    code, _, err = _run(capsys, "queue", "retry", str(ids[0]), "-c", str(cfg))
+    assert code == 1 and "already accepted" in err
+    code, out, _ = _run(capsys, "queue", "retry", "--rejected", "-c", str(cfg))
+    assert code == 0 and "1 rejected record(s) queued again" in out
+    assert box.get(ids[1]).state == "pending"  # type: ignore[union-attr]
+
+
+def test_commands_never_create_an_outbox(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "nothing-here")
+    code, _, err = _run(capsys, "queue", "stats", "-c", str(cfg))
+    assert code == 1 and "no outbox" in err and not (tmp_path / "nothing-here").exists()
+
+
+def test_cli_process_works_while_another_process_writes(setup: tuple[Path, Outbox]) -> None:
+    cfg, box = setup
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writer() -> None:  # the daemon: enqueues and claims continuously
+        n = 0
+        while not stop.is_set():
+            written.append(box.enqueue(record(n)))
+            if n % 3 == 0:
+                for claim in box.claim(2):
+                    box.finish(claim, "accepted", message="ok", request_id=f"r{claim.id}")
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(written) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        totals = []
+        for argv in (["stats", "--json"], ["retry", "--rejected"], ["stats", "--json"]):
+            proc = subprocess.run([sys.executable, "-m", "agent", "queue", *argv, "-c", str(cfg)],
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            if argv[0] == "stats":
+                totals.append(json.loads(proc.stdout)["total"])
+    finally:
+        stop.set()
+        thread.join(10)
+    assert totals[0] >= 5 and totals[1] > totals[0]  # it saw the writer's progress
+    assert box.integrity_check() == ["ok"]
