@@ -101,7 +101,7 @@ def _check_config(path: Path, add: Callable[[Check], None]) -> Any:
     elif not mode & 0o002:
         sources = settings.secret_sources
         where = ", ".join(f"{k} ({v})" for k, v in sorted(sources.items())) or "no secrets set"
-        add(Check("secrets", OK, f"readable only by their owner: {where}"))
+        add(Check("secrets", OK, f"none readable by other users; from: {where}"))
     return settings
 
 
@@ -121,12 +121,12 @@ def _check_storage(settings: Any, add: Callable[[Check], None]) -> None:
     free_mb = usage.free / 2**20
     floor = settings.storage.min_free_bytes
     if usage.free < floor:
-        add(Check("free disk", FAIL, f"{free_mb:.0f} MiB free on {directory}, below storage.min_free_bytes",
+        add(Check("free disk", FAIL, f"{free_mb:.0f} MiB free on {probe}, below storage.min_free_bytes",
                   "free disk space; the outbox needs room to commit verifications"))
     elif usage.free < 4 * floor:
-        add(Check("free disk", WARN, f"{free_mb:.0f} MiB free on {directory}", "free disk space soon"))
+        add(Check("free disk", WARN, f"{free_mb:.0f} MiB free on {probe}", "free disk space soon"))
     else:
-        add(Check("free disk", OK, f"{free_mb:.0f} MiB free on {directory}"))
+        add(Check("free disk", OK, f"{free_mb:.0f} MiB free on {probe}"))
 
 
 def _check_outbox(settings: Any, add: Callable[[Check], None]) -> None:
