@@ -516,3 +516,30 @@ def test_answers_do_not_wait_for_delayed_acks(agent: Agent) -> None:
             assert c.get("/v1/operator").status_code == 200
             times.append(time.perf_counter() - t0)
     assert sorted(times)[5] < 0.025, f"median {sorted(times)[5] * 1000:.0f} ms"
+
+
+# --------------------------------------------------------------------------------------------------
+# [local_api] settings
+
+
+@pytest.mark.parametrize(("local_api", "key", "words"), [
+    ({"listen": "0.0.0.0:8787"}, "local_api", "requires token"),
+    ({"token": "same-secret-1234", "full_data_token": "same-secret-1234"}, "local_api", "must differ"),
+    ({"listen": "127.0.0.1:99999"}, "local_api.listen", "host:port"),
+    ({"max_body_bytes": 1024}, "local_api.max_body_bytes", ""),
+])
+def test_local_api_settings_refuse_unsafe_values(tmp_path: Path, local_api: dict[str, Any], key: str, words: str) -> None:
+    from agent.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make_settings(tmp_path, **local_api)
+    assert any(path.startswith(key) and words in rule for path, rule in err.value.problems), err.value.problems
+
+
+def test_off_loopback_with_token_is_allowed_and_token_file_is_read(tmp_path: Path) -> None:
+    secret = tmp_path / "api_token"
+    secret.write_text("file-token-abcdef\n", encoding="utf-8")
+    secret.chmod(0o600)
+    settings = make_settings(tmp_path, listen="0.0.0.0:0", token_file=str(secret))
+    assert settings.local_api.token is not None and settings.local_api.token.get_secret_value() == "file-token-abcdef"
+    assert settings.local_api.port == 0 and settings.local_api.host == "0.0.0.0"
