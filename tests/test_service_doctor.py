@@ -80,7 +80,7 @@ def test_clock_skew_fails_beyond_the_tolerance(tmp_path: Path, images: dict[str,
 
 
 def test_unreachable_platform_and_missing_camera_fail_with_fixes(tmp_path: Path, images: dict[str, Any]) -> None:
-    path = _config(tmp_path, images, camera={"fault": "no_frames"}, face={"mode": "compute"})
+    path = _config(tmp_path, images, camera={"fault": "disappears"}, face={"mode": "compute"})
     checks = run_checks(path)  # base_url points at port 9: refused
     named = by_name(checks)
     assert named["platform"].level == FAIL and "VPN" in (named["platform"].fix or "")
