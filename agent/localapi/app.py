@@ -2,8 +2,8 @@
 
 Who may do what:
 - ``/v1/*``: with ``[local_api] token`` configured, every call needs ``Authorization: Bearer <token>``
-  (or the full-data token). Without one (only possible on loopback) calls are open. Results are
-  masked unless the caller presents ``full_data_token``.
+  (or the full-data token). Without one (only possible on loopback) calls from this machine are
+  open. Results are masked unless the caller presents ``full_data_token``.
 - ``/`` (the page) and ``/openapi.json`` hold no personal data and are always served.
 - ``/ui/*`` (the page's live feed, photos, operator): loopback callers without a token (the terminal's
   own screen), anyone else with a valid token (header, or the ``fvagent_token`` cookie the page sets).
@@ -16,12 +16,12 @@ by method, path and status only.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hmac
 import ipaddress
 import json
 import logging
+import threading
 import time
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -262,8 +262,6 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     ``app.state.shutdown`` is an ``asyncio``-independent flag (a ``threading.Event``) that ends the
     live feeds; ``LocalApiServer.stop()`` sets it.
     """
-    import threading
-
     access = _Access(settings)
     app = FastAPI(
         title="fvagent local API",
@@ -522,9 +520,7 @@ async def _sse(request: Request, backend: DeskBackend, sub: Any, shutdown: Any) 
                     break
                 yield _sse_frame("status", await run_in_threadpool(backend.page_status))
                 next_status = time.monotonic() + SSE_STATUS_INTERVAL_S
-    except asyncio.CancelledError:
-        raise
-    finally:
+    finally:  # also when the client leaves (the task is cancelled) or the server stops
         sub.close()
 
 
