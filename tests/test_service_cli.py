@@ -58,7 +58,7 @@ def test_status_of_a_running_daemon(tmp_path: Path, images: dict[str, Any]) -> N
         service._write_status()
         proc = fvagent("status", "--config", str(path))
         assert proc.returncode == 0, proc.stderr
-        assert f"running since" in proc.stdout and f"(pid {os.getpid()})" in proc.stdout
+        assert "running since" in proc.stdout and f"(pid {os.getpid()})" in proc.stdout
         assert "card_reader:  ok" in proc.stdout
         assert "last verification: #1" in proc.stdout
         assert samples.PEOPLE[0].card_no not in proc.stdout
