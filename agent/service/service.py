@@ -317,7 +317,8 @@ class Service:
                 slot.close()
         self._state = "stopped"
         self._write_status()
-        if self.outbox is not None:
+        uploading = self._uploader_thread is not None and self._uploader_thread.is_alive()
+        if self.outbox is not None and not uploading:  # else: a request in flight still uses it
             try:
                 self.outbox.close()
             except Exception:
