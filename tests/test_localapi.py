@@ -215,6 +215,14 @@ def test_every_bad_field_is_listed(agent: Agent) -> None:
     assert body["cardNo"] not in r.text
 
 
+def test_relay_consistency_rules_apply(agent: Agent) -> None:
+    with client(agent) as c:
+        r = c.post("/v1/verifications", json=verification_body(score=0.7, result=2))
+    assert r.status_code == 422
+    assert [p["field"] for p in r.json()["problems"]] == ["faceScore"]
+    assert "faceResult is 2" in r.json()["problems"][0]["rule"]
+
+
 @pytest.mark.parametrize(("content", "ctype", "status"), [
     (b"{not json", "application/json", 422),
     (b"[1, 2]", "application/json", 422),

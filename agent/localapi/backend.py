@@ -110,6 +110,9 @@ class DeskBackend:
     def submit(self, body: Any, *, idempotency_key: str | None = None) -> int:
         """Validate a relayed verification (spec field names) and commit it to the outbox.
 
+        Validation is the captured record's: ``parse_verification`` (every spec rule) plus the relay
+        rules of ``agent.face.relay.relay_outcome`` (faceResult 2 carries score 0, and so on).
+
         Missing ``operationUser`` is filled with the current operator, missing ``deviceNo`` and
         ``machineCode`` with ``[device]``'s; a different ``deviceNo``/``machineCode`` is an error
         (this agent uploads for its own device only). Returns the outbox id once the row is durable;
@@ -117,7 +120,8 @@ class DeskBackend:
         different one raises ``IdempotencyConflict``. Raises ``RecordError`` listing every bad field
         (``.problems``), or ``OutboxError`` / ``StorageFull`` when it cannot be stored.
         """
-        from agent.records import parse_verification  # late: keeps the module light to import
+        from agent.face.relay import relay_outcome  # late: keeps the module light to import
+        from agent.records import parse_verification
 
         if not isinstance(body, dict):
             raise _problem_error("a verification must be a JSON object",
@@ -137,6 +141,11 @@ class DeskBackend:
         except RecordError as exc:
             problems.extend(exc.problems or [("(body)", exc.message)])
             record = None
+        try:  # the consistency rules a relayed score meets when it comes through the reader's loop
+            relay_outcome(data.get("faceScore"), data.get("faceResult"))
+        except RecordError as exc:
+            listed = {field for field, _ in problems}
+            problems.extend((f, r) for f, r in exc.problems if f not in listed)
         if problems or record is None:
             raise _problem_error(f"the verification has {len(problems)} error(s)", problems)
         payload = record.to_payload()
