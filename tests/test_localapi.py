@@ -479,13 +479,14 @@ def test_feed_item_speaks_chinese_and_shows_unsaved_captures(agent: Agent) -> No
     no_face = agent.backend.feed_item(Event(2, "verification", {"id": record_id, "source": "reader",
                                                                 "reason": "no usable frame in 5.0 s (12 frames: no face 12)"},
                                             time.time()))
-    assert no_face is not None and no_face["reason"] == "未采集到合格的人脸画面"
+    assert no_face is not None and no_face["reason"] == "未采集到合格的人脸画面（未检测到人脸）"
     # a capture that could not be stored: shown from the event, masked whatever was sent
     unsaved = agent.backend.feed_item(Event(3, "verification", {
         "id": None, "name": "韦小梅", "cardNo": make_id(), "result": 2, "score": 0.0,
         "error": "disk full", "source": "reader"}, time.time()))
     assert unsaved is not None
-    assert unsaved["state"] == "unsaved" and "disk full" in unsaved["error"]
+    assert unsaved["state"] == "unsaved" and unsaved["error"] == "记录未能保存，请通知技术人员"
+    assert unsaved["errorDetail"] == "disk full"
     assert unsaved["name"] == "韦**" and unsaved["cardNo"].count("*") == 10
     assert unsaved["photos"] == {"head": None, "camera": None}
     assert agent.backend.feed_item(Event(4, "verification", {"id": 987654}, time.time())) is None

@@ -42,6 +42,14 @@ FULL_FIELDS = ("realName", "cardType", "cardNo", "sexCode", "sexName", "national
 
 RESULT_TEXT = {0: "未通过", 1: "通过", 2: "未核验"}
 DEFAULT_REASON = {0: "人证比对未通过", 2: "未完成人脸比对"}
+QUALITY_ZH: tuple[tuple[str, str], ...] = (
+    ("more than one face", "画面中有多张人脸"),
+    ("face too small", "人脸过小，请靠近摄像头"),
+    ("face blurred", "人脸模糊，请保持不动"),
+    ("face too dark", "光线过暗"),
+    ("face too bright", "光线过亮或逆光"),
+    ("no face", "未检测到人脸"),
+)
 REASON_ZH: tuple[tuple[str, str], ...] = (
     # (a phrase of the face session's reason, what the desk reads); first match wins
     ("liveness failed", "活体检测未通过"),
@@ -49,13 +57,7 @@ REASON_ZH: tuple[tuple[str, str], ...] = (
     ("no match", "人证比对不一致"),
     ("camera error", "摄像头故障，未能采集现场照片"),
     ("camera delivered no frame", "摄像头无画面"),
-    ("more than one face", "画面中有多张人脸"),
-    ("face too small", "人脸过小，请靠近摄像头"),
-    ("face blurred", "人脸模糊，请保持不动"),
-    ("face too dark", "光线过暗"),
-    ("face too bright", "光线过亮或逆光"),
-    ("no usable frame", "未采集到合格的人脸画面"),
-    ("no face", "未检测到人脸"),
+    *QUALITY_ZH,
     ("card photo", "证件照片不可用"),
     ("no live image", "没有现场照片"),
     ("service stopping", "服务停止，采集中断"),
@@ -281,7 +283,8 @@ class DeskBackend:
             "operator": rec.get("operationUser") or self.operator.get(),
             "state": view["state"] if view else "unsaved",
             "held": bool(held),
-            "error": "记录未能保存：" + str(error) if error and not view else None,
+            "error": "记录未能保存，请通知技术人员" if error and not view else None,
+            "errorDetail": str(error) if error and not view else None,
             "simulated": bool((view or {}).get("simulated") or data.get("simulated")),
             "source": source,
             "photos": {k: (f"/ui/photos/{view['id']}/{k}" if has else None)
@@ -299,6 +302,9 @@ class DeskBackend:
             zh = "终端比对未通过" if result == 0 else "终端未完成人脸比对"
             return (f"{zh}（分数 {score_text}）" if result == 0 and score_text else zh), detail
         zh = next((words for needle, words in REASON_ZH if needle in lowered), None)
+        if "no usable frame" in lowered:  # say why the frames were not usable, when the line tells
+            why = next((words for needle, words in QUALITY_ZH if needle in lowered), None)
+            zh = "未采集到合格的人脸画面" + (f"（{why}）" if why else "")
         if result == 0 and score_text and (zh is None or "no match" in lowered):
             zh = f"{zh or '人证比对不一致'}（分数 {score_text}，阈值 {self.settings.face.threshold:.2f}）"
         if zh is None and result is not None:
