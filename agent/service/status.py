@@ -269,10 +269,9 @@ def format_status(doc: dict[str, Any]) -> str:
         lines.append(f"queue:        unreadable ({q['error']})")
     else:
         lines.append("queue:        " + ", ".join(f"{q[s]} {s}" for s in QUEUE_STATES) + f" (total {q['total']})")
-    lines.append(f"last success: {_describe(doc.get('last_success'))}")
-    lines.append(f"last error:   {_describe(doc.get('last_error'))}")
-    reg = doc.get("registration")
-    lines.append(f"registration: {_describe(reg)}")
+    lines.append(f"last success: {_event_text(doc.get('last_success'))}")
+    lines.append(f"last error:   {_event_text(doc.get('last_error'))}")
+    lines.append(f"registration: {_registration_text(doc.get('registration'))}")
     p = doc["platform"]
     reach = {True: "reachable", False: "unreachable", None: "not checked yet"}.get(p.get("reachable"), "?")
     state = p.get("state")
@@ -294,9 +293,29 @@ def format_status(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _describe(value: Any) -> str:
+def _event_text(value: Any) -> str:
+    """An uploader event ({"at", "id", "outcome", "message", "request_id"}) or an epoch time, as text."""
     if value is None or value == {}:
         return "none"
+    if isinstance(value, int | float):
+        return iso(value) or "none"
     if isinstance(value, dict):
-        return ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
+        at = value.get("at")
+        parts = [iso(at) if isinstance(at, int | float) else str(at or "")]
+        if value.get("id") is not None:
+            parts.append(f"record {value['id']}")
+        if value.get("outcome"):
+            parts.append(f"{value['outcome']}: {value.get('message', '')}")
+        return ", ".join(p for p in parts if p)
     return str(value)
+
+
+def _registration_text(reg: Any) -> str:
+    if not isinstance(reg, dict) or not reg:
+        return "unknown"
+    at = reg.get("at")
+    when = iso(at) if isinstance(at, int | float) else at
+    if reg.get("registered"):
+        return f"registered at {when}" + (f" (requestId {reg['request_id']})" if reg.get("request_id") else "")
+    return "not registered" + (f": {reg.get('outcome')}: {reg.get('message')}" if reg.get("outcome")
+                               else f" ({reg.get('message') or 'no attempt yet'})")
