@@ -147,7 +147,6 @@ class Service:
         from agent.outbox import Outbox
 
         s = self.settings
-        Path(s.storage.dir).mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox.open(s.storage, check=True)
         self.operator = OperatorState.for_settings(s)
         self._open_hardware()
@@ -316,7 +315,8 @@ class Service:
             if slot is not None:
                 slot.close()
         self._state = "stopped"
-        self._write_status()
+        if self.outbox is not None:  # else the state directory itself is the problem
+            self._write_status()
         uploading = self._uploader_thread is not None and self._uploader_thread.is_alive()
         if self.outbox is not None and not uploading:  # else: a request in flight still uses it
             try:
@@ -332,7 +332,6 @@ class Service:
         from agent.outbox import Outbox
 
         s = self.settings
-        Path(s.storage.dir).mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox.open(s.storage)
         try:
             self.operator = OperatorState.for_settings(s)
