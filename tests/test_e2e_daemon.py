@@ -7,10 +7,15 @@ platform on loopback, and checks: READY=1, STATUS= lines, WATCHDOG=1 pings, deli
 verifications to the mock platform, a SIGHUP reload (and a refused one), that a stalled loop stops
 the watchdog pings (through the test-only $FVAGENT_TEST_STALL_FILE hook) and that they resume,
 and a clean SIGTERM (exit 0 within 10 s).
+
+The card reader is a fake driver installed the way a vendor adds one: a package on the daemon's
+PYTHONPATH whose entry point (group ``fvagent.card_readers``) names it. It yields one card per JSON
+file dropped into its directory, so the test decides when a card is tapped.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -26,11 +31,9 @@ from typing import Any
 import pytest
 
 from agent.service import samples
-from agent.service.demo import write_sample_cards, _fake_reader_options
 
 pytest.importorskip("skimage", reason="the sample face comes from scikit-image (the demo extra)")
 mock_platform = pytest.importorskip("agent.mock_platform", reason="the mock platform (issue 2) is not there yet")
-pytest.importorskip("drivers.card_reader.fake", reason="the fake card reader (issue 4) is not there yet")
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCHDOG_S = 1.0
@@ -100,15 +103,77 @@ def _start_mock(tmp_path: Path) -> Any:
     return platform
 
 
+PLUGIN = '''
+"""A fake card reader for the end-to-end test: one card per JSON file dropped into `drop_dir`."""
+import datetime as dt
+import json
+from pathlib import Path
+from typing import ClassVar
+
+from drivers.base import CardReader, CardReaderSettings, DriverSettings, IdCard
+
+
+class DropSettings(CardReaderSettings):
+    drop_dir: str
+    poll_interval_s: float = 0.05
+
+
+class DropReader(CardReader):
+    Settings: ClassVar[type[DriverSettings]] = DropSettings
+    simulated: ClassVar[bool] = True
+
+    def describe(self):
+        return f"drop reader at {self.settings.drop_dir}"
+
+    def _open(self):
+        Path(self.settings.drop_dir).mkdir(parents=True, exist_ok=True)
+
+    def _close(self):
+        pass
+
+    def _poll_card(self):
+        for path in sorted(Path(self.settings.drop_dir).glob("*.json")):
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            path.unlink()
+            date = dt.date.fromisoformat
+            return IdCard(card_type="0", name=doc["name"], sex_code="2", birth_date=date(doc["birth"]),
+                          card_no=doc["card_no"], valid_from=date(doc["valid_from"]),
+                          valid_to=date(doc["valid_to"]) if doc["valid_to"] else None,
+                          nation_code=doc["nation_code"], address=doc["address"], authority=doc["authority"],
+                          photo_jpeg=Path(doc["photo"]).read_bytes(), simulated=True)
+        return None
+'''
+
+
+def _install_plugin(root: Path) -> Path:
+    """A 'vendor package' with the drop reader, found through its entry point."""
+    root.mkdir(parents=True)
+    (root / "fvagent_e2e_reader.py").write_text(PLUGIN, encoding="utf-8")
+    dist = root / "fvagent_e2e_reader-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fvagent-e2e-reader\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[fvagent.card_readers]\ndrop = fvagent_e2e_reader:DropReader\n")
+    return root
+
+
+def _tap(drop: Path, person: samples.Person, photo: Path, n: int) -> None:
+    doc = {"name": person.name, "birth": person.birth.isoformat(), "card_no": person.card_no,
+           "valid_from": person.valid_from.isoformat(),
+           "valid_to": person.valid_to.isoformat() if person.valid_to else None,
+           "nation_code": person.nation_code, "address": person.address, "authority": person.authority,
+           "photo": str(photo)}
+    tmp = drop / f".{n:04d}.tmp"
+    tmp.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    tmp.rename(drop / f"{n:04d}.json")  # appears whole
+
+
 def _config(tmp_path: Path, platform_url: str, *, operator: str = "演示护士") -> dict[str, Any]:
     from agent.service.demo import demo_config
 
     images = samples.write_images(tmp_path / "faces")
-    card_dir = tmp_path / "cards"
-    write_sample_cards(card_dir, images["card"])
-    doc = demo_config(tmp_path, platform_url, images, card_dir=card_dir)
+    doc = demo_config(tmp_path, platform_url, images)
     doc["device"]["operator"] = operator
-    doc["card_reader"].update(_fake_reader_options(card_dir))
+    doc["card_reader"] = {"driver": "drop", "drop_dir": str(tmp_path / "drop")}
     doc["face"]["capture_timeout_s"] = 1.5
     doc["logging"] = {"level": "INFO", "journald": "off"}
     return doc
@@ -122,9 +187,12 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
     config.write_text(samples.toml_text(doc), encoding="utf-8")
     config.chmod(0o600)
     stall = tmp_path / "stall"
+    plugin = _install_plugin(tmp_path / "plugin")
+    drop, photo = tmp_path / "drop", tmp_path / "faces" / "card-photo.jpg"
+    drop.mkdir()
     env = {**os.environ, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6)),
            "FVAGENT_TEST_STALL_FILE": str(stall), "FVAGENT_TEST_HEARTBEAT_S": "4",
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugin)])}
     env.pop("WATCHDOG_PID", None)
     log = open(tmp_path / "daemon.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
@@ -137,7 +205,11 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
         # Watchdog pings about every WATCHDOG_S / 2 while every loop is alive.
         wait_for(lambda: len(notify.having("WATCHDOG", since=t_ready)) >= 3, 15, "three WATCHDOG=1")
         # Verifications reach the mock platform; STATUS= follows them.
-        wait_for(lambda: len(platform.delivered()) >= 2, 60, "two deliveries to the mock platform")
+        for n, person in enumerate(samples.PEOPLE[:3]):
+            _tap(drop, person, photo, n)
+        wait_for(lambda: len(platform.delivered()) >= 3, 60, "three deliveries to the mock platform")
+        delivered_keys = {key[1] for key in platform.delivered()}
+        assert {p.card_no for p in samples.PEOPLE[:3]} <= delivered_keys
         wait_for(lambda: any("verified" in m["STATUS"] and not m["STATUS"].endswith(" 0 verified")
                              for _, m in notify.having("STATUS")), 15, "a STATUS line counting verifications")
 
@@ -155,7 +227,8 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
         assert proc.poll() is None
         wait_for(lambda: "reload refused" in (tmp_path / "daemon.log").read_text(), 10, "the refusal in the log")
         delivered = len(platform.delivered())
-        wait_for(lambda: len(platform.delivered()) > delivered, 60, "more deliveries after the refused reload")
+        _tap(drop, samples.PEOPLE[3], photo, 10)
+        wait_for(lambda: len(platform.delivered()) > delivered, 60, "a delivery after the refused reload")
 
         # A stalled verification loop stops the watchdog pings; they resume when it moves again.
         stall.touch()
@@ -166,9 +239,17 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
             return bool(pings) and time.monotonic() - pings[-1][0] > gap
         wait_for(pings_stopped, 30, f"no WATCHDOG=1 for {gap} s while the loop is stalled")
         assert proc.poll() is None
+        # A card tapped now stays unread, and the pings stay off (a bounded check of a negative).
+        t_tap = time.monotonic()
+        _tap(drop, samples.PEOPLE[4], photo, 20)
+        time.sleep(2 * WATCHDOG_S)
+        assert list(drop.glob("*.json")), "the stalled loop read a card"
+        assert not notify.having("WATCHDOG", since=t_tap)
         t_unstall = time.monotonic()
         stall.unlink()
         wait_for(lambda: notify.having("WATCHDOG", since=t_unstall), 15, "WATCHDOG=1 again after the stall")
+        wait_for(lambda: samples.PEOPLE[4].card_no in {k[1] for k in platform.delivered()}, 60,
+                 "the card tapped during the stall delivered")
 
         # SIGTERM: exit 0 within 10 s, STOPPING=1 sent.
         t_term = time.monotonic()
