@@ -93,14 +93,20 @@ class Zygote:
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.test_durability_worker", "zygote"], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+        self.pids: list[int] = []
 
     def spawn(self, **cmd: Any) -> int:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
+        pid = int(self.proc.stdout.readline())
+        self.pids.append(pid)
+        return pid
 
     def close(self) -> None:
+        for pid in self.pids:  # a failed test must not leave workers behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         self.proc.wait(10)
