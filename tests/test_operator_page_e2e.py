@@ -157,3 +157,71 @@ def test_card_tap_appears_on_the_page(tmp_path: Path, page: Any, artifacts_dir: 
         assert not page.js_errors, page.js_errors
     finally:
         service.stop()
+
+
+@pytest.mark.slow
+def test_card_tap_appears_on_the_page_of_fvagent_run(tmp_path: Path, page: Any, artifacts_dir: Path) -> None:
+    """The real `fvagent run` process (fake camera, a drop-directory plugin reader, the mock platform,
+    the dlib engine): a card tapped appears on the page within 5 s."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("skimage", reason="the sample face comes from scikit-image (the demo extra)")
+    # the daemon test's plugin reader, config and platform (it skips until the mock platform is there)
+    from agent.service import samples
+    from tests.test_e2e_daemon import ROOT, _config, _install_plugin, _start_mock, _tap
+
+    platform = _start_mock(tmp_path)
+    doc = _config(tmp_path, platform.url)
+    doc["local_api"] = {"enabled": True, "listen": "127.0.0.1:0"}
+    config = tmp_path / "fvagent.toml"
+    config.write_text(samples.toml_text(doc), encoding="utf-8")
+    config.chmod(0o600)
+    plugin = _install_plugin(tmp_path / "plugin")
+    drop, photo = tmp_path / "drop", tmp_path / "faces" / "card-photo.jpg"
+    drop.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugin)])}
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)
+    status_file = Path(doc["storage"]["dir"]) / "status.json"
+    with open(tmp_path / "daemon.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            def api_url() -> str | None:
+                assert proc.poll() is None, (tmp_path / "daemon.log").read_text()[-2000:]
+                try:
+                    live = json.loads(status_file.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    return None
+                return (live.get("local_api") or {}).get("url") if live.get("state") == "running" else None
+
+            deadline = time.monotonic() + 60  # the face engine loads first
+            while (url := api_url()) is None:
+                assert time.monotonic() < deadline, "the daemon did not report its local API"
+                time.sleep(0.1)
+            page.goto(url + "/")
+            page.wait_for_selector("#conn:has-text('实时连接正常')", timeout=5000)
+            person = samples.PEOPLE[2]
+            t0 = time.monotonic()
+            _tap(drop, person, photo, 1)
+            page.wait_for_selector("#list li[data-id]", timeout=TAP_DEADLINE_S * 1000)
+            assert time.monotonic() - t0 < TAP_DEADLINE_S
+            assert page.inner_text("#f-card") == person.card_no[:4] + "*" * 10 + person.card_no[-4:]
+            assert page.inner_text("#f-result") in ("通过", "未通过", "未核验")
+            assert "模拟数据" in page.inner_text("#latest-title")
+            assert_photo_shown(page, "head-frame")
+            page.wait_for_selector("#f-state:text-is('已上传')", timeout=20000)  # delivered to the mock platform
+            page.screenshot(path=str(artifacts_dir / "operator-page-daemon.png"))
+            assert person.card_no not in page.content()
+            assert not page.js_errors, page.js_errors
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            platform.stop()
