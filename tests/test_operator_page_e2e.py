@@ -5,7 +5,11 @@
   the sample images; the card reader is the service tests' scripted reader, which the test "taps";
   the platform answers through ``httpx.MockTransport``.
 - ``test_relayed_verification_appears_on_the_page``: a terminal's relayed post over the real local
-  API server and outbox.
+  API server and outbox; the operator is changed from the page.
+- ``test_card_tap_appears_on_the_page_of_fvagent_run`` (slow): the real ``fvagent run`` process with
+  the daemon test's drop-directory plugin reader, the fake camera, the dlib engine and the mock
+  platform; the page's URL comes from the daemon's status file. It skips until the mock platform
+  (issue 2) is in the tree.
 
 The browser is Debian's chromium driven by playwright (never `playwright install`). Screenshots of
 the page are saved under test-artifacts/ for a person to look at.
