@@ -110,6 +110,16 @@ def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, art
         page.wait_for_selector("#operator:text-is('李护士')", timeout=5000)
         assert agent.operator.get() == "李护士"
         page.screenshot(path=str(artifacts_dir / "operator-page-relay.png"))
+        # a full list still fits the terminal's 1024x600 screen without scrolling
+        with httpx.Client(base_url=agent.url, timeout=10) as c:
+            for i in range(8):
+                reason_case = {"score": 0.0, "result": 2} if i % 2 else {"score": 0.93, "result": 1}
+                assert c.post("/v1/verifications", json=verification_body(seed=20 + i, **reason_case)).status_code == 202
+        page.wait_for_selector("#list li:nth-child(7)", timeout=5000)
+        assert page.locator("#list li").count() == 7
+        width, height = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        assert (width, height) == (1024, 600), (width, height)
+        page.screenshot(path=str(artifacts_dir / "operator-page-full-list.png"))
         assert not page.js_errors, page.js_errors
 
 
