@@ -96,3 +96,91 @@ def record(n: int = 0, *, photo_b64: str | None = None, verify_time: dt.datetime
 
 def storage(tmp_path: Path, **kw: Any) -> StorageSettings:
     return StorageSettings(dir=tmp_path / "state", **kw)
+
+
+class LoopbackPlatform:
+    """A small real HTTP server on 127.0.0.1 that plays the platform for the durability tests and the
+    backlog bench while ``agent.mock_platform`` is not available: it checks the signature, opens
+    the (optionally SM4-encrypted) body, validates verification records with ``agent.records``,
+    and records every request's arrival time and every accepted record. ``down = True`` answers 503.
+
+    ``agent.mock_platform.MockPlatform`` is preferred wherever it exists.
+    """
+
+    def __init__(self, *, org_app_id: str = "APP0001", org_app_secret: str = "0123456789abcdef",
+                 port: int = 0) -> None:
+        import http.server
+        import json
+        import threading
+        import time
+
+        from agent.config import ConventionSettings
+        from agent.errors import CryptoError, RecordError
+        from agent.records import parse_verification
+        from agent.uplink.conventions import HEADER_SIGN, HEADER_TIME, Conventions
+
+        conventions = Conventions(ConventionSettings(), org_app_id, org_app_secret)
+        self.lock = threading.Lock()
+        self.bodies: list[dict[str, Any]] = []
+        self.times: list[float] = []
+        self.down = False
+        platform = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            wbufsize = -1  # headers and body in one write: no Nagle/delayed-ACK stalls
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def _reply(self, status: int, code: int, exception_code: str, msg: str) -> None:
+                out = json.dumps({"code": code, "msg": msg, "exceptionCode": exception_code,
+                                  "requestId": self.headers.get("hmpt-portal-request-id"),
+                                  "returnTime": int(time.time() * 1000), "data": None}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+                self.wfile.flush()
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with platform.lock:
+                    platform.times.append(time.monotonic())
+                if platform.down:
+                    return self._reply(503, 503, "", "service unavailable")
+                if not conventions.verify_sign(self.headers.get(HEADER_TIME, ""), self.headers.get(HEADER_SIGN, "")):
+                    return self._reply(200, 401, "", "签名错误 bad signature")
+                try:
+                    payload, _ = conventions.open_request_body(body)
+                except (ValueError, CryptoError) as exc:
+                    return self._reply(200, 500, "A2301", f"参数错误: {exc}")
+                if self.path.endswith("/first"):
+                    try:
+                        parse_verification(payload)
+                    except RecordError as exc:
+                        return self._reply(200, 500, "A2301", f"参数错误: {exc.message}")
+                    with platform.lock:
+                        platform.bodies.append(payload)
+                return self._reply(200, 200, "00000", "success")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="loopback-platform", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+if __name__ == "__main__":  # `python -m tests.test_outbox_support PORT`: the loopback platform as a process
+    import sys
+    import time as _time
+
+    LoopbackPlatform(port=int(sys.argv[1]), org_app_id=sys.argv[2] if len(sys.argv) > 2 else "APP0001",
+                     org_app_secret=sys.argv[3] if len(sys.argv) > 3 else "0123456789abcdef")
+    while True:
+        _time.sleep(3600)
