@@ -97,7 +97,15 @@ backoff_max_s = 2.0
 """, encoding="utf-8")
 
 
-def start_mock(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_mock(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], str, str]:
+    """The platform as its own process: ``fvagent mock-platform`` when it exists, else the loopback
+    platform of the tests. Returns (process, base URL, what it is)."""
+    try:
+        import agent.mock_platform  # noqa: F401
+    except ImportError:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.test_outbox_support", str(port), APP_ID, SECRET],
+                                cwd=ROOT)
+        return proc, f"http://127.0.0.1:{port}/api", "tests.test_outbox_support.LoopbackPlatform (agent.mock_platform absent)"
     raise NotImplementedError
 
 
@@ -134,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fvagent-backlog-"))
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    mock = start_mock(workdir, port)
+    mock, url, what = start_mock(workdir, port)
     try:
         wait_port(port, 30)
+        print(f"platform: {what}, {url}, its own process")
         cfg = workdir / "fvagent.toml"
-        write_config(cfg, f"http://127.0.0.1:{port}", workdir / "state", args.concurrency)
+        write_config(cfg, url, workdir / "state", args.concurrency)
         settings = load_config(cfg, validate_drivers=False)
         images = photos(16)
         payloads_bytes = len(str(record(0, photo_b64=images[0][0])))
