@@ -151,7 +151,10 @@ class DeskBackend:
         if problems or record is None:
             raise _problem_error(f"the verification has {len(problems)} error(s)", problems)
         payload = record.to_payload()
-        body_hash = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+        # meta is not encrypted: a digest keyed with the outbox key reveals nothing of the record
+        keyed = getattr(self.outbox, "fingerprint", None)
+        body_hash = keyed(canonical) if callable(keyed) else hashlib.sha256(canonical).hexdigest()
         record_id = int(self.outbox.enqueue(payload, idempotency_key=idempotency_key,
                                             meta={"source": "local_api", "body_sha256": body_hash}))
         if idempotency_key is not None:
