@@ -286,3 +286,21 @@ def test_run_requeues_records_a_crash_left_in_sending(env: Any) -> None:
         stop.set()
         thread.join(10)
     assert [a.outcome for a in env.outbox.attempts(rid)] == ["interrupted", "accepted"]
+
+
+def test_a_record_altered_on_disk_is_set_aside_not_sent(env: Any) -> None:
+    import sqlite3
+
+    bad = env.outbox.enqueue(record(1))
+    good = env.outbox.enqueue(record(2))
+    conn = sqlite3.connect(env.outbox.path)
+    blob = bytearray(conn.execute("SELECT data FROM payloads WHERE record_id = ?", (bad,)).fetchone()[0])
+    blob[20] ^= 0xFF
+    conn.execute("UPDATE payloads SET data = ? WHERE record_id = ?", (bytes(blob), bad))
+    conn.commit()
+    conn.close()
+    env.uploader().drain_once()
+    row = env.outbox.get(bad)
+    assert row.state == "rejected" and row.last_outcome == "local" and "does not open" in row.last_error
+    assert env.outbox.get(good).state == "sent"
+    assert [b["cardNo"] for b in env.platform.uploads()] == [record(2)["cardNo"]]
