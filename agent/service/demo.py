@@ -35,26 +35,27 @@ log = logging.getLogger(__name__)
 
 DEMO_PORT = 8600
 """The mock platform's port in a written demo configuration."""
-DEMO_ORG_APP_ID = "DEMO-ORG-APP"
-DEMO_SECRET = "demo-secret-0001"  # 16 characters: usable as an SM4 key
-DEMO_TICKET = "DEMO-ESB-TICKET"
 STEP_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 90.0
 
 
-def demo_config(workdir: Path, platform_url: str, images: dict[str, Any], *, card_dir: Path | None = None,
-                state_dir: Path | None = None) -> dict[str, Any]:
-    """The configuration the demo runs with, as a TOML-ready document."""
+def demo_config(workdir: Path, platform: str | dict[str, Any], images: dict[str, Any], *,
+                card_dir: Path | None = None, state_dir: Path | None = None) -> dict[str, Any]:
+    """The configuration the demo runs with, as a TOML-ready document. ``platform`` is the
+    ``[platform]`` table (the mock's ``platform_section``) or just a base URL (demo credentials)."""
     reader: dict[str, Any] = {"driver": "fake"}
     if card_dir is not None:
         reader.update(_fake_reader_options(card_dir))
+    if isinstance(platform, str):
+        from agent.mock_platform import MockPlatformConfig, platform_section
+
+        platform = platform_section(MockPlatformConfig(), platform)  # the mock's demo credentials
+    platform = {**platform, "timeout_s": 3.0, "connect_timeout_s": 1.0}
     return {
         "device": {"machine_code": "DEMO-TSR-0001", "device_no": "0001", "manufacturer": "演示厂商",
                    "model": "DEMO-1", "purchase_date": "2024-06-01", "dept_id": "0601", "dept_name": "妇产科",
                    "register_user": "演示管理员", "operator": "演示护士"},
-        "platform": {"base_url": platform_url, "org_app_id": DEMO_ORG_APP_ID, "org_app_secret": DEMO_SECRET,
-                     "encrypt": True, "timeout_s": 3.0, "connect_timeout_s": 1.0,
-                     "auth": {"kind": "static", "ticket": DEMO_TICKET}},
+        "platform": platform,
         "storage": {"dir": str(state_dir or workdir / "state")},
         # Recover from the outage within a second or two of the platform's return.
         "uploader": {"backoff_initial_s": 0.2, "backoff_max_s": 1.5, "poll_interval_s": 0.2, "max_rps": 50.0},
@@ -192,19 +193,21 @@ def _fed_reader() -> Any:
 
 
 class _Platform:
-    """The mock platform on a fixed loopback port, so it can go down and come back at the same URL."""
+    """The mock platform on a fixed loopback port, so it can go down (stopped: connections are
+    refused) and come back at the same URL, over the same database."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, encrypt: bool = True) -> None:
+        from agent.mock_platform import MockPlatformConfig
+
         self.db = workdir / "mock-platform.db"
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = MockPlatformConfig(encrypt=encrypt, port=_free_port())
+        self.url = f"http://127.0.0.1:{self.config.port}"
         self._mock: Any = None
 
     def start(self) -> None:
         from agent.mock_platform import MockPlatform
 
-        self._mock = _make_mock(MockPlatform, self.db, self.port)
-        self._mock.start()
+        self._mock = MockPlatform(self.config, self.db).start()
 
     def stop(self) -> None:
         if self._mock is not None:
@@ -215,54 +218,17 @@ class _Platform:
     def up(self) -> bool:
         return self._mock is not None
 
+    def section(self) -> dict[str, Any]:
+        """The agent's [platform] table for this mock."""
+        from agent.mock_platform import platform_section
+
+        return platform_section(self.config, self.url)
+
     def delivered(self) -> set[tuple[str, str, str]]:
-        """Natural keys (machineCode, cardNo, verifyTime) of the verifications the mock stored."""
-        import sqlite3
-
-        keys: set[tuple[str, str, str]] = set()
-        mock = self._mock
-        if mock is not None and hasattr(mock, "records"):
-            for rec in mock.records():
-                data = rec if isinstance(rec, dict) else getattr(rec, "__dict__", {})
-                body = data.get("payload") or data.get("record") or data
-                if isinstance(body, dict) and "cardNo" in body:
-                    keys.add((str(body.get("machineCode")), str(body["cardNo"]), str(body.get("verifyTime"))))
-            return keys
-        with sqlite3.connect(self.db) as conn:  # pragma: no cover - fallback when no records() API
-            for row in conn.execute("SELECT * FROM verifications"):
-                keys.add(tuple(map(str, row[:3])))  # type: ignore[arg-type]
-        return keys
-
-
-def _make_mock(cls: Any, db: Path, port: int) -> Any:
-    """Build the mock platform for the demo's credentials, whatever its constructor's exact shape."""
-    import inspect
-
-    params = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = {}
-    config_cls = None
-    try:
-        from agent.mock_platform import MockConfig as config_cls  # type: ignore[attr-defined,no-redef]
-    except ImportError:
-        try:
-            from agent.mock_platform import MockPlatformConfig as config_cls  # type: ignore[attr-defined,no-redef]
-        except ImportError:
-            config_cls = None
-    values = {"org_app_id": DEMO_ORG_APP_ID, "org_app_secret": DEMO_SECRET, "ticket": DEMO_TICKET,
-              "port": port, "host": "127.0.0.1"}
-    if config_cls is not None:
-        fields = getattr(config_cls, "model_fields", None) or {f.name: f for f in dataclasses.fields(config_cls)}
-        kwargs_cfg = {k: v for k, v in values.items() if k in fields}
-        config = config_cls(**kwargs_cfg)
-        if "config" in params:
-            kwargs["config"] = config
-    for name in ("db_path", "db"):
-        if name in params:
-            kwargs[name] = db
-    for name in ("port", "host"):
-        if name in params:
-            kwargs[name] = values[name]
-    return cls(**kwargs)
+        """Natural keys (machineCode, cardNo, verifyTime) of the verifications the mock accepted."""
+        if self._mock is None:
+            raise RuntimeError("the mock platform is down")
+        return set(self._mock.delivered())
 
 
 def _free_port() -> int:
@@ -354,7 +320,7 @@ def _run(base: Path, count: int, out: Callable[[str], None]) -> DemoResult:
     platform = _Platform(base)
     platform.start()
     out(f"  mock platform at {platform.url} (SM4-encrypted bodies, HMAC-SM3 signatures)")
-    settings = parse_config(demo_config(base, platform.url, images), validate_drivers=False)
+    settings = parse_config(demo_config(base, platform.section(), images), validate_drivers=False)
     faces = registry.create("camera", "fake", dict(settings.camera.options))
     no_face = registry.create("camera", "fake", {"images": [str(images["no_face"])], "fps": 15})
     camera = _switch_camera(faces, no_face)
