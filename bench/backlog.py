@@ -3,8 +3,8 @@ platform over loopback with SM4 encryption on the wire.
 
     .venv/bin/python bench/backlog.py [--records 10000] [--concurrency 4] [--keep DIR]
 
-The mock platform runs as its own process (``fvagent mock-platform``), so the peak RSS printed is
-the agent's alone (outbox + uploader + client). Prints enqueue p50/p99, drain records/s and peak
+The mock platform (``agent.mock_platform.MockPlatform``, SM4 required) runs as its own process, so the
+peak RSS printed is the agent's alone (outbox + uploader + client). Prints enqueue p50/p99, drain records/s and peak
 RSS, and ends with one line:
 
     enqueue_p99_ms=… drain_rps=… peak_rss_mb=…
@@ -97,16 +97,23 @@ backoff_max_s = 2.0
 """, encoding="utf-8")
 
 
+_MOCK = """
+import sys, time
+from agent.mock_platform import MockPlatform, MockPlatformConfig
+config = MockPlatformConfig(org_app_id=sys.argv[1], org_app_secret=sys.argv[2], ticket=sys.argv[3], encrypt=True,
+                            port=int(sys.argv[4]))
+MockPlatform(config, sys.argv[5]).start()
+while True:
+    time.sleep(3600)
+"""
+
+
 def start_mock(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], str, str]:
-    """The platform as its own process: ``fvagent mock-platform`` when it exists, else the loopback
-    platform of the tests. Returns (process, base URL, what it is)."""
-    try:
-        import agent.mock_platform  # noqa: F401
-    except ImportError:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.test_outbox_support", str(port), APP_ID, SECRET],
-                                cwd=ROOT)
-        return proc, f"http://127.0.0.1:{port}/api", "tests.test_outbox_support.LoopbackPlatform (agent.mock_platform absent)"
-    raise NotImplementedError
+    """The mock platform (agent.mock_platform, encryption required) as its own process, so its
+    memory is not counted as the agent's. Returns (process, base URL, description)."""
+    proc = subprocess.Popen([sys.executable, "-c", _MOCK, APP_ID, SECRET, TICKET, str(port),
+                             str(workdir / "mock-platform.db")], cwd=ROOT)
+    return proc, f"http://127.0.0.1:{port}", "agent.mock_platform.MockPlatform (encrypt=True)"
 
 
 def wait_port(port: int, timeout_s: float) -> None:

@@ -32,12 +32,9 @@ from agent.errors import StorageFull
 from agent.outbox import Outbox, Uploader
 from agent.records import natural_key
 from agent.uplink.client import PlatformClient
-from tests.test_outbox_support import LoopbackPlatform, jpeg, record, write_config
+from tests.test_outbox_support import jpeg, record, write_config
 
-try:
-    import agent.mock_platform as mock_platform
-except ImportError:  # until it lands: a small real server on loopback (tests/test_outbox_support.py)
-    mock_platform = None
+mock_platform = pytest.importorskip("agent.mock_platform", reason="needs the mock platform (agent.mock_platform)")
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 50
@@ -46,22 +43,24 @@ KILLS = 50
 # -- the mock platform ---------------------------------------------------------------------------
 
 class Platform:
-    """The real mock platform in a thread on loopback, with what these tests need from it."""
+    """The real mock platform (uvicorn in a thread, its own SQLite file) with this agent's credentials."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.mock = _start_mock(tmp_path)
+        config = mock_platform.MockPlatformConfig(org_app_id="APP0001", org_app_secret="0123456789abcdef",
+                                                  ticket="ESB-TICKET-1")
+        self.mock = mock_platform.MockPlatform(config, tmp_path / "mock-platform.db").start()
         self.url = self.mock.url
 
     def delivered(self) -> collections.Counter[tuple[str, str, str]]:
-        """How many times each natural key arrived (accepted verification requests)."""
-        return collections.Counter(natural_key(body) for body in _verification_bodies(self.mock))
+        """How many times each natural key was accepted."""
+        return self.mock.delivered()
 
     def request_times(self) -> list[float]:
         """Arrival times (seconds) of every request, registration included."""
-        return _request_times(self.mock)
+        return self.mock.request_times()
 
     def down(self, down: bool) -> None:
-        _set_down(self.mock, down)
+        self.mock.set_faults(down=down)
 
     def stop(self) -> None:
         self.mock.stop()
@@ -270,32 +269,3 @@ def test_full_disk_keeps_everything_and_capture_resumes(tmp_path: Path, platform
     delivered = platform.delivered()
     expected = {natural_key(record(n)) for n in range(len(stored))} | {natural_key(record(501))}
     assert expected <= set(delivered)
-
-
-# -- adapters to the mock platform's API ------------------------------------------------------------
-
-def _start_mock(tmp_path: Path) -> Any:
-    if mock_platform is None:
-        return LoopbackPlatform()
-    raise NotImplementedError
-
-
-def _verification_bodies(mock: Any) -> list[dict[str, Any]]:
-    if isinstance(mock, LoopbackPlatform):
-        with mock.lock:
-            return list(mock.bodies)
-    raise NotImplementedError
-
-
-def _request_times(mock: Any) -> list[float]:
-    if isinstance(mock, LoopbackPlatform):
-        with mock.lock:
-            return list(mock.times)
-    raise NotImplementedError
-
-
-def _set_down(mock: Any, down: bool) -> None:
-    if isinstance(mock, LoopbackPlatform):
-        mock.down = down
-        return
-    raise NotImplementedError
