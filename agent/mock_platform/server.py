@@ -67,6 +67,11 @@ class MockPlatform:
     def port(self) -> int | None:
         return self._port
 
+    @property
+    def running(self) -> bool:
+        """Whether the server thread is serving."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self, timeout_s: float = 15.0) -> MockPlatform:
         """Bind, start serving in a thread, and return once it accepts connections."""
         import uvicorn
