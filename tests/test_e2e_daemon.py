@@ -167,11 +167,11 @@ def _tap(drop: Path, person: samples.Person, photo: Path, n: int) -> None:
     tmp.rename(drop / f"{n:04d}.json")  # appears whole
 
 
-def _config(tmp_path: Path, platform_url: str, *, operator: str = "演示护士") -> dict[str, Any]:
+def _config(tmp_path: Path, platform: dict[str, Any], *, operator: str = "演示护士") -> dict[str, Any]:
     from agent.service.demo import demo_config
 
     images = samples.write_images(tmp_path / "faces")
-    doc = demo_config(tmp_path, platform_url, images)
+    doc = demo_config(tmp_path, platform, images)
     doc["device"]["operator"] = operator
     doc["card_reader"] = {"driver": "drop", "drop_dir": str(tmp_path / "drop")}
     doc["face"]["capture_timeout_s"] = 1.5
@@ -183,7 +183,7 @@ def _config(tmp_path: Path, platform_url: str, *, operator: str = "演示护士"
 def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener) -> None:
     platform = _start_mock(tmp_path)
     config = tmp_path / "fvagent.toml"
-    doc = _config(tmp_path, platform.url)
+    doc = _config(tmp_path, platform.section())
     config.write_text(samples.toml_text(doc), encoding="utf-8")
     config.chmod(0o600)
     stall = tmp_path / "stall"
@@ -208,13 +208,13 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
         for n, person in enumerate(samples.PEOPLE[:3]):
             _tap(drop, person, photo, n)
         wait_for(lambda: len(platform.delivered()) >= 3, 60, "three deliveries to the mock platform")
-        delivered_keys = {key[1] for key in platform.delivered()}
+        delivered_keys = {key[1] for key in platform.delivered()}  # (machineCode, cardNo, verifyTime)
         assert {p.card_no for p in samples.PEOPLE[:3]} <= delivered_keys
         wait_for(lambda: any("verified" in m["STATUS"] and not m["STATUS"].endswith(" 0 verified")
                              for _, m in notify.having("STATUS")), 15, "a STATUS line counting verifications")
 
         # SIGHUP: a good config is applied (RELOADING=1, then READY=1 again) ...
-        config.write_text(samples.toml_text(_config(tmp_path, platform.url, operator="夜班护士")), encoding="utf-8")
+        config.write_text(samples.toml_text(_config(tmp_path, platform.section(), operator="夜班护士")), encoding="utf-8")
         t_hup = time.monotonic()
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: notify.having("RELOADING", since=t_hup), 15, "RELOADING=1")
