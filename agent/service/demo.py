@@ -114,13 +114,16 @@ def write_demo_config(path: str | os.PathLike[str], *, workdir: str | None = Non
     images = samples.write_images(data / "faces")
     card_dir = data / "cards"
     write_sample_cards(card_dir, images["card"])
-    doc = demo_config(data, f"http://127.0.0.1:{port}", images, card_dir=card_dir, state_dir=data / "state")
+    from agent.mock_platform import MockPlatformConfig, platform_section
+
+    platform = platform_section(MockPlatformConfig(encrypt=True), f"http://127.0.0.1:{port}")
+    doc = demo_config(data, platform, images, card_dir=card_dir, state_dir=data / "state")
     doc["logging"] = {"level": "INFO", "journald": "auto"}
     doc["local_api"] = {"enabled": True, "listen": "127.0.0.1:8787"}
     header = (f"fvagent demo configuration (written by fvagent demo --write-config).\n"
               f"Fake reader and camera over synthetic sample cards: every record is marked simulated.\n"
               f"Start the mock platform it talks to, then the agent:\n"
-              f"  fvagent mock-platform --port {port} --db {data / 'mock-platform.db'}\n"
+              f"  fvagent mock-platform --port {port} --db {data / 'mock-platform.db'} --config {target}\n"
               f"  fvagent run --config {target}\n"
               f"Or point [platform] at a platform's test endpoint to soak-test it.")
     target.write_text(samples.toml_text(doc, header=header), encoding="utf-8")
