@@ -34,6 +34,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from agent.errors import CryptoError, PlatformError, RecordError
 from agent.mock_platform.config import (
@@ -225,7 +226,12 @@ class MockState:
     async def business(self, request: Request, endpoint: str) -> Response:
         path = request.url.path
         rid = request.headers.get(HEADER_REQUEST_ID)
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the client gave up (its timeout, e.g. under the latency fault)
+            self.store.log_request(at=time.time(), path=path, request_id=rid, http_status=None, code=None,
+                                   exception_code=None, msg="client went away before sending the whole body")
+            return Response(status_code=400)
         try:
             self.check_headers(request.headers)
             payload, encrypted = self.open_body(body)

@@ -109,13 +109,18 @@ class MockPlatform:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the database; idempotent."""
+        """Stop serving; idempotent. What it stored stays readable (``records()``, ``stats()``)
+        until ``close()``."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
         self._server = None
+
+    def close(self) -> None:
+        """Stop serving and close the database."""
+        self.stop()
         self.store.close()
 
     # -- what tests and the demo use -----------------------------------------------------------
