@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -104,6 +105,7 @@ def test_no_socket_is_a_quiet_no_op() -> None:
 
 
 def test_unreachable_socket_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="agent.service.notify")
     notifier = Notifier(str(tmp_path / "gone.sock"), backend="socket", environ={})
     assert notifier.status("a") is False
     assert notifier.status("b") is False
