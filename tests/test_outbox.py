@@ -414,3 +414,20 @@ def test_size_budget_evicts_sent_data_first_and_never_unsent(tmp_path: Path) -> 
         assert box.integrity_check() == ["ok"]
     finally:
         box.close()
+
+
+def test_freed_space_goes_back_to_the_file_system(tmp_path: Path) -> None:
+    box = Outbox.open(storage(tmp_path, keep_sent_days=1, keep_sent_rows_days=2))
+    try:
+        for n in range(20):
+            box.enqueue({**record(n), "headImg": "A" * 200_000})
+        for claim in box.claim(20):
+            box.finish(claim, "accepted", message="ok", request_id="r")
+        box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        before = box.path.stat().st_size
+        assert housekeeping(box, time.time() + 3 * 86400)["rows_deleted"] == 20
+        box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert box.path.stat().st_size < before / 10
+        assert box.integrity_check() == ["ok"]
+    finally:
+        box.close()
