@@ -439,3 +439,11 @@ dir = "state"
             proc.kill()
             raise
     assert rc == 0
+
+
+def test_store_images_off_keeps_only_their_length() -> None:
+    with MockPlatform(MockPlatformConfig(store_images=False, require_registration=False)) as m:
+        assert send(m, VERIFY, sample_verification(1)).json()["exceptionCode"] == "00000"
+        [rec] = m.records(include_images=True)
+    assert rec["payload"]["headImg"] == f"<{len(sample_verification(1)['headImg'])} base64 characters>"
+    assert rec["payload"]["cardNo"] == sample_verification(1)["cardNo"]

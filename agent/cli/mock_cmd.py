@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-sign-responses", action="store_true", help="do not sign responses")
     p.add_argument("--no-require-registration", action="store_true",
                    help="accept verifications from devices that never registered")
+    p.add_argument("--no-store-images", action="store_true",
+                   help="store each photo's length only (long benches: keeps the database small)")
     p.add_argument("--seed", type=int, default=None, help="seed of the --error-rate dice")
     f = p.add_argument_group("faults (change them while running: POST /_mock/faults)")
     f.add_argument("--down", action="store_true", help="refuse everything with 503")
@@ -67,7 +69,8 @@ def build_config(args: argparse.Namespace) -> tuple[Any, str | None]:
                     bad_response_sign=args.bad_response_sign, reject_tokens=args.reject_tokens)
     values: dict[str, Any] = {"host": args.host, "port": args.port, "faults": faults, "seed": args.seed,
                               "sign_responses": not args.no_sign_responses,
-                              "require_registration": not args.no_require_registration}
+                              "require_registration": not args.no_require_registration,
+                              "store_images": not args.no_store_images}
     if args.token_lifetime is not None:
         values["token_lifetime_s"] = args.token_lifetime
     source = None

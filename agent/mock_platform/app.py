@@ -280,7 +280,8 @@ class MockState:
             if device["status"] != 0:
                 return self._parameter_error([("machineCode", "设备已停用 the device is registered as disabled "
                                                "(status 1)")], rid, path)
-        self.store.add_verification(payload, rid or "", encrypted=encrypted)
+        self.store.add_verification(payload, rid or "", encrypted=encrypted,
+                                    store_images=self.config.store_images)
         log.info("request %s: verification of %s at %s stored", rid, mask_card_no(str(payload["cardNo"])),
                  payload["verifyTime"])
         return self.envelope(200, 200, "成功", rid, path=path, exception_code=OK)

@@ -82,6 +82,9 @@ class MockPlatformConfig(BaseModel):
     """Request bodies must be SM4-encrypted ``{"data": ...}`` (and plain JSON is refused)."""
     sign_responses: bool = True
     """Put ``hmpt-portal-sign``/``hmpt-portal-time`` on every response."""
+    store_images: bool = True
+    """Keep headImg/cameraImg/fingerCollectImg in the database (False: only their length, for long
+    benches where a few GB of photos would only cost time)."""
     require_registration: bool = True
     """Refuse a verification whose machineCode/deviceNo was not registered (A2301)."""
     host: str = "127.0.0.1"

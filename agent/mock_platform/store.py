@@ -91,7 +91,10 @@ class MockStore:
                                    (machine_code,)).fetchone()
         return None if row is None else {"deviceNo": row[0], "status": row[1]}
 
-    def add_verification(self, payload: dict[str, Any], request_id: str, *, encrypted: bool) -> None:
+    def add_verification(self, payload: dict[str, Any], request_id: str, *, encrypted: bool,
+                         store_images: bool = True) -> None:
+        if not store_images:
+            payload = _without_images(payload)
         with self._lock:
             self._db.execute(
                 "INSERT INTO verifications (machine_code, card_no, verify_time, payload, encrypted, at, request_id) "
@@ -113,9 +116,7 @@ class MockStore:
         for rid, at, request_id, encrypted, payload_text in rows:
             payload = json.loads(payload_text)
             if not include_images:
-                for name in _IMAGE_FIELDS:
-                    if isinstance(payload.get(name), str):
-                        payload[name] = f"<{len(payload[name])} base64 characters>"
+                payload = _without_images(payload)
             out.append({"id": rid, "received_at": at, "request_id": request_id, "encrypted": bool(encrypted),
                         "machineCode": payload.get("machineCode"), "cardNo": payload.get("cardNo"),
                         "verifyTime": payload.get("verifyTime"), "payload": payload})
@@ -170,3 +171,13 @@ class MockStore:
             rows = self._db.execute("SELECT machine_code, card_no, verify_time, COUNT(*) FROM verifications "
                                     "GROUP BY machine_code, card_no, verify_time HAVING COUNT(*) > 1").fetchall()
         return {(m, c, v): n for m, c, v, n in rows}
+
+
+def _without_images(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with each image replaced by ``<N base64 characters>`` (idempotent)."""
+    out = dict(payload)
+    for name in _IMAGE_FIELDS:
+        value = out.get(name)
+        if isinstance(value, str) and not value.startswith("<"):
+            out[name] = f"<{len(value)} base64 characters>"
+    return out
