@@ -8,8 +8,8 @@
   API server and outbox; the operator is changed from the page.
 - ``test_card_tap_appears_on_the_page_of_fvagent_run`` (slow): the real ``fvagent run`` process with
   the daemon test's drop-directory plugin reader, the fake camera, the dlib engine and the mock
-  platform; the page's URL comes from the daemon's status file. It skips until the mock platform
-  (issue 2) is in the tree.
+  platform (SM4 on); the page's URL comes from the daemon's status file; the record is followed
+  until the mock platform has it (已上传 on the page).
 
 The browser is Debian's chromium driven by playwright (never `playwright install`). Screenshots of
 the page are saved under test-artifacts/ for a person to look at.
@@ -184,12 +184,12 @@ def test_card_tap_appears_on_the_page_of_fvagent_run(tmp_path: Path, page: Any, 
     import sys
 
     pytest.importorskip("skimage", reason="the sample face comes from scikit-image (the demo extra)")
-    # the daemon test's plugin reader, config and platform (it skips until the mock platform is there)
+    # the daemon test's plugin reader, config and mock platform
     from agent.service import samples
     from tests.test_e2e_daemon import ROOT, _config, _install_plugin, _start_mock, _tap
 
     platform = _start_mock(tmp_path)
-    doc = _config(tmp_path, platform.url)
+    doc = _config(tmp_path, platform.section())
     doc["local_api"] = {"enabled": True, "listen": "127.0.0.1:0"}
     config = tmp_path / "fvagent.toml"
     config.write_text(samples.toml_text(doc), encoding="utf-8")
@@ -229,6 +229,7 @@ def test_card_tap_appears_on_the_page_of_fvagent_run(tmp_path: Path, page: Any, 
             assert "模拟数据" in page.inner_text("#latest-title")
             assert_photo_shown(page, "head-frame")
             page.wait_for_selector("#f-state:text-is('已上传')", timeout=20000)  # delivered to the mock platform
+            assert person.card_no in {key[1] for key in platform.delivered()}
             page.screenshot(path=str(artifacts_dir / "operator-page-daemon.png"))
             assert person.card_no not in page.content()
             assert not page.js_errors, page.js_errors
