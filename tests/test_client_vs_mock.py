@@ -238,3 +238,17 @@ def test_unsigned_responses_are_retryable_when_the_signature_is_required(tmp_pat
             assert client.upload_verification(sample_verification(1)).kind is RETRYABLE
         with PlatformClient(m.platform_settings()) as client:  # auto: no signature, nothing to check
             assert client.upload_verification(sample_verification(2)).kind is ACCEPTED
+
+
+def test_an_outage_and_back_at_the_same_url(tmp_path: Any) -> None:
+    """stop() then start() on the same object: connection refused in between, then the same URL
+    serves again with what it stored."""
+    with MockPlatform(MockPlatformConfig(), tmp_path / "m.db") as m, PlatformClient(m.platform_settings()) as client:
+        url = m.url
+        assert client.register_device(sample_registration()).kind is ACCEPTED
+        m.stop()
+        assert client.upload_verification(sample_verification(1)).kind is RETRYABLE
+        m.start()
+        assert m.url == url
+        assert client.upload_verification(sample_verification(1)).kind is ACCEPTED
+        assert len(m.records("registration")) == 1 and len(m.records()) == 1

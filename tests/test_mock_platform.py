@@ -447,3 +447,13 @@ def test_store_images_off_keeps_only_their_length() -> None:
         [rec] = m.records(include_images=True)
     assert rec["payload"]["headImg"] == f"<{len(sample_verification(1)['headImg'])} base64 characters>"
     assert rec["payload"]["cardNo"] == sample_verification(1)["cardNo"]
+
+
+def test_cli_names_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    with MockPlatform() as busy:
+        rc = main(["mock-platform", "--port", str(busy.port), "--db", str(tmp_path / "m.db")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{busy.port}" in err and "--port" in err

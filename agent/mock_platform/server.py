@@ -31,8 +31,9 @@ class MockPlatform:
 
     ``db_path`` None keeps the records in memory. ``config.port`` 0 picks a free port (``.url``
     tells which); a fixed port can be reused right after ``stop()`` (SO_REUSEADDR), so a test can
-    take the platform down and bring it back at the same URL with a new ``MockPlatform`` on the
-    same ``db_path``.
+    take the platform down and bring it back at the same URL: ``stop()`` then ``start()`` on the same
+    object (it keeps its port, faults, tokens and records), or a new ``MockPlatform`` on the same
+    ``db_path`` and port.
     """
 
     def __init__(self, config: MockPlatformConfig | None = None, db_path: str | Path | None = None) -> None:
@@ -78,16 +79,18 @@ class MockPlatform:
 
         if self._thread is not None:
             return self
+        # A restart of the same object binds the port it had, so the URL stays the same.
+        port = self._port if self._port is not None else self.config.port
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
         # and without it every answer (headers, then body) stalls ~40 ms on Nagle + delayed ACK.
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((self.config.host, self.config.port))
+            sock.bind((self.config.host, port))
         except OSError as exc:
             sock.close()
-            raise PlatformError(f"the mock platform cannot listen on {self.config.host}:{self.config.port}: {exc}",
+            raise PlatformError(f"the mock platform cannot listen on {self.config.host}:{port}: {exc}",
                                 hint="choose another --port, or stop what is using it") from exc
         sock.listen(128)
         self._port = int(sock.getsockname()[1])
