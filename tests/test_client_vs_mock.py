@@ -179,6 +179,7 @@ FAULTS: list[tuple[str, dict[str, Any], str]] = [
     ("html_error", {"html_error": True}, "unreadable"),
     ("drop_connection", {"drop_connection": True}, "network error"),
     ("bad_response_sign", {"bad_response_sign": True}, "bad response signature"),
+    ("truncated_reply", {"truncated_reply": True}, "network error"),
     ("down", {"down": True}, "HTTP 503"),
 ]
 
@@ -195,8 +196,8 @@ def test_each_fault_is_retryable_then_recovers(mock: MockPlatform, name: str, fa
             assert outcome.retry_after_s == 7
         again = client.upload_verification(sample_verification(1))
         assert again.kind is ACCEPTED
-    # a bad response signature hides an accepted request: that one arrives twice, the others once
-    assert len(mock.records()) == (2 if name == "bad_response_sign" else 1)
+    # a bad response signature or a cut reply hides an accepted request: that one arrives twice
+    assert len(mock.records()) == (2 if name in ("bad_response_sign", "truncated_reply") else 1)
 
 
 def test_latency_within_the_timeout_is_accepted_beyond_it_retryable(mock: MockPlatform) -> None:

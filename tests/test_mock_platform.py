@@ -449,11 +449,17 @@ def test_store_images_off_keeps_only_their_length() -> None:
     assert rec["payload"]["cardNo"] == sample_verification(1)["cardNo"]
 
 
-def test_cli_names_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.cli import main
-
+def test_cli_names_a_port_in_use(tmp_path: Path) -> None:
     with MockPlatform() as busy:
-        rc = main(["mock-platform", "--port", str(busy.port), "--db", str(tmp_path / "m.db")])
-    assert rc == 1
-    err = capsys.readouterr().err
-    assert f"127.0.0.1:{busy.port}" in err and "--port" in err
+        proc = subprocess.run([sys.executable, "-m", "agent", "mock-platform", "--port", str(busy.port),
+                               "--db", str(tmp_path / "m.db")], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 1
+    assert f"127.0.0.1:{busy.port}" in proc.stderr and "--port" in proc.stderr
+
+
+def test_truncated_reply_stores_the_record_then_cuts_the_answer(fresh: MockPlatform) -> None:
+    fresh.set_faults(truncated_reply=True)
+    with pytest.raises(httpx.RemoteProtocolError):
+        send(fresh, VERIFY, sample_verification(1))
+    fresh.set_faults(Faults())
+    assert len(fresh.records()) == 1

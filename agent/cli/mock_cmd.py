@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="answer every business request 429 with this Retry-After")
     f.add_argument("--latency", type=float, default=0.0, metavar="S", help="delay every business answer")
     f.add_argument("--drop-connection", action="store_true", help="read the body, then close without answering")
+    f.add_argument("--truncated-reply", action="store_true",
+                   help="process the request, then send half the answer and close")
     f.add_argument("--html-error", action="store_true", help="answer with an HTML error page")
     f.add_argument("--bad-response-sign", action="store_true", help="sign responses wrongly")
     f.add_argument("--reject-tokens", action="store_true", help="treat every token as expired")
@@ -65,7 +67,8 @@ def build_config(args: argparse.Namespace) -> tuple[Any, str | None]:
 
     faults = Faults(down=args.down, error_rate=args.error_rate, error_status=args.error_status,
                     status_5xx=args.status_5xx, throttle_retry_after_s=args.retry_after, latency_s=args.latency,
-                    drop_connection=args.drop_connection, html_error=args.html_error,
+                    drop_connection=args.drop_connection, truncated_reply=args.truncated_reply,
+                    html_error=args.html_error,
                     bad_response_sign=args.bad_response_sign, reject_tokens=args.reject_tokens)
     values: dict[str, Any] = {"host": args.host, "port": args.port, "faults": faults, "seed": args.seed,
                               "sign_responses": not args.no_sign_responses,

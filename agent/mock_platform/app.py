@@ -350,6 +350,11 @@ class FaultGate:
         endpoint = endpoint_of(scope["path"])
         business = endpoint in ("register", "verification")
         reply = self._fault_reply(faults, business)
+        if reply is None and business and faults.truncated_reply and not faults.drop_connection:
+            if faults.latency_s:
+                await asyncio.sleep(faults.latency_s)
+            await self.app(scope, receive, _truncating(send))
+            return
         if reply is None and not faults.drop_connection and not (business and faults.latency_s):
             await self.app(scope, receive, send)
             return
@@ -399,6 +404,25 @@ class FaultGate:
             return lambda rid, path: state.envelope(status, status, f"fault: random error (HTTP {status})", rid,
                                                     path=path)
         return None
+
+
+def _truncating(send: Any) -> Any:
+    """A ``send`` that passes the response start and half of the body, then aborts the connection
+    and ignores whatever the application sends after that."""
+    state = {"cut": False}
+
+    async def cut_send(message: dict[str, Any]) -> None:
+        if state["cut"]:
+            return
+        if message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+            state["cut"] = True
+            await _abort(send)
+            return
+        await send(message)
+
+    return cut_send
 
 
 async def _read_body(receive: Any) -> bytes:

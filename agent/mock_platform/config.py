@@ -46,6 +46,9 @@ class Faults(BaseModel):
     """Added before every business request is answered."""
     drop_connection: bool = False
     """Read the whole request body, then close the connection without answering."""
+    truncated_reply: bool = False
+    """Process the request (an upload is stored), then send only half of the answer's body and
+    close the connection: the agent cannot know it was accepted."""
     html_error: bool = False
     """Answer HTTP 200 with an HTML error page (a proxy or gateway page) instead of the envelope."""
     bad_response_sign: bool = False
