@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 last_report = time.perf_counter()
                 print(f"  draining: {stats['sent']} sent after {last_report - t1:.0f} s "
                       f"(uploader {uploader.snapshot()['state']})", flush=True)
-            time.sleep(0.05)
+            time.sleep(0.25)
         drain_s = time.perf_counter() - t1
         stop.set()
         thread.join(60)
