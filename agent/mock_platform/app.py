@@ -347,32 +347,24 @@ class FaultGate:
             await self.app(scope, receive, send)
             return
         faults = self.state.faults
-        endpoint = endpoint_of(scope["path"])
-        business = endpoint in ("register", "verification")
-        reply = self._fault_reply(faults, business)
-        if reply is None and business and faults.truncated_reply and not faults.drop_connection:
-            if faults.latency_s:
-                await asyncio.sleep(faults.latency_s)
-            await self.app(scope, receive, _truncating(send))
-            return
-        if reply is None and not faults.drop_connection and not (business and faults.latency_s):
-            await self.app(scope, receive, send)
-            return
+        business = endpoint_of(scope["path"]) in ("register", "verification")
         if business and faults.latency_s:
             await asyncio.sleep(faults.latency_s)
-        if reply is None and not (business and faults.drop_connection):
-            await self.app(scope, receive, send)
-            return
-        await _read_body(receive)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        rid = headers.get(HEADER_REQUEST_ID)
-        if reply is None:  # drop the connection: the body was read, no answer goes back
-            self.state.store.log_request(at=time.time(), path=scope["path"], request_id=rid, http_status=None,
-                                         code=None, exception_code=None, msg="fault: connection dropped")
+        reply = self._fault_reply(faults, business)
+        if reply is not None:
+            await _read_body(receive)
+            response = reply(_request_id(scope), scope["path"])
+            await response(scope, receive, send)
+        elif business and faults.drop_connection:  # the body is read, no answer goes back
+            await _read_body(receive)
+            self.state.store.log_request(at=time.time(), path=scope["path"], request_id=_request_id(scope),
+                                         http_status=None, code=None, exception_code=None,
+                                         msg="fault: connection dropped")
             await _abort(send)
-            return
-        response = reply(rid, scope["path"])
-        await response(scope, receive, send)
+        elif business and faults.truncated_reply:
+            await self.app(scope, receive, _truncating(send))
+        else:
+            await self.app(scope, receive, send)
 
     def _fault_reply(self, faults: Faults, business: bool) -> Callable[[str | None, str], Response] | None:
         state = self.state
@@ -380,7 +372,7 @@ class FaultGate:
             return lambda rid, path: state.envelope(503, 503, "fault: platform down (服务不可用)", rid, path=path)
         if not business:
             return None
-        if faults.drop_connection:
+        if faults.drop_connection:  # handled by the caller; it wins over the faults below
             return None
         if faults.html_error:
             def html(rid: str | None, path: str) -> Response:
@@ -404,6 +396,14 @@ class FaultGate:
             return lambda rid, path: state.envelope(status, status, f"fault: random error (HTTP {status})", rid,
                                                     path=path)
         return None
+
+
+def _request_id(scope: dict[str, Any]) -> str | None:
+    wanted = HEADER_REQUEST_ID.encode("latin-1")
+    for name, value in scope.get("headers", []):
+        if name.lower() == wanted:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def _truncating(send: Any) -> Any:
