@@ -152,7 +152,8 @@ def cmd_mock_platform(args: argparse.Namespace) -> int:
     else:
         out.write("\nPut this in the agent's config (bench use only: these are the demo credentials):\n\n")
     out.write(agent_section_text(mock.platform_section(), with_secrets=source is None) + "\n\n")
-    out.write(f"Then: fvagent register --config CONFIG; watch {url}/_mock/stats and {url}/_mock/records\n"
+    out.write(f"Then: fvagent register --config {source or 'CONFIG'}; watch {url}/_mock/stats and "
+              f"{url}/_mock/records\n"
               f"Faults while running: curl -X POST {url}/_mock/faults -d '{{\"down\": true}}'\n"
               "Ctrl-C stops it.\n")
     out.flush()
