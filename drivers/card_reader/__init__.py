@@ -1,1 +1,5 @@
-"""ID card readers: the GA 467 SAM protocol over serial and USB, and a fake reader."""
+"""ID-card reader drivers: ``fake``, ``sam-serial``, ``sam-usb`` (see docs/drivers.md)."""
+
+from drivers.card_reader.wlt import decode_wlt_to_jpeg
+
+__all__ = ["decode_wlt_to_jpeg"]
