@@ -1,0 +1,394 @@
+"""The SAM readers: GA 467-style frames over a serial port (``sam-serial``) or USB bulk (``sam-usb``).
+
+Both share one polling step (``_SamReader._poll_card``): find -> select -> read, one read per tap.
+After a read (good or failed) the card is ignored until find reports no card (the card left the
+field), so a failed read is retried only when the person presents the card again.
+
+Failure contract for the service: ``open()`` raises ``DeviceNotFound`` when the device is absent;
+``read_card()`` raises ``DeviceNotFound`` when it goes away (unplugged) and ``DeviceTimeout`` when it
+stops answering; the caller then ``close()``s the driver and ``open()``s it again with backoff
+(agent.service.hardware.DriverSlot does). ``CardReadError``/``ProtocolError`` concern the card in the
+field: the reader is fine, the person presents the card again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import time
+from typing import Any, ClassVar
+
+from pydantic import field_validator
+
+from agent.errors import CardReadError, DeviceNotFound, DeviceTimeout, ProtocolError
+from agent.privacy import mask_card_no
+from drivers.base import CardReader, CardReaderSettings, DriverSettings, IdCard, ProbeResult
+from drivers.card_reader import codec
+
+log = logging.getLogger(__name__)
+
+try:  # pyserial's flush on a vanished pty/tty raises termios.error, which is not an OSError
+    from termios import error as _TermiosError
+except ImportError:  # pragma: no cover - not on POSIX
+    _TermiosError = OSError  # type: ignore[misc,assignment]
+
+BAUD_RATES = (115200, 57600, 38400, 19200, 9600)
+"""Probe order: the SAM default first, then the slower rates it can be set to."""
+AUTO_PORT_PATTERNS = ("/dev/ttyUSB*", "/dev/ttyACM*")
+
+
+class SamSettings(CardReaderSettings):
+    exchange_timeout_s: float = 1.0
+    """How long find/select/status may take before the reader counts as not answering."""
+    read_timeout_s: float = 3.0
+    """How long a full card read may take."""
+    read_fingerprint: bool = False
+    """Read with 30 10 (text + photo + fingerprint) instead of 30 01."""
+    wlt_decoder: str | None = None
+    """Path of the WLT decoder shim (docs/drivers.md); without it the photo stays raw WLT."""
+
+    @field_validator("exchange_timeout_s", "read_timeout_s")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0 seconds")
+        return v
+
+
+class _SamReader(CardReader):
+    """Common SAM logic; transports implement ``_send``/``_receive``."""
+
+    settings: SamSettings
+
+    def __init__(self, settings: DriverSettings | None = None, *, name: str | None = None) -> None:
+        super().__init__(settings, name=name)
+        self._card_in_field = False
+        self.sam_id: str | None = None
+
+    # -- transport -----------------------------------------------------------------------------
+    def _send(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def _receive(self, deadline: float) -> bytes:
+        """Read one whole response frame by ``deadline``; raise ``DeviceTimeout``/``DeviceNotFound``."""
+        raise NotImplementedError
+
+    def exchange(self, command: tuple[int, int], timeout_s: float | None = None) -> codec.Response:
+        """Send one command and return the parsed response (no status check)."""
+        deadline = time.monotonic() + (timeout_s or self.settings.exchange_timeout_s)
+        self._send(codec.build_command(command))
+        return codec.parse_response(self._receive(deadline))
+
+    # -- polling -------------------------------------------------------------------------------
+    def _poll_card(self) -> IdCard | None:
+        found = self.exchange(codec.FIND_CARD)
+        if found.sw3 != codec.SW_FIND_OK:
+            if found.sw3 not in (codec.SW_NO_CARD, codec.SW_SELECT_FAILED):
+                found.raise_for_status(codec.SW_FIND_OK)
+            self._card_in_field = False
+            return None
+        if self._card_in_field:
+            return None  # read already (or failed): wait until the card leaves the field
+        self._card_in_field = True
+        self.exchange(codec.SELECT_CARD).raise_for_status()
+        command = codec.READ_TEXT_PHOTO_FP if self.settings.read_fingerprint else codec.READ_TEXT_PHOTO
+        resp = self.exchange(command, self.settings.read_timeout_s).raise_for_status()
+        payload = codec.split_read_data(resp.data, with_fingerprint=self.settings.read_fingerprint)
+        card = codec.decode_text(payload.text)
+        card = dataclasses.replace(card, photo_wlt=payload.wlt, fingerprint=payload.fingerprint)
+        if self.settings.wlt_decoder:
+            card = self._decode_photo(card)
+        log.info("%s: read card type %s %s", self.name, card.card_type, mask_card_no(card.card_no))
+        return card
+
+    def _decode_photo(self, card: IdCard) -> IdCard:
+        from drivers.card_reader.wlt import WltDecodeError, decode_wlt_to_jpeg
+
+        assert card.photo_wlt is not None and self.settings.wlt_decoder
+        try:
+            return dataclasses.replace(card, photo_jpeg=decode_wlt_to_jpeg(card.photo_wlt, self.settings.wlt_decoder))
+        except WltDecodeError as exc:  # keep the raw WLT: the record waits held, nothing is lost
+            log.warning("%s: card photo kept undecoded: %s", self.name, exc)
+            return card
+
+    def read_sam_id(self) -> str:
+        resp = self.exchange(codec.SAM_ID).raise_for_status()
+        self.sam_id = codec.sam_id_string(resp.data)
+        return self.sam_id
+
+    def probe(self) -> ProbeResult:
+        """Open the reader, ask the SAM for its id and status; no card is touched."""
+        try:
+            self.open()
+            with self._lock:
+                sam_id = self.read_sam_id()
+                status = self.exchange(codec.SAM_STATUS)
+        except (DeviceNotFound, DeviceTimeout, ProtocolError, CardReadError) as exc:
+            return ProbeResult(False, str(exc))
+        ok = status.sw3 == codec.SW_OK
+        return ProbeResult(ok, f"{self.describe()}: SAM {sam_id}, status {status.meaning}",
+                           {"sam_id": sam_id, "sw3": f"0x{status.sw3:02X}"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Serial
+
+
+class SamSerialSettings(SamSettings):
+    port: str | None = None
+    """Serial port or pyserial URL (/dev/ttyUSB0, spy:///dev/ttyUSB0?file=cap.txt); None: auto-detect."""
+    baudrate: int | None = None
+    """Fixed baud rate; None: probe 115200 then 57600, 38400, 19200, 9600."""
+
+    @field_validator("baudrate")
+    @classmethod
+    def _known_rate(cls, v: int | None) -> int | None:
+        if v is not None and v not in BAUD_RATES:
+            raise ValueError(f"must be one of {', '.join(map(str, BAUD_RATES))}")
+        return v
+
+
+class SamSerialReader(_SamReader):
+    """SAM reader on a serial port, opened with ``serial.serial_for_url`` (so spy:// and loop:// work)."""
+
+    Settings: ClassVar[type[DriverSettings]] = SamSerialSettings
+    settings: SamSerialSettings
+
+    def __init__(self, settings: DriverSettings | None = None, *, name: str | None = None) -> None:
+        super().__init__(settings, name=name or "sam-serial")
+        self._serial: Any = None
+        self.port: str | None = None
+        self.baudrate: int | None = None
+
+    def describe(self) -> str:
+        if self.port:
+            return f"{self.port} @ {self.baudrate}"
+        return self.settings.port or "auto-detected serial port"
+
+    def _open(self) -> None:
+        self._card_in_field = False
+        if self.settings.port:
+            ports = [self.settings.port]
+        else:
+            ports = sorted(p for pattern in AUTO_PORT_PATTERNS for p in glob.glob(pattern))
+            if not ports:
+                raise DeviceNotFound("no serial port found (/dev/ttyUSB*, /dev/ttyACM*)", device="auto",
+                                     hint="plug the reader in, or set [card_reader] port")
+        rates = [self.settings.baudrate] if self.settings.baudrate else list(BAUD_RATES)
+        errors = []
+        for port in ports:
+            for rate in rates:
+                try:
+                    self._connect(port, rate)
+                except DeviceNotFound as exc:
+                    errors.append(str(exc))
+                    break  # the port itself cannot be opened: no other rate will help
+                # A fixed rate on a fixed port needs no probe; otherwise the SAM must answer 11 FF.
+                if self.settings.port and self.settings.baudrate:
+                    return
+                try:
+                    with self._lock:
+                        if self.exchange(codec.SAM_STATUS, min(0.5, self.settings.exchange_timeout_s)).ok:
+                            log.info("%s: SAM answers on %s at %d baud", self.name, port, rate)
+                            return
+                except (DeviceTimeout, ProtocolError) as exc:
+                    errors.append(f"{port}@{rate}: {exc}")
+                self._disconnect()
+        raise DeviceNotFound("no SAM reader answered on " + ", ".join(ports), device=",".join(ports),
+                             hint="check the cable and the port; tried " + "; ".join(errors[-3:]))
+
+    def _connect(self, port: str, rate: int) -> None:
+        import serial
+
+        try:
+            self._serial = serial.serial_for_url(port, baudrate=rate, bytesize=8, parity="N", stopbits=1,
+                                                 timeout=0.05, write_timeout=1.0)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise DeviceNotFound(f"cannot open serial port {port}: {exc}", device=port,
+                                 hint="check the port name and that fvagent may open it (dialout group / udev rule)") from exc
+        self.port, self.baudrate = port, rate
+
+    def _disconnect(self) -> None:
+        ser, self._serial = self._serial, None
+        if ser is not None:
+            try:
+                ser.close()
+            except Exception:
+                log.debug("%s: close failed", self.name, exc_info=True)
+
+    def _close(self) -> None:
+        self._disconnect()
+
+    def _gone(self, exc: BaseException) -> DeviceNotFound:
+        self._disconnect()
+        return DeviceNotFound(f"serial reader gone: {exc}", device=self.port,
+                              hint="check the cable; the reader is reopened when it comes back")
+
+    def _send(self, frame: bytes) -> None:
+        import serial
+
+        if self._serial is None:
+            raise DeviceNotFound("serial port is closed", device=self.port)
+        try:
+            self._serial.reset_input_buffer()  # drop leftovers of an earlier, timed-out answer
+            self._serial.write(frame)
+            self._serial.flush()
+        except (serial.SerialException, OSError, _TermiosError) as exc:
+            raise self._gone(exc) from exc
+
+    def _read(self, n: int, deadline: float, got: bytes) -> bytes:
+        import serial
+
+        buf = bytearray(got)
+        while len(buf) < n:
+            if time.monotonic() > deadline:
+                raise DeviceTimeout(f"reader did not answer: {len(buf)} of {n} bytes received", device=self.port,
+                                    frame_hex=bytes(buf).hex(" ") or None)
+            try:
+                chunk = self._serial.read(n - len(buf))
+            except (serial.SerialException, OSError, _TermiosError, TypeError, AttributeError) as exc:
+                raise self._gone(exc) from exc
+            buf += chunk
+        return bytes(buf)
+
+    def _receive(self, deadline: float) -> bytes:
+        if self._serial is None:
+            raise DeviceNotFound("serial port is closed", device=self.port)
+        buf = b""
+        # Skip line noise before the preamble, one byte at a time.
+        while True:
+            buf = self._read(len(codec.PREAMBLE), deadline, buf)
+            if buf.startswith(codec.PREAMBLE):
+                break
+            if codec.PREAMBLE[:1] not in buf[1:]:
+                buf = b""
+            else:
+                buf = buf[buf.index(codec.PREAMBLE[:1], 1):]
+        header = self._read(codec.HEADER_LEN, deadline, buf)
+        return self._read(codec.frame_length(header), deadline, header)
+
+
+# --------------------------------------------------------------------------------------------------
+# USB
+
+
+class SamUsbSettings(SamSettings):
+    vid: str = "0400"
+    """USB vendor id (hex)."""
+    pid: str = "C35A"
+    """USB product id (hex)."""
+    interface: int = 0
+    endpoint_out: int | None = None
+    """Bulk OUT endpoint address; None: the first bulk OUT of ``interface``."""
+    endpoint_in: int | None = None
+    """Bulk IN endpoint address; None: the first bulk IN of ``interface``."""
+    packet_size: int = 64
+
+    @field_validator("vid", "pid")
+    @classmethod
+    def _hex16(cls, v: str) -> str:
+        try:
+            value = int(v, 16)
+        except ValueError:
+            raise ValueError("must be 4 hex digits, e.g. 0400") from None
+        if not 0 <= value <= 0xFFFF:
+            raise ValueError("must be 4 hex digits, e.g. 0400")
+        return f"{value:04X}"
+
+
+class SamUsbReader(_SamReader):
+    """SAM reader on USB bulk endpoints (pyusb). ``usb_device`` injects a device object (tests)."""
+
+    Settings: ClassVar[type[DriverSettings]] = SamUsbSettings
+    settings: SamUsbSettings
+
+    def __init__(self, settings: DriverSettings | None = None, *, name: str | None = None,
+                 usb_device: Any = None) -> None:
+        super().__init__(settings, name=name or "sam-usb")
+        self._injected = usb_device
+        self._dev: Any = None
+        self._ep_out: int | None = None
+        self._ep_in: int | None = None
+
+    def describe(self) -> str:
+        return f"USB {self.settings.vid}:{self.settings.pid}"
+
+    def _open(self) -> None:
+        self._card_in_field = False
+        s = self.settings
+        dev = self._injected
+        if dev is None:
+            import usb.core
+
+            try:
+                dev = usb.core.find(idVendor=int(s.vid, 16), idProduct=int(s.pid, 16))
+            except usb.core.NoBackendError as exc:
+                raise DeviceNotFound("no libusb backend", device=self.describe(),
+                                     hint="install libusb-1.0 (apt install libusb-1.0-0)") from exc
+            if dev is None:
+                raise DeviceNotFound(f"no USB device {s.vid}:{s.pid}", device=self.describe(),
+                                     hint="check the cable, lsusb, and [card_reader] vid/pid")
+        self._ep_out, self._ep_in = s.endpoint_out, s.endpoint_in
+        if self._ep_out is None or self._ep_in is None:
+            self._ep_out, self._ep_in = self._find_endpoints(dev)
+        self._dev = dev
+
+    def _find_endpoints(self, dev: Any) -> tuple[int, int]:
+        import usb.util
+
+        try:
+            dev.set_configuration()
+        except Exception:  # already configured (or busy in another process: the write will tell)
+            log.debug("%s: set_configuration failed", self.name, exc_info=True)
+        intf = dev.get_active_configuration()[(self.settings.interface, 0)]
+
+        def find(direction: int) -> int:
+            ep = usb.util.find_descriptor(intf, custom_match=lambda e: usb.util.endpoint_direction(
+                e.bEndpointAddress) == direction and usb.util.endpoint_type(e.bmAttributes) == usb.util.ENDPOINT_TYPE_BULK)
+            if ep is None:
+                raise DeviceNotFound(f"interface {self.settings.interface} has no bulk endpoint", device=self.describe())
+            return int(ep.bEndpointAddress)
+
+        return find(usb.util.ENDPOINT_OUT), find(usb.util.ENDPOINT_IN)
+
+    def _close(self) -> None:
+        dev, self._dev = self._dev, None
+        if dev is not None and self._injected is None:
+            try:
+                import usb.util
+
+                usb.util.dispose_resources(dev)
+            except Exception:
+                log.debug("%s: dispose failed", self.name, exc_info=True)
+
+    def _usb_error(self, exc: BaseException, deadline: float) -> Exception:
+        errno = getattr(exc, "errno", None)
+        if errno in (110, 60) or "timeout" in str(exc).lower():  # ETIMEDOUT (Linux, macOS)
+            return DeviceTimeout(f"USB reader did not answer: {exc}", device=self.describe())
+        return DeviceNotFound(f"USB reader gone: {exc}", device=self.describe(),
+                              hint="check the cable; the reader is reopened when it comes back")
+
+    def _send(self, frame: bytes) -> None:
+        if self._dev is None:
+            raise DeviceNotFound("USB reader is closed", device=self.describe())
+        try:
+            self._dev.write(self._ep_out, frame, int(self.settings.exchange_timeout_s * 1000))
+        except Exception as exc:
+            raise self._usb_error(exc, 0.0) from exc
+
+    def _receive(self, deadline: float) -> bytes:
+        buf = bytearray()
+        need = codec.HEADER_LEN
+        while len(buf) < need:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise DeviceTimeout(f"USB reader did not answer: {len(buf)} of {need} bytes", device=self.describe())
+            try:
+                chunk = self._dev.read(self._ep_in, max(self.settings.packet_size, 4096), left_ms)
+            except Exception as exc:
+                raise self._usb_error(exc, deadline) from exc
+            buf += bytes(chunk)
+            if len(buf) >= codec.HEADER_LEN:
+                need = codec.frame_length(bytes(buf[:codec.HEADER_LEN]))
+        return bytes(buf)
