@@ -70,6 +70,14 @@ CARD_TYPE_OFFSET = 248
 LONG_TERM_BYTES = "长期".encode("utf-16-le")
 
 
+def frame_hex(frame: bytes) -> str:
+    """A frame as hex for an error message: short frames whole; long ones only their header and CHK,
+    because the body of a read response holds personal data (errors end up in logs)."""
+    if len(frame) <= 24:
+        return frame.hex(" ")
+    return f"{frame[:14].hex(' ')} ... {frame[-1:].hex()} ({len(frame)} bytes)"
+
+
 def status_meaning(sw3: int) -> str:
     return STATUS.get(sw3, f"unknown status 0x{sw3:02X}")
 
@@ -135,13 +143,13 @@ def frame_length(header: bytes) -> int:
     """Total frame length from its first 7 bytes. Raises ``ProtocolError`` on a bad preamble/length."""
     if len(header) < HEADER_LEN:
         raise ProtocolError(f"frame too short: {len(header)} bytes, the header alone is {HEADER_LEN}",
-                            frame_hex=header.hex(" "))
+                            frame_hex=frame_hex(header))
     if header[:5] != PREAMBLE:
-        raise ProtocolError("bad preamble: expected AA AA AA 96 69", frame_hex=header.hex(" "))
+        raise ProtocolError("bad preamble: expected AA AA AA 96 69", frame_hex=frame_hex(header))
     length = int.from_bytes(header[5:7], "big")
     if length < 1 or length > MAX_LEN:
         raise ProtocolError(f"bad length field {length} (0x{length:04X}): must be 1..{MAX_LEN}",
-                            frame_hex=header.hex(" "))
+                            frame_hex=frame_hex(header))
     return length + HEADER_LEN
 
 
@@ -149,17 +157,17 @@ def _parse(frame: bytes, min_body: int, what: str) -> bytes:
     total = frame_length(frame)
     if len(frame) < total:
         raise ProtocolError(f"truncated {what}: length field says {total} bytes, got {len(frame)}",
-                            frame_hex=frame.hex(" "))
+                            frame_hex=frame_hex(frame))
     if len(frame) > total:
         raise ProtocolError(f"{len(frame) - total} extra bytes after the {total}-byte {what}",
-                            frame_hex=frame.hex(" "))
+                            frame_hex=frame_hex(frame))
     if checksum(frame[5:]) != 0:
         raise ProtocolError(f"bad checksum: CHK is 0x{frame[-1]:02X}, computed 0x{checksum(frame[5:-1]):02X}",
-                            frame_hex=frame.hex(" "))
+                            frame_hex=frame_hex(frame))
     body = frame[7:-1]
     if len(body) < min_body:
         raise ProtocolError(f"{what} body too short: {len(body)} bytes, need at least {min_body}",
-                            frame_hex=frame.hex(" "))
+                            frame_hex=frame_hex(frame))
     return body
 
 
@@ -178,7 +186,7 @@ def parse_request(frame: bytes) -> tuple[int, int, bytes]:
 def sam_id_string(data: bytes) -> str:
     """The printed SAM id from the 16 data bytes of 12 FF."""
     if len(data) != 16:
-        raise ProtocolError(f"SAM id must be 16 bytes, got {len(data)}", frame_hex=data.hex(" "))
+        raise ProtocolError(f"SAM id must be 16 bytes, got {len(data)}", frame_hex=frame_hex(data))
     u = [int.from_bytes(data[i:i + 4], "little") for i in (4, 8, 12)]
     return f"{data[0]:02d}.{data[2]:02d}-{u[0]}-{u[1]:010d}-{u[2]:010d}"
 
@@ -197,7 +205,7 @@ def split_read_data(data: bytes, *, with_fingerprint: bool) -> ReadPayload:
     head = 6 if with_fingerprint else 4
     if len(data) < head:
         raise ProtocolError(f"read data too short for its length header: {len(data)} bytes",
-                            frame_hex=data.hex(" "))
+                            frame_hex=frame_hex(data))
     text_len = int.from_bytes(data[0:2], "big")
     photo_len = int.from_bytes(data[2:4], "big")
     fp_len = int.from_bytes(data[4:6], "big") if with_fingerprint else 0
@@ -233,7 +241,7 @@ def _field(text: bytes, off: int, length: int, name: str) -> str:
         return raw.decode("utf-16-le").rstrip(" \x00")
     except UnicodeDecodeError:
         raise ProtocolError(f"text field {name} (offset {off}) is not valid UCS-2",
-                            frame_hex=raw.hex(" ")) from None
+                            frame_hex=frame_hex(raw)) from None
 
 
 def _date(value: str, name: str, text: bytes) -> dt.date:
