@@ -274,7 +274,7 @@ def decode_text(text: bytes) -> IdCard:
     digit, birth date disagreeing with the number).
     """
     if len(text) != TEXT_LEN:
-        raise ProtocolError(f"text block is {len(text)} bytes, must be {TEXT_LEN}", frame_hex=text[:32].hex(" "))
+        raise ProtocolError(f"text block is {len(text)} bytes, must be {TEXT_LEN}")
     marker = card_marker(text)
     f = lambda off, n, name: _field(text, off, n, name)  # noqa: E731
     if marker in ("", "J"):
