@@ -182,6 +182,8 @@ class SamSerialReader(_SamReader):
                 try:
                     self._connect(port, rate)
                 except DeviceNotFound as exc:
+                    if len(ports) == 1:
+                        raise
                     errors.append(str(exc))
                     break  # the port itself cannot be opened: no other rate will help
                 # A fixed rate on a fixed port needs no probe; otherwise the SAM must answer 11 FF.

@@ -1,0 +1,220 @@
+"""The real sam-serial driver end to end over a pty SAM simulator; sam-usb framing over an injected device."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from agent.errors import CardReadError, DeviceNotFound, DeviceTimeout, ProtocolError
+from drivers import registry
+from drivers.card_reader import codec
+from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures
+from drivers.card_reader.sam import SamUsbReader
+from drivers.card_reader.simulator import SYNTHETIC_WLT, SamSimulator
+
+CARDS = load_fixtures(SAMPLES_DIR)  # resident, J, I
+
+
+@pytest.fixture
+def sim(tmp_path):
+    with SamSimulator(tmp_path / "ttySAM") as s:
+        yield s
+
+
+def _reader(sim, **options):
+    opts = {"port": str(sim.port), "baudrate": 115200, "poll_interval_s": 0.02, "exchange_timeout_s": 0.5}
+    opts.update(options)
+    return registry.create("card_reader", "sam-serial", opts)
+
+
+def test_reads_all_three_card_types_once_per_tap(sim):
+    with _reader(sim) as reader:
+        assert reader.read_card(0.1) is None  # no card: a normal None
+        for card in CARDS:
+            sim.present(card)
+            got = reader.read_card(3.0)
+            assert got is not None and got.card_type == card.card_type
+            assert (got.name, got.card_no, got.birth_date, got.valid_to) == (card.name, card.card_no,
+                                                                               card.birth_date, card.valid_to)
+            assert got.photo_wlt == SYNTHETIC_WLT and got.photo_jpeg is None and not got.simulated
+            assert reader.read_card(0.2) is None  # the card stays: no second read
+            sim.remove()
+        assert sim.reads == 3
+        assert {codec.parse_request(f)[:2] for f in sim.requests} >= {codec.FIND_CARD, codec.SELECT_CARD,
+                                                                      codec.READ_TEXT_PHOTO}
+
+
+def test_card_staying_in_field_is_not_read_again_even_when_the_sam_finds_it(sim):
+    with _reader(sim) as reader:
+        sim.present(CARDS[0])
+        assert reader.read_card(3.0) is not None
+        sim.read_done = False  # a SAM that keeps reporting the card: the driver's own debounce holds
+        assert reader.read_card(0.3) is None
+        sim.remove()
+        assert reader.read_card(0.2) is None
+        sim.present(CARDS[0])  # presented again: read again
+        assert reader.read_card(3.0) is not None
+        assert sim.reads == 2
+
+
+def test_failed_read_is_retried_after_the_card_is_presented_again(sim):
+    with _reader(sim) as reader:
+        sim.present(CARDS[0])
+        sim.inject(codec.READ_TEXT_PHOTO, codec.build_response(0x41))
+        with pytest.raises(CardReadError) as info:
+            reader.read_card(3.0)
+        assert info.value.sw3 == "0x41" and info.value.meaning == "read card failed"
+        assert reader.read_card(0.3) is None  # still in the field: not retried behind the person's back
+        sim.remove()
+        assert reader.read_card(0.2) is None
+        sim.present(CARDS[0])
+        assert reader.read_card(3.0).card_no == CARDS[0].card_no
+
+
+@pytest.mark.parametrize("command,raw,error,message", [
+    (codec.READ_TEXT_PHOTO, codec.build_response(0x90, b"\x01\x02")[:-1] + b"\x00", ProtocolError, "bad checksum"),
+    (codec.READ_TEXT_PHOTO, codec.build_response(0x90, b"\x01\x00\x04\x00" + bytes(10)), ProtocolError,
+     "read data is 14 bytes"),
+    (codec.SELECT_CARD, codec.build_response(0x81), CardReadError, "select card failed"),
+    (codec.READ_TEXT_PHOTO, codec.build_response(0x32), CardReadError, "SAM failed to authenticate the card"),
+    (codec.FIND_CARD, codec.build_response(0x60), CardReadError, "SAM self-test failed"),
+])
+def test_fault_frames(sim, command, raw, error, message):
+    with _reader(sim) as reader:
+        sim.present(CARDS[1])
+        sim.inject(command, raw)
+        with pytest.raises(error, match=message):
+            reader.read_card(3.0)
+
+
+def test_wrong_length_frame_times_out_then_the_reader_recovers(sim):
+    with _reader(sim) as reader:
+        sim.present(CARDS[0])
+        # The length field promises more than comes: the driver waits its exchange timeout.
+        sim.inject(codec.SELECT_CARD, bytes.fromhex("AA AA AA 96 69 00 0C 00 00 90 00"))
+        with pytest.raises(DeviceTimeout, match="did not answer"):
+            reader.read_card(3.0)
+        sim.remove()
+        assert reader.read_card(0.2) is None
+        sim.present(CARDS[0])
+        assert reader.read_card(3.0) is not None
+
+
+def test_unplugged_reader_raises_device_not_found_and_comes_back(sim):
+    reader = _reader(sim)
+    reader.open()
+    sim.present(CARDS[2])
+    assert reader.read_card(3.0) is not None
+    sim.unplug()
+    with pytest.raises(DeviceNotFound):
+        reader.read_card(1.0)
+    reader.close()
+    with pytest.raises(DeviceNotFound, match="cannot open serial port"):
+        reader.open()  # still gone: the service retries with backoff
+    sim.replug()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            reader.open()
+            break
+        except DeviceNotFound:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    sim.present(CARDS[2])
+    assert reader.read_card(3.0).card_type == "2"
+    reader.close()
+
+
+def test_auto_probe_finds_a_sam_set_to_a_slower_rate(tmp_path):
+    with SamSimulator(tmp_path / "ttySAM", baudrate=19200) as sim:
+        reader = registry.create("card_reader", "sam-serial", {"port": str(sim.port), "exchange_timeout_s": 0.3})
+        with reader:
+            assert reader.baudrate == 19200
+            probed = [codec.parse_request(f)[:2] for f in sim.requests]
+            assert probed.count(codec.SAM_STATUS) == 4  # 115200, 57600, 38400 unanswered; 19200 answered
+            assert reader.probe().ok
+
+
+def test_missing_port_is_device_not_found(tmp_path):
+    reader = registry.create("card_reader", "sam-serial", {"port": str(tmp_path / "nope")})
+    with pytest.raises(DeviceNotFound) as info:
+        reader.open()
+    assert "nope" in str(info.value) and info.value.hint
+    assert not reader.probe().ok
+
+
+def test_spy_url_captures_the_exchange(sim, tmp_path):
+    capture = tmp_path / "capture.txt"
+    with _reader(sim, port=f"spy://{sim.port}?file={capture}") as reader:
+        sim.present(CARDS[0])
+        assert reader.read_card(3.0) is not None
+    assert "00 03 30 01 32" in capture.read_text().replace("  ", " ").lower() or "30 01 32" in capture.read_text()
+
+
+def test_fingerprint_read(sim):
+    with _reader(sim, read_fingerprint=True) as reader:
+        sim.present(CARDS[0], fingerprint=bytes(512))
+        got = reader.read_card(3.0)
+        assert got.fingerprint == bytes(512)
+
+
+# -- USB framing over an injected device (no real USB on the test machine) -------------------------
+
+class FakeUsbDevice:
+    """Stands in for a pyusb Device: write() queues the SAM's answer, read() returns it in 64-B packets."""
+
+    def __init__(self, card):
+        self.card = card
+        self.writes: list[tuple[int, bytes]] = []
+        self.pending = b""
+        self.gone = False
+
+    def write(self, endpoint, data, timeout):
+        if self.gone:
+            raise OSError(19, "No such device")
+        self.writes.append((endpoint, bytes(data)))
+        cmd, para, _ = codec.parse_request(bytes(data))
+        if (cmd, para) == codec.FIND_CARD:
+            self.pending = codec.build_response(0x9F, bytes(4))
+        elif (cmd, para) == codec.SELECT_CARD:
+            self.pending = codec.build_response(0x90, bytes(8))
+        else:
+            self.pending = codec.read_response(self.card, SYNTHETIC_WLT)
+
+    def read(self, endpoint, size, timeout):
+        if not self.pending:
+            raise OSError(110, "Operation timed out")
+        packet, self.pending = self.pending[:64], self.pending[64:]
+        return bytearray(packet)
+
+
+def test_usb_reader_frames_over_bulk_endpoints():
+    dev = FakeUsbDevice(CARDS[1])
+    reader = SamUsbReader(SamUsbReader.Settings(endpoint_out=0x02, endpoint_in=0x81), usb_device=dev)
+    with reader:
+        card = reader.read_card(1.0)
+    assert card.card_type == "1" and card.card_no == CARDS[1].card_no
+    assert [w[1] for w in dev.writes] == [codec.build_command(c) for c in
+                                          (codec.FIND_CARD, codec.SELECT_CARD, codec.READ_TEXT_PHOTO)]
+    assert {w[0] for w in dev.writes} == {0x02}
+
+
+def test_usb_errors_map_to_driver_errors():
+    dev = FakeUsbDevice(CARDS[0])
+    reader = SamUsbReader(SamUsbReader.Settings(endpoint_out=2, endpoint_in=0x81, exchange_timeout_s=0.2),
+                          usb_device=dev)
+    reader.open()
+    dev.gone = True
+    with pytest.raises(DeviceNotFound, match="USB reader gone"):
+        reader.read_card(0.5)
+    dev.gone = False
+    dev.write = lambda *a: None  # the SAM never answers
+    with pytest.raises(DeviceTimeout):
+        reader.read_card(0.5)
+
+
+def test_usb_settings_validate_vid_pid():
+    assert SamUsbReader.Settings().vid == "0400" and SamUsbReader.Settings().pid == "C35A"
+    with pytest.raises(Exception, match="4 hex digits"):
+        registry.validate_settings("card_reader", "sam-usb", {"vid": "xyz"})
