@@ -1,0 +1,42 @@
+"""``fvagent card decode``: captured frames (raw or hex) into JSON, masked unless asked."""
+
+from __future__ import annotations
+
+import json
+
+from agent.cli import main
+from drivers.card_reader import codec
+from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures
+from drivers.card_reader.simulator import SYNTHETIC_WLT
+
+CARD = load_fixtures(SAMPLES_DIR)[0]
+FRAME = codec.read_response(CARD, SYNTHETIC_WLT)
+
+
+def test_hex_with_any_spacing_masked(tmp_path, capsys):
+    hexed = FRAME.hex().upper()
+    text = "\n".join(" ".join(hexed[i:i + 2] for i in range(j, min(j + 32, len(hexed)), 2))
+                     for j in range(0, len(hexed), 32))
+    (tmp_path / "cap.txt").write_text(text + "\n")
+    assert main(["card", "decode", str(tmp_path / "cap.txt")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["card_no"] == CARD.card_no[:4] + "*" * 10 + CARD.card_no[-4:]
+    assert out["name"] != CARD.name and out["nation"] == "壮" and out["sex"] == "女"
+    assert out["valid_to"] == "2035-05-01" and out["photo_wlt_bytes"] == 1024
+
+
+def test_raw_bytes_show_personal(tmp_path, capsys):
+    (tmp_path / "cap.bin").write_bytes(FRAME)
+    assert main(["card", "decode", str(tmp_path / "cap.bin"), "--show-personal"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["card_no"] == CARD.card_no and out["name"] == CARD.name
+
+
+def test_bad_frame_names_what_is_wrong(tmp_path, capsys):
+    (tmp_path / "cap.bin").write_bytes(FRAME[:-1] + bytes([FRAME[-1] ^ 0x10]))
+    assert main(["card", "decode", str(tmp_path / "cap.bin")]) != 0
+    err = capsys.readouterr().err
+    assert "bad checksum" in err and CARD.card_no not in err
+    (tmp_path / "odd.txt").write_text("AA AA A")
+    assert main(["card", "decode", str(tmp_path / "odd.txt")]) != 0
+    assert "odd number of digits" in capsys.readouterr().err

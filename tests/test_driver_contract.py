@@ -1,0 +1,63 @@
+"""The driver contract, run against every registered driver of each kind (cameras: extend DEVICES)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agent.errors import ConfigError, DriverError, DriverNotFound
+from drivers import registry
+from drivers.base import CardReader, Driver, IdCard, ProbeResult
+
+
+@contextlib.contextmanager
+def _card_reader_device(name: str, tmp_path) -> Iterator[tuple[dict[str, Any], Any]]:
+    """Options that make driver ``name`` work here, and a callable that presents a card."""
+    from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures
+
+    card = load_fixtures(SAMPLES_DIR)[0]
+    if name == "fake":
+        yield {"sequence": ["01-resident"], "poll_interval_s": 0.01}, lambda: None
+    elif name == "sam-serial":
+        from drivers.card_reader.simulator import SamSimulator
+
+        with SamSimulator(tmp_path / "tty") as sim:
+            yield {"port": str(sim.port), "baudrate": 115200, "poll_interval_s": 0.02}, lambda: sim.present(card)
+    else:
+        pytest.skip(f"no stand-in device for {name} here (sam-usb is tested with an injected device)")
+
+
+@pytest.mark.parametrize("name", registry.available("card_reader"))
+def test_card_reader_contract(name, tmp_path):
+    cls = registry.load_class("card_reader", name)
+    assert issubclass(cls, CardReader) and cls.kind == "card_reader"
+    assert "poll_interval_s" in cls.Settings.model_fields and "wlt_decoder" in cls.Settings.model_fields
+    with pytest.raises(ConfigError, match="unknown key"):
+        registry.validate_settings("card_reader", name, {"no_such_key": 1})
+    with _card_reader_device(name, tmp_path) as (options, present):
+        driver = registry.create("card_reader", name, options)
+        assert isinstance(driver, Driver) and not driver.is_open and "closed" in repr(driver)
+        driver.close()  # safe when never opened
+        with pytest.raises(DriverError, match="not open"):
+            driver.read_card(0.0)
+        with driver:
+            assert driver.is_open and "open" in repr(driver)
+            driver.open()  # idempotent
+            present()
+            card = driver.read_card(3.0)
+            assert isinstance(card, IdCard) and card.simulated == cls.simulated
+            assert card.card_no not in repr(card)
+            assert driver.read_card(0.05) is None  # one read per tap
+            assert isinstance(driver.probe(), ProbeResult) and driver.probe().ok
+        assert not driver.is_open
+        driver.close()  # idempotent
+
+
+def test_unknown_driver_lists_the_installed_ones():
+    with pytest.raises(DriverNotFound) as info:
+        registry.create("card_reader", "acme", {})
+    for name in ("fake", "sam-serial", "sam-usb"):
+        assert name in str(info.value)
