@@ -40,3 +40,18 @@ def test_bad_frame_names_what_is_wrong(tmp_path, capsys):
     (tmp_path / "odd.txt").write_text("AA AA A")
     assert main(["card", "decode", str(tmp_path / "odd.txt")]) != 0
     assert "odd number of digits" in capsys.readouterr().err
+
+
+def test_decodes_a_spy_capture_of_the_real_driver(tmp_path, capsys):
+    from drivers import registry
+    from drivers.card_reader.simulator import SamSimulator
+
+    capture = tmp_path / "cap.txt"
+    with SamSimulator(tmp_path / "tty") as sim:
+        opts = {"port": f"spy://{sim.port}?file={capture}", "baudrate": 115200, "poll_interval_s": 0.02}
+        with registry.create("card_reader", "sam-serial", opts) as reader:
+            sim.present(CARD)
+            assert reader.read_card(3.0) is not None
+    assert main(["card", "decode", str(capture), "--show-personal"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["card_no"] == CARD.card_no and out["address"] == CARD.address

@@ -28,14 +28,44 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dec.set_defaults(func=cmd_decode)
 
 
+_SPY_RX = re.compile(r"^\S+ RX +[0-9A-Fa-f]{4}  (.{1,49})")
+
+
+def _from_spy_log(text: str) -> bytes | None:
+    """The last complete read response in a pyserial ``spy://`` log (its RX hex columns), or None."""
+    from drivers.card_reader import codec
+
+    rx = bytearray()
+    for line in text.splitlines():
+        m = _SPY_RX.match(line)
+        if m:
+            rx += bytes.fromhex(m.group(1).strip())
+    if not rx:
+        return None
+    frames, i = [], rx.find(codec.PREAMBLE)
+    while i >= 0:
+        try:
+            total = codec.frame_length(bytes(rx[i:i + codec.HEADER_LEN]))
+            frames.append(bytes(rx[i:i + total]))
+        except Exception:  # not a frame start: keep scanning
+            pass
+        i = rx.find(codec.PREAMBLE, i + 1)
+    reads = [f for f in frames if len(f) > 1000]
+    return (reads or frames or [bytes(rx)])[-1]
+
+
 def frame_from_capture(data: bytes) -> bytes:
-    """Raw bytes, or hex text (any whitespace, ``:`` or ``,`` separators, optional ``0x``) -> bytes."""
+    """Raw bytes, a pyserial ``spy://`` log (the last read response in it), or hex text (any
+    whitespace, ``:`` or ``,`` separators, optional ``0x``) -> the frame bytes."""
     if data[:3] == b"\xaa\xaa\xaa":
         return data
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         return data
+    spy = _from_spy_log(text)
+    if spy is not None:
+        return spy
     text = re.sub(r"0[xX]", "", text)
     if not _HEX.match(text):
         return data
