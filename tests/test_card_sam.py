@@ -169,6 +169,8 @@ class FakeUsbDevice:
         self.writes: list[tuple[int, bytes]] = []
         self.pending = b""
         self.gone = False
+        self.present = True
+        self.read_done = False
 
     def write(self, endpoint, data, timeout):
         if self.gone:
@@ -176,10 +178,14 @@ class FakeUsbDevice:
         self.writes.append((endpoint, bytes(data)))
         cmd, para, _ = codec.parse_request(bytes(data))
         if (cmd, para) == codec.FIND_CARD:
-            self.pending = codec.build_response(0x9F, bytes(4))
+            found = self.present and not self.read_done
+            self.pending = codec.build_response(0x9F, bytes(4)) if found else codec.build_response(0x80)
+        elif (cmd, para) in (codec.SAM_ID, codec.SAM_STATUS):
+            self.pending = codec.build_response(0x90, bytes(16) if cmd == 0x12 else b"")
         elif (cmd, para) == codec.SELECT_CARD:
             self.pending = codec.build_response(0x90, bytes(8))
         else:
+            self.read_done = True
             self.pending = codec.read_response(self.card, SYNTHETIC_WLT)
 
     def read(self, endpoint, size, timeout):

@@ -20,12 +20,27 @@ def _card_reader_device(name: str, tmp_path) -> Iterator[tuple[dict[str, Any], A
 
     card = load_fixtures(SAMPLES_DIR)[0]
     if name == "fake":
-        yield {"sequence": ["01-resident"], "poll_interval_s": 0.01}, lambda: None
+        yield {"sequence": ["01-resident"], "poll_interval_s": 0.01}, lambda driver: None
     elif name == "sam-serial":
         from drivers.card_reader.simulator import SamSimulator
 
         with SamSimulator(tmp_path / "tty") as sim:
-            yield {"port": str(sim.port), "baudrate": 115200, "poll_interval_s": 0.02}, lambda: sim.present(card)
+            yield ({"port": str(sim.port), "baudrate": 115200, "poll_interval_s": 0.02},
+                   lambda driver: sim.present(card))
+    elif name == "sam-usb":
+        from tests.test_card_sam import FakeUsbDevice
+
+        dev = FakeUsbDevice(card)
+        dev.present = False
+
+        def present(driver):
+            dev.present = True
+
+        # No USB here: the registry-built driver gets the injected device (its constructor hook).
+        def inject(driver):
+            driver._injected = dev
+
+        yield {"endpoint_out": 2, "endpoint_in": 0x81, "poll_interval_s": 0.02}, (inject, present)
     else:
         pytest.skip(f"no stand-in device for {name} here (sam-usb is tested with an injected device)")
 
@@ -39,6 +54,9 @@ def test_card_reader_contract(name, tmp_path):
         registry.validate_settings("card_reader", name, {"no_such_key": 1})
     with _card_reader_device(name, tmp_path) as (options, present):
         driver = registry.create("card_reader", name, options)
+        if isinstance(present, tuple):
+            inject, present = present
+            inject(driver)
         assert isinstance(driver, Driver) and not driver.is_open and "closed" in repr(driver)
         driver.close()  # safe when never opened
         with pytest.raises(DriverError, match="not open"):
@@ -46,7 +64,7 @@ def test_card_reader_contract(name, tmp_path):
         with driver:
             assert driver.is_open and "open" in repr(driver)
             driver.open()  # idempotent
-            present()
+            present(driver)
             card = driver.read_card(3.0)
             assert isinstance(card, IdCard) and card.simulated == cls.simulated
             assert card.card_no not in repr(card)
