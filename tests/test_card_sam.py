@@ -224,3 +224,19 @@ def test_usb_settings_validate_vid_pid():
     assert SamUsbReader.Settings().vid == "0400" and SamUsbReader.Settings().pid == "C35A"
     with pytest.raises(Exception, match="4 hex digits"):
         registry.validate_settings("card_reader", "sam-usb", {"vid": "xyz"})
+
+
+def test_auto_detect_scans_the_usb_serial_ports(tmp_path, monkeypatch):
+    from drivers.card_reader import sam
+
+    (tmp_path / "ttyUSB0").write_text("")  # not a tty: cannot be opened as a serial port
+    monkeypatch.setattr(sam, "AUTO_PORT_PATTERNS", (str(tmp_path / "ttyUSB*"), str(tmp_path / "ttyACM*")))
+    with SamSimulator(tmp_path / "ttyACM0", baudrate=57600) as sim:
+        reader = registry.create("card_reader", "sam-serial", {"exchange_timeout_s": 0.3, "poll_interval_s": 0.02})
+        with reader:
+            assert (reader.port, reader.baudrate) == (str(sim.port), 57600)
+            sim.present(CARDS[0])
+            assert reader.read_card(3.0) is not None
+    monkeypatch.setattr(sam, "AUTO_PORT_PATTERNS", (str(tmp_path / "none*"),))
+    with pytest.raises(DeviceNotFound, match="no serial port found"):
+        registry.create("card_reader", "sam-serial", {}).open()
