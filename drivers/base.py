@@ -186,6 +186,9 @@ class CardReaderSettings(DriverSettings):
 
     poll_interval_s: float = 0.3
     """Pause between find-card polls (readers dislike faster polling)."""
+    wlt_decoder: str | None = None
+    """Path of the WLT photo decoder shim (docs/drivers.md). Every reader accepts it, because the
+    service also uses it to complete held records; readers that return raw WLT decode with it."""
 
 
 class CardReader(Driver):

@@ -52,8 +52,6 @@ class FakeCardReaderSettings(CardReaderSettings):
     """Present the next card every so many seconds, cycling forever (soak tests); None: each once."""
     faults: list[Fault] = []
     """Faults injected at given tap numbers."""
-    wlt_decoder: str | None = None
-    """Path of a WLT decoder library; unused by the fake (its fixtures carry JPEG photos)."""
 
     @field_validator("cycle_interval_s")
     @classmethod

@@ -45,8 +45,6 @@ class SamSettings(CardReaderSettings):
     """How long a full card read may take."""
     read_fingerprint: bool = False
     """Read with 30 10 (text + photo + fingerprint) instead of 30 01."""
-    wlt_decoder: str | None = None
-    """Path of the WLT decoder shim (docs/drivers.md); without it the photo stays raw WLT."""
 
     @field_validator("exchange_timeout_s", "read_timeout_s")
     @classmethod
