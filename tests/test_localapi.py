@@ -283,12 +283,16 @@ def test_find_by_card_and_since(agent: Agent) -> None:
         past = (dt.datetime.now(china) - dt.timedelta(hours=1)).isoformat()
         all_since = c.get("/v1/verifications", params={"cardNo": card_a, "since": past}).json()["items"]
         bad_since = c.get("/v1/verifications", params={"since": "last tuesday"})
+        epoch_since = c.get("/v1/verifications", params={"since": "0.0"})  # not a Unix timestamp
+        date_since = c.get("/v1/verifications", params={"cardNo": card_a, "since": "2000-01-01"})
     assert sorted(v["id"] for v in by_card) == sorted(ids_a)
     assert [v["id"] for v in by_card] == sorted(ids_a, reverse=True)  # newest first
     assert len(limited) == 2
     assert none_since == []
     assert len(all_since) == 3
     assert bad_since.status_code == 422 and bad_since.json()["problems"][0]["field"] == "since"
+    assert epoch_since.status_code == 422 and epoch_since.json()["problems"][0]["field"] == "since"
+    assert date_since.status_code == 200 and len(date_since.json()["items"]) == 3
 
 
 def test_token_required_on_every_v1_endpoint(tokened: Agent) -> None:

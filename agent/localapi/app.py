@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import threading
 import time
 from importlib import resources
@@ -30,7 +31,7 @@ from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.config import LocalApiSettings
@@ -157,6 +158,14 @@ def _error(status: int, message: str, *, hint: str | None = None,
            problems: list[tuple[str, str]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": message, "hint": hint, "problems": [{"field": f, "rule": r} for f, r in problems or []]}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _calendar_time_only(value: Any) -> Any:
+    """Refuse a bare number for ``since``: pydantic would read it as a Unix timestamp, which the
+    documented formats do not include, and a desk client sending one has a bug worth showing."""
+    if isinstance(value, str) and not re.match(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise ValueError("must be a time like 2026-12-02 09:30:00 or 2026-12-02 (ISO 8601)")
+    return value
 
 
 class _BadQuery(Exception):
@@ -390,7 +399,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     async def list_verifications(
         request: Request,
         cardNo: Annotated[str | None, Query(min_length=1, max_length=18, pattern=r"^[0-9A-Za-z]+$")] = None,  # noqa: N803
-        since: Annotated[dt.datetime | None, Query(
+        since: Annotated[dt.datetime | None, BeforeValidator(_calendar_time_only), Query(
             description="ISO 8601 time, yyyy-MM-dd HH:mm:ss or yyyy-MM-dd; Asia/Shanghai time when it has no offset")] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> Any:
