@@ -14,14 +14,14 @@ test: setup-test
 setup: $(VENV)/.installed-demo
 setup-test: $(VENV)/.installed-test
 
-$(VENV)/.installed-demo: pyproject.toml
+$(VENV)/.installed-demo: pyproject.toml deploy/system-deps.sh
 	sh deploy/system-deps.sh demo
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[demo]'
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml
+$(VENV)/.installed-test: pyproject.toml deploy/system-deps.sh
 	sh deploy/system-deps.sh test
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -17,6 +17,8 @@ if [ "$want" = test ]; then
     command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
     command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
     have_pkg libsystemd-dev || missing="$missing libsystemd-dev"
+    # The operator page is Chinese: without a CJK font chromium's screenshots show empty boxes.
+    have_pkg fonts-wqy-microhei || missing="$missing fonts-wqy-microhei"
     # systemd-python compiles against the interpreter's headers.
     python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
         || missing="$missing python3-dev"

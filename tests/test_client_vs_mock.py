@@ -23,7 +23,17 @@ ACCEPTED, REJECTED, BLOCKED, RETRYABLE = (OutcomeKind.ACCEPTED, OutcomeKind.REJE
 KINDS = [(auth, sm4) for auth in ("static", "token", "oauth2") for sm4 in (False, True)]
 
 
-@pytest.fixture(scope="module", params=KINDS, ids=[f"{a}-{'sm4' if s else 'plain'}" for a, s in KINDS])
+def kind_ids(kinds: list[tuple[str, bool]]) -> list[str]:
+    return [f"{a}-{'sm4' if s else 'plain'}" for a, s in kinds]
+
+
+def only(*auth_kinds: str) -> pytest.MarkDecorator:
+    """Run a test against the servers of these auth kinds only (tokens exist only for token/oauth2)."""
+    kinds = [k for k in KINDS if k[0] in auth_kinds]
+    return pytest.mark.parametrize("server", kinds, ids=kind_ids(kinds), indirect=True)
+
+
+@pytest.fixture(scope="module", params=KINDS, ids=kind_ids(KINDS))
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockPlatform]:
     auth, sm4 = request.param
     with MockPlatform(MockPlatformConfig(auth_kind=auth, encrypt=sm4),
@@ -128,9 +138,8 @@ def test_platform_stopped_is_retryable(tmp_path: Any) -> None:
 
 # -- tokens -------------------------------------------------------------------------------------------
 
+@only("token", "oauth2")
 def test_an_expired_token_is_refreshed_and_the_request_resent_once(mock: MockPlatform) -> None:
-    if mock.config.auth_kind == "static":
-        pytest.skip("static tickets do not expire")
     with registered(mock) as client:
         fetched = client.auth.fetch_count  # type: ignore[attr-defined]
         assert mock.expire_tokens() >= 1
@@ -142,9 +151,8 @@ def test_an_expired_token_is_refreshed_and_the_request_resent_once(mock: MockPla
     assert len(mock.records()) == 1
 
 
+@only("token", "oauth2")
 def test_a_token_rejected_twice_blocks_without_a_third_try(mock: MockPlatform) -> None:
-    if mock.config.auth_kind == "static":
-        pytest.skip("static tickets are never refreshed")
     with registered(mock) as client:
         mock.set_faults(reject_tokens=True)
         outcome = client.upload_verification(sample_verification(1))
@@ -152,18 +160,16 @@ def test_a_token_rejected_twice_blocks_without_a_third_try(mock: MockPlatform) -
     assert [r["http_status"] for r in mock.requests("/first")] == [401, 401]
 
 
+@only("static")
 def test_static_ticket_rejected_is_blocked_without_a_resend(mock: MockPlatform) -> None:
-    if mock.config.auth_kind != "static":
-        pytest.skip("static only")
     auth = mock.platform_section()["auth"] | {"ticket": "OLD-TICKET"}
     with client_for(mock, auth=auth) as client:
         assert client.register_device(sample_registration()).kind is BLOCKED
     assert len(mock.requests("/machine/info")) == 1
 
 
+@only("token", "oauth2")
 def test_token_endpoint_down_is_retryable(mock: MockPlatform) -> None:
-    if mock.config.auth_kind == "static":
-        pytest.skip("no token endpoint")
     mock.set_faults(down=True)
     with client_for(mock) as client:
         outcome = client.register_device(sample_registration())

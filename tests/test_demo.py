@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,6 @@ import pytest
 from agent.service import samples
 
 pytest.importorskip("skimage", reason="the demo's face comes from scikit-image (the demo extra)")
-pytest.importorskip("agent.mock_platform", reason="the mock platform (issue 2) is not there yet")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +50,6 @@ def test_demo_delivers_everything_through_an_outage(tmp_path: Path) -> None:
 
 
 def test_write_config_gives_a_valid_reusable_config(tmp_path: Path) -> None:
-    pytest.importorskip("drivers.card_reader.fake", reason="the fake card reader (issue 4) is not there yet")
     target = tmp_path / "demo.toml"
     proc = fvagent("demo", "--write-config", str(target), timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -59,3 +61,52 @@ def test_write_config_gives_a_valid_reusable_config(tmp_path: Path) -> None:
     check = fvagent("config", "check", str(target), timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
     assert oct(target.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.slow
+def test_written_config_runs_as_its_header_says(tmp_path: Path) -> None:
+    """The two commands the written file names: the mock platform with --config FILE, then
+    `fvagent run --config FILE`; the fake reader cycles the sample cards and they are delivered."""
+    target = tmp_path / "demo.toml"
+    assert fvagent("demo", "--write-config", str(target), timeout=60).returncode == 0
+    platform_port, api_port = free_port(), free_port()
+    text = target.read_text(encoding="utf-8")  # the bench ports may be taken on this machine
+    text = text.replace("http://127.0.0.1:8600", f"http://127.0.0.1:{platform_port}")
+    text = text.replace("127.0.0.1:8787", f"127.0.0.1:{api_port}")
+    target.write_text(text, encoding="utf-8")
+    header = [line for line in text.splitlines() if line.startswith("#   fvagent ")]
+    assert any("fvagent mock-platform --port 8600" in line for line in header)
+    assert any(line.endswith(f"fvagent run --config {target}") for line in header)
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    mock = subprocess.Popen([sys.executable, "-m", "agent", "mock-platform", "--port", str(platform_port),
+                             "--db", str(tmp_path / "mock.db"), "--config", str(target)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(target)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        stored: list[dict[str, object]] = []
+        while len(stored) < 2 and time.monotonic() < deadline:
+            assert agent.poll() is None, agent.communicate()[1]
+            assert mock.poll() is None, mock.communicate()[1]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{platform_port}/_mock/records", timeout=5) as r:
+                    stored = json.loads(r.read())
+            except OSError:
+                pass  # the mock is still starting
+            time.sleep(0.2)
+        assert len(stored) >= 2, "the fake reader's cards did not reach the mock platform within 60 s"
+        assert {rec["cardNo"] for rec in stored} <= {p.card_no for p in samples.PEOPLE}
+    finally:
+        agent.terminate()
+        mock.terminate()
+        agent_err = agent.communicate(timeout=30)[1]
+        mock.communicate(timeout=30)
+    assert agent.returncode == 0, agent_err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

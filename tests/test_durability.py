@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from agent import mock_platform
 from agent.config import Settings, load_config
 from agent.errors import StorageFull
 from agent.outbox import Outbox, Uploader
@@ -34,7 +35,6 @@ from agent.records import natural_key
 from agent.uplink.client import PlatformClient
 from tests.test_outbox_support import jpeg, record, write_config
 
-mock_platform = pytest.importorskip("agent.mock_platform", reason="needs the mock platform (agent.mock_platform)")
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 50

@@ -30,10 +30,10 @@ from typing import Any
 
 import pytest
 
+from agent import mock_platform
 from agent.service import samples
 
 pytest.importorskip("skimage", reason="the sample face comes from scikit-image (the demo extra)")
-mock_platform = pytest.importorskip("agent.mock_platform", reason="the mock platform (issue 2) is not there yet")
 
 ROOT = Path(__file__).resolve().parents[1]
 WATCHDOG_S = 1.0

@@ -90,7 +90,7 @@ def verification_body(*, name: str = "韦小梅", card_no: str | None = None, sc
 
 
 def open_outbox(settings: Settings) -> Any:
-    """The real outbox (H4) over the settings' state directory."""
+    """The real outbox over the settings' state directory."""
     from agent.outbox import Outbox
 
     return Outbox.open(settings.storage)

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from agent.config import load_config
+from agent.outbox import Outbox
 from agent.service import samples
 from agent.service.notify import Notifier
 from agent.service.service import Service
+from tests.test_outbox_support import record as outbox_record
 from tests.test_service import ScriptedReader, config_doc, write_config
 
 pytest.importorskip("skimage", reason="the sample face comes from scikit-image (the demo extra)")
@@ -67,6 +69,22 @@ def test_status_of_a_running_daemon(tmp_path: Path, images: dict[str, Any]) -> N
         assert doc["queue"]["total"] == 1 and doc["last_verification"]["result"] == 1
     finally:
         service.stop()
+
+
+def test_status_raises_the_storage_alert_when_the_outbox_is_over_budget(tmp_path: Path,
+                                                                       images: dict[str, Any]) -> None:
+    path = write_config(tmp_path / "c.toml", config_doc(tmp_path, images, storage={"max_bytes": 1000}))
+    settings = load_config(path, validate_drivers=False)
+    box = Outbox.open(settings.storage)
+    try:
+        box.enqueue(outbox_record(0))  # unsent, so never evicted: the alert is the technician's cue
+    finally:
+        box.close()
+    proc = fvagent("status", "--json", "--config", str(path))
+    doc = json.loads(proc.stdout)
+    assert doc["queue"]["over_budget"] is True
+    alerts = [a for a in doc["alerts"] if "over storage.max_bytes" in a]
+    assert len(alerts) == 1 and "raise max_bytes" in alerts[0]
 
 
 def test_verify_once_commits_one_verification(tmp_path: Path, images: dict[str, Any]) -> None:

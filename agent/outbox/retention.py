@@ -57,6 +57,15 @@ def _total(outbox: Outbox) -> int:
         return int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()[0])
 
 
+def budget_alert(held_bytes: int, max_bytes: int) -> str | None:
+    """The one-line storage alert when the outbox holds more than ``storage.max_bytes``, else None."""
+    if held_bytes <= max_bytes:
+        return None
+    return (f"storage: the outbox holds {held_bytes / 2**20:.1f} MiB, over storage.max_bytes "
+            f"({max_bytes / 2**20:.1f} MiB), and unsent records are never evicted: restore "
+            "the upload (see the platform state) or raise max_bytes")
+
+
 def housekeeping(outbox: Outbox, now: float | None = None) -> dict[str, Any]:
     """Apply retention and the size budget once. The daemon calls it every few minutes.
 
@@ -97,9 +106,7 @@ def housekeeping(outbox: Outbox, now: float | None = None) -> dict[str, Any]:
     result["max_bytes"] = storage.max_bytes
     result["alert"] = None
     if total > storage.max_bytes:
-        result["alert"] = (f"storage: the outbox holds {total / 2**20:.1f} MiB, over storage.max_bytes "
-                           f"({storage.max_bytes / 2**20:.1f} MiB), and unsent records are never evicted: restore "
-                           "the upload (see the platform state) or raise max_bytes")
+        result["alert"] = budget_alert(total, storage.max_bytes)
         log.warning("%s", result["alert"])
     return result
 

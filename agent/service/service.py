@@ -38,6 +38,7 @@ from agent.service.hardware import DriverSlot
 from agent.service.notify import Notifier
 from agent.service.status import collect_status, iso, status_path, write_status_file
 from agent.service.verification import Verification, Verifier, complete_held
+from drivers.card_reader import decode_wlt_to_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +215,7 @@ class Service:
         path = self.settings.card_reader.options.get("wlt_decoder")
         if not path:
             return None
-        try:
-            from drivers.card_reader import decode_wlt_to_jpeg  # type: ignore[attr-defined]
-        except ImportError:
-            try:
-                from drivers.card_reader.wlt import decode_wlt_to_jpeg
-            except ImportError as exc:
-                log.error("WLT decoding is not available in this build: %s", exc)
-                return None
-        return lambda wlt: decode_wlt_to_jpeg(wlt, path)  # type: ignore[no-any-return]
+        return lambda wlt: decode_wlt_to_jpeg(wlt, path)
 
     def _build_verifier(self) -> Verifier:
         assert self.camera_slot is not None and self.operator is not None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.outbox.retention import budget_alert
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,8 @@ def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, 
         alerts.append(f"{queue['rejected']} record(s) rejected by the platform: fvagent queue ls --state rejected")
     if storage.get("alert"):
         alerts.append(storage["alert"])
+    if queue.get("over_budget"):
+        alerts.append(budget_alert(queue["bytes"], queue["max_bytes"]))
     for extra in (live.get("alerts") or []) if running else []:
         if extra not in alerts:
             alerts.append(extra)
