@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,6 +23,7 @@ from agent.logsetup import JournalHandler, mask_id_numbers, setup_logging
 FIRST17 = "45020319900101051"  # synthetic: Liuzhou area code, 1990-01-01
 CARD_NO = FIRST17 + resident_id_check_digit(FIRST17)
 MASKED = CARD_NO[:4] + "*" * 10 + CARD_NO[-4:]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -110,6 +113,62 @@ def test_auto_uses_journal_only_when_stderr_is_the_journal(tmp_path: Path, monke
 def test_default_sender_is_systemd_journal_when_installed() -> None:
     journal = pytest.importorskip("systemd.journal", reason="systemd-python (the journald extra) is not installed")
     assert JournalHandler()._send is journal.send
+
+
+# The journald side as systemd runs it: the real systemd.journal.send (libsystemd) writing the native
+# journal protocol to /run/systemd/journal/socket. A private mount namespace (as root) puts our own
+# datagram socket there, so the test reads exactly what journald would receive.
+JOURNAL_RECEIVER = textwrap.dedent(r"""
+    import json, logging, os, socket, struct
+    from agent.config import LoggingSettings
+    from agent.logsetup import JournalHandler, setup_logging
+
+    os.makedirs("/run/systemd/journal", exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("/run/systemd/journal/socket")
+    sock.settimeout(10)
+    handler = setup_logging(LoggingSettings(level="INFO", journald="on"))
+    assert isinstance(handler, JournalHandler), handler
+    logging.getLogger("agent.service.verification").warning(
+        "verification %d of %s", 7, "{card}", extra={{"FVAGENT_OUTBOX_ID": 7, "FVAGENT_CARD": "{card}"}})
+    data = sock.recv(1 << 20)
+    fields, i = {{}}, 0
+    while i < len(data):  # KEY=value\n, or KEY\n + little-endian u64 length + bytes + \n
+        end = data.index(b"\n", i)
+        line = data[i:end]
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            i = end + 1
+        else:
+            key, (size,) = line, struct.unpack("<Q", data[end + 1:end + 9])
+            value = data[end + 9:end + 9 + size]
+            i = end + 10 + size
+        fields[key.decode()] = value.decode()
+    print(json.dumps({{"fields": fields, "raw": data.decode("utf-8", "replace")}}))
+""")
+
+
+def test_real_journal_protocol_carries_masked_structured_fields(tmp_path: Path) -> None:
+    pytest.importorskip("systemd.journal", reason="systemd-python (the journald extra) is not installed")
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to give the test its own /run/systemd/journal")
+    script = tmp_path / "receiver.py"
+    script.write_text(JOURNAL_RECEIVER.format(card=CARD_NO), encoding="utf-8")
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'mount -t tmpfs fvagent-test /run && exec "{sys.executable}" "{script}"'],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0 and "mount" in proc.stderr and "receiver.py" not in proc.stderr:
+        pytest.skip(f"cannot make a private /run here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    fields = doc["fields"]
+    assert fields["MESSAGE"] == f"verification 7 of {MASKED}"
+    assert fields["PRIORITY"] == "4" and fields["SYSLOG_IDENTIFIER"] == "fvagent"
+    assert fields["LOGGER"] == "agent.service.verification"
+    assert fields["FVAGENT_OUTBOX_ID"] == "7" and fields["FVAGENT_CARD"] == MASKED
+    assert fields["CODE_FUNC"] == "<module>" and fields["CODE_LINE"].isdigit()
+    assert CARD_NO not in doc["raw"]
 
 
 def test_without_systemd_python_on_falls_back_to_stderr(tmp_path: Path) -> None:
