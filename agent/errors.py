@@ -29,8 +29,9 @@ class FvagentError(Exception):
         return f"{self.message} ({details})"
 
 
-class ConfigError(FvagentError, ValueError):
-    """The configuration is wrong. ``problems`` lists ``(key_path, rule)`` pairs, one per fault."""
+class _ProblemsError(FvagentError):
+    """An error about several named things at once: ``problems`` lists ``(name, rule)`` pairs, and
+    ``str()`` shows the message and then one indented line per problem."""
 
     def __init__(self, message: str, *, problems: list[tuple[str, str]] | None = None, **kw: object) -> None:
         self.problems = list(problems or [])
@@ -39,25 +40,19 @@ class ConfigError(FvagentError, ValueError):
     def __str__(self) -> str:
         if not self.problems:
             return super().__str__()
-        lines = [self.message] + [f"  {path}: {rule}" for path, rule in self.problems]
-        return "\n".join(lines)
+        return "\n".join([self.message] + [f"  {name}: {rule}" for name, rule in self.problems])
+
+
+class ConfigError(_ProblemsError, ValueError):
+    """The configuration is wrong. ``problems`` lists ``(key_path, rule)`` pairs, one per fault."""
 
 
 class SecretError(ConfigError):
     """A secret could not be read safely (missing file, wrong permissions, empty)."""
 
 
-class RecordError(FvagentError, ValueError):
+class RecordError(_ProblemsError, ValueError):
     """A record breaks the platform spec. ``problems`` lists ``(field, rule)`` pairs, one per fault."""
-
-    def __init__(self, message: str, *, problems: list[tuple[str, str]] | None = None, **kw: object) -> None:
-        self.problems = list(problems or [])
-        super().__init__(message, **kw)
-
-    def __str__(self) -> str:
-        if not self.problems:
-            return super().__str__()
-        return self.message + "\n" + "\n".join(f"  {f}: {rule}" for f, rule in self.problems)
 
 
 class CryptoError(FvagentError):
