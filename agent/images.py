@@ -22,14 +22,26 @@ class ImageError(FvagentError, ValueError):
     """Bytes that should be an image are not one we can decode, or cannot be made small enough."""
 
 
+METADATA_KEYS = ("exif", "xmp")
+"""Pillow's names for the metadata a record must not carry (camera serials, GPS, timestamps)."""
+
+
 def decode_image(data: bytes, *, what: str = "image") -> np.ndarray:
     """Decode JPEG/PNG/BMP bytes into a BGR uint8 array. Raises ``ImageError`` naming ``what``."""
+    return _decode(data, what)[0]
+
+
+def _decode(data: bytes, what: str) -> tuple[np.ndarray, bool]:
+    """(BGR array, whether the image carries EXIF or XMP metadata)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
+            # Pillow reads every header segment, wherever EXIF sits: a byte search of the first
+            # kilobytes misses EXIF placed after a large APPn segment
+            has_metadata = any(img.info.get(key) for key in METADATA_KEYS)
             rgb = np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{what} is not a decodable image ({len(data)} bytes): {exc}") from exc
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    return np.ascontiguousarray(rgb[:, :, ::-1]), has_metadata
 
 
 def encode_jpeg(bgr: np.ndarray, *, max_bytes: int = MAX_IMAGE_BYTES, quality: int = 90) -> bytes:
@@ -55,8 +67,11 @@ def encode_jpeg(bgr: np.ndarray, *, max_bytes: int = MAX_IMAGE_BYTES, quality: i
 
 
 def normalize_jpeg(data: bytes, *, what: str = "image", max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """Return ``data`` as an EXIF-free JPEG within ``max_bytes``, re-encoding only when needed."""
-    if data.startswith(JPEG_MAGIC) and len(data) <= max_bytes and b"Exif\x00\x00" not in data[:65536]:
-        decode_image(data, what=what)  # still prove it decodes
+    """Return ``data`` as a JPEG within ``max_bytes`` without EXIF or XMP, re-encoding only when needed.
+
+    Raises ``ImageError`` naming ``what`` when ``data`` does not decode or cannot be made small enough.
+    """
+    bgr, has_metadata = _decode(data, what)
+    if data.startswith(JPEG_MAGIC) and len(data) <= max_bytes and not has_metadata:
         return data
-    return encode_jpeg(decode_image(data, what=what), max_bytes=max_bytes)
+    return encode_jpeg(bgr, max_bytes=max_bytes)
