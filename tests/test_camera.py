@@ -3,9 +3,14 @@ camera over a real cv2.VideoCapture reading an MJPG video written here."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import logging
+import re
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +275,77 @@ def test_opencv_unplugged_raises_then_reconnects_with_backoff(tmp_path: Path, ca
     lost = [r for r in caplog.records if "camera lost" in r.getMessage()]
     assert len(lost) == 1  # logged once, not once per attempt
     assert any("reopened" in r.getMessage() for r in caplog.records)
+
+
+def announced_wait_s(cam: Camera) -> float:
+    """Read once within the backoff and return the wait the driver announces before its next attempt."""
+    with pytest.raises(DeviceNotFound, match="next reopen attempt") as info:
+        cam.read_frame(1.0)
+    return float(re.search(r"in ([0-9.]+) s", str(info.value)).group(1))  # type: ignore[union-attr]
+
+
+def test_opencv_backoff_doubles_up_to_its_maximum(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "v.avi", LEVELS[:2])
+    cam = registry.create("camera", "opencv", {"device": str(video), "warmup_frames": 0,
+                                               "reopen_backoff_initial_s": 0.2, "reopen_backoff_max_s": 0.5})
+    with cam:
+        cam.read_frame(2.0)
+        video.unlink()  # unplugged for good
+        cam.read_frame(2.0)
+        with pytest.raises(DeviceNotFound, match="cannot open"):
+            cam.read_frame(2.0)  # end of stream, the reopen at once fails: the backoff starts
+        waits = [announced_wait_s(cam)]
+        for _ in range(3):
+            def attempted() -> bool:  # a real reopen attempt says "cannot open", a wait says when
+                try:
+                    cam.read_frame(1.0)
+                except DeviceNotFound as exc:
+                    return "cannot open" in str(exc)
+                raise AssertionError("the unplugged camera gave a frame")
+
+            wait_for(attempted, timeout_s=5.0, interval_s=0.01)
+            waits.append(announced_wait_s(cam))
+        assert cam.is_open and cam.reopens == 0
+    assert waits == pytest.approx([0.2, 0.4, 0.5, 0.5], abs=0.1)  # doubled, then capped (not 0.8)
+
+
+@pytest.fixture
+def http_video(tmp_path: Path) -> Iterator[str]:
+    """The URL of an MJPG video served over HTTP on loopback (a stream source, as an IP camera is)."""
+    write_video(tmp_path / "v.avi", LEVELS)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v.avi"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5.0)
+
+
+def test_opencv_reads_a_stream_url(http_video: str) -> None:
+    # a URL goes through the stream branch (FFmpeg open/read timeouts), as an rtsp:// camera does
+    cam = registry.create("camera", "opencv", {"device": http_video, "warmup_frames": 2,
+                                               "open_timeout_s": 5, "read_timeout_s": 5})
+    with cam:
+        assert abs(level(cam.read_frame(2.0)) - LEVELS[2]) <= 4
+
+
+def test_opencv_unreachable_rtsp_url_is_device_not_found() -> None:
+    with socket.socket() as sock:  # a loopback port with nothing listening once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cam = registry.create("camera", "opencv", {"device": f"rtsp://admin:s3cret@127.0.0.1:{port}/live",
+                                               "open_timeout_s": 2})
+    t0 = time.monotonic()
+    with pytest.raises(DeviceNotFound) as info:
+        cam.open()
+    assert time.monotonic() - t0 < 5.0
+    assert "stream URL" in (info.value.hint or "") and "s3cret" not in str(info.value)
+    assert not cam.is_open
