@@ -240,7 +240,9 @@ def test_yaw_sign_and_head_turn_challenge() -> None:
 def test_clear_pass_stops_early(tmp_path: Path) -> None:
     engine = StubEngine()
     cam = fake_camera([make_frame(value=75), make_frame(value=32), make_frame(value=31)], tmp_path)
-    out = score_live(engine, cam, CARD, FACE)
+    prompts: list[str] = []
+    out = score_live(engine, cam, CARD, FACE, on_prompt=prompts.append)
+    assert FACE.liveness == "off" and out.liveness is None and not prompts  # liveness is off by default
     assert out.result == 1 and out.distance == pytest.approx(0.02) and out.score >= FACE.early_stop_score
     assert out.frames_seen == 2 and out.best_frame_index == 1  # stopped at the clear pass
     assert out.reason.startswith("match")
@@ -417,3 +419,35 @@ def test_agent_face_imports_neither_cv2_nor_dlib() -> None:
     code = "import sys, agent.face, agent.cli.face_cmd; print('cv2' in sys.modules, 'dlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]  # cv2 stays in drivers/; dlib loads only when an engine is used
+
+
+def test_only_the_5_point_model_and_prebuilt_dlib() -> None:
+    # The 68-point model's training data excludes commercial use (the face_recognition wrapper
+    # loads it at import); dlib comes from the dlib-bin wheels, never a compile.
+    import importlib.metadata
+    import importlib.util
+    import re
+    import tomllib
+
+    from agent.face.dlib_engine import model_paths
+
+    predictor, encoder = model_paths()
+    assert (predictor.name, encoder.name) == ("shape_predictor_5_face_landmarks.dat",
+                                              "dlib_face_recognition_resnet_model_v1.dat")
+    root = Path(__file__).resolve().parent.parent
+    forbidden = re.compile(r"shape_predictor_68|pose_predictor_model_location|"
+                           r"^\s*(?:import|from)\s+face_recognition\b(?!_models)", re.MULTILINE)
+    for folder in ("agent", "drivers", "bench"):
+        for path in (root / folder).rglob("*.py"):
+            found = forbidden.search(path.read_text(encoding="utf-8"))
+            assert found is None, f"{path.relative_to(root)}: {found.group(0) if found else ''}"
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    names = {re.match(r"[A-Za-z0-9._-]+", r).group(0).lower().replace("_", "-") for r in requirements}  # type: ignore[union-attr]
+    assert "dlib-bin" in names and not names & {"dlib", "face-recognition"}
+    spec = importlib.util.find_spec("dlib")  # finds the package without importing it
+    assert spec is not None and spec.origin is not None
+    wheel_files = {Path(str(f.locate())).resolve() for f in importlib.metadata.distribution("dlib-bin").files or []}
+    assert Path(spec.origin).resolve() in wheel_files  # the dlib we import is dlib-bin's
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.distribution("dlib")  # and no compiled dlib beside it
