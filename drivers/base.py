@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from agent import codes
 from agent.errors import DeviceTimeout, DriverError
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,16 @@ class IdCard:
     @property
     def long_term(self) -> bool:
         return self.valid_to is None
+
+    @property
+    def sex_name(self) -> str | None:
+        """The GB/T 2261.1 name of ``sex_code`` (男, 女 ...), or ``None`` for an unknown code."""
+        return codes.SEX_NAMES.get(self.sex_code)
+
+    @property
+    def nation_name(self) -> str | None:
+        """The short GB/T 3304 name of ``nation_code`` (汉, 壮 ...), or ``None`` without one."""
+        return codes.NATIONS.get(self.nation_code) if self.nation_code else None
 
     def __repr__(self) -> str:  # never show personal data in a repr (it ends up in logs)
         from agent.privacy import mask_card_no

@@ -278,3 +278,149 @@ def test_random_text_blocks_never_crash(text):
         codec.decode_text(text)
     except ProtocolError as exc:
         assert exc.message
+
+
+# -- the spec's layout tables, built by hand (not with encode_text) -----------------------------------
+# Each row is (offset, value, IdCard attribute, expected). Values fill their field to the full length
+# where the card allows it, so a wrong offset or a wrong length breaks a test.
+
+def _spec_block(rows, marker):
+    text = bytearray(b" \x00" * 128)
+    for off, value, *_ in rows:
+        raw = value.encode("utf-16-le")
+        text[off:off + len(raw)] = raw
+    text[248:250] = marker.encode("utf-16-le")
+    return bytes(text)
+
+
+_NAME15 = "蓝测试一二三四五六七八九十百千"
+_ADDRESS35 = "广西壮族自治区桂林市七星区示例路一二三四五六七八九十号示例小区八栋三单"
+_AUTHORITY15 = "桂林市公安局七星分局示例派出所"
+_J_NO = _no("83000019800101002")
+RESIDENT_ROWS = [
+    (0, _NAME15, "name", _NAME15),
+    (30, "2", "sex_code", "2"),
+    (32, "08", "nation_code", "08"),
+    (36, "19920405", "birth_date", dt.date(1992, 4, 5)),
+    (52, _ADDRESS35, "address", _ADDRESS35),
+    (122, RESIDENT.card_no, "card_no", RESIDENT.card_no),
+    (158, _AUTHORITY15, "authority", _AUTHORITY15),
+    (188, "20120601", "valid_from", dt.date(2012, 6, 1)),
+    (204, "20320601", "valid_to", dt.date(2032, 6, 1)),
+]
+J_ROWS = [row for row in RESIDENT_ROWS if row[0] not in (32, 36, 122)] + [
+    (36, "19800101", "birth_date", dt.date(1980, 1, 1)),
+    (122, _J_NO, "card_no", _J_NO),
+    (220, "H12345678", "pass_no", "H12345678"),
+    (238, "03", "issue_count", "03"),
+]
+_ENGLISH60 = "EXAMPLE-SAMPLE, NINA MARIA THERESA ALEXANDRA JOSEPHINE TESTE"
+I_ROWS = [
+    (0, _ENGLISH60, "english_name", _ENGLISH60),
+    (120, "2", "sex_code", "2"),
+    (122, "VNM450087020301", "card_no", "VNM450087020301"),
+    (152, "VNM", "nationality", "VNM"),
+    (158, _NAME15, "name", _NAME15),
+    (188, "20180101", "valid_from", dt.date(2018, 1, 1)),
+    (204, "20280101", "valid_to", dt.date(2028, 1, 1)),
+    (220, "19870203", "birth_date", dt.date(1987, 2, 3)),
+    (236, "01", "card_version", "01"),
+    (240, "4500", "authority", "4500"),
+]
+_ENGLISH35 = "ALEXANDROVNA-TESTOVA EXAMPLE MARIA "  # char 35 is a space: the name goes on in the second field
+Y_ROWS = [
+    (0, _NAME15, "name", _NAME15),
+    (30, "1", "sex_code", "1"),
+    (32, "02", "issue_count", "02"),
+    (36, "19791231", "birth_date", dt.date(1979, 12, 31)),
+    (52, _ENGLISH35, "english_name", _ENGLISH35 + "ELISABETH X"),
+    (122, "932450197912310017", "card_no", "932450197912310017"),
+    (188, "20240101", "valid_from", dt.date(2024, 1, 1)),
+    (204, "20340101", "valid_to", dt.date(2034, 1, 1)),
+    (220, "ELISABETH X", "english_name", _ENGLISH35 + "ELISABETH X"),
+    (242, "LAO", "nationality", "LAO"),
+    (250, "LK1", "pass_no", "LK1"),
+]
+LAYOUTS = {"resident": (RESIDENT_ROWS, " ", "0"), "J": (J_ROWS, "J", "1"), "I": (I_ROWS, "I", "2"),
+           "Y": (Y_ROWS, "Y", "2")}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_spec_layout_decodes_field_by_field(layout):
+    rows, marker, card_type = LAYOUTS[layout]
+    card = codec.decode_text(_spec_block(rows, marker))
+    assert card.card_type == card_type
+    for off, _, attr, expected in rows:
+        assert getattr(card, attr) == expected, f"{layout}: {attr} at offset {off}"
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_encode_text_writes_the_spec_layout(layout):
+    rows, marker, _ = LAYOUTS[layout]
+    block = _spec_block(rows, marker)
+    assert codec.encode_text(codec.decode_text(block)) == block
+
+
+def test_j_nation_slot_is_reserved_and_resident_nation_is_read():
+    j = codec.decode_text(_spec_block(J_ROWS + [(32, "01", None, None)], "J"))
+    assert j.nation_code is None and j.nation_name is None
+    resident = codec.decode_text(_spec_block(RESIDENT_ROWS, " "))
+    assert (resident.nation_name, resident.sex_name) == ("壮", "女")
+
+
+@pytest.mark.parametrize("layout", ["resident", "J", "I", "Y"])
+def test_long_term_validity_in_every_layout(layout):
+    rows, marker, _ = LAYOUTS[layout]
+    block = bytearray(_spec_block(rows, marker))
+    block[204:220] = bytes.fromhex("7F 95 1F 67 20 00 20 00 20 00 20 00 20 00 20 00")  # the spec's 长期 bytes
+    card = codec.decode_text(bytes(block))
+    assert card.valid_to is None and card.long_term
+    assert codec.encode_text(card)[204:220] == bytes(block[204:220])
+
+
+@pytest.mark.parametrize("layout,off,value,message", [
+    ("J", 36, "19800102", "birth date disagrees"),
+    ("J", 122, _J_NO[:17] + ("1" if _J_NO[17] != "1" else "2"), "card number: .*check"),
+    ("J", 122, "8300001980010100", "card number: .*18 characters"),
+    ("resident", 122, RESIDENT.card_no[:17] + "x", "card number: .*upper-case X"),
+    ("resident", 122, RESIDENT.card_no[:6] + "19921305" + RESIDENT.card_no[14:], "card number: .*not a real date"),
+    ("I", 122, "VNM45008702030", "must be 15 characters"),
+    ("I", 220, "19870230", "birth_date is not a YYYYMMDD date"),
+    ("I", 120, "3", "unknown sex code '3'"),
+    ("Y", 122, "93245019791231001", "must be 18 characters"),
+    ("Y", 188, "2024011", "valid_from is not a YYYYMMDD date"),
+    ("resident", 204, "2032060", "valid_to is not a YYYYMMDD date"),
+])
+def test_layout_rule_violations_are_named(layout, off, value, message):
+    rows, marker, _ = LAYOUTS[layout]
+    rows = [row for row in rows if row[0] != off] + [(off, value, None, None)]
+    with pytest.raises(ProtocolError, match=message):
+        codec.decode_text(_spec_block(rows, marker))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(LAYOUTS)), st.integers(0, 127), st.integers(0, 0xFFFF))
+def test_mutated_text_in_a_valid_frame_never_crashes(layout, char_index, char):
+    # The frame checksum is recomputed, so the mutation reaches the text decoder.
+    rows, marker, _ = LAYOUTS[layout]
+    text = bytearray(_spec_block(rows, marker))
+    text[char_index * 2:char_index * 2 + 2] = char.to_bytes(2, "little")
+    frame = codec.build_response(codec.SW_OK, codec.build_read_data(bytes(text), WLT))
+    try:
+        card = codec.decode_read_response(frame)
+    except ProtocolError as exc:
+        assert exc.message
+    else:
+        assert isinstance(card, IdCard) and card.photo_wlt == WLT
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=1400))
+def test_random_bodies_behind_a_valid_header_give_a_named_error(body):
+    frame = codec._frame(body)  # right preamble, length and CHK: only the content is random
+    try:
+        codec.decode_read_response(frame)
+    except ProtocolError as exc:
+        assert exc.message
+    except CardReadError as exc:
+        assert exc.sw3 and exc.meaning

@@ -235,10 +235,11 @@ def build_read_data(text: bytes, wlt: bytes, fingerprint: bytes | None = None) -
 
 # -- text block -------------------------------------------------------------------------------------
 
-def _field(text: bytes, off: int, length: int, name: str) -> str:
+def _field(text: bytes, off: int, length: int, name: str, *, strip: bool = True) -> str:
     raw = text[off:off + length]
     try:
-        return raw.decode("utf-16-le").rstrip(" \x00")
+        value = raw.decode("utf-16-le")
+        return value.rstrip(" \x00") if strip else value
     except UnicodeDecodeError:
         raise ProtocolError(f"text field {name} (offset {off}) is not valid UCS-2",
                             frame_hex=frame_hex(raw)) from None
@@ -308,7 +309,7 @@ def decode_text(text: bytes) -> IdCard:
         card_no = f(122, 36, "card_no")
         card = IdCard(
             card_type="2", name=f(0, 30, "name"), sex_code=f(30, 2, "sex"), issue_count=f(32, 4, "renewal") or None,
-            birth_date=birth, english_name=(f(52, 70, "english_name") + f(220, 22, "english_name")).strip(),
+            birth_date=birth, english_name=_y_english_name(text),
             card_no=card_no, valid_from=_date(f(188, 16, "valid_from"), "valid_from", text),
             valid_to=_valid_to(text, 204), nationality=f(242, 6, "nationality"),
             pass_no=f(250, 6, "old_number_link") or None, card_version="Y")
@@ -320,6 +321,12 @@ def decode_text(text: bytes) -> IdCard:
     if card.sex_code not in codes.SEX_NAMES:
         raise ProtocolError(f"unknown sex code {card.sex_code!r}", field="sex")
     return card
+
+
+def _y_english_name(text: bytes) -> str:
+    # Characters 1-35 and 36-46 of one name: a space at the end of the first part belongs to the name.
+    first = _field(text, 52, 70, "english_name", strip=False)
+    return (first + _field(text, 220, 22, "english_name")).strip(" \x00")
 
 
 def _check_number(card_no: str, birth: dt.date) -> None:
