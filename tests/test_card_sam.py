@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from agent.errors import CardReadError, DeviceNotFound, DeviceTimeout, ProtocolError
+from agent.errors import CardReadError, DeviceNotFound, DeviceTimeout, DriverError, ProtocolError
 from drivers import registry
 from drivers.card_reader import codec
 from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures
@@ -78,7 +78,6 @@ def test_failed_read_is_retried_after_the_card_is_presented_again(sim):
      "read data is 14 bytes"),
     (codec.SELECT_CARD, codec.build_response(0x81), CardReadError, "select card failed"),
     (codec.READ_TEXT_PHOTO, codec.build_response(0x32), CardReadError, "SAM failed to authenticate the card"),
-    (codec.FIND_CARD, codec.build_response(0x60), CardReadError, "SAM self-test failed"),
 ])
 def test_fault_frames(sim, command, raw, error, message):
     with _reader(sim) as reader:
@@ -86,6 +85,33 @@ def test_fault_frames(sim, command, raw, error, message):
         sim.inject(command, raw)
         with pytest.raises(error, match=message):
             reader.read_card(3.0)
+
+
+@pytest.mark.parametrize("answer,message", [
+    (codec.build_response(0x60), "SAM status 0x60 on find-card: SAM self-test failed"),
+    (codec.build_response(0x66), "SAM status 0x66 on find-card: SAM not authorized"),
+    (codec.build_response(0x9F, bytes(4))[:-1] + b"\x00", "find-card with a bad frame: bad checksum"),
+])
+def test_a_bad_answer_to_find_is_a_reader_fault_shown_by_the_service_slot(sim, answer, message):
+    # No card is involved: not CardReadError/ProtocolError ("present the card again", every poll),
+    # but a DriverError that makes the slot close the reader, show the fault and retry with backoff.
+    from agent.service.hardware import DriverSlot
+
+    now = [0.0]
+    slot = DriverSlot("card_reader", lambda: _reader(sim), label="card reader", clock=lambda: now[0])
+    reader = slot.get()
+    sim.inject(codec.FIND_CARD, answer)
+    with pytest.raises(DriverError, match=message) as info:
+        reader.read_card(1.0)
+    assert not isinstance(info.value, (CardReadError, ProtocolError))
+    slot.fault(info.value)
+    state = slot.state()
+    assert state["state"] == "fault" and message.split(": ")[-1] in state["detail"]
+    now[0] = 1.0
+    reader = slot.get()  # the SAM answers again: the reader is back
+    sim.present(CARDS[0])
+    assert reader is not None and reader.read_card(3.0) is not None and slot.healthy
+    slot.close()
 
 
 def test_wrong_length_frame_times_out_then_the_reader_recovers(sim):
@@ -126,13 +152,46 @@ def test_unplugged_reader_raises_device_not_found_and_comes_back(sim):
     reader.close()
 
 
-def test_auto_probe_finds_a_sam_set_to_a_slower_rate(tmp_path):
-    with SamSimulator(tmp_path / "ttySAM", baudrate=19200) as sim:
+def test_unplugged_reader_is_reopened_with_backoff_by_the_service_slot(sim):
+    from agent.service.hardware import DriverSlot
+
+    now = [100.0]
+    slot = DriverSlot("card_reader", lambda: _reader(sim), label="card reader", clock=lambda: now[0])
+    reader = slot.get()
+    sim.present(CARDS[0])
+    assert reader.read_card(3.0) is not None
+    sim.unplug()
+    with pytest.raises(DeviceNotFound) as gone:
+        reader.read_card(1.0)
+    slot.fault(gone.value)
+    assert not reader.is_open and slot.state()["state"] == "fault"
+    # Still unplugged: no attempt before it is due, each attempt fails, the pause doubles (1, 2, 4 s).
+    for due in (101.0, 103.0):
+        now[0] = due - 0.01
+        failures = slot.failures
+        assert slot.get() is None and slot.failures == failures
+        now[0] = due
+        assert slot.get() is None and slot.failures == failures + 1
+    sim.replug()
+    now[0] = 106.99
+    assert slot.get() is None  # back, but the next attempt is due at 107
+    now[0] = 107.0
+    assert slot.get() is reader and reader.is_open and slot.healthy
+    sim.present(CARDS[1])
+    assert reader.read_card(3.0).card_type == "1"
+    slot.close()
+
+
+@pytest.mark.parametrize("sam_rate", [115200, 19200, 9600])
+def test_auto_probe_tries_115200_first_then_the_slower_rates(tmp_path, sam_rate):
+    with SamSimulator(tmp_path / "ttySAM", baudrate=sam_rate) as sim:
         reader = registry.create("card_reader", "sam-serial", {"port": str(sim.port), "exchange_timeout_s": 0.3})
         with reader:
-            assert reader.baudrate == 19200
-            probed = [codec.parse_request(f)[:2] for f in sim.requests]
-            assert probed.count(codec.SAM_STATUS) == 4  # 115200, 57600, 38400 unanswered; 19200 answered
+            assert reader.baudrate == sam_rate
+            probes = [rate for frame, rate in zip(sim.requests, sim.request_rates, strict=True)
+                      if codec.parse_request(frame)[:2] == codec.SAM_STATUS]
+            all_rates = [115200, 57600, 38400, 19200, 9600]
+            assert probes == all_rates[:all_rates.index(sam_rate) + 1]  # each rate once, fastest first
             assert reader.probe().ok
 
 
@@ -224,6 +283,16 @@ def test_usb_settings_validate_vid_pid():
     assert SamUsbReader.Settings().vid == "0400" and SamUsbReader.Settings().pid == "C35A"
     with pytest.raises(Exception, match="4 hex digits"):
         registry.validate_settings("card_reader", "sam-usb", {"vid": "xyz"})
+
+
+@pytest.mark.parametrize("options,device", [({}, "0400:C35A"), ({"vid": "0483", "pid": "5750"}, "0483:5750")])
+def test_usb_reader_looks_for_the_configured_vid_pid(options, device):
+    # No reader (and no libusb backend) here: the lookup fails, naming the device it looked for.
+    reader = registry.create("card_reader", "sam-usb", options)
+    assert repr(reader) == f"<SamUsbReader USB {device} closed>"
+    with pytest.raises(DeviceNotFound) as info:
+        reader.open()
+    assert device in str(info.value) and info.value.hint
 
 
 def test_auto_detect_scans_the_usb_serial_ports(tmp_path, monkeypatch):

@@ -7,8 +7,10 @@ field), so a failed read is retried only when the person presents the card again
 Failure contract for the service: ``open()`` raises ``DeviceNotFound`` when the device is absent;
 ``read_card()`` raises ``DeviceNotFound`` when it goes away (unplugged) and ``DeviceTimeout`` when it
 stops answering; the caller then ``close()``s the driver and ``open()``s it again with backoff
-(agent.service.hardware.DriverSlot does). ``CardReadError``/``ProtocolError`` concern the card in the
-field: the reader is fine, the person presents the card again.
+(agent.service.hardware.DriverSlot does); a bad answer to find-card (a SAM status other than found /
+no card, or a garbled frame) is a plain ``DriverError`` handled the same way. ``CardReadError`` and
+``ProtocolError`` concern the card in the field: the reader is fine, the person presents the card
+again (each is raised once per tap).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, ClassVar
 
 from pydantic import field_validator
 
-from agent.errors import CardReadError, DeviceNotFound, DeviceTimeout, ProtocolError
+from agent.errors import CardReadError, DeviceNotFound, DeviceTimeout, DriverError, ProtocolError
 from agent.privacy import mask_card_no
 from drivers.base import CardReader, CardReaderSettings, DriverSettings, IdCard, ProbeResult
 from drivers.card_reader import codec
@@ -80,10 +82,8 @@ class _SamReader(CardReader):
 
     # -- polling -------------------------------------------------------------------------------
     def _poll_card(self) -> IdCard | None:
-        found = self.exchange(codec.FIND_CARD)
+        found = self._find()
         if found.sw3 != codec.SW_FIND_OK:
-            if found.sw3 not in (codec.SW_NO_CARD, codec.SW_SELECT_FAILED):
-                found.raise_for_status(codec.SW_FIND_OK)
             self._card_in_field = False
             return None
         if self._card_in_field:
@@ -99,6 +99,23 @@ class _SamReader(CardReader):
             card = self._decode_photo(card)
         log.info("%s: read card type %s %s", self.name, card.card_type, mask_card_no(card.card_no))
         return card
+
+    def _find(self) -> codec.Response:
+        """Find card. A bad answer to it concerns the reader, not a card (none is being read): it is
+        a plain ``DriverError``, so the caller reopens the reader with backoff and shows the fault,
+        instead of asking for the card again on every poll (a SAM failing its self-test answers
+        every find with 0x60)."""
+        try:
+            found = self.exchange(codec.FIND_CARD)
+        except ProtocolError as exc:
+            raise DriverError(f"reader answered find-card with a bad frame: {exc.message}", device=self.describe(),
+                              frame_hex=exc.frame_hex) from exc
+        if found.sw3 not in (codec.SW_FIND_OK, codec.SW_NO_CARD, codec.SW_SELECT_FAILED):
+            raise DriverError(f"SAM status 0x{found.sw3:02X} on find-card: {found.meaning}", device=self.describe(),
+                              sw3=f"0x{found.sw3:02X}", meaning=found.meaning,
+                              hint="the reader is reopened with backoff; if this persists, power-cycle the reader "
+                                   "or have its SAM module checked")
+        return found
 
     def _decode_photo(self, card: IdCard) -> IdCard:
         from drivers.card_reader.wlt import WltDecodeError, decode_wlt_to_jpeg

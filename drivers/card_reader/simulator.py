@@ -7,7 +7,8 @@ USB-serial adapter); replugging makes a new pty behind the same path.
 
 Tests drive it: ``present(card, wlt)``, ``remove()``, ``inject(command, raw_bytes)`` to send a fault
 frame for the next request of that command, ``baudrate=`` to answer only at one rate (auto-probe).
-``requests`` records every request frame received.
+``requests`` records every request frame received, ``request_rates`` the baud rate the host's port
+was set to for each of them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class SamSimulator:
         self.read_done = False
         self.reads = 0
         self.requests: list[bytes] = []
+        self.request_rates: list[int | None] = []
         self._inject: dict[tuple[int, int], collections.deque[bytes]] = collections.defaultdict(collections.deque)
         self._lock = threading.Lock()
         self._master = self._slave = -1
@@ -109,14 +111,13 @@ class SamSimulator:
             self._inject[command].append(raw)
 
     # -- serving ----------------------------------------------------------------------------------
-    def _rate_ok(self) -> bool:
-        if self.baudrate is None:
-            return True
+    def _port_rate(self) -> int | None:
+        """The baud rate the host set on its end of the pty (None when unknown)."""
         try:
-            attrs = termios.tcgetattr(self._slave)
+            speed = termios.tcgetattr(self._slave)[4]
         except termios.error:
-            return False
-        return attrs[4] == _SPEEDS[self.baudrate]
+            return None
+        return next((rate for rate, code in _SPEEDS.items() if code == speed), None)
 
     def _serve(self) -> None:
         buf = b""
@@ -146,8 +147,10 @@ class SamSimulator:
                 if len(buf) < total:
                     break
                 frame, buf = buf[:total], buf[total:]
+                rate = self._port_rate()
                 self.requests.append(frame)
-                if not self._rate_ok():
+                self.request_rates.append(rate)
+                if self.baudrate is not None and rate != self.baudrate:
                     continue  # at the wrong rate the SAM sees garbage and stays silent
                 answer = self._answer(frame)
                 try:
