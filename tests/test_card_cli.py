@@ -55,3 +55,32 @@ def test_decodes_a_spy_capture_of_the_real_driver(tmp_path, capsys):
     assert main(["card", "decode", str(capture), "--show-personal"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["card_no"] == CARD.card_no and out["address"] == CARD.address
+
+
+def test_hex_with_0x_and_commas(tmp_path, capsys):
+    (tmp_path / "cap.txt").write_text(",".join(f"0x{b:02x}" for b in FRAME))
+    assert main(["card", "decode", str(tmp_path / "cap.txt")]) == 0
+    assert json.loads(capsys.readouterr().out)["card_no"].endswith(CARD.card_no[-4:])
+
+
+def test_text_that_is_not_hex_names_the_character_and_where(tmp_path, capsys):
+    hexed = FRAME.hex(" ").upper().split(" ")
+    lines = [" ".join(hexed[i:i + 16]) for i in range(0, len(hexed), 16)]
+    lines[2] = "0x" + lines[2][:7] + "G" + lines[2][8:]  # a typo in the third line
+    (tmp_path / "cap.txt").write_text("\n".join(lines))
+    assert main(["card", "decode", str(tmp_path / "cap.txt")]) != 0
+    err = capsys.readouterr().err
+    assert "text but not hex: 'G' at line 3, column 10" in err and "preamble" not in err
+
+
+def test_foreign_and_hmt_cards_masked(tmp_path, capsys):
+    for card in load_fixtures(SAMPLES_DIR)[1:]:
+        (tmp_path / "cap.bin").write_bytes(codec.read_response(card, SYNTHETIC_WLT))
+        assert main(["card", "decode", str(tmp_path / "cap.bin")]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["card_type"] == card.card_type and out["sex"] == "女" and out["nation"] is None
+        assert card.card_no not in json.dumps(out) and card.name not in json.dumps(out, ensure_ascii=False)
+        if card.pass_no:
+            assert out["pass_no"] != card.pass_no
+        if card.english_name:
+            assert out["english_name"] != card.english_name

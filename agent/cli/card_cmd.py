@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agent.errors import ConfigError
 
-_HEX = re.compile(r"^[0-9A-Fa-f\s:,]*$")
+_NOT_HEX = re.compile(r"[^0-9A-Fa-f\s:,]")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -66,9 +66,16 @@ def frame_from_capture(data: bytes) -> bytes:
     spy = _from_spy_log(text)
     if spy is not None:
         return spy
-    text = re.sub(r"0[xX]", "", text)
-    if not _HEX.match(text):
-        return data
+    text = re.sub(r"0[xX]", "  ", text)  # blanks of the same width keep the positions for the message
+    bad = _NOT_HEX.search(text)
+    if bad:
+        # Text that is not hex cannot be a frame (a raw frame starts with AA): name the culprit
+        # instead of reporting the text's first bytes as a bad preamble.
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+        raise ConfigError(f"the capture is text but not hex: {bad.group()!r} at line {line}, column {column}",
+                          hint="give raw bytes, hex text (spaces, line breaks, ':', ',' and 0x are ignored) "
+                               "or a pyserial spy:// log with the reader's RX lines")
     digits = re.sub(r"[\s:,]", "", text)
     if len(digits) % 2:
         raise ConfigError(f"hex text has an odd number of digits ({len(digits)})",
@@ -77,16 +84,14 @@ def frame_from_capture(data: bytes) -> bytes:
 
 
 def card_json(card, *, show_personal: bool) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    from agent import codes
     from agent.privacy import mask_card_no, mask_name
 
     return {
         "card_type": card.card_type,
         "name": card.name if show_personal else mask_name(card.name),
         "english_name": (card.english_name if show_personal else mask_name(card.english_name)) or None,
-        "sex_code": card.sex_code, "sex": codes.SEX_NAMES.get(card.sex_code),
-        "nation_code": card.nation_code,
-        "nation": codes.NATIONS.get(card.nation_code) if card.nation_code else None,
+        "sex_code": card.sex_code, "sex": card.sex_name,
+        "nation_code": card.nation_code, "nation": card.nation_name,
         "birth_date": card.birth_date.isoformat() if show_personal else card.birth_date.strftime("%Y-**-**"),
         "address": card.address if show_personal else mask_name(card.address),
         "card_no": card.card_no if show_personal else mask_card_no(card.card_no),
