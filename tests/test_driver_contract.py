@@ -79,3 +79,25 @@ def test_unknown_driver_lists_the_installed_ones():
         registry.create("card_reader", "acme", {})
     for name in ("fake", "sam-serial", "sam-usb"):
         assert name in str(info.value)
+
+
+def test_a_vendor_package_adds_a_driver_and_a_missing_dependency_is_named(tmp_path, monkeypatch):
+    # A vendor package as pip would install it: a module and a dist-info declaring the entry points.
+    dist = tmp_path / "acme_fvagent-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-fvagent\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[fvagent.card_readers]\nacme = acme_fvagent_reader:AcmeReader\nacme-sdk = acme_fvagent_sdk:SdkReader\n")
+    (tmp_path / "acme_fvagent_reader.py").write_text(
+        "from drivers.card_reader.fake import FakeCardReader\n\n\nclass AcmeReader(FakeCardReader):\n    pass\n")
+    (tmp_path / "acme_fvagent_sdk.py").write_text("import acme_vendor_sdk  # not installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    assert {"acme", "acme-sdk"} <= set(registry.available("card_reader"))
+    with registry.create("card_reader", "acme", {"sequence": ["02-hmt"], "poll_interval_s": 0.01}) as reader:
+        assert type(reader).__name__ == "AcmeReader" and reader.read_card(1.0).card_type == "1"
+    with pytest.raises(DriverNotFound, match="'acme-sdk' cannot load: module 'acme_vendor_sdk' is missing") as info:
+        registry.create("card_reader", "acme-sdk", {})
+    assert "acme_vendor_sdk" in info.value.hint
+    with pytest.raises(ConfigError, match="cannot load"):
+        registry.validate_settings("card_reader", "acme-sdk", {})
