@@ -213,6 +213,28 @@ def test_quality_gates_give_reasons(frame: np.ndarray, reason: str | None) -> No
     assert reason is None or reason in quality.HINTS
 
 
+class FixedFaceEngine(StubEngine):
+    """Always sees one 100 px face at the same place of whatever image it is given."""
+
+    def detect(self, bgr: np.ndarray, *, upsample: int = 0) -> list[DetectedFace]:
+        return [DetectedFace(100, 100, 200, 200, _landmarks(0.0))]
+
+    def encode(self, bgr: np.ndarray, face: DetectedFace) -> np.ndarray:
+        return np.array([0.30])
+
+
+def test_min_face_px_counts_the_cameras_own_pixels() -> None:
+    # A 2048 px wide frame is scaled to 1024 for detection; its 100 px face there is 200 camera pixels.
+    rng = np.random.default_rng(1)
+    big = np.clip(rng.normal(128, 25, (1536, 2048, 3)), 0, 255).astype(np.uint8)
+    face = [DetectedFace(100, 100, 200, 200, None)]
+    assert quality.assess(big, face, settings(min_face_px=150)).reason == quality.TOO_SMALL
+    assert quality.assess(big, face, settings(min_face_px=150), frame_scale=0.5).face is not None
+    assert quality.assess(big, face, settings(min_face_px=250), frame_scale=0.5).reason == quality.TOO_SMALL
+    out = score_frames(FixedFaceEngine(), [big], CARD, settings(min_face_px=150))
+    assert out.result == 1, out.reason
+
+
 # -- liveness ------------------------------------------------------------------------------------
 
 def test_yaw_sign_and_head_turn_challenge() -> None:

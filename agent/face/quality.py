@@ -67,14 +67,18 @@ def sharpness(grey: np.ndarray) -> float:
     return float(lap.var())
 
 
-def assess(bgr: np.ndarray, faces: list[DetectedFace], face: FaceSettings) -> FrameQuality:
-    """Apply the gates to the largest of ``faces`` (largest first, as engines return them)."""
+def assess(bgr: np.ndarray, faces: list[DetectedFace], face: FaceSettings, *, frame_scale: float = 1.0) -> FrameQuality:
+    """Apply the gates to the largest of ``faces`` (largest first, as engines return them).
+
+    ``frame_scale`` is how much the camera frame was scaled down to give ``bgr`` (working pixels per
+    frame pixel): ``min_face_px`` is in the camera's own pixels, as the technician measures them.
+    """
     if not faces:
         return FrameQuality(None, NO_FACE)
     best = faces[0]
     if len(faces) > 1 and faces[1].width >= face.second_face_ratio * best.width:
         return FrameQuality(None, SEVERAL_FACES)
-    if best.size < face.min_face_px:
+    if best.size / frame_scale < face.min_face_px:
         return FrameQuality(None, TOO_SMALL)
     grey = face_grey(bgr, best)
     bright = float(grey.mean())

@@ -158,7 +158,7 @@ class Scorer:
         try:
             work = working_image(frame)
             faces = self.engine.detect(work)
-            verdict = quality.assess(work, faces, self.face)
+            verdict = quality.assess(work, faces, self.face, frame_scale=work.shape[1] / frame.shape[1])
             if self.challenge is not None and faces:
                 self.challenge.observe(faces[0].landmarks)
             if verdict.face is None:
