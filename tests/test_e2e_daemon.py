@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -212,6 +213,11 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
         assert {p.card_no for p in samples.PEOPLE[:3]} <= delivered_keys
         wait_for(lambda: any("verified" in m["STATUS"] and not m["STATUS"].endswith(" 0 verified")
                              for _, m in notify.having("STATUS")), 15, "a STATUS line counting verifications")
+        # STATUS= carries the queue depth, the last upload and the hardware's state.
+        status_line = re.compile(r"^queue 0, last upload \d\d:\d\d:\d\d, platform ok, reader ok, camera ok, "
+                                 r"face ok, \d+ verified$")
+        wait_for(lambda: any(status_line.match(m["STATUS"]) for _, m in notify.having("STATUS")), 15,
+                 "a STATUS line with an empty queue, the last upload's time and every device ok")
 
         # SIGHUP: a good config is applied (RELOADING=1, then READY=1 again) ...
         config.write_text(samples.toml_text(_config(tmp_path, platform.section(), operator="夜班护士")), encoding="utf-8")
@@ -266,3 +272,54 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
             proc.wait(5)
         log.close()
         platform.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_verification_records_it_and_exits_0(tmp_path: Path, notify: NotifyListener) -> None:
+    """A real SIGTERM while a face capture is in progress (the camera gives no frame, the capture
+    would last 30 s): the verification is cut short and committed, the process exits 0 within 10 s."""
+    from agent.config import load_config
+    from agent.outbox import Outbox
+
+    platform = _start_mock(tmp_path)
+    config = tmp_path / "fvagent.toml"
+    doc = _config(tmp_path, platform.section())
+    doc["face"]["capture_timeout_s"] = 30.0
+    doc["camera"]["fault"] = "no_frames"
+    config.write_text(samples.toml_text(doc), encoding="utf-8")
+    config.chmod(0o600)
+    plugin = _install_plugin(tmp_path / "plugin")
+    drop, photo = tmp_path / "drop", tmp_path / "faces" / "card-photo.jpg"
+    drop.mkdir()
+    env = {**os.environ, "NOTIFY_SOCKET": notify.path, "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugin)])}
+    for name in ("WATCHDOG_USEC", "WATCHDOG_PID", "FVAGENT_TEST_STALL_FILE", "FVAGENT_TEST_HEARTBEAT_S"):
+        env.pop(name, None)
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: notify.having("READY"), 60, "READY=1")
+            person = samples.PEOPLE[1]
+            _tap(drop, person, photo, 1)
+            wait_for(lambda: not list(drop.glob("*.json")), 15, "the reader to take the card")
+            # The capture has begun and would run for 30 s: stop the service in the middle of it.
+            t_term = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0, log_path.read_text()[-3000:]
+            assert time.monotonic() - t_term < 10
+            assert notify.having("STOPPING", since=t_term)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            platform.stop()
+    settings = load_config(config, validate_drivers=False)
+    with Outbox.open(settings.storage) as outbox:
+        assert outbox.stats()["total"] == 1
+        row = outbox.list(None, limit=1)[0]
+        assert "cut short" in row.meta["reason"], row.meta
+        payload = outbox.payload(row.id)
+    assert payload["cardNo"] == person.card_no and payload["faceResult"] == 2 and payload["faceScore"] == 0
+    text = log_path.read_text()
+    assert "fvagent stopped" in text and person.card_no not in text and person.name not in text

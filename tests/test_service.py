@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import pytest
 from agent.config import load_config
 from agent.errors import DeviceNotFound
 from agent.events import VERIFICATION
+from agent.privacy import mask_name
 from agent.service import samples
 from agent.service.notify import Notifier
 from agent.service.service import Heartbeat, Service
@@ -129,8 +131,24 @@ def write_config(path: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
+PRIVATE_NAMES = [person.name for person in samples.PEOPLE] + ["张" * 11]
+"""Every name a test here reads from a card (the sample people, the over-long name)."""
+
+
+def assert_logs_hold_no_personal_data(records: list[logging.LogRecord]) -> None:
+    """No card number or name, unmasked, in any message or traceback (checked before the masking
+    filter of agent.logsetup, which only catches numbers: the code must mask them itself)."""
+    text = "\n".join(f"{r.getMessage()}\n{r.exc_text or ''}" for r in records)
+    for person in samples.PEOPLE:
+        assert person.card_no not in text, f"unmasked card number of {mask_name(person.name)} in the log"
+    for name in PRIVATE_NAMES:
+        assert name not in text, f"unmasked name {mask_name(name)} in the log"
+
+
 @pytest.fixture
-def run_service(tmp_path: Path, images: dict[str, Any]) -> Iterator[Callable[..., tuple[Service, ScriptedReader, Platform]]]:
+def run_service(tmp_path: Path, images: dict[str, Any], caplog: pytest.LogCaptureFixture
+                ) -> Iterator[Callable[..., tuple[Service, ScriptedReader, Platform]]]:
+    caplog.set_level(logging.DEBUG)  # every daemon path of every test here: nothing personal logged
     started: list[Service] = []
 
     def start(doc: dict[str, Any] | None = None, **kw: Any) -> tuple[Service, ScriptedReader, Platform]:
@@ -147,6 +165,8 @@ def run_service(tmp_path: Path, images: dict[str, Any]) -> Iterator[Callable[...
     for service in started:
         if service._state != "stopped":
             service.stop()
+    assert_logs_hold_no_personal_data(
+        [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records])  # records: teardown's
 
 
 def card(i: int = 0, *, photo: bytes | None = None, **kw: Any) -> Any:
@@ -370,3 +390,76 @@ def test_verifier_reports_a_failing_outbox_without_raising(tmp_path: Path, image
     verifier = Verifier(settings, FullOutbox(), camera=lambda: None, engine=lambda: None, operator=lambda: "x")
     done = verifier.verify(card(0, terminal_score=0.9, terminal_result=1))
     assert done.outbox_id is None and "disk full" in (done.error or "")
+
+
+def test_face_engine_unavailable_still_records_result_2(run_service: Any, tmp_path: Path,
+                                                        images: dict[str, Any]) -> None:
+    doc = config_doc(tmp_path, images, face={"mode": "compute", "engine": "no-such-engine"})
+    service, reader, platform = run_service(doc)
+    assert all(loop.thread.is_alive() for loop in service._loops.values())  # degraded, not crashed
+    engine = service.status()["hardware"]["face_engine"]
+    assert engine["state"] == "fault" and "no-such-engine" in engine["detail"]
+    assert "face fault" in service.status_line()
+    reader.present(card(0))
+    wait_for(lambda: platform.uploads, what="the upload of the unscored verification")
+    sent = platform.uploads[0]
+    assert sent["faceResult"] == 2 and sent["faceScore"] == 0
+    assert base64.b64decode(sent["cameraImg"])[:2] == b"\xff\xd8"  # a real frame, not the placeholder
+    row = service.outbox.get(service.last_verification.outbox_id)
+    assert row.meta["reason"].startswith("face engine unavailable") and not row.meta.get("camera_placeholder")
+
+
+class FlakyDriver:
+    """A driver whose ``open()`` fails while ``broken``; counts the attempts."""
+
+    def __init__(self) -> None:
+        self.broken = True
+        self.is_open = False
+        self.attempts = 0
+
+    def open(self) -> None:
+        self.attempts += 1
+        if self.broken:
+            raise DeviceNotFound("flaky device unplugged", device="flaky")
+        self.is_open = True
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def describe(self) -> str:
+        return "flaky device"
+
+
+def test_driver_slot_reopens_with_doubling_backoff_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    from agent.service.hardware import DriverSlot
+
+    now = [1000.0]
+    driver = FlakyDriver()
+    slot = DriverSlot("camera", lambda: driver, label="camera (flaky)", clock=lambda: now[0],
+                      backoff_initial_s=1.0, backoff_max_s=4.0)
+    caplog.set_level(logging.DEBUG, logger="agent.service.hardware")
+    assert slot.get() is None and driver.attempts == 1  # the first open fails
+    state = slot.state()
+    assert state["state"] == "fault" and "unplugged" in state["detail"]
+    tried_at = [now[0]]
+    while len(tried_at) < 6:  # poll as the loop does; a try happens only when due
+        now[0] += 0.5
+        attempts = driver.attempts
+        assert slot.get() is None
+        if driver.attempts > attempts:
+            tried_at.append(now[0])
+    delays = [b - a for a, b in zip(tried_at, tried_at[1:])]
+    assert delays == [1.0, 2.0, 4.0, 4.0, 4.0]  # doubling from 1 s, capped
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "camera (flaky) unavailable" in warnings[0].getMessage()
+
+    driver.broken = False
+    now[0] += 4.0
+    assert slot.get() is driver and slot.healthy and slot.state()["state"] == "ok"
+    assert any("recovered" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+    # a fault in use starts a new episode at the initial delay, with one new warning
+    slot.fault(OSError("read failed"))
+    assert not driver.is_open and slot.get() is None
+    now[0] += 1.0
+    assert slot.get() is driver
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
