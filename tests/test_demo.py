@@ -110,3 +110,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_demo_passes_only_when_every_captured_record_was_delivered() -> None:
+    from agent.service.demo import DemoResult
+
+    def table(result: DemoResult) -> dict[str, str]:
+        return {k.strip(): v for k, v in re.findall(r"^\| (.+?)\s+\|\s+(.+?) \|$", result.table(), re.M)}
+
+    latencies = [0.1 * i for i in range(1, 21)]  # 100..2000 ms
+    everything = DemoResult(captured=20, queued_during_outage=6, delivered=20, latencies=latencies)
+    assert everything.ok
+    rows = table(everything)
+    assert rows["delivered"] == "20 of 20" and rows["rejected"] == "0" and "not delivered" not in rows
+    assert rows["verification latency p50"] == "1050 ms" and rows["verification latency p95"] == "1900 ms"
+
+    short = DemoResult(captured=20, delivered=19, not_delivered=1, latencies=latencies)
+    assert not short.ok and table(short)["not delivered"] == "1"
+    refused = DemoResult(captured=20, delivered=19, rejected={"B0201: cardNo check digit": 1}, latencies=latencies)
+    assert not refused.ok
+    rows = table(refused)
+    assert rows["rejected"] == "1" and rows["- B0201: cardNo check digit"] == "1"  # each reason on its own row
+    assert not DemoResult().ok  # nothing captured is not a success

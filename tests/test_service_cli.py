@@ -101,3 +101,43 @@ def test_verify_once_commits_one_verification(tmp_path: Path, images: dict[str, 
     with Outbox.open(settings.storage) as outbox:
         assert outbox.stats()["pending"] == 1
     assert Service(settings, config_path=path, reader=ScriptedReader(), start_local_api=False).verify_once(0.3) is None
+
+
+def test_local_api_status_equals_status_json(tmp_path: Path, images: dict[str, Any]) -> None:
+    """GET /v1/status and `fvagent status --json` (another process, reading the status file and the
+    outbox) give the same document for the same running daemon."""
+    import httpx
+
+    doc = config_doc(tmp_path, images, local_api={"enabled": True, "listen": "127.0.0.1:0"})
+    path = write_config(tmp_path / "c.toml", doc)
+    settings = load_config(path, validate_drivers=False)
+    reader = ScriptedReader()
+    service = Service(settings, config_path=path, reader=reader, notifier=Notifier(backend="socket", environ={}))
+    service.start()
+    try:
+        assert service.local_api is not None, service._local_api_error
+        reader.present(samples.sample_card(samples.PEOPLE[1], samples.card_photo_jpeg(),
+                                           terminal_score=0.9, terminal_result=1))
+        deadline = time.monotonic() + 15
+        while service.verifications < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert service.verifications == 1
+        service._write_status()
+        cli = json.loads(fvagent("status", "--json", "--config", str(path)).stdout)
+        api = httpx.get(service.local_api.url + "/v1/status", timeout=10).json()
+    finally:
+        service.stop()
+    assert set(api) == set(cli)
+    for section in ("queue", "platform", "hardware", "daemon", "storage", "uploader"):
+        assert set(api[section]) == set(cli[section]), section
+    # what does not move between the two reads is equal
+    def still(queue: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in queue.items() if not k.endswith("_age_s")}  # ages move between the reads
+    assert still(api["queue"]) == still(cli["queue"]) and api["queue"]["total"] == 1
+    assert api["last_verification"] == cli["last_verification"] and api["last_verification"]["id"] == 1
+    assert {k: v["state"] for k, v in api["hardware"].items()} == {k: v["state"] for k, v in cli["hardware"].items()}
+    assert api["daemon"]["running"] is cli["daemon"]["running"] is True
+    assert api["daemon"]["pid"] == cli["daemon"]["pid"] == os.getpid()
+    assert set(api["registration"]) == set(cli["registration"])  # the uploader keeps retrying it (port 9)
+    assert api["registration"]["registered"] is cli["registration"]["registered"] is False
+    assert api["config"] == cli["config"]

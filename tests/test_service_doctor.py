@@ -102,3 +102,26 @@ def test_a_readable_secret_file_fails_with_the_chmod(tmp_path: Path, images: dic
     first = out.splitlines()[0]
     assert first.startswith("FAIL") and "chmod 600" in first
     assert out.strip().endswith("1 checks: 1 failed, 0 warning(s)")
+
+
+def test_reader_probe_reports_simulated_and_missing_readers(tmp_path: Path, images: dict[str, Any]) -> None:
+    checks = by_name(run_checks(_config(tmp_path, images), transport=_platform()))
+    reader = checks["card reader"]
+    assert reader.level == WARN and "SIMULATED" in reader.detail and "real reader" in (reader.fix or "")
+    path = _config(tmp_path, images, card_reader={"fixtures_dir": str(tmp_path / "no-such-dir")})
+    missing = by_name(run_checks(path, transport=_platform()))["card reader"]
+    assert missing.level == FAIL and "no-such-dir" in missing.detail and missing.fix
+
+
+def test_config_file_permissions(tmp_path: Path, images: dict[str, Any]) -> None:
+    path = _config(tmp_path, images)  # platform.auth.ticket is inline in it
+    path.chmod(0o644)
+    readable = run_checks(path, transport=_platform())
+    warned = [c for c in readable if c.name == "config permissions"]
+    assert [c.level for c in warned] == [WARN]
+    assert "ticket" in warned[0].detail and f"chmod 640 {path}" in warned[0].detail
+    assert "secrets" not in by_name(readable)  # no OK line for secrets others can read
+    path.chmod(0o666)
+    writable = [c for c in run_checks(path, transport=_platform()) if c.name == "config permissions"]
+    assert FAIL in {c.level for c in writable}
+    assert any(c.level == FAIL and c.fix == f"chmod o-w {path}" for c in writable)
