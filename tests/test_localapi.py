@@ -548,6 +548,39 @@ def test_local_api_settings_refuse_unsafe_values(tmp_path: Path, local_api: dict
     assert any(path.startswith(key) and words in rule for path, rule in err.value.problems), err.value.problems
 
 
+def test_local_api_listens_on_loopback_by_default(tmp_path: Path) -> None:
+    doc = config_dict(tmp_path)
+    del doc["local_api"]
+    settings = parse_config(doc, validate_drivers=False).local_api
+    assert settings.enabled and settings.host == "127.0.0.1" and settings.token is None
+
+
+def test_operator_page_loads_nothing_from_elsewhere() -> None:
+    """The page works offline: no asset, script, stylesheet, font or connection outside its own origin."""
+    import html.parser
+    import re
+    from importlib import resources
+
+    page = resources.files("agent.localapi").joinpath("static/index.html").read_text(encoding="utf-8")
+    assert not re.search(r"\b(?:https?|wss?|ftp):|(?<![:\w])//[\w.-]+\.\w", page), "an absolute URL in the page"
+    assert not re.search(r"@import|url\(", page, re.I), "CSS that loads a resource"
+
+    class Links(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.urls: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.urls += [v or "" for k, v in attrs if k in ("src", "href", "action", "poster", "srcset", "data")]
+
+    links = Links()
+    links.feed(page)
+    assert all(u.startswith(("data:", "/", "#")) and not u.startswith("//") for u in links.urls), links.urls
+    # what the script asks for: only paths on this server
+    requested = re.findall(r"(?:EventSource|fetch)\(\s*[\"']([^\"']*)", page)
+    assert requested and all(u.startswith("/ui/") for u in requested), requested
+
+
 def test_off_loopback_with_token_is_allowed_and_token_file_is_read(tmp_path: Path) -> None:
     secret = tmp_path / "api_token"
     secret.write_text("file-token-abcdef\n", encoding="utf-8")

@@ -87,9 +87,12 @@ def assert_photo_shown(page: Any, frame: str) -> None:
 def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, artifacts_dir: Path) -> None:
     head, camera = face_images()
     with Agent(make_settings(tmp_path)) as agent:
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
         page.goto(agent.url + "/")
         page.wait_for_selector("#conn:has-text('实时连接正常')", timeout=5000)
-        assert page.inner_text("#operator") == "默认员"
+        # the feed's first status event may come just after its "open": wait for it, do not race it
+        page.wait_for_selector("#operator:text-is('默认员')", timeout=5000)
         body = verification_body(name="覃春燕", score=0.42, result=0, head=head, camera=camera)
         import httpx
 
@@ -121,6 +124,10 @@ def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, art
         assert (width, height) == (1024, 600), (width, height)
         page.screenshot(path=str(artifacts_dir / "operator-page-full-list.png"))
         assert not page.js_errors, page.js_errors
+        # offline: the page, its feed, photos and operator change all come from the agent itself
+        foreign = [url for url in requested if not url.startswith(agent.url + "/") and not url.startswith("data:")]
+        assert not foreign, foreign
+        assert any("/ui/events" in url for url in requested) and any("/ui/photos/" in url for url in requested)
 
 
 def test_card_tap_appears_on_the_page(tmp_path: Path, page: Any, artifacts_dir: Path) -> None:
