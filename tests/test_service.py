@@ -12,6 +12,8 @@ import base64
 import collections
 import json
 import logging
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,15 +24,17 @@ import httpx
 import pytest
 
 from agent.config import load_config
-from agent.errors import DeviceNotFound
+from agent.errors import CardReadError, DeviceNotFound
 from agent.events import VERIFICATION
 from agent.privacy import mask_name
 from agent.service import samples
 from agent.service.notify import Notifier
-from agent.service.service import Heartbeat, Service
+from agent.service.service import CARD_RETRY_PAUSE_S, Heartbeat, Service
 from agent.service.status import collect_status, format_status
 from agent.service.verification import HELD_INVALID, HELD_NO_DECODER, Verifier
 from drivers.base import CardReader, CardReaderSettings, DriverSettings
+from drivers.card_reader.simulator import SYNTHETIC_WLT
+from tests.test_card_wlt import SHIM as WLT_SHIM
 
 pytest.importorskip("skimage", reason="the sample face comes from scikit-image (the demo extra)")
 
@@ -48,6 +52,8 @@ class ScriptedReader(CardReader):
         super().__init__(CardReaderSettings(poll_interval_s=0.02), name="scripted")
         self.cards: collections.deque[Any] = collections.deque()
         self.gone = False
+        self.failing_reads = 0
+        self.failed_at: list[float] = []
 
     def present(self, card: Any) -> None:
         self.cards.append(card)
@@ -68,6 +74,10 @@ class ScriptedReader(CardReader):
     def _poll_card(self) -> Any:
         if self.gone:
             raise DeviceNotFound("scripted reader unplugged", device="scripted")
+        if self.failing_reads:
+            self.failing_reads -= 1
+            self.failed_at.append(time.monotonic())
+            raise CardReadError("scripted read failed", device="scripted")
         return self.cards.popleft() if self.cards else None
 
 
@@ -247,6 +257,18 @@ def test_a_bad_config_on_reload_keeps_the_running_one(run_service: Any, tmp_path
     wait_for(lambda: platform.uploads, what="an upload after the refused reload")
 
 
+def test_failed_card_reads_pause_the_loop_instead_of_spinning(run_service: Any) -> None:
+    # A driver that raises CardReadError on every poll (a vendor bug, a card the SAM cannot read)
+    # must not turn the verification loop into a busy loop that floods the log.
+    service, reader, platform = run_service()
+    reader.failing_reads = 3
+    wait_for(lambda: len(reader.failed_at) == 3, what="three failed reads", timeout_s=10)
+    gaps = [b - a for a, b in zip(reader.failed_at, reader.failed_at[1:])]
+    assert min(gaps) >= CARD_RETRY_PAUSE_S * 0.9, gaps
+    reader.present(card(4, terminal_score=0.8, terminal_result=1))  # then the card reads, and goes up
+    wait_for(lambda: platform.uploads, what="upload after the failed reads")
+
+
 def test_unplugged_reader_degrades_and_recovers(run_service: Any) -> None:
     service, reader, platform = run_service()
     reader.unplug()
@@ -311,6 +333,28 @@ def test_card_without_decoded_photo_is_held_then_released(run_service: Any, tmp_
     sent = platform.uploads[0]
     assert base64.b64decode(sent["headImg"]) [:2] == b"\xff\xd8"
     assert sent["faceResult"] == 1
+
+
+def test_a_reload_that_names_a_wlt_decoder_releases_the_held_records(run_service: Any, tmp_path: Path,
+                                                                     images: dict[str, Any]) -> None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "the test setup installs a C compiler (deploy/system-deps.sh test)"
+    (tmp_path / "shim.c").write_text(WLT_SHIM)
+    decoder = tmp_path / "libshim.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(decoder), str(tmp_path / "shim.c")], check=True)
+    doc = config_doc(tmp_path, images)  # relay: the terminal's score, so the shim's picture needs no face
+    service, reader, platform = run_service(doc)
+    reader.present(card(1, photo=b"", photo_wlt=SYNTHETIC_WLT, terminal_score=0.9, terminal_result=1))
+    wait_for(lambda: service.outbox.list("held", limit=1), what="held row")
+    assert not platform.uploads
+
+    # The technician adds the vendor's library to the config and reloads (SIGHUP): nothing else.
+    doc["card_reader"] = {**doc["card_reader"], "wlt_decoder": str(decoder)}
+    write_config(tmp_path / "fvagent.toml", doc)
+    assert service.reload() is True
+    wait_for(lambda: platform.uploads, what="upload of the released record", timeout_s=15)
+    assert service.outbox.stats()["held"] == 0
+    assert base64.b64decode(platform.uploads[0]["headImg"])[:3] == b"\xff\xd8\xff"
 
 
 def test_card_data_breaking_the_spec_is_kept_held(run_service: Any) -> None:

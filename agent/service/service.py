@@ -42,8 +42,12 @@ from drivers.card_reader import decode_wlt_to_jpeg
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT_S = 8.0
-"""How long the loops get to finish at SIGTERM (systemd's TimeoutStopSec is longer)."""
+CARD_RETRY_PAUSE_S = 0.5
+"""Pause after a failed card read before polling again (about the time to present a card again)."""
+STOP_TIMEOUT_S = 9.0
+"""The whole of ``stop()`` at SIGTERM: within the 10 s the desk is promised (TimeoutStopSec is longer)."""
+STOP_RESERVE_S = 2.0
+"""Of that, what is kept for the uploader and the local API once the loops have had their turn."""
 READ_TIMEOUT_S = 0.5
 """One read_card wait: the loop checks for stop/reload at least this often."""
 STATUS_INTERVAL_S = 2.0
@@ -294,24 +298,27 @@ class Service:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop every loop (the verification in progress finishes, cut short), close everything."""
         deadline = time.monotonic() + timeout_s
+        loops_deadline = deadline - min(STOP_RESERVE_S, timeout_s / 4)
         self._state = "stopping"
         self.stopping.set()
+        self._uploader_stop.set()  # it winds down while the verification in progress finishes
         self.notifier.stopping("stopping: finishing the verification in progress")
         for loop in list(self._loops.values()):
-            loop.thread.join(max(0.1, deadline - time.monotonic()))
+            loop.thread.join(max(0.1, loops_deadline - time.monotonic()))
             if loop.thread.is_alive():
                 log.error("the %s loop did not stop in time", loop.name)
-        self._stop_uploader(max(0.5, deadline - time.monotonic()))
+        self._stop_uploader(max(0.2, (deadline - time.monotonic()) / 2))
         if self.local_api is not None:
-            self.local_api.stop(2.0)
+            self.local_api.stop(max(0.2, deadline - time.monotonic()))
         for slot in (self.reader_slot, self.camera_slot):
             if slot is not None:
                 slot.close()
         self._state = "stopped"
         if self.outbox is not None:  # else the state directory itself is the problem
             self._write_status()
-        uploading = self._uploader_thread is not None and self._uploader_thread.is_alive()
-        if self.outbox is not None and not uploading:  # else: a request in flight still uses it
+        still_running = any(loop.thread.is_alive() for loop in self._loops.values()) or (
+            self._uploader_thread is not None and self._uploader_thread.is_alive())
+        if self.outbox is not None and not still_running:  # else: a commit or request may still use it
             try:
                 self.outbox.close()
             except Exception:
@@ -445,8 +452,10 @@ class Service:
         try:
             card = reader.read_card(READ_TIMEOUT_S)
         except (CardReadError, ProtocolError) as exc:
-            # The card, not the reader: the person presents it again.
+            # The card, not the reader: the person presents it again. The pause keeps a driver that
+            # raises on every poll from spinning the loop and flooding the log.
             log.warning("card read failed, present the card again: %s", exc)
+            self.stopping.wait(CARD_RETRY_PAUSE_S)
             return
         except TimeoutError as exc:  # DeviceTimeout: the reader stopped answering
             self.reader_slot.fault(exc)
