@@ -93,6 +93,24 @@ def test_check_digit_covers_every_remainder() -> None:
     assert "X" in seen and len(seen) >= 8
 
 
+def _iso7064_mod11_2(first17: str) -> str:
+    """The check character by its definition (ISO 7064 MOD 11-2), not by the lookup table under test:
+    the character c makes sum(a_i * 2^(18-i) mod 11, with c in position 18) = 1 (mod 11)."""
+    total = sum(int(ch) * pow(2, 17 - i, 11) for i, ch in enumerate(first17))
+    value = (12 - total % 11) % 11
+    return "X" if value == 10 else str(value)
+
+
+def test_check_digit_is_iso_7064_mod_11_2_for_every_remainder() -> None:
+    remainders: dict[int, str] = {}
+    for n in range(2000):
+        first17 = f"450203199001{n:05d}"
+        expected = _iso7064_mod11_2(first17)
+        assert codes.resident_id_check_digit(first17) == expected, first17
+        remainders[sum(int(c) * w for c, w in zip(first17, codes._WEIGHTS, strict=True)) % 11] = expected
+    assert sorted(remainders) == list(range(11))  # every row of the table was exercised
+
+
 @pytest.mark.parametrize("bad", ["", "1234567890123456", "123456789012345678", "4502031990010100a"])
 def test_check_digit_refuses_non_17_digits(bad: str) -> None:
     with pytest.raises(ValueError):

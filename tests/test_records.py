@@ -284,6 +284,10 @@ def test_card_end_date_format(value: str) -> None:
 def test_card_end_before_start_refused() -> None:
     data = valid() | {"cardStartDate": "2036-01-01"}
     assert problems_of(data) == [("cardEndDate", "must not be before cardStartDate")]
+    # the boundary: one day apart is refused, the same day is a (short) valid card
+    data = valid() | {"cardStartDate": "2035-03-02"}
+    assert problems_of(data) == [("cardEndDate", "must not be before cardStartDate")]
+    assert parse_verification(valid() | {"cardStartDate": "2035-03-01"}).cardStartDate == "2035-03-01"
 
 
 @pytest.mark.parametrize(("end", "status", "ok"), [
@@ -579,6 +583,20 @@ def test_registration_rules(field: str, value: Any, rule: str) -> None:
 
 def test_registration_limits_count_characters() -> None:
     assert parse_registration(registration() | {"deptName": "科" * 50}).deptName == "科" * 50
+
+
+REGISTRATION_TEXT_FIELDS = ["deptId", "deptName", "machineManufacturer", "machineMode", "machineCode", "deviceNo",
+                            "registerUser"]
+
+
+@pytest.mark.parametrize("field", REGISTRATION_TEXT_FIELDS)
+def test_every_registration_text_field_is_varchar_50(field: str) -> None:
+    assert getattr(parse_registration(registration() | {field: "桂" * 50}), field) == "桂" * 50
+    for value, rule in (("桂" * 51, "at most 50 characters"), ("", "must not be empty")):
+        with pytest.raises(RecordError) as info:
+            parse_registration(registration() | {field: value})
+        assert [f for f, _ in info.value.problems] == [field]
+        assert rule in info.value.problems[0][1]
 
 
 def test_registration_model_is_the_spec_table() -> None:
