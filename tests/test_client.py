@@ -211,6 +211,13 @@ def test_http_errors_without_an_envelope(status: int, kind: OutcomeKind) -> None
     assert "<h1>" not in out.message
 
 
+@pytest.mark.parametrize(("code", "kind"), [(500, RETRYABLE), (503, RETRYABLE), (400, REJECTED), (300, REJECTED)])
+def test_exception_code_00000_with_a_failing_code_is_never_accepted(code: int, kind: OutcomeKind) -> None:
+    # code decides before exceptionCode: taking this for accepted would mark an undelivered record sent
+    out = outcome_of(httpx.Response(200, json=envelope(code, "00000", "系统繁忙")))
+    assert out.kind is kind and out.code == code
+
+
 def test_other_business_failures_are_rejected_and_accepted_needs_both_codes() -> None:
     assert outcome_of(httpx.Response(200, json=envelope(300, "C0001", "数据重复"))).kind is REJECTED
     assert outcome_of(httpx.Response(200, json=envelope(200, "X9999", "事务失败"))).kind is REJECTED
@@ -351,6 +358,18 @@ def test_unreadable_replies_are_retryable(body: bytes) -> None:
 def test_envelope_5xx_and_429_codes_are_retryable() -> None:
     assert outcome_of(httpx.Response(200, json=envelope(500, "E9999", "系统异常"))).kind is RETRYABLE
     assert outcome_of(httpx.Response(200, json=envelope(429, "E0429", "too many requests"))).kind is RETRYABLE
+    throttled = outcome_of(httpx.Response(200, headers={"Retry-After": "12"},
+                                          json=envelope(429, "E0429", "too many requests")))
+    assert throttled.kind is RETRYABLE and throttled.retry_after_s == 12
+
+
+def test_a_redirect_is_not_followed() -> None:
+    # Following it would send the signed request (and the personal data) wherever the Location says.
+    fake = answer(httpx.Response(302, headers={"Location": "http://elsewhere.test/login"}))
+    with fake.client() as c:
+        out = c.upload_verification(VERIFICATION)
+    assert out.kind is BLOCKED and out.http_status == 302 and "base_url" in out.message
+    assert [str(r.url) for r in fake.requests] == ["http://127.0.0.1:9/api" + PATH_VERIFICATION]
 
 
 # ---- response signature ----------------------------------------------------------------------------

@@ -254,6 +254,7 @@ def test_response_data_auto_true_false() -> None:
     assert auto.response_data(None) is None
     assert auto.response_data(enc) == {"k": 1}
     assert auto.response_data("plain text") == "plain text"      # not Base64 of whole blocks
+    assert auto.response_data("aGVsbG8=") == "aGVsbG8="          # Base64, but of 5 bytes: not ciphertext
     assert auto.response_data({"k": 1}) == {"k": 1}
     assert off.response_data(enc) == enc
     assert on.response_data(enc) == {"k": 1}
