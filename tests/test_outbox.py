@@ -324,6 +324,66 @@ def test_retry_and_retry_rejected(outbox: Outbox) -> None:
     assert outbox.stats()["pending"] == 2 and outbox.stats()["rejected"] == 0
 
 
+def test_claim_takes_only_due_records_oldest_first(tmp_path: Path) -> None:
+    now = [1_700_000_000.0]
+    box = Outbox.open(storage(tmp_path), clock=lambda: now[0])
+    try:
+        backing_off = box.enqueue(record(1))
+        box.finish(box.claim(1)[0], "retryable", message="HTTP 502", next_attempt_at=now[0] + 60)
+        waiting = box.enqueue(record(2))
+        assert [c.id for c in box.claim(10)] == [waiting]   # the record in backoff is not due yet
+        now[0] += 59
+        assert box.claim(10) == []
+        assert box.next_due_at() == 1_700_000_060.0
+        now[0] += 2
+        assert [c.id for c in box.claim(10)] == [backing_off]
+    finally:
+        box.close()
+
+
+def test_retry_makes_a_backing_off_record_due_now(tmp_path: Path) -> None:
+    now = [1_700_000_000.0]
+    box = Outbox.open(storage(tmp_path), clock=lambda: now[0])
+    try:
+        rid = box.enqueue(record(1))
+        box.finish(box.claim(1)[0], "retryable", message="HTTP 502", next_attempt_at=now[0] + 3600)
+        assert box.claim(1) == []
+        box.wakeup.clear()
+        box.retry(rid)
+        assert box.wakeup.is_set()                            # an idle uploader starts at once
+        assert [c.id for c in box.claim(1)] == [rid]
+    finally:
+        box.close()
+
+
+@pytest.mark.parametrize(("state", "why"), [("sending", "being sent right now"), ("held", "it is held"),
+                                             ("sent", "already accepted")])
+def test_retry_refuses_records_that_must_not_be_sent_again(outbox: Outbox, state: str, why: str) -> None:
+    if state == "held":
+        rid = outbox.enqueue(record(1), held_reason="card photo waits for a WLT decoder")
+    else:
+        rid = outbox.enqueue(record(1))
+        claim = outbox.claim(1)[0]
+        if state == "sent":
+            outbox.finish(claim, "accepted", message="ok", request_id="r")
+    with pytest.raises(OutboxError, match=why) as info:
+        outbox.retry(rid)
+    assert f"record {rid}" in str(info.value)
+    assert outbox.get(rid).state == state  # type: ignore[union-attr]
+    assert outbox.retry_rejected() == 0 and outbox.get(rid).state == state  # type: ignore[union-attr]
+
+
+def test_release_gives_a_claim_back_untried(outbox: Outbox) -> None:
+    rid = outbox.enqueue(record(1))
+    claim = outbox.claim(1)[0]
+    outbox.release(claim)
+    row = outbox.get(rid)
+    assert row is not None and row.state == "pending" and row.attempts == 0
+    assert outbox.attempts(rid) == []
+    again = outbox.claim(1)[0]
+    assert again.attempt == 1 and [a.attempt for a in outbox.attempts(rid)] == [1]
+
+
 def test_export_rejected_writes_full_records_0600_and_never_overwrites(outbox: Outbox, tmp_path: Path) -> None:
     outbox.enqueue(record(1))
     outbox.enqueue(record(2))
@@ -337,6 +397,23 @@ def test_export_rejected_writes_full_records_0600_and_never_overwrites(outbox: O
     assert lines[0]["id"] == 1 and lines[0]["record"] == record(1) and "A2301" in lines[0]["lastError"]
     with pytest.raises(OutboxError, match="exists"):
         outbox.export_rejected(out)
+
+
+def test_export_rejected_is_oldest_first_and_resendable_as_is(outbox: Outbox, tmp_path: Path) -> None:
+    from agent.records import parse_verification
+
+    ids = [outbox.enqueue(record(n)) for n in range(3)]
+    for claim in outbox.claim(3):
+        outbox.finish(claim, "rejected", message=f"A2301 parameter error #{claim.id}", request_id=f"r{claim.id}")
+    out = tmp_path / "rejected.jsonl"
+    assert outbox.export_rejected(out) == 3
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [d["id"] for d in lines] == ids
+    assert [d["attempts"] for d in lines] == [1, 1, 1] and all(d["createdAt"] for d in lines)
+    # each "record" is what `fvagent upload-file` takes: valid, with the spec's field names
+    assert [parse_verification(d["record"]).to_payload() for d in lines] == [record(n) for n in range(3)]
+    # exporting changes nothing: the records stay rejected until retried
+    assert outbox.stats()["rejected"] == 3
 
 
 def test_release_held_completes_and_queues(outbox: Outbox) -> None:
@@ -414,6 +491,48 @@ def test_size_budget_evicts_sent_data_first_and_never_unsent(tmp_path: Path) -> 
         assert box.integrity_check() == ["ok"]
     finally:
         box.close()
+
+
+def test_size_budget_never_evicts_rejected_or_held_records(tmp_path: Path) -> None:
+    big = "A" * 40_000
+    now = [1_700_000_000.0]
+
+    def fill() -> dict[str, int]:
+        box = Outbox.open(storage(tmp_path), clock=lambda: now[0])
+        try:
+            ids = {"old_sent": box.enqueue({**record(1), "headImg": big}),
+                   "new_sent": box.enqueue({**record(2), "headImg": big})}
+            box.finish(box.claim(1)[0], "accepted", message="ok", request_id="r1")
+            now[0] += 60
+            box.finish(box.claim(1)[0], "accepted", message="ok", request_id="r2")
+            ids["rejected"] = box.enqueue({**record(3), "headImg": big})
+            box.finish(box.claim(1)[0], "rejected", message="A2301 parameter error", request_id="r3")
+            ids["held"] = box.enqueue({**record(4), "headImg": big}, held_reason="waits for a WLT decoder",
+                                      raw_wlt=b"W" * 1024)
+            ids["pending"] = box.enqueue({**record(5), "headImg": big})
+            return ids
+        finally:
+            box.close()
+
+    ids = fill()
+    with Outbox.open(storage(tmp_path)) as box:
+        total = box.stats()["bytes"]
+    # Just over budget: sent photos go first; the sent rows (the platform has them) stay.
+    with Outbox.open(storage(tmp_path, max_bytes=total - 1000)) as box:
+        result = housekeeping(box, now[0])
+        assert result["evicted_photos"] >= 1 and result["evicted_rows"] == 0 and result["alert"] is None
+        assert not box.get(ids["old_sent"]).has_photos  # type: ignore[union-attr]
+        assert all(box.get(ids[n]).has_photos for n in ("rejected", "held", "pending"))  # type: ignore[union-attr]
+    # Far over budget: every sent record goes, nothing else loses a byte.
+    with Outbox.open(storage(tmp_path, max_bytes=1000)) as box:
+        result = housekeeping(box, now[0])
+        assert result["alert"] and "never evicted" in result["alert"]
+        assert box.get(ids["old_sent"]) is None and box.get(ids["new_sent"]) is None
+        for name, n in (("rejected", 3), ("held", 4), ("pending", 5)):
+            assert box.payload(ids[name]) == {**record(n), "headImg": big}, name
+        assert box.raw_wlt(ids["held"]) == b"W" * 1024
+        assert box.stats()["rejected"] == box.stats()["held"] == box.stats()["pending"] == 1
+        assert box.integrity_check() == ["ok"]
 
 
 def test_freed_space_goes_back_to_the_file_system(tmp_path: Path) -> None:
