@@ -137,6 +137,90 @@ def test_records_queue_while_registration_fails_and_flow_once_it_works(env: Any)
     assert env.outbox.stats()["sent"] == 3
 
 
+def test_registration_rejected_keeps_records_pending_until_device_is_fixed(env: Any) -> None:
+    # An unregistered device's uploads would all come back A2301: none may be sent (and marked rejected)
+    # before the platform took the registration.
+    env.platform.rule = lambda req, body: (env.platform.envelope(req, code=400, exception_code="A2301",
+                                                                 msg="deptId 不存在")
+                                           if "machine" in req.url.path and body["deptId"] == "D01" else None)
+    ids = [env.outbox.enqueue(record(n)) for n in range(3)]
+    up = env.uploader()
+    assert up.drain_once() == 0
+    assert env.platform.paths() == ["info"] and env.platform.uploads() == []
+    assert env.outbox.stats()["pending"] == 3 and env.outbox.stats()["rejected"] == 0
+    snap = up.snapshot()
+    assert snap["state"] == "paused" and "registration rejected" in snap["paused_reason"]
+    assert "fix [device]" in snap["paused_reason"] and "deptId" in snap["paused_reason"]
+    assert not env.outbox.registration_state()["registered"]
+    assert up.drain_once() == 0 and env.platform.paths() == ["info"]  # no retry storm on the registration
+    up.update_settings(device_settings=env.settings.device.model_copy(update={"dept_id": "D02"}))
+    assert up.drain_once() == 3
+    assert all(env.outbox.get(i).state == "sent" for i in ids)
+
+
+def test_registration_refused_credentials_block_everything(env: Any) -> None:
+    env.platform.rule = lambda req, body: (httpx.Response(403, text="forbidden") if "machine" in req.url.path
+                                           else None)
+    env.outbox.enqueue(record(1))
+    up = env.uploader()
+    assert up.drain_once() == 0
+    assert env.platform.uploads() == [] and env.outbox.stats()["pending"] == 1
+    assert up.blocked and up.snapshot()["state"] == "blocked"
+    assert up.snapshot()["blocked_reason"].startswith("registration:")
+    assert env.outbox.get_state("blocked")["reason"].startswith("registration:")  # survives a restart
+
+
+def test_a_failing_registration_refresh_does_not_stop_uploads(env: Any) -> None:
+    env.outbox.enqueue(record(1))
+    now = [time.time()]
+    up = env.uploader(clock=lambda: now[0])
+    assert up.drain_once() == 1
+    registered_at = env.outbox.registration_state()["at"]
+    env.platform.rule = lambda req, body: httpx.Response(503) if "machine" in req.url.path else None
+    now[0] += env.settings.uploader.register_refresh_h * 3600 + 60  # the daily refresh is due
+    later = env.outbox.enqueue(record(2))
+    up.drain_once()  # the refresh fails: a short global backoff, as after any failure
+    assert env.platform.paths()[-1] == "info"
+    now[0] += env.settings.uploader.backoff_initial_s * 2  # past that backoff, before the next refresh try
+    assert env.settings.uploader.backoff_initial_s * 2 < env.settings.uploader.backoff_max_s
+    up.drain_once()
+    assert env.platform.paths()[-2:] == ["info", "upload"]
+    assert env.outbox.get(later).state == "sent"
+    reg = env.outbox.registration_state()
+    assert reg["registered"] and reg["outcome"] == "retryable" and reg["at"] == registered_at
+
+
+def test_a_failing_platform_is_probed_one_record_at_a_time(env: Any) -> None:
+    failing = {"on": True}
+
+    def rule(req: httpx.Request, body: dict[str, Any]) -> httpx.Response | None:
+        if failing["on"] and "/first" in req.url.path:
+            time.sleep(0.05)  # a slow failure: the round's other requests are under way before it is known
+            return httpx.Response(502)
+        return None
+
+    env.platform.rule = rule
+    for n in range(8):
+        env.outbox.enqueue(record(n))
+    up = env.uploader()
+    concurrency = env.settings.uploader.concurrency
+    assert concurrency > 1
+    rounds: list[int] = []
+    deadline = time.monotonic() + 20
+    while len(rounds) < 4 and time.monotonic() < deadline:
+        if n := up.step():
+            rounds.append(n)
+        time.sleep(0.005)
+    assert 1 <= rounds[0] <= concurrency and rounds[1:] == [1, 1, 1]  # found out; then one probe per round
+    failing["on"] = False
+    while env.outbox.stats()["sent"] < 8 and time.monotonic() < deadline:
+        if n := up.step():
+            rounds.append(n)
+        time.sleep(0.005)
+    assert env.outbox.stats()["sent"] == 8
+    assert max(rounds[4:]) == concurrency  # after a success, full speed again
+
+
 def test_switched_off_sends_nothing_and_keeps_queueing(tmp_path: Path, env: Any) -> None:
     off = _settings(tmp_path, enabled=False)
     for n in range(3):
@@ -205,9 +289,15 @@ def test_retryable_backs_off_with_full_jitter_and_keeps_every_request_id(env: An
     assert up.drain_once() == 1
     row = env.outbox.get(rid)
     assert row.state == "pending" and row.last_outcome == "retryable" and "502" in row.last_error
+    assert row.request_id == env.platform.requests[-1][2]  # the attempt that just failed, traceable
     assert before <= row.next_attempt_at <= time.time() + env.settings.uploader.backoff_initial_s
     assert up.snapshot()["state"] == "backoff"
     deadline = time.monotonic() + 10
+    while env.outbox.get(rid).attempts < 2 and time.monotonic() < deadline:
+        up.drain_once()
+        time.sleep(0.01)
+    row = env.outbox.get(rid)
+    assert row.last_outcome == "retryable" and row.request_id == env.platform.requests[-1][2]  # the latest
     while env.outbox.get(rid).state != "sent" and time.monotonic() < deadline:
         up.drain_once()
         time.sleep(0.01)
@@ -236,7 +326,7 @@ def test_full_jitter_bounds() -> None:
         ceiling = min(300.0, 2.0 * 2 ** (attempt - 1))
         values = [full_jitter(attempt, 2.0, 300.0, rng) for _ in range(200)]
         assert all(0 <= v <= ceiling for v in values)
-        assert max(values) > ceiling * 0.8  # it spreads over the whole range (full jitter)
+        assert max(values) > ceiling * 0.8 and min(values) < ceiling * 0.2  # the whole range (full jitter)
 
 
 def test_rate_limiter_spaces_requests_evenly() -> None:
