@@ -88,6 +88,61 @@ def test_retry_and_export(setup: tuple[Path, Outbox], capsys: pytest.CaptureFixt
     assert box.get(ids[1]).state == "pending"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(("state", "why"), [("sent", "already accepted"), ("held", "it is held"),
+                                             ("sending", "being sent right now")])
+def test_retry_of_one_record(setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str], state: str,
+                             why: str) -> None:
+    cfg, box = setup
+    ids = _fill(box)  # ids[0] sent, ids[1] rejected, ids[2] sending, ids[3] pending; then one held
+    held = box.list("held")[0].id
+    target = {"sent": ids[0], "held": held, "sending": ids[2]}[state]
+    code, _, err = _run(capsys, "queue", "retry", str(target), "-c", str(cfg))
+    assert code == 1 and why in err and f"record {target}" in err
+    assert box.get(target).state == state  # type: ignore[union-attr]
+    code, out, _ = _run(capsys, "queue", "retry", str(ids[1]), "-c", str(cfg))
+    assert code == 0 and f"record {ids[1]} queued again" in out
+    assert box.get(ids[1]).state == "pending" and box.stats()["rejected"] == 0  # type: ignore[union-attr]
+    with pytest.raises(SystemExit) as usage:  # neither an id nor --rejected: a usage error, nothing changed
+        main(["queue", "retry", "-c", str(cfg)])
+    assert usage.value.code == 2 and "--rejected" in capsys.readouterr().err
+
+
+def test_a_rejected_record_is_exported_fixed_and_resent_with_upload_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The hospital's way back for a rejected record: export, fix the field, `fvagent upload-file`."""
+    from agent.mock_platform import MockPlatform, MockPlatformConfig
+
+    config = MockPlatformConfig(org_app_id="APP0001", org_app_secret="0123456789abcdef", ticket="ESB-TICKET-1",
+                                require_registration=False)
+    with MockPlatform(config, tmp_path / "mock.db") as mock:
+        cfg = write_config(tmp_path / "fvagent.toml", url=mock.url, state_dir=tmp_path / "state")
+        with Outbox.open(load_config(cfg, validate_drivers=False).storage) as box:
+            box.enqueue(record(1) | {"police": ""})
+            box.finish(box.claim(1)[0], "rejected", message="A2301 parameter error: police 不能为空",
+                       request_id="req-1", exception_code="A2301")
+        export = tmp_path / "rejected.jsonl"
+        assert _run(capsys, "queue", "export", "--rejected", str(export), "-c", str(cfg))[0] == 0
+
+        # Handing upload-file the export itself, or one of its lines, says what to take out of it.
+        with export.open("a", encoding="utf-8") as fh:
+            fh.write(export.read_text(encoding="utf-8"))
+        code, _, err = _run(capsys, "upload-file", "-c", str(cfg), str(export))
+        assert code == 1 and "more than one JSON value" in err and ".record" in err
+        line = tmp_path / "line.json"
+        line.write_text(export.read_text(encoding="utf-8").splitlines()[0], encoding="utf-8")
+        code, _, err = _run(capsys, "upload-file", "-c", str(cfg), str(line))
+        assert code == 1 and "queue export" in err and ".record" in err
+        assert mock.requests("/first") == []
+
+        fixed = json.loads(line.read_text(encoding="utf-8"))["record"] | {"police": "南宁市公安局青秀分局"}
+        rec = tmp_path / "fixed.json"
+        rec.write_text(json.dumps(fixed, ensure_ascii=False), encoding="utf-8")
+        code, out, _ = _run(capsys, "upload-file", "-c", str(cfg), str(rec))
+        assert code == 0 and "outcome:    accepted" in out
+        [stored] = mock.records(include_images=True)
+        assert stored["payload"] == record(1)
+
+
 def test_commands_never_create_an_outbox(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "nothing-here")
     code, _, err = _run(capsys, "queue", "stats", "-c", str(cfg))

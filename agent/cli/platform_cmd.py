@@ -135,8 +135,12 @@ def _read_json(path_text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
+        hint = "the file must hold one JSON object with the platform's field names"
+        if exc.msg == "Extra data":  # e.g. a whole `fvagent queue export` file: one record per line
+            hint = ("the file holds more than one JSON value; put one record in a file of its own "
+                    "(for an export file: jq -c '.record' FILE, one line per record)")
         raise RecordError(f"record file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                          hint="the file must hold one JSON object with the platform's field names") from None
+                          hint=hint) from None
 
 
 def cmd_upload_file(args: argparse.Namespace) -> int:
@@ -149,6 +153,11 @@ def cmd_upload_file(args: argparse.Namespace) -> int:
     if not isinstance(data, dict):
         raise RecordError(f"record file {args.record} holds a JSON {type(data).__name__}, not an object",
                           hint="the file must hold one JSON object with the platform's field names")
+    if isinstance(data.get("record"), dict) and "id" in data:
+        raise RecordError(f"record file {args.record} holds a line of `fvagent queue export` (outbox record "
+                          f"{data['id']}), not the record itself",
+                          hint="send its \"record\" object: jq -c '.record' the line into a file, fix it, and "
+                               "give that file to upload-file")
     record = parse_verification(data, long_term_end=settings.platform.conventions.long_term_end_date)
     payload = record.to_payload()
     print(f"record valid: cardNo {mask_card_no(payload.get('cardNo'))}, realName {mask_name(payload.get('realName'))}, "
