@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from agent.config import Settings, load_config
-from agent.errors import OutboxError
+from agent.errors import OutboxError, StorageFull
 from agent.outbox import Outbox, RateLimiter, Uploader, full_jitter
 from agent.uplink.client import PlatformClient
 from tests.test_outbox_support import record, write_config
@@ -376,6 +376,39 @@ def test_run_requeues_records_a_crash_left_in_sending(env: Any) -> None:
         stop.set()
         thread.join(10)
     assert [a.outcome for a in env.outbox.attempts(rid)] == ["interrupted", "accepted"]
+
+
+class DiskFullOnFinish(Outbox):
+    """An outbox whose disk is full when the next ``full`` results are stored (capture is unaffected)."""
+
+    full = 0
+
+    def finish(self, *args: Any, **kw: Any) -> None:
+        if self.full:
+            self.full -= 1
+            raise StorageFull("the disk is full: cannot record the upload result; nothing stored was changed")
+        super().finish(*args, **kw)
+
+
+def test_a_result_that_cannot_be_stored_is_kept_and_stored_later_not_resent(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    platform = FakePlatform()
+    with DiskFullOnFinish.open(settings.storage) as box:
+        up = Uploader(box, lambda p: PlatformClient(p, transport=httpx.MockTransport(platform)), settings.platform,
+                      settings.uploader, settings.device, rng=random.Random(7))
+        try:
+            rid = box.enqueue(record(1))
+            box.full = 1
+            assert up.step() == 1
+            assert len(platform.uploads()) == 1
+            assert box.get(rid).state == "sending"  # type: ignore[union-attr]  # accepted, not yet written
+            assert up.snapshot()["state"] == "paused" and "disk is full" in up.snapshot()["paused_reason"]
+            up.step()  # space is back: the kept result is stored first
+            row = box.get(rid)
+            assert row is not None and row.state == "sent" and row.request_id == platform.requests[-1][2]
+            assert up.drain_once() == 0 and len(platform.uploads()) == 1  # never sent a second time
+        finally:
+            up.close()
 
 
 def test_a_record_altered_on_disk_is_set_aside_not_sent(env: Any) -> None:
