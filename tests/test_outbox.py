@@ -416,6 +416,26 @@ def test_export_rejected_is_oldest_first_and_resendable_as_is(outbox: Outbox, tm
     assert outbox.stats()["rejected"] == 3
 
 
+def test_export_goes_on_past_a_record_altered_on_disk(outbox: Outbox, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    ids = [outbox.enqueue(record(n)) for n in range(3)]
+    for claim in outbox.claim(3):
+        outbox.finish(claim, "rejected", message="A2301 parameter error", request_id=f"r{claim.id}")
+    conn = sqlite3.connect(outbox.path)
+    blob = bytearray(conn.execute("SELECT data FROM payloads WHERE record_id = ?", (ids[1],)).fetchone()[0])
+    blob[20] ^= 0xFF
+    conn.execute("UPDATE payloads SET data = ? WHERE record_id = ?", (bytes(blob), ids[1]))
+    conn.commit()
+    conn.close()
+    out = tmp_path / "rejected.jsonl"
+    assert outbox.export_rejected(out) == 3
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [d["id"] for d in lines] == ids
+    assert lines[0]["record"] == record(0) and lines[2]["record"] == record(2)
+    assert lines[1]["record"] is None and "does not open" in lines[1]["error"]
+    assert f"record {ids[1]}" in caplog.text and card_no(1) not in caplog.text
+
+
 def test_release_held_completes_and_queues(outbox: Outbox) -> None:
     incomplete = {k: v for k, v in record(1).items() if k != "headImg"}
     held = outbox.enqueue(incomplete, held_reason="no WLT decoder", raw_wlt=b"WLT" * 10)

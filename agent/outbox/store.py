@@ -594,7 +594,10 @@ class Outbox:
     def export_rejected(self, path: str | os.PathLike[str]) -> int:
         """Write every rejected record to ``path`` (JSON Lines, created 0600, never overwritten):
         one object per line with ``id``, ``createdAt``, ``attempts``, ``lastError`` and ``record``
-        (the full payload, to fix and resend with ``fvagent upload-file``). Returns how many."""
+        (the full payload, to fix and resend with ``fvagent upload-file``). Returns how many.
+
+        A record whose sealed data no longer opens (altered on disk) gets a line with ``record`` null
+        and ``error`` saying so, and is logged: it must not keep the others from being exported."""
         rows = self.list("rejected", limit=1_000_000)
         target = Path(path)
         try:
@@ -606,7 +609,13 @@ class Outbox:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for row in reversed(rows):
                 doc = {"id": row.id, "createdAt": dt.datetime.fromtimestamp(row.created_at).astimezone().isoformat(),
-                       "attempts": row.attempts, "lastError": row.last_error, "record": self.payload(row.id)}
+                       "attempts": row.attempts, "lastError": row.last_error}
+                try:
+                    doc["record"] = self.payload(row.id)
+                except OutboxCorrupt as exc:
+                    log.error("export: %s; its line in %s has no record", exc.message, target)
+                    doc["record"] = None
+                    doc["error"] = exc.message
                 fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
