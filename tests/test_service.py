@@ -269,6 +269,21 @@ def test_failed_card_reads_pause_the_loop_instead_of_spinning(run_service: Any) 
     wait_for(lambda: platform.uploads, what="upload after the failed reads")
 
 
+def test_a_hung_upload_loop_is_a_stalled_loop(run_service: Any) -> None:
+    # The uploader's thread stays alive while its loop hangs (here: a lock that never comes); the
+    # watchdog must see that, not just a live thread.
+    service, reader, platform = run_service(heartbeat_max_age_s=1.0)
+    hang = threading.Event()
+    service.uploader._flush_unrecorded = lambda: hang.wait() and False
+    try:
+        wait_for(lambda: "uploader" in service.stale_loops(), what="the hung uploader reported stale")
+        assert service._uploader_thread.is_alive()
+        assert any("uploader" in a for a in service.status()["alerts"])
+    finally:
+        hang.set()
+    wait_for(lambda: "uploader" not in service.stale_loops(), what="the uploader beating again")
+
+
 def test_unplugged_reader_degrades_and_recovers(run_service: Any) -> None:
     service, reader, platform = run_service()
     reader.unplug()

@@ -119,6 +119,7 @@ class Uploader:
         self._reg_retry_at = 0.0
         self._sender_lock_fd: int | None = None
         self._stop = threading.Event()
+        self._beat: Callable[[], None] = lambda: None  # the watchdog heartbeat, set by run()
         self._unrecorded: list[tuple[Claim, str, dict[str, Any]]] = []
         self.platform = platform_settings
         self.settings = uploader_settings
@@ -463,11 +464,17 @@ class Uploader:
         return total
 
     # -- the daemon's loop -------------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, heartbeat: Callable[[], None] | None = None) -> None:
         """Send until ``stop`` is set. Takes the uploader lock (one uploader per outbox), requeues what
-        a crash left in ``sending``, then keeps ``concurrency`` requests in flight at most."""
+        a crash left in ``sending``, then keeps ``concurrency`` requests in flight at most.
+
+        ``heartbeat`` is called at least every second while the loop is healthy (also while it waits
+        or backs off), so the daemon's watchdog sees a loop that hangs rather than a thread alive.
+        """
         self._take_sender_lock()
         self._stop = stop
+        if heartbeat is not None:
+            self._beat = heartbeat
         self.recover()
         inflight = 0
         cond = threading.Condition()
@@ -480,6 +487,7 @@ class Uploader:
 
         try:
             while not stop.is_set():
+                self._beat()
                 try:
                     wait = None if self._flush_unrecorded() else self.settings.poll_interval_s
                     if wait is None:
@@ -493,6 +501,7 @@ class Uploader:
                     continue
                 with cond:
                     while inflight >= self.settings.concurrency and not stop.is_set():
+                        self._beat()
                         cond.wait(0.2)
                     free = self.settings.concurrency - inflight
                 if stop.is_set():
@@ -523,6 +532,7 @@ class Uploader:
                     # Probing a failing platform: let this one finish before deciding on the next.
                     with cond:
                         while inflight and not stop.is_set():
+                            self._beat()
                             cond.wait(0.2)
         finally:
             with cond:
@@ -552,6 +562,7 @@ class Uploader:
         """Wait up to ``seconds``; wake early on ``stop`` or (with ``wake``) a new record."""
         deadline = time.monotonic() + max(0.0, seconds)
         while not stop.is_set():
+            self._beat()
             left = deadline - time.monotonic()
             if left <= 0:
                 return

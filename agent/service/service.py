@@ -121,6 +121,7 @@ class Service:
         self.uploader: Any = None
         self._uploader_stop = threading.Event()
         self._uploader_thread: threading.Thread | None = None
+        self._uploader_heartbeat = Heartbeat("uploader", 60.0)
         self._uploader_error: str | None = None
         self.reader_slot: DriverSlot | None = None
         self.camera_slot: DriverSlot | None = None
@@ -240,13 +241,16 @@ class Service:
         s = self.settings
         self.uploader = Uploader(self.outbox, self._client_factory, s.platform, s.uploader, s.device)
         self._uploader_stop = threading.Event()
+        # One iteration may hold a registration request (connect + read timeouts) and a commit.
+        self._uploader_heartbeat = Heartbeat("uploader", self._max_age(
+            s.platform.connect_timeout_s + s.platform.timeout_s + 30.0))
         self._uploader_thread = threading.Thread(target=self._run_uploader, args=(self.uploader, self._uploader_stop),
                                                  name="uploader", daemon=True)
         self._uploader_thread.start()
 
     def _run_uploader(self, uploader: Any, stop: threading.Event) -> None:
         try:
-            uploader.run(stop)
+            uploader.run(stop, heartbeat=self._uploader_heartbeat.beat)
         except Exception as exc:
             self._uploader_error = str(exc)
             log.exception("the uploader stopped with an error")
@@ -405,9 +409,7 @@ class Service:
     def _watchdog(self, interval: float | None) -> None:
         if not interval:
             return
-        stale = [loop.name for loop in self._loops.values() if not loop.heartbeat.fresh or not loop.thread.is_alive()]
-        if self._uploader_thread is not None and not self._uploader_thread.is_alive() and not self.stopping.is_set():
-            stale.append("uploader")
+        stale = self.stale_loops()
         if stale:
             if stale != self._stalled:
                 log.error("loop(s) %s stalled: not pinging the watchdog (systemd will restart the service)",
@@ -423,7 +425,12 @@ class Service:
             self._last_watchdog = now
 
     def stale_loops(self) -> list[str]:
-        return [loop.name for loop in self._loops.values() if not loop.heartbeat.fresh]
+        """The loops that stopped beating (hung) or ended (crashed): the watchdog pings stop for them."""
+        stale = [loop.name for loop in self._loops.values() if not loop.heartbeat.fresh or not loop.thread.is_alive()]
+        if self._uploader_thread is not None and not self.stopping.is_set() and (
+                not self._uploader_thread.is_alive() or not self._uploader_heartbeat.fresh):
+            stale.append("uploader")
+        return stale
 
     # ----------------------------------------------------------------------------------------------
     # The loops
