@@ -11,7 +11,7 @@
 
 Whatever the destination, ``MaskingFilter`` is a safety net for privacy: any ID number that slipped
 into a message, its arguments or a traceback is shown masked (``4502**********0516``) by
-``agent.privacy.mask_card_no``. Code must still mask names and numbers itself; this only catches
+``agent.privacy.mask_id_numbers``. Code must still mask names and numbers itself; this only catches
 mistakes.
 """
 
@@ -19,31 +19,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from agent.privacy import mask_card_no
+from agent.privacy import mask_id_numbers
 
 FIELD_PREFIX = "FVAGENT_"
 """``extra`` keys with this prefix become journald fields."""
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-# Resident ID and the new foreign permanent resident card: 17 digits + digit/X; HK/Macau/Taiwan
-# residence permits have the same shape (81/82/83 prefix); old 15-digit resident IDs; old foreign
-# permanent resident cards: 3 letters + 12 digits. Bounded by non-alphanumerics so longer numbers
-# (timestamps, hex digests) are left alone.
-_ID_NUMBER = re.compile(
-    r"(?<![0-9A-Za-z])(?:\d{17}[0-9Xx]|\d{15}|[A-Z]{3}\d{12})(?![0-9A-Za-z])"
-)
-
-
-def mask_id_numbers(text: str) -> str:
-    """``text`` with every ID-number-shaped token masked (first four and last four kept)."""
-    return _ID_NUMBER.sub(lambda m: mask_card_no(m.group(0)), text)
-
 
 class MaskingFilter(logging.Filter):
     """Masks ID numbers in the formatted message, and in ``FVAGENT_*`` extras, in place.

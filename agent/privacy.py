@@ -6,6 +6,8 @@ place that decides how a masked value looks.
 
 from __future__ import annotations
 
+import re
+
 
 def mask_card_no(card_no: str | None) -> str:
     """``450203199001011234`` -> ``4502**********1234``: first four and last four kept."""
@@ -21,3 +23,17 @@ def mask_name(name: str | None) -> str:
     if not name:
         return ""
     return name[0] + "*" * (len(name) - 1)
+
+
+# Resident ID and the new foreign permanent resident card: 17 digits + digit/X; HK/Macau/Taiwan
+# residence permits have the same shape (81/82/83 prefix); old 15-digit resident IDs; old foreign
+# permanent resident cards: 3 letters + 12 digits. Bounded by non-alphanumerics so longer numbers
+# (timestamps, hex digests) are left alone.
+_ID_NUMBER = re.compile(
+    r"(?<![0-9A-Za-z])(?:\d{17}[0-9Xx]|\d{15}|[A-Z]{3}\d{12})(?![0-9A-Za-z])"
+)
+
+
+def mask_id_numbers(text: str) -> str:
+    """``text`` with every ID-number-shaped token masked (first four and last four kept)."""
+    return _ID_NUMBER.sub(lambda m: mask_card_no(m.group(0)), text)

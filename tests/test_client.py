@@ -199,6 +199,14 @@ def test_a2301_is_rejected_whatever_the_code(code: int) -> None:
     assert out.kind is REJECTED and out.exception_code == "A2301" and "cardNo" in out.message
 
 
+def test_an_id_number_quoted_in_the_platforms_message_is_masked() -> None:
+    # The message is logged, shown in status and kept in the outbox's unencrypted columns.
+    card_no = "450203199001011234"
+    out = outcome_of(httpx.Response(200, json=envelope(200, "A2301", f"cardNo {card_no} 与姓名不符")))
+    assert out.kind is REJECTED and card_no not in out.message and "4502**********1234" in out.message
+    assert card_no not in str(out)
+
+
 def test_a2301_in_a_http_400_envelope_is_rejected() -> None:
     assert outcome_of(httpx.Response(400, json=envelope(400, "A2301", "参数错误"))).kind is REJECTED
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from agent.privacy import mask_id_numbers
+
 
 class OutcomeKind(str, enum.Enum):
     ACCEPTED = "accepted"
@@ -35,6 +37,11 @@ class Outcome:
     """The platform's ``returnTime``, for clock-skew checks."""
     retry_after_s: float | None = None
     """Honoured when the platform sent Retry-After (429/503)."""
+
+    def __post_init__(self) -> None:
+        # The platform's message may quote the record (e.g. the ID number it found wrong); it is
+        # logged, shown in status and kept in the outbox's plain columns, so it is masked here once.
+        object.__setattr__(self, "message", mask_id_numbers(self.message))
 
     @property
     def accepted(self) -> bool:
