@@ -28,10 +28,15 @@ $(VENV)/.installed-test: pyproject.toml deploy/system-deps.sh
 	$(BIN)/pip install --quiet -e '.[demo,test,journald]'
 	touch $@ $(VENV)/.installed-demo
 
+# Every benchmark, one after another (about 10 minutes); figures and machines in bench/README.md.
 bench: setup-test
 	$(BIN)/python bench/crypto.py
-	$(BIN)/python bench/backlog.py
 	$(BIN)/python bench/face.py
+	$(BIN)/python bench/card_reader.py
+	$(BIN)/python bench/verification.py 30
+	$(BIN)/python bench/localapi.py 300
+	$(BIN)/python bench/mock_platform.py --count 300
+	$(BIN)/python bench/backlog.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
