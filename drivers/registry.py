@@ -37,6 +37,10 @@ def available(kind: str) -> list[str]:
     return sorted(_entry_points(kind))
 
 
+# Modules whose pip package has another name (the built-in drivers' dependencies).
+_PACKAGE_OF_MODULE = {"serial": "pyserial", "usb": "pyusb", "cv2": "opencv-python-headless", "dlib": "dlib-bin"}
+
+
 def load_class(kind: str, name: str) -> type[Any]:
     """Import and return the plugin class registered as ``name`` for ``kind``.
 
@@ -53,10 +57,13 @@ def load_class(kind: str, name: str) -> type[Any]:
         return ep.load()  # type: ignore[no-any-return]
     except ImportError as exc:
         missing = exc.name or str(exc)
-        raise DriverNotFound(
-            f"{kind} driver {name!r} cannot load: module {missing!r} is missing",
-            hint=f"install the package that provides {missing!r} into fvagent's venv (pip install {missing})",
-        ) from exc
+        package = _PACKAGE_OF_MODULE.get(missing.split(".")[0])
+        dist = getattr(getattr(ep, "dist", None), "name", None)
+        hint = (f"pip install {package} into fvagent's venv" if package else
+                f"install the package that provides {missing!r} into fvagent's venv")
+        if dist:
+            hint += f" (reinstalling {dist} brings its dependencies)"
+        raise DriverNotFound(f"{kind} driver {name!r} cannot load: module {missing!r} is missing", hint=hint) from exc
 
 
 def validate_settings(kind: str, name: str, options: dict[str, Any]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,6 +99,12 @@ def test_a_vendor_package_adds_a_driver_and_a_missing_dependency_is_named(tmp_pa
         assert type(reader).__name__ == "AcmeReader" and reader.read_card(1.0).card_type == "1"
     with pytest.raises(DriverNotFound, match="'acme-sdk' cannot load: module 'acme_vendor_sdk' is missing") as info:
         registry.create("card_reader", "acme-sdk", {})
-    assert "acme_vendor_sdk" in info.value.hint
+    assert "acme_vendor_sdk" in info.value.hint and "reinstalling acme-fvagent" in info.value.hint
     with pytest.raises(ConfigError, match="cannot load"):
         registry.validate_settings("card_reader", "acme-sdk", {})
+    # A module whose pip package has another name is named by its package.
+    (tmp_path / "acme_fvagent_sdk.py").write_text("import serial.nonexistent_part  # a broken pyserial\n")
+    monkeypatch.delitem(sys.modules, "acme_fvagent_sdk", raising=False)
+    with pytest.raises(DriverNotFound) as info:
+        registry.create("card_reader", "acme-sdk", {})
+    assert "pip install pyserial" in info.value.hint
