@@ -373,6 +373,64 @@ def test_retry_refuses_records_that_must_not_be_sent_again(outbox: Outbox, state
     assert outbox.retry_rejected() == 0 and outbox.get(rid).state == state  # type: ignore[union-attr]
 
 
+def test_resolve_marks_a_rejected_record_sent_and_records_the_delivery(tmp_path: Path) -> None:
+    now = [1_700_000_000.0]
+    box = Outbox.open(storage(tmp_path, keep_sent_days=7, keep_sent_rows_days=30), clock=lambda: now[0])
+    try:
+        rid = box.enqueue(record(1))
+        box.finish(box.claim(1)[0], "rejected", message="A2301 parameter error: police", request_id="req-1",
+                   exception_code="A2301")
+        now[0] += 3600
+        box.resolve(rid, request_id=" req-fixed ", message="resent corrected by hand")
+        row = box.get(rid)
+        assert row is not None and row.state == "sent" and row.sent_at == now[0] and row.updated_at == now[0]
+        assert row.last_outcome == "accepted" and row.last_error is None and row.request_id == "req-fixed"
+        assert row.attempts == 2
+        attempts = box.attempts(rid)
+        assert [(a.attempt, a.outcome, a.request_id) for a in attempts] == [(1, "rejected", "req-1"),
+                                                                          (2, "accepted", "req-fixed")]
+        assert attempts[1].message == "resent corrected by hand" and attempts[1].finished_at == now[0]
+        assert box.stats()["rejected"] == 0 and box.stats()["last_sent_at"] == now[0]
+        # no longer rejected: retry --rejected and export leave it alone
+        assert box.retry_rejected() == 0 and box.get(rid).state == "sent"  # type: ignore[union-attr]
+        assert box.export_rejected(tmp_path / "rejected.jsonl") == 0
+        # retention treats it as any sent record, counted from when it was marked sent
+        assert housekeeping(box, now[0] + 6 * 86400)["photos_erased"] == 0
+        assert housekeeping(box, now[0] + 8 * 86400)["photos_erased"] == 1
+        assert housekeeping(box, now[0] + 31 * 86400)["rows_deleted"] == 1 and box.get(rid) is None
+    finally:
+        box.close()
+
+
+@pytest.mark.parametrize(("state", "why"), [("sent", "already accepted"), ("sending", "being sent right now"),
+                                             ("pending", "queued to be sent"), ("held", "it is held")])
+def test_resolve_refuses_every_record_that_is_not_rejected(outbox: Outbox, state: str, why: str) -> None:
+    if state == "held":
+        rid = outbox.enqueue(record(1), held_reason="card photo waits for a WLT decoder")
+    else:
+        rid = outbox.enqueue(record(1))
+        if state != "pending":
+            claim = outbox.claim(1)[0]
+            if state == "sent":
+                outbox.finish(claim, "accepted", message="ok", request_id="req-first")
+    before = (outbox.get(rid), outbox.attempts(rid))
+    with pytest.raises(OutboxError, match=why) as info:
+        outbox.resolve(rid, request_id="req-fixed", message="resent corrected by hand")
+    assert f"record {rid} cannot be marked sent" in str(info.value)
+    assert (outbox.get(rid), outbox.attempts(rid)) == before  # nothing changed
+
+
+def test_resolve_refuses_an_unknown_id_and_an_empty_request_id(outbox: Outbox) -> None:
+    with pytest.raises(OutboxError, match="no record with id 999"):
+        outbox.resolve(999, request_id="req-fixed", message="m")
+    rid = outbox.enqueue(record(1))
+    outbox.finish(outbox.claim(1)[0], "rejected", message="A2301 parameter error", request_id="req-1")
+    with pytest.raises(OutboxError, match="without the accepted request id") as info:
+        outbox.resolve(rid, request_id="  ", message="m")
+    assert "upload-file" in (info.value.hint or "")
+    assert outbox.get(rid).state == "rejected" and len(outbox.attempts(rid)) == 1  # type: ignore[union-attr]
+
+
 def test_release_gives_a_claim_back_untried(outbox: Outbox) -> None:
     rid = outbox.enqueue(record(1))
     claim = outbox.claim(1)[0]
@@ -397,6 +455,18 @@ def test_export_rejected_writes_full_records_0600_and_never_overwrites(outbox: O
     assert lines[0]["id"] == 1 and lines[0]["record"] == record(1) and "A2301" in lines[0]["lastError"]
     with pytest.raises(OutboxError, match="exists"):
         outbox.export_rejected(out)
+
+
+def test_export_with_no_rejected_record_creates_no_file(outbox: Outbox, tmp_path: Path) -> None:
+    outbox.enqueue(record(1))
+    outbox.finish(outbox.claim(1)[0], "accepted", message="ok", request_id="y")
+    out = tmp_path / "rejected.jsonl"
+    assert outbox.export_rejected(out) == 0
+    assert not out.exists()
+    outbox.enqueue(record(2))
+    outbox.finish(outbox.claim(1)[0], "rejected", message="A2301 parameter error", request_id="x")
+    assert outbox.export_rejected(out) == 1  # the name is still free for a later export
+    assert json.loads(out.read_text(encoding="utf-8"))["record"] == record(2)
 
 
 def test_export_rejected_is_oldest_first_and_resendable_as_is(outbox: Outbox, tmp_path: Path) -> None:

@@ -199,6 +199,99 @@ def test_upload_file_refuses_a_bad_record_locally(plat: Platform, tmp_path: Path
     assert plat.received == []
 
 
+def _with_outbox(cfg: str, state_dir: Path) -> str:
+    with open(cfg, "a", encoding="utf-8") as fh:
+        fh.write(f'\n[storage]\ndir = "{state_dir}"\n')
+    return cfg
+
+
+def _rejected(box: Any, payload: dict[str, Any]) -> int:
+    record_id = box.enqueue(payload)
+    [claim] = box.claim(1)
+    box.finish(claim, "rejected", message="A2301 parameter error: police", request_id="req-rejected",
+               exception_code="A2301")
+    return record_id
+
+
+def _open_outbox(cfg: str) -> Any:
+    from agent.config import load_config
+    from agent.outbox import Outbox
+
+    return Outbox.open(load_config(cfg, validate_drivers=False).storage)
+
+
+def test_upload_file_accepted_marks_the_rejected_original_sent(plat: Platform, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _with_outbox(write_config(tmp_path, plat.url), tmp_path / "state")
+    with _open_outbox(cfg) as box:
+        original = _rejected(box, record() | {"police": ""})
+        other_time = _rejected(box, record() | {"verifyTime": "2024-06-11 17:40:01"})  # another verification
+    rec = tmp_path / "rec.json"
+    rec.write_text(json.dumps(record(), ensure_ascii=False), encoding="utf-8")
+
+    plat.answer = lambda path, body: (200, {"code": 400, "exceptionCode": "A2301", "msg": "police 不能为空"})
+    assert main(["upload-file", "-c", cfg, str(rec)]) == 3  # refused again: nothing is marked
+    assert "marked sent" not in capsys.readouterr().out
+    with _open_outbox(cfg) as box:
+        assert box.get(original).state == "rejected"  # type: ignore[union-attr]
+
+    plat.answer = lambda path, body: (200, {})
+    assert main(["upload-file", "-c", cfg, str(rec)]) == 0
+    out = capsys.readouterr().out
+    request_id = plat.received[-1][1]["hmpt-portal-request-id"]
+    assert f"rejected record(s) {original} marked sent" in out and f"requestId {request_id}" in out
+    assert "queue resolve" not in out and card_no() not in out
+    with _open_outbox(cfg) as box:
+        row = box.get(original)
+        assert row is not None and row.state == "sent" and row.request_id == request_id
+        assert [a.outcome for a in box.attempts(original)] == ["rejected", "accepted"]
+        assert box.get(other_time).state == "rejected"  # type: ignore[union-attr]
+
+
+def test_upload_file_with_no_matching_rejected_record_names_queue_resolve(
+        plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _with_outbox(write_config(tmp_path, plat.url), tmp_path / "state")
+    rec = tmp_path / "rec.json"
+    rec.write_text(json.dumps(record(), ensure_ascii=False), encoding="utf-8")
+    assert main(["upload-file", "-c", cfg, str(rec)]) == 0
+    out, err = capsys.readouterr()
+    assert "outbox" not in out + err and not (tmp_path / "state").exists()  # no outbox yet: none is made
+
+    with _open_outbox(cfg) as box:
+        box.enqueue(record())
+        [claim] = box.claim(1)
+        box.finish(claim, "accepted", message="ok", request_id="req-first")
+    assert main(["upload-file", "-c", cfg, str(rec)]) == 0
+    assert "outbox:" not in capsys.readouterr().out  # nothing rejected: nothing to say
+
+    first17 = "45020319900101003"  # the fix corrected the card number: the key no longer matches
+    with _open_outbox(cfg) as box:
+        typo = _rejected(box, record() | {"cardNo": first17 + codes.resident_id_check_digit(first17)})
+    assert main(["upload-file", "-c", cfg, str(rec)]) == 0
+    out = capsys.readouterr().out
+    request_id = plat.received[-1][1]["hmpt-portal-request-id"]
+    [hint] = [line for line in out.splitlines() if line.startswith("outbox:")]
+    assert "1 rejected record(s) remain" in hint and f"fvagent queue resolve ID --request-id {request_id}" in hint
+    with _open_outbox(cfg) as box:
+        assert box.get(typo).state == "rejected"  # type: ignore[union-attr]
+
+
+def test_upload_file_accepted_with_an_unreadable_outbox_warns_and_exits_0(
+        plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _with_outbox(write_config(tmp_path, plat.url), tmp_path / "state")
+    with _open_outbox(cfg) as box:
+        _rejected(box, record() | {"police": ""})
+    (tmp_path / "state" / "outbox.key").unlink()  # e.g. lost, or readable by the service user only
+    rec = tmp_path / "rec.json"
+    rec.write_text(json.dumps(record(), ensure_ascii=False), encoding="utf-8")
+    assert main(["upload-file", "-c", cfg, str(rec)]) == 0
+    out, err = capsys.readouterr()
+    assert "outcome:    accepted" in out
+    assert "warning: the upload was accepted, but the outbox could not be checked" in err
+    assert "fvagent queue resolve ID --request-id" in err
+    assert not (tmp_path / "state" / "outbox.key").exists()  # no new key was made
+
+
 @pytest.mark.parametrize(("content", "words"), [("{not json", "not valid JSON"), ("[1]", "not an object")])
 def test_upload_file_bad_json_names_the_file(plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             content: str, words: str) -> None:

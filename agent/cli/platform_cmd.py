@@ -1,7 +1,8 @@
 """`fvagent register`, `fvagent upload-file RECORD.json` and `fvagent probe`: the platform by hand.
 
 `register` and `upload-file` send one request now and print the outcome class, our requestId, the
-one the platform echoed and its message. Exit codes (for scripts):
+one the platform echoed and its message. When `upload-file` is accepted, the rejected outbox records
+it corrects (same machineCode, cardNo and verifyTime) are marked sent. Exit codes (for scripts):
 
     0 accepted   3 rejected (fix the record)   4 blocked (fix the configuration)
     5 retryable (network or platform trouble: try again later)   6 the platform is switched off
@@ -38,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     up = sub.add_parser("upload-file", help="validate one verification record (JSON) and send it",
                         description="Validate one verification record given as JSON with the platform's field "
-                                    "names, then send it (how a corrected rejected record is resent). Exit 0 "
-                                    "only when accepted.")
+                                    "names, then send it (how a corrected rejected record is resent). Once "
+                                    "accepted, rejected outbox records with the same machineCode, cardNo and "
+                                    "verifyTime are marked sent. Exit 0 only when accepted.")
     add_config_arg(up)
     up.add_argument("record", metavar="RECORD.json", help="the verification record, spec field names")
     up.set_defaults(func=cmd_upload_file)
@@ -81,7 +83,8 @@ def _switched_off(settings: Any) -> bool:
     return True
 
 
-def _send(settings: Any, what: str, payload: dict[str, Any]) -> int:
+def _send(settings: Any, what: str, payload: dict[str, Any]) -> Any:
+    """Send one request now, print the outcome, and return it (an ``Outcome``)."""
     from agent import crypto
     from agent.uplink.client import PlatformClient
 
@@ -107,7 +110,7 @@ def _send(settings: Any, what: str, payload: dict[str, Any]) -> int:
               "retryable": "network or platform trouble: try again later"}.get(outcome.kind.value)
     if advice:
         print(f"next:       {advice}")
-    return EXIT_CODES[outcome.kind.value]
+    return outcome
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -119,7 +122,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     payload = registration_payload(settings.device)
     print(f"registering machineCode {payload['machineCode']} (deviceNo {payload['deviceNo']}) "
           f"at {settings.platform.base_url}")
-    return _send(settings, "register", payload)
+    return EXIT_CODES[_send(settings, "register", payload).kind.value]
 
 
 def _read_json(path_text: str) -> Any:
@@ -164,7 +167,69 @@ def cmd_upload_file(args: argparse.Namespace) -> int:
           f"verifyTime {payload.get('verifyTime')}")
     if _switched_off(settings):
         return EXIT_DISABLED
-    return _send(settings, "upload", payload)
+    outcome = _send(settings, "upload", payload)
+    if outcome.kind.value == "accepted":
+        _resolve_rejected_originals(settings, payload, outcome.request_id)
+    return EXIT_CODES[outcome.kind.value]
+
+
+RESENT_BY_UPLOAD_FILE = "resent corrected by hand with `fvagent upload-file`; accepted"
+
+
+def _resolve_rejected_originals(settings: Any, payload: dict[str, Any], request_id: str) -> None:
+    """Mark sent the rejected outbox records this accepted upload corrects: those with the same
+    natural key (machineCode, cardNo, verifyTime). The upload is already accepted, so nothing here
+    may fail it: an outbox that cannot be read gets a warning and the exit code stays 0."""
+    from agent.errors import FvagentError
+    from agent.outbox import Outbox
+    from agent.outbox.store import DB_NAME
+
+    try:
+        if not (Path(settings.storage.dir) / DB_NAME).exists():  # never create the outbox from here
+            return
+        with Outbox.open(settings.storage, create=False) as outbox:
+            resolved, failed, left = _resolve_matches(outbox, payload, request_id)
+    except (FvagentError, OSError) as exc:
+        print(f"fvagent: warning: the upload was accepted, but the outbox could not be checked for the rejected "
+              f"original: {exc}", file=sys.stderr)
+        print(f"fvagent: hint: once it opens, mark the original sent: fvagent queue resolve ID --request-id "
+              f"{request_id}", file=sys.stderr)
+        return
+    for record_id, error in failed:
+        print(f"fvagent: warning: outbox record {record_id} has the same key but was not marked sent: {error}",
+              file=sys.stderr)
+    if resolved:
+        print(f"outbox:     rejected record(s) {', '.join(map(str, resolved))} marked sent (same machineCode, "
+              f"cardNo and verifyTime; requestId {request_id})")
+    elif left and not failed:
+        print(f"outbox:     {left} rejected record(s) remain, none with this record's machineCode, cardNo and "
+              f"verifyTime; if one is this record, mark it sent: fvagent queue resolve ID --request-id {request_id}")
+
+
+def _resolve_matches(outbox: Any, payload: dict[str, Any], request_id: str) -> tuple[list[int], list[tuple[int, str]],
+                                                                                      int]:
+    """(ids marked sent, [(id, why not)] for matches that could not be, rejected records left)."""
+    from agent.errors import OutboxCorrupt, OutboxError
+    from agent.records import natural_key
+
+    key = natural_key(payload)
+    resolved: list[int] = []
+    failed: list[tuple[int, str]] = []
+    candidates = [row for row in outbox.find(card_no=payload["cardNo"], limit=1_000_000) if row.state == "rejected"]
+    for row in reversed(candidates):  # oldest first
+        try:
+            original = outbox.payload(row.id)
+            if original is None or natural_key(original) != key:
+                continue
+        except (OutboxCorrupt, KeyError):  # unreadable or incomplete: cannot be this record
+            continue
+        try:
+            outbox.resolve(row.id, request_id=request_id, message=RESENT_BY_UPLOAD_FILE)
+        except OutboxError as exc:  # e.g. `queue retry` took it back to pending meanwhile
+            failed.append((row.id, exc.message))
+            continue
+        resolved.append(row.id)
+    return resolved, failed, int(outbox.stats()["rejected"])
 
 
 # --------------------------------------------------------------------------------------------------

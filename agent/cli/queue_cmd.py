@@ -5,6 +5,8 @@
     fvagent queue show ID                one record, masked, with every upload attempt
     fvagent queue retry ID | --rejected  send again (a rejected record after the hospital fixed the cause)
     fvagent queue export --rejected FILE the rejected records in full (JSON Lines, 0600), to fix and resend
+    fvagent queue resolve ID --request-id RID
+                                         mark a rejected record sent: its corrected copy was accepted as RID
 
 Only ``[storage]`` of the configuration is used. WAL and a busy timeout let these commands read and
 write the database while the service is uploading from it.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from typing import Any
 
 from agent.cli import add_config_arg, config_path
@@ -60,6 +61,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     export.add_argument("--rejected", action="store_true", required=True, help="export the rejected records")
     export.add_argument("file", metavar="FILE", help="new file to write (JSON Lines, mode 0600; never overwritten)")
     export.set_defaults(func=cmd_export)
+
+    resolve = qsub.add_parser(
+        "resolve", help="mark a rejected record sent: its corrected copy was accepted under REQUEST_ID",
+        description="Mark a rejected record sent, because a corrected copy of it was accepted by the platform "
+                    "some other way (upload-file marks it by itself unless the fix changed machineCode, "
+                    "cardNo or verifyTime). Status then stops alerting and `queue retry --rejected` "
+                    "no longer sends the uncorrected record.")
+    add_config_arg(resolve)
+    resolve.add_argument("id", type=int, help="the rejected record's id (from `fvagent queue ls --state rejected`)")
+    resolve.add_argument("--request-id", required=True, metavar="RID",
+                         help="the requestId under which the platform accepted the corrected record")
+    resolve.set_defaults(func=cmd_resolve)
 
 
 def _open(args: argparse.Namespace) -> Any:
@@ -176,6 +189,34 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     with _open(args) as outbox:
         n = outbox.export_rejected(args.file)
+    if n == 0:
+        print(f"no rejected records: {args.file} was not created")
+        return 0
     print(f"{n} rejected record(s) written to {args.file} (full personal data: handle it as such, delete it "
-          "when done)", file=sys.stderr if n == 0 else sys.stdout)
+          "when done)")
     return 0
+
+
+RESOLVED_BY_HAND = "resent corrected by hand; marked sent with `fvagent queue resolve`"
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from agent.errors import OutboxCorrupt
+
+    with _open(args) as outbox:
+        outbox.resolve(args.id, request_id=args.request_id, message=RESOLVED_BY_HAND)
+        try:
+            payload = outbox.payload(args.id) or {}
+        except OutboxCorrupt:  # the state changed; only the masked summary below is lost
+            payload = {}
+    print(f"record {args.id} marked sent (requestId {args.request_id.strip()})" + _masked_summary(payload))
+    return 0
+
+
+def _masked_summary(payload: dict[str, Any]) -> str:
+    from agent.privacy import mask_card_no, mask_name
+
+    if not payload:
+        return ""
+    return (f": cardNo {mask_card_no(payload.get('cardNo'))}, realName {mask_name(payload.get('realName'))}, "
+            f"verifyTime {payload.get('verifyTime')}")

@@ -6,7 +6,8 @@ non-personal ``meta`` (face reason, distance, source). Names, ID numbers and pho
 sealed ``payloads`` table; a card number can be looked up through a keyed blind index only.
 
 States: ``pending`` -> ``sending`` -> ``sent`` | ``rejected``, plus ``held`` (kept, never sent,
-until ``release_held`` completes it). A row left in ``sending`` by a crash returns to ``pending``
+until ``release_held`` completes it). A ``rejected`` row becomes ``sent`` by ``resolve`` once a
+corrected copy was accepted some other way. A row left in ``sending`` by a crash returns to ``pending``
 when the uploader starts (``requeue_interrupted``), so delivery is at-least-once.
 
 One ``Outbox`` is safe to share between threads (one connection behind a lock). Other processes
@@ -582,6 +583,39 @@ class Outbox:
                          (self._clock(), self._clock(), int(record_id)))
         self.wakeup.set()
 
+    def resolve(self, record_id: int, *, request_id: str, message: str) -> None:
+        """Mark a rejected record ``sent``: a corrected copy of it was accepted by the platform some
+        other way (``fvagent upload-file``, or by hand), under ``request_id``.
+
+        The record then counts as any sent record (retention erases its photos, ``retry --rejected``
+        leaves it alone). One attempts row records the delivery, with ``request_id`` and ``message``.
+        Raises ``OutboxError`` for an empty request id, an unknown id, or a record that is not rejected.
+        """
+        request_id = request_id.strip()
+        if not request_id:
+            raise OutboxError(f"record {record_id} cannot be marked sent without the accepted request id",
+                              record_id=record_id,
+                              hint="give the requestId that `fvagent upload-file` printed for the accepted record")
+        now = self._clock()
+        with self._write("mark the record sent") as conn:
+            t = conn.execute("SELECT state, attempts FROM records WHERE id = ?", (int(record_id),)).fetchone()
+            if t is None:
+                raise OutboxError(f"no record with id {record_id}", record_id=record_id)
+            state, attempts = t
+            if state != "rejected":
+                why = {"sent": "it was already accepted by the platform",
+                       "sending": "it is being sent right now",
+                       "pending": "it is queued to be sent (not rejected); if it is rejected again, resolve it then",
+                       "held": "it is held (see its held reason) and was never sent"}[state]
+                raise OutboxError(f"record {record_id} cannot be marked sent: {why}", record_id=record_id)
+            # Counted as one more attempt, so `attempts` keeps matching the attempts rows.
+            conn.execute("INSERT INTO attempts (record_id, attempt, request_id, started_at, finished_at, outcome,"
+                         " message) VALUES (?, ?, ?, ?, ?, 'accepted', ?)",
+                         (int(record_id), int(attempts) + 1, request_id, now, now, message[:500]))
+            conn.execute("UPDATE records SET state = 'sent', attempts = attempts + 1, sent_at = ?, updated_at = ?,"
+                         " request_id = ?, last_outcome = 'accepted', last_error = NULL WHERE id = ?",
+                         (now, now, request_id, int(record_id)))
+
     def retry_rejected(self) -> int:
         """Queue every rejected record again; returns how many."""
         now = self._clock()
@@ -595,10 +629,13 @@ class Outbox:
         """Write every rejected record to ``path`` (JSON Lines, created 0600, never overwritten):
         one object per line with ``id``, ``createdAt``, ``attempts``, ``lastError`` and ``record``
         (the full payload, to fix and resend with ``fvagent upload-file``). Returns how many.
+        With no rejected record nothing is created (an empty file would only block the name).
 
         A record whose sealed data no longer opens (altered on disk) gets a line with ``record`` null
         and ``error`` saying so, and is logged: it must not keep the others from being exported."""
         rows = self.list("rejected", limit=1_000_000)
+        if not rows:
+            return 0
         target = Path(path)
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
