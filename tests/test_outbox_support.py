@@ -17,7 +17,7 @@ from agent import codes
 from agent.config import StorageSettings
 from agent.images import encode_jpeg
 
-CONFIG = """\
+DEVICE_TOML = """\
 [device]
 machine_code = "TS0001"
 device_no = "SN0001"
@@ -28,7 +28,10 @@ dept_id = "D01"
 dept_name = "妇产科"
 register_user = "管理员"
 operator = "覃护士"
+"""
+"""The [device] table of the test configs (synthetic, valid for the records' rules)."""
 
+CONFIG = DEVICE_TOML + """
 [platform]
 base_url = "{url}"
 org_app_id = "APP0001"

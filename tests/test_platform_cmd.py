@@ -18,21 +18,11 @@ from agent import codes
 from agent.cli import main
 from agent.config import ConventionSettings
 from agent.uplink.conventions import Conventions
+from tests.test_outbox_support import DEVICE_TOML
 
 APP_ID = "HMPT450000000001"
 SECRET = "Gx7#kP2!mQ9zR4tW"
-CONFIG = """\
-[device]
-machine_code = "TS0001"
-device_no = "SN0001"
-manufacturer = "德生实名易"
-model = "TSR-R3"
-purchase_date = 2024-01-02
-dept_id = "D01"
-dept_name = "妇产科"
-register_user = "管理员"
-operator = "覃护士"
-
+CONFIG = DEVICE_TOML + """
 [platform]
 base_url = "{url}"
 org_app_id = "{app_id}"
