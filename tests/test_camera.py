@@ -10,7 +10,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +21,9 @@ from PIL import Image
 from agent.errors import ConfigError, DeviceNotFound, DeviceTimeout, DriverError
 from drivers import registry
 from drivers.base import Camera
+from tests.waiting import wait_for
 
 cv2 = pytest.importorskip("cv2")
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(interval_s)
 
 
 def grey_images(tmp_path: Path, levels: list[int], size: tuple[int, int] = (64, 48)) -> list[str]:

@@ -34,6 +34,7 @@ from agent.outbox import Outbox, Uploader
 from agent.records import natural_key
 from agent.uplink.client import PlatformClient
 from tests.test_outbox_support import jpeg, record, write_config
+from tests.waiting import wait_for
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,14 +77,6 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
 def _settings(tmp_path: Path, platform: Platform, **kw: Any) -> Settings:
     cfg = write_config(tmp_path / "fvagent.toml", url=platform.url, state_dir=tmp_path / "state", **kw)
     return load_config(cfg, validate_drivers=False)
-
-
-def _wait(condition: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- kill -9 ---------------------------------------------------------------------------------------
@@ -149,7 +142,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, platform: Platfo
             next_n += count
             time.sleep(rng.uniform(0.02, 0.35))  # the random moment (not a synchronisation)
             os.kill(pid, signal.SIGKILL)
-            _wait(lambda: not _alive(pid), 10, f"worker {pid} to die")
+            wait_for(lambda: not _alive(pid), 10, f"worker {pid} to die")
             if log.exists():
                 committed.update(_committed(log))
             # After every kill: the file is sound, every committed record is stored whole, and
@@ -168,9 +161,9 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, platform: Platfo
         log = tmp_path / "final.log"
         pid = zygote.spawn(config=str(cfg), start=next_n, count=1, seed=999, log=str(log))
         expected = {natural_key(record(n)) for n in committed}
-        _wait(lambda: expected <= set(platform.delivered()), 60, "every committed record to be delivered")
+        wait_for(lambda: expected <= set(platform.delivered()), 60, "every committed record to be delivered")
         os.kill(pid, signal.SIGKILL)
-        _wait(lambda: not _alive(pid), 10, "the last worker to die")
+        wait_for(lambda: not _alive(pid), 10, "the last worker to die")
     finally:
         zygote.close()
     delivered = platform.delivered()
@@ -196,13 +189,13 @@ def test_platform_down_then_up_delivers_everything_within_the_rate_cap(tmp_path:
     thread.start()
     try:
         ids = [box.enqueue(record(n)) for n in range(24)]
-        _wait(lambda: uploader.snapshot()["state"] == "backoff", 10, "the uploader to back off")
+        wait_for(lambda: uploader.snapshot()["state"] == "backoff", 10, "the uploader to back off")
         time.sleep(1.5)  # a whole "run" of outage: the uploader keeps probing, politely
         assert sum(platform.delivered().values()) == 0 and box.stats()["sent"] == 0
         probes = len(platform.request_times())
         assert probes <= 1.5 * cap  # not a retry storm: backoff plus one probe at a time
         platform.down(False)
-        _wait(lambda: box.stats()["sent"] == len(ids), 30, "the backlog to drain")
+        wait_for(lambda: box.stats()["sent"] == len(ids), 30, "the backlog to drain")
     finally:
         stop.set()
         thread.join(30)

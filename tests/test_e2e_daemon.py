@@ -25,14 +25,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent import mock_platform
 from agent.service import samples
+from tests.waiting import wait_for
 
 pytest.importorskip("skimage", reason="the sample face comes from scikit-image (the demo extra)")
 
@@ -77,16 +77,6 @@ class NotifyListener:
         self.sock.close()
         os.unlink(self.path)
         os.rmdir(self.dir)
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from agent.events import EventBus, OperatorState
 from agent.images import encode_jpeg
 from agent.localapi.backend import DeskBackend
 from agent.localapi.server import LocalApiServer
+from tests.waiting import wait_for
 
 API_TOKEN = "api-token-for-tests-0123456789"
 FULL_TOKEN = "full-data-token-for-tests-987654"
@@ -122,17 +123,6 @@ class Agent:
     @property
     def url(self) -> str:
         return self.server.url
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------------------------------

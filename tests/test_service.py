@@ -35,6 +35,7 @@ from agent.service.verification import HELD_INVALID, HELD_NO_DECODER, Verifier
 from drivers.base import CardReader, CardReaderSettings, DriverSettings
 from drivers.card_reader.simulator import SYNTHETIC_WLT
 from tests.test_card_wlt import SHIM as WLT_SHIM
+from tests.waiting import wait_for
 
 pytest.importorskip("skimage", reason="the sample face comes from scikit-image (the demo extra)")
 
@@ -99,16 +100,6 @@ class Platform:
         return httpx.Response(200, json={"code": 200, "msg": "成功", "exceptionCode": "00000",
                                          "requestId": request.headers["hmpt-portal-request-id"],
                                          "returnTime": int(time.time() * 1000), "data": None})
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
