@@ -6,9 +6,11 @@ Synthetic identities only: ID numbers are built with the GB 11643 check digit, n
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import datetime as dt
 import io
+import itertools
 import json
 from typing import Any
 
@@ -29,6 +31,7 @@ from agent.records import (
     parse_registration,
     parse_verification,
     registration_payload,
+    standard_base64_size,
 )
 from drivers.base import IdCard
 
@@ -436,6 +439,33 @@ def _png_b64() -> str:
 ])
 def test_images_must_be_base64_jpeg(field: str, value: str, rule: str) -> None:
     refused(field, value, contains=rule)
+
+
+def test_base64_check_without_decoding_matches_b64decode_validate() -> None:
+    # Every string of up to 7 characters over letters, the two symbols, padding, a line break, a
+    # non-ASCII letter and a URL-safe letter: same verdict and decoded size as the stdlib's strict
+    # decoding, except that padding must close the last group (Python 3.11 lets "AAAA=" through;
+    # RFC 4648 and Java's decoder do not).
+    symbols = "A/=\né-"
+    for n in range(8):
+        for chars in itertools.product(symbols, repeat=n):
+            s = "".join(chars)
+            try:
+                expected: int | None = len(base64.b64decode(s, validate=True))
+            except (binascii.Error, ValueError):
+                expected = None
+            if len(s) % 4 or len(s) - len(s.rstrip("=")) > 2:
+                expected = None
+            assert standard_base64_size(s) == expected, repr(s)
+    for s in ("AAAA====", "AAAAAA==", "AAAAAAA=", "=AAAAAA=", "AA==AA=="):
+        assert standard_base64_size(s) == (len(base64.b64decode(s, validate=True))
+                                           if s in ("AAAAAA==", "AAAAAAA=") else None), s
+    for data in (JPEG, JPEG[:-1], JPEG[:-2], b""):
+        assert standard_base64_size(base64.b64encode(data).decode()) == len(data)
+
+
+def test_a_jpeg_magic_split_by_padding_is_no_jpeg() -> None:
+    refused("headImg", base64.b64encode(JPEG[:3]).decode()[:2] + "==", contains="must be a JPEG image")
 
 
 @pytest.mark.parametrize("field", IMAGE_FIELDS)
