@@ -201,13 +201,14 @@ class MockState:
         if not self.token_valid(token.strip(), kind):
             raise _Denied(401, "令牌无效或已过期 the access token is unknown or expired")
 
-    def open_body(self, body: bytes) -> tuple[Any, bool]:
-        """The payload and whether it came encrypted; ``_Denied`` for a body the key cannot open,
-        ``ValueError`` for a body that is not JSON."""
+    def open_body(self, body: bytes) -> tuple[Any, str, bool]:
+        """The payload, its JSON text as received (decrypted) and whether it came encrypted;
+        ``_Denied`` for a body the key cannot open, ``ValueError`` for a body that is not JSON."""
         if not self.config.encrypt:
-            return json.loads(body.decode("utf-8")), False
+            text = body.decode("utf-8")
+            return json.loads(text), text, False
         try:
-            payload, encrypted = self.conventions.open_request_body(body)
+            payload, text, encrypted = self.conventions.open_request(body)
         except CryptoError as exc:
             raise _Denied(403, f"解密失败 the body's data is not SM4 under orgAppSecret ({exc.message}); "
                                "check the secret and [platform.conventions]") from None
@@ -219,7 +220,7 @@ class MockState:
             raise
         if not encrypted:
             raise _Denied(403, '请求未加密 the body must be SM4-encrypted as {"data": ciphertext}')
-        return payload, True
+        return payload, text, True
 
     # -- endpoints -----------------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class MockState:
             return Response(status_code=400)
         try:
             self.check_headers(request.headers)
-            payload, encrypted = self.open_body(body)
+            payload, text, encrypted = self.open_body(body)
         except _Denied as exc:
             log.info("request %s: %s refused (HTTP %d): %s", rid, path, exc.http_status, exc.msg)
             return self.envelope(exc.http_status, exc.http_status, exc.msg, rid, path=path)
@@ -246,7 +247,7 @@ class MockState:
                                  exception_code=PARAMETER_ERROR)
         if endpoint == "register":
             return self._register(payload, rid, path)
-        return self._verification(payload, rid, path, encrypted=encrypted)
+        return self._verification(payload, text, rid, path, encrypted=encrypted)
 
     def _parameter_error(self, problems: list[tuple[str, str]], rid: str | None, path: str) -> Response:
         listed = "; ".join(f"{field}: {rule}" for field, rule in problems)
@@ -264,7 +265,8 @@ class MockState:
         log.info("request %s: device %s registered", rid, payload["machineCode"])
         return self.envelope(200, 200, "成功", rid, path=path, exception_code=OK)
 
-    def _verification(self, payload: dict[str, Any], rid: str | None, path: str, *, encrypted: bool) -> Response:
+    def _verification(self, payload: dict[str, Any], text: str, rid: str | None, path: str, *,
+                      encrypted: bool) -> Response:
         try:
             parse_verification(payload, long_term_end=self.conventions.settings.long_term_end_date)
         except RecordError as exc:
@@ -281,7 +283,7 @@ class MockState:
                 return self._parameter_error([("machineCode", "设备已停用 the device is registered as disabled "
                                                "(status 1)")], rid, path)
         self.store.add_verification(payload, rid or "", encrypted=encrypted,
-                                    store_images=self.config.store_images)
+                                    store_images=self.config.store_images, text=text)
         log.info("request %s: verification of %s at %s stored", rid, mask_card_no(str(payload["cardNo"])),
                  payload["verifyTime"])
         return self.envelope(200, 200, "成功", rid, path=path, exception_code=OK)

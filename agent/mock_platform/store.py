@@ -59,7 +59,9 @@ class MockStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # OFF: a test double's records need to survive its process (they do: the OS holds the
+        # writes), not a power cut; NORMAL made each WAL checkpoint fsync on the event loop.
+        self._db.execute("PRAGMA synchronous=OFF")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -92,15 +94,19 @@ class MockStore:
         return None if row is None else {"deviceNo": row[0], "status": row[1]}
 
     def add_verification(self, payload: dict[str, Any], request_id: str, *, encrypted: bool,
-                         store_images: bool = True) -> None:
+                         store_images: bool = True, text: str | None = None) -> None:
+        """Keep an accepted record. ``text``: the JSON the payload was parsed from, stored as is when
+        the images are kept (serializing 250 KB again would cost more than the rest of the insert)."""
         if not store_images:
-            payload = _without_images(payload)
+            payload, text = _without_images(payload), None
+        if text is None:
+            text = json.dumps(payload, ensure_ascii=False)
         with self._lock:
             self._db.execute(
                 "INSERT INTO verifications (machine_code, card_no, verify_time, payload, encrypted, at, request_id) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (str(payload["machineCode"]), str(payload["cardNo"]), str(payload["verifyTime"]),
-                 json.dumps(payload, ensure_ascii=False), int(encrypted), time.time(), request_id))
+                 text, int(encrypted), time.time(), request_id))
 
     def clear(self) -> None:
         """Forget everything (tests sharing one server between cases)."""

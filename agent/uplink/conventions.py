@@ -275,10 +275,18 @@ class Conventions:
         A JSON object whose only key is ``data`` holding a string is taken as encrypted. Raises
         ``ValueError`` for a body that is not JSON and ``CryptoError`` when decryption fails.
         """
-        obj = json.loads(body.decode("utf-8"))
+        payload, _, encrypted = self.open_request(body)
+        return payload, encrypted
+
+    def open_request(self, body: bytes) -> tuple[Any, str, bool]:
+        """``open_request_body`` with the payload's JSON text as it came (decrypted when it came
+        encrypted): ``(payload, text, was_encrypted)``, for a server that keeps what it accepted."""
+        text = body.decode("utf-8")
+        obj = json.loads(text)
         if isinstance(obj, dict) and set(obj) == {"data"} and isinstance(obj["data"], str):
-            return json.loads(self.decrypt_data(obj["data"]).decode("utf-8")), True
-        return obj, False
+            text = self.decrypt_data(obj["data"]).decode("utf-8")
+            return json.loads(text), text, True
+        return obj, text, False
 
     def request_headers(self, request_id: str, send_time: str, authorization: str) -> dict[str, str]:
         """The five required request headers, signed for ``send_time``."""
