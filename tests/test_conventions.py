@@ -287,6 +287,18 @@ def test_request_body_plain_and_encrypted_and_the_server_side_opens_both() -> No
         make("another-16-bytes").open_request_body(sealed)
 
 
+@pytest.mark.parametrize("encoding", ["base64", "hex_lower", "hex_upper"])
+@pytest.mark.parametrize("ensure_ascii", [False, True])
+def test_encrypted_body_is_byte_for_byte_the_serialized_envelope(encoding: str, ensure_ascii: bool) -> None:
+    # The envelope is joined, not serialized: it must still be exactly what json.dumps makes.
+    conv = make(cipher_encoding=encoding, json_ensure_ascii=ensure_ascii)
+    payload = {"realName": "韦测试", "headImg": "/9j/" + "A" * 5000 + "==", "faceScore": 0.86}
+    body = conv.request_body(payload, encrypt=True)
+    data = json.loads(body)["data"]
+    assert body == conv.dumps({"data": data})
+    assert json.loads(conv.decrypt_data(data)) == payload
+
+
 def test_request_headers_are_the_five_and_signed() -> None:
     c = make()
     t = c.send_time(T)

@@ -267,7 +267,9 @@ class Conventions:
         plain = self.dumps(payload)
         if not encrypt:
             return plain
-        return self.dumps({"data": self.encrypt_data(plain)})
+        # Base64 and hex never need escaping in JSON, so the envelope is joined rather than
+        # serialized: the same bytes as dumps({"data": ...}) without scanning 350 KB once more.
+        return b'{"data":"' + self.encrypt_data(plain).encode("ascii") + b'"}'
 
     def open_request_body(self, body: bytes) -> tuple[Any, bool]:
         """The server's side of ``request_body``: ``(payload, was_encrypted)``.
