@@ -287,6 +287,16 @@ def test_request_body_plain_and_encrypted_and_the_server_side_opens_both() -> No
         make("another-16-bytes").open_request_body(sealed)
 
 
+@pytest.mark.parametrize("ensure_ascii", [False, True])
+@pytest.mark.parametrize("big", ["/9j/" + "Ab+/" * 2000 + "==", "A" * 5000 + '"', "A" * 5000 + "\\",
+                                 "A" * 5000 + "\n", "A" * 5000 + "\x7f", "A" * 5000 + "\x00", "韦" * 5000])
+def test_dumps_copying_long_strings_is_byte_for_byte_json_dumps(ensure_ascii: bool, big: str) -> None:
+    conv = make(json_ensure_ascii=ensure_ascii)
+    for obj in ({"realName": "韦测试", "headImg": big, "faceScore": 0.86, "cameraImg": big, "n": None},
+                {1: big, "a": [big]}, [big], big):
+        assert conv.dumps(obj) == json.dumps(obj, ensure_ascii=ensure_ascii, separators=(",", ":")).encode()
+
+
 @pytest.mark.parametrize("encoding", ["base64", "hex_lower", "hex_upper"])
 @pytest.mark.parametrize("ensure_ascii", [False, True])
 def test_encrypted_body_is_byte_for_byte_the_serialized_envelope(encoding: str, ensure_ascii: bool) -> None:
