@@ -147,7 +147,8 @@ def test_encrypted_body_is_data_holding_sm4_of_the_json() -> None:
         assert c.upload_verification(VERIFICATION).accepted
     body = json.loads(fake.requests[0].content)
     assert list(body) == ["data"]
-    assert fake.conv.open_request_body(fake.requests[0].content) == (VERIFICATION, True)
+    payload, text, encrypted = fake.conv.open_request_body(fake.requests[0].content)
+    assert payload == VERIFICATION and encrypted and json.loads(text) == VERIFICATION
 
 
 def test_conventions_settings_shape_the_request() -> None:

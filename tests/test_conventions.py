@@ -277,12 +277,12 @@ def test_request_body_plain_and_encrypted_and_the_server_side_opens_both() -> No
     payload = {"deptName": "妇产科", "status": 0}
     plain = client.request_body(payload, encrypt=False)
     assert plain == client.dumps(payload)
-    assert server.open_request_body(plain) == (payload, False)
+    assert server.open_request_body(plain) == (payload, plain.decode(), False)
     sealed = client.request_body(payload, encrypt=True)
     outer = json.loads(sealed)
     assert list(outer) == ["data"]
     assert client.decrypt_data(outer["data"]) == client.dumps(payload)
-    assert server.open_request_body(sealed) == (payload, True)
+    assert server.open_request_body(sealed) == (payload, client.dumps(payload).decode(), True)
     with pytest.raises(CryptoError):
         make("another-16-bytes").open_request_body(sealed)
 

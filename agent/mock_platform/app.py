@@ -208,7 +208,7 @@ class MockState:
             text = body.decode("utf-8")
             return json.loads(text), text, False
         try:
-            payload, text, encrypted = self.conventions.open_request(body)
+            payload, text, encrypted = self.conventions.open_request_body(body)
         except CryptoError as exc:
             raise _Denied(403, f"解密失败 the body's data is not SM4 under orgAppSecret ({exc.message}); "
                                "check the secret and [platform.conventions]") from None

@@ -292,18 +292,13 @@ class Conventions:
         # serialized: the same bytes as dumps({"data": ...}) without scanning 350 KB once more.
         return b'{"data":"' + self.encrypt_data(plain).encode("ascii") + b'"}'
 
-    def open_request_body(self, body: bytes) -> tuple[Any, bool]:
-        """The server's side of ``request_body``: ``(payload, was_encrypted)``.
+    def open_request_body(self, body: bytes) -> tuple[Any, str, bool]:
+        """The server's side of ``request_body``: ``(payload, text, was_encrypted)``, where ``text`` is
+        the payload's JSON as it came (decrypted when it came encrypted), for a server that keeps it.
 
         A JSON object whose only key is ``data`` holding a string is taken as encrypted. Raises
         ``ValueError`` for a body that is not JSON and ``CryptoError`` when decryption fails.
         """
-        payload, _, encrypted = self.open_request(body)
-        return payload, encrypted
-
-    def open_request(self, body: bytes) -> tuple[Any, str, bool]:
-        """``open_request_body`` with the payload's JSON text as it came (decrypted when it came
-        encrypted): ``(payload, text, was_encrypted)``, for a server that keeps what it accepted."""
         text = body.decode("utf-8")
         obj = json.loads(text)
         if isinstance(obj, dict) and set(obj) == {"data"} and isinstance(obj["data"], str):
