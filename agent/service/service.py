@@ -121,7 +121,7 @@ class Service:
         self.uploader: Any = None
         self._uploader_stop = threading.Event()
         self._uploader_thread: threading.Thread | None = None
-        self._uploader_heartbeat = Heartbeat("uploader", 60.0)
+        self._uploader_heartbeat = Heartbeat("uploader", self._uploader_max_age())
         self._uploader_error: str | None = None
         self.reader_slot: DriverSlot | None = None
         self.camera_slot: DriverSlot | None = None
@@ -171,6 +171,11 @@ class Service:
 
     def _max_age(self, default: float) -> float:
         return self._heartbeat_override if self._heartbeat_override is not None else default
+
+    def _uploader_max_age(self) -> float:
+        # One iteration may hold a registration request (connect + read timeouts) and a commit.
+        platform = self.settings.platform
+        return self._max_age(platform.connect_timeout_s + platform.timeout_s + 30.0)
 
     def _verification_max_age(self) -> float:
         # One iteration may hold a whole capture plus scoring and the commit.
@@ -241,9 +246,7 @@ class Service:
         s = self.settings
         self.uploader = Uploader(self.outbox, self._client_factory, s.platform, s.uploader, s.device)
         self._uploader_stop = threading.Event()
-        # One iteration may hold a registration request (connect + read timeouts) and a commit.
-        self._uploader_heartbeat = Heartbeat("uploader", self._max_age(
-            s.platform.connect_timeout_s + s.platform.timeout_s + 30.0))
+        self._uploader_heartbeat.beat()  # a fresh start, whatever an earlier uploader left
         self._uploader_thread = threading.Thread(target=self._run_uploader, args=(self.uploader, self._uploader_stop),
                                                  name="uploader", daemon=True)
         self._uploader_thread.start()
@@ -567,6 +570,7 @@ class Service:
             self.verifier = self._build_verifier()
             if "verification" in self._loops:
                 self._loops["verification"].heartbeat.max_age_s = self._verification_max_age()
+            self._uploader_heartbeat.max_age_s = self._uploader_max_age()
         if changed & {"platform", "uploader", "device"} and self.uploader is not None:
             self.uploader.update_settings(platform_settings=new.platform, uploader_settings=new.uploader,
                                           device_settings=new.device)
