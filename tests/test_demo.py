@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.service import samples
+from tests.waiting import wait_for
 
 pytest.importorskip("skimage", reason="the demo's face comes from scikit-image (the demo extra)")
 
@@ -84,19 +84,18 @@ def test_written_config_runs_as_its_header_says(tmp_path: Path) -> None:
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(target)],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def two_stored() -> list[dict[str, object]]:
+        assert agent.poll() is None, agent.communicate()[1]
+        assert mock.poll() is None, mock.communicate()[1]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{platform_port}/_mock/records", timeout=5) as r:
+                stored: list[dict[str, object]] = json.loads(r.read())
+        except OSError:
+            return []  # the mock is still starting
+        return stored if len(stored) >= 2 else []
+
     try:
-        deadline = time.monotonic() + 60
-        stored: list[dict[str, object]] = []
-        while len(stored) < 2 and time.monotonic() < deadline:
-            assert agent.poll() is None, agent.communicate()[1]
-            assert mock.poll() is None, mock.communicate()[1]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{platform_port}/_mock/records", timeout=5) as r:
-                    stored = json.loads(r.read())
-            except OSError:
-                pass  # the mock is still starting
-            time.sleep(0.2)
-        assert len(stored) >= 2, "the fake reader's cards did not reach the mock platform within 60 s"
+        stored = wait_for(two_stored, 60, "two of the fake reader's cards on the mock platform", interval_s=0.2)
         assert {rec["cardNo"] for rec in stored} <= {p.card_no for p in samples.PEOPLE}
     finally:
         agent.terminate()

@@ -10,6 +10,7 @@ import sqlite3
 import stat
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -324,36 +325,45 @@ def test_retry_and_retry_rejected(outbox: Outbox) -> None:
     assert outbox.stats()["pending"] == 2 and outbox.stats()["rejected"] == 0
 
 
-def test_claim_takes_only_due_records_oldest_first(tmp_path: Path) -> None:
-    now = [1_700_000_000.0]
-    box = Outbox.open(storage(tmp_path), clock=lambda: now[0])
-    try:
-        backing_off = box.enqueue(record(1))
-        box.finish(box.claim(1)[0], "retryable", message="HTTP 502", next_attempt_at=now[0] + 60)
-        waiting = box.enqueue(record(2))
-        assert [c.id for c in box.claim(10)] == [waiting]   # the record in backoff is not due yet
-        now[0] += 59
-        assert box.claim(10) == []
-        assert box.next_due_at() == 1_700_000_060.0
-        now[0] += 2
-        assert [c.id for c in box.claim(10)] == [backing_off]
-    finally:
-        box.close()
+T0 = 1_700_000_000.0
 
 
-def test_retry_makes_a_backing_off_record_due_now(tmp_path: Path) -> None:
-    now = [1_700_000_000.0]
+@pytest.fixture
+def clocked(tmp_path: Path) -> Iterator[tuple[Outbox, list[float]]]:
+    """An outbox on a clock the test moves: ``now[0]`` is the time it sees."""
+    now = [T0]
     box = Outbox.open(storage(tmp_path), clock=lambda: now[0])
-    try:
-        rid = box.enqueue(record(1))
-        box.finish(box.claim(1)[0], "retryable", message="HTTP 502", next_attempt_at=now[0] + 3600)
-        assert box.claim(1) == []
-        box.wakeup.clear()
-        box.retry(rid)
-        assert box.wakeup.is_set()                            # an idle uploader starts at once
-        assert [c.id for c in box.claim(1)] == [rid]
-    finally:
-        box.close()
+    yield box, now
+    box.close()
+
+
+def backing_off(box: Outbox, n: int, next_attempt_at: float) -> int:
+    """A record that failed once (HTTP 502) and waits until ``next_attempt_at`` to be tried again."""
+    rid = box.enqueue(record(n))
+    box.finish(box.claim(1)[0], "retryable", message="HTTP 502", next_attempt_at=next_attempt_at)
+    return rid
+
+
+def test_claim_takes_only_due_records_oldest_first(clocked: tuple[Outbox, list[float]]) -> None:
+    box, now = clocked
+    waits = backing_off(box, 1, now[0] + 60)
+    waiting = box.enqueue(record(2))
+    assert [c.id for c in box.claim(10)] == [waiting]   # the record in backoff is not due yet
+    now[0] += 59
+    assert box.claim(10) == []
+    assert box.next_due_at() == T0 + 60
+    now[0] += 2
+    assert [c.id for c in box.claim(10)] == [waits]
+
+
+def test_retry_makes_a_backing_off_record_due_now(clocked: tuple[Outbox, list[float]]) -> None:
+    box, now = clocked
+    rid = backing_off(box, 1, now[0] + 3600)
+    assert box.claim(1) == []
+    box.wakeup.clear()
+    box.retry(rid)
+    assert box.wakeup.is_set()                            # an idle uploader starts at once
+    assert [c.id for c in box.claim(1)] == [rid]
 
 
 @pytest.mark.parametrize(("state", "why"), [("sending", "being sent right now"), ("held", "it is held"),
