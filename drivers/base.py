@@ -163,6 +163,13 @@ class IdCard:
     """ISO 3166 alpha-3 nationality for foreign cards."""
     pass_no: str | None = None
     """HK/Macau/Taiwan: the 通行证 number; Y cards: the link to the old number."""
+    old_card_no: str | None = None
+    """Y cards: the 15-character number of the holder's earlier card, rebuilt from the link with its
+    ICAO 9303 check digit (``drivers.card_reader.codec.old_foreign_number``); ``None`` without a link.
+    Not sent to the platform."""
+    y_field_158: str | None = None
+    """Y cards: the 30-byte field at offset 158 (reserved in the published layout) when not blank.
+    Not sent to the platform."""
     issue_count: str | None = None
     card_version: str | None = None
     terminal_score: float | None = None
