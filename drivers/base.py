@@ -152,6 +152,9 @@ class IdCard:
     nation_code: str | None = None
     """GB/T 3304 code ("01".."56", "97", "98"); None on cards without one (J, I, Y)."""
     address: str = ""
+    appended_address: str | None = None
+    """The newest address added to the card after issue (追加住址), when the reader reads it (sdt);
+    ``address`` stays the printed one. Not sent to the platform."""
     authority: str = ""
     photo_wlt: bytes | None = None
     """The chip photo as read (1024-byte WLT), before decoding."""
