@@ -221,6 +221,12 @@ class CardReader(Driver):
 
     kind = "card_reader"
     Settings: ClassVar[type[DriverSettings]] = CardReaderSettings
+    keep_raw_answer: bool = False
+    """Set by ``fvagent card capture``: keep the last read's raw answer in ``raw_answer``."""
+    raw_answer: bytes | None = None
+    """The answer to the last read command, as received (sam-serial, sam-usb) or rebuilt as a 30 01
+    frame (sdt); kept only while ``keep_raw_answer`` is set, because it holds personal data.
+    Readers without frames (fake) leave it None."""
 
     def read_card(self, timeout_s: float) -> IdCard | None:
         """Wait up to ``timeout_s`` for a new card. Returns it, or ``None`` when no card came.

@@ -42,6 +42,9 @@ AUTO_PORT_PATTERNS = ("/dev/ttyUSB*", "/dev/ttyACM*")
 FIND_ATTEMPTS = 3
 """Find-card commands sent in one poll while the SAM answers 0x10 (it received a garbled command)."""
 SW_GARBLED_COMMAND = 0x10
+CAPTURE_PREFIX_MAX = 16
+"""Bytes kept before and after a frame in a capture (an envelope head is 5, a sum 1)."""
+CAPTURE_TAIL_WAIT_S = 0.1
 
 
 class SamSettings(CardReaderSettings):
@@ -82,7 +85,14 @@ class _SamReader(CardReader):
         """Send one command and return the parsed response (no status check)."""
         deadline = time.monotonic() + (timeout_s or self.settings.exchange_timeout_s)
         self._send(codec.build_command(command))
-        return codec.parse_response(self._receive(deadline))
+        raw = self._receive(deadline)
+        if self.keep_raw_answer and command in (codec.READ_TEXT_PHOTO, codec.READ_TEXT_PHOTO_FP):
+            self.raw_answer = self._with_surroundings(raw)
+        return codec.parse_response(raw)
+
+    def _with_surroundings(self, frame: bytes) -> bytes:
+        """``frame`` as the module sent it, for a capture (serial adds what it skipped around it)."""
+        return frame
 
     # -- polling -------------------------------------------------------------------------------
     def _poll_card(self) -> IdCard | None:
@@ -182,6 +192,7 @@ class SamSerialReader(_SamReader):
     def __init__(self, settings: DriverSettings | None = None, *, name: str | None = None) -> None:
         super().__init__(settings, name=name or "sam-serial")
         self._serial: Any = None
+        self._skipped = b""
         self.port: str | None = None
         self.baudrate: int | None = None
 
@@ -285,17 +296,28 @@ class SamSerialReader(_SamReader):
         if self._serial is None:
             raise DeviceNotFound("serial port is closed", device=self.port)
         buf = b""
-        # Skip line noise before the preamble, one byte at a time.
+        skipped = bytearray()
+        # Skip line noise (or a module envelope's head) before the preamble, one byte at a time.
         while True:
             buf = self._read(len(codec.PREAMBLE), deadline, buf)
             if buf.startswith(codec.PREAMBLE):
                 break
-            if codec.PREAMBLE[:1] not in buf[1:]:
-                buf = b""
-            else:
-                buf = buf[buf.index(codec.PREAMBLE[:1], 1):]
+            cut = buf.index(codec.PREAMBLE[:1], 1) if codec.PREAMBLE[:1] in buf[1:] else len(buf)
+            skipped += buf[:cut]
+            buf = buf[cut:]
+        self._skipped = bytes(skipped[-CAPTURE_PREFIX_MAX:])
         header = self._read(codec.HEADER_LEN, deadline, buf)
         return self._read(codec.frame_length(header), deadline, header)
+
+    def _with_surroundings(self, frame: bytes) -> bytes:
+        # A capture should show the module's quirks: the envelope head skipped before the frame,
+        # and the bytes that follow it (the envelope's sum, a stray F6), which come within moments.
+        time.sleep(CAPTURE_TAIL_WAIT_S)
+        try:
+            tail = self._serial.read(min(self._serial.in_waiting, CAPTURE_PREFIX_MAX))
+        except Exception:  # the capture is best effort; the read itself succeeded
+            tail = b""
+        return self._skipped + frame + bytes(tail)
 
 
 # --------------------------------------------------------------------------------------------------

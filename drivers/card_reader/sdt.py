@@ -251,6 +251,8 @@ class SdtReader(CardReader):
         if (text_len.value, photo_len.value) != (codec.TEXT_LEN, codec.WLT_LEN):
             raise ProtocolError(f"SDT_ReadBaseMsg returned {text_len.value} text and {photo_len.value} photo bytes, "
                                 f"must be {codec.TEXT_LEN} and {codec.WLT_LEN}", device=self.describe())
+        if self.keep_raw_answer:  # no frame crosses the library: rebuild the SAM's answer
+            self.raw_answer = codec.build_response(codec.SW_OK, codec.build_read_data(bytes(text), bytes(photo)))
         card = codec.decode_text(bytes(text))
         card = dataclasses.replace(card, photo_wlt=bytes(photo), appended_address=self._appended_address())
         card = self._decode_photo(card)
