@@ -286,6 +286,31 @@ def test_mutated_read_frames_give_a_protocol_error(name, flips, cut):
         assert isinstance(card, IdCard)  # flips that cancel in the XOR and stay inside valid text
 
 
+STATUS_CORPUS = {
+    "find OK": bytes.fromhex("AA AA AA 96 69 00 08 00 00 9F 00 00 00 00 97"),
+    "USB trailing byte after SW3": bytes.fromhex("AA AA AA 96 69 00 04 00 00 10 14 00"),  # Telpo-style
+    "envelope around find OK": codec.wrap_in_envelope(bytes.fromhex("AA AA AA 96 69 00 08 00 00 9F 00 00 00 00 97")),
+}
+"""Status answers with the same quirks, for the fuzz test below."""
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(STATUS_CORPUS)), st.lists(st.tuples(st.integers(0, 40), st.integers(1, 255)),
+                                                        max_size=3), st.binary(max_size=4))
+def test_mutated_status_answers_parse_or_name_the_fault(name, flips, tail):
+    frame = bytearray(STATUS_CORPUS[name])
+    for pos, xor in flips:
+        frame[pos % len(frame)] ^= xor
+    try:
+        resp = codec.parse_response(bytes(frame) + tail)
+    except ProtocolError as exc:
+        assert exc.message and exc.frame_hex
+    else:
+        assert 0 <= resp.sw3 <= 255
+        if not flips:
+            assert resp == codec.parse_response(STATUS_CORPUS[name])
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.sampled_from(sorted(CORPUS)), st.binary(max_size=8))
 def test_bytes_after_the_declared_length_never_change_the_card(name, tail):
