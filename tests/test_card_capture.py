@@ -13,7 +13,7 @@ from agent.cli import main
 from drivers.card_reader import codec
 from drivers.card_reader.anonymize import anonymize_answer
 from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures
-from drivers.card_reader.simulator import SYNTHETIC_WLT, SamSimulator
+from drivers.card_reader.simulator import SYNTHETIC_WLT
 from tests.test_card_codec import CORPUS, FOREIGN_Y_LINKED, HMT
 from tests.test_card_quirks import MOTHER, _assert_clean
 
@@ -36,12 +36,6 @@ def _clean_bytes(data: bytes, card) -> None:
     for value in (card.name, card.card_no, card.address, card.birth_date.strftime("%Y%m%d")):
         assert not value or value.encode("utf-16-le") not in data
     assert REAL_WLT not in data
-
-
-@pytest.fixture
-def sim(tmp_path):
-    with SamSimulator(tmp_path / "ttySAM") as s:
-        yield s
 
 
 def test_capture_over_the_simulator_then_decode(sim, tmp_path, capsys):

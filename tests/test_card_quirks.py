@@ -11,13 +11,11 @@ import pytest
 
 from agent.codes import resident_id_check_digit
 from agent.errors import DeviceTimeout, DriverError, FvagentError, ProtocolError
-from drivers import registry
 from drivers.base import IdCard
 from drivers.card_reader import codec
 from drivers.card_reader.sam import FIND_ATTEMPTS, SamUsbReader
-from drivers.card_reader.simulator import SYNTHETIC_WLT, SamSimulator
 from tests.test_card_codec import CORPUS, FOREIGN_Y, FOREIGN_Y_LINKED, RESIDENT, WLT
-from tests.test_card_sam import FakeUsbDevice
+from tests.test_card_sam import FakeUsbDevice, _reader
 
 NO = "45010219910817" + "004"
 NO += resident_id_check_digit(NO)
@@ -66,17 +64,6 @@ def test_an_unknown_nation_code_is_a_card_error_naming_the_code():
     with pytest.raises(ProtocolError, match="unknown nation code '77': not in the GB 3304 table") as info:
         codec.decode_read_response(frame)
     assert info.value.field == "nation"
-
-
-@pytest.fixture
-def sim(tmp_path):
-    with SamSimulator(tmp_path / "ttySAM") as s:
-        yield s
-
-
-def _reader(sim, **options):
-    opts = {"port": str(sim.port), "baudrate": 115200, "poll_interval_s": 0.02, "exchange_timeout_s": 0.5}
-    return registry.create("card_reader", "sam-serial", opts | options)
 
 
 def _find_requests(sim) -> int:

@@ -62,7 +62,7 @@ def anonymize_answer(raw: bytes) -> bytes:
         frame[codec.STATUS_HEADER_LEN:] = bytes(len(frame) - codec.STATUS_HEADER_LEN)
     if len(frame) == declared:  # a whole frame: its CHK stays right, or wrong by the same difference
         old = raw[start:end]
-        frame[-1] = codec.checksum(frame[5:-1]) ^ codec.checksum(old[5:-1]) ^ old[-1]
+        frame[-1] = codec.checksum(bytes(frame[5:-1])) ^ codec.checksum(old[5:-1]) ^ old[-1]
     out = bytearray(raw[:start]) + frame
     rest = raw[start + len(frame):]
     if start and rest:  # the envelope's sum: right, or wrong by the same difference
@@ -75,8 +75,8 @@ def anonymize_answer(raw: bytes) -> bytes:
 
 def _put(buf: bytearray, off: int, length: int, value: str) -> None:
     """Write ``value`` into the field, padded the way the card padded it (spaces or zeros)."""
-    pad = buf[off + length - 2:off + length]
-    pad = bytes(pad) if bytes(pad) in (b" \x00", b"\x00\x00") else b" \x00"
+    last = bytes(buf[off + length - 2:off + length])
+    pad = last if last in (b" \x00", b"\x00\x00") else b" \x00"
     raw = value.encode("utf-16-le")[:length]
     buf[off:off + length] = raw + pad * ((length - len(raw)) // 2)
 

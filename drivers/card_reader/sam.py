@@ -284,7 +284,7 @@ class SamSerialReader(_SamReader):
         while len(buf) < n:
             if time.monotonic() > deadline:
                 raise DeviceTimeout(f"reader did not answer: {len(buf)} of {n} bytes received", device=self.port,
-                                    frame_hex=codec.frame_hex(buf) if buf else None)
+                                    frame_hex=codec.frame_hex(bytes(buf)) if buf else None)
             try:
                 chunk = self._serial.read(n - len(buf))
             except (serial.SerialException, OSError, _TermiosError, TypeError, AttributeError) as exc:

@@ -70,8 +70,8 @@ def elf_architecture(path: str | Path) -> tuple[int, int]:
         head = f.read(20)
     if len(head) < 20 or head[:4] != b"\x7fELF":
         raise ValueError("is not an ELF shared library")
-    order = "little" if head[5] == 1 else "big"
-    return head[4], int.from_bytes(head[18:20], order)
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return head[4], machine
 
 
 def _arch_name(elf_class: int, machine: int) -> str:
