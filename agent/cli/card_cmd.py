@@ -113,6 +113,9 @@ def card_json(card, *, show_personal: bool) -> dict[str, object]:  # type: ignor
         "valid_to": card.valid_to.isoformat() if card.valid_to else "长期",
         "nationality": card.nationality, "pass_no": card.pass_no if show_personal else mask_card_no(card.pass_no) or None,
         "issue_count": card.issue_count, "card_version": card.card_version,
+        "old_card_no": card.old_card_no if show_personal else mask_card_no(card.old_card_no) or None,
+        "y_field_158": card.y_field_158 if show_personal else mask_name(card.y_field_158) or None,
+        "appended_address": card.appended_address if show_personal else mask_name(card.appended_address) or None,
         "photo_wlt_bytes": len(card.photo_wlt or b""), "fingerprint_bytes": len(card.fingerprint or b""),
     }
 
