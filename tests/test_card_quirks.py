@@ -11,6 +11,7 @@ import pytest
 
 from agent.codes import resident_id_check_digit
 from agent.errors import DeviceTimeout, DriverError, FvagentError, ProtocolError
+from drivers import registry
 from drivers.base import IdCard
 from drivers.card_reader import codec
 from drivers.card_reader.sam import FIND_ATTEMPTS, SamUsbReader
@@ -84,6 +85,25 @@ def test_the_serial_reader_takes_quirky_read_answers(sim, quirk, caplog):
         sim.present(MOTHER)
         assert reader.read_card(3.0).card_no == MOTHER.card_no
     assert "bytes left after the previous answer" in caplog.text  # the stray byte, or the envelope's sum
+
+
+@pytest.mark.parametrize("envelope,trailing", [(True, b""), (False, b"\xf6"), (True, b"\x00")])
+def test_a_module_quirky_on_every_answer_works_end_to_end(tmp_path, envelope, trailing):
+    from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures
+    from drivers.card_reader.simulator import SamSimulator
+
+    with SamSimulator(tmp_path / "ttyQ", envelope=envelope, trailing=trailing) as quirky:
+        # no baud rate given: the status probe itself meets the quirk first
+        opts = {"port": str(quirky.port), "poll_interval_s": 0.02, "exchange_timeout_s": 0.5}
+        with registry.create("card_reader", "sam-serial", opts) as reader:
+            assert reader.probe().ok
+            for card in load_fixtures(SAMPLES_DIR) + [MOTHER]:
+                quirky.present(card)
+                got = reader.read_card(3.0)
+                assert got is not None and got.card_no == card.card_no
+                assert reader.read_card(0.1) is None
+                quirky.remove()
+                assert reader.read_card(0.1) is None
 
 
 def test_find_answered_0x10_is_sent_again_not_a_reader_fault(sim):
