@@ -166,6 +166,33 @@ def test_the_usb_reader_takes_the_trailing_byte_the_envelope_and_0x10(envelope, 
     assert "ignored 1 bytes after the" in caplog.text
 
 
+class LateTrailingUsbDevice(FakeUsbDevice):
+    """The trailing 00 comes in a packet of its own, after the answer: the next read starts with it."""
+
+    def write(self, endpoint, data, timeout):
+        stale = self.pending  # what the previous answer left: sent before this answer
+        super().write(endpoint, data, timeout)
+        self.packets = [stale] if stale else []
+        self.tail = b"\x00"
+
+    def read(self, endpoint, size, timeout):
+        if self.packets:
+            return bytearray(self.packets.pop(0))
+        packet = super().read(endpoint, size, timeout)
+        if not self.pending:
+            self.pending, self.tail = self.tail, b""  # the stray byte waits for the next command
+        return packet
+
+
+def test_the_usb_reader_drops_a_stray_byte_left_from_the_previous_answer(caplog):
+    caplog.set_level(logging.DEBUG, logger="drivers.card_reader.sam")
+    dev = LateTrailingUsbDevice(MOTHER)
+    with SamUsbReader(SamUsbReader.Settings(endpoint_out=2, endpoint_in=0x81), usb_device=dev) as reader:
+        card = reader.read_card(1.0)
+    assert card is not None and card.card_no == MOTHER.card_no
+    assert "dropped 1 bytes before the answer" in caplog.text
+
+
 # -- no personal byte in an error or a log ---------------------------------------------------------------
 
 def _forbidden(card: IdCard) -> list[str]:

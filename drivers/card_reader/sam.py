@@ -444,5 +444,9 @@ class SamUsbReader(_SamReader):
             except Exception as exc:
                 raise self._usb_error(exc, deadline) from exc
             buf += bytes(chunk)
-            need = codec.unit_length(bytes(buf))
+            stray = next((i for i, byte in enumerate(buf) if byte == codec.PREAMBLE[0]), len(buf))
+            if stray:  # a byte that trailed the previous answer, sent in a packet of its own
+                log.debug("%s: dropped %d bytes before the answer", self.name, stray)
+                del buf[:stray]
+            need = codec.unit_length(bytes(buf)) if buf else None
         return bytes(buf)
