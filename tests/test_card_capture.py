@@ -75,6 +75,17 @@ def test_capture_keeps_the_module_quirks(sim, tmp_path, capsys):
     assert _decode(out, capsys)["birth_date"] == "1990-01-01"  # envelope sum and CHK recomputed
 
 
+def test_line_noise_before_the_answer_is_not_captured(sim, tmp_path, capsys):
+    sim.present(MOTHER, wlt=REAL_WLT)
+    sim.inject(codec.READ_TEXT_PHOTO, b"\x00\x13" + codec.read_response(MOTHER, REAL_WLT))
+    cfg = _config(tmp_path, f'driver = "sam-serial"\nport = "{sim.port}"\nbaudrate = 115200\n')
+    out = tmp_path / "capture.txt"
+    assert main(["card", "capture", "-c", cfg, "--out", str(out), "--timeout", "5"]) == 0
+    assert bytes.fromhex(out.read_text())[:5] == codec.PREAMBLE
+    capsys.readouterr()
+    assert _decode(out, capsys)["card_type"] == "0"
+
+
 def test_a_failed_read_is_captured_with_its_error(sim, tmp_path, capsys):
     sim.present(MOTHER, wlt=REAL_WLT)
     bad = bytearray(codec.read_response(MOTHER, REAL_WLT))

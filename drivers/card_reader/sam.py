@@ -317,7 +317,9 @@ class SamSerialReader(_SamReader):
             tail = self._serial.read(min(self._serial.in_waiting, CAPTURE_PREFIX_MAX))
         except Exception:  # the capture is best effort; the read itself succeeded
             tail = b""
-        return self._skipped + frame + bytes(tail)
+        head = self._skipped[-codec.ENVELOPE_HEAD_LEN:]
+        prefix = head if codec.is_envelope(head + frame) else b""  # line noise is no part of the answer
+        return prefix + frame + bytes(tail)
 
 
 # --------------------------------------------------------------------------------------------------
