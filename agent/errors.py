@@ -105,7 +105,7 @@ class DeviceTimeout(DriverError, TimeoutError):
 
 
 class ProtocolError(DriverError):
-    """A frame from the device breaks the protocol. ``frame_hex`` holds the frame."""
+    """A frame from the device breaks the protocol. ``frame_hex`` holds the frame's header (never its body)."""
 
 
 class CardReadError(DriverError):

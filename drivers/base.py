@@ -152,6 +152,9 @@ class IdCard:
     nation_code: str | None = None
     """GB/T 3304 code ("01".."56", "97", "98"); None on cards without one (J, I, Y)."""
     address: str = ""
+    appended_address: str | None = None
+    """The newest address added to the card after issue (追加住址), when the reader reads it (sdt);
+    ``address`` stays the printed one. Not sent to the platform."""
     authority: str = ""
     photo_wlt: bytes | None = None
     """The chip photo as read (1024-byte WLT), before decoding."""
@@ -163,6 +166,13 @@ class IdCard:
     """ISO 3166 alpha-3 nationality for foreign cards."""
     pass_no: str | None = None
     """HK/Macau/Taiwan: the 通行证 number; Y cards: the link to the old number."""
+    old_card_no: str | None = None
+    """Y cards: the 15-character number of the holder's earlier card, rebuilt from the link with its
+    ICAO 9303 check digit (``drivers.card_reader.codec.old_foreign_number``); ``None`` without a link.
+    Not sent to the platform."""
+    y_field_158: str | None = None
+    """Y cards: the 30-byte field at offset 158 (reserved in the published layout) when not blank.
+    Not sent to the platform."""
     issue_count: str | None = None
     card_version: str | None = None
     terminal_score: float | None = None
@@ -211,6 +221,12 @@ class CardReader(Driver):
 
     kind = "card_reader"
     Settings: ClassVar[type[DriverSettings]] = CardReaderSettings
+    keep_raw_answer: bool = False
+    """Set by ``fvagent card capture``: keep the last read's raw answer in ``raw_answer``."""
+    raw_answer: bytes | None = None
+    """The answer to the last read command, as received (sam-serial, sam-usb) or rebuilt as a 30 01
+    frame (sdt); kept only while ``keep_raw_answer`` is set, because it holds personal data.
+    Readers without frames (fake) leave it None."""
 
     def read_card(self, timeout_s: float) -> IdCard | None:
         """Wait up to ``timeout_s`` for a new card. Returns it, or ``None`` when no card came.

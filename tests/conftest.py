@@ -26,3 +26,12 @@ def artifacts_dir() -> Path:
     path = ROOT / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture
+def sim(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A simulated SAM reader on a pty (drivers/card_reader/simulator.py), stopped after the test."""
+    from drivers.card_reader.simulator import SamSimulator
+
+    with SamSimulator(tmp_path / "ttySAM") as s:
+        yield s

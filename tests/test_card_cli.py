@@ -84,3 +84,15 @@ def test_foreign_and_hmt_cards_masked(tmp_path, capsys):
             assert out["pass_no"] != card.pass_no
         if card.english_name:
             assert out["english_name"] != card.english_name
+
+
+def test_a_y_card_shows_its_old_number_masked(tmp_path, capsys):
+    from tests.test_card_codec import CORPUS, FOREIGN_Y_LINKED
+
+    (tmp_path / "cap.bin").write_bytes(CORPUS["Y"])
+    assert main(["card", "decode", str(tmp_path / "cap.bin")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    old = FOREIGN_Y_LINKED.old_card_no
+    assert out["old_card_no"] == old[:4] + "*" * 7 + old[-4:] and out["y_field_158"].startswith("R*")
+    assert main(["card", "decode", str(tmp_path / "cap.bin"), "--show-personal"]) == 0
+    assert json.loads(capsys.readouterr().out)["old_card_no"] == old

@@ -16,12 +16,6 @@ from drivers.card_reader.simulator import SYNTHETIC_WLT, SamSimulator
 CARDS = load_fixtures(SAMPLES_DIR)  # resident, J, I
 
 
-@pytest.fixture
-def sim(tmp_path):
-    with SamSimulator(tmp_path / "ttySAM") as s:
-        yield s
-
-
 def _reader(sim, **options):
     opts = {"port": str(sim.port), "baudrate": 115200, "poll_interval_s": 0.02, "exchange_timeout_s": 0.5}
     opts.update(options)

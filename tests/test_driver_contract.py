@@ -42,6 +42,22 @@ def _card_reader_device(name: str, tmp_path) -> Iterator[tuple[dict[str, Any], A
             driver._injected = dev
 
         yield {"endpoint_out": 2, "endpoint_in": 0x81, "poll_interval_s": 0.02}, (inject, present)
+    elif name == "sdt":
+        import os
+
+        from drivers.card_reader.simulator import SYNTHETIC_WLT
+        from tests import sdt_shim
+
+        before = os.environ.get("SDT_SHIM_DIR")
+        shim = sdt_shim.ShimCard(tmp_path / "sdt-state")
+        try:
+            yield ({"library": str(sdt_shim.build(tmp_path)), "poll_interval_s": 0.01},
+                   lambda driver: shim.present(card, SYNTHETIC_WLT))
+        finally:
+            if before is None:
+                os.environ.pop("SDT_SHIM_DIR", None)
+            else:
+                os.environ["SDT_SHIM_DIR"] = before
     else:
         pytest.skip(f"no stand-in device for {name} here (sam-usb is tested with an injected device)")
 
@@ -78,7 +94,7 @@ def test_card_reader_contract(name, tmp_path):
 def test_unknown_driver_lists_the_installed_ones():
     with pytest.raises(DriverNotFound) as info:
         registry.create("card_reader", "acme", {})
-    for name in ("fake", "sam-serial", "sam-usb"):
+    for name in ("fake", "sam-serial", "sam-usb", "sdt"):
         assert name in str(info.value)
 
 

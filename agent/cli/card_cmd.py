@@ -1,8 +1,13 @@
-"""``fvagent card decode FILE``: decode a captured SAM read response into JSON.
+"""``fvagent card decode FILE`` and ``fvagent card capture --config PATH --out FILE``.
 
-FILE holds the reader's answer to 30 01 / 30 10 as raw bytes or as hex text with any spacing
-(a pyserial ``spy://`` capture's hex columns pasted together works; see docs/drivers.md). The card
-number and name are masked unless ``--show-personal`` is given; a bad frame is reported by name.
+``decode``: FILE holds the reader's answer to 30 01 / 30 10 as raw bytes or as hex text with any
+spacing (a pyserial ``spy://`` capture's hex columns pasted together works; see docs/drivers.md).
+The card number and name are masked unless ``--show-personal`` is given; a bad frame is reported
+by name.
+
+``capture``: one real read through the configured reader, written as hex with the personal bytes
+replaced by a synthetic identity of the same layout (drivers/card_reader/anonymize.py), so a
+technician can send it to add a reader model; ``card decode`` reads the file.
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dec.add_argument("file", type=Path, help="the captured frame: raw bytes, or hex text with any spacing")
     dec.add_argument("--show-personal", action="store_true", help="print the card number and name unmasked")
     dec.set_defaults(func=cmd_decode)
+    from agent.cli import add_config_arg
+
+    cap = csub.add_parser("capture", help="record one real read as hex, personal data replaced by a synthetic identity")
+    add_config_arg(cap)
+    cap.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write the hex capture")
+    cap.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="how long to wait for a card (default 60)")
+    cap.set_defaults(func=cmd_capture)
 
 
 _SPY_RX = re.compile(r"^\S+ RX +[0-9A-Fa-f]{4}  (.{1,49})")
@@ -100,6 +113,9 @@ def card_json(card, *, show_personal: bool) -> dict[str, object]:  # type: ignor
         "valid_to": card.valid_to.isoformat() if card.valid_to else "长期",
         "nationality": card.nationality, "pass_no": card.pass_no if show_personal else mask_card_no(card.pass_no) or None,
         "issue_count": card.issue_count, "card_version": card.card_version,
+        "old_card_no": card.old_card_no if show_personal else mask_card_no(card.old_card_no) or None,
+        "y_field_158": card.y_field_158 if show_personal else mask_name(card.y_field_158) or None,
+        "appended_address": card.appended_address if show_personal else mask_name(card.appended_address) or None,
         "photo_wlt_bytes": len(card.photo_wlt or b""), "fingerprint_bytes": len(card.fingerprint or b""),
     }
 
@@ -115,4 +131,92 @@ def cmd_decode(args: argparse.Namespace) -> int:
     card = codec.decode_read_response(frame)
     json.dump(card_json(card, show_personal=args.show_personal), sys.stdout, ensure_ascii=False, indent=2)
     sys.stdout.write("\n")
+    return 0
+
+
+def _reader_from_config(path: str):  # type: ignore[no-untyped-def]
+    """The configured card reader, from the [card_reader] section alone (a capture is taken before
+    the platform is set up, too)."""
+    import tomllib
+
+    from agent.config import DriverSection
+    from drivers import registry
+
+    try:
+        raw = tomllib.loads(Path(path).read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}",
+                          hint="give the configuration with --config PATH") from exc
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    section = DriverSection.model_validate(raw.get("card_reader", {}))
+    reader = registry.create("card_reader", section.driver, section.options)
+    if reader.simulated:
+        raise ConfigError(f"[card_reader] driver {section.driver!r} is simulated: there is no real read to capture",
+                          hint="set [card_reader] driver to the real reader (sam-serial, sam-usb, sdt)")
+    return reader
+
+
+def _hex_lines(data: bytes) -> str:
+    return "".join(data[i:i + 16].hex(" ").upper() + "\n" for i in range(0, len(data), 16))
+
+
+def _leaks(card, data: bytes) -> list[str]:  # type: ignore[no-untyped-def]
+    """The personal fields of ``card`` whose bytes still appear in ``data`` (must be none)."""
+    from drivers.card_reader.anonymize import SYNTHETIC_BIRTH
+
+    fields = {"name": card.name, "card_no": card.card_no, "address": card.address,
+              "english_name": card.english_name or "", "birth_date": card.birth_date.strftime("%Y%m%d")}
+    if fields["birth_date"] == SYNTHETIC_BIRTH:  # born on the synthetic date: that is no leak
+        del fields["birth_date"]
+    return [k for k, v in fields.items() if len(v) >= 2 and v.encode("utf-16-le") in data]
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    import time
+
+    from agent.cli import config_path
+    from agent.errors import CardReadError, DriverError, ProtocolError
+    from drivers.card_reader import codec
+    from drivers.card_reader.anonymize import anonymize_answer
+
+    reader = _reader_from_config(config_path(args))
+    reader.keep_raw_answer = True
+    card, failure = None, None
+    print(f"fvagent: present the card to {reader.describe()} (waiting up to {args.timeout:g} s)", file=sys.stderr)
+    deadline = time.monotonic() + max(0.0, args.timeout)
+    try:
+        with reader:
+            while reader.raw_answer is None and time.monotonic() < deadline:
+                try:
+                    card = reader.read_card(min(1.0, max(0.0, deadline - time.monotonic())))
+                except (CardReadError, ProtocolError) as exc:
+                    failure = exc  # the read's answer is what the capture is for
+                    break
+            raw = reader.raw_answer
+    finally:
+        reader.raw_answer = None
+    if raw is None:
+        if failure is not None:
+            raise failure
+        raise DriverError(f"no card was read within {args.timeout:g} s", device=reader.describe(),
+                          hint="present the card flat on the reader, or give a longer --timeout")
+    safe = anonymize_answer(raw)
+    leaked = _leaks(card, safe) if card is not None else []
+    if leaked:  # never write a capture the anonymizer did not clean
+        raise DriverError(f"the capture still holds {', '.join(leaked)}: not written",
+                          hint="report this to the fvagent maintainers with the reader model (no capture)")
+    try:
+        synthetic = codec.decode_read_response(safe)
+        result = f"decodes as a synthetic card of type {synthetic.card_type}"
+    except (CardReadError, ProtocolError) as exc:
+        result = f"reproduces the read's error: {exc.message}"
+    try:
+        args.out.write_text(_hex_lines(safe), "ascii")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {args.out}: {exc.strerror}", hint="give a writable --out path") from exc
+    if failure is not None:
+        print(f"fvagent: the read failed: {failure}", file=sys.stderr)
+    print(f"capture written to {args.out}: {len(safe)} bytes, personal data replaced by a synthetic identity; "
+          f"it {result}")
     return 0

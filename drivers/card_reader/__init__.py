@@ -1,4 +1,4 @@
-"""ID-card reader drivers: ``fake``, ``sam-serial``, ``sam-usb`` (see docs/drivers.md)."""
+"""ID-card reader drivers: ``fake``, ``sam-serial``, ``sam-usb``, ``sdt`` (see docs/drivers.md)."""
 
 from drivers.card_reader.wlt import decode_wlt_to_jpeg
 

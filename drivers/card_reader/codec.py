@@ -4,25 +4,39 @@ Frame: preamble ``AA AA AA 96 69``, a big-endian length of everything after it (
 body, and CHK = XOR of every byte from the length through the body. A request body is CMD PARA
 [DATA]; a response body is SW1 SW2 SW3 [DATA]. See docs/drivers.md and the protocol notes.
 
+Real modules are not exact: bytes after the declared length are ignored (counted in a debug log),
+and a module envelope around the frame (``AA`` LEN(2, BE) TYPE(2) <SAM frame> SUM, e.g.
+``AA 05 12 A0 10 AA AA AA 96 69 ... <sum>``) is unwrapped and its sum checked (``unwrap_frame``).
+
 Parse errors are ``ProtocolError`` with ``frame_hex`` and a message saying what is wrong; a SAM
-failure status is ``CardReadError`` with ``sw3`` and ``meaning``.
+failure status is ``CardReadError`` with ``sw3`` and ``meaning``. Neither ever carries a personal
+byte: ``frame_hex`` shows the frame header only, and a text-field error names the field and the
+rule, never the value (a birth date is personal data).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from functools import reduce
 
 from agent import codes
 from agent.errors import CardReadError, ProtocolError
 from drivers.base import LONG_TERM, IdCard
 
+log = logging.getLogger(__name__)
+
 PREAMBLE = b"\xaa\xaa\xaa\x96\x69"
 HEADER_LEN = 7
 """Preamble plus the two length bytes."""
 MAX_LEN = 0x0A0A
 """Largest length field we accept (30 10 with a 1024-byte fingerprint is 0x090A)."""
+STATUS_HEADER_LEN = HEADER_LEN + 3
+"""Preamble, length and SW1 SW2 SW3 (or CMD PARA and one byte): all of a frame that may be shown."""
+ENVELOPE_START = 0xAA
+ENVELOPE_HEAD_LEN = 5
+"""A module envelope: AA, LEN (2 bytes, big-endian: TYPE + frame + SUM), TYPE (2 bytes, e.g. A0 10)."""
 
 # Commands: (CMD, PARA)
 RESET = (0x10, 0xFF)
@@ -71,11 +85,19 @@ LONG_TERM_BYTES = "长期".encode("utf-16-le")
 
 
 def frame_hex(frame: bytes) -> str:
-    """A frame as hex for an error message: short frames whole; long ones only their header and CHK,
-    because the body of a read response holds personal data (errors end up in logs)."""
-    if len(frame) <= 24:
+    """A frame for an error message or a log: its header only (preamble, length, status bytes), never
+    its body, which holds personal data in a read response; bytes that do not start with a frame
+    header are shown by their length alone (a misaligned capture starts with the name)."""
+    frame = bytes(frame)
+    if frame[:5] == PREAMBLE:
+        shown = frame[:STATUS_HEADER_LEN]
+    elif is_envelope(frame):
+        shown = frame[:ENVELOPE_HEAD_LEN + STATUS_HEADER_LEN]
+    else:
+        return f"({len(frame)} bytes, no frame header)"
+    if len(frame) <= len(shown) + 1:  # a status answer without data: header and CHK are all of it
         return frame.hex(" ")
-    return f"{frame[:14].hex(' ')} ... {frame[-1:].hex()} ({len(frame)} bytes)"
+    return f"{shown.hex(' ')} ... ({len(frame)} bytes)"
 
 
 def status_meaning(sw3: int) -> str:
@@ -153,13 +175,86 @@ def frame_length(header: bytes) -> int:
     return length + HEADER_LEN
 
 
+def is_envelope(data: bytes) -> bool:
+    """True when ``data`` starts with a module envelope: AA LEN(2) TYPE(2), then the SAM preamble."""
+    return (len(data) >= ENVELOPE_HEAD_LEN + 5 and data[0] == ENVELOPE_START and data[:5] != PREAMBLE
+            and data[ENVELOPE_HEAD_LEN:ENVELOPE_HEAD_LEN + 5] == PREAMBLE)
+
+
+def unit_length(data: bytes) -> int | None:
+    """How many bytes the answer starting at ``data[0]`` takes (a SAM frame, or a module envelope
+    with the frame inside); ``None`` while too few bytes have come to tell. Transports that read
+    in packets (USB) read until this many bytes are there. Raises ``ProtocolError`` when the bytes
+    cannot start an answer."""
+    data = bytes(data)
+    if data[:5] == PREAMBLE:
+        return frame_length(data[:HEADER_LEN]) if len(data) >= HEADER_LEN else None
+    if len(data) < 5 and PREAMBLE.startswith(data):
+        return None
+    if data[:1] == bytes([ENVELOPE_START]):
+        if len(data) < ENVELOPE_HEAD_LEN + 5:
+            return None
+        if is_envelope(data):
+            return 3 + _envelope_length(data)
+    raise ProtocolError("bad preamble: expected AA AA AA 96 69 (or a module envelope AA LEN TYPE around it)",
+                        frame_hex=frame_hex(data))
+
+
+def _envelope_length(data: bytes) -> int:
+    length = int.from_bytes(data[1:3], "big")
+    if not 2 + HEADER_LEN + 1 + 1 <= length <= 2 + MAX_LEN + HEADER_LEN + 1:
+        raise ProtocolError(f"module envelope: bad length field {length} (0x{length:04X})", frame_hex=frame_hex(data))
+    return length
+
+
+def _envelope_sum_ok(envelope: bytes) -> bool:
+    # The sum's range is not published; the modules seen sum from the length (or the type, or the
+    # start byte) through the last frame byte, mod 256. The frame inside has its own XOR check.
+    body, stored = envelope[:-1], envelope[-1]
+    return stored in {sum(body[start:]) & 0xFF for start in (0, 1, 3)}
+
+
+def unwrap_frame(data: bytes) -> bytes:
+    """The SAM frame in ``data``: a module envelope removed (its sum checked) and the bytes after
+    the declared length dropped (the length is authoritative; the rest belongs to nothing, and is
+    counted in a debug log). Raises ``ProtocolError`` on a bad preamble, length or envelope sum;
+    a frame shorter than its length field is returned as it is (the parser names it truncated)."""
+    data = bytes(data)
+    total = unit_length(data)
+    if total is None:
+        raise ProtocolError(f"frame too short: {len(data)} bytes, the header alone is {HEADER_LEN}",
+                            frame_hex=frame_hex(data))
+    if len(data) > total:
+        log.debug("ignored %d bytes after the %d-byte answer (declared length)", len(data) - total, total)
+        data = data[:total]
+    if not is_envelope(data):
+        return data
+    if len(data) < total:
+        raise ProtocolError(f"truncated module envelope: its length field says {total} bytes, got {len(data)}",
+                            frame_hex=frame_hex(data))
+    if not _envelope_sum_ok(data):
+        raise ProtocolError(f"module envelope: bad sum 0x{data[-1]:02X} (sum of the bytes mod 256)",
+                            frame_hex=frame_hex(data))
+    frame = data[ENVELOPE_HEAD_LEN:-1]
+    declared = frame_length(frame[:HEADER_LEN])
+    if declared != len(frame):
+        raise ProtocolError(f"module envelope holds {len(frame)} bytes, the frame inside declares {declared}",
+                            frame_hex=frame_hex(data))
+    log.debug("unwrapped a module envelope (type %s) around a %d-byte frame", data[3:5].hex(" "), len(frame))
+    return frame
+
+
+def wrap_in_envelope(frame: bytes, kind: bytes = b"\xa0\x10") -> bytes:
+    """``frame`` inside a module envelope (tests and the simulator build quirky modules with it)."""
+    head = bytes([ENVELOPE_START]) + (len(kind) + len(frame) + 1).to_bytes(2, "big") + kind
+    return head + frame + bytes([sum(head[1:] + frame) & 0xFF])
+
+
 def _parse(frame: bytes, min_body: int, what: str) -> bytes:
+    frame = unwrap_frame(frame)
     total = frame_length(frame)
     if len(frame) < total:
         raise ProtocolError(f"truncated {what}: length field says {total} bytes, got {len(frame)}",
-                            frame_hex=frame_hex(frame))
-    if len(frame) > total:
-        raise ProtocolError(f"{len(frame) - total} extra bytes after the {total}-byte {what}",
                             frame_hex=frame_hex(frame))
     if checksum(frame[5:]) != 0:
         raise ProtocolError(f"bad checksum: CHK is 0x{frame[-1]:02X}, computed 0x{checksum(frame[5:-1]):02X}",
@@ -241,8 +336,7 @@ def _field(text: bytes, off: int, length: int, name: str, *, strip: bool = True)
         value = raw.decode("utf-16-le")
         return value.rstrip(" \x00") if strip else value
     except UnicodeDecodeError:
-        raise ProtocolError(f"text field {name} (offset {off}) is not valid UCS-2",
-                            frame_hex=frame_hex(raw)) from None
+        raise ProtocolError(f"text field {name} (offset {off}) is not valid UCS-2", field=name) from None
 
 
 def _date(value: str, name: str, text: bytes) -> dt.date:
@@ -251,7 +345,7 @@ def _date(value: str, name: str, text: bytes) -> dt.date:
             raise ValueError
         return dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))
     except ValueError:
-        raise ProtocolError(f"{name} is not a YYYYMMDD date: {value!r}", field=name) from None
+        raise ProtocolError(f"{name} is not a YYYYMMDD date (8 digits of a real date)", field=name) from None
 
 
 def _valid_to(text: bytes, off: int) -> dt.date | None:
@@ -288,7 +382,10 @@ def decode_text(text: bytes) -> IdCard:
         if marker == "":
             nation = f(32, 4, "nation")
             if nation not in codes.NATIONS:
-                raise ProtocolError(f"unknown nation code {nation!r}", field="nation")
+                # The code itself is named (a technician needs it to extend the table); it is two
+                # characters of a code list, never free text.
+                raise ProtocolError(f"unknown nation code {ascii(nation)}: not in the GB 3304 table (01-56, 97, 98)",
+                                    field="nation")
             card = IdCard(card_type="0", nation_code=nation, **fields)  # type: ignore[arg-type]
         else:
             card = IdCard(card_type="1", pass_no=f(220, 18, "pass_no") or None,
@@ -307,20 +404,58 @@ def decode_text(text: bytes) -> IdCard:
     elif marker == "Y":  # 2023 card; layout from a single source (documented in docs/drivers.md)
         birth = _date(f(36, 16, "birth_date"), "birth_date", text)
         card_no = f(122, 36, "card_no")
+        nationality, link = f(242, 6, "nationality"), f(250, 6, "old_number_link")
         card = IdCard(
             card_type="2", name=f(0, 30, "name"), sex_code=f(30, 2, "sex"), issue_count=f(32, 4, "renewal") or None,
             birth_date=birth, english_name=_y_english_name(text),
             card_no=card_no, valid_from=_date(f(188, 16, "valid_from"), "valid_from", text),
-            valid_to=_valid_to(text, 204), nationality=f(242, 6, "nationality"),
-            pass_no=f(250, 6, "old_number_link") or None, card_version="Y")
+            valid_to=_valid_to(text, 204), nationality=nationality,
+            pass_no=link or None, card_version="Y", y_field_158=f(158, 30, "field_158") or None,
+            old_card_no=old_foreign_number(card_no, nationality, link))
         if len(card_no) != 18:
             raise ProtocolError(f"card number must be 18 characters, got {len(card_no)}", field="card_no")
     else:
         raise ProtocolError(f"unknown card type marker {marker!r} at offset {CARD_TYPE_OFFSET}",
                             frame_hex=text[CARD_TYPE_OFFSET:CARD_TYPE_OFFSET + 2].hex(" "))
     if card.sex_code not in codes.SEX_NAMES:
-        raise ProtocolError(f"unknown sex code {card.sex_code!r}", field="sex")
+        raise ProtocolError("unknown sex code: not a GB/T 2261.1 code (0, 1, 2, 9)", field="sex")
     return card
+
+
+def mrz_check_digit(chars: str) -> str:
+    """The ICAO 9303 check digit of ``chars``: digits count as themselves, A-Z as 10-35, ``<`` as 0;
+    weights 7, 3, 1 repeating; the sum mod 10. Raises ``ValueError`` on any other character."""
+    total = 0
+    for i, ch in enumerate(chars):
+        if ch.isascii() and ch.isdigit():
+            value = int(ch)
+        elif "A" <= ch <= "Z":
+            value = ord(ch) - ord("A") + 10
+        elif ch == "<":
+            value = 0
+        else:
+            raise ValueError("only digits, A-Z and < have a check-digit value")
+        total += value * (7, 3, 1)[i % 3]
+    return str(total % 10)
+
+
+def old_foreign_number(card_no: str, nationality: str, link: str) -> str | None:
+    """The 15-character number of the earlier foreign permanent resident card, rebuilt from a 2023
+    (Y) card: nationality (3 letters) + the province in the new number (characters 2-3) + the first
+    two link characters (the city) + the birth date YYMMDD in the new number (characters 9-14) +
+    the third link character (the sequence) + the ICAO 9303 check digit over those 14. ``None``
+    when the card has no link (a first card) or its parts do not have that shape: the old number is
+    informational and never stops a read (logged at debug, without the values)."""
+    if not link:
+        return None
+    if not (len(card_no) == 18 and card_no[:17].isascii() and card_no[:17].isdigit()
+            and len(nationality) == 3 and nationality.isascii() and nationality.isalpha() and nationality.isupper()
+            and len(link) == 3 and link.isascii() and link.isdigit()):
+        log.debug("old number not rebuilt: the link must be 3 digits, the nationality 3 capital letters "
+                  "and the number 17 digits and a check character")
+        return None
+    body = nationality + card_no[1:3] + link[0:2] + card_no[8:14] + link[2]
+    return body + mrz_check_digit(body)
 
 
 def _y_english_name(text: bytes) -> str:
@@ -374,6 +509,7 @@ def encode_text(card: IdCard) -> bytes:
         _put(buf, 36, 16, _d(card.birth_date))
         _put(buf, 52, 70, eng[:35])
         _put(buf, 122, 36, card.card_no)
+        _put(buf, 158, 30, card.y_field_158 or "")
         _put(buf, 188, 16, _d(card.valid_from))
         _put(buf, 204, 16, _d(card.valid_to))
         _put(buf, 220, 22, eng[35:46])

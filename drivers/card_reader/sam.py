@@ -8,7 +8,8 @@ Failure contract for the service: ``open()`` raises ``DeviceNotFound`` when the 
 ``read_card()`` raises ``DeviceNotFound`` when it goes away (unplugged) and ``DeviceTimeout`` when it
 stops answering; the caller then ``close()``s the driver and ``open()``s it again with backoff
 (agent.service.hardware.DriverSlot does); a bad answer to find-card (a SAM status other than found /
-no card, or a garbled frame) is a plain ``DriverError`` handled the same way. ``CardReadError`` and
+no card, or a garbled frame) is a plain ``DriverError`` handled the same way, except 0x10 (the SAM
+received a garbled command), which some modules answer now and then: find is simply sent again. ``CardReadError`` and
 ``ProtocolError`` concern the card in the field: the reader is fine, the person presents the card
 again (each is raised once per tap).
 """
@@ -38,6 +39,12 @@ except ImportError:  # pragma: no cover - not on POSIX
 BAUD_RATES = (115200, 57600, 38400, 19200, 9600)
 """Probe order: the SAM default first, then the slower rates it can be set to."""
 AUTO_PORT_PATTERNS = ("/dev/ttyUSB*", "/dev/ttyACM*")
+FIND_ATTEMPTS = 3
+"""Find-card commands sent in one poll while the SAM answers 0x10 (it received a garbled command)."""
+SW_GARBLED_COMMAND = 0x10
+CAPTURE_PREFIX_MAX = 16
+"""Bytes kept before and after a frame in a capture (an envelope head is 5, a sum 1)."""
+CAPTURE_TAIL_WAIT_S = 0.1
 
 
 class SamSettings(CardReaderSettings):
@@ -78,7 +85,14 @@ class _SamReader(CardReader):
         """Send one command and return the parsed response (no status check)."""
         deadline = time.monotonic() + (timeout_s or self.settings.exchange_timeout_s)
         self._send(codec.build_command(command))
-        return codec.parse_response(self._receive(deadline))
+        raw = self._receive(deadline)
+        if self.keep_raw_answer and command in (codec.READ_TEXT_PHOTO, codec.READ_TEXT_PHOTO_FP):
+            self.raw_answer = self._with_surroundings(raw)
+        return codec.parse_response(raw)
+
+    def _with_surroundings(self, frame: bytes) -> bytes:
+        """``frame`` as the module sent it, for a capture (serial adds what it skipped around it)."""
+        return frame
 
     # -- polling -------------------------------------------------------------------------------
     def _poll_card(self) -> IdCard | None:
@@ -105,11 +119,16 @@ class _SamReader(CardReader):
         a plain ``DriverError``, so the caller reopens the reader with backoff and shows the fault,
         instead of asking for the card again on every poll (a SAM failing its self-test answers
         every find with 0x60)."""
-        try:
-            found = self.exchange(codec.FIND_CARD)
-        except ProtocolError as exc:
-            raise DriverError(f"reader answered find-card with a bad frame: {exc.message}", device=self.describe(),
-                              frame_hex=exc.frame_hex) from exc
+        for attempt in range(1, FIND_ATTEMPTS + 1):
+            try:
+                found = self.exchange(codec.FIND_CARD)
+            except ProtocolError as exc:
+                raise DriverError(f"reader answered find-card with a bad frame: {exc.message}",
+                                  device=self.describe(), frame_hex=exc.frame_hex) from exc
+            if found.sw3 != SW_GARBLED_COMMAND:
+                break
+            log.debug("%s: SAM answered find-card with 0x10 (attempt %d of %d): sending it again",
+                      self.name, attempt, FIND_ATTEMPTS)
         if found.sw3 not in (codec.SW_FIND_OK, codec.SW_NO_CARD, codec.SW_SELECT_FAILED):
             raise DriverError(f"SAM status 0x{found.sw3:02X} on find-card: {found.meaning}", device=self.describe(),
                               sw3=f"0x{found.sw3:02X}", meaning=found.meaning,
@@ -173,6 +192,7 @@ class SamSerialReader(_SamReader):
     def __init__(self, settings: DriverSettings | None = None, *, name: str | None = None) -> None:
         super().__init__(settings, name=name or "sam-serial")
         self._serial: Any = None
+        self._skipped = b""
         self.port: str | None = None
         self.baudrate: int | None = None
 
@@ -248,7 +268,10 @@ class SamSerialReader(_SamReader):
         if self._serial is None:
             raise DeviceNotFound("serial port is closed", device=self.port)
         try:
-            self._serial.reset_input_buffer()  # drop leftovers of an earlier, timed-out answer
+            left = self._serial.in_waiting
+            if left:  # trailing bytes after an answer's declared length, or a timed-out answer
+                log.debug("%s: dropped %d bytes left after the previous answer", self.name, left)
+            self._serial.reset_input_buffer()
             self._serial.write(frame)
             self._serial.flush()
         except (serial.SerialException, OSError, _TermiosError) as exc:
@@ -261,7 +284,7 @@ class SamSerialReader(_SamReader):
         while len(buf) < n:
             if time.monotonic() > deadline:
                 raise DeviceTimeout(f"reader did not answer: {len(buf)} of {n} bytes received", device=self.port,
-                                    frame_hex=bytes(buf).hex(" ") or None)
+                                    frame_hex=codec.frame_hex(bytes(buf)) if buf else None)
             try:
                 chunk = self._serial.read(n - len(buf))
             except (serial.SerialException, OSError, _TermiosError, TypeError, AttributeError) as exc:
@@ -273,17 +296,30 @@ class SamSerialReader(_SamReader):
         if self._serial is None:
             raise DeviceNotFound("serial port is closed", device=self.port)
         buf = b""
-        # Skip line noise before the preamble, one byte at a time.
+        skipped = bytearray()
+        # Skip line noise (or a module envelope's head) before the preamble, one byte at a time.
         while True:
             buf = self._read(len(codec.PREAMBLE), deadline, buf)
             if buf.startswith(codec.PREAMBLE):
                 break
-            if codec.PREAMBLE[:1] not in buf[1:]:
-                buf = b""
-            else:
-                buf = buf[buf.index(codec.PREAMBLE[:1], 1):]
+            cut = buf.index(codec.PREAMBLE[:1], 1) if codec.PREAMBLE[:1] in buf[1:] else len(buf)
+            skipped += buf[:cut]
+            buf = buf[cut:]
+        self._skipped = bytes(skipped[-CAPTURE_PREFIX_MAX:])
         header = self._read(codec.HEADER_LEN, deadline, buf)
         return self._read(codec.frame_length(header), deadline, header)
+
+    def _with_surroundings(self, frame: bytes) -> bytes:
+        # A capture should show the module's quirks: the envelope head skipped before the frame,
+        # and the bytes that follow it (the envelope's sum, a stray F6), which come within moments.
+        time.sleep(CAPTURE_TAIL_WAIT_S)
+        try:
+            tail = self._serial.read(min(self._serial.in_waiting, CAPTURE_PREFIX_MAX))
+        except Exception:  # the capture is best effort; the read itself succeeded
+            tail = b""
+        head = self._skipped[-codec.ENVELOPE_HEAD_LEN:]
+        prefix = head if codec.is_envelope(head + frame) else b""  # line noise is no part of the answer
+        return prefix + frame + bytes(tail)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,17 +431,24 @@ class SamUsbReader(_SamReader):
             raise self._usb_error(exc, 0.0) from exc
 
     def _receive(self, deadline: float) -> bytes:
+        """Read packets until the answer is whole: a frame, or a module envelope around one. Bytes
+        after its declared length (the Telpo-style trailing byte after CHK) stay in the buffer and
+        the codec drops them."""
         buf = bytearray()
-        need = codec.HEADER_LEN
-        while len(buf) < need:
+        need: int | None = None
+        while need is None or len(buf) < need:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
-                raise DeviceTimeout(f"USB reader did not answer: {len(buf)} of {need} bytes", device=self.describe())
+                raise DeviceTimeout(f"USB reader did not answer: {len(buf)} of {need or codec.HEADER_LEN} bytes",
+                                    device=self.describe())
             try:
                 chunk = self._dev.read(self._ep_in, max(self.settings.packet_size, 4096), left_ms)
             except Exception as exc:
                 raise self._usb_error(exc, deadline) from exc
             buf += bytes(chunk)
-            if len(buf) >= codec.HEADER_LEN:
-                need = codec.frame_length(bytes(buf[:codec.HEADER_LEN]))
+            stray = next((i for i, byte in enumerate(buf) if byte == codec.PREAMBLE[0]), len(buf))
+            if stray:  # a byte that trailed the previous answer, sent in a packet of its own
+                log.debug("%s: dropped %d bytes before the answer", self.name, stray)
+                del buf[:stray]
+            need = codec.unit_length(bytes(buf)) if buf else None
         return bytes(buf)

@@ -6,7 +6,9 @@
 USB-serial adapter); replugging makes a new pty behind the same path.
 
 Tests drive it: ``present(card, wlt)``, ``remove()``, ``inject(command, raw_bytes)`` to send a fault
-frame for the next request of that command, ``baudrate=`` to answer only at one rate (auto-probe).
+frame for the next request of that command, ``baudrate=`` to answer only at one rate (auto-probe),
+``envelope=True`` / ``trailing=b"..."`` to behave like the quirky modules of docs/drivers.md (every
+answer wrapped in the module envelope, every answer followed by stray bytes).
 ``requests`` records every request frame received, ``request_rates`` the baud rate the host's port
 was set to for each of them.
 """
@@ -37,9 +39,12 @@ _SPEEDS = {115200: termios.B115200, 57600: termios.B57600, 38400: termios.B38400
 
 
 class SamSimulator:
-    def __init__(self, port: Path, *, baudrate: int | None = None) -> None:
+    def __init__(self, port: Path, *, baudrate: int | None = None, envelope: bool = False,
+                 trailing: bytes = b"") -> None:
         self.port = Path(port)
         self.baudrate = baudrate
+        self.envelope = envelope
+        self.trailing = trailing
         self.card: IdCard | None = None
         self.wlt = SYNTHETIC_WLT
         self.fingerprint: bytes | None = None
@@ -166,6 +171,11 @@ class SamSimulator:
             injected = self._inject.get((cmd, para))
             if injected:
                 return injected.popleft()
+        answer = self._real_answer(cmd, para)
+        return (codec.wrap_in_envelope(answer) if self.envelope else answer) + self.trailing
+
+    def _real_answer(self, cmd: int, para: int) -> bytes:
+        with self._lock:
             if (cmd, para) in (codec.RESET, codec.SAM_STATUS) or cmd == codec.SET_BAUD:
                 return codec.build_response(codec.SW_OK)
             if (cmd, para) == codec.SAM_ID:
