@@ -683,6 +683,9 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_dr
 def config_warnings(settings: Settings) -> list[str]:
     """Things that work but should be fixed, e.g. inline secrets in a file others can read."""
     warnings: list[str] = []
+    if settings.platform.base_url.startswith("http://"):
+        warnings.append(f"platform.base_url {settings.platform.base_url} is plain HTTP (allow_plain_http = true): "
+                        "requests and replies cross the network unencrypted; use https:// when the platform offers it")
     inline = sorted(key for key, where in settings.secret_sources.items() if where == "inline")
     if inline and settings.source is not None:
         try:
@@ -695,6 +698,53 @@ def config_warnings(settings: Settings) -> list[str]:
                 f"(mode {mode:04o}): chmod 640 {settings.source}, or move the secret to a *_file or a "
                 f"systemd credential")
     return warnings
+
+
+PLACEHOLDER_PREFIX = "change-me"
+"""Values in deploy/fvagent.example.toml that must be replaced start with this."""
+_EXAMPLE_HOSTS = ("example.gov.cn", "example.com", "example.org", "example.invalid")
+
+
+def deployment_problems(settings: Settings) -> list[tuple[str, str]]:
+    """What makes a valid file unfit to run against the real platform, as ``(key.path, rule)``:
+    the example's placeholder values left in, and (with ``environment = "production"``) a fake
+    driver, whose invented people would be held, never sent. ``fvagent config check`` fails on these."""
+    problems: list[tuple[str, str]] = []
+    values: dict[str, Any] = {
+        **{f"device.{k}": getattr(settings.device, k) for k in ("machine_code", "device_no", "dept_id", "register_user")},
+        "platform.org_app_id": settings.platform.org_app_id,
+        "platform.org_app_secret": settings.platform.org_app_secret,
+        **{f"platform.auth.{k}": getattr(settings.platform.auth, k)
+           for k in ("ticket", "app_key", "app_secret", "client_id", "client_secret")},
+        "local_api.token": settings.local_api.token,
+        "local_api.full_data_token": settings.local_api.full_data_token,
+    }
+    for key, value in values.items():
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and text.lower().startswith(PLACEHOLDER_PREFIX):
+            problems.append((key, f"still the example's placeholder ({PLACEHOLDER_PREFIX}...): put in the real value"
+                                  + (" (or use the *_file / systemd credential)" if isinstance(value, SecretStr) else "")))
+    host = (urlparse(settings.platform.base_url).hostname or "").lower()
+    if any(host == h or host.endswith("." + h) for h in _EXAMPLE_HOSTS):
+        problems.append(("platform.base_url", f"still the example's host {host}: put in the platform's real URL"))
+    if settings.platform.environment == "production":
+        fixes = {"card_reader": '"sam-serial" (or "sam-usb")', "camera": '"opencv"'}
+        for kind in ("card_reader", "camera"):
+            name = getattr(settings, kind).driver
+            if _is_simulated_driver(kind, name):
+                problems.append((f"{kind}.driver", f'"{name}" is a simulated driver and [platform] environment is '
+                                                   f'"production": set driver = {fixes[kind]}, or environment = '
+                                                   '"test" for a test platform'))
+    return problems
+
+
+def _is_simulated_driver(kind: str, name: str) -> bool:
+    from drivers import registry  # late: drivers import agent.errors
+
+    try:
+        return bool(getattr(registry.load_class(kind, name), "simulated", False))
+    except Exception:  # not installed: parse_config reports that; a name is all we have
+        return name == "fake"
 
 
 def load_config(path: str | os.PathLike[str], *, validate_drivers: bool = True) -> Settings:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_localapi import Agent, make_settings, synthetic_jpeg, verification_body
+from tests.test_localapi import API_TOKEN, Agent, make_settings, synthetic_jpeg, verification_body
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -97,7 +97,8 @@ def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, art
         import httpx
 
         t0 = time.monotonic()
-        record_id = httpx.post(agent.url + "/v1/verifications", json=body, timeout=10).json()["id"]
+        relay = {"Authorization": f"Bearer {API_TOKEN}"}  # the terminal's credential
+        record_id = httpx.post(agent.url + "/v1/verifications", json=body, headers=relay, timeout=10).json()["id"]
         page.wait_for_selector(f"#list li[data-id='{record_id}']", timeout=TAP_DEADLINE_S * 1000)
         shown_after = time.monotonic() - t0
         assert shown_after < TAP_DEADLINE_S
@@ -114,7 +115,7 @@ def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, art
         assert agent.operator.get() == "李护士"
         page.screenshot(path=str(artifacts_dir / "operator-page-relay.png"))
         # a full list still fits the terminal's 1024x600 screen without scrolling
-        with httpx.Client(base_url=agent.url, timeout=10) as c:
+        with httpx.Client(base_url=agent.url, headers=relay, timeout=10) as c:
             for i in range(8):
                 reason_case = {"score": 0.0, "result": 2} if i % 2 else {"score": 0.93, "result": 1}
                 assert c.post("/v1/verifications", json=verification_body(seed=20 + i, **reason_case)).status_code == 202
