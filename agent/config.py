@@ -683,9 +683,6 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_dr
 def config_warnings(settings: Settings) -> list[str]:
     """Things that work but should be fixed, e.g. inline secrets in a file others can read."""
     warnings: list[str] = []
-    if settings.platform.base_url.startswith("http://"):
-        warnings.append(f"platform.base_url {settings.platform.base_url} is plain HTTP (allow_plain_http = true): "
-                        "requests and replies cross the network unencrypted; use https:// when the platform offers it")
     inline = sorted(key for key, where in settings.secret_sources.items() if where == "inline")
     if inline and settings.source is not None:
         try:
@@ -736,6 +733,14 @@ def deployment_problems(settings: Settings) -> list[tuple[str, str]]:
                                                    f'"production": set driver = {fixes[kind]}, or environment = '
                                                    '"test" for a test platform'))
     return problems
+
+
+def plain_http_warning(settings: Settings) -> str | None:
+    """The warning for an http:// base_url (allowed by ``allow_plain_http``), else ``None``."""
+    if not settings.platform.base_url.startswith("http://"):
+        return None
+    return (f"platform.base_url {settings.platform.base_url} is plain HTTP (allow_plain_http = true): requests "
+            "and replies cross the network unencrypted; use https:// when the platform offers it")
 
 
 def _is_simulated_driver(kind: str, name: str) -> bool:

@@ -39,7 +39,7 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent.config import config_warnings, deployment_problems, load_config
+    from agent.config import config_warnings, deployment_problems, load_config, plain_http_warning
     from agent.errors import ConfigError
 
     if args.path and args.config and args.path != args.config:
@@ -60,7 +60,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         for key, where in sorted(settings.secret_sources.items()):
             print(f"# {key}: from {where}")
         print(to_toml(effective))
-    for warning in config_warnings(settings):
+    for warning in [*config_warnings(settings), plain_http_warning(settings)]:
+        if warning is None:
+            continue
         print(f"fvagent: warning: {warning}", file=sys.stderr)
     return 0
 

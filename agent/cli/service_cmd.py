@@ -81,8 +81,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"fvagent: error: {exc}", file=sys.stderr)
         print(f"fvagent: hint: {exc.hint}", file=sys.stderr)
         return 2
-    with lock:
+    try:
         return Service(settings, config_path=path).run()
+    finally:
+        lock.release()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
