@@ -20,13 +20,14 @@ import pytest
 from agent.config import parse_config
 from agent.errors import ConfigError
 from agent.mock_platform import MockPlatform
-from agent.outbox.store import SIMULATED_HELD_REASON
 from agent.service import samples
 from tests.test_localapi import API_TOKEN, open_outbox, verification_body
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "fvagent.example.toml"
+SIMULATED_HELD_REASON = "simulated record: not sent to a production platform"
+"""The held reason issue 10 names."""
 FAKE_CARDS = 3
 """The fake reader's shipped sample cards, each presented once."""
 
