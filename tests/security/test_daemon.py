@@ -123,19 +123,6 @@ def test_simulated_records_queued_in_test_are_held_once_the_platform_is_producti
     assert "450103199203150247" not in delivered_cards(mock)
 
 
-def test_in_test_environment_the_fake_records_do_reach_the_mock(tmp_path: Path, mock: MockPlatform) -> None:
-    """The control: the same setup against a test platform delivers the fake cards (so the test above
-    shows the production rule, not a broken uploader)."""
-    from agent.service.service import Service
-
-    service = Service(parse_config(agent_doc(tmp_path, mock, environment="test")), start_local_api=False)
-    service.start()
-    try:
-        wait_for(lambda: len(delivered_cards(mock)) >= FAKE_CARDS, 30, "the fake cards delivered to the mock")
-    finally:
-        service.stop()
-
-
 # -- 10.6: one daemon per outbox ------------------------------------------------------------------------
 
 

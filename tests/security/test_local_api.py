@@ -63,22 +63,30 @@ def test_relay_ingest_is_closed_by_default_and_names_the_setting(tmp_path: Path)
         assert records(agent) == 0
 
 
-def test_a_local_process_without_the_token_cannot_relay_or_change_the_operator(relay_agent: Agent) -> None:
-    """Any local account could curl a "face passed" record in and change the operator: not any more."""
+def test_a_local_process_without_the_token_cannot_relay_or_change_the_operator(tmp_path: Path) -> None:
+    """Any local account could curl a "face passed" record in and change the operator (the default
+    configuration: no token, loopback): not any more, and the token alone opens it."""
     script = (
         "import httpx, json, sys\n"
-        "url, body = sys.argv[1], json.loads(sys.stdin.read())\n"
-        "a = httpx.post(url + '/v1/verifications', json=body, timeout=10)\n"
-        "b = httpx.put(url + '/v1/operator', json={'operator': '冒充者'}, timeout=10)\n"
+        "url, token, body = sys.argv[1], sys.argv[2], json.loads(sys.stdin.read())\n"
+        "auth = {'Authorization': 'Bearer ' + token} if token else {}\n"
+        "a = httpx.post(url + '/v1/verifications', json=body, headers=auth, timeout=10)\n"
+        "b = httpx.put(url + '/v1/operator', json={'operator': '冒充者'}, headers=auth, timeout=10)\n"
         "print(a.status_code, b.status_code)\n")
-    body = verification_body()
-    done = subprocess.run([sys.executable, "-c", script, relay_agent.url], input=json.dumps(body),
-                          capture_output=True, text=True, timeout=60, check=True)
-    assert done.stdout.split() == ["401", "401"]
-    assert records(relay_agent) == 0 and relay_agent.operator.get() == "默认员"
-    with client(relay_agent, API_TOKEN) as c:  # the terminal with its credential still can
-        assert c.post("/v1/verifications", json=body).status_code == 202
-        assert c.put("/v1/operator", json={"operator": "李护士"}).status_code == 200
+
+    def local_process(agent: Agent, token: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", script, agent.url, token], input=json.dumps(verification_body()),
+                              capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout.split()
+
+    with Agent(make_settings(tmp_path / "open", token=None)) as agent:
+        assert local_process(agent, "") == ["403", "403"]
+        assert records(agent) == 0 and agent.operator.get() == "默认员"
+    with Agent(make_settings(tmp_path / "tokened")) as agent:
+        assert local_process(agent, "") == ["401", "401"]
+        assert local_process(agent, "a-guessed-token") == ["401", "401"]
+        assert records(agent) == 0 and agent.operator.get() == "默认员"
+        assert local_process(agent, API_TOKEN) == ["202", "200"]  # the terminal with its credential
 
 
 def test_without_a_token_configured_no_change_is_possible_on_loopback(tmp_path: Path) -> None:
@@ -178,12 +186,18 @@ Promise.allSettled([
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make setup-test installs it)")
-def test_a_web_page_from_another_loopback_origin_records_nothing(relay_agent: Agent) -> None:
-    """The issue's own attack: a page in the desk PC's browser posts a "face passed" record no-cors."""
+def test_a_web_page_from_another_loopback_origin_records_nothing(tmp_path: Path) -> None:
+    """The issue's own attack: a page in the desk PC's browser posts a "face passed" record no-cors
+    to an agent in its default configuration (no token, loopback), relay opened."""
     from playwright.sync_api import sync_playwright
 
     from tests.test_operator_page_e2e import CHROMIUM_ARGS
 
+    with Agent(make_settings(tmp_path, token=None)) as agent:
+        _browser_attack(agent, sync_playwright, CHROMIUM_ARGS)
+
+
+def _browser_attack(relay_agent: Agent, sync_playwright: Any, chromium_args: list[str]) -> None:
     html = ATTACK_PAGE % {"target": json.dumps(relay_agent.url), "body": json.dumps(json.dumps(verification_body()))}
 
     class Page(BaseHTTPRequestHandler):
@@ -202,7 +216,7 @@ def test_a_web_page_from_another_loopback_origin_records_nothing(relay_agent: Ag
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium_args)
             try:
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
@@ -307,19 +321,24 @@ def test_an_image_of_more_than_40_megapixels_is_refused(relay_agent: Agent) -> N
 
 
 def test_page_photos_only_for_the_last_ten_minutes_and_v1_photos_only_with_full_data(tmp_path: Path) -> None:
+    import time
+
     from agent.localapi.backend import DeskBackend
     from agent.localapi.server import LocalApiServer
+    from agent.outbox import Outbox
 
-    later = [0.0]
+    age = [0.0]  # how long ago the outbox believes the next record was committed
     agent = Agent(make_settings(tmp_path))
+    agent.outbox.close()
+    agent.outbox = Outbox.open(agent.settings.storage, clock=lambda: time.time() - age[0])
     agent.backend = DeskBackend(agent.settings, agent.outbox, agent.events, agent.operator,
-                                status_provider=lambda: {}, status_ttl_s=0,
-                                clock=lambda: dt.datetime.now().timestamp() + later[0])
+                                status_provider=lambda: {}, status_ttl_s=0)
     agent.server = LocalApiServer(agent.settings.local_api, agent.backend)
     with agent, client(agent, API_TOKEN) as writer, client(agent) as screen:
-        record_id = writer.post("/v1/verifications", json=verification_body()).json()["id"]
-        assert screen.get(f"/ui/photos/{record_id}/head").status_code == 200
-        assert writer.get(f"/v1/verifications/{record_id}", params={"photos": "true"}).status_code == 403
-        later[0] = 601.0
-        old = screen.get(f"/ui/photos/{record_id}/head")
-        assert old.status_code == 404 and "10 minutes" in old.json()["error"]
+        fresh = writer.post("/v1/verifications", json=verification_body(seed=1)).json()["id"]
+        age[0] = 601.0
+        old = writer.post("/v1/verifications", json=verification_body(seed=2)).json()["id"]
+        assert screen.get(f"/ui/photos/{fresh}/head").status_code == 200
+        refused = screen.get(f"/ui/photos/{old}/camera")
+        assert refused.status_code == 404 and "10 minutes" in refused.json()["error"]
+        assert writer.get(f"/v1/verifications/{old}", params={"photos": "true"}).status_code == 403
