@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.test_localapi import API_TOKEN, Agent, make_settings, synthetic_jpeg, verification_body
+from tests.waiting import daemon_api_url, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -185,7 +186,6 @@ def test_card_tap_appears_on_the_page(tmp_path: Path, page: Any, artifacts_dir: 
 def test_card_tap_appears_on_the_page_of_fvagent_run(tmp_path: Path, page: Any, artifacts_dir: Path) -> None:
     """The real `fvagent run` process (fake camera, a drop-directory plugin reader, the mock platform,
     the dlib engine): a card tapped appears on the page within 5 s."""
-    import json
     import os
     import signal
     import subprocess
@@ -213,18 +213,8 @@ def test_card_tap_appears_on_the_page_of_fvagent_run(tmp_path: Path, page: Any, 
         proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
-            def api_url() -> str | None:
-                assert proc.poll() is None, (tmp_path / "daemon.log").read_text()[-2000:]
-                try:
-                    live = json.loads(status_file.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    return None
-                return (live.get("local_api") or {}).get("url") if live.get("state") == "running" else None
-
-            deadline = time.monotonic() + 60  # the face engine loads first
-            while (url := api_url()) is None:
-                assert time.monotonic() < deadline, "the daemon did not report its local API"
-                time.sleep(0.1)
+            url = wait_for(lambda: daemon_api_url(proc, status_file, tmp_path / "daemon.log"), 60,
+                           "the daemon reporting its local API (the face engine loads first)")
             page.goto(url + "/")
             page.wait_for_selector("#conn:has-text('实时连接正常')", timeout=5000)
             person = samples.PEOPLE[2]

@@ -23,8 +23,8 @@ class AlreadyRunning(FvagentError):
 
 
 class DaemonLock:
-    """``with DaemonLock(storage_dir):`` — raises ``AlreadyRunning`` when another process holds it
-    (nothing else in the directory is touched), ``FvagentError`` when the directory cannot be used."""
+    """``acquire()`` raises ``AlreadyRunning`` when another process holds the lock (nothing else in
+    the directory is touched), ``FvagentError`` when the directory cannot be used; ``release()``."""
 
     def __init__(self, storage_dir: Path | str) -> None:
         self.path = Path(storage_dir) / LOCK_FILE
@@ -56,10 +56,3 @@ class DaemonLock:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock; the file stays (removing it would race)
             self._fd = None
-
-    def __enter__(self) -> DaemonLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

@@ -22,7 +22,7 @@ from agent.errors import ConfigError
 from agent.mock_platform import MockPlatform
 from agent.service import samples
 from tests.test_localapi import API_TOKEN, open_outbox, verification_body
-from tests.waiting import wait_for
+from tests.waiting import daemon_api_url, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "fvagent.example.toml"
@@ -137,15 +137,8 @@ def test_a_second_fvagent_run_exits_2_and_the_first_keeps_working(tmp_path: Path
     first = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], cwd=ROOT,
                              stdout=log, stderr=subprocess.STDOUT)
     try:
-        def running_url() -> str | None:
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
-            try:
-                live = json.loads(status_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return None
-            return (live.get("local_api") or {}).get("url") if live.get("state") == "running" else None
-
-        url = wait_for(running_url, 60, "the first daemon running")
+        url = wait_for(lambda: daemon_api_url(first, status_file, tmp_path / "first.log"), 60,
+                       "the first daemon running")
         wait_for(lambda: len(delivered_cards(mock)) >= FAKE_CARDS, 30, "the first daemon's fake cards delivered")
         outbox = open_outbox(parse_config(agent_doc(tmp_path, mock, environment="test")))
         before = outbox.stats()["total"]
