@@ -215,7 +215,7 @@ def page_write(request: Request) -> Scope:
 # Browser-proofing every request
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # unrolled: one C loop per run
 _BRACKETS = re.compile(rb"[\[\]{}]")
 
 
