@@ -151,8 +151,9 @@ VERIFICATION_BODY_SCHEMA: dict[str, Any] = {
 
 ERRORS = {
     401: {"model": ErrorOut, "description": "missing or unknown bearer token"},
-    403: {"model": ErrorOut, "description": "the token does not allow this, or (without a token configured) "
-                                            "the caller is not this machine"},
+    403: {"model": ErrorOut, "description": "the token does not allow this; (without a token configured) the "
+                                            "caller is not this machine, or the call changes something and no "
+                                            "credential is configured; or the request's Origin is foreign"},
     503: {"model": ErrorOut, "description": "the outbox or the state directory cannot be used now"},
 }
 
