@@ -286,6 +286,11 @@ class PlatformSettings(_Section):
     """[platform.auth]."""
     conventions: ConventionSettings = ConventionSettings()
     """[platform.conventions]."""
+    environment: Literal["production", "test"] = "production"
+    """production: the real platform, which never receives a record from a fake driver (such records
+    are held); test: a mock or test platform (the demo, `fvagent mock-platform`)."""
+    allow_plain_http: bool = False
+    """Allow an http:// base_url (no TLS), e.g. on the government extranet; `config check` warns."""
 
     @field_validator("base_url")
     @classmethod
@@ -303,6 +308,9 @@ class PlatformSettings(_Section):
     def _key_needs_cert(self) -> PlatformSettings:
         if self.client_key is not None and self.client_cert is None:
             raise KeyProblems([("client_key", "needs client_cert")])
+        if self.base_url.startswith("http://") and not self.allow_plain_http:
+            raise KeyProblems([("base_url", "is plain http:// (no TLS): use https://, or set "
+                                            "allow_plain_http = true when the platform offers only HTTP")])
         return self
 
 
@@ -420,29 +428,73 @@ class LocalApiSettings(_Section):
     enabled: bool = True
     """Serve the local API and the operator page."""
     listen: str = "127.0.0.1:8787"
-    """host:port to bind; anything but loopback requires `token`."""
+    """host:port to bind (anything but loopback requires `token`), or unix:PATH for a Unix socket
+    (mode 0660, group `socket_group`) whose peers are checked against allowed_uids/allowed_gids."""
     token: SecretStr | None = None
-    """Bearer token for the API (or token_file); required off loopback."""
+    """Bearer token for the API (or token_file, or credential `token`); every call that creates or
+    changes something needs it (or an allowed Unix-socket peer), even on loopback."""
     full_data_token: SecretStr | None = None
     """Bearer token whose holder may see unmasked data (or full_data_token_file); it also grants
     everything `token` grants."""
     max_body_bytes: int = Field(default=12 * 1024**2, ge=64 * 1024, le=64 * 1024**2)
     """Largest request body accepted (two 3 MB photos in base64 need about 8 MB)."""
+    relay: bool = False
+    """Accept relayed verifications (POST /v1/verifications); also needs [face] mode relay or both."""
+    socket_group: str | None = None
+    """listen = unix:PATH: the group that owns the socket (default: the service's own group)."""
+    allowed_uids: tuple[int, ...] = ()
+    """listen = unix:PATH: user ids whose processes may make changes over the socket."""
+    allowed_gids: tuple[int, ...] = ()
+    """listen = unix:PATH: group ids (primary group of the peer) whose processes may make changes."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins besides the page's own that may call the API, e.g. "http://127.0.0.1:8080"."""
+    max_clock_skew_s: float = Field(default=600.0, gt=0, le=86400)
+    """A relayed verifyTime further than this from the agent's clock is refused (422)."""
+    max_relay_per_min: int = Field(default=30, ge=1, le=6000)
+    """Relayed verifications accepted per minute; more are refused (429)."""
+    max_unsent_relayed: int = Field(default=2000, ge=1)
+    """Relayed verifications waiting for upload at most; more are refused (507)."""
+    relay_reserve_bytes: int = Field(default=256 * 1024**2, ge=0)
+    """Free disk space in the state directory kept for the device's own captures: below it,
+    relayed verifications are refused (507)."""
 
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str) -> str:
+        if v.startswith("unix:"):
+            if not v[5:].startswith("/"):
+                raise ValueError("unix:PATH needs an absolute path, e.g. unix:/run/fvagent/api.sock")
+            return v
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:8787 (port 0: any free port)")
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8787 (port 0: any free port), "
+                             "or unix:/run/fvagent/api.sock")
         return v
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in v:
+            parsed = urlparse(origin)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/"):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], e.g. http://127.0.0.1:8080")
+        return tuple(o.rstrip("/").lower() for o in v)
+
+    @property
+    def unix_path(self) -> Path | None:
+        """The socket's path for ``listen = "unix:PATH"``, else ``None``."""
+        return Path(self.listen[5:]) if self.listen.startswith("unix:") else None
 
     @property
     def host(self) -> str:
+        if self.unix_path is not None:
+            return "localhost"
         return self.listen.rpartition(":")[0].strip("[]")
 
     @property
     def port(self) -> int:
+        if self.unix_path is not None:
+            return 0
         return int(self.listen.rpartition(":")[2])
 
     @model_validator(mode="after")
@@ -643,6 +695,61 @@ def config_warnings(settings: Settings) -> list[str]:
                 f"(mode {mode:04o}): chmod 640 {settings.source}, or move the secret to a *_file or a "
                 f"systemd credential")
     return warnings
+
+
+PLACEHOLDER_PREFIX = "change-me"
+"""Values in deploy/fvagent.example.toml that must be replaced start with this."""
+_EXAMPLE_HOSTS = ("example.gov.cn", "example.com", "example.org", "example.invalid")
+
+
+def deployment_problems(settings: Settings) -> list[tuple[str, str]]:
+    """What makes a valid file unfit to run against the real platform, as ``(key.path, rule)``:
+    the example's placeholder values left in, and (with ``environment = "production"``) a fake
+    driver, whose invented people would be held, never sent. ``fvagent config check`` fails on these."""
+    problems: list[tuple[str, str]] = []
+    values: dict[str, Any] = {
+        **{f"device.{k}": getattr(settings.device, k) for k in ("machine_code", "device_no", "dept_id", "register_user")},
+        "platform.org_app_id": settings.platform.org_app_id,
+        "platform.org_app_secret": settings.platform.org_app_secret,
+        **{f"platform.auth.{k}": getattr(settings.platform.auth, k)
+           for k in ("ticket", "app_key", "app_secret", "client_id", "client_secret")},
+        "local_api.token": settings.local_api.token,
+        "local_api.full_data_token": settings.local_api.full_data_token,
+    }
+    for key, value in values.items():
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and text.lower().startswith(PLACEHOLDER_PREFIX):
+            problems.append((key, f"still the example's placeholder ({PLACEHOLDER_PREFIX}...): put in the real value"
+                                  + (" (or use the *_file / systemd credential)" if isinstance(value, SecretStr) else "")))
+    host = (urlparse(settings.platform.base_url).hostname or "").lower()
+    if any(host == h or host.endswith("." + h) for h in _EXAMPLE_HOSTS):
+        problems.append(("platform.base_url", f"still the example's host {host}: put in the platform's real URL"))
+    if settings.platform.environment == "production":
+        fixes = {"card_reader": '"sam-serial" (or "sam-usb")', "camera": '"opencv"'}
+        for kind in ("card_reader", "camera"):
+            name = getattr(settings, kind).driver
+            if _is_simulated_driver(kind, name):
+                problems.append((f"{kind}.driver", f'"{name}" is a simulated driver and [platform] environment is '
+                                                   f'"production": set driver = {fixes[kind]}, or environment = '
+                                                   '"test" for a test platform'))
+    return problems
+
+
+def plain_http_warning(settings: Settings) -> str | None:
+    """The warning for an http:// base_url (allowed by ``allow_plain_http``), else ``None``."""
+    if not settings.platform.base_url.startswith("http://"):
+        return None
+    return (f"platform.base_url {settings.platform.base_url} is plain HTTP (allow_plain_http = true): requests "
+            "and replies cross the network unencrypted; use https:// when the platform offers it")
+
+
+def _is_simulated_driver(kind: str, name: str) -> bool:
+    from drivers import registry  # late: drivers import agent.errors
+
+    try:
+        return bool(getattr(registry.load_class(kind, name), "simulated", False))
+    except Exception:  # not installed: parse_config reports that; a name is all we have
+        return name == "fake"
 
 
 def load_config(path: str | os.PathLike[str], *, validate_drivers: bool = True) -> Settings:

@@ -16,6 +16,8 @@ from agent.errors import FvagentError
 MAX_IMAGE_BYTES = 3 * 1024 * 1024
 """The platform's limit for headImg, cameraImg and fingerCollectImg."""
 JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_IMAGE_PIXELS = 40_000_000
+"""Largest image decoded (40 Mpx, about 120 MB as RGB): a small file can declare a huge size."""
 
 
 class ImageError(FvagentError, ValueError):
@@ -35,10 +37,16 @@ def _decode(data: bytes, what: str) -> tuple[np.ndarray, bool]:
     """(BGR array, whether the image carries EXIF or XMP metadata)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"{what} is {img.width}x{img.height} pixels, more than the "
+                                 f"{MAX_IMAGE_PIXELS // 1_000_000} Mpx decoded here; send a smaller image "
+                                 "(the platform takes at most 3 MB)")
             # Pillow reads every header segment, wherever EXIF sits: a byte search of the first
             # kilobytes misses EXIF placed after a large APPn segment
             has_metadata = any(img.info.get(key) for key in METADATA_KEYS)
             rgb = np.asarray(img.convert("RGB"))
+    except ImageError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{what} is not a decodable image ({len(data)} bytes): {exc}") from exc
     return np.ascontiguousarray(rgb[:, :, ::-1]), has_metadata

@@ -77,6 +77,8 @@ operator = "覃护士"
 
 [platform]
 base_url = "{url}"
+environment = "test"
+allow_plain_http = true
 org_app_id = "{APP_ID}"
 org_app_secret = "{SECRET}"
 encrypt = true

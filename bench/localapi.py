@@ -36,6 +36,9 @@ from agent.localapi import DeskBackend, LocalApiServer  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
 
 
+BENCH_TOKEN = "bench-token-0123456789"
+
+
 def jpeg(seed: int, h: int, w: int) -> bytes:
     rng = np.random.default_rng(seed)
     frame = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
@@ -64,8 +67,10 @@ def main() -> int:
                        "purchase_date": "2024-01-01", "dept_id": "D", "dept_name": "妇产科",
                        "register_user": "测试", "operator": "测试员"},
             "platform": {"base_url": "http://127.0.0.1:9", "org_app_id": "a", "org_app_secret": "0123456789abcdef",
-                         "auth": {"kind": "static", "ticket": "t"}},
-            "storage": {"dir": tmp}, "local_api": {"listen": "127.0.0.1:0"},
+                         "auth": {"kind": "static", "ticket": "t"}, "environment": "test", "allow_plain_http": True},
+            "storage": {"dir": tmp}, "face": {"mode": "relay"},
+            "local_api": {"listen": "127.0.0.1:0", "relay": True, "token": BENCH_TOKEN, "max_relay_per_min": 6000,
+                          "max_unsent_relayed": 1_000_000, "relay_reserve_bytes": 0},
         }, validate_drivers=False)
         outbox = Outbox.open(settings.storage)
         events = EventBus()
@@ -95,7 +100,7 @@ def main() -> int:
         opened.wait(10)
         post_ms: list[float] = []
         answered: dict[int, float] = {}
-        with httpx.Client(base_url=server.url, timeout=30) as c:
+        with httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {BENCH_TOKEN}"}) as c:
             for i in range(n):
                 b = body(i, head, camera)
                 t0 = time.perf_counter()

@@ -51,7 +51,7 @@ def platform(**kw: Any) -> PlatformSettings:
     conventions = kw.pop("conventions", {})
     auth = kw.pop("auth", {"kind": "static", "ticket": "ESB-TICKET-1"})
     base = dict(base_url="http://127.0.0.1:9/api", org_app_id=APP_ID, org_app_secret=SECRET, auth=auth,
-                conventions=conventions)
+                conventions=conventions, allow_plain_http=True)
     return PlatformSettings(**{**base, **kw})
 
 

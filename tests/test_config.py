@@ -52,13 +52,19 @@ register_user = "设备管理员"
 operator = "分娩登记"
 
 [platform]
-base_url = "https://gfe.example.gov.cn/api/"
+base_url = "https://gfe.platform.test/api/"
 org_app_id = "ORG-APP-ID"
 org_app_secret = "{SECRET}"
 
 [platform.auth]
 kind = "static"
 ticket = "{TICKET}"
+
+[card_reader]
+driver = "sam-serial"
+
+[camera]
+driver = "opencv"
 """
 
 
@@ -97,12 +103,12 @@ def secret_file(tmp_path: Path, value: str, name: str, mode: int = 0o600) -> Pat
 def test_minimal_file_gives_typed_settings_with_defaults() -> None:
     s = parse_config(raw(), validate_drivers=False)
     assert s.device.purchase_date.isoformat() == "2024-06-01"
-    assert s.platform.base_url == "https://gfe.example.gov.cn/api"  # trailing slash dropped
+    assert s.platform.base_url == "https://gfe.platform.test/api"  # trailing slash dropped
     assert s.platform.org_app_secret.get_secret_value() == SECRET
     assert s.platform.enabled is True and s.platform.encrypt is False
     assert s.platform.auth.kind == "static"
     assert s.platform.conventions.long_term_end_date == "长期"
-    assert s.card_reader.driver == "fake" and s.camera.driver == "fake"
+    assert s.card_reader.driver == "sam-serial" and s.camera.driver == "opencv"
     assert s.face.mode == "compute" and s.local_api.listen == "127.0.0.1:8787"
 
 
@@ -433,13 +439,13 @@ def test_warning_for_inline_secrets_in_a_world_readable_file(tmp_path: Path) -> 
 
 def test_example_parses() -> None:
     s = load_config(EXAMPLE, validate_drivers=False)
-    assert s.card_reader.driver == "fake" and s.camera.driver == "fake"
-    assert s.platform.auth.kind == "static"
+    assert s.card_reader.driver == "sam-serial" and s.camera.driver == "opencv"  # the fakes only in comments
+    assert s.platform.auth.kind == "static" and s.platform.environment == "production"
 
 
 def test_example_parses_with_the_drivers() -> None:
     s = load_config(EXAMPLE)  # the drivers' own option checks run too
-    assert s.card_reader.driver == "fake" and s.camera.driver == "fake"
+    assert s.card_reader.driver == "sam-serial" and s.camera.driver == "opencv"
 
 
 def _example_keys() -> dict[str, set[str]]:
@@ -529,7 +535,7 @@ def test_check_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_check_prints_every_error_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = MINIMAL.replace("https://gfe.example.gov.cn/api/", "gfe.example.gov.cn").replace(
+    bad = MINIMAL.replace("https://gfe.platform.test/api/", "gfe.example.gov.cn").replace(
         'operator = "分娩登记"', 'operator = "分娩登记室值班护士长甲"') + '\n[face]\nmode = "magic"\n'
     path = write(tmp_path, bad)
     assert cli.main(["config", "check", str(path), "--no-drivers"]) == 2

@@ -396,6 +396,7 @@ operator = "演示护士"
 
 [platform]
 base_url = "http://127.0.0.1:9"
+allow_plain_http = true
 org_app_id = "SITE-APP-7"
 org_app_secret = "site-secret-0007"
 encrypt = true

@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_localapi import Agent, make_settings, synthetic_jpeg, verification_body
+from tests.test_localapi import API_TOKEN, Agent, make_settings, synthetic_jpeg, verification_body
+from tests.waiting import daemon_api_url, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -97,7 +98,8 @@ def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, art
         import httpx
 
         t0 = time.monotonic()
-        record_id = httpx.post(agent.url + "/v1/verifications", json=body, timeout=10).json()["id"]
+        relay = {"Authorization": f"Bearer {API_TOKEN}"}  # the terminal's credential
+        record_id = httpx.post(agent.url + "/v1/verifications", json=body, headers=relay, timeout=10).json()["id"]
         page.wait_for_selector(f"#list li[data-id='{record_id}']", timeout=TAP_DEADLINE_S * 1000)
         shown_after = time.monotonic() - t0
         assert shown_after < TAP_DEADLINE_S
@@ -114,7 +116,7 @@ def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, art
         assert agent.operator.get() == "李护士"
         page.screenshot(path=str(artifacts_dir / "operator-page-relay.png"))
         # a full list still fits the terminal's 1024x600 screen without scrolling
-        with httpx.Client(base_url=agent.url, timeout=10) as c:
+        with httpx.Client(base_url=agent.url, headers=relay, timeout=10) as c:
             for i in range(8):
                 reason_case = {"score": 0.0, "result": 2} if i % 2 else {"score": 0.93, "result": 1}
                 assert c.post("/v1/verifications", json=verification_body(seed=20 + i, **reason_case)).status_code == 202
@@ -184,7 +186,6 @@ def test_card_tap_appears_on_the_page(tmp_path: Path, page: Any, artifacts_dir: 
 def test_card_tap_appears_on_the_page_of_fvagent_run(tmp_path: Path, page: Any, artifacts_dir: Path) -> None:
     """The real `fvagent run` process (fake camera, a drop-directory plugin reader, the mock platform,
     the dlib engine): a card tapped appears on the page within 5 s."""
-    import json
     import os
     import signal
     import subprocess
@@ -212,18 +213,8 @@ def test_card_tap_appears_on_the_page_of_fvagent_run(tmp_path: Path, page: Any, 
         proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
-            def api_url() -> str | None:
-                assert proc.poll() is None, (tmp_path / "daemon.log").read_text()[-2000:]
-                try:
-                    live = json.loads(status_file.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    return None
-                return (live.get("local_api") or {}).get("url") if live.get("state") == "running" else None
-
-            deadline = time.monotonic() + 60  # the face engine loads first
-            while (url := api_url()) is None:
-                assert time.monotonic() < deadline, "the daemon did not report its local API"
-                time.sleep(0.1)
+            url = wait_for(lambda: daemon_api_url(proc, status_file, tmp_path / "daemon.log"), 60,
+                           "the daemon reporting its local API (the face engine loads first)")
             page.goto(url + "/")
             page.wait_for_selector("#conn:has-text('实时连接正常')", timeout=5000)
             person = samples.PEOPLE[2]

@@ -34,6 +34,8 @@ operator = "覃护士"
 CONFIG = DEVICE_TOML + """
 [platform]
 base_url = "{url}"
+environment = "test"
+allow_plain_http = true
 org_app_id = "APP0001"
 org_app_secret = "0123456789abcdef"
 enabled = {enabled}

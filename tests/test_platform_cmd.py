@@ -25,6 +25,8 @@ SECRET = "Gx7#kP2!mQ9zR4tW"
 CONFIG = DEVICE_TOML + """
 [platform]
 base_url = "{url}"
+environment = "test"
+allow_plain_http = true
 org_app_id = "{app_id}"
 org_app_secret = "{secret}"
 enabled = {enabled}

@@ -23,7 +23,7 @@ def _config(tmp_path: Path, images: dict[str, Any], **sections: dict[str, Any]) 
                    "operator": "测试"},
         "platform": {"base_url": "http://127.0.0.1:9/api", "org_app_id": "APP",
                      "org_app_secret_file": str(tmp_path / "secret"), "timeout_s": 2.0, "connect_timeout_s": 1.0,
-                     "auth": {"kind": "static", "ticket": "T"}},
+                     "auth": {"kind": "static", "ticket": "T"}, "environment": "test", "allow_plain_http": True},
         "storage": {"dir": str(tmp_path / "state")},
         "card_reader": {"driver": "fake"},
         "camera": {"driver": "fake", "images": [str(images["live"][0])], "fps": 0},

@@ -19,3 +19,17 @@ def wait_for(condition: Callable[[], Any], timeout_s: float = 15.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def daemon_api_url(proc: Any, status_file: Any, log_file: Any) -> str | None:
+    """The local API URL a running `fvagent run` (``proc``) reports in its status file, once its
+    state is "running"; ``None`` before. Fails with the tail of ``log_file`` if the process died."""
+    import json
+
+    assert proc.poll() is None, log_file.read_text()[-2000:]
+    try:
+        live = json.loads(status_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    url = (live.get("local_api") or {}).get("url") if live.get("state") == "running" else None
+    return str(url) if url else None

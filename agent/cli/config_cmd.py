@@ -1,7 +1,8 @@
 """`fvagent config check [PATH]`: validate the configuration file and show what the agent will use.
 
 Exit 0 and the effective configuration (every default filled in, every secret masked) when the file
-is valid; exit 2 and every fault as ``key.path: rule`` when it is not.
+is valid and fit to run; exit 2 and every fault as ``key.path: rule`` when it is not, including the
+example's placeholder values left in and a fake driver with ``[platform] environment = "production"``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent.config import config_warnings, load_config
+    from agent.config import config_warnings, deployment_problems, load_config, plain_http_warning
+    from agent.errors import ConfigError
 
     if args.path and args.config and args.path != args.config:
         print(f"fvagent: error: two different files given: {args.path} and --config {args.config}",
@@ -46,6 +48,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 2
     path = args.path or config_path(args)
     settings = load_config(path, validate_drivers=not args.no_drivers)  # ConfigError -> exit 2 in main
+    problems = deployment_problems(settings)
+    if problems:
+        raise ConfigError(f"configuration in {settings.source} is not ready to run: {len(problems)} error(s)",
+                          problems=problems, hint="fix each key named above; docs/configuration.md explains them")
     effective = settings.masked()
     if args.json:
         print(json.dumps(effective, ensure_ascii=False, indent=2))
@@ -54,7 +60,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         for key, where in sorted(settings.secret_sources.items()):
             print(f"# {key}: from {where}")
         print(to_toml(effective))
-    for warning in config_warnings(settings):
+    for warning in [*config_warnings(settings), plain_http_warning(settings)]:
+        if warning is None:
+            continue
         print(f"fvagent: warning: {warning}", file=sys.stderr)
     return 0
 

@@ -112,7 +112,8 @@ def agent_section_text(section: dict[str, Any], *, with_secrets: bool) -> str:
             return repr(v)
         return json.dumps(str(v), ensure_ascii=False)
 
-    lines = ["[platform]", f"base_url = {val(section['base_url'])}"]
+    lines = ["[platform]", f"base_url = {val(section['base_url'])}", f"environment = {val(section['environment'])}",
+             f"allow_plain_http = {val(section['allow_plain_http'])}"]
     if with_secrets:
         lines += [f"org_app_id = {val(section['org_app_id'])}", f"org_app_secret = {val(section['org_app_secret'])}",
                   f"encrypt = {val(section['encrypt'])}"]

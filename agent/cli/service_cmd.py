@@ -1,6 +1,7 @@
 """`fvagent run | status | doctor | verify-once | demo`: the daemon and the technician's tools.
 
-Exit codes: `run` 0 on a clean stop (SIGTERM), 2 on a bad config, 1 when the outbox cannot open;
+Exit codes: `run` 0 on a clean stop (SIGTERM), 2 on a bad config or when another `fvagent run` holds
+the state directory ("already running (pid N)"), 1 when the outbox cannot open;
 `status` 0 while the daemon runs, 3 when it does not (as `systemctl status`); `doctor` 0 when no
 check failed, 1 otherwise; `verify-once` 0 when a verification was committed, 1 otherwise;
 `demo` 0 only when every captured record was delivered.
@@ -66,13 +67,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.logsetup import setup_logging
+    from agent.service.runlock import AlreadyRunning, DaemonLock
     from agent.service.service import Service
 
     setup_logging(None)  # until the config says otherwise
     path = config_path(args)
     settings = load_config(path)
     setup_logging(settings.logging)
-    return Service(settings, config_path=path).run()
+    try:
+        lock = DaemonLock(settings.storage.dir)
+        lock.acquire()  # before any driver or the outbox is opened
+    except AlreadyRunning as exc:
+        print(f"fvagent: error: {exc}", file=sys.stderr)
+        print(f"fvagent: hint: {exc.hint}", file=sys.stderr)
+        return 2
+    try:
+        return Service(settings, config_path=path).run()
+    finally:
+        lock.release()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

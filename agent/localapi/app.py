@@ -1,14 +1,18 @@
 """The local HTTP API and the operator page, as a FastAPI app over a ``DeskBackend``.
 
-Who may do what:
-- ``/v1/*``: with ``[local_api] token`` configured, every call needs ``Authorization: Bearer <token>``
-  (or the full-data token). Without one (only possible on loopback) calls from this machine are
-  open. Results are masked unless the caller presents ``full_data_token``.
+Who may do what (the rules live in ``agent.localapi.trust``; docs/local-api.md explains them):
+- ``/v1/*`` reads: with ``[local_api] token`` configured, every call needs ``Authorization: Bearer
+  <token>`` (or the full-data token); without one, calls from this machine are open. Results are
+  masked unless the caller presents ``full_data_token``; photos only with it.
+- ``/v1/*`` writes (relay POST, PUT /v1/operator): always a credential (``trust.credential_write``),
+  even on loopback. The relay POST exists only with ``[face] mode`` relay/both and ``[local_api] relay``.
 - ``/`` (the page) and ``/openapi.json`` hold no personal data and are always served.
-- ``/ui/*`` (the page's live feed, photos, operator): loopback callers without a token (the terminal's
-  own screen), anyone else with a valid token (header, or the ``fvagent_token`` cookie the page sets).
-- A caller without a token must also name a loopback host in ``Host``, so a web page that rebinds
-  its DNS name to 127.0.0.1 cannot read the feed.
+- ``/ui/*`` reads (the page's live feed, photos of the last 10 minutes): loopback callers without a
+  token (the terminal's own screen), anyone else with a valid token (header, or the ``fvagent_token``
+  cookie the page sets). ``/ui`` writes come from the page's own origin only (``trust.page_write``).
+- Every request: a foreign ``Origin`` is 403, a body must be JSON (415), bounded and shallow
+  (``trust.BrowserGuard``). A caller without a token must name a loopback host in ``Host``, so a web
+  page that rebinds its DNS name to 127.0.0.1 cannot read the feed.
 
 Nothing here logs a query string, a body or a photo: the access log is off and requests are logged
 by method, path and status only.
@@ -17,8 +21,6 @@ by method, path and status only.
 from __future__ import annotations
 
 import datetime as dt
-import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -27,7 +29,7 @@ import time
 from importlib import resources
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -37,14 +39,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agent.config import LocalApiSettings
 from agent.errors import OutboxError, RecordError, StorageFull
 from agent.events import VERIFICATION
-from agent.localapi.backend import SHANGHAI, DeskBackend, IdempotencyConflict, NotFound
+from agent.localapi.backend import SHANGHAI, DeskBackend, IdempotencyConflict, NotFound, RelayRateLimited
+from agent.localapi.trust import Access, BrowserGuard, Denied, credential_write, page_write
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-TOKEN_COOKIE = "fvagent_token"
-Scope = Literal["anonymous", "local", "api", "full"]
 MAX_ID = 2**63 - 1
+UI_PHOTO_MAX_AGE_S = 600.0
+"""The page shows a record's photos for 10 minutes after it was committed; later only /v1 with the
+full-data token has them."""
 SSE_STATUS_INTERVAL_S = 5.0
 SSE_REPLAY = 8
 """Verifications a newly connected page gets at once."""
@@ -148,8 +151,9 @@ VERIFICATION_BODY_SCHEMA: dict[str, Any] = {
 
 ERRORS = {
     401: {"model": ErrorOut, "description": "missing or unknown bearer token"},
-    403: {"model": ErrorOut, "description": "the token does not allow this, or (without a token configured) "
-                                            "the caller is not this machine"},
+    403: {"model": ErrorOut, "description": "the token does not allow this; (without a token configured) the "
+                                            "caller is not this machine, or the call changes something and no "
+                                            "credential is configured; or the request's Origin is foreign"},
     503: {"model": ErrorOut, "description": "the outbox or the state directory cannot be used now"},
 }
 
@@ -182,85 +186,6 @@ def _only_params(request: Request, *allowed: str) -> None:
         raise _BadQuery([(name or "(empty name)", rule) for name in unknown])
 
 
-class _Denied(Exception):
-    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
-        self.status, self.message, self.hint = status, message, hint
-        super().__init__(message)
-
-
-# --------------------------------------------------------------------------------------------------
-# Who is calling
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def _host_name(host_header: str) -> str:
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-class _Access:
-    """Decides a request's scope from its bearer token, its peer address and its Host header."""
-
-    def __init__(self, settings: LocalApiSettings) -> None:
-        self.token = settings.token.get_secret_value() if settings.token else None
-        self.full = settings.full_data_token.get_secret_value() if settings.full_data_token else None
-        self.trusted_hosts = set(LOOPBACK_HOSTS) | {settings.host.lower()}
-
-    def presented(self, request: Request) -> str | None:
-        auth = request.headers.get("authorization")
-        if auth:
-            kind, _, value = auth.partition(" ")
-            if kind.lower() != "bearer" or not value.strip():
-                raise _Denied(401, "Authorization must be 'Bearer <token>'")
-            return value.strip()
-        return request.cookies.get(TOKEN_COOKIE) or None
-
-    def scope(self, request: Request) -> Scope:
-        """The caller's scope. Raises ``_Denied`` for a token that matches nothing."""
-        given = self.presented(request)
-        if given is not None:
-            if self.full and hmac.compare_digest(given.encode(), self.full.encode()):
-                return "full"
-            if self.token and hmac.compare_digest(given.encode(), self.token.encode()):
-                return "api"
-            raise _Denied(401, "the bearer token is not recognised",
-                          hint="use [local_api] token (or full_data_token) from the agent's configuration")
-        peer = request.client.host if request.client else None
-        if _is_loopback(peer) and _host_name(request.headers.get("host", "")) in self.trusted_hosts:
-            return "local"
-        return "anonymous"
-
-    def require_api(self, request: Request) -> Scope:
-        """For /v1: a token when one is configured; without one, a local caller."""
-        scope = self.scope(request)
-        if scope in ("api", "full"):
-            return scope
-        if self.token is None:
-            if scope == "local":
-                return scope
-            raise _Denied(403, "this API answers only this machine, addressed as 127.0.0.1 or localhost",
-                          hint="call it on the terminal itself; for other machines set [local_api] token and listen")
-        raise _Denied(401, "this endpoint needs 'Authorization: Bearer <token>'",
-                      hint="the token is [local_api] token in the agent's configuration")
-
-    def require_ui(self, request: Request) -> Scope:
-        """For /ui: a local caller (the terminal's screen) or any valid token."""
-        scope = self.scope(request)
-        if scope == "anonymous":
-            raise _Denied(401, "the operator page's data is only for this terminal or a caller with the token")
-        return scope
-
-
 # --------------------------------------------------------------------------------------------------
 # The app
 
@@ -271,7 +196,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     ``app.state.shutdown`` is an ``asyncio``-independent flag (a ``threading.Event``) that ends the
     live feeds; ``LocalApiServer.stop()`` sets it.
     """
-    access = _Access(settings)
+    access = Access(settings)
     app = FastAPI(
         title="fvagent local API",
         version="1",
@@ -280,6 +205,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     )
     app.state.shutdown = threading.Event()
     app.state.backend = backend
+    app.state.access = access
     page_html = resources.files("agent.localapi").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @app.middleware("http")
@@ -293,8 +219,11 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
-    @app.exception_handler(_Denied)
-    async def _denied(request: Request, exc: _Denied) -> JSONResponse:
+    app.add_middleware(BrowserGuard, access=access, max_body_bytes=settings.max_body_bytes)
+    relay_open = settings.relay and backend.settings.face.mode in ("relay", "both")
+
+    @app.exception_handler(Denied)
+    async def _denied(request: Request, exc: Denied) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return _error(exc.status, exc.message, hint=exc.hint, headers=headers)
 
@@ -337,26 +266,26 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
                                              "content": {"application/json": {"schema": VERIFICATION_BODY_SCHEMA}}}},
               responses={**ERRORS, 413: {"model": ErrorOut, "description": "body too large"},
                          409: {"model": ErrorOut, "description": "Idempotency-Key already used for a different verification"},
+                         404: {"model": ErrorOut, "description": "relaying is off; the hint names the settings"},
                          415: {"model": ErrorOut, "description": "body is not JSON"},
-                         422: {"model": ErrorOut, "description": "every bad field, as (field, rule)"},
-                         507: {"model": ErrorOut, "description": "the disk is full: nothing was stored"}})
+                         422: {"model": ErrorOut, "description": "every bad field, as (field, rule); verifyTime "
+                                                                 "too far from the agent's clock"},
+                         429: {"model": ErrorOut, "description": "more than [local_api] max_relay_per_min"},
+                         507: {"model": ErrorOut, "description": "the disk is full, the space left is kept for "
+                                                                 "this device's captures, or too many relayed "
+                                                                 "verifications wait: nothing was stored"}})
     async def post_verification(
         request: Request,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                                       pattern=r"^[\x21-\x7e]+$",
                                                       description="a retried post with the same key returns the same id")] = None,
     ) -> Any:
-        access.require_api(request)
+        if not relay_open:
+            return _error(404, "relaying verifications is off on this agent",
+                          hint='it needs [face] mode = "relay" or "both" and [local_api] relay = true')
+        credential_write(request)
         _only_params(request)
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if ctype != "application/json" and not ctype.endswith("+json"):
-            return _error(415, f"the body must be application/json, not {ctype or 'empty'}")
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > settings.max_body_bytes:
-                return _error(413, f"the body is larger than {settings.max_body_bytes} bytes",
-                              hint="photos must be JPEG of at most 3 MB each")
+        raw = await request.body()  # BrowserGuard checked its type, size and depth
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -365,6 +294,8 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
             record_id = await run_in_threadpool(backend.submit, body, idempotency_key=idempotency_key)
         except RecordError as exc:
             return _error(422, exc.message, hint=exc.hint, problems=exc.problems)
+        except RelayRateLimited as exc:
+            return _error(429, str(exc), hint="[local_api] max_relay_per_min", headers={"Retry-After": "60"})
         except IdempotencyConflict as exc:
             return _error(409, str(exc), hint="use a new Idempotency-Key for each verification",
                           problems=[("Idempotency-Key", "already used for a different verification")])
@@ -387,7 +318,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         scope = access.require_api(request)
         _only_params(request, "photos")
         if photos and scope != "full":
-            raise _Denied(403, "photos need the full-data token", hint="[local_api] full_data_token")
+            raise Denied(403, "photos need the full-data token", hint="[local_api] full_data_token")
         try:
             return await run_in_threadpool(backend.verification, record_id, full=scope == "full", photos=photos)
         except NotFound as exc:
@@ -424,8 +355,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
 
     @app.put("/v1/operator", response_model=OperatorOut, summary="Set the operationUser for the following verifications",
              responses={**ERRORS, 422: {"model": ErrorOut, "description": "bad operator"}})
-    async def put_operator(request: Request, body: OperatorIn) -> Any:
-        access.require_api(request)
+    async def put_operator(request: Request, body: OperatorIn, _: Annotated[str, Depends(credential_write)]) -> Any:
         _only_params(request)
         return await _set_operator(body.operator)
 
@@ -445,8 +375,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         return await run_in_threadpool(backend.page_status)
 
     @app.put("/ui/operator", include_in_schema=False)
-    async def ui_operator(request: Request, body: OperatorIn) -> Any:
-        access.require_ui(request)
+    async def ui_operator(request: Request, body: OperatorIn, _: Annotated[str, Depends(page_write)]) -> Any:
         return await _set_operator(body.operator)
 
     @app.get("/ui/photos/{record_id}/{which}", include_in_schema=False)
@@ -454,7 +383,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
                        which: Literal["head", "camera"]) -> Response:
         access.require_ui(request)
         try:
-            data = await run_in_threadpool(backend.photo, record_id, which)
+            data = await run_in_threadpool(backend.photo, record_id, which, max_age_s=UI_PHOTO_MAX_AGE_S)
         except NotFound as exc:
             return _error(404, str(exc))
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})

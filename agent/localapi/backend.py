@@ -16,12 +16,13 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from agent.errors import RecordError
+from agent.errors import RecordError, StorageFull
 from agent.events import VERIFICATION, EventBus, Event, OperatorState, validate_operator
 from agent.privacy import mask_card_no, mask_name
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 Photo = Literal["head", "camera"]
 PHOTO_FIELDS: dict[str, str] = {"head": "headImg", "camera": "cameraImg"}
+RELAY_SOURCE = "local_api"
+"""``meta.source`` of a relayed verification in the outbox."""
 
 MASKED_FIELDS = ("cardType", "realName", "cardNo", "sexName", "faceScore", "faceResult", "verifyDate",
                  "verifyTime", "operationUser", "certTimeoutStatus", "deviceNo", "machineCode",
@@ -69,6 +72,10 @@ class NotFound(LookupError):
     """No verification with that id (or its photo was erased after upload, per retention)."""
 
 
+class RelayRateLimited(RuntimeError):
+    """More relayed verifications in the last minute than ``[local_api] max_relay_per_min``."""
+
+
 class IdempotencyConflict(ValueError):
     """An Idempotency-Key already used for a different verification. ``record_id`` is the first one."""
 
@@ -93,11 +100,16 @@ class DeskBackend:
         operator: the desk's ``OperatorState``.
         status_provider: returns the ``fvagent status --json`` document; default
             ``agent.service.status.collect_status(settings)``. Results are cached ``status_ttl_s``.
+        clock: wall-clock seconds (``time.time``), for the relay's clock-skew and rate rules.
     """
 
     def __init__(self, settings: Any, outbox: Any, events: EventBus, operator: OperatorState, *,
-                 status_provider: Callable[[], dict[str, Any]] | None = None, status_ttl_s: float = 2.0) -> None:
+                 status_provider: Callable[[], dict[str, Any]] | None = None, status_ttl_s: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self._clock = clock
+        self._relayed_at: collections.deque[float] = collections.deque()
+        self._relay_lock = threading.Lock()
         self.outbox = outbox
         self.events = events
         self.operator = operator
@@ -121,6 +133,12 @@ class DeskBackend:
         a repeated ``idempotency_key`` with the same verification returns the first id, with a
         different one raises ``IdempotencyConflict``. Raises ``RecordError`` listing every bad field
         (``.problems``), or ``OutboxError`` / ``StorageFull`` when it cannot be stored.
+
+        Plausibility (``[local_api]``): verifyTime within ``max_clock_skew_s`` of our clock (else a
+        ``RecordError`` on verifyTime), at most ``max_relay_per_min`` a minute (``RelayRateLimited``),
+        at most ``max_unsent_relayed`` waiting, and never the disk space kept for this device's own
+        captures (``relay_reserve_bytes``) (``StorageFull``). Photos are re-encoded, so no EXIF, GPS or
+        other metadata a terminal put in them reaches the platform.
         """
         from agent.face.relay import relay_outcome  # late: keeps the module light to import
         from agent.records import parse_verification
@@ -148,15 +166,18 @@ class DeskBackend:
         except RecordError as exc:
             listed = {field for field, _ in problems}
             problems.extend((f, r) for f, r in exc.problems if f not in listed)
+        if record is not None:
+            problems.extend(self._clock_problems(record.verifyTime))
         if problems or record is None:
             raise _problem_error(f"the verification has {len(problems)} error(s)", problems)
-        payload = record.to_payload()
+        payload = _reencoded_photos(record.to_payload())
+        self._check_room()
         canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
         # meta is not encrypted: a digest keyed with the outbox key reveals nothing of the record
         keyed = getattr(self.outbox, "fingerprint", None)
         body_hash = keyed(canonical) if callable(keyed) else hashlib.sha256(canonical).hexdigest()
         record_id = int(self.outbox.enqueue(payload, idempotency_key=idempotency_key,
-                                            meta={"source": "local_api", "body_sha256": body_hash}))
+                                            meta={"source": RELAY_SOURCE, "body_sha256": body_hash}))
         if idempotency_key is not None:
             row = self.outbox.get(record_id)
             first_hash = (_row_get(row, "meta") or {}).get("body_sha256") if row is not None else None
@@ -167,8 +188,48 @@ class DeskBackend:
         if self._first_announcement(record_id):
             log.info("relayed verification %d committed (card %s, faceResult %s)", record_id,
                      mask_card_no(payload.get("cardNo")), payload.get("faceResult"))
-            self.events.publish(VERIFICATION, {"id": record_id, "source": "local_api"})
+            self.events.publish(VERIFICATION, {"id": record_id, "source": RELAY_SOURCE})
         return record_id
+
+    def _clock_problems(self, verify_time: str) -> list[tuple[str, str]]:
+        """verifyTime (yyyy-MM-dd HH:mm:ss, Asia/Shanghai) further than max_clock_skew_s from now."""
+        skew = self.settings.local_api.max_clock_skew_s
+        try:
+            at = dt.datetime.strptime(verify_time, "%Y-%m-%d %H:%M:%S").replace(tzinfo=SHANGHAI).timestamp()
+        except (TypeError, ValueError):
+            return []  # parse_verification has named the format already
+        off = at - self._clock()
+        if abs(off) <= skew:
+            return []
+        way = "ahead of" if off > 0 else "behind"
+        return [("verifyTime", f"must be within {skew:.0f} s of the agent's clock "
+                               f"([local_api] max_clock_skew_s); it is {abs(off):.0f} s {way} it")]
+
+    def _check_room(self) -> None:
+        """Rate, waiting-count and disk rules of a relayed verification; raise before anything is stored."""
+        limits = self.settings.local_api
+        now = self._clock()
+        with self._relay_lock:
+            while self._relayed_at and self._relayed_at[0] <= now - 60:
+                self._relayed_at.popleft()
+            if len(self._relayed_at) >= limits.max_relay_per_min:
+                raise RelayRateLimited(f"more than {limits.max_relay_per_min} relayed verifications in a minute: "
+                                       "refused; retry in a minute")
+            self._relayed_at.append(now)
+        waiting = int(self.outbox.count_unsent(source=RELAY_SOURCE))
+        if waiting >= limits.max_unsent_relayed:
+            raise StorageFull(f"{waiting} relayed verifications already wait for upload "
+                              f"([local_api] max_unsent_relayed = {limits.max_unsent_relayed}): refused",
+                              hint="let the uploader drain the queue (fvagent status shows why it does not)")
+        try:
+            free = shutil.disk_usage(self.settings.storage.dir).free
+        except OSError:
+            return  # the outbox's own write reports a missing or full directory
+        if free < limits.relay_reserve_bytes:
+            raise StorageFull(f"only {free // 1024**2} MB free in the state directory: the last "
+                              f"{limits.relay_reserve_bytes // 1024**2} MB are kept for this device's own captures "
+                              "([local_api] relay_reserve_bytes); relayed verification refused",
+                              hint="free disk space or let the uploader drain the queue")
 
     def _first_announcement(self, record_id: int) -> bool:
         """True the first time an id is seen here: a retried post (same id) is not announced twice."""
@@ -202,12 +263,18 @@ class DeskBackend:
             out.append(self._view(row, payload, full=full, photos=False))
         return out
 
-    def photo(self, record_id: int, which: Photo) -> bytes:
-        """The JPEG bytes of the card (``head``) or live (``camera``) photo. Raises ``NotFound``."""
+    def photo(self, record_id: int, which: Photo, *, max_age_s: float | None = None) -> bytes:
+        """The JPEG bytes of the card (``head``) or live (``camera``) photo. Raises ``NotFound``,
+        also for a record committed more than ``max_age_s`` ago when that is given."""
         if which not in PHOTO_FIELDS:
             raise NotFound(f"no photo {which!r}; use head or camera")
-        if self.outbox.get(record_id) is None:
+        row = self.outbox.get(record_id)
+        if row is None:
             raise NotFound(f"no verification with id {record_id}")
+        created = _row_get(row, "created_at")
+        if max_age_s is not None and (created is None or self._clock() - float(created) > max_age_s):
+            raise NotFound(f"verification {record_id}'s photos are shown here only for {max_age_s / 60:.0f} minutes "
+                           "after it was taken")
         payload = self.outbox.payload(record_id) or {}
         b64 = payload.get(PHOTO_FIELDS[which])
         if not b64:
@@ -375,6 +442,25 @@ class DeskBackend:
         value = self.operator.set(value)
         self.events.publish("operator", {"operator": value})
         return value
+
+
+def _reencoded_photos(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with every photo decoded and encoded again: the new JPEG carries no metadata
+    segment (EXIF, GPS, XMP, comments) of the original."""
+    from agent.images import ImageError, decode_image, encode_jpeg
+
+    out = dict(payload)
+    problems = []
+    for field in (*PHOTO_FIELDS.values(), "fingerCollectImg"):
+        if out.get(field):
+            try:
+                pixels = decode_image(base64.b64decode(out[field]), what=field)
+                out[field] = base64.b64encode(encode_jpeg(pixels)).decode("ascii")
+            except ImageError as exc:
+                problems.append((field, exc.message))
+    if problems:
+        raise _problem_error(f"the verification has {len(problems)} unusable photo(s)", problems)
+    return out
 
 
 def _row_get(row: Any, name: str) -> Any:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import grp
 import logging
+import os
 import socket
+import stat
+import struct
 import threading
 import time
 from typing import Any
@@ -38,6 +42,8 @@ class LocalApiServer:
     def url(self) -> str:
         if self._port is None:
             raise LocalApiError("the local API is not started")
+        if self.settings.unix_path is not None:
+            return f"unix:{self.settings.unix_path}"
         host = self.settings.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
@@ -58,13 +64,17 @@ class LocalApiServer:
 
         # uvicorn's access log prints query strings, which can hold a card number: never let it speak
         logging.getLogger("uvicorn.access").disabled = True
-        self._sock = self._bind()
-        self._port = self._sock.getsockname()[1]
+        if self.settings.unix_path is not None:
+            self._sock = self._bind_unix()
+            self._port = 0
+        else:
+            self._sock = self._bind()
+            self._port = self._sock.getsockname()[1]
         self._app = create_app(self.backend, self.settings)
         config = uvicorn.Config(
             self._app, log_config=None, access_log=False,  # our own request log never shows a query string
             lifespan="off", timeout_graceful_shutdown=3, server_header=False,
-            h11_max_incomplete_event_size=64 * 1024,
+            h11_max_incomplete_event_size=64 * 1024, http=_peer_cred_protocol(),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="local-api", daemon=True)
@@ -100,6 +110,40 @@ class LocalApiServer:
                      "(ss -ltnp shows it)") from exc
         return sock
 
+    def _bind_unix(self) -> socket.socket:
+        """The Unix socket of ``listen = "unix:PATH"``: mode 0660, group ``socket_group``; a stale
+        socket file left by a killed agent is replaced (any other file there is an error)."""
+        path = self.settings.unix_path
+        assert path is not None
+        where = self.settings.listen
+        try:
+            gid = grp.getgrnam(self.settings.socket_group).gr_gid if self.settings.socket_group else -1
+        except KeyError as exc:
+            raise LocalApiError(f"[local_api] socket_group {self.settings.socket_group!r} is not a group here",
+                                hint="create the group (groupadd) or fix socket_group") from exc
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() or path.is_symlink():
+                if not stat.S_ISSOCK(path.lstat().st_mode):
+                    raise LocalApiError(f"the local API cannot listen on {where}: {path} exists and is not a socket",
+                                        hint="remove that file or choose another path")
+                path.unlink()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old_umask = os.umask(0o177)  # no moment in which others may connect
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old_umask)
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError as exc:
+            raise LocalApiError(f"the local API cannot listen on {where}: {exc.strerror or exc}",
+                                hint="check the directory's owner and permissions (systemd: RuntimeDirectory=fvagent)"
+                                ) from exc
+        return sock
+
     def _run(self) -> None:
         try:
             self._server.run(sockets=[self._sock])
@@ -127,6 +171,11 @@ class LocalApiServer:
                 self._sock.close()
             except OSError:
                 pass
+            if self.settings.unix_path is not None:
+                try:
+                    self.settings.unix_path.unlink()
+                except OSError:
+                    pass
         self._sock = None
         self._thread = None
 
@@ -136,3 +185,23 @@ class LocalApiServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _peer_cred_protocol() -> type:
+    """uvicorn's h11 protocol that records each Unix-socket connection's SO_PEERCRED (pid, uid, gid)
+    in the request's ASGI ``state``, where ``agent.localapi.trust`` reads it. A TCP connection
+    records nothing."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from agent.localapi.trust import PEER_CRED_KEY
+
+    class PeerCredH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family == socket.AF_UNIX:
+                raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                # per connection: the shared app_state must not carry one peer's identity to another
+                self.app_state = {**self.app_state, PEER_CRED_KEY: struct.unpack("3i", raw)}
+
+    return PeerCredH11Protocol

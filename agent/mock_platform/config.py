@@ -119,6 +119,8 @@ def platform_section(config: MockPlatformConfig, url: str, **overrides: Any) -> 
         "encrypt": config.encrypt,
         "auth": auth,
         "conventions": config.conventions.model_dump(),
+        "environment": "test",  # a mock: records of the fake drivers may go to it
+        "allow_plain_http": url.startswith("http://"),  # the mock serves plain HTTP on loopback
     }
     section.update(overrides)
     return section

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 DB_NAME = "outbox.db"
 LOCK_NAME = "outbox.lock"
 PHOTO_FIELDS = ("headImg", "cameraImg", "fingerCollectImg")
+SIMULATED_HELD_REASON = "simulated record: not sent to a production platform"
+"""Why a record from a fake driver is held when ``[platform] environment = "production"``."""
 """Payload fields sealed apart from the rest, so retention can erase them alone."""
 BUSY_TIMEOUT_MS = 15000
 WAL_LIMIT_BYTES = 64 * 1024**2
@@ -549,9 +551,12 @@ class Outbox:
 
     def stats(self) -> dict[str, Any]:
         """Counts per state and ``total``, plus ``oldest_pending_age_s``, ``bytes`` (sealed data held),
-        ``max_bytes``, ``over_budget`` and ``last_sent_at`` (epoch seconds)."""
+        ``max_bytes``, ``over_budget``, ``last_sent_at`` (epoch seconds) and ``held_simulated`` (held
+        with ``SIMULATED_HELD_REASON``)."""
         with self._read("count the outbox") as conn:
             counts = dict(conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state").fetchall())
+            simulated, = conn.execute("SELECT COUNT(*) FROM records WHERE state = 'held' AND held_reason = ?",
+                                      (SIMULATED_HELD_REASON,)).fetchone()
             oldest, = conn.execute("SELECT MIN(created_at) FROM records WHERE state IN ('pending', 'sending')").fetchone()
             size, = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()
             last_sent, = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
@@ -562,7 +567,24 @@ class Outbox:
         out["max_bytes"] = int(self.storage.max_bytes)
         out["over_budget"] = int(size) > self.storage.max_bytes
         out["last_sent_at"] = last_sent
+        out["held_simulated"] = int(simulated)
         return out
+
+    def count_unsent(self, *, source: str) -> int:
+        """Records from ``source`` (``meta.source``: ``reader``, ``local_api``) not yet sent or rejected."""
+        with self._read("count the unsent records") as conn:
+            n, = conn.execute("SELECT COUNT(*) FROM records WHERE state IN ('pending', 'sending', 'held')"
+                              " AND json_extract(meta, '$.source') = ?", (source,)).fetchone()
+        return int(n)
+
+    def hold_simulated(self) -> int:
+        """Hold every pending simulated record with ``SIMULATED_HELD_REASON``: a production platform
+        must never get one, whenever it was captured. Returns how many."""
+        with self._write("hold the simulated records") as conn:
+            n = conn.execute("UPDATE records SET state = 'held', held_reason = ?, updated_at = ?"
+                             " WHERE simulated = 1 AND state = 'pending'",
+                             (SIMULATED_HELD_REASON, self._clock())).rowcount
+        return int(n)
 
     # -- operator actions --------------------------------------------------------------------------
     def retry(self, record_id: int) -> None:
@@ -665,6 +687,8 @@ class Outbox:
         from ``complete`` keeps that record held (logged). Returns how many were released."""
         released = 0
         for row in reversed(self.list("held", limit=limit)):
+            if row.held_reason == SIMULATED_HELD_REASON:
+                continue  # a complete photo does not make a simulated record real
             payload = self.payload(row.id)
             if payload is None:
                 continue

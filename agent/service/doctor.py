@@ -75,7 +75,7 @@ def run_checks(config_path: str | os.PathLike[str], *, transport: Any = None,
 
 
 def _check_config(path: Path, add: Callable[[Check], None]) -> Any:
-    from agent.config import config_warnings, load_config
+    from agent.config import config_warnings, deployment_problems, load_config, plain_http_warning
     from agent.errors import ConfigError
 
     try:
@@ -86,7 +86,15 @@ def _check_config(path: Path, add: Callable[[Check], None]) -> Any:
         problems = "; ".join(f"{p}: {r}" for p, r in exc.problems) or exc.message
         add(Check("config", FAIL, f"{path}: {problems}", exc.hint or "fix the keys named; fvagent config check"))
         return None
-    add(Check("config", OK, f"{path} is valid"))
+    unfit = deployment_problems(settings)
+    if unfit:
+        add(Check("config", FAIL, f"{path}: " + "; ".join(f"{p}: {r}" for p, r in unfit),
+                  "fix the keys named; fvagent config check"))
+    else:
+        add(Check("config", OK, f"{path} is valid"))
+    insecure = plain_http_warning(settings)
+    if insecure:
+        add(Check("platform transport", WARN, insecure, "use https:// when the platform offers it"))
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except OSError:

@@ -154,6 +154,7 @@ class Service:
 
         s = self.settings
         self.outbox = Outbox.open(s.storage, check=True)
+        self._hold_simulated()
         self.operator = OperatorState.for_settings(s)
         self._open_hardware()
         self._load_engine()
@@ -168,6 +169,15 @@ class Service:
         line = self.status_line()
         self.notifier.ready(line)
         log.info("fvagent %s running (config %s): %s", __version__, self.config_path, line)
+
+    def _hold_simulated(self) -> None:
+        """In production, hold what a fake driver captured earlier (e.g. before [platform]
+        environment was set): the Verifier holds new ones itself."""
+        if self.settings.platform.environment != "production":
+            return
+        held = self.outbox.hold_simulated()
+        if held:
+            log.warning("%d simulated record(s) held: not sent to a production platform", held)
 
     def _max_age(self, default: float) -> float:
         return self._heartbeat_override if self._heartbeat_override is not None else default
@@ -571,6 +581,8 @@ class Service:
             if "verification" in self._loops:
                 self._loops["verification"].heartbeat.max_age_s = self._verification_max_age()
             self._uploader_heartbeat.max_age_s = self._uploader_max_age()
+        if "platform" in changed:
+            self._hold_simulated()
         if changed & {"platform", "uploader", "device"} and self.uploader is not None:
             self.uploader.update_settings(platform_settings=new.platform, uploader_settings=new.uploader,
                                           device_settings=new.device)

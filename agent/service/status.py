@@ -217,8 +217,12 @@ def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, 
     for name, part in hardware.items():
         if isinstance(part, dict) and part.get("state") in ("fault", "degraded", "missing"):
             alerts.append(f"{name}: {part.get('detail') or part.get('state')}")
-    if queue["held"]:
-        alerts.append(f"{queue['held']} record(s) held: card photos wait for a WLT decoder "
+    simulated = int(queue.get("held_simulated") or 0)
+    if simulated:
+        alerts.append(f"{simulated} simulated record(s) held: not sent to a production platform "
+                      "(fake [card_reader]/[camera] driver; [platform] environment)")
+    if queue["held"] > simulated:
+        alerts.append(f"{queue['held'] - simulated} record(s) held: card photos wait for a WLT decoder "
                       "([card_reader] wlt_decoder)")
     if queue["rejected"]:
         alerts.append(f"{queue['rejected']} record(s) rejected by the platform: fvagent queue ls --state rejected")

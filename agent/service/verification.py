@@ -33,6 +33,7 @@ from agent.face import FaceOutcome, reconcile_both, relay_outcome, score_frames,
 from agent.face.scoring import RESULT_NOT_VERIFIED
 from agent.images import ImageError, decode_image, normalize_jpeg
 from agent.privacy import mask_card_no, mask_name
+from agent.outbox.store import SIMULATED_HELD_REASON
 from agent.records import build_verification, parse_verification
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,9 @@ class Verifier:
             log.error("card %s cannot make a valid record (%s); stored held",
                       mask_card_no(getattr(card, "card_no", "")), held_reason)
             payload = _raw_payload(card, settings, self._operator(), self._now(), outcome, head, camera_jpeg)
-        if head is None and held_reason is not None and "headImg" in payload and not held_reason.startswith(HELD_INVALID):
+        if simulated and settings.platform.environment == "production":
+            held_reason = SIMULATED_HELD_REASON  # over any other reason: completing it must not release it
+        elif head is None and held_reason is not None and "headImg" in payload and not held_reason.startswith(HELD_INVALID):
             del payload["headImg"]  # completed from the WLT when a decoder comes
         meta["face_result_pending"] = held_reason is not None and head is None and settings.face.mode != "relay"
         try:
