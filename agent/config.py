@@ -428,6 +428,9 @@ class LocalApiSettings(_Section):
     everything `token` grants."""
     max_body_bytes: int = Field(default=12 * 1024**2, ge=64 * 1024, le=64 * 1024**2)
     """Largest request body accepted (two 3 MB photos in base64 need about 8 MB)."""
+    result_display_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    """How long the operator page shows a verification as the current one before it returns to
+    请刷身份证, so the previous mother's result is never taken for the next one's."""
 
     @field_validator("listen")
     @classmethod
