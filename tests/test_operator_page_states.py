@@ -278,3 +278,29 @@ def test_follow_up_list_through_cli_and_page(tmp_path: Path, page: Any, artifact
         page.wait_for_selector(f"#verdict[data-id='{newest}']", timeout=5000)
         assert page.locator("#followups-view").is_hidden()
         assert not page.js_errors, page.js_errors
+
+
+@pytest.mark.slow
+def test_a_banner_covers_the_page_when_the_daemon_hangs(tmp_path: Path, page: Any) -> None:
+    """A daemon that keeps the connection open but stops answering (a hung process): the feed's
+    status every 5 s stops, and after 15 s of silence the page says so; an answer clears it."""
+    import threading
+
+    with Agent(make_settings(tmp_path)) as agent:
+        _open(page, agent)
+        hung = threading.Event()
+        plain = agent.backend.page_status
+
+        def stalled() -> dict[str, Any]:
+            hung.wait(60)
+            return plain()
+
+        agent.backend.page_status = stalled  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        page.wait_for_selector("#offline", state="visible", timeout=30000)
+        silent = time.monotonic() - t0
+        assert 9 <= silent <= 25, silent  # the last status came up to 5 s before t0
+        agent.backend.page_status = plain  # type: ignore[method-assign]
+        hung.set()
+        page.wait_for_selector("#offline", state="hidden", timeout=10000)
+        assert not page.js_errors, page.js_errors
