@@ -457,6 +457,9 @@ class LocalApiSettings(_Section):
     relay_reserve_bytes: int = Field(default=256 * 1024**2, ge=0)
     """Free disk space in the state directory kept for the device's own captures: below it,
     relayed verifications are refused (507)."""
+    result_display_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    """How long the operator page shows a verification as the current one before it returns to
+    请刷身份证, so the previous mother's result is never taken for the next one's."""
 
     @field_validator("listen")
     @classmethod

@@ -109,9 +109,10 @@ def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, art
         assert body["cardNo"] not in page.content()
         assert_photo_shown(page, "head-frame")
         page.wait_for_selector("#queue:text-is('1')", timeout=5000)  # the status bar follows the queue
-        # the desk changes the operator from the page
-        page.once("dialog", lambda dialog: dialog.accept("李护士"))
+        # the desk changes the operator from the page's own dialog
         page.click("#change-op")
+        page.fill("#op-input", "李护士")
+        page.click("#op-ok")
         page.wait_for_selector("#operator:text-is('李护士')", timeout=5000)
         assert agent.operator.get() == "李护士"
         page.screenshot(path=str(artifacts_dir / "operator-page-relay.png"))

@@ -2,6 +2,8 @@
 
     fvagent queue stats [--json]         count per state (pending, sending, sent, rejected, held) and total
     fvagent queue ls [--state S] [-n N]  rows, newest first (no personal data)
+    fvagent queue ls --result 0,2 [--since DATE] [--json]
+                                         the follow-up list: failed / not verified, masked, hand-over marks
     fvagent queue show ID                one record, masked, with every upload attempt
     fvagent queue retry ID | --rejected  send again (a rejected record after the hospital fixed the cause)
     fvagent queue export --rejected FILE the rejected records in full (JSON Lines, 0600), to fix and resend
@@ -41,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--state", choices=STATES, help="only records in this state")
     ls.add_argument("-n", "--limit", type=int, default=50, help="at most this many (default 50)")
     ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument("--result", type=_results, metavar="R[,R]",
+                    help="the follow-up list instead: verifications with faceResult R (0 failed, 2 not verified; "
+                         "e.g. 0,2), with time, masked identity, reason, hand-over mark and upload state")
+    ls.add_argument("--since", type=_since, metavar="DATE",
+                    help="with --result: only those since DATE (yyyy-mm-dd, or yyyy-mm-dd HH:MM:SS; China time)")
     ls.set_defaults(func=cmd_ls)
 
     show = qsub.add_parser("show", help="one record, personal data masked, with its upload attempts")
@@ -113,7 +120,25 @@ def _row_doc(row: Any) -> dict[str, Any]:
             "simulated": row.simulated, "photos": row.has_photos, "meta": row.meta}
 
 
+def _results(text: str) -> tuple[int, ...]:
+    values = [v.strip() for v in text.split(",")]
+    if not values or any(v not in ("0", "1", "2") for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: faceResult values are 0 (failed), 1 (passed), 2 (not verified), "
+                                         "e.g. --result 0 or --result 0,2")
+    return tuple(sorted({int(v) for v in values}))
+
+
+def _since(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: use yyyy-mm-dd, e.g. 2026-12-01") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=SHANGHAI)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    if args.result is not None or args.since is not None:
+        return _ls_follow_ups(args)
     with _open(args) as outbox:
         rows = outbox.list(args.state, limit=args.limit)
     if args.json:
@@ -127,6 +152,39 @@ def cmd_ls(args: argparse.Namespace) -> int:
         detail = r.last_error or r.held_reason or (f"sent {_when(r.sent_at)}" if r.sent_at else "")
         flag = " [simulated]" if r.simulated else ""
         print(f"{r.id:>7}  {r.state:9} {_when(r.created_at)}  {r.attempts:>5}  {(detail or '')[:90]}{flag}")
+    return 0
+
+
+def _ls_follow_ups(args: argparse.Namespace) -> int:
+    """`queue ls --result R [--since DATE]`: the follow-up list the desk shows the police (masked)."""
+    from agent.config import load_config
+    from agent.errors import ConfigError
+    from agent.localapi.followup import follow_ups
+    from agent.outbox import Outbox
+
+    if args.result is None:
+        raise ConfigError("--since goes with --result", hint="e.g. fvagent queue ls --result 0,2 --since 2026-12-01")
+    if args.state is not None:
+        raise ConfigError("--state and --result cannot be combined",
+                          hint="the follow-up list shows each record's upload state already")
+    settings = load_config(config_path(args), validate_drivers=False)
+    with Outbox.open(settings.storage, create=False) as outbox:
+        items = follow_ups(outbox, threshold=settings.face.threshold, results=args.result, since=args.since,
+                           limit=args.limit)
+    if args.json:
+        print(json.dumps(items, ensure_ascii=False))
+        return 0
+    if not items:
+        print("no verifications with faceResult " + ",".join(map(str, args.result))
+              + (f" since {args.since:%Y-%m-%d %H:%M}" if args.since else ""))
+        return 0
+    print(f"{'ID':>7}  {'VERIFIED':19}  RESULT  NAME    CARD                {'HANDED OVER':26} UPLOAD  REASON")
+    for it in items:
+        mark = it["handover"]
+        handed = f"{mark['at'][5:16]} {mark['operator']}" if mark else "未移交"
+        flag = " [simulated]" if it["simulated"] else ""
+        print(f"{it['id']:>7}  {it['verifyTime']:19}  {it['resultText']:6}  {it['name']:6}  {it['cardNo']:18}  "
+              f"{handed:26} {it['stateText']:6}  {it['reason'] or ''}{flag}")
     return 0
 
 

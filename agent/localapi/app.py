@@ -378,6 +378,28 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     async def ui_operator(request: Request, body: OperatorIn, _: Annotated[str, Depends(page_write)]) -> Any:
         return await _set_operator(body.operator)
 
+    @app.get("/ui/followups", include_in_schema=False)
+    async def ui_followups(
+        request: Request,
+        since: Annotated[dt.date | None, Query(description="yyyy-MM-dd, China time; default: every stored one")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 200,
+    ) -> Any:
+        access.require_ui(request)
+        _only_params(request, "since", "limit")
+        since_dt = dt.datetime.combine(since, dt.time(), SHANGHAI) if since is not None else None
+        return {"items": await run_in_threadpool(backend.follow_ups, since=since_dt, limit=limit)}
+
+    @app.post("/ui/verifications/{record_id}/handover", include_in_schema=False)
+    async def ui_handover(request: Request, record_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+                          _: Annotated[str, Depends(page_write)]) -> Any:
+        _only_params(request)
+        try:
+            return await run_in_threadpool(backend.mark_handed_over, record_id)
+        except NotFound as exc:
+            return _error(404, str(exc))
+        except RecordError as exc:
+            return _error(422, exc.message, problems=exc.problems)
+
     @app.get("/ui/photos/{record_id}/{which}", include_in_schema=False)
     async def ui_photo(request: Request, record_id: Annotated[int, Path(ge=1, le=MAX_ID)],
                        which: Literal["head", "camera"]) -> Response:

@@ -359,27 +359,39 @@ class DeskBackend:
             "source": source,
             "photos": {k: (f"/ui/photos/{view['id']}/{k}" if has else None)
                        for k, has in (view["hasPhotos"] if view else {"head": False, "camera": False}).items()},
+            # how much longer the page shows it as the current result (a replayed old one: 0)
+            "currentForS": round(max(0.0, self.settings.local_api.result_display_s - (time.time() - event.time)), 1),
+            "handover": self._handover(view["id"]) if view and result in (0, 2) else None,
         }
 
     def _reason(self, result: int | None, score: Any, reason: Any, *, relayed: bool = False) -> tuple[str | None, str | None]:
-        """(Chinese reason for the page, the original technical line) for a result other than passed."""
-        if result == 1:
-            return None, None
-        detail = str(reason) if reason else None
-        lowered = (detail or "").lower()
-        score_text = _score_text(score)
-        if relayed or "relayed from the terminal" in lowered:
-            zh = "终端比对未通过" if result == 0 else "终端未完成人脸比对"
-            return (f"{zh}（分数 {score_text}）" if result == 0 and score_text else zh), detail
-        zh = next((words for needle, words in REASON_ZH if needle in lowered), None)
-        if "no usable frame" in lowered:  # say why the frames were not usable, when the line tells
-            why = next((words for needle, words in QUALITY_ZH if needle in lowered), None)
-            zh = "未采集到合格的人脸画面" + (f"（{why}）" if why else "")
-        if result == 0 and score_text and (zh is None or "no match" in lowered):
-            zh = f"{zh or '人证比对不一致'}（分数 {score_text}，阈值 {self.settings.face.threshold:.2f}）"
-        if zh is None and result is not None:
-            zh = DEFAULT_REASON.get(result)
-        return zh, detail
+        return reason_zh(result, score, reason, relayed=relayed, threshold=self.settings.face.threshold)
+
+    # -- the follow-up list and hand-over marks ----------------------------------------------------
+    def follow_ups(self, *, since: dt.datetime | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The failed and not-verified verifications since ``since``, masked (``agent.localapi.followup``)."""
+        from agent.localapi.followup import follow_ups
+
+        return follow_ups(self.outbox, threshold=self.settings.face.threshold, since=since, limit=limit)
+
+    def mark_handed_over(self, record_id: int) -> dict[str, Any]:
+        """Mark that the case of a failed (or not verified) verification was handed over to the
+        police, by the current operator, now; kept in the outbox, never uploaded. Marking twice
+        returns the first mark. Raises ``NotFound``, or ``RecordError`` for a passed verification."""
+        if self.outbox.get(record_id) is None:
+            raise NotFound(f"no verification with id {record_id}")
+        result = _as_int((self.outbox.payload(record_id, photos=False) or {}).get("faceResult"))
+        if result not in (0, 2):
+            raise _problem_error(f"verification {record_id} passed: there is nothing to hand over",
+                                 [("id", "only a failed (0) or not verified (2) verification is handed over")])
+        mark = self.outbox.mark_handed_over(record_id, self.operator.get())
+        log.info("verification %d marked handed over to the police", record_id)
+        self.events.publish("handover", {"id": record_id})
+        return {"id": record_id, "operator": mark.operator, "at": _local_time(mark.at)}
+
+    def _handover(self, record_id: int) -> dict[str, str] | None:
+        mark = self.outbox.handovers([record_id]).get(record_id)
+        return {"operator": mark.operator, "at": _local_time(mark.at)} if mark else None
 
     # -- status and operator ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -428,6 +440,7 @@ class DeskBackend:
             "operator": self.operator.get(),
             "states": states,
             "time": dt.datetime.now(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S"),
+            "resultDisplayS": self.settings.local_api.result_display_s,
         }
 
     def get_operator(self) -> str:
@@ -461,6 +474,30 @@ def _reencoded_photos(payload: dict[str, Any]) -> dict[str, Any]:
     if problems:
         raise _problem_error(f"the verification has {len(problems)} unusable photo(s)", problems)
     return out
+def reason_zh(result: int | None, score: Any, reason: Any, *, relayed: bool = False,
+              threshold: float) -> tuple[str | None, str | None]:
+    """(Chinese reason for the desk, the original technical line) for a result other than passed.
+
+    ``reason`` is the face session's line (the record's ``meta["reason"]``); ``relayed``: the
+    terminal scored the face itself; ``threshold`` the ``[face] threshold`` quoted with a low score.
+    """
+    if result == 1:
+        return None, None
+    detail = str(reason) if reason else None
+    lowered = (detail or "").lower()
+    score_text = _score_text(score)
+    if relayed or "relayed from the terminal" in lowered:
+        zh = "终端比对未通过" if result == 0 else "终端未完成人脸比对"
+        return (f"{zh}（分数 {score_text}）" if result == 0 and score_text else zh), detail
+    zh = next((words for needle, words in REASON_ZH if needle in lowered), None)
+    if "no usable frame" in lowered:  # say why the frames were not usable, when the line tells
+        why = next((words for needle, words in QUALITY_ZH if needle in lowered), None)
+        zh = "未采集到合格的人脸画面" + (f"（{why}）" if why else "")
+    if result == 0 and score_text and (zh is None or "no match" in lowered):
+        zh = f"{zh or '人证比对不一致'}（分数 {score_text}，阈值 {threshold:.2f}）"
+    if zh is None and result is not None:
+        zh = DEFAULT_REASON.get(result)
+    return zh, detail
 
 
 def _row_get(row: Any, name: str) -> Any:
@@ -493,6 +530,11 @@ def _as_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _local_time(epoch: float) -> str:
+    """China time as the platform writes it: yyyy-MM-dd HH:mm:ss."""
+    return dt.datetime.fromtimestamp(float(epoch), SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _iso(value: Any) -> str | None:

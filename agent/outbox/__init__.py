@@ -7,8 +7,8 @@ the size budget. docs/outbox.md is the guide.
 
 from agent.errors import KeyFileError, OutboxCorrupt, OutboxError, StorageFull
 from agent.outbox.retention import housekeeping
-from agent.outbox.store import Attempt, Claim, Outbox, Row
+from agent.outbox.store import Attempt, Claim, Handover, Outbox, Row
 from agent.outbox.uploader import RateLimiter, Uploader, full_jitter
 
-__all__ = ["Attempt", "Claim", "KeyFileError", "Outbox", "OutboxCorrupt", "OutboxError", "RateLimiter", "Row",
+__all__ = ["Attempt", "Claim", "Handover", "KeyFileError", "Outbox", "OutboxCorrupt", "OutboxError", "RateLimiter", "Row",
            "StorageFull", "Uploader", "full_jitter", "housekeeping"]

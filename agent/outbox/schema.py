@@ -66,7 +66,19 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.table("attempts").create_index(["request_id"], index_name="attempts_request")
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2)
+def _v3(db: sqlite_utils.Database) -> None:
+    # Hand-over marks (the desk told the police about a failed verification) are facts about the
+    # desk's follow-up, not about the record: they live beside it, one per record, never edited.
+    # The operator's name is sealed like the payload (``operator``).
+    db.execute("""
+        CREATE TABLE handovers (
+            record_id INTEGER PRIMARY KEY REFERENCES records(id) ON DELETE CASCADE,
+            at REAL NOT NULL,
+            operator BLOB NOT NULL
+        )""")
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2, _v3)
 CURRENT = len(MIGRATIONS)
 
 

@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,15 @@ class Claim:
     attempt: int
     attempt_row: int
     started_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Handover:
+    """The desk's mark that a failed verification was handed over to the police: by whom, when."""
+
+    record_id: int
+    at: float
+    operator: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,21 +488,22 @@ class Outbox:
             t = conn.execute(f"SELECT {_ROW_COLUMNS} FROM {_ROW_FROM} WHERE r.id = ?", (int(record_id),)).fetchone()
         return _row(t) if t else None
 
-    def payload(self, record_id: int) -> dict[str, Any] | None:
-        """The decrypted payload of ``record_id`` (without photos once retention erased them), or ``None``.
+    def payload(self, record_id: int, *, photos: bool = True) -> dict[str, Any] | None:
+        """The decrypted payload of ``record_id`` (without photos once retention erased them, or when
+        ``photos`` is false: listings need no photo), or ``None``.
 
         Raises ``OutboxCorrupt`` when the sealed data does not open (altered on disk).
         """
         with self._read("read the outbox") as conn:
-            t = conn.execute("SELECT r.uid, p.data, p.photos FROM records r JOIN payloads p ON p.record_id = r.id "
-                             "WHERE r.id = ?", (int(record_id),)).fetchone()
+            t = conn.execute(f"SELECT r.uid, p.data, {'p.photos' if photos else 'NULL'} FROM records r "
+                             "JOIN payloads p ON p.record_id = r.id WHERE r.id = ?", (int(record_id),)).fetchone()
         if t is None:
             return None
-        uid, data, photos = t
+        uid, data, sealed_photos = t
         try:
             payload = json.loads(self._key.open(data, _aad(uid, "data")))
-            if photos is not None:
-                payload.update(_unpack_photos(self._key.open(photos, _aad(uid, "photos"))))
+            if sealed_photos is not None:
+                payload.update(_unpack_photos(self._key.open(sealed_photos, _aad(uid, "photos"))))
         except (CryptoError, ValueError) as exc:
             raise OutboxCorrupt(f"record {record_id}: its sealed data does not open (altered on disk)",
                                 record_id=record_id) from exc
@@ -511,10 +521,14 @@ class Outbox:
         except CryptoError as exc:
             raise OutboxCorrupt(f"record {record_id}: its sealed WLT photo does not open", record_id=record_id) from exc
 
-    def find(self, card_no: str | None = None, since: dt.datetime | None = None, limit: int = 50) -> list[Row]:
+    def find(self, card_no: str | None = None, since: dt.datetime | None = None, limit: int = 50, *,
+             before_id: int | None = None) -> list[Row]:
         """Rows newest first, of one card number when given (through the blind index), created at or
-        after ``since`` (a naive datetime is local time)."""
+        after ``since`` (a naive datetime is local time), with ids below ``before_id`` (to page on)."""
         where, args = [], []
+        if before_id is not None:
+            where.append("r.id < ?")
+            args.append(int(before_id))
         if card_no:
             where.append("r.card_index = ?")
             args.append(self._key.card_index(card_no))
@@ -637,6 +651,45 @@ class Outbox:
             conn.execute("UPDATE records SET state = 'sent', attempts = attempts + 1, sent_at = ?, updated_at = ?,"
                          " request_id = ?, last_outcome = 'accepted', last_error = NULL WHERE id = ?",
                          (now, now, request_id, int(record_id)))
+
+    # -- hand-over marks (the desk's follow-up of failed verifications) ----------------------------
+    def mark_handed_over(self, record_id: int, operator: str) -> Handover:
+        """Note that the desk handed the case of ``record_id`` over to the police, by ``operator``, now.
+
+        The record itself is not changed and the mark is never uploaded. A record is marked once:
+        marking it again returns the first mark unchanged. Raises ``OutboxError`` for an unknown id.
+        """
+        now = self._clock()
+        with self._write("store the hand-over mark") as conn:
+            t = conn.execute("SELECT uid FROM records WHERE id = ?", (int(record_id),)).fetchone()
+            if t is None:
+                raise OutboxError(f"no record with id {record_id}", record_id=record_id)
+            sealed = self._key.seal(operator.encode("utf-8"), _aad(t[0], "handover"))
+            conn.execute("INSERT OR IGNORE INTO handovers (record_id, at, operator) VALUES (?, ?, ?)",
+                         (int(record_id), now, sealed))
+        found = self.handovers([record_id]).get(int(record_id))
+        if found is None:  # deleted by retention between the two transactions: only a sent record can be
+            raise OutboxError(f"no record with id {record_id}", record_id=record_id)
+        return found
+
+    def handovers(self, record_ids: Iterable[int]) -> dict[int, Handover]:
+        """The hand-over marks of those records that have one, by record id."""
+        ids = [int(i) for i in record_ids]
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._read("read the hand-over marks") as conn:
+            rows = conn.execute(f"SELECT h.record_id, h.at, h.operator, r.uid FROM handovers h JOIN records r "
+                                f"ON r.id = h.record_id WHERE h.record_id IN ({marks})", ids).fetchall()
+        out = {}
+        for record_id, at, sealed, uid in rows:
+            try:
+                operator = self._key.open(sealed, _aad(uid, "handover")).decode("utf-8")
+            except (CryptoError, UnicodeDecodeError) as exc:
+                raise OutboxCorrupt(f"record {record_id}: its hand-over mark does not open (altered on disk)",
+                                    record_id=record_id) from exc
+            out[int(record_id)] = Handover(record_id=int(record_id), at=float(at), operator=operator)
+        return out
 
     def retry_rejected(self) -> int:
         """Queue every rejected record again; returns how many."""
