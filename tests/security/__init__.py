@@ -1,0 +1,1 @@
+"""Security tests: each reproduces an attack on the agent (issue 10)."""
