@@ -109,11 +109,15 @@ class Uploader:
         platform_settings, uploader_settings, device_settings: ``[platform]``, ``[uploader]``, ``[device]``.
         clock: epoch seconds (stored times, backoff); rng: the jitter's random source.
 
+    ``stuck_grace_s`` (default ``STUCK_GRACE_S``): how long past its deadline a request counts as stuck.
+
     ``run(stop)`` is the daemon's loop; ``step()`` / ``drain_once()`` do the same work synchronously
     for tests. ``snapshot()`` is the state for status pages; ``paused_reason``, ``last_success``,
     ``last_error`` and ``rate_rps`` are also attributes. ``update_settings(...)`` applies a reloaded
     configuration (a changed ``[platform]`` lifts a pause caused by ``blocked``).
     """
+
+    stuck_grace_s = STUCK_GRACE_S
 
     def __init__(self, outbox: Outbox, client_factory: Callable[[Any], Any], platform_settings: Any,
                  uploader_settings: Any, device_settings: Any, *, clock: Callable[[], float] = time.time,
@@ -640,7 +644,7 @@ class Uploader:
     def _stuck(self) -> bool:
         """Whether a request has outlived its whole-request deadline by ``STUCK_GRACE_S`` (then the
         heartbeat stops, so the watchdog restarts a process no timeout can free)."""
-        limit = self.platform.timeout_s + self.platform.connect_timeout_s + STUCK_GRACE_S
+        limit = self.platform.timeout_s + self.platform.connect_timeout_s + self.stuck_grace_s
         with self._lock:
             oldest = min(self._inflight.values(), default=None)
         stuck = oldest is not None and time.monotonic() - oldest > limit

@@ -215,7 +215,7 @@ class PlatformClient:
         def failed(kind: OutcomeKind, message: str) -> tuple[Outcome, None]:
             return self._done(path, Outcome(kind, request_id, message, personal=personal)), None
 
-        sent_at = self._clock()
+        sent_at = self.platform_clock.local()
         try:
             with deadline(self.platform.timeout_s) as until:
                 request = self._http.build_request("POST", url, content=body, headers=headers)
@@ -237,7 +237,8 @@ class PlatformClient:
         except UnicodeEncodeError as exc:
             return failed(OutcomeKind.BLOCKED, f"a header value is not ASCII ({exc.reason}): check [platform] "
                           "org_app_id and the [platform.auth] credential")
-        reply_check = _ReplyCheck(request_id, self.conventions.sign(send_time), send_time, sent_at, self._clock())
+        reply_check = _ReplyCheck(request_id, self.conventions.sign(send_time), send_time, sent_at,
+                                  self.platform_clock.local())
         outcome, token_rejected = self._classify(resp, reply, reply_check, registration=registration,
                                                  personal=personal)
         return self._done(path, outcome), (credential if token_rejected else None)
