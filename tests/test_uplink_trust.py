@@ -277,3 +277,16 @@ def test_a_request_stuck_past_its_deadline_stops_the_heartbeat(env: Any) -> None
         stop.set()
         runner.join(10)
     assert json.dumps(up.snapshot(), default=str)
+
+
+def test_queue_show_shows_the_offset_beside_the_local_verify_time(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    settings = _settings(tmp_path)
+    with Outbox.open(settings.storage) as outbox:
+        record_id = outbox.enqueue(record(1), meta={"clock_offset_s": -400 * DAY})
+    assert main(["queue", "show", str(record_id), "-c", str(tmp_path / "fvagent.toml")]) == 0
+    out = capsys.readouterr().out
+    assert f"verifyTime {record(1)['verifyTime']} is the local clock's" in out
+    assert "34560000 s ahead of the platform's" in out
