@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.config import Settings, load_config
+from agent.config import ConventionSettings, Settings, load_config
 from agent.mock_platform import MockPlatform, MockPlatformConfig
 from agent.outbox import Outbox, Uploader
 from agent.service.service import clock_offset_alert
@@ -33,7 +33,7 @@ class Platform:
     """A MockTransport handler: ``upload(request, n)`` answers the n-th upload (None: success)."""
 
     def __init__(self) -> None:
-        self.conv = Conventions(load_config_defaults(), APP_ID, SECRET)
+        self.conv = Conventions(ConventionSettings(), APP_ID, SECRET)
         self.sign = True
         self.upload: Callable[[httpx.Request, int], httpx.Response | None] = lambda req, n: None
         self.paths: list[str] = []
@@ -52,12 +52,6 @@ class Platform:
             if answer is not None:
                 return answer
         return self.envelope(req)
-
-
-def load_config_defaults() -> Any:
-    from agent.config import ConventionSettings
-
-    return ConventionSettings()
 
 
 def _settings(tmp_path: Path, url: str = "http://platform.test/api", device_extra: str = "") -> Settings:
