@@ -477,6 +477,19 @@ def test_logs_and_outcomes_hold_no_personal_data(caplog: pytest.LogCaptureFixtur
     assert out.request_id in caplog.text
 
 
+def test_names_and_addresses_quoted_by_the_platform_are_masked(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    payload = {**VERIFICATION, "address": "广西壮族自治区南宁市青秀区测试路1号", "birthday": "1990-01-01"}
+    msg = (f"参数错误: 韦小红 的地址 广西壮族自治区南宁市青秀区测试路1号 与 cardNo {CARD_NO} 不符 (1990-01-01); "
+           "姓名:覃某某 address=柳州市某路2号")
+    with answer(httpx.Response(200, json=envelope(400, "A2301", msg))).client() as c:
+        out = c.upload_verification(payload)
+    assert out.kind is REJECTED
+    for personal in ("韦小红", "广西壮族自治区南宁市青秀区测试路1号", CARD_NO, "1990-01-01", "覃某某", "柳州市某路2号"):
+        assert personal not in out.message and personal not in caplog.text, personal
+    assert "韦**" in out.message and "覃**" in out.message
+
+
 # ---- real sockets ----------------------------------------------------------------------------------
 
 
