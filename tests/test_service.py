@@ -524,6 +524,7 @@ def test_a_local_clock_far_from_the_platforms_is_an_alert_and_kept_beside_each_v
     service.uploader.platform_clock.observe(now - 400 * 86400, now, now, expired=True)
     alerts = service.status()["alerts"]
     assert any("max_clock_offset_s" in a and "timedatectl" in a for a in alerts), alerts
+    assert service._housekeeping_now() < time.time() - 399 * 86400  # retention never erases by the clock ahead
     reader.present(card(0, terminal_score=0.91, terminal_result=1))
     wait_for(lambda: service.last_verification is not None, what="the verification")
     row = service.outbox.get(service.last_verification.outbox_id)

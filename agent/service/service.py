@@ -236,6 +236,12 @@ class Service:
             operator=operator.get, decoder=self._decoder(), events=self.events, stopping=self.stopping,
             clock_offset=self._clock_offset)
 
+    def _housekeeping_now(self) -> float:
+        """Retention judges by the earlier of the local and the platform-corrected clock, so a local
+        clock that jumped ahead never erases photos or deletes rows early."""
+        now, offset = time.time(), self._clock_offset()
+        return min(now, now + offset) if offset is not None else now
+
     def _clock_offset(self) -> float | None:
         """The platform's clock minus ours, as the uploader learnt it (``None`` while unknown)."""
         uploader = self.uploader
@@ -507,7 +513,7 @@ class Service:
 
     def _housekeeping(self) -> None:
         try:
-            self.outbox.housekeeping(time.time())
+            self.outbox.housekeeping(self._housekeeping_now())
         except Exception as exc:
             log.warning("outbox housekeeping failed: %s", exc)
         if self._held_release_due:
