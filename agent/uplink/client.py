@@ -348,12 +348,12 @@ class PlatformClient:
                    **details), False
 
     def _reply_time(self, resp: httpx.Response, envelope: dict[str, Any] | None) -> float | None:
-        """The reply's time in epoch seconds: its hmpt-portal-time when present, else its returnTime."""
+        """The reply's time in epoch seconds: its hmpt-portal-time when present (and in our
+        send_time_format), else its returnTime."""
         header = resp.headers.get(HEADER_TIME)
         if header is not None:
             with contextlib.suppress(PlatformError):
                 return self.conventions.parse_send_time(header)
-            return None
         ms = _int_or_none(envelope.get("returnTime")) if envelope is not None else None
         return ms / 1000.0 if ms is not None else None
 
