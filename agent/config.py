@@ -172,7 +172,10 @@ class DeviceSettings(_Section):
     operator: str = Field(min_length=1, max_length=10)
     """Default operationUser for verifications until the desk sets another."""
     status: Literal[0, 1] = 0
-    """0 enabled, 1 disabled, as sent at registration."""
+    """0 enabled, 1 disabled (停用), as sent at registration; 1 also holds every upload."""
+    max_clock_offset_s: float = Field(default=120.0, gt=0)
+    """Local clock this far from the platform's (learnt from its replies): a status alert and a
+    doctor FAIL; verifications captured meanwhile keep the measured offset beside their verifyTime."""
 
 
 class AuthSettings(_Section):
@@ -249,10 +252,16 @@ class ConventionSettings(_Section):
     """Encoding of the SM4 ciphertext in {"data": ...}."""
     response_encrypted: Literal["auto", "true", "false"] = "auto"
     """Whether a response's data is SM4-encrypted."""
-    verify_response_sign: Literal["auto", "required", "off"] = "auto"
-    """Whether a response's hmpt-portal-sign is checked."""
+    verify_response_sign: Literal["after-first", "auto", "required", "off"] = "after-first"
+    """Response signatures: after-first: verified when present, and required once this platform
+    has sent one valid signed reply (remembered in the outbox); auto: verified when present;
+    required: always; off: never checked."""
     clock_skew_tolerance_s: float = Field(default=300.0, ge=0)
-    """Largest accepted difference between our clock and the platform's returnTime."""
+    """The platform's tolerance for our sendTime (the mock platform enforces it; the agent signs
+    with the platform-corrected time)."""
+    max_reply_skew_s: float = Field(default=300.0, gt=0)
+    """A reply whose time (hmpt-portal-time, else returnTime) is further than this from our
+    platform-corrected clock is not an acceptance (retryable)."""
     json_ensure_ascii: bool = False
     """Escape non-ASCII characters in the JSON body."""
     long_term_end_date: str = Field(default="长期", min_length=1, max_length=10)

@@ -37,3 +37,20 @@ _ID_NUMBER = re.compile(
 def mask_id_numbers(text: str) -> str:
     """``text`` with every ID-number-shaped token masked (first four and last four kept)."""
     return _ID_NUMBER.sub(lambda m: mask_card_no(m.group(0)), text)
+
+
+# A name or an address the platform quotes after its field name (realName/姓名, address/地址/住址),
+# up to the next separator: masked even when it is not the record's own value.
+_QUOTED_PERSONAL = re.compile(
+    r"(?P<key>realName|姓名|名字|address|地址|住址)(?P<sep>\s*[:：=]?\s*[\"'“‘「]?)"
+    r"(?P<value>[^\s,，;；。:：\"'”’」)）\]]+)")
+
+
+def mask_personal(text: str, known: tuple[str, ...] = ()) -> str:
+    """``text`` (a platform's message, an error) with personal data masked: every occurrence of the
+    ``known`` values (the record's name, address, birth date) and of a value quoted after a name or
+    address field is masked like a name, and every ID-number-shaped token like an ID number."""
+    for value in sorted({v for v in known if v and len(v) >= 2}, key=len, reverse=True):
+        text = text.replace(value, mask_name(value))
+    text = _QUOTED_PERSONAL.sub(lambda m: m.group("key") + m.group("sep") + mask_name(m.group("value")), text)
+    return mask_id_numbers(text)

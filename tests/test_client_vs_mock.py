@@ -88,10 +88,10 @@ def test_a2301_is_rejected_with_the_field_named(mock: MockPlatform) -> None:
     assert mock.records() == []
 
 
-def test_an_unregistered_device_is_rejected(mock: MockPlatform) -> None:
+def test_an_unregistered_device_is_told_to_register_not_rejected(mock: MockPlatform) -> None:
     with client_for(mock) as client:
         outcome = client.upload_verification(sample_verification(1))
-    assert outcome.kind is REJECTED and "machineCode" in outcome.message
+    assert outcome.kind is OutcomeKind.UNREGISTERED and outcome.exception_code == "A2304"
 
 
 def test_wrong_org_app_secret_is_blocked(mock: MockPlatform) -> None:
@@ -110,10 +110,12 @@ def test_wrong_credentials_are_blocked(mock: MockPlatform) -> None:
     assert mock.records("registration") == []
 
 
-def test_a_clock_far_off_is_blocked(mock: MockPlatform) -> None:
+def test_a_clock_far_off_is_a_clock_outcome_and_the_retry_carries_the_platforms_time(mock: MockPlatform) -> None:
     with PlatformClient(mock.platform_settings(), clock=lambda: time.time() - 1000) as client:
         outcome = client.register_device(sample_registration())
-    assert outcome.kind is BLOCKED and "hmpt-portal-time" in outcome.message
+        assert outcome.kind is OutcomeKind.CLOCK and outcome.exception_code == "A2302"
+        assert client.platform_clock.offset_s == pytest.approx(1000, abs=5)
+        assert client.register_device(sample_registration()).kind is ACCEPTED
 
 
 def test_platform_down_is_retryable(mock: MockPlatform) -> None:

@@ -145,16 +145,16 @@ def test_a_body_that_is_no_json_object_is_a2301(fresh: MockPlatform, body: bytes
     assert send(fresh, VERIFY, None, body=body).json()["exceptionCode"] == "A2301"
 
 
-def test_an_unregistered_or_mismatched_or_disabled_device_is_a2301(mock: MockPlatform) -> None:
+def test_an_unregistered_or_disabled_device_has_its_code_and_a_mismatch_is_a2301(mock: MockPlatform) -> None:
     mock.reset()
     body = send(mock, VERIFY, sample_verification(1)).json()
-    assert body["exceptionCode"] == "A2301" and "machineCode:" in body["msg"]
+    assert body["exceptionCode"] == "A2304" and "machineCode:" in body["msg"]
     register(mock)
     body = send(mock, VERIFY, sample_verification(1, device_no="SN-ELSE")).json()
     assert body["exceptionCode"] == "A2301" and "deviceNo:" in body["msg"]
     register(mock, machine_code="OFF0001", status=1)
     body = send(mock, VERIFY, sample_verification(1, machine_code="OFF0001")).json()
-    assert body["exceptionCode"] == "A2301" and "disabled" in body["msg"]
+    assert body["exceptionCode"] == "A2305" and "disabled" in body["msg"]
     assert mock.records() == []
 
 

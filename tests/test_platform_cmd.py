@@ -6,6 +6,7 @@ import base64
 import http.server
 import io
 import json
+import time
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,7 +79,7 @@ class Platform:
                 else:
                     status, env = outer.answer(self.path, body)
                 full = {"code": 200, "msg": "成功", "exceptionCode": "00000", "requestId": rid,
-                        "returnTime": 1718091555000, "data": None, **env}
+                        "returnTime": int(time.time() * 1000), "data": None, **env}
                 data = json.dumps(full, ensure_ascii=False).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json;charset=UTF-8")

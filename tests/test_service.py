@@ -514,3 +514,19 @@ def test_driver_slot_reopens_with_doubling_backoff_and_logs_once(caplog: pytest.
     now[0] += 1.0
     assert slot.get() is driver
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
+def test_a_local_clock_far_from_the_platforms_is_an_alert_and_kept_beside_each_verification(
+        run_service: Any) -> None:
+    service, reader, platform = run_service()
+    wait_for(lambda: platform.uploads == [] and service.uploader is not None, what="the uploader")
+    now = time.time()
+    # the platform said 时间戳过期 with its time: 400 days behind ours
+    service.uploader.platform_clock.observe(now - 400 * 86400, now, now, expired=True)
+    alerts = service.status()["alerts"]
+    assert any("max_clock_offset_s" in a and "timedatectl" in a for a in alerts), alerts
+    assert service._housekeeping_now() < time.time() - 399 * 86400  # retention never erases by the clock ahead
+    reader.present(card(0, terminal_score=0.91, terminal_result=1))
+    wait_for(lambda: service.last_verification is not None, what="the verification")
+    row = service.outbox.get(service.last_verification.outbox_id)
+    assert row.meta["clock_offset_s"] == pytest.approx(-400 * 86400, abs=5)

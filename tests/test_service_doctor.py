@@ -125,3 +125,29 @@ def test_config_file_permissions(tmp_path: Path, images: dict[str, Any]) -> None
     writable = [c for c in run_checks(path, transport=_platform()) if c.name == "config permissions"]
     assert FAIL in {c.level for c in writable}
     assert any(c.level == FAIL and c.fix == f"chmod o-w {path}" for c in writable)
+
+
+def test_clock_fails_past_max_clock_offset_s_within_the_reply_tolerance(tmp_path: Path,
+                                                                        images: dict[str, Any]) -> None:
+    checks = by_name(run_checks(_config(tmp_path, images), transport=_platform(skew_s=150)))
+    assert checks["platform"].level == OK  # 150 s is within max_reply_skew_s: the reply is believed
+    clock = checks["clock"]
+    assert clock.level == FAIL and "max_clock_offset_s = 120" in clock.detail and "timedatectl" in (clock.fix or "")
+
+
+def test_timestamp_expired_is_retried_with_the_platforms_time_and_the_clock_fails(tmp_path: Path,
+                                                                                 images: dict[str, Any]) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["hmpt-portal-time"])
+        platform_now = time.time() - 3600  # our clock is an hour ahead
+        body = {"code": 200, "msg": "成功", "exceptionCode": "B2301", "data": None,
+                "requestId": request.headers["hmpt-portal-request-id"], "returnTime": int(platform_now * 1000)}
+        if abs(int(seen[-1]) / 1000 - platform_now) > 300:
+            return httpx.Response(403, json={**body, "code": 403, "exceptionCode": "A2302", "msg": "时间戳过期"})
+        return httpx.Response(200, json=body)
+
+    checks = by_name(run_checks(_config(tmp_path, images), transport=httpx.MockTransport(handler)))
+    assert len(seen) == 2 and checks["platform"].level == OK
+    assert checks["clock"].level == FAIL and "时间戳过期" in checks["clock"].detail

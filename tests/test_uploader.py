@@ -30,13 +30,15 @@ class FakePlatform:
         self.requests: list[tuple[str, dict[str, Any], str, float]] = []
         self.rule: Reply | None = None
         self.lock = threading.Lock()
+        self.clock: Callable[[], float] = time.time
+        """The platform's clock (returnTime): a test that moves the uploader's clock moves this one too."""
 
     def envelope(self, request: httpx.Request, code: int = 200, exception_code: str = "00000", msg: str = "ok",
                  status: int = 200, headers: dict[str, str] | None = None) -> httpx.Response:
         rid = request.headers["hmpt-portal-request-id"]
         return httpx.Response(status, headers=headers, json={
             "code": code, "msg": msg, "exceptionCode": exception_code, "requestId": rid,
-            "returnTime": int(time.time() * 1000), "data": None})
+            "returnTime": int(self.clock() * 1000), "data": None})
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -173,6 +175,7 @@ def test_registration_refused_credentials_block_everything(env: Any) -> None:
 def test_a_failing_registration_refresh_does_not_stop_uploads(env: Any) -> None:
     env.outbox.enqueue(record(1))
     now = [time.time()]
+    env.platform.clock = lambda: now[0]
     up = env.uploader(clock=lambda: now[0])
     assert up.drain_once() == 1
     registered_at = env.outbox.registration_state()["at"]

@@ -25,7 +25,7 @@ from typing import Any
 
 from agent.cli import add_config_arg, config_path
 
-EXIT_CODES = {"accepted": 0, "rejected": 3, "blocked": 4, "retryable": 5}
+EXIT_CODES = {"accepted": 0, "rejected": 3, "blocked": 4, "retryable": 5, "clock": 5, "unregistered": 5}
 EXIT_DISABLED = 6
 
 
@@ -90,7 +90,11 @@ def _send(settings: Any, what: str, payload: dict[str, Any]) -> Any:
 
     crypto.self_test()
     with PlatformClient(settings.platform) as client:
-        outcome = client.register_device(payload) if what == "register" else client.upload_verification(payload)
+        send = client.register_device if what == "register" else client.upload_verification
+        outcome = send(payload)
+        if outcome.kind.value == "clock":  # the client learnt the platform's time from that reply
+            print(f"note:       timestamp expired; sending again with the platform's time ({outcome.message})")
+            outcome = send(payload)
     echoed = outcome.platform_request_id
     print(f"outcome:    {outcome.kind.value}")
     print(f"requestId:  {outcome.request_id}" + (f" (platform echoed {echoed})" if echoed and echoed != outcome.request_id
@@ -107,7 +111,11 @@ def _send(settings: Any, what: str, payload: dict[str, Any]) -> Any:
     advice = {"rejected": "the platform refused this record: correct it and send it again",
               "blocked": "the configuration is wrong ([platform], [platform.auth], [platform.conventions]); "
                          "`fvagent probe` shows the alternatives",
-              "retryable": "network or platform trouble: try again later"}.get(outcome.kind.value)
+              "retryable": "network or platform trouble: try again later",
+              "clock": "the local clock is far off and the platform kept refusing our time: fix it "
+                       "(timedatectl set-ntp true)",
+              "unregistered": "the platform does not know this device as registered and enabled: "
+                              "run `fvagent register`, then send again"}.get(outcome.kind.value)
     if advice:
         print(f"next:       {advice}")
     return outcome

@@ -222,6 +222,10 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "request_id", "held_reason", "simulated", "photos", "meta"):
         if doc.get(key) not in (None, "", {}):
             print(f"{key + ':':17} {doc[key]}")
+    offset = row.meta.get("clock_offset_s")
+    if isinstance(offset, int | float):
+        print(f"{'clock:':17} verifyTime {record.get('verifyTime', '?')} is the local clock's, which was "
+              f"{abs(offset):.0f} s {'behind' if offset > 0 else 'ahead of'} the platform's")
     print("record (masked):")
     for key, value in record.items():
         print(f"  {key + ':':19} {value}")

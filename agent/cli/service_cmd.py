@@ -82,9 +82,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"fvagent: hint: {exc.hint}", file=sys.stderr)
         return 2
     try:
-        return Service(settings, config_path=path).run()
+        code = Service(settings, config_path=path).run()
     finally:
         lock.release()
+    _exit_if_threads_linger(code)
+    return code
+
+
+def _exit_if_threads_linger(code: int) -> None:
+    """After a stop, a thread still inside a call nothing can interrupt (a DNS lookup) would keep
+    the interpreter from exiting past systemd's TimeoutStopSec: exit without waiting for it. The
+    outbox is already committed (SQLite, synchronous=FULL), so nothing is lost."""
+    import logging
+    import os
+    import threading
+
+    lingering = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+                 and t.is_alive()]
+    if lingering:
+        logging.getLogger(__name__).warning("stopped; not waiting for thread(s) still busy: %s",
+                                            ", ".join(lingering))
+        logging.shutdown()
+        os._exit(code)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -6,9 +6,12 @@ front of a Java back end, documented in docs/mock-platform.md):
 | request | HTTP | code | exceptionCode |
 |---|---|---|---|
 | accepted | 200 | 200 | 00000 |
-| a field breaks the spec, body not JSON, unregistered or disabled device | 200 | 400 | A2301 (msg names each field) |
+| a field breaks the spec, body not JSON | 200 | 400 | A2301 (msg names each field) |
+| device not registered / registered as disabled | 200 | 400 | A2304 / A2305 |
 | device already registered | 200 | 409 | B2301 |
-| a hmpt-portal-* header missing, unknown org app id, sendTime unreadable or off by more than the tolerance, bad signature, body not decryptable or not encrypted when it must be | 403 | 403 | (none) |
+| sendTime off by more than the tolerance (时间戳过期) | 403 | 403 | A2302 |
+| a hmpt-portal-* header missing, unknown org app id, sendTime unreadable, bad signature | 403 | 403 | A2303 |
+| body not decryptable or not encrypted when it must be | 403 | 403 | (none) |
 | Authorization missing, wrong ticket, unknown or expired token | 401 | 401 | (none) |
 | unknown path | 404 (plain text, no envelope) | | |
 
@@ -48,6 +51,7 @@ from agent.mock_platform.config import (
 from agent.mock_platform.store import MockStore
 from agent.privacy import mask_card_no
 from agent.records import parse_registration, parse_verification
+from agent.uplink.client import DEVICE_DISABLED, DEVICE_NOT_REGISTERED, SIGNATURE_REFUSED, TIMESTAMP_EXPIRED
 from agent.uplink.conventions import (
     HEADER_AUTHORIZATION,
     HEADER_ORG_APP_ID,
@@ -82,10 +86,11 @@ def endpoint_of(path: str) -> str | None:
 class _Denied(Exception):
     """A request refused before its body is looked at (headers, signature, Authorization)."""
 
-    def __init__(self, http_status: int, msg: str) -> None:
+    def __init__(self, http_status: int, msg: str, exception_code: str | None = None) -> None:
         super().__init__(msg)
         self.http_status = http_status
         self.msg = msg
+        self.exception_code = exception_code
 
 
 class MockState:
@@ -147,7 +152,7 @@ class MockState:
                  exception_code: str | None = None) -> Response:
         """The spec's envelope, signed, and the request logged."""
         body = {"code": code, "msg": msg, "exceptionCode": exception_code, "requestId": request_id,
-                "returnTime": int(time.time() * 1000), "data": None}
+                "returnTime": int(self.now() * 1000), "data": None}
         self.store.log_request(at=time.time(), path=path, request_id=request_id, http_status=http_status,
                                code=code, exception_code=exception_code, msg=msg)
         return JSONResponse(body, status_code=http_status, headers=self.sign_headers())
@@ -156,7 +161,11 @@ class MockState:
         if not self.config.sign_responses:
             return {}
         conv = self._wrong if self.faults.bad_response_sign else self.conventions
-        return conv.response_headers(conv.send_time(time.time()))
+        return conv.response_headers(conv.send_time(self.now()))
+
+    def now(self) -> float:
+        """The platform's clock: the real one plus ``clock_offset_s`` (a platform whose clock differs)."""
+        return time.time() + self.config.clock_offset_s
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -164,22 +173,24 @@ class MockState:
         """The five headers, in the order a gateway checks them; raises ``_Denied``."""
         missing = [h for h in _REQUIRED_HEADERS if not headers.get(h)]
         if missing:
-            raise _Denied(403, f"缺少请求头 missing header(s): {', '.join(missing)}")
+            raise _Denied(403, f"缺少请求头 missing header(s): {', '.join(missing)}", SIGNATURE_REFUSED)
         if headers[HEADER_ORG_APP_ID] != self.config.org_app_id:
-            raise _Denied(403, f"{HEADER_ORG_APP_ID} 未知 unknown orgAppId")
+            raise _Denied(403, f"{HEADER_ORG_APP_ID} 未知 unknown orgAppId", SIGNATURE_REFUSED)
         send_time = headers[HEADER_TIME]
         try:
             sent_at = self.conventions.parse_send_time(send_time)
         except PlatformError:
             raise _Denied(403, f"{HEADER_TIME} {send_time!r} is not a sendTime in the format "
-                               f"{self.conventions.settings.send_time_format!r}") from None
-        skew = sent_at - time.time()
+                               f"{self.conventions.settings.send_time_format!r}", SIGNATURE_REFUSED) from None
+        skew = sent_at - self.now()
         tolerance = self.conventions.settings.clock_skew_tolerance_s
         if abs(skew) > tolerance + 1.0:  # +1: date formats have one-second resolution
             raise _Denied(403, f"{HEADER_TIME} 时间戳过期 is {abs(skew):.0f} s "
-                               f"{'ahead of' if skew > 0 else 'behind'} the platform's clock (tolerance {tolerance:.0f} s)")
+                               f"{'ahead of' if skew > 0 else 'behind'} the platform's clock (tolerance {tolerance:.0f} s)",
+                          TIMESTAMP_EXPIRED)
         if not self.conventions.verify_sign(send_time, headers[HEADER_SIGN]):
-            raise _Denied(403, f"签名验证失败 {HEADER_SIGN} does not verify (check orgAppSecret and the sign conventions)")
+            raise _Denied(403, f"签名验证失败 {HEADER_SIGN} does not verify (check orgAppSecret and the sign conventions)",
+                          SIGNATURE_REFUSED)
         if len(headers[HEADER_REQUEST_ID]) > 64:
             raise _Denied(403, f"{HEADER_REQUEST_ID} longer than 64 characters")
         self.check_authorization(headers.get(HEADER_AUTHORIZATION) or "")
@@ -238,7 +249,8 @@ class MockState:
             payload, text, encrypted = self.open_body(body)
         except _Denied as exc:
             log.info("request %s: %s refused (HTTP %d): %s", rid, path, exc.http_status, exc.msg)
-            return self.envelope(exc.http_status, exc.http_status, exc.msg, rid, path=path)
+            return self.envelope(exc.http_status, exc.http_status, exc.msg, rid, path=path,
+                                 exception_code=exc.exception_code)
         except (UnicodeDecodeError, ValueError):
             return self.envelope(200, 400, "参数错误 parameter error: body: must be a JSON object", rid, path=path,
                                  exception_code=PARAMETER_ERROR)
@@ -274,14 +286,14 @@ class MockState:
         if self.config.require_registration:
             device = self.store.registration(str(payload["machineCode"]))
             if device is None:
-                return self._parameter_error([("machineCode", "设备未登记 device not registered "
-                                               "(POST /machine/info first)")], rid, path)
+                return self.envelope(200, 400, "设备未登记 machineCode: device not registered (POST /machine/info "
+                                     "first)", rid, path=path, exception_code=DEVICE_NOT_REGISTERED)
             if device["deviceNo"] != str(payload["deviceNo"]):
                 return self._parameter_error([("deviceNo", "does not match the device registered under "
                                                "this machineCode")], rid, path)
             if device["status"] != 0:
-                return self._parameter_error([("machineCode", "设备已停用 the device is registered as disabled "
-                                               "(status 1)")], rid, path)
+                return self.envelope(200, 400, "设备已停用 machineCode: the device is registered as disabled "
+                                     "(status 1)", rid, path=path, exception_code=DEVICE_DISABLED)
         self.store.add_verification(payload, rid or "", encrypted=encrypted,
                                     store_images=self.config.store_images, text=text)
         log.info("request %s: verification of %s at %s stored", rid, mask_card_no(str(payload["cardNo"])),

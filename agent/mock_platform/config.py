@@ -97,6 +97,9 @@ class MockPlatformConfig(BaseModel):
     """Faults active from the start."""
     seed: int | None = None
     """Seed of the ``error_rate`` dice (None: random)."""
+    clock_offset_s: float = 0.0
+    """The platform's clock minus the real one: returnTime, its signatures and its sendTime check
+    use it (a platform, or a terminal, whose clock is off)."""
 
 
 def platform_section(config: MockPlatformConfig, url: str, **overrides: Any) -> dict[str, Any]:

@@ -823,7 +823,8 @@ class Outbox:
                http_status: int | None = None, exception_code: str | None = None,
                next_attempt_at: float | None = None, now: float | None = None) -> None:
         """Record the end of one attempt. ``outcome``: ``accepted`` (-> sent), ``rejected`` or
-        ``local`` (-> rejected), ``retryable`` or ``blocked`` (-> pending, due at ``next_attempt_at``)."""
+        ``local`` (-> rejected), ``retryable``, ``blocked``, ``clock`` or ``unregistered`` (-> pending, due at
+        ``next_attempt_at``)."""
         now = self._clock() if now is None else now
         with self._write("record the upload result") as conn:
             conn.execute("UPDATE attempts SET request_id = ?, finished_at = ?, outcome = ?, http_status = ?,"
@@ -837,7 +838,7 @@ class Outbox:
                 conn.execute("UPDATE records SET state = 'rejected', updated_at = ?, request_id = ?,"
                              " last_outcome = ?, last_error = ? WHERE id = ? AND state = 'sending'",
                              (now, request_id, outcome, message[:500], claim.id))
-            elif outcome in ("retryable", "blocked"):
+            elif outcome in ("retryable", "blocked", "clock", "unregistered"):
                 conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
                              " request_id = COALESCE(?, request_id), last_outcome = ?, last_error = ?"
                              " WHERE id = ? AND state = 'sending'",

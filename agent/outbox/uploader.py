@@ -5,10 +5,16 @@
 - per record, exponential backoff with full jitter (``backoff_initial_s`` .. ``backoff_max_s``,
   Retry-After honoured); while the platform keeps failing, a global backoff on the same curve, with
   one probe request at a time, so a long backlog never becomes a retry storm;
-- the four outcome classes: accepted -> sent; rejected -> kept as rejected with the reason;
+- the outcome classes: accepted -> sent; rejected -> kept as rejected with the reason;
   blocked -> every upload paused (records stay pending) until the ``[platform]`` configuration
   changes (its fingerprint is stored with the pause, so a restart does not resume by itself);
-  retryable -> back off;
+  retryable -> back off; clock (timestamp expired) -> retried with the platform-corrected time,
+  no global backoff; unregistered -> register again, then retry the record;
+- ``[device] status = 1`` (停用): registration goes on, uploads are held with that reason;
+- ``verify_response_sign = "after-first"``: once this platform sent a valid signed reply, that fact
+  is stored in the outbox (per base URL and org app id) and every later unsigned reply is refused;
+- a request that outlives its whole-request deadline (plus a grace) stops the heartbeat, so the
+  watchdog sees a stuck uploader; at stop, requests in flight are aborted (``client.abort()``);
 - registration (POST /machine/info) before the first upload and whenever ``[device]`` (or the
   platform's URL / org app id) changes, again every ``register_refresh_h``; records queue meanwhile;
 - ``[platform] enabled = false``: nothing is sent, everything stays queued.
@@ -33,13 +39,20 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.errors import OutboxCorrupt, OutboxError, PlatformDisabled, RecordError
-from agent.outbox.registration import device_fingerprint, platform_fingerprint
+from agent.outbox.registration import device_fingerprint, platform_fingerprint, platform_identity_fingerprint
 from agent.outbox.store import Claim, Outbox
+from agent.uplink.clock import PlatformClock
 from agent.uplink.outcome import Outcome, OutcomeKind
 
 log = logging.getLogger(__name__)
 
 UPLOADER_LOCK = "uploader.lock"
+STUCK_GRACE_S = 10.0
+"""A request still running this long after its whole-request deadline is stuck (e.g. in a DNS
+lookup, which no socket timeout bounds): the uploader stops beating its heartbeat."""
+STOP_WAIT_S = 3.0
+"""At stop, how long aborted requests get to record their outcome before the uploader returns."""
+SIGNED_STATE = "signed_replies"
 
 
 def full_jitter(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -96,11 +109,15 @@ class Uploader:
         platform_settings, uploader_settings, device_settings: ``[platform]``, ``[uploader]``, ``[device]``.
         clock: epoch seconds (stored times, backoff); rng: the jitter's random source.
 
+    ``stuck_grace_s`` (default ``STUCK_GRACE_S``): how long past its deadline a request counts as stuck.
+
     ``run(stop)`` is the daemon's loop; ``step()`` / ``drain_once()`` do the same work synchronously
     for tests. ``snapshot()`` is the state for status pages; ``paused_reason``, ``last_success``,
     ``last_error`` and ``rate_rps`` are also attributes. ``update_settings(...)`` applies a reloaded
     configuration (a changed ``[platform]`` lifts a pause caused by ``blocked``).
     """
+
+    stuck_grace_s = STUCK_GRACE_S
 
     def __init__(self, outbox: Outbox, client_factory: Callable[[Any], Any], platform_settings: Any,
                  uploader_settings: Any, device_settings: Any, *, clock: Callable[[], float] = time.time,
@@ -121,6 +138,12 @@ class Uploader:
         self._stop = threading.Event()
         self._beat: Callable[[], None] = lambda: None  # the watchdog heartbeat, set by run()
         self._unrecorded: list[tuple[Claim, str, dict[str, Any]]] = []
+        self._inflight: dict[int, float] = {}
+        """Record id -> monotonic start of its request, for the stuck-request check."""
+        self._stuck_logged = False
+        self._logged_checks: set[tuple[int, str]] = set()
+        self.platform_clock = PlatformClock(platform_settings.conventions.max_reply_skew_s, clock=clock)
+        """The platform's clock, learnt from replies; shared with every client this uploader makes."""
         self.platform = platform_settings
         self.settings = uploader_settings
         self.device = device_settings
@@ -153,6 +176,10 @@ class Uploader:
         self.outbox.wakeup.set()
 
     def _apply_settings(self) -> None:
+        self.platform_clock.tolerance_s = self.platform.conventions.max_reply_skew_s
+        self._identity_fp = platform_identity_fingerprint(self.outbox, self.platform)
+        signed = self.outbox.get_state(SIGNED_STATE)
+        self._signed_seen = isinstance(signed, dict) and signed.get("fingerprint") == self._identity_fp
         self._platform_fp = platform_fingerprint(self.outbox, self.platform)
         self._device_fp = device_fingerprint(self.outbox, self.device, self.platform)
         self._reg_retry_at = 0.0
@@ -171,8 +198,38 @@ class Uploader:
     def _get_client(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = self._client_factory(self.platform)
+                client = self._client_factory(self.platform)
+                if hasattr(client, "platform_clock"):
+                    client.platform_clock = self.platform_clock  # the offset survives a reload
+                if hasattr(client, "expect_signed"):
+                    client.expect_signed = self._signed_seen
+                self._client = client
             return self._client
+
+    def _note_signed(self, outcome: Outcome) -> None:
+        """Remember (in the outbox) that this platform signs its replies: under ``after-first`` an
+        unsigned reply is refused from now on, across restarts."""
+        if not outcome.signed or self._signed_seen:
+            return
+        self._signed_seen = True
+        with self._lock:
+            if self._client is not None and hasattr(self._client, "expect_signed"):
+                self._client.expect_signed = True
+        try:
+            self.outbox.set_state(SIGNED_STATE, {"fingerprint": self._identity_fp, "at": self._clock()})
+        except OutboxError as exc:
+            log.warning("cannot store that the platform signs its replies yet: %s", exc)
+            return
+        log.info("the platform signs its replies: unsigned replies are refused from now on")
+
+    def abort(self) -> None:
+        """Make the requests in flight fail now (the daemon is stopping); safe from any thread."""
+        client = self._client
+        if client is not None and hasattr(client, "abort"):
+            try:
+                client.abort()
+            except Exception:
+                log.debug("aborting the platform client failed", exc_info=True)
 
     def _close_client(self) -> None:
         client, self._client = self._client, None
@@ -182,9 +239,9 @@ class Uploader:
             except Exception:
                 log.debug("closing the platform client failed", exc_info=True)
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
         """Stop the worker threads and close the client (``run`` does this when it returns)."""
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=wait)
         with self._lock:
             self._close_client()
         if self._sender_lock_fd is not None:
@@ -222,7 +279,10 @@ class Uploader:
         blocked, disabled, stopped), ``paused_reason``, ``blocked`` (+ ``blocked_reason``),
         ``last_success``, ``last_error``, ``rate_rps``, ``backoff_until``, ``registration``."""
         o = self._observed
+        clock = self.platform_clock.snapshot()
         return {"state": o.state, "paused_reason": o.paused_reason, "blocked": self.blocked,
+                "clock": {**clock, "signs_with_platform_time": clock["offset_s"] is not None,
+                          "platform_signs_replies": self._signed_seen},
                 "blocked_reason": (self._blocked or {}).get("reason"), "last_success": o.last_success,
                 "last_error": o.last_error, "rate_rps": self.rate_rps, "backoff_until": o.backoff_until,
                 "max_rps": self.settings.max_rps, "concurrency": self.settings.concurrency,
@@ -252,6 +312,10 @@ class Uploader:
         if not self._ensure_registered(now):
             until = self._observed.backoff_until
             return min(poll, max(0.0, until - now)) if until is not None else poll
+        if self.device.status == 1:
+            self._set("paused", "the device is disabled ([device] status = 1, 停用): uploads are held; "
+                                "set status = 0 and reload to send")
+            return poll
         return None
 
     def _client_or_pause(self) -> Any | None:
@@ -298,6 +362,7 @@ class Uploader:
         except Exception as exc:
             log.exception("registration failed unexpectedly")
             outcome = Outcome(OutcomeKind.RETRYABLE, "", f"client error: {type(exc).__name__}: {exc}")
+        self._note_signed(outcome)
         at = self._clock()
         state = {"registered": outcome.accepted or (refresh and outcome.kind is OutcomeKind.RETRYABLE),
                  "fingerprint": self._device_fp, "at": at if outcome.accepted else self._registration.get("at"),
@@ -313,6 +378,8 @@ class Uploader:
         elif outcome.kind is OutcomeKind.BLOCKED:
             state["registered"] = False
             self._block(f"registration: {outcome.message}")
+        elif outcome.kind is OutcomeKind.CLOCK:
+            self._reg_retry_at = at  # the clock is corrected: register again at once
         else:
             self._retryable(outcome, at)
             if refresh:  # already registered: a failed refresh must not stop the uploads
@@ -359,6 +426,8 @@ class Uploader:
         if not self._limiter.wait(self._stop) or self._blocked is not None or not self.platform.enabled:
             self.outbox.release(claim)
             return
+        with self._lock:
+            self._inflight[claim.id] = time.monotonic()
         try:
             outcome = client.upload_verification(payload)
         except PlatformDisabled:
@@ -367,7 +436,11 @@ class Uploader:
         except Exception as exc:  # the client promises not to raise for the network; be safe anyway
             log.exception("upload of record %d failed unexpectedly", claim.id)
             outcome = Outcome(OutcomeKind.RETRYABLE, "", f"client error: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._inflight.pop(claim.id, None)
         del payload
+        self._note_signed(outcome)
         self._apply(claim, outcome)
 
     def _finish(self, claim: Claim, kind: str, **details: Any) -> None:
@@ -409,6 +482,24 @@ class Uploader:
             return
         self._observed.last_error = {"at": now, "id": claim.id, "outcome": kind.value, "message": outcome.message,
                                      "request_id": outcome.request_id}
+        if len(self._logged_checks) > 10000:
+            self._logged_checks.clear()
+        if outcome.failed_check is not None and (claim.id, outcome.failed_check) not in self._logged_checks:
+            self._logged_checks.add((claim.id, outcome.failed_check))
+            log.warning("record %d: the reply is not an acceptance (%s check): %s; retried (logged once per record)",
+                        claim.id, outcome.failed_check, outcome.message)
+        if kind is OutcomeKind.CLOCK:
+            # Not the platform failing: the next attempt carries the corrected time, so no global backoff.
+            self._finish(claim, "clock", next_attempt_at=now + self._record_delay(claim, outcome), **details)
+            return
+        if kind is OutcomeKind.UNREGISTERED:
+            with self._lock:
+                self._registration = {**self._registration, "registered": False,
+                                      "message": f"the platform says: {outcome.message}"}
+                self._reg_retry_at = 0.0
+            self._finish(claim, "unregistered", next_attempt_at=now + self._record_delay(claim, outcome), **details)
+            log.warning("record %d: %s", claim.id, outcome.message)
+            return
         if kind is OutcomeKind.REJECTED:
             self._finish(claim, "rejected", **details)
             with self._lock:
@@ -418,13 +509,16 @@ class Uploader:
             self._finish(claim, "blocked", next_attempt_at=now, **details)
             self._block(outcome.message)
         else:
-            with self._rng_lock:
-                delay = full_jitter(claim.attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s,
-                                    self._rng)
-            if outcome.retry_after_s is not None:
-                delay = max(delay, min(outcome.retry_after_s, self.settings.backoff_max_s))
-            self._finish(claim, "retryable", next_attempt_at=now + delay, **details)
+            self._finish(claim, "retryable", next_attempt_at=now + self._record_delay(claim, outcome), **details)
             self._retryable(outcome, now)
+
+    def _record_delay(self, claim: Claim, outcome: Outcome) -> float:
+        """This record's backoff before its next attempt (full jitter on its attempt count, Retry-After honoured)."""
+        with self._rng_lock:
+            delay = full_jitter(claim.attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s, self._rng)
+        if outcome.retry_after_s is not None:
+            delay = max(delay, min(outcome.retry_after_s, self.settings.backoff_max_s))
+        return delay
 
     def _claim(self, free: int) -> list[Claim]:
         # While the platform is failing, probe with one record at a time.
@@ -474,7 +568,7 @@ class Uploader:
         self._take_sender_lock()
         self._stop = stop
         if heartbeat is not None:
-            self._beat = heartbeat
+            self._beat = lambda: heartbeat() if not self._stuck() else None
         self.recover()
         inflight = 0
         cond = threading.Condition()
@@ -535,12 +629,30 @@ class Uploader:
                             self._beat()
                             cond.wait(0.2)
         finally:
+            self.abort()  # requests in flight fail now and are retried after the restart
             with cond:
-                deadline = time.monotonic() + self.platform.timeout_s + 5
+                deadline = time.monotonic() + STOP_WAIT_S
                 while inflight and time.monotonic() < deadline:
                     cond.wait(0.2)
+                left = inflight
             self._set("stopped")
-            self.close()
+            if left:
+                log.warning("%d upload(s) still running at stop; their records are retried after the restart", left)
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self.close(wait=not left)
+
+    def _stuck(self) -> bool:
+        """Whether a request has outlived its whole-request deadline by ``STUCK_GRACE_S`` (then the
+        heartbeat stops, so the watchdog restarts a process no timeout can free)."""
+        limit = self.platform.timeout_s + self.platform.connect_timeout_s + self.stuck_grace_s
+        with self._lock:
+            oldest = min(self._inflight.values(), default=None)
+        stuck = oldest is not None and time.monotonic() - oldest > limit
+        if stuck and not self._stuck_logged:
+            log.error("an upload has been running for more than %.0f s (past its deadline): the uploader is stuck; "
+                      "its heartbeat stops so the watchdog can restart the service", limit)
+        self._stuck_logged = stuck
+        return stuck
 
     def _send_one_logged(self, claim: Claim) -> None:
         try:

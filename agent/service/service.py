@@ -243,7 +243,19 @@ class Service:
         return Verifier(
             self.settings, self.outbox, camera=camera_slot.get, camera_fault=camera_slot.fault,
             engine=lambda: self._engine, engine_error=lambda: self._engine_error,
-            operator=operator.get, decoder=self._decoder(), events=self.events, stopping=self.stopping)
+            operator=operator.get, decoder=self._decoder(), events=self.events, stopping=self.stopping,
+            clock_offset=self._clock_offset)
+
+    def _housekeeping_now(self) -> float:
+        """Retention judges by the earlier of the local and the platform-corrected clock, so a local
+        clock that jumped ahead never erases photos or deletes rows early."""
+        now, offset = time.time(), self._clock_offset()
+        return min(now, now + offset) if offset is not None else now
+
+    def _clock_offset(self) -> float | None:
+        """The platform's clock minus ours, as the uploader learnt it (``None`` while unknown)."""
+        uploader = self.uploader
+        return uploader.platform_clock.offset_s if uploader is not None else None
 
     def _client_factory(self, platform_settings: Any) -> Any:
         from agent.uplink.client import PlatformClient
@@ -270,6 +282,8 @@ class Service:
 
     def _stop_uploader(self, timeout_s: float) -> None:
         self._uploader_stop.set()
+        if self.uploader is not None:
+            self.uploader.abort()  # a request in flight (a trickling reply) must not hold the stop
         if self._uploader_thread is not None:
             self._uploader_thread.join(timeout_s)
             if self._uploader_thread.is_alive():
@@ -319,6 +333,8 @@ class Service:
         self._state = "stopping"
         self.stopping.set()
         self._uploader_stop.set()  # it winds down while the verification in progress finishes
+        if self.uploader is not None:
+            self.uploader.abort()  # a request in flight must not hold the stop (TimeoutStopSec)
         self.notifier.stopping("stopping: finishing the verification in progress")
         for loop in list(self._loops.values()):
             loop.thread.join(max(0.1, loops_deadline - time.monotonic()))
@@ -507,7 +523,7 @@ class Service:
 
     def _housekeeping(self) -> None:
         try:
-            self.outbox.housekeeping(time.time())
+            self.outbox.housekeeping(self._housekeeping_now())
         except Exception as exc:
             log.warning("outbox housekeeping failed: %s", exc)
         if self._held_release_due:
@@ -624,6 +640,9 @@ class Service:
         stale = self.stale_loops()
         if stale:
             alerts.append(f"stalled loop(s): {', '.join(stale)}")
+        clock_alert = clock_offset_alert(self._clock_offset(), self.settings.device.max_clock_offset_s)
+        if clock_alert:
+            alerts.append(clock_alert)
         return {
             "pid": os.getpid(), "version": __version__, "state": self._state,
             "started_at": self.started_at, "updated_at": time.time(),
@@ -717,6 +736,17 @@ class Service:
         if line != self._last_status_line or now - self._last_status_sent > 30:
             self.notifier.status(line)
             self._last_status_line, self._last_status_sent = line, now
+
+
+def clock_offset_alert(offset_s: float | None, max_offset_s: float) -> str | None:
+    """The alert for a local clock further than ``[device] max_clock_offset_s`` from the platform's."""
+    if offset_s is None or abs(offset_s) <= max_offset_s:
+        return None
+    way = "behind" if offset_s > 0 else "ahead of"
+    return (f"the local clock is {abs(offset_s):.0f} s {way} the platform's (more than [device] "
+            f"max_clock_offset_s = {max_offset_s:g}): uploads are signed with the platform's time and new "
+            "verifications keep the offset beside their verifyTime; fix the clock: timedatectl set-ntp true "
+            "(check with timedatectl status), or timedatectl set-time")
 
 
 def _jsonable(value: Any) -> Any:

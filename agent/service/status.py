@@ -247,6 +247,7 @@ def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, 
         "hardware": hardware,
         "uploader": uploader if isinstance(uploader, dict) else {"state": "stopped", "detail": "daemon not running"},
         "last_verification": live.get("last_verification"),
+        "clock": (live.get("uploader") or {}).get("clock") if running else None,
         "storage": storage,
         "alerts": alerts,
     }
@@ -284,6 +285,10 @@ def format_status(doc: dict[str, Any]) -> str:
     state = p.get("state")
     lines.append(f"platform:     {p['base_url']} — {state}" + ("" if state == "disabled" else f", {reach}")
                  + (" — UPLOADS PAUSED" if p.get("blocked") else ""))
+    clock = doc.get("clock")
+    if isinstance(clock, dict) and clock.get("offset_s") is not None:
+        lines.append(f"clock:        platform {clock['offset_s']:+.1f} s from ours (learnt from its replies; "
+                     "requests are signed with the platform's time)")
     for name, part in doc["hardware"].items():
         if isinstance(part, dict):
             detail = part.get("detail")

@@ -103,6 +103,9 @@ class Verifier:
         events: where the committed verification is announced (optional).
         stopping: set when the service stops: a capture in progress is cut short (it still ends
             recorded, with what was seen so far).
+        clock_offset: the platform's clock minus ours, as learnt from its replies (``None`` while
+            unknown); beyond ``[device] max_clock_offset_s`` it is kept in the record's meta beside
+            the local verifyTime.
     """
 
     def __init__(self, settings: Any, outbox: Any, *, camera: Callable[[], Any | None],
@@ -110,8 +113,10 @@ class Verifier:
                  engine: Callable[[], Any | None], engine_error: Callable[[], str | None] | None = None,
                  operator: Callable[[], str], decoder: Callable[[bytes], bytes] | None = None,
                  events: EventBus | None = None, stopping: threading.Event | None = None,
-                 now: Callable[[], dt.datetime] | None = None) -> None:
+                 now: Callable[[], dt.datetime] | None = None,
+                 clock_offset: Callable[[], float | None] | None = None) -> None:
         self.settings = settings
+        self._clock_offset = clock_offset or (lambda: None)
         self.outbox = outbox
         self._camera = camera
         self._camera_fault = camera_fault or (lambda reason: None)
@@ -139,6 +144,10 @@ class Verifier:
         if camera_jpeg is None:
             camera_jpeg = placeholder_jpeg()
             meta["camera_placeholder"] = True
+        offset = self._clock_offset()
+        if offset is not None and abs(offset) > settings.device.max_clock_offset_s:
+            # verifyTime stays the local clock's (what the desk saw); the offset says how to read it.
+            meta["clock_offset_s"] = round(offset, 1)
         simulated = bool(getattr(card, "simulated", False) or camera_simulated)
         payload: dict[str, Any] | None = None
         try:

@@ -2,30 +2,44 @@
 
 ``PlatformClient(platform_settings)`` sends signed (optionally SM4-encrypted) JSON with httpx, one
 synchronous request per call, safe to share between the uploader's threads. It never raises for
-network or platform trouble: every call returns an ``Outcome`` of one of four kinds (see
-``agent.uplink.outcome``). It raises only for programming or local errors: ``PlatformDisabled`` when
-the upstream switch is off, ``CryptoError`` at construction when encryption is on and the secret is
-not an SM4 key under the configured rule.
+network or platform trouble: every call returns an ``Outcome`` (see ``agent.uplink.outcome``). It
+raises only for programming or local errors: ``PlatformDisabled`` when the upstream switch is off,
+``CryptoError`` at construction when encryption is on and the secret is not an SM4 key under the
+configured rule.
 
-Checks run in the spec's order: the transport, the HTTP status, the response signature (when present,
-per ``verify_response_sign``), the envelope's ``code``, then ``exceptionCode``:
+A request has one deadline, ``[platform] timeout_s``, for all of it (connect, send, the reply's
+headers and body); the reply body is read up to ``MAX_REPLY_BYTES``. Requests are signed with the
+platform-corrected time (``agent.uplink.clock``).
+
+A reply is an acceptance only when every check passes (docs/platform.md, "What counts as
+acceptance"): HTTP 2xx; its ``requestId`` is ours; its time (``hmpt-portal-time`` when present,
+else ``returnTime``) is within ``max_reply_skew_s`` of our corrected clock; when signed (or, under
+``after-first``, once this platform has signed a reply), the signature verifies and is not our own
+request's signature sent back; then ``code`` 200 and ``exceptionCode`` 00000.
 
 | what came back | outcome |
 |---|---|
-| timeout, connection refused, DNS, TLS handshake, connection dropped, truncated body | retryable |
+| timeout (the whole-request deadline), connection refused, DNS, TLS, dropped, truncated, > 64 KiB | retryable |
 | HTTP 5xx, 408, 429 (Retry-After honoured, also on 503) | retryable |
+| exceptionCode ``A2302`` (时间戳过期), any HTTP status | clock (retried with the corrected time) |
 | HTTP 401/403 (after one fresh token and resend for the token kinds) | blocked |
 | HTTP 3xx, 404, 405, other 4xx without an envelope | blocked (the URL or the setup is wrong) |
 | HTTP 400/409/413/422 without an envelope | rejected (this request body was refused) |
-| bad or (with ``required``) missing response signature | retryable |
-| body not JSON, or JSON without ``code`` | retryable |
+| a bad, missing (when expected) or echoed response signature; not our requestId; a stale time | retryable |
+| body not JSON, nested too deeply, or JSON without ``code`` | retryable |
+| a non-2xx reply whose body says success | retryable |
 | ``code`` 200 and ``exceptionCode`` 00000 or absent | accepted |
 | ``exceptionCode`` B2301 on registration (already registered) | accepted |
 | ``exceptionCode`` A2301 | rejected |
-| ``code`` 401/403, or a message about the signature, token, ticket or app id | blocked |
+| ``exceptionCode`` A2304 / A2305 (device not registered / disabled) | unregistered (register, retry) |
+| ``exceptionCode`` A2303, ``code`` 401/403 | blocked |
 | ``code`` 429 or >= 500 with any other exceptionCode | retryable |
 | any other failure | rejected |
 | token endpoint unreachable or 5xx / refusing the credentials | retryable / blocked |
+
+Errors are told apart by code, never by words in the message (the spec's own title says 认证).
+The spec names only 00000, A2301 and B2301; A2302..A2305 are fvagent's reading, which the mock
+platform answers with (``PLATFORM_CODES``).
 
 A response ``data`` that fails to decrypt does not override the envelope: ``code`` and
 ``exceptionCode`` are clear text and decide; both endpoints' ``data`` is null by the spec, and a
@@ -34,13 +48,13 @@ record the platform accepted must not be sent twice. The failure is logged and n
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import json
 import logging
 import re
 import ssl
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -50,11 +64,12 @@ import httpx
 
 from agent import __version__
 from agent.config import PlatformSettings
-from agent.errors import AuthError, CryptoError, PlatformDisabled
-from agent.privacy import mask_card_no
+from agent.errors import AuthError, CryptoError, PlatformDisabled, PlatformError
 from agent.uplink.auth import AuthProvider, make_provider
+from agent.uplink.clock import PlatformClock
 from agent.uplink.conventions import HEADER_SIGN, HEADER_TIME, Conventions
 from agent.uplink.outcome import Outcome, OutcomeKind
+from agent.uplink.transport import DeadlineTransport, deadline
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +79,33 @@ PATH_VERIFICATION = "/verification/pregnant_woman/first"
 OK_EXCEPTION_CODE = "00000"
 PARAMETER_ERROR = "A2301"
 ALREADY_REGISTERED = "B2301"
+TIMESTAMP_EXPIRED = "A2302"
+SIGNATURE_REFUSED = "A2303"
+DEVICE_NOT_REGISTERED = "A2304"
+DEVICE_DISABLED = "A2305"
+PLATFORM_CODES = {
+    OK_EXCEPTION_CODE: "all well",
+    PARAMETER_ERROR: "parameter error (spec)",
+    ALREADY_REGISTERED: "device already registered (spec)",
+    TIMESTAMP_EXPIRED: "时间戳过期: the request's sendTime is outside the platform's tolerance",
+    SIGNATURE_REFUSED: "签名验证失败 / unknown orgAppId / header missing: our credentials or conventions",
+    DEVICE_NOT_REGISTERED: "设备未登记: the device is not registered",
+    DEVICE_DISABLED: "设备已停用: the device is registered as disabled",
+}
+"""The exceptionCodes the client tells apart; A2302..A2305 are fvagent's reading (the mock answers them)."""
 
-# A failure message about our credentials rather than the record (the spec gives no code for these).
-_CREDENTIAL_WORDS = re.compile(r"签名|验签|\bsign|令牌|token|授权|认证|鉴权|ticket|票据|appid|app_id|orgAppId|密钥|\bsecret",
-                               re.IGNORECASE)
-_TOKEN_WORDS = re.compile(r"令牌|token|授权码", re.IGNORECASE)
-# ID-card-like digit runs in platform messages are masked before they reach logs or outcomes.
-_ID_LIKE = re.compile(r"\d{14,17}[\dXx]")
+SEND_TIME_LEAD_S = 1.0
+"""Requests are signed this far in the past, so a genuine reply's time (hence its signature) is never
+our request's, even with a sendTime format of whole seconds."""
+MAX_REPLY_BYTES = 64 * 1024
+"""A reply body is read up to this much; a longer one is abandoned (retryable). The envelope is
+a few hundred bytes."""
+_PERSONAL_FIELDS = ("realName", "address", "birthday")
+"""Payload values masked wherever a platform message quotes them."""
 
 
-def _mask(text: str) -> str:
-    return _ID_LIKE.sub(lambda m: mask_card_no(m.group(0)), text)
+class _ReplyTooLarge(Exception):
+    pass
 
 
 def build_ssl_context(platform: PlatformSettings) -> ssl.SSLContext:
@@ -89,25 +120,32 @@ def build_ssl_context(platform: PlatformSettings) -> ssl.SSLContext:
 class PlatformClient:
     """Signed requests to the platform. Thread-safe; use as a context manager or call ``close()``.
 
-    ``transport`` replaces the network (tests pass ``httpx.MockTransport``); ``clock`` gives epoch
-    seconds for sendTime and token expiry; ``auth`` overrides the provider ``[platform.auth]`` selects.
+    ``transport`` replaces the network (tests pass ``httpx.MockTransport``); ``clock`` gives the
+    local epoch seconds (the platform-corrected time is ``platform_clock.now()``); ``auth``
+    overrides the provider ``[platform.auth]`` selects.
+
+    ``expect_signed`` (under ``verify_response_sign = "after-first"``): this platform has sent a
+    valid signed reply before, so an unsigned one is not believed. The uploader sets it from the
+    outbox and stores it when an outcome says ``signed``.
     """
 
     def __init__(self, platform: PlatformSettings, *, transport: httpx.BaseTransport | None = None,
-                 clock: Callable[[], float] = time.time, auth: AuthProvider | None = None) -> None:
+                 clock: Callable[[], float] = time.time, auth: AuthProvider | None = None,
+                 platform_clock: PlatformClock | None = None) -> None:
         self.platform = platform
         self.conventions = Conventions.from_platform(platform)
         if platform.encrypt:
             self.conventions.sm4_key()  # a secret that is no SM4 key stops us here, not at the first send
         self._clock = clock
+        self.platform_clock = platform_clock or PlatformClock(platform.conventions.max_reply_skew_s, clock=clock)
+        self.expect_signed = False
         timeout = httpx.Timeout(platform.timeout_s, connect=platform.connect_timeout_s)
-        verify: ssl.SSLContext | bool = build_ssl_context(platform) if transport is None else True
-        self._http = httpx.Client(transport=transport, verify=verify, timeout=timeout, follow_redirects=False,
+        if transport is None:
+            transport = DeadlineTransport(build_ssl_context(platform))
+        self._transport = transport
+        self._http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False,
                                   headers={"User-Agent": f"fvagent/{__version__}"})
         self.auth = auth if auth is not None else make_provider(platform.auth, client=self._http, clock=clock)
-        self._lock = threading.Lock()
-        self.last_skew_s: float | None = None
-        """Our clock minus the platform's returnTime at the last reply that carried one."""
 
     def __enter__(self) -> PlatformClient:
         return self
@@ -122,6 +160,12 @@ class PlatformClient:
         """Close the connection pool; idempotent."""
         self.auth.close()
         self._http.close()
+
+    def abort(self) -> None:
+        """Make requests in flight fail now (the daemon is stopping); safe from any thread."""
+        abort = getattr(self._transport, "abort", None)
+        if abort is not None:
+            abort()
 
     # ---------------------------------------------------------------------------------------------
 
@@ -151,13 +195,14 @@ class PlatformClient:
     def _attempt(self, path: str, payload: dict[str, Any], *, registration: bool) -> tuple[Outcome, str | None]:
         """One request. Returns the outcome and, when the platform rejected the token, the credential sent."""
         request_id = uuid.uuid4().hex
+        personal = tuple(str(payload[f]) for f in _PERSONAL_FIELDS if payload.get(f))
         try:
             credential = self.auth.authorization()
         except AuthError as exc:
             kind = OutcomeKind.RETRYABLE if getattr(exc, "retryable", False) else OutcomeKind.BLOCKED
             return self._done(path, Outcome(kind, request_id, f"cannot get the Authorization: {exc.message}",
                                             http_status=getattr(exc, "http_status", None))), None
-        send_time = self.conventions.send_time(self._clock())
+        send_time = self.conventions.send_time(self.platform_clock.now() - SEND_TIME_LEAD_S)
         try:
             body = self.conventions.request_body(payload, encrypt=self.platform.encrypt)
             headers = self.conventions.request_headers(request_id, send_time, credential)
@@ -166,26 +211,42 @@ class PlatformClient:
         headers["Content-Type"] = "application/json; charset=utf-8"
         url = self.platform.base_url + path
         log.debug("request %s: POST %s (%d bytes)", request_id, path, len(body))
+
+        def failed(kind: OutcomeKind, message: str) -> tuple[Outcome, None]:
+            return self._done(path, Outcome(kind, request_id, message, personal=personal)), None
+
+        sent_at = self.platform_clock.local()
         try:
-            resp = self._http.post(url, content=body, headers=headers)
+            with deadline(self.platform.timeout_s) as until:
+                request = self._http.build_request("POST", url, content=body, headers=headers)
+                resp = self._http.send(request, stream=True)
+                try:
+                    reply = _read_body(resp, until)
+                finally:
+                    resp.close()
+        except _ReplyTooLarge:
+            return failed(OutcomeKind.RETRYABLE, f"reply body larger than {MAX_REPLY_BYTES // 1024} KiB: "
+                          "abandoned (not the platform's envelope)")
         except httpx.TimeoutException as exc:
-            return self._done(path, Outcome(OutcomeKind.RETRYABLE, request_id,
-                                            f"timed out ({type(exc).__name__})")), None
+            return failed(OutcomeKind.RETRYABLE, f"timed out: no whole reply within [platform] timeout_s = "
+                          f"{self.platform.timeout_s:g} s ({type(exc).__name__})")
         except httpx.TransportError as exc:
-            return self._done(path, Outcome(OutcomeKind.RETRYABLE, request_id,
-                                            f"network error: {type(exc).__name__}: {_mask(str(exc)) or 'no detail'}")), None
+            return failed(OutcomeKind.RETRYABLE, f"network error: {type(exc).__name__}: {str(exc) or 'no detail'}")
         except httpx.RequestError as exc:  # e.g. DecodingError: a body that claims gzip but is not
-            return self._done(path, Outcome(OutcomeKind.RETRYABLE, request_id,
-                                            f"unreadable reply: {type(exc).__name__}: {_mask(str(exc))}")), None
+            return failed(OutcomeKind.RETRYABLE, f"unreadable reply: {type(exc).__name__}: {exc}")
         except UnicodeEncodeError as exc:
-            return self._done(path, Outcome(OutcomeKind.BLOCKED, request_id,
-                                            f"a header value is not ASCII ({exc.reason}): check [platform] org_app_id "
-                                            "and the [platform.auth] credential")), None
-        outcome, token_rejected = self._classify(resp, request_id, registration=registration)
+            return failed(OutcomeKind.BLOCKED, f"a header value is not ASCII ({exc.reason}): check [platform] "
+                          "org_app_id and the [platform.auth] credential")
+        reply_check = _ReplyCheck(request_id, self.conventions.sign(send_time), send_time, sent_at,
+                                  self.platform_clock.local())
+        outcome, token_rejected = self._classify(resp, reply, reply_check, registration=registration,
+                                                 personal=personal)
         return self._done(path, outcome), (credential if token_rejected else None)
 
     def _done(self, path: str, outcome: Outcome) -> Outcome:
         level = logging.INFO if outcome.kind is OutcomeKind.ACCEPTED else logging.WARNING
+        if outcome.failed_check == "request_id":
+            level = logging.DEBUG  # the uploader logs this once per record, not at every retry
         facts = [f"HTTP {outcome.http_status}" if outcome.http_status is not None else "no HTTP reply"]
         facts += [f"code {outcome.code}"] if outcome.code is not None else []
         facts += [f"exceptionCode {outcome.exception_code}"] if outcome.exception_code is not None else []
@@ -193,78 +254,137 @@ class PlatformClient:
                 ", ".join(facts), outcome.message)
         return outcome
 
-    def _classify(self, resp: httpx.Response, request_id: str, *, registration: bool) -> tuple[Outcome, bool]:
-        """The outcome of one HTTP response, and whether it says our token was rejected."""
+    def _classify(self, resp: httpx.Response, reply: bytes, ours: _ReplyCheck, *, registration: bool,
+                  personal: tuple[str, ...] = ()) -> tuple[Outcome, bool]:
+        """The outcome of one HTTP response (its body ``reply``), and whether it says our token was rejected."""
         status = resp.status_code
+        signed = False
 
         def out(kind: OutcomeKind, message: str, **kw: Any) -> Outcome:
-            return Outcome(kind, request_id, _mask(message), http_status=status, **kw)
+            return Outcome(kind, ours.request_id, message, http_status=status, signed=signed, personal=personal,
+                           **kw)
 
         retry_after = _retry_after(resp.headers.get("Retry-After"), self._clock())
-        # 1. the HTTP status
+        envelope, unreadable = _envelope(reply)
+        # 1. who sent it: the signature (when present or expected), then the requestId
+        sign_problem, signed = self._check_response_sign(resp, ours)
+        identified = sign_problem is None and envelope is not None and envelope.get("requestId") == ours.request_id
+        reply_time = self._reply_time(resp, envelope)
+        exception_code = None if envelope is None or envelope.get("exceptionCode") is None \
+            else str(envelope.get("exceptionCode"))
+        code = _int_or_none(envelope.get("code")) if envelope is not None else None
+        msg = str(envelope.get("msg") or envelope.get("message") or "") if envelope is not None else ""
+        platform_rid = envelope.get("requestId") if envelope is not None else None
+        details = dict(code=code, exception_code=exception_code,
+                       platform_request_id=str(platform_rid) if platform_rid is not None else None,
+                       return_time_ms=_int_or_none(envelope.get("returnTime")) if envelope is not None else None)
+        # 2. the clock: a timestamp-expired reply teaches the platform's time, whatever its HTTP status
+        expired = exception_code == TIMESTAMP_EXPIRED
+        fresh = reply_time is not None and self.platform_clock.is_fresh(reply_time, ours.received_at)
+        if identified and reply_time is not None:
+            self.platform_clock.observe(reply_time, ours.sent_at, ours.received_at, expired=expired)
+        if expired and identified:
+            return out(OutcomeKind.CLOCK, f"{TIMESTAMP_EXPIRED} timestamp expired (时间戳过期): {msg or '(no message)'}; "
+                       f"retried with the platform's time (offset {self._offset_text()})", **details), False
+        # 3. the HTTP status
         if status in (401, 403):
             return out(OutcomeKind.BLOCKED, f"HTTP {status}: the platform refused our credentials"
-                       f"{_short_text(resp)}; check [platform] org_app_id/org_app_secret and [platform.auth]"), status == 401
+                       f"{_short_text(reply)}; check [platform] org_app_id/org_app_secret and [platform.auth]",
+                       **details), status == 401 or code == 401
         if status == 429 or status == 408 or status >= 500:
-            return out(OutcomeKind.RETRYABLE, f"HTTP {status}{_short_text(resp)}", retry_after_s=retry_after), False
-        envelope = _envelope(resp)
+            return out(OutcomeKind.RETRYABLE, f"HTTP {status}{_short_text(reply)}", retry_after_s=retry_after,
+                       **details), False
         if not 200 <= status < 300 and envelope is None:
             if status in (400, 409, 413, 422):
                 return out(OutcomeKind.REJECTED, f"HTTP {status}: the platform refused this request body"
-                           f"{_short_text(resp)}"), False
-            return out(OutcomeKind.BLOCKED, f"HTTP {status}{_short_text(resp)}: check [platform] base_url"), False
-        # 2. the response signature
-        problem = self._check_response_sign(resp)
-        if problem:
-            return out(OutcomeKind.RETRYABLE, problem), False
-        # 3. the envelope
+                           f"{_short_text(reply)}"), False
+            return out(OutcomeKind.BLOCKED, f"HTTP {status}{_short_text(reply)}: check [platform] base_url"), False
+        # 4. the acceptance checks, in order
+        if sign_problem:
+            return out(OutcomeKind.RETRYABLE, sign_problem, failed_check="signature", **details), False
         if envelope is None:
-            what = "empty" if not resp.content else "not the platform's JSON envelope (truncated, or an error page?)"
+            what = unreadable or ("empty" if not reply else "not the platform's JSON envelope (truncated, or an error page?)")
             return out(OutcomeKind.RETRYABLE, f"unreadable reply: {what}"), False
-        code = _int_or_none(envelope.get("code"))
-        exception_code = envelope.get("exceptionCode")
-        exception_code = str(exception_code) if exception_code is not None else None
-        msg = str(envelope.get("msg") or envelope.get("message") or "")
-        platform_rid = envelope.get("requestId")
-        platform_rid = str(platform_rid) if platform_rid is not None else None
-        return_time = _int_or_none(envelope.get("returnTime"))
-        details = dict(code=code, exception_code=exception_code, platform_request_id=platform_rid,
-                       return_time_ms=return_time)
-        if platform_rid is not None and platform_rid != request_id:
-            log.warning("request %s: the platform echoed requestId %s", request_id, platform_rid)
-        self._note_skew(request_id, return_time)
-        note = self._decrypt_note(request_id, envelope.get("data"))
-        text = (msg or "(no message)") + note
         if code is None:
-            return out(OutcomeKind.RETRYABLE, f"unreadable reply: envelope without a numeric code: {text}",
+            return out(OutcomeKind.RETRYABLE, f"unreadable reply: envelope without a numeric code: "
+                       f"{msg or '(no message)'}", **details), False
+        if platform_rid != ours.request_id:
+            return out(OutcomeKind.RETRYABLE, f"the reply's requestId {str(platform_rid)[:40]!r} is not ours "
+                       f"({ours.request_id}): not an answer to this request", failed_check="request_id",
                        **details), False
-        # 4. code, then exceptionCode
+        if reply_time is None:
+            return out(OutcomeKind.RETRYABLE, "the reply carries no time (no hmpt-portal-time, no returnTime): "
+                       "its freshness cannot be checked", failed_check="reply_time", **details), False
+        if not fresh:
+            when = dt.datetime.fromtimestamp(reply_time, dt.UTC).isoformat(timespec="seconds")
+            return out(OutcomeKind.RETRYABLE, f"stale reply: its time {when} is more than "
+                       f"{self.platform_clock.tolerance_s:g} s from our platform-corrected clock "
+                       "([platform.conventions] max_reply_skew_s)", failed_check="reply_time", **details), False
+        note = self._decrypt_note(ours.request_id, envelope.get("data"))
+        text = (msg or "(no message)") + note
+        # 5. code, then exceptionCode
+        success = (code == 200 and exception_code in (None, "", OK_EXCEPTION_CODE)) or (
+            registration and exception_code == ALREADY_REGISTERED)
+        if success and not 200 <= status < 300:
+            return out(OutcomeKind.RETRYABLE, f"HTTP {status} whose body says success: a non-2xx reply is never "
+                       "an acceptance (check [platform] base_url if this persists)", failed_check="status",
+                       **details), False
         if code == 200 and exception_code in (None, "", OK_EXCEPTION_CODE):
             return out(OutcomeKind.ACCEPTED, text, **details), False
         if registration and exception_code == ALREADY_REGISTERED:
             return out(OutcomeKind.ACCEPTED, f"already registered ({ALREADY_REGISTERED}): {text}", **details), False
         if exception_code == PARAMETER_ERROR:
             return out(OutcomeKind.REJECTED, f"{PARAMETER_ERROR} parameter error: {text}", **details), False
-        if code in (401, 403) or _CREDENTIAL_WORDS.search(msg):
-            token_error = code == 401 or bool(_TOKEN_WORDS.search(msg))
-            return out(OutcomeKind.BLOCKED, f"credentials refused (code {code}): {text}", **details), token_error
+        if exception_code in (DEVICE_NOT_REGISTERED, DEVICE_DISABLED) and not registration:
+            return out(OutcomeKind.UNREGISTERED, f"{exception_code} {PLATFORM_CODES[exception_code]}: {text}; "
+                       "registering again, then retrying", **details), False
+        if exception_code == SIGNATURE_REFUSED or code in (401, 403):
+            return out(OutcomeKind.BLOCKED, f"credentials refused (code {code}, exceptionCode {exception_code}): "
+                       f"{text}; check [platform] org_app_id/org_app_secret and [platform.auth]", **details), code == 401
         if code == 429 or code >= 500:
             return out(OutcomeKind.RETRYABLE, f"platform error (code {code}): {text}", retry_after_s=retry_after,
                        **details), False
         return out(OutcomeKind.REJECTED, f"refused (code {code}, exceptionCode {exception_code}): {text}",
                    **details), False
 
-    def _check_response_sign(self, resp: httpx.Response) -> str | None:
+    def _reply_time(self, resp: httpx.Response, envelope: dict[str, Any] | None) -> float | None:
+        """The reply's time in epoch seconds: its hmpt-portal-time when present (and in our
+        send_time_format), else its returnTime."""
+        header = resp.headers.get(HEADER_TIME)
+        if header is not None:
+            with contextlib.suppress(PlatformError):
+                return self.conventions.parse_send_time(header)
+        ms = _int_or_none(envelope.get("returnTime")) if envelope is not None else None
+        return ms / 1000.0 if ms is not None else None
+
+    def _offset_text(self) -> str:
+        offset = self.platform_clock.offset_s
+        return "unknown" if offset is None else f"{offset:+.0f} s"
+
+    def _check_response_sign(self, resp: httpx.Response, ours: _ReplyCheck) -> tuple[str | None, bool]:
+        """``(problem, signed)``: why the reply's signature is not believed (None when it is, or when
+        none is needed), and whether it carried a valid signature of its own.
+
+        The signature covers only orgAppId + time, so our request's own headers sent back verify
+        too: a reply signed with our sendTime proves nothing and counts as unsigned. (Requests are
+        signed ``SEND_TIME_LEAD_S`` in the past, so a genuine reply never has our time.)"""
         mode = self.conventions.settings.verify_response_sign
         if mode == "off":
-            return None
+            return None, False
         sign, send_time = resp.headers.get(HEADER_SIGN), resp.headers.get(HEADER_TIME)
-        if sign is None and send_time is None:
-            return "the response carries no signature (verify_response_sign = \"required\")" if mode == "required" \
-                else None
+        echoed = sign is not None and send_time is not None and (
+            send_time.strip() == ours.send_time or sign.strip().lower() == ours.sign.lower())
+        if (sign is None and send_time is None) or echoed:
+            what = "our own request's signature sent back" if echoed else "no signature"
+            if mode == "required":
+                return f"the reply carries {what} (verify_response_sign = \"required\")", False
+            if mode == "after-first" and self.expect_signed:
+                return (f"the reply carries {what}, from a platform that signs its replies "
+                        "(verify_response_sign = \"after-first\"): not believed"), False
+            return None, False
         if sign is None or send_time is None or not self.conventions.verify_sign(send_time, sign):
-            return "bad response signature: the reply may not come from the platform"
-        return None
+            return "bad response signature: the reply may not come from the platform", False
+        return None, True
 
     def _decrypt_note(self, request_id: str, data: Any) -> str:
         try:
@@ -274,26 +394,47 @@ class PlatformClient:
             return f" [response data not decryptable: {exc.message}; check [platform.conventions]]"
         return ""
 
-    def _note_skew(self, request_id: str, return_time_ms: int | None) -> None:
-        if return_time_ms is None:
-            return
-        skew = self._clock() - return_time_ms / 1000.0
-        with self._lock:
-            self.last_skew_s = skew
-        if abs(skew) > self.conventions.settings.clock_skew_tolerance_s:
-            log.warning("request %s: our clock is %.0f s %s the platform's; fix NTP", request_id, abs(skew),
-                        "ahead of" if skew > 0 else "behind")
+
+class _ReplyCheck:
+    """What a reply is checked against: our request's id, signature and time, and when it went and came."""
+
+    __slots__ = ("received_at", "request_id", "send_time", "sent_at", "sign")
+
+    def __init__(self, request_id: str, sign: str, send_time: str, sent_at: float, received_at: float) -> None:
+        self.request_id, self.sign, self.send_time = request_id, sign, send_time
+        self.sent_at, self.received_at = sent_at, received_at
 
 
-def _envelope(resp: httpx.Response) -> dict[str, Any] | None:
-    """The JSON object in the body, or None when it is empty, not JSON or not an object."""
-    if not resp.content:
-        return None
+def _read_body(resp: httpx.Response, until: float) -> bytes:
+    """The reply body, decoded, up to ``MAX_REPLY_BYTES`` (else ``_ReplyTooLarge``), by the deadline
+    ``until`` (monotonic; else ``httpx.ReadTimeout``)."""
+    length = resp.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > MAX_REPLY_BYTES:
+        raise _ReplyTooLarge
+    parts: list[bytes] = []
+    size = 0
+    for chunk in resp.iter_bytes():
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise _ReplyTooLarge
+        parts.append(chunk)
+        if time.monotonic() > until:
+            raise httpx.ReadTimeout("the whole-request deadline passed")
+    return b"".join(parts)
+
+
+def _envelope(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """``(envelope, why_not)``: the JSON object in the body, or None (and, for a body JSON cannot
+    safely read, why) when it is empty, not JSON, nested too deeply or not an object."""
+    if not body:
+        return None, None
     try:
-        obj = json.loads(resp.content.decode("utf-8"))
+        obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) and "code" in obj else None
+        return None, None
+    except RecursionError:  # a hostile reply: refused, never a crash
+        return None, "JSON nested too deeply"
+    return (obj if isinstance(obj, dict) and "code" in obj else None), None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -306,9 +447,9 @@ def _int_or_none(value: Any) -> int | None:
     return None
 
 
-def _short_text(resp: httpx.Response) -> str:
+def _short_text(body: bytes) -> str:
     """A short, single-line hint of a non-envelope body (an HTML error page, a gateway message)."""
-    text = resp.text.strip() if resp.content else ""
+    text = body[:4096].decode("utf-8", "replace").strip()
     if not text:
         return ""
     text = re.sub(r"<[^>]*>", " ", text)

@@ -1,11 +1,11 @@
-"""The four outcomes of every call to the platform, and what the uploader does with each."""
+"""The outcomes of every call to the platform, and what the uploader does with each."""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
 
-from agent.privacy import mask_id_numbers
+from agent.privacy import mask_personal
 
 
 class OutcomeKind(str, enum.Enum):
@@ -16,7 +16,11 @@ class OutcomeKind(str, enum.Enum):
     BLOCKED = "blocked"
     """Our configuration is wrong (401/403, signature or credential refused): pause all sending."""
     RETRYABLE = "retryable"
-    """Network, timeout, 5xx, 429, unreadable reply, bad response signature: back off and retry."""
+    """Network, timeout, 5xx, 429, unreadable reply, a reply that fails an acceptance check: back off and retry."""
+    CLOCK = "clock"
+    """The platform said our request's time is expired (时间戳过期): retried with the platform-corrected time."""
+    UNREGISTERED = "unregistered"
+    """The platform does not know this device as registered and enabled: register again, then retry."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +41,18 @@ class Outcome:
     """The platform's ``returnTime``, for clock-skew checks."""
     retry_after_s: float | None = None
     """Honoured when the platform sent Retry-After (429/503)."""
+    signed: bool = False
+    """The reply carried a response signature that verified."""
+    failed_check: str | None = None
+    """The acceptance check a reply with a success body failed: ``status``, ``request_id``,
+    ``reply_time``, ``signature`` or ``size`` (see docs/platform.md, "What counts as acceptance")."""
+    personal: dataclasses.InitVar[tuple[str, ...]] = ()
+    """The record's personal values (name, address, birth date) to mask wherever the message quotes them."""
 
-    def __post_init__(self) -> None:
-        # The platform's message may quote the record (e.g. the ID number it found wrong); it is
+    def __post_init__(self, personal: tuple[str, ...]) -> None:
+        # The platform's message may quote the record (the ID number or name it found wrong); it is
         # logged, shown in status and kept in the outbox's plain columns, so it is masked here once.
-        object.__setattr__(self, "message", mask_id_numbers(self.message))
+        object.__setattr__(self, "message", mask_personal(self.message, personal))
 
     @property
     def accepted(self) -> bool:
