@@ -285,25 +285,32 @@ def test_retryable_backs_off_with_full_jitter_and_keeps_every_request_id(env: An
             return httpx.Response(502)
         return None
 
+    # the uploader's clock only moves when the test moves it: a loaded machine cannot make the
+    # record due again inside one drain
     env.platform.rule = rule
     rid = env.outbox.enqueue(record(1))
-    up = env.uploader()
-    before = time.time()
+    now = [time.time()]  # after the commit, which made the record due at the real time
+    env.platform.clock = lambda: now[0]
+    up = env.uploader(clock=lambda: now[0])
     assert up.drain_once() == 1
     row = env.outbox.get(rid)
     assert row.state == "pending" and row.last_outcome == "retryable" and "502" in row.last_error
     assert row.request_id == env.platform.requests[-1][2]  # the attempt that just failed, traceable
-    assert before <= row.next_attempt_at <= time.time() + env.settings.uploader.backoff_initial_s
+    assert now[0] <= row.next_attempt_at <= now[0] + env.settings.uploader.backoff_initial_s
     assert up.snapshot()["state"] == "backoff"
-    deadline = time.monotonic() + 10
-    while env.outbox.get(rid).attempts < 2 and time.monotonic() < deadline:
-        up.drain_once()
-        time.sleep(0.01)
+    assert up.drain_once() == 0  # not due yet
+
+    now[0] = row.next_attempt_at + 0.001
+    assert up.drain_once() == 1
     row = env.outbox.get(rid)
-    assert row.last_outcome == "retryable" and row.request_id == env.platform.requests[-1][2]  # the latest
-    while env.outbox.get(rid).state != "sent" and time.monotonic() < deadline:
-        up.drain_once()
-        time.sleep(0.01)
+    assert row.attempts == 2 and row.last_outcome == "retryable"
+    assert row.request_id == env.platform.requests[-1][2]  # the latest
+    # the second backoff is drawn from twice the first range
+    assert row.next_attempt_at <= now[0] + 2 * env.settings.uploader.backoff_initial_s
+
+    now[0] = row.next_attempt_at + 0.001
+    assert up.drain_once() == 1
+    assert env.outbox.get(rid).state == "sent"
     attempts = env.outbox.attempts(rid)
     assert [a.outcome for a in attempts] == ["retryable", "retryable", "accepted"]
     sent_ids = [r for p, b, r, _ in env.platform.requests if p.endswith("/first")]
