@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from agent.errors import RecordError
-from agent.events import VERIFICATION, EventBus, Event, OperatorState, validate_operator
+from agent.events import STATUS, VERIFICATION, EventBus, Event, OperatorState, validate_operator
 from agent.privacy import mask_card_no, mask_name
 
 log = logging.getLogger(__name__)
@@ -361,7 +361,19 @@ class DeskBackend:
             "operator": self.operator.get(),
             "states": states,
             "time": dt.datetime.now(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S"),
+            "capture": self._capture(),
         }
+
+    def _capture(self) -> dict[str, Any]:
+        """{"phase": "retry", "until": ISO time} while the face grey zone's retry runs, else idle."""
+        for event in reversed(self.events.recent(STATUS, 50)):
+            capture = event.data.get("capture")
+            if isinstance(capture, dict):
+                until = _parse_iso(capture.get("until"))
+                if capture.get("phase") == "retry" and until is not None and until > dt.datetime.now(dt.timezone.utc):
+                    return {"phase": "retry", "until": capture["until"]}
+                break
+        return {"phase": "idle"}
 
     def get_operator(self) -> str:
         return self.operator.get()
@@ -375,6 +387,14 @@ class DeskBackend:
         value = self.operator.set(value)
         self.events.publish("operator", {"operator": value})
         return value
+
+
+def _parse_iso(value: Any) -> dt.datetime | None:
+    try:
+        parsed = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 def _row_get(row: Any, name: str) -> Any:
