@@ -24,6 +24,7 @@ import hashlib
 import logging
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
@@ -246,11 +247,14 @@ def card_crop(bgr: np.ndarray, face: DetectedFace, size: tuple[int, int]) -> np.
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
 
 
-def encode_photo(engine: FaceEngine, bgr: np.ndarray, card_size: tuple[int, int] | None = None
+def encode_photo(engine: FaceEngine, bgr: np.ndarray, card_size: tuple[int, int] | None = None, *,
+                 card_transform: Callable[[np.ndarray], np.ndarray] | None = None, mirror: bool = True
                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(live descriptor, card descriptor) of one photo; ``None`` where no face was found.
 
     Without ``card_size`` the card descriptor is the live one (camera-vs-camera calibration).
+    ``card_transform`` changes the card crop first (a benchmark compresses it as a chip photo);
+    ``mirror=False`` leaves out the mirrored encoding (to measure what it brings).
     """
     work = working_image(bgr)
     faces = engine.detect(work)
@@ -261,8 +265,10 @@ def encode_photo(engine: FaceEngine, bgr: np.ndarray, card_size: tuple[int, int]
     live = engine.encode(work, faces[0])
     if card_size is None:
         return live, live
+    crop = card_crop(work, faces[0], card_size)
+    card = encode_card_image(engine, card_transform(crop) if card_transform else crop)
     # the card's descriptor as a verification that is no clear pass uses it (mirror included)
-    return live, encode_card_image(engine, card_crop(work, faces[0], card_size)).refined(engine).descriptor
+    return live, (card.refined(engine) if mirror else card).descriptor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -501,8 +507,10 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
 
 
 def calibrate(engine: FaceEngine, directory: Path, face: FaceSettings, *,
-              card_size: tuple[int, int] | None = None) -> Calibration:
-    """Encode every photo under ``directory`` once (twice with ``card_size``) and pair them all."""
+              card_size: tuple[int, int] | None = None,
+              card_transform: Callable[[np.ndarray], np.ndarray] | None = None, mirror: bool = True) -> Calibration:
+    """Encode every photo under ``directory`` once (three times with ``card_size``: live, card,
+    mirrored card) and pair them all. ``card_transform``, ``mirror``: see ``encode_photo``."""
     photos = list_photos(directory)
     live: list[np.ndarray | None] = []
     card: list[np.ndarray | None] = []
@@ -514,7 +522,7 @@ def calibrate(engine: FaceEngine, directory: Path, face: FaceSettings, *,
             live.append(None)
             card.append(None)
             continue
-        v, c = encode_photo(engine, bgr, card_size)
+        v, c = encode_photo(engine, bgr, card_size, card_transform=card_transform, mirror=mirror)
         live.append(v)
         card.append(c)
         log.debug("encoded %d/%d %s", n, len(photos), photo.label)
