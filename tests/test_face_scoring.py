@@ -333,6 +333,18 @@ def test_the_grey_zone_retry_is_bounded_by_retry_s(tmp_path: Path) -> None:
     assert 1.0 + 2.0 <= out.elapsed_s <= 1.0 + 2.0 + 1.0 and out.rejects.get("face too small", 0) >= 1
 
 
+def test_a_failing_mirrored_card_encoding_keeps_the_plain_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    class NoMirror(StubEngine):
+        def encode_mirror(self, bgr: np.ndarray, face: DetectedFace) -> np.ndarray | None:
+            raise RuntimeError("mirror exploded")
+
+    cam = fake_camera([make_frame(value=87), make_frame(value=86)], tmp_path)  # passes, no clear pass
+    with cam:
+        out = score_live(NoMirror(), cam, CARD, settings(max_compared_frames=2))
+    assert out.result == 1 and out.distance == pytest.approx(0.56) and out.rejects == {}  # no frame lost
+    assert sum("mirrored card" in r.getMessage() for r in caplog.records) == 1  # tried once, logged once
+
+
 @pytest.mark.parametrize("off", [{"retry_band": 0.0}, {"retry_s": 0.0}])
 def test_the_grey_zone_can_be_turned_off(tmp_path: Path, off: dict[str, float]) -> None:
     cam = fake_camera([make_frame(value=89), make_frame(value=40)], tmp_path)

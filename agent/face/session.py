@@ -108,7 +108,11 @@ class CardEncoding:
         compressed chip photo: docs/face.md); unchanged when there is nothing to refine."""
         if self.descriptor is None or self.image is None or self.face is None:
             return self
-        mirror = engine.encode_mirror(self.image, self.face)
+        try:
+            mirror = engine.encode_mirror(self.image, self.face)
+        except Exception as exc:  # the plain descriptor still serves: never lose the frames over it
+            log.warning("face engine failed on the mirrored card photo: %s", type(exc).__name__, exc_info=True)
+            mirror = None
         if mirror is None:
             return dataclasses.replace(self, image=None, face=None)
         return dataclasses.replace(self, descriptor=(self.descriptor + mirror) / 2, image=None, face=None)
