@@ -9,9 +9,9 @@ FAR = impostor pairs that pass / impostor pairs; FRR = genuine pairs that do not
 pairs, where a photo without a detectable face counts as a rejection (that is what the person at
 the desk would see).
 
-The operating point comes from a target FAR (``[face] target_far``): the largest distance at which
-at most ``floor(target_far * impostor pairs)`` impostor pairs pass (``distance_for_far``), stated
-with the exact one-sided 95 % upper bound of the FAR there (``far_upper_95``). The method is
+The operating point comes from a target FAR (``[face] target_far``): the smaller of the empirical
+and the normal-fit quantile of the impostor distances (``distance_for_far``), stated with the
+counts and the exact one-sided 95 % upper bound of the FAR there (``far_upper_95``). The method is
 cross-validated by people: the people are split in two halves (several seeded random splits,
 ``person_splits``), the distance is chosen on one half's impostor pairs and FAR/FRR measured on the
 other half's pairs (``cross_validate``).
