@@ -176,9 +176,15 @@ def test_cli_calibrate_json_on_a_small_set(faces_dir: Path, tmp_path: Path, caps
         (tmp_path / person).symlink_to(faces_dir / person, target_is_directory=True)
     assert cli.main(["face", "calibrate", str(tmp_path), "--card-size", "102x126", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"threshold", "far", "frr", "pairs"} and report["threshold"] == FACE.threshold
+    assert set(report) >= {"threshold", "far", "frr", "pairs", "far_upper_95", "cross_validated", "chosen"}
+    assert report["threshold"] == FACE.threshold and report["target_far"] == FACE.target_far
+    assert report["impostor_pairs"] == 24 and report["far_upper_95"] == pytest.approx(1 - 0.05 ** (1 / 24), abs=1e-6)
+    assert report["cross_validated"]["folds"] == 0  # three people: too few to halve
+    assert set(report["cross_validated"]) >= {"frr_mean", "frr_max", "far_mean", "far_max"}
     pairs = report["pairs"]
     assert len(pairs) == 6 * 5 and sum(p["same"] for p in pairs) == 6
     assert report["far"] == 0.0
     assert all(p["result"] == 0 for p in pairs if not p["same"])
     assert all(p["distance"] < 0.6 for p in pairs if p["same"])
+    chosen = report["chosen"]
+    assert chosen["false_accepts"] == 0 and 0.4 < chosen["distance"] < min(p["distance"] for p in pairs if not p["same"])

@@ -46,7 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            help="crop each card photo in ID framing and scale it to this size, e.g. 102x126 "
                                 "(the chip photo); default: the whole photo")
     calibrate.add_argument("--json", action="store_true",
-                           help='print {"threshold", "far", "frr", "pairs": [...]} instead of the table')
+                           help='print {"threshold", "far", "frr", "far_upper_95", "chosen", "cross_validated", '
+                                '"pairs": [...], ...} instead of the table (docs/face.md)')
+    calibrate.add_argument("--target-far", type=float, default=None, metavar="RATE",
+                           help="false-accept rate to pick the operating point for, instead of [face] target_far "
+                                "(default 0.001)")
     _common(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
 
@@ -118,6 +122,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from agent.face.calibration import calibrate, parse_card_size
 
     face = face_settings(args)
+    if args.target_far is not None:
+        if not 0 < args.target_far < 1:
+            raise ConfigError(f"--target-far must be between 0 and 1, not {args.target_far}",
+                              hint="e.g. --target-far 0.001 (one false accept in a thousand impostor pairs)")
+        face = face.model_copy(update={"target_far": args.target_far})
     card_size = None
     if args.card_size:
         try:

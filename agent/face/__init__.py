@@ -4,8 +4,8 @@ For the daemon:
 
 - ``load_engine(face_settings) -> FaceEngine``: the engine named by ``[face] engine`` (entry-point
   group ``fvagent.face_engines``); models load lazily (``engine.load()`` loads them now).
-- ``score_live(engine, camera, card_photo_jpeg, face_settings, *, clock, on_prompt, rng) -> FaceOutcome``:
-  compute mode; never raises.
+- ``score_live(engine, camera, card_photo_jpeg, face_settings, *, clock, on_prompt, rng, on_retry) -> FaceOutcome``:
+  compute mode; never raises; ``on_retry(retry_s)`` when the grey zone's retry starts.
 - ``relay_outcome(score, result, *, reason, best_frame_jpeg, head_jpeg) -> FaceOutcome``: relay mode;
   raises ``RecordError`` on values that break the rules in ``agent.face.relay``.
 - ``reconcile_both(terminal_outcome, engine_outcome) -> FaceOutcome``: mode "both".
@@ -22,14 +22,14 @@ from agent.face.engine import DetectedFace, FaceEngine
 from agent.face.relay import reconcile_both, relay_outcome
 from agent.face.scoring import (RESULT_FAILED, RESULT_NOT_VERIFIED, RESULT_PASSED, distance_to_score,
                                 result_for_score, threshold_distance)
-from agent.face.session import CardEncoding, FaceOutcome, Scorer, encode_card, score_frames, score_live
+from agent.face.session import CardEncoding, FaceOutcome, FaceRetry, Scorer, encode_card, score_frames, score_live
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
 
 __all__ = [
     "RESULT_FAILED", "RESULT_NOT_VERIFIED", "RESULT_PASSED", "CardEncoding", "DetectedFace", "FaceEngine",
-    "FaceOutcome", "Scorer", "distance_to_score", "encode_card", "load_engine", "reconcile_both", "relay_outcome",
+    "FaceOutcome", "FaceRetry", "Scorer", "distance_to_score", "encode_card", "load_engine", "reconcile_both", "relay_outcome",
     "result_for_score", "score_frames", "score_live", "threshold_distance",
 ]
 

@@ -102,6 +102,20 @@ class DlibEngine(FaceEngine):
             return np.asarray(self._encoder.compute_face_descriptor(rgb, shape, 1, 0.25), dtype=np.float64)
 
 
+    def encode_mirror(self, bgr: np.ndarray, face: DetectedFace) -> np.ndarray | None:
+        if face.native is None:
+            return super().encode_mirror(bgr, face)
+        import dlib
+
+        rgb = _rgb(bgr)
+        with self._lock:
+            self._load_locked()
+            # the aligned 150x150 chip the encoder sees (same size and padding as encode), mirrored
+            chip = dlib.get_face_chip(rgb, face.native, 150, 0.25)
+            return np.asarray(self._encoder.compute_face_descriptor(np.ascontiguousarray(chip[:, ::-1])),
+                              dtype=np.float64)
+
+
 def _rgb(bgr: np.ndarray) -> np.ndarray:
     if bgr.ndim == 2:
         return np.ascontiguousarray(np.stack([bgr] * 3, axis=-1))

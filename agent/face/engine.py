@@ -73,6 +73,17 @@ class FaceEngine(abc.ABC):
     def encode(self, bgr: np.ndarray, face: DetectedFace) -> np.ndarray:
         """Return the descriptor of ``face`` (found by ``detect`` in this same image)."""
 
+    def encode_mirror(self, bgr: np.ndarray, face: DetectedFace) -> np.ndarray | None:
+        """The descriptor of ``face`` seen in the mirror (``bgr`` flipped left-right); None when the
+        mirrored face is not found. The card photo's descriptor is the mean of both (docs/face.md).
+        This default detects the face again in the flipped image; engines may do it cheaper."""
+        flipped = np.ascontiguousarray(bgr[:, ::-1])
+        for upsample in (0, 1, 2):
+            faces = self.detect(flipped, upsample=upsample)
+            if faces:
+                return self.encode(flipped, faces[0])
+        return None
+
     def distance(self, a: np.ndarray, b: np.ndarray) -> float:
         """Distance between two descriptors (Euclidean unless the engine knows better)."""
         return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))

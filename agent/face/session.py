@@ -79,6 +79,16 @@ class FaceOutcome:
     """Mode "both": engine and terminal gave different pass/fail results."""
     best_frame_index: int | None = None
     """Which frame (0-based, in reading order) was the closest; None when none was compared."""
+    retry: FaceRetry | None = None
+    """Set when the best score fell in the grey zone and more frames were read (``[face] retry_band``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceRetry:
+    """The grey zone's retry: the best score before it and how many more frames were compared."""
+
+    score_before: float
+    frames: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +99,23 @@ class CardEncoding:
     head_jpeg: bytes | None
     reason: str | None
     """Why the card cannot be compared (None when ``descriptor`` is set)."""
+    image: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    """The card photo's working image and its face, for ``refined`` (None without a descriptor)."""
+    face: DetectedFace | None = dataclasses.field(default=None, repr=False)
+
+    def refined(self, engine: FaceEngine) -> CardEncoding:
+        """The card with its descriptor averaged with the mirror image's (steadier on a tiny,
+        compressed chip photo: docs/face.md); unchanged when there is nothing to refine."""
+        if self.descriptor is None or self.image is None or self.face is None:
+            return self
+        try:
+            mirror = engine.encode_mirror(self.image, self.face)
+        except Exception as exc:  # the plain descriptor still serves: never lose the frames over it
+            log.warning("face engine failed on the mirrored card photo: %s", type(exc).__name__, exc_info=True)
+            mirror = None
+        if mirror is None:
+            return dataclasses.replace(self, image=None, face=None)
+        return dataclasses.replace(self, descriptor=(self.descriptor + mirror) / 2, image=None, face=None)
 
 
 def encode_card(engine: FaceEngine, card_photo: bytes | None) -> CardEncoding:
@@ -101,15 +128,20 @@ def encode_card(engine: FaceEngine, card_photo: bytes | None) -> CardEncoding:
     except ImageError:
         return CardEncoding(None, None, "card photo is not a decodable image")
     try:
-        bgr = working_image(bgr)
-        for upsample in CARD_UPSAMPLES:
-            faces = engine.detect(bgr, upsample=upsample)
-            if faces:
-                return CardEncoding(engine.encode(bgr, faces[0]), head, None)
+        return encode_card_image(engine, bgr, head)
     except Exception as exc:  # an engine failure must not block the desk
         log.warning("face engine failed on the card photo: %s", type(exc).__name__, exc_info=True)
         return CardEncoding(None, head, f"face engine failed on the card photo ({type(exc).__name__})")
-    return CardEncoding(None, head, "no face found on the card photo")
+
+
+def encode_card_image(engine: FaceEngine, bgr: np.ndarray, head_jpeg: bytes | None = None) -> CardEncoding:
+    """Find the card photo's face (upsampling as needed) and encode it. Engine errors propagate."""
+    bgr = working_image(bgr)
+    for upsample in CARD_UPSAMPLES:
+        faces = engine.detect(bgr, upsample=upsample)
+        if faces:
+            return CardEncoding(engine.encode(bgr, faces[0]), head_jpeg, None, bgr, faces[0])
+    return CardEncoding(None, head_jpeg, "no face found on the card photo")
 
 
 def working_image(bgr: np.ndarray, max_side: int = MAX_WORKING_SIDE) -> np.ndarray:
@@ -146,6 +178,10 @@ class Scorer:
         self.best_index: int | None = None
         self.fallback_frame: np.ndarray | None = None
         self._engine_error_logged = False
+        self.compare_limit = face.max_compared_frames
+        self.retry_from_score: float | None = None
+        """Set when the grey zone's retry started: the best score before it."""
+        self.compared_before_retry = 0
 
     def offer(self, frame: object) -> bool:
         """Consider one frame; True when there is no point reading more."""
@@ -167,7 +203,7 @@ class Scorer:
             if self.card.descriptor is None:  # nothing to compare: keep the first good frame for cameraImg
                 self.best_frame = frame
                 return self.challenge is None or self.challenge.passed
-            if self.compared >= self.face.max_compared_frames:
+            if self.compared >= self.compare_limit:
                 return self._done()
             distance = self._compare(work, verdict.face)
         except Exception as exc:  # an engine failure on one frame must not end the verification
@@ -183,14 +219,43 @@ class Scorer:
 
     def _compare(self, work: np.ndarray, face: DetectedFace) -> float:
         assert self.card.descriptor is not None
-        return self.engine.distance(self.engine.encode(work, face), self.card.descriptor)
+        live = self.engine.encode(work, face)
+        distance = self.engine.distance(live, self.card.descriptor)
+        if self._score(distance) < self.face.early_stop_score and self.card.image is not None:
+            # Not a clear pass: now the card's mirrored encoding is worth its time (a clear pass,
+            # most genuine verifications, never pays for it). Frames compared earlier were clear
+            # passes, so only this one is compared again.
+            self.card = self.card.refined(self.engine)
+            distance = self.engine.distance(live, self.card.descriptor)
+        return distance
 
     def _done(self) -> bool:
         if self.challenge is not None and not self.challenge.passed:
             return False
-        if self.compared >= self.face.max_compared_frames:
+        if self.compared >= self.compare_limit:
             return True
-        return self.best_distance is not None and self._score(self.best_distance) >= self.face.early_stop_score
+        if self.best_distance is None:
+            return False
+        # in the grey zone's retry a pass is enough: the person is already waiting
+        enough = self.face.threshold if self.retry_from_score is not None else self.face.early_stop_score
+        return self._score(self.best_distance) >= enough
+
+    def wants_retry(self) -> bool:
+        """True when the best score so far lands in the grey zone just below the threshold
+        (``[face] retry_band``) and no retry has run yet."""
+        if self.retry_from_score is not None or self.face.retry_band <= 0 or self.face.retry_s <= 0:
+            return False
+        if self.best_distance is None or self.card.descriptor is None:
+            return False
+        score = self._score(self.best_distance)
+        return self.face.threshold - self.face.retry_band <= score < self.face.threshold
+
+    def start_retry(self) -> None:
+        """Allow ``max_compared_frames`` more compared frames, ending at the first pass."""
+        assert self.best_distance is not None
+        self.retry_from_score = self._score(self.best_distance)
+        self.compared_before_retry = self.compared
+        self.compare_limit = self.compared + self.face.max_compared_frames
 
     def _score(self, distance: float) -> float:
         return distance_to_score(distance, self.face.score_midpoint, self.face.score_slope)
@@ -226,10 +291,15 @@ class Scorer:
                       f"score {score:.2f} < threshold {self.face.threshold:.2f}")
         else:
             reason = f"match: distance {distance:.3f}, score {score:.2f}"
+        if self.retry_from_score is not None:
+            reason += (f" (grey zone: score {self.retry_from_score:.2f} at first, "
+                       f"{self.compared - self.compared_before_retry} more frame(s) compared)")
         if self.challenge is not None and not self.challenge.passed:
             result, reason = RESULT_FAILED, self.challenge.reason
-        return FaceOutcome(score, result, reason, distance, best_frame_index=self.best_index,
-                           **common)  # type: ignore[arg-type]  # type: ignore[arg-type]
+        retry = None if self.retry_from_score is None else FaceRetry(
+            self.retry_from_score, self.compared - self.compared_before_retry)
+        return FaceOutcome(score, result, reason, distance, best_frame_index=self.best_index, retry=retry,
+                           **common)  # type: ignore[arg-type]
 
     def _reject_summary(self) -> str:
         return ", ".join(f"{why} x{n}" for why, n in self.rejects.most_common()) or "none compared"
@@ -250,13 +320,16 @@ def _challenge(face: FaceSettings, on_prompt: Callable[[str], None] | None,
 
 def score_live(engine: FaceEngine, camera: Camera, card_photo_jpeg: bytes | None, face: FaceSettings, *,
                clock: Callable[[], float] = time.monotonic, on_prompt: Callable[[str], None] | None = None,
-               rng: random.Random | None = None) -> FaceOutcome:
+               rng: random.Random | None = None, on_retry: Callable[[float], None] | None = None) -> FaceOutcome:
     """Score the live face in front of ``camera`` against the card photo. Never raises.
 
     Reads frames for at most ``face.capture_timeout_s`` (measured with ``clock``). A camera that is
     not open is opened. Camera errors end the capture: faceResult 2 with the reason unless a frame
     was already compared, and ``camera_error`` set either way. With ``face.liveness = "head-turn"``
     the challenge's prompt is passed to ``on_prompt`` (show it to the person) before capture starts.
+    When the best score lands in the grey zone (``face.retry_band`` below the threshold), reading
+    goes on for up to ``face.retry_s`` more; ``on_retry(retry_s)`` is called first (ask the person
+    to face the camera again) and the outcome's ``retry`` says so.
     """
     t0 = clock()
     scorer = Scorer(engine, encode_card(engine, card_photo_jpeg), face, clock=clock,
@@ -266,13 +339,15 @@ def score_live(engine: FaceEngine, camera: Camera, card_photo_jpeg: bytes | None
     try:
         if not camera.is_open:
             camera.open()
-        while (remaining := deadline - clock()) > 0:
-            try:
-                frame = camera.read_frame(min(remaining, FRAME_POLL_S))
-            except DeviceTimeout:
-                continue
-            if scorer.offer(frame):
-                break
+        _read_until(camera, scorer, deadline, clock)
+        if scorer.wants_retry():
+            # from the earlier of now and the deadline: a clock pushed far ahead (a stop request)
+            # then leaves no time for the retry
+            retry_deadline = min(clock(), deadline) + face.retry_s
+            if retry_deadline > clock():
+                scorer.start_retry()
+                _notify(on_retry, face.retry_s, "grey-zone retry")
+                _read_until(camera, scorer, retry_deadline, clock)
     except DriverError as exc:
         camera_error = str(exc)
     except Exception as exc:  # a broken driver must not block the desk either
@@ -281,6 +356,26 @@ def score_live(engine: FaceEngine, camera: Camera, card_photo_jpeg: bytes | None
     if camera_error is not None:
         log.warning("camera error during face capture: %s", camera_error)
     return scorer.finish(camera_error)
+
+
+def _read_until(camera: Camera, scorer: Scorer, deadline: float, clock: Callable[[], float]) -> None:
+    """Offer frames to ``scorer`` until it has enough or ``deadline``; driver errors propagate."""
+    while (remaining := deadline - clock()) > 0:
+        try:
+            frame = camera.read_frame(min(remaining, FRAME_POLL_S))
+        except DeviceTimeout:
+            continue
+        if scorer.offer(frame):
+            break
+
+
+def _notify(callback: Callable[[float], None] | None, value: float, what: str) -> None:
+    if callback is None:
+        return
+    try:
+        callback(value)
+    except Exception:  # the page is a convenience; the capture goes on
+        log.warning("%s callback failed", what, exc_info=True)
 
 
 def score_frames(engine: FaceEngine, frames: Iterable[np.ndarray], card_photo_jpeg: bytes | None,

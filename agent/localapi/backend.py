@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from agent.errors import RecordError, StorageFull
-from agent.events import VERIFICATION, EventBus, Event, OperatorState, validate_operator
+from agent.events import STATUS, VERIFICATION, EventBus, Event, OperatorState, validate_operator
 from agent.privacy import mask_card_no, mask_name
 
 log = logging.getLogger(__name__)
@@ -441,7 +441,19 @@ class DeskBackend:
             "states": states,
             "time": dt.datetime.now(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S"),
             "resultDisplayS": self.settings.local_api.result_display_s,
+            "capture": self._capture(),
         }
+
+    def _capture(self) -> dict[str, Any]:
+        """{"phase": "retry", "until": ISO time} while the face grey zone's retry runs, else idle."""
+        for event in reversed(self.events.recent(STATUS, 50)):
+            capture = event.data.get("capture")
+            if isinstance(capture, dict):
+                until = _parse_iso(capture.get("until"))
+                if capture.get("phase") == "retry" and until is not None and until > dt.datetime.now(dt.timezone.utc):
+                    return {"phase": "retry", "until": capture["until"]}
+                break
+        return {"phase": "idle"}
 
     def get_operator(self) -> str:
         return self.operator.get()
@@ -474,6 +486,8 @@ def _reencoded_photos(payload: dict[str, Any]) -> dict[str, Any]:
     if problems:
         raise _problem_error(f"the verification has {len(problems)} unusable photo(s)", problems)
     return out
+
+
 def reason_zh(result: int | None, score: Any, reason: Any, *, relayed: bool = False,
               threshold: float) -> tuple[str | None, str | None]:
     """(Chinese reason for the desk, the original technical line) for a result other than passed.
@@ -498,6 +512,14 @@ def reason_zh(result: int | None, score: Any, reason: Any, *, relayed: bool = Fa
     if zh is None and result is not None:
         zh = DEFAULT_REASON.get(result)
     return zh, detail
+
+
+def _parse_iso(value: Any) -> dt.datetime | None:
+    try:
+        parsed = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 def _row_get(row: Any, name: str) -> Any:

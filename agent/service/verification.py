@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.errors import FvagentError, RecordError
-from agent.events import VERIFICATION, EventBus
+from agent.events import STATUS, VERIFICATION, EventBus
 from agent.face import FaceOutcome, reconcile_both, relay_outcome, score_frames, score_live
 from agent.face.scoring import RESULT_NOT_VERIFIED
 from agent.images import ImageError, decode_image, normalize_jpeg
@@ -141,6 +141,8 @@ class Verifier:
         if outcome.engine_score is not None:
             meta["engine_score"] = outcome.engine_score
             meta["engine_result"] = outcome.engine_result
+        if outcome.retry is not None:
+            meta["face_retry"] = {"score_before": outcome.retry.score_before, "frames": outcome.retry.frames}
         if camera_jpeg is None:
             camera_jpeg = placeholder_jpeg()
             meta["camera_placeholder"] = True
@@ -263,12 +265,27 @@ class Verifier:
         def clock() -> float:  # a stop request ends the capture at once, with what was seen so far
             return time.monotonic() + (1e6 if stopping.is_set() else 0.0)
 
-        outcome = score_live(engine, camera, head, self.settings.face, clock=clock)
+        outcome = score_live(engine, camera, head, self.settings.face, clock=clock, on_retry=self._capture_retry)
+        if outcome.retry is not None:
+            self._publish_capture({"phase": "idle"})
         if stopping.is_set():
             outcome = dataclasses.replace(outcome, reason=f"{outcome.reason} (capture cut short: service stopping)")
         if outcome.camera_error:
             self._camera_fault(outcome.camera_error)
         return outcome
+
+    def _capture_retry(self, retry_s: float) -> None:
+        """The grey zone's retry started: the page asks the person to face the camera again."""
+        until = dt.datetime.now().astimezone() + dt.timedelta(seconds=retry_s)  # real time: the page compares it
+        self._publish_capture({"phase": "retry", "until": until.isoformat(timespec="seconds")})
+
+    def _publish_capture(self, capture: dict[str, Any]) -> None:
+        if self.events is None:
+            return
+        try:
+            self.events.publish(STATUS, {"capture": capture})
+        except Exception:  # the page is a convenience; the capture goes on
+            log.debug("publishing the capture state failed", exc_info=True)
 
     def _one_frame(self, camera: Any) -> bytes | None:
         """One frame as JPEG for cameraImg (relay mode, or when the engine is unavailable)."""
