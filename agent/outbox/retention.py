@@ -17,6 +17,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from agent.outbox import chain
+
 if TYPE_CHECKING:
     from agent.outbox.store import Outbox
 
@@ -33,14 +35,16 @@ def _erase_photos(outbox: Outbox, ids: list[int], now: float) -> None:
         conn.execute(f"UPDATE payloads SET photos = NULL, raw_wlt = NULL WHERE record_id IN ({marks})", ids)
         conn.execute(f"UPDATE records SET photos_erased_at = ?, bytes = (SELECT length(data) FROM payloads "
                      f"WHERE payloads.record_id = records.id) WHERE id IN ({marks})", (now, *ids))
+        outbox._chained(chain.on_photos_erased(conn, outbox._chain_key, ids, now))
 
 
-def _delete_rows(outbox: Outbox, ids: list[int]) -> None:
+def _delete_rows(outbox: Outbox, ids: list[int], now: float) -> None:
     marks = ",".join("?" * len(ids))
     with outbox._write("delete old sent records") as conn:
         conn.execute(f"DELETE FROM attempts WHERE record_id IN ({marks})", ids)
         conn.execute(f"DELETE FROM payloads WHERE record_id IN ({marks})", ids)
         conn.execute(f"DELETE FROM records WHERE id IN ({marks}) AND state = 'sent'", ids)
+        outbox._chained(chain.on_purged(conn, outbox._chain_key, ids, now))
 
 
 def _ids(outbox: Outbox, sql: str, args: tuple[Any, ...]) -> list[int]:
@@ -84,7 +88,7 @@ def housekeeping(outbox: Outbox, now: float | None = None) -> dict[str, Any]:
     delete_before = now - storage.keep_sent_rows_days * DAY_S
     while ids := _ids(outbox, "SELECT id FROM records WHERE state = 'sent' AND sent_at < ? ORDER BY sent_at LIMIT ?",
                       (delete_before,)):
-        _delete_rows(outbox, ids)
+        _delete_rows(outbox, ids, now)
         result["rows_deleted"] += len(ids)
 
     # The budget: sent photos first, then sent rows, oldest first. Never anything unsent.
@@ -95,7 +99,7 @@ def housekeeping(outbox: Outbox, now: float | None = None) -> dict[str, Any]:
         total = _total(outbox)
     while total > storage.max_bytes and (ids := _ids(
             outbox, "SELECT id FROM records WHERE state = 'sent' ORDER BY sent_at LIMIT ?", ())):
-        _delete_rows(outbox, ids)
+        _delete_rows(outbox, ids, now)
         result["evicted_rows"] += len(ids)
         total = _total(outbox)
 

@@ -66,7 +66,25 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.table("attempts").create_index(["request_id"], index_name="attempts_request")
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2)
+def _v3(db: sqlite_utils.Database) -> None:
+    # The audit chain (agent/outbox/chain.py): append-only, one row per commit and state change.
+    # Rows that exist already are chained when the key is at hand (Outbox.open), marked as upgraded.
+    db.execute("""
+        CREATE TABLE chain (
+            seq INTEGER PRIMARY KEY,
+            record_id INTEGER,
+            kind TEXT NOT NULL,
+            at REAL NOT NULL,
+            body TEXT NOT NULL,
+            digest BLOB NOT NULL
+        )""")
+    db["chain"].create_index(["record_id", "seq"], index_name="chain_record")
+    records = db.table("records")
+    records.add_column("chain_seq", int)
+    records.add_column("key_id", str)
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2, _v3)
 CURRENT = len(MIGRATIONS)
 
 

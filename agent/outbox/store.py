@@ -35,7 +35,7 @@ from typing import Any
 
 from agent.config import StorageSettings
 from agent.errors import CryptoError, KeyFileError, OutboxCorrupt, OutboxError, StorageFull
-from agent.outbox import schema
+from agent.outbox import chain, schema
 from agent.outbox.keys import DataKey, load_key
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,8 @@ class Outbox:
         self._clock = clock
         self._lock = threading.RLock()
         self._closed = False
+        self._chain_key = chain.chain_key(key.key)
+        self._new_head: chain.Head | None = None
         self.wakeup = threading.Event()
         """Set after every enqueue and retry, so an idle uploader starts at once."""
         self._stop_checkpoints = threading.Event()
@@ -273,6 +275,7 @@ class Outbox:
                 conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
                 conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
                 conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA secure_delete = ON")  # deleted personal data does not linger in free pages
                 try:
                     found = schema.migrate(conn)
                 except ValueError as exc:
@@ -301,7 +304,9 @@ class Outbox:
                 conn.close()
             os.close(lock_fd)
             raise
-        return cls(conn, path, storage, key, lock_fd, clock)
+        outbox = cls(conn, path, storage, key, lock_fd, clock)
+        outbox._chain_upgrade()
+        return outbox
 
     @staticmethod
     def _key_for(conn: sqlite3.Connection, storage: StorageSettings, path: Path) -> DataKey:
@@ -388,11 +393,13 @@ class Outbox:
                     yield conn
                     conn.execute("COMMIT")
                 except BaseException:
+                    self._new_head = None
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise self._translate(exc, what) from exc
+            self._publish_head()
 
     @contextlib.contextmanager
     def _read(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -413,6 +420,31 @@ class Outbox:
                                  hint="restart fvagent: the damaged file is then moved aside and a new outbox "
                                       "started")
         return OutboxError(f"cannot {what}: {exc}", hint="see `fvagent status`; the database may be locked")
+
+    def _chained(self, head: chain.Head | None) -> None:
+        """Note the chain head an event of this transaction made: written to ``outbox.head`` after COMMIT."""
+        if head is not None:
+            self._new_head = head
+
+    def _publish_head(self) -> None:
+        head, self._new_head = self._new_head, None
+        if head is None:
+            return
+        try:
+            chain.write_head_file(chain.head_file(self.storage.dir), head, self._chain_key, self._lock_fd)
+        except OSError as exc:  # the commit stands; the file only lags (audit verify allows that)
+            log.warning("cannot write the audit head file in %s: %s", self.storage.dir, exc.strerror)
+
+    def _chain_upgrade(self) -> None:
+        """Chain the rows an older fvagent wrote (once, at the first open after the upgrade)."""
+        with self._read("read the outbox") as conn:
+            if conn.execute("SELECT NOT EXISTS(SELECT 1 FROM records WHERE chain_seq IS NULL)").fetchone()[0]:
+                return
+        with self._write("chain the existing records") as conn:
+            n = chain.upgrade(conn, self._chain_key, self._clock())
+            self._chained(chain.read_head(conn))
+        log.warning("audit chain built for %d record(s) written before it existed (marked %r)", n,
+                    chain.UPGRADE_NOTE)
 
     def _meta_get(self, conn: sqlite3.Connection, key: str) -> Any:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -467,6 +499,7 @@ class Outbox:
             record_id = int(cur.lastrowid or 0)
             conn.execute("INSERT INTO payloads (record_id, data, photos, raw_wlt) VALUES (?, ?, ?, ?)",
                          (record_id, sealed_data, sealed_photos, sealed_wlt))
+            self._chained(chain.on_commit(conn, self._chain_key, record_id))
         self.wakeup.set()
         return record_id
 
@@ -581,6 +614,7 @@ class Outbox:
                 raise OutboxError(f"record {record_id} cannot be retried: {why}", record_id=record_id)
             conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE id = ?",
                          (self._clock(), self._clock(), int(record_id)))
+            self._chained(chain.on_requeued(conn, self._chain_key, [int(record_id)], self._clock(), "operator"))
         self.wakeup.set()
 
     def resolve(self, record_id: int, *, request_id: str, message: str) -> None:
@@ -615,11 +649,14 @@ class Outbox:
             conn.execute("UPDATE records SET state = 'sent', attempts = attempts + 1, sent_at = ?, updated_at = ?,"
                          " request_id = ?, last_outcome = 'accepted', last_error = NULL WHERE id = ?",
                          (now, now, request_id, int(record_id)))
+            self._chained(chain.on_resolved(conn, self._chain_key, int(record_id), now, request_id, message))
 
     def retry_rejected(self) -> int:
         """Queue every rejected record again; returns how many."""
         now = self._clock()
         with self._write("retry the rejected records") as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM records WHERE state = 'rejected'")]
+            self._chained(chain.on_requeued(conn, self._chain_key, ids, now, "operator"))
             n = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ? "
                              "WHERE state = 'rejected'", (now, now)).rowcount
         self.wakeup.set()
@@ -702,6 +739,7 @@ class Outbox:
             if n:
                 conn.execute("UPDATE payloads SET data = ?, photos = ?, raw_wlt = NULL WHERE record_id = ?",
                              (sealed_data, sealed_photos, record_id))
+                self._chained(chain.on_released(conn, self._chain_key, record_id, now))
         return bool(n)
 
     # -- the uploader's side -----------------------------------------------------------------------
@@ -710,6 +748,8 @@ class Outbox:
         marked ``interrupted``. Only the uploader calls this, at its start. Returns how many."""
         now = self._clock()
         with self._write("requeue interrupted records") as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM records WHERE state = 'sending'")]
+            self._chained(chain.on_requeued(conn, self._chain_key, ids, now, "interrupted"))
             n = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
                              " last_outcome = 'interrupted' WHERE state = 'sending'", (now, now)).rowcount
             conn.execute("UPDATE attempts SET outcome = 'interrupted', finished_at = ?,"
@@ -734,6 +774,7 @@ class Outbox:
                 cur = conn.execute("INSERT INTO attempts (record_id, attempt, started_at) VALUES (?, ?, ?)",
                                    (record_id, attempt, now))
                 claims.append(Claim(record_id, int(attempt), int(cur.lastrowid or 0), now))
+                self._chained(chain.on_attempt(conn, self._chain_key, record_id, int(attempt), now))
         return claims
 
     def next_due_at(self) -> float | None:
@@ -744,7 +785,8 @@ class Outbox:
 
     def finish(self, claim: Claim, outcome: str, *, message: str, request_id: str | None = None,
                http_status: int | None = None, exception_code: str | None = None,
-               next_attempt_at: float | None = None, now: float | None = None) -> None:
+               next_attempt_at: float | None = None, now: float | None = None,
+               return_time_ms: int | None = None) -> None:
         """Record the end of one attempt. ``outcome``: ``accepted`` (-> sent), ``rejected`` or
         ``local`` (-> rejected), ``retryable`` or ``blocked`` (-> pending, due at ``next_attempt_at``)."""
         now = self._clock() if now is None else now
@@ -753,28 +795,34 @@ class Outbox:
                          " exception_code = ?, message = ? WHERE id = ?",
                          (request_id, now, outcome, http_status, exception_code, message[:500], claim.attempt_row))
             if outcome == "accepted":
-                conn.execute("UPDATE records SET state = 'sent', sent_at = ?, updated_at = ?, request_id = ?,"
+                cur = conn.execute("UPDATE records SET state = 'sent', sent_at = ?, updated_at = ?, request_id = ?,"
                              " last_outcome = ?, last_error = NULL WHERE id = ? AND state = 'sending'",
                              (now, now, request_id, outcome, claim.id))
             elif outcome in ("rejected", "local"):
-                conn.execute("UPDATE records SET state = 'rejected', updated_at = ?, request_id = ?,"
+                cur = conn.execute("UPDATE records SET state = 'rejected', updated_at = ?, request_id = ?,"
                              " last_outcome = ?, last_error = ? WHERE id = ? AND state = 'sending'",
                              (now, request_id, outcome, message[:500], claim.id))
             elif outcome in ("retryable", "blocked"):
-                conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
+                cur = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
                              " request_id = COALESCE(?, request_id), last_outcome = ?, last_error = ?"
                              " WHERE id = ? AND state = 'sending'",
                              (now if next_attempt_at is None else next_attempt_at, now, request_id, outcome,
                               message[:500], claim.id))
             else:
                 raise ValueError(f"unknown outcome {outcome!r}")
+            if cur.rowcount:
+                self._chained(chain.on_result(conn, self._chain_key, claim.id, claim.attempt, outcome, now,
+                                              request_id=request_id, return_time_ms=return_time_ms,
+                                              http_status=http_status, exception_code=exception_code,
+                                              message=message))
 
     def release(self, claim: Claim) -> None:
         """Give a claimed record back untried (the uploader was paused or stopped): its attempt is undone."""
         with self._write("release a claimed record") as conn:
             conn.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_row,))
-            conn.execute("UPDATE records SET state = 'pending', attempts = attempts - 1 WHERE id = ? AND "
-                         "state = 'sending'", (claim.id,))
+            if conn.execute("UPDATE records SET state = 'pending', attempts = attempts - 1 WHERE id = ? AND "
+                            "state = 'sending'", (claim.id,)).rowcount:
+                self._chained(chain.on_attempt_undone(conn, self._chain_key, claim.id, self._clock()))
 
     # -- registration and pause state (kept in the database) ----------------------------------------
     def registration_state(self) -> dict[str, Any]:
