@@ -7,6 +7,7 @@ place that decides how a masked value looks.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 
 def mask_card_no(card_no: str | None) -> str:
@@ -37,3 +38,20 @@ _ID_NUMBER = re.compile(
 def mask_id_numbers(text: str) -> str:
     """``text`` with every ID-number-shaped token masked (first four and last four kept)."""
     return _ID_NUMBER.sub(lambda m: mask_card_no(m.group(0)), text)
+
+
+PHOTO_FIELDS = ("headImg", "cameraImg", "fingerCollectImg")
+
+
+def mask_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """A verification record without its photos, name and card number masked, address, birthday and
+    issuing authority replaced by ``***``."""
+    record = {k: v for k, v in payload.items() if k not in PHOTO_FIELDS}
+    if "realName" in record:
+        record["realName"] = mask_name(record["realName"])
+    if "cardNo" in record:
+        record["cardNo"] = mask_card_no(record["cardNo"])
+    for name in ("address", "birthday", "police"):
+        if record.get(name):
+            record[name] = "***"
+    return record

@@ -132,7 +132,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from agent.errors import OutboxError
-    from agent.privacy import mask_card_no, mask_name
+    from agent.privacy import mask_record
 
     with _open(args) as outbox:
         row = outbox.get(args.id)
@@ -140,15 +140,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             raise OutboxError(f"no record with id {args.id}", hint="see `fvagent queue ls`")
         payload = outbox.payload(args.id) or {}
         attempts = outbox.attempts(args.id)
-    record = {k: v for k, v in payload.items() if k not in ("headImg", "cameraImg", "fingerCollectImg")}
-    for name in ("realName",):
-        if name in record:
-            record[name] = mask_name(record[name])
-    if "cardNo" in record:
-        record["cardNo"] = mask_card_no(record["cardNo"])
-    for name in ("address", "birthday", "police"):
-        if record.get(name):
-            record[name] = "***"
+    record = mask_record(payload)
     photos = {k: f"{len(payload[k]) * 3 // 4} bytes" for k in ("headImg", "cameraImg", "fingerCollectImg")
               if payload.get(k)}
     doc = _row_doc(row)

@@ -78,7 +78,7 @@ def _mac(ckey: bytes, what: str, seq: int, digest: bytes) -> str:
     return hmac_sm3(ckey, f"fvagent-chain-{what}/1\n{seq}\n".encode("ascii") + digest).hex()
 
 
-def _mac_ok(ckey: bytes, what: str, seq: int, digest: bytes, mac: Any) -> bool:
+def mac_ok(ckey: bytes, what: str, seq: int, digest: bytes, mac: Any) -> bool:
     return isinstance(mac, str) and hmac.compare_digest(_mac(ckey, what, seq, digest), mac)
 
 
@@ -139,7 +139,7 @@ def append(conn: sqlite3.Connection, ckey: bytes, kind: str, record_id: int | No
             seq, prev = int(checkpoint["seq"]), bytes.fromhex(checkpoint["digest"])
     else:
         seq, prev = head.seq, head.digest
-        valid = _mac_ok(ckey, "head", head.seq, head.digest, head.mac)
+        valid = mac_ok(ckey, "head", head.seq, head.digest, head.mac)
         if not valid:
             log.error("the outbox's audit chain head does not check; run `fvagent audit verify`")
     text = canonical(body)
@@ -245,14 +245,18 @@ def _prune(conn: sqlite3.Connection, ckey: bytes, at: float) -> None:
     new = {"seq": cut, "digest": bytes(digest).hex(), "events": int(checkpoint["events"]) + int(events),
            "records": int(checkpoint["records"]) + int(records or 0),
            "last_record_id": max(int(checkpoint["last_record_id"]), int(last_id or 0)), "at": at}
-    new["mac"] = _checkpoint_mac(ckey, new)
+    new["mac"] = checkpoint_mac(ckey, new)
     conn.execute("DELETE FROM chain WHERE seq <= ?", (cut,))
     _meta_put(conn, "chain.checkpoint", new)
 
 
-def _checkpoint_mac(ckey: bytes, cp: dict[str, Any]) -> str:
+def checkpoint_mac(ckey: bytes, cp: dict[str, Any]) -> str:
     summary = canonical([cp["events"], cp["records"], cp["last_record_id"], cp["at"]]).encode("utf-8")
     return _mac(ckey, "checkpoint", int(cp["seq"]), bytes.fromhex(cp["digest"]) + summary)
+
+
+def mac_ok_checkpoint(ckey: bytes, cp: dict[str, Any]) -> bool:
+    return hmac.compare_digest(checkpoint_mac(ckey, cp), str(cp.get("mac") or ""))
 
 
 def upgrade(conn: sqlite3.Connection, ckey: bytes, at: float) -> int:
@@ -270,14 +274,14 @@ def resign(conn: sqlite3.Connection, old_ckey: bytes, new_ckey: bytes) -> None:
     """Move the head and checkpoint signatures to a new key (key rotation); both must check under the old."""
     head = read_head(conn)
     if head is not None:
-        if not _mac_ok(old_ckey, "head", head.seq, head.digest, head.mac):
+        if not mac_ok(old_ckey, "head", head.seq, head.digest, head.mac):
             raise ValueError("the audit chain head does not check under the current key")
         _meta_put(conn, "chain.head", Head(head.seq, head.digest, _mac(new_ckey, "head", head.seq, head.digest)).doc())
     cp = read_checkpoint(conn)
     if cp is not None:
-        if not hmac.compare_digest(_checkpoint_mac(old_ckey, cp), str(cp.get("mac") or "")):
+        if not mac_ok_checkpoint(old_ckey, cp):
             raise ValueError("the audit chain checkpoint does not check under the current key")
-        cp["mac"] = _checkpoint_mac(new_ckey, cp)
+        cp["mac"] = checkpoint_mac(new_ckey, cp)
         _meta_put(conn, "chain.checkpoint", cp)
 
 

@@ -70,6 +70,23 @@ def budget_alert(held_bytes: int, max_bytes: int) -> str | None:
             "the upload (see the platform state) or raise max_bytes")
 
 
+def unsent_alert(oldest_unsent_at: float | None, days: float, now: float) -> str | None:
+    """The alert for rejected or held records older than ``storage.unsent_alert_days``, else None."""
+    if oldest_unsent_at is None or now - oldest_unsent_at < days * DAY_S:
+        return None
+    age = (now - oldest_unsent_at) / DAY_S
+    return (f"storage: a rejected or held record is {age:.0f} days old (over storage.unsent_alert_days, {days:g}): "
+            "it was never delivered; resolve it (fvagent queue ls --state rejected / --state held)")
+
+
+def damaged_alert(copies: list[Any]) -> str | None:
+    """The alert for damaged databases kept in the state directory, else None."""
+    if not copies:
+        return None
+    return (f"storage: {len(copies)} damaged outbox copy(ies) kept in the state directory ({copies[-1].name}"
+            f"{' ...' if len(copies) > 1 else ''}): recover what they hold, then move them away")
+
+
 def housekeeping(outbox: Outbox, now: float | None = None) -> dict[str, Any]:
     """Apply retention and the size budget once. The daemon calls it every few minutes.
 

@@ -582,12 +582,15 @@ class Outbox:
 
     def stats(self) -> dict[str, Any]:
         """Counts per state and ``total``, plus ``oldest_pending_age_s``, ``bytes`` (sealed data held),
-        ``max_bytes``, ``over_budget`` and ``last_sent_at`` (epoch seconds)."""
+        ``max_bytes``, ``over_budget``, ``last_sent_at`` and ``oldest_unsent_at`` (the oldest rejected
+        or held record's creation; epoch seconds)."""
         with self._read("count the outbox") as conn:
             counts = dict(conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state").fetchall())
             oldest, = conn.execute("SELECT MIN(created_at) FROM records WHERE state IN ('pending', 'sending')").fetchone()
             size, = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()
             last_sent, = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
+            oldest_unsent, = conn.execute("SELECT MIN(created_at) FROM records WHERE state IN ('rejected', 'held')"
+                                          ).fetchone()
         out: dict[str, Any] = {state: int(counts.get(state, 0)) for state in schema.STATES}
         out["total"] = sum(int(v) for v in counts.values())
         out["oldest_pending_age_s"] = round(max(0.0, self._clock() - oldest), 1) if oldest is not None else None
@@ -595,6 +598,7 @@ class Outbox:
         out["max_bytes"] = int(self.storage.max_bytes)
         out["over_budget"] = int(size) > self.storage.max_bytes
         out["last_sent_at"] = last_sent
+        out["oldest_unsent_at"] = oldest_unsent
         return out
 
     # -- operator actions --------------------------------------------------------------------------
@@ -938,3 +942,8 @@ def _move_aside(path: Path, lock_fd: int, reason: str) -> OutboxCorrupt:
                                "for recovery (the same key opens it)")
     error.kept_as = target  # type: ignore[attr-defined]
     return error
+
+
+def damaged_copies(directory: Path | str) -> list[Path]:
+    """The damaged databases moved aside in ``directory`` (``outbox.db.damaged-*``, without their -wal/-shm)."""
+    return sorted(p for p in Path(directory).glob(f"{DB_NAME}.damaged-*") if not p.name.endswith(("-wal", "-shm")))
