@@ -16,6 +16,8 @@ if [ "$want" = test ]; then
     command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
     command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
     command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+    # The audit tests tamper with the outbox through the sqlite3 command line, as an intruder would.
+    command -v sqlite3 >/dev/null 2>&1 || missing="$missing sqlite3"
     have_pkg libsystemd-dev || missing="$missing libsystemd-dev"
     # The operator page is Chinese: without a CJK font chromium's screenshots show empty boxes.
     have_pkg fonts-wqy-microhei || missing="$missing fonts-wqy-microhei"

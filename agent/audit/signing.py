@@ -112,6 +112,7 @@ def ensure(storage_dir: Path | str) -> SigningKey:
     private_hex = f"{secrets.randbelow(_N - 2) + 1:064x}"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, (private_hex + "\n").encode("ascii"))
