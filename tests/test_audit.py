@@ -18,8 +18,9 @@ from agent.audit import signing
 from agent.audit.export import export, verify_export
 from agent.audit.verify import verify_outbox
 from agent.cli import main
-from agent.errors import AuditError
+from agent.errors import AuditError, CryptoError
 from agent.outbox import Outbox, chain, schema
+from agent.outbox.keys import DataKey
 from agent.outbox.retention import DAY_S
 from tests.test_outbox_support import record, storage, write_config
 
@@ -445,3 +446,88 @@ def test_an_outbox_of_the_previous_release_is_chained_in_place(tmp_path: Path) -
     with Outbox.open(storage(tmp_path)) as box:  # opened again: nothing chained twice
         assert verify_outbox(box).upgraded == 4
         assert box._conn.execute("SELECT COUNT(*) FROM chain WHERE kind = 'upgraded'").fetchone()[0] == 4
+
+
+# -- key rotation ------------------------------------------------------------------------------------
+
+def test_rotate_key_new_records_under_the_new_key_old_ones_readable_until_purged(
+        tmp_path: Path, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.outbox.keys import key_path
+    from agent.outbox.rotation import load_retired, retired_path
+
+    config = _config(tmp_path)
+    settings = storage(tmp_path, keep_sent_days=1, keep_sent_rows_days=2)
+    with Outbox.open(settings, clock=clock) as box:
+        old_sent = box.enqueue(record(1))
+        old_pending = box.enqueue(record(2))
+        claim, = box.claim(1)
+        box.finish(claim, "accepted", message="成功", request_id="R-1")
+    old_key = key_path(settings).read_text()
+    assert main(["outbox", "rotate-key", "--config", str(config)]) == 0
+    assert "2 record(s) stay under" in capsys.readouterr().out
+    assert key_path(settings).read_text() != old_key
+    assert retired_path(settings).stat().st_mode & 0o777 == 0o600
+    with Outbox.open(settings, clock=clock) as box:
+        assert box.payload(old_pending) == record(2)
+        assert [r.id for r in box.find(record(2)["cardNo"])] == [old_pending]
+        new = box.enqueue(record(3))
+        assert box._conn.execute("SELECT key_id FROM records WHERE id = ?", (new,)).fetchone() == (None,)
+        assert box.payload(new) == record(3) and [r.id for r in box.find(record(3)["cardNo"])] == [new]
+        report = verify_outbox(box)
+        assert report.ok, report.problems
+        # The old key opens nothing new: the new record is sealed under the new key only.
+        old = DataKey(bytes.fromhex(old_key.strip()), "old")
+        uid, data = box._conn.execute("SELECT r.uid, p.data FROM records r JOIN payloads p ON p.record_id = r.id "
+                                      "WHERE r.id = ?", (new,)).fetchone()
+        with pytest.raises(CryptoError):
+            old.open(data, f"fvagent-outbox:{uid}:data".encode("ascii"))
+        box.housekeeping(clock.now + 3 * DAY_S)
+        assert box.get(old_sent) is None and verify_outbox(box).ok
+    # The next rotation keeps the first retired key only while a record still uses it.
+    with Outbox.open(settings, clock=clock) as box:
+        claim, = box.claim(1)
+        box.finish(claim, "accepted", message="成功", request_id="R-2")
+        box.housekeeping(clock.now + 3 * DAY_S)
+        assert box.get(old_pending) is None
+    assert main(["outbox", "rotate-key", "--config", str(config)]) == 0
+    retired = load_retired(settings)
+    assert len(retired) == 1  # the first key is gone with its last record; the second is kept for record 3
+    with Outbox.open(settings, clock=clock) as box:
+        assert box.payload(new) == record(3) and verify_outbox(box).ok
+
+
+def test_rotate_key_refuses_while_the_outbox_is_in_use(tmp_path: Path, clock: Clock,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path)
+    with Outbox.open(storage(tmp_path), clock=clock) as box:
+        box.enqueue(record(1))
+        assert main(["outbox", "rotate-key", "--config", str(config)]) == 1
+        assert "stop the service first" in capsys.readouterr().err
+        assert box.payload(1) == record(1)
+
+
+def test_an_interrupted_rotation_is_finished_by_running_it_again(tmp_path: Path, clock: Clock,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.errors import KeyFileError
+    from agent.outbox import rotation
+    from agent.outbox.keys import key_path
+
+    settings = storage(tmp_path)
+    with Outbox.open(settings, clock=clock) as box:
+        box.enqueue(record(1))
+    real_replace = rotation.os.replace
+
+    def crash_on_the_key(src: Any, dst: Any) -> None:
+        if Path(dst) == key_path(settings):
+            raise KeyboardInterrupt("power cut")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(rotation.os, "replace", crash_on_the_key)
+    with pytest.raises(KeyboardInterrupt):
+        rotation.rotate_key(settings)
+    monkeypatch.setattr(rotation.os, "replace", real_replace)
+    with pytest.raises(KeyFileError):  # the database moved to the new key, the key file did not
+        Outbox.open(settings, clock=clock).close()
+    rotation.rotate_key(settings)
+    with Outbox.open(settings, clock=clock) as box:
+        assert box.payload(1) == record(1) and verify_outbox(box).ok

@@ -35,7 +35,7 @@ from typing import Any
 
 from agent.config import StorageSettings
 from agent.errors import CryptoError, KeyFileError, OutboxCorrupt, OutboxError, StorageFull
-from agent.outbox import chain, schema
+from agent.outbox import chain, rotation, schema
 from agent.outbox.keys import DataKey, load_key
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,8 @@ class Outbox:
         self._lock = threading.RLock()
         self._closed = False
         self._chain_key = chain.chain_key(key.key)
+        self._retired: dict[str, DataKey] = {}
+        """Keys retired by ``fvagent outbox rotate-key``, by id: they open the records marked with it."""
         self._new_head: chain.Head | None = None
         self.wakeup = threading.Event()
         """Set after every enqueue and retry, so an idle uploader starts at once."""
@@ -287,6 +289,7 @@ class Outbox:
                     if result != ["ok"]:
                         raise _Damaged("quick_check: " + "; ".join(map(str, result[:3])))
                 key = cls._key_for(conn, storage, path)
+                retired = rotation.load_retired(storage)
             except sqlite3.Error as exc:
                 if _is_corrupt(exc):
                     raise _Damaged(str(exc)) from exc
@@ -305,6 +308,7 @@ class Outbox:
             os.close(lock_fd)
             raise
         outbox = cls(conn, path, storage, key, lock_fd, clock)
+        outbox._retired = retired
         outbox._chain_upgrade()
         return outbox
 
@@ -516,15 +520,16 @@ class Outbox:
         Raises ``OutboxCorrupt`` when the sealed data does not open (altered on disk).
         """
         with self._read("read the outbox") as conn:
-            t = conn.execute("SELECT r.uid, p.data, p.photos FROM records r JOIN payloads p ON p.record_id = r.id "
-                             "WHERE r.id = ?", (int(record_id),)).fetchone()
+            t = conn.execute("SELECT r.uid, p.data, p.photos, r.key_id FROM records r JOIN payloads p ON "
+                             "p.record_id = r.id WHERE r.id = ?", (int(record_id),)).fetchone()
         if t is None:
             return None
-        uid, data, photos = t
+        uid, data, photos, key_id = t
+        key = self._sealed_under(key_id, record_id)
         try:
-            payload = json.loads(self._key.open(data, _aad(uid, "data")))
+            payload = json.loads(key.open(data, _aad(uid, "data")))
             if photos is not None:
-                payload.update(_unpack_photos(self._key.open(photos, _aad(uid, "photos"))))
+                payload.update(_unpack_photos(key.open(photos, _aad(uid, "photos"))))
         except (CryptoError, ValueError) as exc:
             raise OutboxCorrupt(f"record {record_id}: its sealed data does not open (altered on disk)",
                                 record_id=record_id) from exc
@@ -533,22 +538,34 @@ class Outbox:
     def raw_wlt(self, record_id: int) -> bytes | None:
         """The sealed WLT photo kept with a held record, decrypted; ``None`` when there is none."""
         with self._read("read the outbox") as conn:
-            t = conn.execute("SELECT r.uid, p.raw_wlt FROM records r JOIN payloads p ON p.record_id = r.id "
-                             "WHERE r.id = ?", (int(record_id),)).fetchone()
+            t = conn.execute("SELECT r.uid, p.raw_wlt, r.key_id FROM records r JOIN payloads p ON "
+                             "p.record_id = r.id WHERE r.id = ?", (int(record_id),)).fetchone()
         if t is None or t[1] is None:
             return None
         try:
-            return self._key.open(t[1], _aad(t[0], "wlt"))
+            return self._sealed_under(t[2], record_id).open(t[1], _aad(t[0], "wlt"))
         except CryptoError as exc:
             raise OutboxCorrupt(f"record {record_id}: its sealed WLT photo does not open", record_id=record_id) from exc
+
+    def _sealed_under(self, key_id: str | None, record_id: int) -> DataKey:
+        """The key a record is sealed under: the current one, or a retired one (after a rotation)."""
+        if key_id is None:
+            return self._key
+        key = self._retired.get(key_id)
+        if key is None:
+            raise KeyFileError(f"record {record_id} is sealed under the retired key {key_id}, which is not in "
+                               f"{rotation.retired_path(self.storage)}",
+                               hint="restore that file from your backup")
+        return key
 
     def find(self, card_no: str | None = None, since: dt.datetime | None = None, limit: int = 50) -> list[Row]:
         """Rows newest first, of one card number when given (through the blind index), created at or
         after ``since`` (a naive datetime is local time)."""
         where, args = [], []
         if card_no:
-            where.append("r.card_index = ?")
-            args.append(self._key.card_index(card_no))
+            keys = [self._key, *self._retired.values()]  # records sealed before a rotation are indexed under their key
+            where.append(f"r.card_index IN ({','.join('?' * len(keys))})")
+            args.extend(key.card_index(card_no) for key in keys)
         if since is not None:
             where.append("r.created_at >= ?")
             args.append(since.timestamp())
@@ -737,7 +754,7 @@ class Outbox:
         index = self._key.card_index(card_no) if isinstance(card_no, str) and card_no else None
         with self._write("update the held record") as conn:
             n = conn.execute("UPDATE records SET state = 'pending', held_reason = NULL, next_attempt_at = ?,"
-                             " updated_at = ?, card_index = ?, bytes = ? WHERE id = ? AND state = ?",
+                             " updated_at = ?, card_index = ?, bytes = ?, key_id = NULL WHERE id = ? AND state = ?",
                              (now, now, index, len(sealed_data) + len(sealed_photos or b""), record_id,
                               from_state)).rowcount
             if n:
