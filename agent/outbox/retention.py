@@ -140,5 +140,7 @@ def _vacuum(outbox: Outbox) -> None:
             auto = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
         if free == 0 or auto != 2:  # 2 = incremental; older files made without it keep their pages
             return
-        with outbox._write("return free space") as conn:
-            conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+        # executescript, in its own transaction: execute() steps the pragma once, which frees one
+        # page (a purge of 100 records took 13,000 transactions and 12 s).
+        with outbox._read("return free space") as conn:
+            conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
