@@ -300,7 +300,7 @@ def read_head_file(path: Path) -> Head | None:
 
 
 def write_head_file(path: Path, head: Head, ckey: bytes, lock_fd: int, *, force: bool = False) -> None:
-    """Write the head beside the database (temp file, fsync, rename), never backwards: two processes
+    """Write the head beside the database (temp file, rename), never backwards: two processes
     may commit in turn, and the file keeps the larger. ``lock_fd`` serialises writers (a byte-range
     lock on the outbox lock file, apart from its whole-file flock)."""
     signed = Head(head.seq, head.digest, _mac(ckey, "file", head.seq, head.digest))
@@ -314,9 +314,13 @@ def write_head_file(path: Path, head: Head, ckey: bytes, lock_fd: int, *, force:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, canonical(signed.doc()).encode("ascii"))
-            os.fsync(fd)
+            if force:
+                os.fsync(fd)
         finally:
             os.close(fd)
+        # No fsync on the capture path (it doubled enqueue's fsyncs): the rename is atomic, and after
+        # a power cut the file may only lag the database, which verify allows. ``force`` (a key
+        # rotation, rare) syncs.
         os.replace(tmp, path)
     finally:
         fcntl.lockf(lock_fd, fcntl.LOCK_UN, 1, 1)
