@@ -149,6 +149,13 @@ def test_a_state_flipped_with_sqlite3_is_found(outbox: Outbox) -> None:
                                 "events: state changed outside the agent")
 
 
+def test_an_attempt_rewritten_with_sqlite3_is_found(outbox: Outbox) -> None:
+    ids = _fill(outbox)
+    _sql(outbox, f"UPDATE attempts SET outcome = 'accepted', request_id = 'R-FAKE' WHERE record_id = {ids['rejected']}")
+    assert _problem(outbox) == (f"record {ids['rejected']}: upload attempt 1 is ('accepted', 'R-FAKE') in the database "
+                                "but ('rejected', 'R-2') by its events (outcome, requestId): changed outside the agent")
+
+
 def test_a_score_edited_with_the_sqlite3_command_line_is_found(outbox: Outbox) -> None:
     ids = _fill(outbox)
     subprocess.run(["sqlite3", str(outbox.path),

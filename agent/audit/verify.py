@@ -204,7 +204,9 @@ def _replay(report: Report, expected: dict[int, dict[str, Any]], row: tuple[Any,
         exp = {"state": body.get("state"), "attempts": body.get("attempts", 0), "request_id": body.get("request_id"),
                "sent_at": body.get("sent_at"), "photos_erased_at": body.get("photos_erased_at"),
                "held_reason": body.get("held_reason"), "data": body.get("data"), "photos": body.get("photos"),
-               "wlt": body.get("wlt"), "fixed": body.get("fixed"), "purged": False, "upgraded": kind == "upgraded"}
+               "wlt": body.get("wlt"), "fixed": body.get("fixed"), "purged": False, "upgraded": kind == "upgraded",
+               # attempt number -> (outcome, request id); unknown for rows chained at the upgrade
+               "tries": None if kind == "upgraded" else {}}
         expected[record_id] = exp
         return
     exp = expected.get(record_id)
@@ -212,6 +214,9 @@ def _replay(report: Report, expected: dict[int, dict[str, Any]], row: tuple[Any,
         if record_id > last_purged_id:
             report.problems.append(f"event {seq} ({kind}) concerns record {record_id}, which was never committed")
         return  # a record whose commit is summed up in the checkpoint
+    tries = exp["tries"]
+    if tries is not None:
+        _replay_attempts(tries, kind, body, exp["attempts"])
     if kind == "attempt":
         exp.update(state="sending", attempts=exp["attempts"] + 1)
     elif kind == "sent":
@@ -235,6 +240,22 @@ def _replay(report: Report, expected: dict[int, dict[str, Any]], row: tuple[Any,
         exp["purged"] = True
 
 
+def _replay_attempts(tries: dict[int, tuple[Any, Any]], kind: str, body: dict[str, Any], attempts: int) -> None:
+    """What the ``attempts`` table must hold for one record, event by event."""
+    if kind == "attempt":
+        tries[int(body.get("attempt", attempts + 1))] = (None, None)
+    elif kind in ("sent", "rejected", "deferred"):
+        tries[int(body.get("attempt", attempts))] = (body.get("outcome"), body.get("request_id"))
+    elif kind == "attempt_undone":
+        tries.pop(attempts, None)
+    elif kind == "requeued" and body.get("why") == "interrupted":
+        for number, (outcome, request_id) in tries.items():
+            if outcome is None:
+                tries[number] = ("interrupted", request_id)
+    elif kind == "resolved":
+        tries[attempts + 1] = ("accepted", body.get("request_id"))
+
+
 def _blob_seal_id(conn: sqlite3.Connection, column: str, record_id: int, size: int | None) -> str | None:
     if size is None:
         return None
@@ -248,6 +269,10 @@ def _blob_seal_id(conn: sqlite3.Connection, column: str, record_id: int, size: i
 
 def _compare_rows(conn: sqlite3.Connection, report: Report, expected: dict[int, dict[str, Any]]) -> None:
     seen: set[int] = set()
+    tries: dict[int, dict[int, tuple[Any, Any]]] = {}
+    for record_id, attempt, outcome, request_id in conn.execute(
+            "SELECT record_id, attempt, outcome, request_id FROM attempts ORDER BY id"):
+        tries.setdefault(int(record_id), {})[int(attempt)] = (outcome, request_id)
     rows = conn.execute(
         "SELECT r.id, r.state, r.attempts, r.request_id, r.sent_at, r.photos_erased_at, r.held_reason, r.uid, "
         "r.created_at, r.simulated, r.idempotency_key, r.card_index, r.meta, p.data, length(p.photos), "
@@ -271,6 +296,13 @@ def _compare_rows(conn: sqlite3.Connection, report: Report, expected: dict[int, 
         if chain.fixed_digest(t[7], t[8], t[9], t[10], t[11], t[12]) != exp["fixed"]:
             report.problems.append(f"record {record_id} altered: its time, meta (face result, score), card index or "
                                    "idempotency key differ from what was committed")
+        if exp["tries"] is not None and tries.get(record_id, {}) != exp["tries"]:
+            actual_tries = tries.get(record_id, {})
+            number = min(n for n in set(actual_tries) | set(exp["tries"])
+                         if actual_tries.get(n) != exp["tries"].get(n))
+            report.problems.append(f"record {record_id}: upload attempt {number} is {actual_tries.get(number)} in the "
+                                   f"database but {exp['tries'].get(number)} by its events (outcome, requestId): "
+                                   "changed outside the agent")
         sealed = {"data": sm3(bytes(t[13])).hex() if t[13] is not None else None,
                   "photos": _blob_seal_id(conn, "photos", record_id, t[14]),
                   "wlt": _blob_seal_id(conn, "raw_wlt", record_id, t[15])}

@@ -92,14 +92,15 @@ class Head:
         return {"seq": self.seq, "digest": self.digest.hex(), "mac": self.mac}
 
 
-def _meta_json(conn: sqlite3.Connection, key: str) -> Any:
+def read_meta_json(conn: sqlite3.Connection, key: str) -> Any:
+    """A JSON value of the ``meta`` table, or ``None`` when absent or unreadable."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     if row is None or row[0] is None:
         return None
     try:
         return json.loads(bytes(row[0]).decode("utf-8"))
     except ValueError:
-        return {"unreadable": True}
+        return None
 
 
 def _meta_put(conn: sqlite3.Connection, key: str, value: Any) -> None:
@@ -116,11 +117,11 @@ def _head_from(doc: Any) -> Head | None:
 
 
 def read_head(conn: sqlite3.Connection) -> Head | None:
-    return _head_from(_meta_json(conn, "chain.head"))
+    return _head_from(read_meta_json(conn, "chain.head"))
 
 
 def read_checkpoint(conn: sqlite3.Connection) -> dict[str, Any] | None:
-    doc = _meta_json(conn, "chain.checkpoint")
+    doc = read_meta_json(conn, "chain.checkpoint")
     return doc if isinstance(doc, dict) else None
 
 

@@ -451,13 +451,7 @@ class Outbox:
                     chain.UPGRADE_NOTE)
 
     def _meta_get(self, conn: sqlite3.Connection, key: str) -> Any:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is None or row[0] is None:
-            return None
-        try:
-            return json.loads(bytes(row[0]).decode("utf-8"))
-        except ValueError:
-            return None
+        return chain.read_meta_json(conn, key)
 
     @staticmethod
     def _meta_set(conn: sqlite3.Connection, key: str, value: Any) -> None:
