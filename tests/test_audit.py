@@ -538,3 +538,47 @@ def test_an_interrupted_rotation_is_finished_by_running_it_again(tmp_path: Path,
     rotation.rotate_key(settings)
     with Outbox.open(settings, clock=clock) as box:
         assert box.payload(1) == record(1) and verify_outbox(box).ok
+
+
+def test_the_uploader_s_real_path_leaves_a_chain_that_verifies(tmp_path: Path) -> None:
+    """Uploads through PlatformClient: accepted, rejected and retryable answers, each with the
+    platform's requestId and returnTime in the chain."""
+    import httpx
+
+    from agent.config import load_config
+    from agent.outbox import Uploader
+    from agent.uplink.client import PlatformClient
+    from tests.test_uploader import FakePlatform  # the same platform double
+
+    platform = FakePlatform()
+
+    def rule(request: httpx.Request, body: dict[str, Any]) -> httpx.Response | None:
+        if body.get("cardNo") == record(1)["cardNo"]:
+            return platform.envelope(request, code=500, exception_code="A2301", msg="参数错误: cardNo")
+        if body.get("cardNo") == record(2)["cardNo"] and len(platform.uploads()) < 4:
+            return httpx.Response(503)
+        return None
+
+    platform.rule = rule
+
+    settings = load_config(write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "state",
+                                        url="http://platform.test/api"), validate_drivers=False)
+    with Outbox.open(settings.storage) as box:
+        for n in range(4):
+            box.enqueue(record(n))
+        up = Uploader(box, lambda p: PlatformClient(p, transport=httpx.MockTransport(platform)), settings.platform,
+                      settings.uploader, settings.device)
+        try:
+            deadline = 200
+            while box.stats()["pending"] and deadline:
+                up.drain_once()
+                deadline -= 1
+        finally:
+            up.close()
+        assert box.stats()["sent"] == 3 and box.stats()["rejected"] == 1
+        report = verify_outbox(box)
+        assert report.ok, report.problems
+        sent = [json.loads(b) for b, in box._conn.execute("SELECT body FROM chain WHERE kind = 'sent'")]
+        assert all(s["request_id"] and s["return_time_ms"] for s in sent)
+        kinds = {k for k, in box._conn.execute("SELECT kind FROM chain")}
+        assert {"deferred", "rejected", "sent"} <= kinds
