@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from agent.crypto import GCM_NONCE, GCM_TAG, sm3
+from agent.crypto import sm3
 from agent.outbox import chain
 
 _COMMITS = ("committed", "upgraded")
@@ -256,17 +256,6 @@ def _replay_attempts(tries: dict[int, tuple[Any, Any]], kind: str, body: dict[st
         tries[attempts + 1] = ("accepted", body.get("request_id"))
 
 
-def _blob_seal_id(conn: sqlite3.Connection, column: str, record_id: int, size: int | None) -> str | None:
-    if size is None:
-        return None
-    # Only the nonce and the tag are read: the photos stay on disk (10,000 records verify in seconds).
-    with conn.blobopen("payloads", column, record_id, readonly=True) as blob:
-        nonce = blob.read(GCM_NONCE)
-        blob.seek(-GCM_TAG, 2)
-        tag = blob.read(GCM_TAG)
-    return f"{size}:{nonce.hex()}:{tag.hex()}"
-
-
 def _compare_rows(conn: sqlite3.Connection, report: Report, expected: dict[int, dict[str, Any]]) -> None:
     seen: set[int] = set()
     tries: dict[int, dict[int, tuple[Any, Any]]] = {}
@@ -304,8 +293,8 @@ def _compare_rows(conn: sqlite3.Connection, report: Report, expected: dict[int, 
                                    f"database but {exp['tries'].get(number)} by its events (outcome, requestId): "
                                    "changed outside the agent")
         sealed = {"data": sm3(bytes(t[13])).hex() if t[13] is not None else None,
-                  "photos": _blob_seal_id(conn, "photos", record_id, t[14]),
-                  "wlt": _blob_seal_id(conn, "raw_wlt", record_id, t[15])}
+                  "photos": chain.blob_seal_id(conn, "photos", record_id, t[14]),
+                  "wlt": chain.blob_seal_id(conn, "raw_wlt", record_id, t[15])}
         for part, value in sealed.items():
             if value != exp[part]:
                 report.problems.append(f"record {record_id} altered: its sealed {part} is not the one committed")
