@@ -130,16 +130,16 @@ def _check_head(conn: sqlite3.Connection, ckey: bytes, report: Report, last_seq:
                                    "was rewritten since")
 
 
-def _read_file_head(storage_dir: Path) -> tuple[chain.Head | None, str]:
+def _read_file_head(storage_dir: Path, ckey: bytes) -> tuple[chain.Head | None, str]:
     path = chain.head_file(storage_dir)
-    return chain.read_head_file(path), path.name
+    return chain.read_head_file(path, ckey), path.name
 
 
 def verify_chain(conn: sqlite3.Connection, outbox_key: bytes, storage_dir: Path) -> Report:
     """Walk the whole chain and compare every row with its events."""
     ckey = chain.chain_key(outbox_key)
     report = Report()
-    file_head, file_name = _read_file_head(storage_dir)  # before the snapshot: the file may only lag it
+    file_head, file_name = _read_file_head(storage_dir, ckey)  # before the snapshot: the file may only lag it
     _begin(conn)
     try:
         seq, prev, last_purged_id = _start(conn, ckey, report)
@@ -163,7 +163,7 @@ def verify_tail(conn: sqlite3.Connection, outbox_key: bytes, storage_dir: Path,
     """Check the links of the newest ``events`` events, the signed head and the head file (bounded time)."""
     ckey = chain.chain_key(outbox_key)
     report = Report(partial=True)
-    file_head, file_name = _read_file_head(storage_dir)
+    file_head, file_name = _read_file_head(storage_dir, ckey)
     _begin(conn)
     try:
         rows = conn.execute("SELECT seq, record_id, kind, at, body, digest FROM chain ORDER BY seq DESC LIMIT ?",
