@@ -425,6 +425,16 @@ class Outbox:
                                       "started")
         return OutboxError(f"cannot {what}: {exc}", hint="see `fvagent status`; the database may be locked")
 
+    def _meta_get(self, conn: sqlite3.Connection, key: str) -> Any:
+        return chain.read_meta_json(conn, key)
+
+    @staticmethod
+    def _meta_set(conn: sqlite3.Connection, key: str, value: Any) -> None:
+        if value is None:
+            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, _dumps(value)))
+
     def _chained(self, head: chain.Head | None) -> None:
         """Note the chain head an event of this transaction made: written to ``outbox.head`` after COMMIT."""
         if head is not None:
@@ -449,16 +459,6 @@ class Outbox:
             self._chained(chain.read_head(conn))
         log.warning("audit chain built for %d record(s) written before it existed (marked %r)", n,
                     chain.UPGRADE_NOTE)
-
-    def _meta_get(self, conn: sqlite3.Connection, key: str) -> Any:
-        return chain.read_meta_json(conn, key)
-
-    @staticmethod
-    def _meta_set(conn: sqlite3.Connection, key: str, value: Any) -> None:
-        if value is None:
-            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
-        else:
-            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, _dumps(value)))
 
     # -- capture -----------------------------------------------------------------------------------
     def enqueue(self, payload: dict[str, Any], *, simulated: bool = False, held_reason: str | None = None,
