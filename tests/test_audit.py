@@ -259,6 +259,14 @@ def test_an_old_copy_of_the_file_put_back_is_found(tmp_path: Path, clock: Clock)
     assert problem.startswith("the outbox is behind its head file (2 events in the database, 4 in outbox.head)")
 
 
+def test_a_deleted_chain_head_is_found_and_capture_goes_on(outbox: Outbox) -> None:
+    _fill(outbox)
+    _sql(outbox, "DELETE FROM meta WHERE key = 'chain.head'")
+    assert _problem(outbox) == "the signed chain head is missing from the database: removed outside the agent"
+    assert outbox.enqueue(record(60)) > 0
+    assert _problem(outbox).startswith("the chain head's signature does not check")
+
+
 def test_a_deleted_head_file_is_found(outbox: Outbox) -> None:
     _fill(outbox)
     chain.head_file(outbox.storage.dir).unlink()

@@ -145,6 +145,10 @@ def append(conn: sqlite3.Connection, ckey: bytes, kind: str, record_id: int | No
         seq, prev, valid = 0, GENESIS, True
         if checkpoint is not None:  # every event was purged: continue after the checkpoint
             seq, prev = int(checkpoint["seq"]), bytes.fromhex(checkpoint["digest"])
+        last = conn.execute("SELECT seq, digest FROM chain ORDER BY seq DESC LIMIT 1").fetchone()
+        if last is not None:  # events but no head: removed outside the agent; capture goes on, unsigned
+            seq, prev, valid = int(last[0]), bytes(last[1]), False
+            log.error("the outbox's audit chain head is missing; run `fvagent audit verify`")
     else:
         seq, prev = head.seq, head.digest
         valid = mac_ok(ckey, "head", head.seq, head.digest, head.mac)
