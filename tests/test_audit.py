@@ -462,6 +462,13 @@ def test_an_outbox_of_the_previous_release_is_chained_in_place(tmp_path: Path) -
     with Outbox.open(storage(tmp_path)) as box:  # opened again: nothing chained twice
         assert verify_outbox(box).upgraded == 4
         assert box._conn.execute("SELECT COUNT(*) FROM chain WHERE kind = 'upgraded'").fetchone()[0] == 4
+    # A row slipped in afterwards is never taken for an upgraded one.
+    conn = sqlite3.connect(state / "outbox.db")
+    conn.execute("INSERT INTO records (uid, created_at, state, next_attempt_at) VALUES ('x', 1, 'sent', 1)")
+    conn.commit()
+    conn.close()
+    with Outbox.open(storage(tmp_path)) as box:
+        assert "was not put there by the agent: it has no commit event" in _problem(box)
 
 
 # -- key rotation ------------------------------------------------------------------------------------

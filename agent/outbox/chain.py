@@ -276,7 +276,8 @@ def mac_ok_checkpoint(ckey: bytes, cp: dict[str, Any]) -> bool:
 
 def upgrade(conn: sqlite3.Connection, ckey: bytes, at: float) -> int:
     """Chain the rows an older fvagent wrote (no commit event yet), each marked "chained from
-    upgrade" with its state as found. Inside the caller's transaction. Returns how many."""
+    upgrade" with its state as found. Inside the caller's transaction, once: the migration to
+    schema 3 marks that it is due. Returns how many."""
     ids = [int(r[0]) for r in conn.execute("SELECT id FROM records WHERE chain_seq IS NULL ORDER BY id")]
     for record_id in ids:
         created, body = commit_body(conn, record_id, upgrade=True)

@@ -452,10 +452,11 @@ class Outbox:
     def _chain_upgrade(self) -> None:
         """Chain the rows an older fvagent wrote (once, at the first open after the upgrade)."""
         with self._read("read the outbox") as conn:
-            if conn.execute("SELECT NOT EXISTS(SELECT 1 FROM records WHERE chain_seq IS NULL)").fetchone()[0]:
+            if conn.execute("SELECT NOT EXISTS(SELECT 1 FROM meta WHERE key = 'chain.upgrade')").fetchone()[0]:
                 return
         with self._write("chain the existing records") as conn:
             n = chain.upgrade(conn, self._chain_key, self._clock())
+            conn.execute("DELETE FROM meta WHERE key = 'chain.upgrade'")
             self._chained(chain.read_head(conn))
         log.warning("audit chain built for %d record(s) written before it existed (marked %r)", n,
                     chain.UPGRADE_NOTE)
