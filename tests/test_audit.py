@@ -157,6 +157,14 @@ def test_an_attempt_rewritten_with_sqlite3_is_found(outbox: Outbox) -> None:
                                 "but ('rejected', 'R-2') by its events (outcome, requestId): changed outside the agent")
 
 
+def test_a_state_changed_by_hand_stays_found_after_the_agent_acts_on_it(outbox: Outbox) -> None:
+    ids = _fill(outbox)
+    _sql(outbox, f"UPDATE records SET state = 'rejected' WHERE id = {ids['deferred']}")
+    outbox.resolve(ids["deferred"], request_id="R-X", message="by hand")  # now sent, as its events go on to say
+    assert _problem(outbox).endswith(f"found record {ids['deferred']} 'pending' by its events, not 'rejected': its "
+                                     "state was changed outside the agent before the agent acted on it")
+
+
 def test_a_score_edited_with_the_sqlite3_command_line_is_found(outbox: Outbox) -> None:
     ids = _fill(outbox)
     subprocess.run(["sqlite3", str(outbox.path),

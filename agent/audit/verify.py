@@ -19,6 +19,11 @@ from agent.outbox import chain
 
 _COMMITS = ("committed", "upgraded")
 _COMPARED = ("state", "attempts", "request_id", "sent_at", "photos_erased_at", "held_reason")
+_FROM = {"attempt": ("pending",), "sent": ("sending",), "rejected": ("sending",), "deferred": ("sending",),
+         "attempt_undone": ("sending",), "released": ("held",), "resolved": ("rejected",),
+         "photos_erased": ("sent",), "purged": ("sent",)}
+"""The state each event starts from: the agent writes it only then, so any other means the row's
+state was changed by hand before the agent acted on it."""
 
 
 @dataclasses.dataclass
@@ -214,6 +219,13 @@ def _replay(report: Report, expected: dict[int, dict[str, Any]], row: tuple[Any,
         if record_id > last_purged_id:
             report.problems.append(f"event {seq} ({kind}) concerns record {record_id}, which was never committed")
         return  # a record whose commit is summed up in the checkpoint
+    allowed = _FROM.get(kind)
+    if kind == "requeued":
+        allowed = ("sending",) if body.get("why") == "interrupted" else ("rejected", "pending")
+    if allowed is not None and exp["state"] not in allowed and not exp["purged"]:
+        report.problems.append(f"event {seq} ({kind}) found record {record_id} {exp['state']!r} by its events, "
+                               f"not {' or '.join(map(repr, allowed))}: its state was changed outside the agent "
+                               "before the agent acted on it")
     tries = exp["tries"]
     if tries is not None:
         _replay_attempts(tries, kind, body, exp["attempts"])
