@@ -183,7 +183,6 @@ def test_a_deleted_row_is_found(outbox: Outbox) -> None:
 
 def test_deleted_last_events_are_a_truncated_tail(outbox: Outbox) -> None:
     _fill(outbox)
-    last = outbox.stats()  # noqa: F841 - the outbox stays open: the daemon would be running
     _sql(outbox, "DELETE FROM chain WHERE seq > (SELECT MAX(seq) - 2 FROM chain)")
     problem = _problem(outbox)
     assert problem.startswith("tail truncated: events ") and "missing (the signed head is at" in problem
