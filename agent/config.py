@@ -339,6 +339,8 @@ class StorageSettings(_Section):
     """Size budget of the outbox; past it sent data is evicted first, unsent never."""
     min_free_bytes: int = Field(default=64 * 1024**2, ge=0)
     """Below this much free disk, status raises a storage alert."""
+    unsent_alert_days: float = Field(default=30, gt=0)
+    """Rejected and held records (never deleted by retention) raise a status and doctor alert once older."""
 
     @model_validator(mode="after")
     def _keep_order(self) -> StorageSettings:

@@ -118,3 +118,7 @@ class FaceError(FvagentError):
 
 class LocalApiError(FvagentError):
     """The local API cannot be served (its port is taken, it did not start in time)."""
+
+
+class AuditError(FvagentError):
+    """The audit chain, an export or its signature does not check, or an export cannot be made."""

@@ -7,6 +7,7 @@ place that decides how a masked value looks.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 
 def mask_card_no(card_no: str | None) -> str:
@@ -54,3 +55,20 @@ def mask_personal(text: str, known: tuple[str, ...] = ()) -> str:
         text = text.replace(value, mask_name(value))
     text = _QUOTED_PERSONAL.sub(lambda m: m.group("key") + m.group("sep") + mask_name(m.group("value")), text)
     return mask_id_numbers(text)
+
+
+PHOTO_FIELDS = ("headImg", "cameraImg", "fingerCollectImg")
+
+
+def mask_record(payload: dict[str, Any]) -> dict[str, Any]:
+    """A verification record without its photos, name and card number masked, address, birthday and
+    issuing authority replaced by ``***``."""
+    record = {k: v for k, v in payload.items() if k not in PHOTO_FIELDS}
+    if "realName" in record:
+        record["realName"] = mask_name(record["realName"])
+    if "cardNo" in record:
+        record["cardNo"] = mask_card_no(record["cardNo"])
+    for name in ("address", "birthday", "police"):
+        if record.get(name):
+            record[name] = "***"
+    return record

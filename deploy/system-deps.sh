@@ -16,6 +16,10 @@ if [ "$want" = test ]; then
     command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
     command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
     command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+    # The audit tests tamper with the outbox through the sqlite3 command line, as an intruder would.
+    command -v sqlite3 >/dev/null 2>&1 || missing="$missing sqlite3"
+    # The SM2 signatures of audit exports are checked against OpenSSL's own SM2.
+    command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
     have_pkg libsystemd-dev || missing="$missing libsystemd-dev"
     # The operator page is Chinese: without a CJK font chromium's screenshots show empty boxes.
     have_pkg fonts-wqy-microhei || missing="$missing fonts-wqy-microhei"

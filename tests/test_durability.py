@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from agent import mock_platform
+from agent.audit.verify import verify_outbox
 from agent.config import Settings, load_config
 from agent.errors import StorageFull
 from agent.outbox import Outbox, Uploader
@@ -155,6 +156,9 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, platform: Platfo
                     assert row is not None, f"cycle {cycle}: committed record {n} (id {record_id}) is gone"
                     if n % 7 == 0 or row.state != "sent":
                         assert box.payload(record_id) == record(n)
+                # The audit chain is written in each change's own transaction: a kill never parts them.
+                report = verify_outbox(box)
+                assert report.ok, f"cycle {cycle}: {report.summary()}"
             twice = {k for k, c in platform.delivered().items() if c > 1}
             assert twice <= in_flight, f"cycle {cycle}: duplicates not in flight at a kill: {twice - in_flight}"
         # Finally let one worker run to the end: everything committed gets delivered.

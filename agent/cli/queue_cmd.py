@@ -190,7 +190,7 @@ def _ls_follow_ups(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from agent.errors import OutboxError
-    from agent.privacy import mask_card_no, mask_name
+    from agent.privacy import mask_record
 
     with _open(args) as outbox:
         row = outbox.get(args.id)
@@ -198,15 +198,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             raise OutboxError(f"no record with id {args.id}", hint="see `fvagent queue ls`")
         payload = outbox.payload(args.id) or {}
         attempts = outbox.attempts(args.id)
-    record = {k: v for k, v in payload.items() if k not in ("headImg", "cameraImg", "fingerCollectImg")}
-    for name in ("realName",):
-        if name in record:
-            record[name] = mask_name(record[name])
-    if "cardNo" in record:
-        record["cardNo"] = mask_card_no(record["cardNo"])
-    for name in ("address", "birthday", "police"):
-        if record.get(name):
-            record[name] = "***"
+    record = mask_record(payload)
     photos = {k: f"{len(payload[k]) * 3 // 4} bytes" for k in ("headImg", "cameraImg", "fingerCollectImg")
               if payload.get(k)}
     doc = _row_doc(row)

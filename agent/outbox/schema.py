@@ -78,7 +78,28 @@ def _v3(db: sqlite_utils.Database) -> None:
         )""")
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2, _v3)
+def _v4(db: sqlite_utils.Database) -> None:
+    # The audit chain (agent/outbox/chain.py): append-only, one row per commit and state change.
+    # Rows that exist already are chained when the key is at hand (Outbox.open), marked as upgraded.
+    db.execute("""
+        CREATE TABLE chain (
+            seq INTEGER PRIMARY KEY,
+            record_id INTEGER,
+            kind TEXT NOT NULL,
+            at REAL NOT NULL,
+            body TEXT NOT NULL,
+            digest BLOB NOT NULL
+        )""")
+    db["chain"].create_index(["record_id", "seq"], index_name="chain_record")
+    records = db.table("records")
+    records.add_column("chain_seq", int)
+    records.add_column("key_id", str)
+    # Only the rows there now are chained at the upgrade: a row added later without its event is
+    # reported by `audit verify`, never chained.
+    db.execute("INSERT INTO meta(key, value) SELECT 'chain.upgrade', X'31' WHERE EXISTS(SELECT 1 FROM records)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2, _v3, _v4)
 CURRENT = len(MIGRATIONS)
 
 

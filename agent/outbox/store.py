@@ -35,7 +35,7 @@ from typing import Any
 
 from agent.config import StorageSettings
 from agent.errors import CryptoError, KeyFileError, OutboxCorrupt, OutboxError, StorageFull
-from agent.outbox import schema
+from agent.outbox import chain, rotation, schema
 from agent.outbox.keys import DataKey, load_key
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,10 @@ class Outbox:
         self._clock = clock
         self._lock = threading.RLock()
         self._closed = False
+        self._chain_key = chain.chain_key(key.key)
+        self._retired: dict[str, DataKey] = {}
+        """Keys retired by ``fvagent outbox rotate-key``, by id: they open the records marked with it."""
+        self._new_head: chain.Head | None = None
         self.wakeup = threading.Event()
         """Set after every enqueue and retry, so an idle uploader starts at once."""
         self._stop_checkpoints = threading.Event()
@@ -284,6 +288,7 @@ class Outbox:
                 conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
                 conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
                 conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA secure_delete = ON")  # deleted personal data does not linger in free pages
                 try:
                     found = schema.migrate(conn)
                 except ValueError as exc:
@@ -295,6 +300,7 @@ class Outbox:
                     if result != ["ok"]:
                         raise _Damaged("quick_check: " + "; ".join(map(str, result[:3])))
                 key = cls._key_for(conn, storage, path)
+                retired = rotation.load_retired(storage)
             except sqlite3.Error as exc:
                 if _is_corrupt(exc):
                     raise _Damaged(str(exc)) from exc
@@ -312,7 +318,10 @@ class Outbox:
                 conn.close()
             os.close(lock_fd)
             raise
-        return cls(conn, path, storage, key, lock_fd, clock)
+        outbox = cls(conn, path, storage, key, lock_fd, clock)
+        outbox._retired = retired
+        outbox._chain_upgrade()
+        return outbox
 
     @staticmethod
     def _key_for(conn: sqlite3.Connection, storage: StorageSettings, path: Path) -> DataKey:
@@ -399,11 +408,13 @@ class Outbox:
                     yield conn
                     conn.execute("COMMIT")
                 except BaseException:
+                    self._new_head = None
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise self._translate(exc, what) from exc
+            self._publish_head()
 
     @contextlib.contextmanager
     def _read(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -426,13 +437,7 @@ class Outbox:
         return OutboxError(f"cannot {what}: {exc}", hint="see `fvagent status`; the database may be locked")
 
     def _meta_get(self, conn: sqlite3.Connection, key: str) -> Any:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is None or row[0] is None:
-            return None
-        try:
-            return json.loads(bytes(row[0]).decode("utf-8"))
-        except ValueError:
-            return None
+        return chain.read_meta_json(conn, key)
 
     @staticmethod
     def _meta_set(conn: sqlite3.Connection, key: str, value: Any) -> None:
@@ -440,6 +445,32 @@ class Outbox:
             conn.execute("DELETE FROM meta WHERE key = ?", (key,))
         else:
             conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, _dumps(value)))
+
+    def _chained(self, head: chain.Head | None) -> None:
+        """Note the chain head an event of this transaction made: written to ``outbox.head`` after COMMIT."""
+        if head is not None:
+            self._new_head = head
+
+    def _publish_head(self) -> None:
+        head, self._new_head = self._new_head, None
+        if head is None:
+            return
+        try:
+            chain.write_head_file(chain.head_file(self.storage.dir), head, self._chain_key, self._lock_fd)
+        except OSError as exc:  # the commit stands; the file only lags (audit verify allows that)
+            log.warning("cannot write the audit head file in %s: %s", self.storage.dir, exc.strerror)
+
+    def _chain_upgrade(self) -> None:
+        """Chain the rows an older fvagent wrote (once, at the first open after the upgrade)."""
+        with self._read("read the outbox") as conn:
+            if conn.execute("SELECT NOT EXISTS(SELECT 1 FROM meta WHERE key = 'chain.upgrade')").fetchone()[0]:
+                return
+        with self._write("chain the existing records") as conn:
+            n = chain.upgrade(conn, self._chain_key, self._clock())
+            conn.execute("DELETE FROM meta WHERE key = 'chain.upgrade'")
+            self._chained(chain.read_head(conn))
+        log.warning("audit chain built for %d record(s) written before it existed (marked %r)", n,
+                    chain.UPGRADE_NOTE)
 
     # -- capture -----------------------------------------------------------------------------------
     def enqueue(self, payload: dict[str, Any], *, simulated: bool = False, held_reason: str | None = None,
@@ -478,6 +509,7 @@ class Outbox:
             record_id = int(cur.lastrowid or 0)
             conn.execute("INSERT INTO payloads (record_id, data, photos, raw_wlt) VALUES (?, ?, ?, ?)",
                          (record_id, sealed_data, sealed_photos, sealed_wlt))
+            self._chained(chain.on_commit(conn, self._chain_key, record_id))
         self.wakeup.set()
         return record_id
 
@@ -495,15 +527,16 @@ class Outbox:
         Raises ``OutboxCorrupt`` when the sealed data does not open (altered on disk).
         """
         with self._read("read the outbox") as conn:
-            t = conn.execute(f"SELECT r.uid, p.data, {'p.photos' if photos else 'NULL'} FROM records r "
+            t = conn.execute(f"SELECT r.uid, p.data, {'p.photos' if photos else 'NULL'}, r.key_id FROM records r "
                              "JOIN payloads p ON p.record_id = r.id WHERE r.id = ?", (int(record_id),)).fetchone()
         if t is None:
             return None
-        uid, data, sealed_photos = t
+        uid, data, sealed_photos, key_id = t
+        key = self._sealed_under(key_id, record_id)
         try:
-            payload = json.loads(self._key.open(data, _aad(uid, "data")))
+            payload = json.loads(key.open(data, _aad(uid, "data")))
             if sealed_photos is not None:
-                payload.update(_unpack_photos(self._key.open(sealed_photos, _aad(uid, "photos"))))
+                payload.update(_unpack_photos(key.open(sealed_photos, _aad(uid, "photos"))))
         except (CryptoError, ValueError) as exc:
             raise OutboxCorrupt(f"record {record_id}: its sealed data does not open (altered on disk)",
                                 record_id=record_id) from exc
@@ -512,14 +545,25 @@ class Outbox:
     def raw_wlt(self, record_id: int) -> bytes | None:
         """The sealed WLT photo kept with a held record, decrypted; ``None`` when there is none."""
         with self._read("read the outbox") as conn:
-            t = conn.execute("SELECT r.uid, p.raw_wlt FROM records r JOIN payloads p ON p.record_id = r.id "
-                             "WHERE r.id = ?", (int(record_id),)).fetchone()
+            t = conn.execute("SELECT r.uid, p.raw_wlt, r.key_id FROM records r JOIN payloads p ON "
+                             "p.record_id = r.id WHERE r.id = ?", (int(record_id),)).fetchone()
         if t is None or t[1] is None:
             return None
         try:
-            return self._key.open(t[1], _aad(t[0], "wlt"))
+            return self._sealed_under(t[2], record_id).open(t[1], _aad(t[0], "wlt"))
         except CryptoError as exc:
             raise OutboxCorrupt(f"record {record_id}: its sealed WLT photo does not open", record_id=record_id) from exc
+
+    def _sealed_under(self, key_id: str | None, record_id: int) -> DataKey:
+        """The key a record is sealed under: the current one, or a retired one (after a rotation)."""
+        if key_id is None:
+            return self._key
+        key = self._retired.get(key_id)
+        if key is None:
+            raise KeyFileError(f"record {record_id} is sealed under the retired key {key_id}, which is not in "
+                               f"{rotation.retired_path(self.storage)}",
+                               hint="restore that file from your backup")
+        return key
 
     def find(self, card_no: str | None = None, since: dt.datetime | None = None, limit: int = 50, *,
              before_id: int | None = None) -> list[Row]:
@@ -530,8 +574,9 @@ class Outbox:
             where.append("r.id < ?")
             args.append(int(before_id))
         if card_no:
-            where.append("r.card_index = ?")
-            args.append(self._key.card_index(card_no))
+            keys = [self._key, *self._retired.values()]  # records sealed before a rotation are indexed under their key
+            where.append(f"r.card_index IN ({','.join('?' * len(keys))})")
+            args.extend(key.card_index(card_no) for key in keys)
         if since is not None:
             where.append("r.created_at >= ?")
             args.append(since.timestamp())
@@ -565,8 +610,8 @@ class Outbox:
 
     def stats(self) -> dict[str, Any]:
         """Counts per state and ``total``, plus ``oldest_pending_age_s``, ``bytes`` (sealed data held),
-        ``max_bytes``, ``over_budget``, ``last_sent_at`` (epoch seconds) and ``held_simulated`` (held
-        with ``SIMULATED_HELD_REASON``)."""
+        ``max_bytes``, ``over_budget``, ``last_sent_at`` and ``oldest_unsent_at`` (the oldest rejected
+        or held record's creation; epoch seconds), ``held_simulated`` (held with ``SIMULATED_HELD_REASON``)."""
         with self._read("count the outbox") as conn:
             counts = dict(conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state").fetchall())
             simulated, = conn.execute("SELECT COUNT(*) FROM records WHERE state = 'held' AND held_reason = ?",
@@ -574,6 +619,8 @@ class Outbox:
             oldest, = conn.execute("SELECT MIN(created_at) FROM records WHERE state IN ('pending', 'sending')").fetchone()
             size, = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()
             last_sent, = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
+            oldest_unsent, = conn.execute("SELECT MIN(created_at) FROM records WHERE state IN ('rejected', 'held')"
+                                          ).fetchone()
         out: dict[str, Any] = {state: int(counts.get(state, 0)) for state in schema.STATES}
         out["total"] = sum(int(v) for v in counts.values())
         out["oldest_pending_age_s"] = round(max(0.0, self._clock() - oldest), 1) if oldest is not None else None
@@ -582,6 +629,7 @@ class Outbox:
         out["over_budget"] = int(size) > self.storage.max_bytes
         out["last_sent_at"] = last_sent
         out["held_simulated"] = int(simulated)
+        out["oldest_unsent_at"] = oldest_unsent
         return out
 
     def count_unsent(self, *, source: str) -> int:
@@ -594,11 +642,13 @@ class Outbox:
     def hold_simulated(self) -> int:
         """Hold every pending simulated record with ``SIMULATED_HELD_REASON``: a production platform
         must never get one, whenever it was captured. Returns how many."""
+        now = self._clock()
         with self._write("hold the simulated records") as conn:
-            n = conn.execute("UPDATE records SET state = 'held', held_reason = ?, updated_at = ?"
-                             " WHERE simulated = 1 AND state = 'pending'",
-                             (SIMULATED_HELD_REASON, self._clock())).rowcount
-        return int(n)
+            ids = [int(i) for i, in conn.execute("SELECT id FROM records WHERE simulated = 1 AND state = 'pending'")]
+            conn.executemany("UPDATE records SET state = 'held', held_reason = ?, updated_at = ? WHERE id = ?",
+                             [(SIMULATED_HELD_REASON, now, i) for i in ids])
+            self._chained(chain.on_held(conn, self._chain_key, ids, now, SIMULATED_HELD_REASON))
+        return len(ids)
 
     # -- operator actions --------------------------------------------------------------------------
     def retry(self, record_id: int) -> None:
@@ -617,6 +667,7 @@ class Outbox:
                 raise OutboxError(f"record {record_id} cannot be retried: {why}", record_id=record_id)
             conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE id = ?",
                          (self._clock(), self._clock(), int(record_id)))
+            self._chained(chain.on_requeued(conn, self._chain_key, [int(record_id)], self._clock(), "operator"))
         self.wakeup.set()
 
     def resolve(self, record_id: int, *, request_id: str, message: str) -> None:
@@ -651,6 +702,7 @@ class Outbox:
             conn.execute("UPDATE records SET state = 'sent', attempts = attempts + 1, sent_at = ?, updated_at = ?,"
                          " request_id = ?, last_outcome = 'accepted', last_error = NULL WHERE id = ?",
                          (now, now, request_id, int(record_id)))
+            self._chained(chain.on_resolved(conn, self._chain_key, int(record_id), now, request_id, message))
 
     # -- hand-over marks (the desk's follow-up of failed verifications) ----------------------------
     def mark_handed_over(self, record_id: int, operator: str) -> Handover:
@@ -665,8 +717,10 @@ class Outbox:
             if t is None:
                 raise OutboxError(f"no record with id {record_id}", record_id=record_id)
             sealed = self._key.seal(operator.encode("utf-8"), _aad(t[0], "handover"))
-            conn.execute("INSERT OR IGNORE INTO handovers (record_id, at, operator) VALUES (?, ?, ?)",
-                         (int(record_id), now, sealed))
+            cur = conn.execute("INSERT OR IGNORE INTO handovers (record_id, at, operator) VALUES (?, ?, ?)",
+                               (int(record_id), now, sealed))
+            if cur.rowcount:
+                self._chained(chain.on_handover(conn, self._chain_key, int(record_id), now, sealed))
         found = self.handovers([record_id]).get(int(record_id))
         if found is None:  # deleted by retention between the two transactions: only a sent record can be
             raise OutboxError(f"no record with id {record_id}", record_id=record_id)
@@ -695,6 +749,8 @@ class Outbox:
         """Queue every rejected record again; returns how many."""
         now = self._clock()
         with self._write("retry the rejected records") as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM records WHERE state = 'rejected'")]
+            self._chained(chain.on_requeued(conn, self._chain_key, ids, now, "operator"))
             n = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ? "
                              "WHERE state = 'rejected'", (now, now)).rowcount
         self.wakeup.set()
@@ -773,12 +829,13 @@ class Outbox:
         index = self._key.card_index(card_no) if isinstance(card_no, str) and card_no else None
         with self._write("update the held record") as conn:
             n = conn.execute("UPDATE records SET state = 'pending', held_reason = NULL, next_attempt_at = ?,"
-                             " updated_at = ?, card_index = ?, bytes = ? WHERE id = ? AND state = ?",
+                             " updated_at = ?, card_index = ?, bytes = ?, key_id = NULL WHERE id = ? AND state = ?",
                              (now, now, index, len(sealed_data) + len(sealed_photos or b""), record_id,
                               from_state)).rowcount
             if n:
                 conn.execute("UPDATE payloads SET data = ?, photos = ?, raw_wlt = NULL WHERE record_id = ?",
                              (sealed_data, sealed_photos, record_id))
+                self._chained(chain.on_released(conn, self._chain_key, record_id, now))
         return bool(n)
 
     # -- the uploader's side -----------------------------------------------------------------------
@@ -787,6 +844,8 @@ class Outbox:
         marked ``interrupted``. Only the uploader calls this, at its start. Returns how many."""
         now = self._clock()
         with self._write("requeue interrupted records") as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM records WHERE state = 'sending'")]
+            self._chained(chain.on_requeued(conn, self._chain_key, ids, now, "interrupted"))
             n = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
                              " last_outcome = 'interrupted' WHERE state = 'sending'", (now, now)).rowcount
             conn.execute("UPDATE attempts SET outcome = 'interrupted', finished_at = ?,"
@@ -811,6 +870,7 @@ class Outbox:
                 cur = conn.execute("INSERT INTO attempts (record_id, attempt, started_at) VALUES (?, ?, ?)",
                                    (record_id, attempt, now))
                 claims.append(Claim(record_id, int(attempt), int(cur.lastrowid or 0), now))
+                self._chained(chain.on_attempt(conn, self._chain_key, record_id, int(attempt), now))
         return claims
 
     def next_due_at(self) -> float | None:
@@ -821,7 +881,8 @@ class Outbox:
 
     def finish(self, claim: Claim, outcome: str, *, message: str, request_id: str | None = None,
                http_status: int | None = None, exception_code: str | None = None,
-               next_attempt_at: float | None = None, now: float | None = None) -> None:
+               next_attempt_at: float | None = None, now: float | None = None,
+               return_time_ms: int | None = None) -> None:
         """Record the end of one attempt. ``outcome``: ``accepted`` (-> sent), ``rejected`` or
         ``local`` (-> rejected), ``retryable``, ``blocked``, ``clock`` or ``unregistered`` (-> pending, due at
         ``next_attempt_at``)."""
@@ -831,28 +892,34 @@ class Outbox:
                          " exception_code = ?, message = ? WHERE id = ?",
                          (request_id, now, outcome, http_status, exception_code, message[:500], claim.attempt_row))
             if outcome == "accepted":
-                conn.execute("UPDATE records SET state = 'sent', sent_at = ?, updated_at = ?, request_id = ?,"
+                cur = conn.execute("UPDATE records SET state = 'sent', sent_at = ?, updated_at = ?, request_id = ?,"
                              " last_outcome = ?, last_error = NULL WHERE id = ? AND state = 'sending'",
                              (now, now, request_id, outcome, claim.id))
             elif outcome in ("rejected", "local"):
-                conn.execute("UPDATE records SET state = 'rejected', updated_at = ?, request_id = ?,"
+                cur = conn.execute("UPDATE records SET state = 'rejected', updated_at = ?, request_id = ?,"
                              " last_outcome = ?, last_error = ? WHERE id = ? AND state = 'sending'",
                              (now, request_id, outcome, message[:500], claim.id))
             elif outcome in ("retryable", "blocked", "clock", "unregistered"):
-                conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
+                cur = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
                              " request_id = COALESCE(?, request_id), last_outcome = ?, last_error = ?"
                              " WHERE id = ? AND state = 'sending'",
                              (now if next_attempt_at is None else next_attempt_at, now, request_id, outcome,
                               message[:500], claim.id))
             else:
                 raise ValueError(f"unknown outcome {outcome!r}")
+            if cur.rowcount:
+                self._chained(chain.on_result(conn, self._chain_key, claim.id, claim.attempt, outcome, now,
+                                              request_id=request_id, return_time_ms=return_time_ms,
+                                              http_status=http_status, exception_code=exception_code,
+                                              message=message))
 
     def release(self, claim: Claim) -> None:
         """Give a claimed record back untried (the uploader was paused or stopped): its attempt is undone."""
         with self._write("release a claimed record") as conn:
             conn.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_row,))
-            conn.execute("UPDATE records SET state = 'pending', attempts = attempts - 1 WHERE id = ? AND "
-                         "state = 'sending'", (claim.id,))
+            if conn.execute("UPDATE records SET state = 'pending', attempts = attempts - 1 WHERE id = ? AND "
+                            "state = 'sending'", (claim.id,)).rowcount:
+                self._chained(chain.on_attempt_undone(conn, self._chain_key, claim.id, self._clock()))
 
     # -- registration and pause state (kept in the database) ----------------------------------------
     def registration_state(self) -> dict[str, Any]:
@@ -968,3 +1035,8 @@ def _move_aside(path: Path, lock_fd: int, reason: str) -> OutboxCorrupt:
                                "for recovery (the same key opens it)")
     error.kept_as = target  # type: ignore[attr-defined]
     return error
+
+
+def damaged_copies(directory: Path | str) -> list[Path]:
+    """The damaged databases moved aside in ``directory`` (``outbox.db.damaged-*``, without their -wal/-shm)."""
+    return sorted(p for p in Path(directory).glob(f"{DB_NAME}.damaged-*") if not p.name.endswith(("-wal", "-shm")))

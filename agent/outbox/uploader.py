@@ -470,7 +470,8 @@ class Uploader:
     def _apply(self, claim: Claim, outcome: Outcome) -> None:
         now = self._clock()
         details = dict(request_id=outcome.request_id or None, http_status=outcome.http_status,
-                       exception_code=outcome.exception_code, message=outcome.message, now=now)
+                       exception_code=outcome.exception_code, message=outcome.message, now=now,
+                       return_time_ms=outcome.return_time_ms)
         kind = outcome.kind
         if kind is OutcomeKind.ACCEPTED:
             self._finish(claim, "accepted", **details)

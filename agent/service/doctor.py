@@ -63,6 +63,7 @@ def run_checks(config_path: str | os.PathLike[str], *, transport: Any = None,
               None if daemon["running"] else "systemctl start fvagent (or fvagent run in a terminal)"))
     _check_storage(settings, add)
     _check_outbox(settings, add)
+    _check_audit(settings, add)
     _check_reader(settings, add, running_hw)
     _check_camera(settings, add, running_hw)
     _check_face(settings, add)
@@ -177,6 +178,39 @@ def _check_outbox(settings: Any, add: Callable[[Check], None]) -> None:
         add(Check("outbox", WARN, counts, "configure [card_reader] wlt_decoder to release held records"))
     else:
         add(Check("outbox", OK, counts))
+
+
+def _check_audit(settings: Any, add: Callable[[Check], None]) -> None:
+    """The newest part of the audit chain, old unsent records, damaged copies kept aside."""
+    from agent.outbox.retention import damaged_alert, unsent_alert
+    from agent.outbox.store import DB_NAME, damaged_copies
+
+    directory = Path(settings.storage.dir)
+    kept = damaged_copies(directory) if directory.is_dir() else []
+    if kept:
+        add(Check("damaged copies", WARN, damaged_alert(kept) or "",
+                  "recover them with the same key (see docs/operations.md), then move them off the terminal"))
+    if not (directory / DB_NAME).exists():
+        return
+    try:
+        from agent.audit.verify import verify_outbox
+        from agent.outbox import Outbox
+
+        with Outbox.open(settings.storage) as outbox:
+            report = verify_outbox(outbox, full=False)
+            stats = outbox.stats()
+    except Exception as exc:
+        add(Check("audit chain", FAIL, f"cannot check: {exc}", getattr(exc, "hint", None)))
+        return
+    if report.ok:
+        add(Check("audit chain", OK, report.summary() + " (the whole chain: fvagent audit verify)"))
+    else:
+        add(Check("audit chain", FAIL, report.summary(),
+                  "the outbox was changed outside fvagent: keep a copy of the state directory, run "
+                  "`fvagent audit verify` and report it"))
+    old = unsent_alert(stats.get("oldest_unsent_at"), settings.storage.unsent_alert_days, time.time())
+    if old:
+        add(Check("unsent records", WARN, old, "fvagent queue export --rejected FILE, fix, fvagent upload-file"))
 
 
 def _check_reader(settings: Any, add: Callable[[Check], None], running_hw: dict[str, Any] | None) -> None:

@@ -140,6 +140,7 @@ class Service:
         self._last_watchdog = 0.0
         self._stalled: list[str] = []
         self._held_release_due = True
+        self._audit_alert: str | None = None
 
     # ----------------------------------------------------------------------------------------------
     # Start and stop
@@ -154,6 +155,7 @@ class Service:
 
         s = self.settings
         self.outbox = Outbox.open(s.storage, check=True)
+        self._audit_alert = _audit_at_start(self.outbox)
         self._hold_simulated()
         self.operator = OperatorState.for_settings(s)
         self._open_hardware()
@@ -635,6 +637,8 @@ class Service:
                                    and self.verifier.decoder else
                                    {"state": "off", "detail": "none configured: chip photos are held until one is"})
         alerts = list(self._alerts)
+        if self._audit_alert:
+            alerts.append(self._audit_alert)
         if self._local_api_error:
             alerts.append(f"local API: {self._local_api_error}")
         stale = self.stale_loops()
@@ -760,3 +764,22 @@ def _jsonable(value: Any) -> Any:
 
 
 __all__ = ["Heartbeat", "Service"]
+
+
+def _audit_at_start(outbox: Any) -> str | None:
+    """Make the audit signing key on first start and check the newest events of the chain (bounded
+    time). A broken chain is an alert, never a reason to stop capturing."""
+    from agent.audit import signing
+    from agent.audit.verify import verify_outbox
+
+    try:
+        signing.ensure(outbox.storage.dir)
+        report = verify_outbox(outbox, full=False)
+    except Exception as exc:  # the desk is never blocked by the audit
+        log.error("audit check at start failed: %s", exc)
+        return f"audit: the check at start failed: {exc}"
+    if report.ok:
+        log.info("audit chain at start: %s", report.summary())
+        return None
+    log.error("audit chain at start: %s", report.summary())
+    return f"audit: {report.problems[0]} (run `fvagent audit verify`)"
