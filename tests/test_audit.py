@@ -106,6 +106,27 @@ def test_every_state_change_is_an_event_and_the_chain_verifies(outbox: Outbox) -
     assert head is not None and head.seq == report.last_seq
 
 
+def test_holding_simulated_records_and_hand_over_marks_are_events(outbox: Outbox) -> None:
+    from agent.outbox.store import SIMULATED_HELD_REASON
+
+    simulated = outbox.enqueue(record(1), simulated=True)
+    failed = outbox.enqueue(record(2))
+    assert outbox.hold_simulated() == 1
+    outbox.mark_handed_over(failed, "李护士")
+    outbox.mark_handed_over(failed, "李护士")  # a second mark changes nothing, so no second event
+    report = verify_outbox(outbox)
+    assert report.ok, report.problems
+    conn = sqlite3.connect(outbox.path)
+    held = conn.execute("SELECT body FROM chain WHERE kind = 'held' AND record_id = ?", (simulated,)).fetchall()
+    assert [json.loads(b)["reason"] for b, in held] == [SIMULATED_HELD_REASON]
+    assert conn.execute("SELECT COUNT(*) FROM chain WHERE kind = 'handover' AND record_id = ?",
+                        (failed,)).fetchone()[0] == 1
+    assert "李护士" not in "".join(b for b, in conn.execute("SELECT body FROM chain"))  # the name stays sealed
+    conn.close()
+    _sql(outbox, "UPDATE records SET state = 'pending', held_reason = NULL WHERE id = ?", args=(simulated,))
+    assert "state changed outside the agent" in _problem(outbox)
+
+
 def test_retention_erases_and_purges_with_a_signed_checkpoint(tmp_path: Path, clock: Clock) -> None:
     with Outbox.open(storage(tmp_path, keep_sent_days=1, keep_sent_rows_days=2), clock=clock) as box:
         ids = _fill(box)

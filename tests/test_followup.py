@@ -62,7 +62,7 @@ def test_schema_2_outbox_gains_the_handovers_table(tmp_path: Path) -> None:
     schema.migrate(conn, target=2)
     conn.close()
     with Outbox.open(storage(tmp_path)) as box:
-        assert schema.version(box._conn) == schema.CURRENT == 3
+        assert schema.version(box._conn) == schema.CURRENT == 4
         rid = box.enqueue(_face(3, 2, 0.0))
         assert box.mark_handed_over(rid, "黄护士").operator == "黄护士"
 
