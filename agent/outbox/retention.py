@@ -40,7 +40,9 @@ def _delete_rows(outbox: Outbox, ids: list[int]) -> None:
     with outbox._write("delete old sent records") as conn:
         conn.execute(f"DELETE FROM attempts WHERE record_id IN ({marks})", ids)
         conn.execute(f"DELETE FROM payloads WHERE record_id IN ({marks})", ids)
-        conn.execute(f"DELETE FROM records WHERE id IN ({marks}) AND state = 'sent'", ids)
+        deleted = conn.execute(f"DELETE FROM records WHERE id IN ({marks}) AND state = 'sent'", ids).rowcount
+    if outbox.watermark is not None:
+        outbox.watermark.note(None, -int(deleted))
 
 
 def _ids(outbox: Outbox, sql: str, args: tuple[Any, ...]) -> list[int]:

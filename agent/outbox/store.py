@@ -187,8 +187,10 @@ class Outbox:
     """The outbox. Build it with ``Outbox.open(storage_settings)``; ``close()`` when done."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, storage: StorageSettings, key: DataKey, lock_fd: int,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], *, readonly: bool = False) -> None:
         self._conn = conn
+        self.readonly = readonly
+        """Opened by a read-only command: nothing here writes, moves or checkpoints the file."""
         self.path = path
         self.storage = storage
         self._key = key
@@ -198,9 +200,12 @@ class Outbox:
         self._closed = False
         self.wakeup = threading.Event()
         """Set after every enqueue and retry, so an idle uploader starts at once."""
+        self.watermark: Any = None
+        """The ``agent.outbox.watermark.Watermark`` kept while open for writing."""
         self._stop_checkpoints = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True)
-        self._checkpointer.start()
+        if not readonly:
+            self._checkpointer.start()
 
     def __repr__(self) -> str:
         return f"Outbox(path={str(self.path)!r}, key={self._key.source!r})"
@@ -218,7 +223,7 @@ class Outbox:
     # -- opening -----------------------------------------------------------------------------------
     @classmethod
     def open(cls, storage: StorageSettings, *, check: bool = False, create: bool = True,
-             clock: Callable[[], float] = time.time) -> Outbox:
+             clock: Callable[[], float] = time.time, readonly: bool = False) -> Outbox:
         """Open (or create) the outbox in ``storage.dir``.
 
         Creates the state directory (0700) and, on first start, the 0600 key file; reads the key
@@ -232,8 +237,13 @@ class Outbox:
         ``outbox.db.damaged-<UTC time>`` (its -wal beside it) and never overwritten, so the next
         open starts a new, empty outbox; ``StorageFull`` when the disk has no room; ``OutboxError``
         for anything else (permissions, a newer schema).
+
+        ``readonly`` (status, doctor, the listing commands): the file is opened read-only, never
+        migrated, moved or checkpointed; a damaged file raises ``OutboxCorrupt`` and stays where it is.
         """
         directory = Path(storage.dir)
+        if readonly:
+            return cls._open_readonly(storage, directory / DB_NAME, clock)
         if not create and not (directory / DB_NAME).exists():
             raise OutboxError(f"there is no outbox in {directory} yet",
                               hint="the service creates it (and its key) at its first start; check [storage] dir")
@@ -301,7 +311,52 @@ class Outbox:
                 conn.close()
             os.close(lock_fd)
             raise
-        return cls(conn, path, storage, key, lock_fd, clock)
+        outbox = cls(conn, path, storage, key, lock_fd, clock)
+        from agent.outbox import watermark
+
+        watermark.check_at_open(outbox)
+        return outbox
+
+    @classmethod
+    def _open_readonly(cls, storage: StorageSettings, path: Path, clock: Callable[[], float]) -> Outbox:
+        if not path.exists():
+            raise OutboxError(f"there is no outbox {path}",
+                              hint="the service creates it (and its key) at its first start; check [storage] dir")
+        damaged_hint = ("the service salvages it at its next start (fvagent outbox salvage FILE does it by hand); "
+                        "nothing was changed")
+        problem = _header_problem(path)
+        if problem:
+            raise OutboxCorrupt(f"the outbox database {path} is damaged ({problem})", hint=damaged_hint)
+        lock_path = path.with_name(LOCK_NAME)
+        lock_fd = os.open(lock_path if lock_path.exists() else path, os.O_RDONLY)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            found = schema.version(conn)
+            if found != schema.CURRENT:
+                raise OutboxError(f"the outbox {path} has schema {found}, this fvagent reads {schema.CURRENT}",
+                                  hint="start the service once (it upgrades the file), or run the fvagent that wrote it")
+            stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+            key = load_key(storage, may_create=False)
+            if stored is not None and not key.matches(bytes(stored[0])):
+                raise KeyFileError(f"the outbox data key ({key.source}) is not the key the outbox {path} was sealed "
+                                   "with", hint="restore the original key file; see docs/outbox.md, the key")
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            os.close(lock_fd)
+            if _is_corrupt(exc):
+                raise OutboxCorrupt(f"the outbox database {path} is damaged ({exc})", hint=damaged_hint) from exc
+            raise OutboxError(f"cannot read the outbox {path}: {exc}",
+                              hint=f"check the owner and permissions of {path.parent}") from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            os.close(lock_fd)
+            raise
+        return cls(conn, path, storage, key, lock_fd, clock, readonly=True)
 
     @staticmethod
     def _key_for(conn: sqlite3.Connection, storage: StorageSettings, path: Path) -> DataKey:
@@ -373,6 +428,8 @@ class Outbox:
                 self._conn.close()
             finally:
                 os.close(self._lock_fd)
+                if self.watermark is not None:
+                    self.watermark.close()
 
     # -- transactions ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -467,6 +524,8 @@ class Outbox:
             record_id = int(cur.lastrowid or 0)
             conn.execute("INSERT INTO payloads (record_id, data, photos, raw_wlt) VALUES (?, ?, ?, ?)",
                          (record_id, sealed_data, sealed_photos, sealed_wlt))
+        if self.watermark is not None:
+            self.watermark.note(record_id, 1)
         self.wakeup.set()
         return record_id
 
@@ -719,10 +778,17 @@ class Outbox:
                         "(the platform may receive them twice)", n)
         return int(n)
 
-    def claim(self, limit: int, now: float | None = None) -> list[Claim]:
-        """Take up to ``limit`` due pending records, oldest first, into ``sending`` (one attempt each)."""
+    def claim(self, limit: int, now: float | None = None, *, max_wait_s: float | None = None) -> list[Claim]:
+        """Take up to ``limit`` due pending records, oldest first, into ``sending`` (one attempt each).
+
+        ``max_wait_s`` (the uploader's ``backoff_max_s``): a retry time further ahead than this was
+        set while the wall clock was wrong (it stepped back since); it is brought to ``now + max_wait_s``,
+        so a clock step never delays a retry by more than the longest backoff."""
         now = self._clock() if now is None else now
         with self._write("claim records to send") as conn:
+            if max_wait_s is not None:
+                conn.execute("UPDATE records SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
+                             (now + max_wait_s, now + max_wait_s))
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM records WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
                 (now, int(limit))).fetchall()]

@@ -246,6 +246,9 @@ class Uploader:
             self._set("paused", self._client_error)
             return poll
         until = self._observed.backoff_until
+        if until is not None and until - now > self.settings.backoff_max_s:  # set before the clock stepped back
+            until = self._observed.backoff_until = now + self.settings.backoff_max_s
+        self._reg_retry_at = min(self._reg_retry_at, now + self.settings.backoff_max_s)
         if until is not None and now < until:
             self._set("backoff", f"the platform is failing; next try in {until - now:.0f} s")
             return min(poll, until - now)
@@ -429,7 +432,7 @@ class Uploader:
     def _claim(self, free: int) -> list[Claim]:
         # While the platform is failing, probe with one record at a time.
         limit = 1 if self._failures else free
-        return self.outbox.claim(limit, self._clock())
+        return self.outbox.claim(limit, self._clock(), max_wait_s=self.settings.backoff_max_s)
 
     # -- synchronous driving (tests, the `fvagent` one-shot commands) ------------------------------
     def recover(self) -> int:
