@@ -138,13 +138,15 @@ def test_missing_key_is_never_replaced_by_a_new_one(tmp_path: Path) -> None:
     assert not key_file.exists()
 
 
-def test_key_file_readable_by_others_or_malformed_is_refused(tmp_path: Path) -> None:
+def test_key_file_readable_by_others_is_a_warning_and_a_malformed_one_refused(tmp_path: Path) -> None:
     Outbox.open(storage(tmp_path)).close()
     key_file = tmp_path / "state" / "outbox.key"
     key_file.chmod(0o644)
-    with pytest.raises(KeyFileError, match="chmod 600"):
-        Outbox.open(storage(tmp_path))
+    with Outbox.open(storage(tmp_path)) as box:  # the desk is not blocked by a file mode
+        assert box.key_warning is not None and "chmod 600" in box.key_warning
     key_file.chmod(0o600)
+    with Outbox.open(storage(tmp_path)) as box:
+        assert box.key_warning is None
     key_file.write_text("not-hex")
     with pytest.raises(KeyFileError, match="32 hexadecimal"):
         Outbox.open(storage(tmp_path))

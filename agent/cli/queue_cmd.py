@@ -75,12 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     resolve.set_defaults(func=cmd_resolve)
 
 
-def _open(args: argparse.Namespace) -> Any:
+def _open(args: argparse.Namespace, *, readonly: bool = False) -> Any:
+    """The configured outbox; ``readonly`` for the commands that only look (never moves or writes it)."""
     from agent.config import load_config
     from agent.outbox import Outbox
 
     settings = load_config(config_path(args), validate_drivers=False)
-    return Outbox.open(settings.storage, create=False)
+    return Outbox.open(settings.storage, create=False, readonly=readonly)
 
 
 def _when(epoch: float | None) -> str:
@@ -90,7 +91,7 @@ def _when(epoch: float | None) -> str:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    with _open(args) as outbox:
+    with _open(args, readonly=True) as outbox:
         stats = outbox.stats()
     if args.json:
         print(json.dumps(stats, ensure_ascii=False))
@@ -114,7 +115,7 @@ def _row_doc(row: Any) -> dict[str, Any]:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    with _open(args) as outbox:
+    with _open(args, readonly=True) as outbox:
         rows = outbox.list(args.state, limit=args.limit)
     if args.json:
         print(json.dumps([_row_doc(r) for r in rows], ensure_ascii=False))
@@ -134,7 +135,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from agent.errors import OutboxError
     from agent.privacy import mask_card_no, mask_name
 
-    with _open(args) as outbox:
+    with _open(args, readonly=True) as outbox:
         row = outbox.get(args.id)
         if row is None:
             raise OutboxError(f"no record with id {args.id}", hint="see `fvagent queue ls`")
@@ -187,7 +188,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    with _open(args) as outbox:
+    with _open(args, readonly=True) as outbox:
         n = outbox.export_rejected(args.file)
     if n == 0:
         print(f"no rejected records: {args.file} was not created")

@@ -36,7 +36,7 @@ from typing import Any
 from agent.config import StorageSettings
 from agent.errors import CryptoError, KeyFileError, OutboxCorrupt, OutboxError, StorageFull
 from agent.outbox import schema
-from agent.outbox.keys import DataKey, load_key
+from agent.outbox.keys import DataKey, key_for_check, load_key
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,11 @@ class Outbox:
     def key_source(self) -> str:
         return self._key.source
 
+    @property
+    def key_warning(self) -> str | None:
+        """A problem with the key that must be fixed but does not stop the outbox (its file mode)."""
+        return self._key.warning
+
     # -- opening -----------------------------------------------------------------------------------
     @classmethod
     def open(cls, storage: StorageSettings, *, check: bool = False, create: bool = True,
@@ -339,10 +344,8 @@ class Outbox:
                 raise OutboxError(f"the outbox {path} has schema {found}, this fvagent reads {schema.CURRENT}",
                                   hint="start the service once (it upgrades the file), or run the fvagent that wrote it")
             stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
-            key = load_key(storage, may_create=False)
-            if stored is not None and not key.matches(bytes(stored[0])):
-                raise KeyFileError(f"the outbox data key ({key.source}) is not the key the outbox {path} was sealed "
-                                   "with", hint="restore the original key file; see docs/outbox.md, the key")
+            key = (key_for_check(storage, bytes(stored[0]), path) if stored is not None
+                   else load_key(storage, may_create=False))
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -362,13 +365,7 @@ class Outbox:
     def _key_for(conn: sqlite3.Connection, storage: StorageSettings, path: Path) -> DataKey:
         stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
         if stored is not None:
-            key = load_key(storage, may_create=False)
-            if not key.matches(bytes(stored[0])):
-                raise KeyFileError(
-                    f"the outbox data key ({key.source}) is not the key the outbox {path} was sealed with",
-                    hint="restore the original key file (or credential outbox_key) from your backup; the queued "
-                         "records cannot be read without it, and fvagent changes nothing until then")
-            return key
+            return key_for_check(storage, bytes(stored[0]), path)
         has_rows = conn.execute("SELECT EXISTS(SELECT 1 FROM records)").fetchone()[0]
         if has_rows:
             raise KeyFileError(f"the outbox {path} holds records but no key check value",
@@ -608,12 +605,15 @@ class Outbox:
 
     def stats(self) -> dict[str, Any]:
         """Counts per state and ``total``, plus ``oldest_pending_age_s``, ``bytes`` (sealed data held),
-        ``max_bytes``, ``over_budget`` and ``last_sent_at`` (epoch seconds)."""
+        ``max_bytes``, ``over_budget``, ``last_sent_at`` (epoch seconds) and ``unsealable`` (rejected
+        here, not by the platform: their sealed data no longer opens)."""
         with self._read("count the outbox") as conn:
             counts = dict(conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state").fetchall())
             oldest, = conn.execute("SELECT MIN(created_at) FROM records WHERE state IN ('pending', 'sending')").fetchone()
             size, = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()
             last_sent, = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
+            unsealable, = conn.execute("SELECT COUNT(*) FROM records WHERE state = 'rejected' "
+                                       "AND last_outcome = 'local'").fetchone()
         out: dict[str, Any] = {state: int(counts.get(state, 0)) for state in schema.STATES}
         out["total"] = sum(int(v) for v in counts.values())
         out["oldest_pending_age_s"] = round(max(0.0, self._clock() - oldest), 1) if oldest is not None else None
@@ -621,6 +621,7 @@ class Outbox:
         out["max_bytes"] = int(self.storage.max_bytes)
         out["over_budget"] = int(size) > self.storage.max_bytes
         out["last_sent_at"] = last_sent
+        out["unsealable"] = int(unsealable)
         return out
 
     # -- operator actions --------------------------------------------------------------------------

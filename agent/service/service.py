@@ -150,10 +150,10 @@ class Service:
         Raises ``FvagentError`` only for what cannot degrade: the outbox (no place to commit
         verifications means the service must not pretend to run).
         """
-        from agent.outbox import Outbox
+        from agent.outbox.recovery import open_for_service
 
         s = self.settings
-        self.outbox = Outbox.open(s.storage, check=True)
+        self.outbox = open_for_service(s.storage)
         self.operator = OperatorState.for_settings(s)
         self._open_hardware()
         self._load_engine()

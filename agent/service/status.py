@@ -122,9 +122,10 @@ def _queue(settings: Any, outbox: Any | None) -> tuple[dict[str, Any], dict[str,
             if not (Path(settings.storage.dir) / DB_NAME).exists():  # never create it from here
                 return {"note": "no outbox yet: the service creates it at its first start"}, None, None
 
-            outbox = Outbox.open(settings.storage)
+            outbox = Outbox.open(settings.storage, readonly=True)
             own = True
         stats = dict(outbox.stats())
+        stats["outbox_alerts"] = outbox_alerts(outbox)
         registration = None
         reg = getattr(outbox, "registration_state", None)
         if callable(reg):
@@ -141,6 +142,18 @@ def _queue(settings: Any, outbox: Any | None) -> tuple[dict[str, Any], dict[str,
                 outbox.close()
             except Exception:
                 log.debug("closing the outbox failed", exc_info=True)
+
+
+def outbox_alerts(outbox: Any) -> list[str]:
+    """The outbox's own alerts: incidents not yet acknowledged (damage salvaged, records missing, an
+    outbox waiting for its key) and a key file others can read."""
+    from agent.outbox import incidents
+
+    found = list(incidents.alerts(outbox)) if hasattr(outbox, "get_state") else []
+    warning = getattr(outbox, "key_warning", None)
+    if isinstance(warning, str):
+        found.append(f"outbox key: {warning}")
+    return found
 
 
 def _plain(value: Any) -> Any:
@@ -185,6 +198,7 @@ def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, 
     queue["total"] = int(stats.get("total", sum(queue.values())) or 0)
     if queue_error:
         queue["error"] = queue_error
+    extra_alerts = [str(a) for a in stats.pop("outbox_alerts", None) or []]
     for key, value in stats.items():  # anything else the outbox reports (oldest pending, bytes ...)
         if key not in queue:
             queue[key] = _plain(value)
@@ -220,8 +234,14 @@ def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, 
     if queue["held"]:
         alerts.append(f"{queue['held']} record(s) held: card photos wait for a WLT decoder "
                       "([card_reader] wlt_decoder)")
-    if queue["rejected"]:
-        alerts.append(f"{queue['rejected']} record(s) rejected by the platform: fvagent queue ls --state rejected")
+    alerts.extend(extra_alerts)
+    unsealable = int(stats.get("unsealable", 0) or 0)
+    if unsealable:
+        alerts.append(f"{unsealable} record(s) whose sealed data no longer opens here (damaged on disk, never "
+                      "sent): fvagent queue ls --state rejected; see docs/outbox.md")
+    if queue["rejected"] > unsealable:
+        alerts.append(f"{queue['rejected'] - unsealable} record(s) rejected by the platform: "
+                      "fvagent queue ls --state rejected")
     if storage.get("alert"):
         alerts.append(storage["alert"])
     if queue.get("over_budget"):
