@@ -145,6 +145,7 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
     lost: list[int] = []
     present: list[int] = []
     renumbered: dict[int, int] = {}
+    taken: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = []
     pending = 0
     for record_id in _record_ids(conn):
         try:
@@ -172,14 +173,25 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
             log.warning("salvage: record %d: its attempts do not read; the record is kept without them", record_id)
         if record.get("state") == "sending":
             record["state"], record["last_outcome"] = "pending", "interrupted"
-        new_id = _insert(into, record, payload, attempts)
+        new_id = _insert(into, record, payload, attempts, renumber=False)
+        if new_id == _TAKEN:
+            taken.append((record, payload, attempts))
+            continue
         if new_id is None:
             present.append(record_id)
             continue
-        if new_id != record_id:
-            renumbered[record_id] = new_id
         salvaged.append(record_id)
         pending += record.get("state") in ("pending", "held")
+    # Records whose id is used by another record get new ids last, so they take no id another keeps.
+    for record, payload, attempts in taken:
+        new_id = _insert(into, record, payload, attempts, renumber=True)
+        if new_id is None:
+            present.append(record["id"])
+            continue
+        renumbered[record["id"]] = new_id
+        salvaged.append(record["id"])
+        pending += record.get("state") in ("pending", "held")
+    salvaged.sort()
     if salvaged and into.watermark is not None:
         into.watermark.note(max([renumbered.get(i, i) for i in salvaged]), len(salvaged))
     if salvaged:
@@ -212,12 +224,19 @@ def _opens(key: DataKey, record: dict[str, Any], payload: dict[str, Any], reseal
     return True
 
 
-def _insert(into: Outbox, record: dict[str, Any], payload: dict[str, Any], attempts: list[dict[str, Any]]) -> int | None:
-    """Insert one salvaged record; its id when free, else a new one. None when its uid is there already."""
+_TAKEN = -1
+
+
+def _insert(into: Outbox, record: dict[str, Any], payload: dict[str, Any], attempts: list[dict[str, Any]], *,
+            renumber: bool) -> int | None:
+    """Insert one salvaged record under its id; None when its uid is there already. When the id is
+    used by another record: ``_TAKEN``, or with ``renumber`` a new id."""
     with into._write("store a salvaged record") as conn:
         if conn.execute("SELECT 1 FROM records WHERE uid = ?", (record["uid"],)).fetchone():
             return None
         if conn.execute("SELECT 1 FROM records WHERE id = ?", (record["id"],)).fetchone():
+            if not renumber:
+                return _TAKEN
             record = {k: v for k, v in record.items() if k != "id"}
         key = record.get("idempotency_key")
         if key is not None and conn.execute("SELECT 1 FROM records WHERE idempotency_key = ?", (key,)).fetchone():
