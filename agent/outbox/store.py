@@ -782,14 +782,14 @@ class Outbox:
     def claim(self, limit: int, now: float | None = None, *, max_wait_s: float | None = None) -> list[Claim]:
         """Take up to ``limit`` due pending records, oldest first, into ``sending`` (one attempt each).
 
-        ``max_wait_s`` (the uploader's ``backoff_max_s``): a retry time further ahead than this was
-        set while the wall clock was wrong (it stepped back since); it is brought to ``now + max_wait_s``,
-        so a clock step never delays a retry by more than the longest backoff."""
+        ``max_wait_s`` (the uploader's ``backoff_max_s``): no retry is ever set further ahead than
+        this, so one that is was set while the wall clock was wrong (it stepped back since): it is
+        due now, and a clock step never delays a retry by more than the longest backoff."""
         now = self._clock() if now is None else now
         with self._write("claim records to send") as conn:
             if max_wait_s is not None:
                 conn.execute("UPDATE records SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
-                             (now + max_wait_s, now + max_wait_s))
+                             (now, now + max_wait_s))
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM records WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
                 (now, int(limit))).fetchall()]
