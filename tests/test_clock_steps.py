@@ -234,3 +234,32 @@ def test_a_real_process_400_days_ahead_then_set_right_retries_within_backoff_max
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+# -- housekeeping and a clock that jumped ahead -----------------------------------------------------
+
+def test_housekeeping_erases_nothing_by_a_clock_far_past_what_the_outbox_has_seen(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main as cli_main
+    from agent.outbox import housekeeping
+
+    cfg = write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "state",
+                       storage_extra="keep_sent_days = 7\nkeep_sent_rows_days = 30")
+    settings = load_config(cfg, validate_drivers=False)
+    now = [time.time()]
+    with Outbox.open(settings.storage, clock=lambda: now[0]) as box:
+        rid = box.enqueue(record(1))
+        box.finish(box.claim(1)[0], "accepted", message="ok", request_id="r")
+        up = 3600.0  # the machine booted an hour ago; the clock now says 400 days later
+        result = housekeeping(box, now[0] + AHEAD_S, uptime_s=up)
+        assert result["photos_erased"] == 0 and result["rows_deleted"] == 0
+        assert "past the latest time the outbox has seen" in result["alert"]
+        assert box.get(rid).has_photos  # type: ignore[union-attr]
+    code = cli_main(["status", "-c", str(cfg)])
+    assert "no photo is erased" in capsys.readouterr().out
+    with Outbox.open(settings.storage, clock=lambda: now[0]) as box:
+        # Eight days of real uptime later, the clock is plausible: the photos go, and the alert with them.
+        result = housekeeping(box, now[0] + 8 * 86400, uptime_s=8 * 86400 + up)
+        assert result["photos_erased"] == 1 and result["alert"] is None
+    cli_main(["status", "-c", str(cfg)])
+    assert "no photo is erased" not in capsys.readouterr().out

@@ -9,6 +9,11 @@
 
 Freed pages are returned to the file system (``PRAGMA incremental_vacuum``). Work is done in small
 transactions, so capture never waits long behind housekeeping.
+
+Nothing is erased or deleted by a clock that jumped ahead: ``now`` may be at most the latest time
+the outbox itself has seen (its last capture, its last delivery, its last housekeeping pass) plus
+the machine's uptime plus ``CLOCK_SLACK_S``. Past that, the date rules are skipped (the size budget,
+which goes by order, not by date, still applies), and a storage alert says why until a pass is allowed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+
+from agent.errors import OutboxError
 
 if TYPE_CHECKING:
     from agent.outbox.store import Outbox
@@ -25,6 +32,38 @@ log = logging.getLogger(__name__)
 BATCH = 200
 DAY_S = 86400.0
 VACUUM_PAGES = 4096
+CLOCK_SLACK_S = 3600.0
+"""How far past (latest time seen + uptime) the clock may be before the date rules wait."""
+_MARK = "housekeeping_clock"
+_REFUSED = "housekeeping_refused"
+
+
+def boot_uptime_s() -> float:
+    """Seconds since the machine booted (suspend included): time that really passed."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def latest_seen(outbox: Outbox) -> float | None:
+    """The latest wall-clock time the outbox has recorded: last capture, last delivery, last allowed pass."""
+    with outbox._read("read the outbox") as conn:
+        created = conn.execute("SELECT created_at FROM records ORDER BY id DESC LIMIT 1").fetchone()
+        sent = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
+    mark = outbox.get_state(_MARK)
+    times = [t for t in (created[0] if created else None, sent[0] if sent else None, mark)
+             if isinstance(t, int | float)]
+    return max(times) if times else None
+
+
+def clock_alert(outbox: Outbox, now: float, uptime_s: float) -> str | None:
+    """Why ``now`` is implausibly ahead for the date rules, or None when it is plausible."""
+    seen = latest_seen(outbox)
+    if seen is None or now <= seen + uptime_s + CLOCK_SLACK_S:
+        return None
+    ahead = now - seen - uptime_s
+    return (f"storage: the clock is {ahead / 3600:.1f} h past the latest time the outbox has seen plus the uptime "
+            f"({time.strftime('%Y-%m-%d %H:%M', time.localtime(seen))} + {uptime_s / 3600:.1f} h): no photo is "
+            "erased and no record deleted by it. Check the clock (timedatectl; NTP); the first capture or "
+            "delivery at the right time lets housekeeping go on")
 
 
 def _erase_photos(outbox: Outbox, ids: list[int], now: float) -> None:
@@ -59,6 +98,12 @@ def _total(outbox: Outbox) -> int:
         return int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()[0])
 
 
+def refused_alert(outbox: Outbox) -> str | None:
+    """The alert of the last housekeeping pass that refused the clock, while it stands."""
+    value = outbox.get_state(_REFUSED)
+    return value if isinstance(value, str) else None
+
+
 def budget_alert(held_bytes: int, max_bytes: int) -> str | None:
     """The one-line storage alert when the outbox holds more than ``storage.max_bytes``, else None."""
     if held_bytes <= max_bytes:
@@ -68,24 +113,37 @@ def budget_alert(held_bytes: int, max_bytes: int) -> str | None:
             "the upload (see the platform state) or raise max_bytes")
 
 
-def housekeeping(outbox: Outbox, now: float | None = None) -> dict[str, Any]:
+def housekeeping(outbox: Outbox, now: float | None = None, *, uptime_s: float | None = None) -> dict[str, Any]:
     """Apply retention and the size budget once. The daemon calls it every few minutes.
 
-    Returns ``{"photos_erased", "rows_deleted", "evicted_photos", "evicted_rows", "bytes",
-    "max_bytes", "alert"}``; ``alert`` is a one-line storage alert or ``None``.
+    ``uptime_s``: how long the machine has been up (default: since boot); it bounds how far the
+    clock may have moved since the outbox last saw it. Returns ``{"photos_erased", "rows_deleted",
+    "evicted_photos", "evicted_rows", "bytes", "max_bytes", "alert"}``; ``alert`` is a one-line
+    storage alert or ``None``.
     """
     storage = outbox.storage
     now = time.time() if now is None else now
     result: dict[str, Any] = {"photos_erased": 0, "rows_deleted": 0, "evicted_photos": 0, "evicted_rows": 0}
+    clock_problem = clock_alert(outbox, now, boot_uptime_s() if uptime_s is None else uptime_s)
+    try:
+        outbox.set_state(_REFUSED, clock_problem)
+        if clock_problem is None:
+            outbox.set_state(_MARK, max(now, latest_seen(outbox) or now))
+    except OutboxError as exc:  # a full disk: the pass itself may still free room
+        log.debug("housekeeping state not stored: %s", exc)
+    if clock_problem is not None:
+        log.error("%s", clock_problem)
 
     erase_before = now - storage.keep_sent_days * DAY_S
-    while ids := _ids(outbox, _WITH_PHOTOS + " AND r.sent_at < ? ORDER BY r.sent_at LIMIT ?", (erase_before,)):
+    while clock_problem is None and (ids := _ids(
+            outbox, _WITH_PHOTOS + " AND r.sent_at < ? ORDER BY r.sent_at LIMIT ?", (erase_before,))):
         _erase_photos(outbox, ids, now)
         result["photos_erased"] += len(ids)
 
     delete_before = now - storage.keep_sent_rows_days * DAY_S
-    while ids := _ids(outbox, "SELECT id FROM records WHERE state = 'sent' AND sent_at < ? ORDER BY sent_at LIMIT ?",
-                      (delete_before,)):
+    while clock_problem is None and (ids := _ids(
+            outbox, "SELECT id FROM records WHERE state = 'sent' AND sent_at < ? ORDER BY sent_at LIMIT ?",
+            (delete_before,))):
         _delete_rows(outbox, ids)
         result["rows_deleted"] += len(ids)
 
@@ -106,7 +164,7 @@ def housekeeping(outbox: Outbox, now: float | None = None) -> dict[str, Any]:
         log.info("outbox housekeeping: %s", ", ".join(f"{k} {v}" for k, v in result.items() if v))
     result["bytes"] = total
     result["max_bytes"] = storage.max_bytes
-    result["alert"] = None
+    result["alert"] = clock_problem
     if total > storage.max_bytes:
         result["alert"] = budget_alert(total, storage.max_bytes)
         log.warning("%s", result["alert"])

@@ -871,11 +871,11 @@ class Outbox:
         return self._key.fingerprint(data)
 
     # -- retention ---------------------------------------------------------------------------------
-    def housekeeping(self, now: float | None = None) -> dict[str, Any]:
+    def housekeeping(self, now: float | None = None, *, uptime_s: float | None = None) -> dict[str, Any]:
         """Apply retention and the size budget; see ``agent.outbox.retention.housekeeping``."""
         from agent.outbox.retention import housekeeping
 
-        return housekeeping(self, now)
+        return housekeeping(self, now, uptime_s=uptime_s)
 
     def integrity_check(self) -> list[str]:
         """``PRAGMA integrity_check``: ``["ok"]`` when the file is sound."""

@@ -149,7 +149,12 @@ def outbox_alerts(outbox: Any) -> list[str]:
     outbox waiting for its key) and a key file others can read."""
     from agent.outbox import incidents
 
+    from agent.outbox.retention import refused_alert
+
     found = list(incidents.alerts(outbox)) if hasattr(outbox, "get_state") else []
+    refused = refused_alert(outbox) if hasattr(outbox, "get_state") else None
+    if refused:
+        found.append(refused)
     warning = getattr(outbox, "key_warning", None)
     if isinstance(warning, str):
         found.append(f"outbox key: {warning}")
