@@ -35,6 +35,7 @@ from typing import Any
 from agent.errors import OutboxCorrupt, OutboxError, PlatformDisabled, RecordError
 from agent.outbox.registration import device_fingerprint, platform_fingerprint
 from agent.outbox.store import Claim, Outbox
+from agent.repeats import Repeats
 from agent.uplink.outcome import Outcome, OutcomeKind
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ class Uploader:
         self._stop = threading.Event()
         self._beat: Callable[[], None] = lambda: None  # the watchdog heartbeat, set by run()
         self._unrecorded: list[tuple[Claim, str, dict[str, Any]]] = []
+        self._repeats = Repeats(log)
+        """The run loop's outbox errors: logged once, then summarised (a full disk fails every poll)."""
         self.platform = platform_settings
         self.settings = uploader_settings
         self.device = device_settings
@@ -378,8 +381,8 @@ class Uploader:
         try:
             self.outbox.finish(claim, kind, **details)
         except OutboxError as exc:
-            log.error("record %d: the %s result cannot be stored yet (%s); kept in memory and retried", claim.id,
-                      kind, exc)
+            self._repeats.log(logging.ERROR, "a %s result cannot be stored yet (%s); kept in memory and retried",
+                              kind, exc)
             with self._lock:
                 self._unrecorded.append((claim, kind, details))
             self._set("paused", f"outbox: {exc}")
@@ -497,7 +500,7 @@ class Uploader:
                         wait = self._gate(self._clock())
                 except OutboxError as exc:
                     self._set("paused", f"outbox: {exc}")
-                    log.error("uploader: %s", exc)
+                    self._repeats.log(logging.ERROR, "uploader: %s", exc)
                     wait = self.settings.poll_interval_s
                 if wait is not None:
                     self._sleep(stop, wait, wake=False)
@@ -514,9 +517,10 @@ class Uploader:
                     claims = self._claim(free)
                 except OutboxError as exc:
                     self._set("paused", f"outbox: {exc}")
-                    log.error("uploader: %s", exc)
+                    self._repeats.log(logging.ERROR, "uploader: %s", exc)
                     self._sleep(stop, self.settings.poll_interval_s)
                     continue
+                self._repeats.clear()
                 if not claims:
                     if inflight == 0 and self._observed.state in ("sending", "starting"):
                         self._set("idle")
