@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import OutboxError
+from agent.errors import OutboxError, StorageFull
 
 if TYPE_CHECKING:
     from agent.outbox.store import Outbox
@@ -66,17 +67,38 @@ def clock_alert(outbox: Outbox, now: float, uptime_s: float) -> str | None:
             "delivery at the right time lets housekeeping go on")
 
 
+def _on_full_disk(work: Callable[[], None], outbox: Outbox) -> None:
+    """Run ``work`` (one drain write); on a full disk, fold the WAL into the database and try once more.
+
+    On a full disk the erasures and deletions pile up in the WAL; a checkpoint writes them into the
+    database's existing pages and truncating the WAL gives its room back."""
+    try:
+        work()
+    except StorageFull:
+        if not _fold_wal(outbox):
+            raise
+        work()
+
+
 def _erase_photos(outbox: Outbox, ids: list[int], now: float) -> None:
+    _on_full_disk(lambda: _erase_photos_once(outbox, ids, now), outbox)
+
+
+def _erase_photos_once(outbox: Outbox, ids: list[int], now: float) -> None:
     marks = ",".join("?" * len(ids))
-    with outbox._write("erase photos of sent records") as conn:
+    with outbox._write("erase photos of sent records", drain=True) as conn:
         conn.execute(f"UPDATE payloads SET photos = NULL, raw_wlt = NULL WHERE record_id IN ({marks})", ids)
         conn.execute(f"UPDATE records SET photos_erased_at = ?, bytes = (SELECT length(data) FROM payloads "
                      f"WHERE payloads.record_id = records.id) WHERE id IN ({marks})", (now, *ids))
 
 
 def _delete_rows(outbox: Outbox, ids: list[int]) -> None:
+    _on_full_disk(lambda: _delete_rows_once(outbox, ids), outbox)
+
+
+def _delete_rows_once(outbox: Outbox, ids: list[int]) -> None:
     marks = ",".join("?" * len(ids))
-    with outbox._write("delete old sent records") as conn:
+    with outbox._write("delete old sent records", drain=True) as conn:
         conn.execute(f"DELETE FROM attempts WHERE record_id IN ({marks})", ids)
         conn.execute(f"DELETE FROM payloads WHERE record_id IN ({marks})", ids)
         deleted = conn.execute(f"DELETE FROM records WHERE id IN ({marks}) AND state = 'sent'", ids).rowcount
@@ -179,5 +201,16 @@ def _vacuum(outbox: Outbox) -> None:
             auto = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
         if free == 0 or auto != 2:  # 2 = incremental; older files made without it keep their pages
             return
-        with outbox._write("return free space") as conn:
-            conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+        _on_full_disk(lambda: _vacuum_step(outbox), outbox)
+
+
+def _vacuum_step(outbox: Outbox) -> None:
+    with outbox._write("return free space", drain=True) as conn:
+        conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+
+
+def _fold_wal(outbox: Outbox) -> bool:
+    """Checkpoint the whole WAL into the database and truncate it; True when that was done."""
+    with outbox._read("checkpoint the outbox") as conn:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return not busy

@@ -37,6 +37,7 @@ from agent.config import StorageSettings
 from agent.errors import CryptoError, KeyFileError, OutboxCorrupt, OutboxError, StorageFull
 from agent.outbox import schema
 from agent.outbox.keys import DataKey, key_for_check, load_key
+from agent.outbox.reserve import Reserve
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,8 @@ class Outbox:
         """Set after every enqueue and retry, so an idle uploader starts at once."""
         self.watermark: Any = None
         """The ``agent.outbox.watermark.Watermark`` kept while open for writing."""
+        self.reserve: Reserve | None = None
+        """The drain's disk reserve (``agent.outbox.reserve``), kept while open for writing."""
         self._stop_checkpoints = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True)
         if not readonly:
@@ -320,6 +323,8 @@ class Outbox:
         from agent.outbox import watermark
 
         watermark.check_at_open(outbox)
+        outbox.reserve = Reserve(directory)
+        outbox.reserve.ensure()
         return outbox
 
     @classmethod
@@ -430,8 +435,12 @@ class Outbox:
 
     # -- transactions ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; SQLite errors become domain errors."""
+    def _write(self, what: str, *, drain: bool = False) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; SQLite errors become domain errors.
+
+        ``drain``: a write that sends or frees (claim, result, housekeeping) may use the disk reserve."""
+        if drain and self.reserve is not None:
+            self.reserve.before_drain()
         with self._lock:
             if self._closed:
                 raise OutboxError("the outbox is closed")
@@ -509,6 +518,8 @@ class Outbox:
         size = len(sealed_data) + len(sealed_photos or b"") + len(sealed_wlt or b"")
         meta_text = json.dumps(meta or {}, ensure_ascii=False, default=str)
         state = "held" if held_reason else "pending"
+        if self.reserve is not None:
+            self.reserve.before_capture()
         with self._write("store the verification") as conn:
             if idempotency_key is not None:
                 found = conn.execute("SELECT id FROM records WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
@@ -769,7 +780,7 @@ class Outbox:
         """Rows left in ``sending`` by a crash go back to ``pending``; their unfinished attempts are
         marked ``interrupted``. Only the uploader calls this, at its start. Returns how many."""
         now = self._clock()
-        with self._write("requeue interrupted records") as conn:
+        with self._write("requeue interrupted records", drain=True) as conn:
             n = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
                              " last_outcome = 'interrupted' WHERE state = 'sending'", (now, now)).rowcount
             conn.execute("UPDATE attempts SET outcome = 'interrupted', finished_at = ?,"
@@ -786,7 +797,7 @@ class Outbox:
         this, so one that is was set while the wall clock was wrong (it stepped back since): it is
         due now, and a clock step never delays a retry by more than the longest backoff."""
         now = self._clock() if now is None else now
-        with self._write("claim records to send") as conn:
+        with self._write("claim records to send", drain=True) as conn:
             if max_wait_s is not None:
                 conn.execute("UPDATE records SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
                              (now, now + max_wait_s))
@@ -815,7 +826,7 @@ class Outbox:
         """Record the end of one attempt. ``outcome``: ``accepted`` (-> sent), ``rejected`` or
         ``local`` (-> rejected), ``retryable`` or ``blocked`` (-> pending, due at ``next_attempt_at``)."""
         now = self._clock() if now is None else now
-        with self._write("record the upload result") as conn:
+        with self._write("record the upload result", drain=True) as conn:
             conn.execute("UPDATE attempts SET request_id = ?, finished_at = ?, outcome = ?, http_status = ?,"
                          " exception_code = ?, message = ? WHERE id = ?",
                          (request_id, now, outcome, http_status, exception_code, message[:500], claim.attempt_row))
@@ -838,7 +849,7 @@ class Outbox:
 
     def release(self, claim: Claim) -> None:
         """Give a claimed record back untried (the uploader was paused or stopped): its attempt is undone."""
-        with self._write("release a claimed record") as conn:
+        with self._write("release a claimed record", drain=True) as conn:
             conn.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_row,))
             conn.execute("UPDATE records SET state = 'pending', attempts = attempts - 1 WHERE id = ? AND "
                          "state = 'sending'", (claim.id,))
@@ -854,7 +865,7 @@ class Outbox:
         return state
 
     def set_registration_state(self, state: dict[str, Any]) -> None:
-        with self._write("store the registration state") as conn:
+        with self._write("store the registration state", drain=True) as conn:
             self._meta_set(conn, "registration", state)
 
     def get_state(self, name: str) -> Any:
@@ -863,7 +874,7 @@ class Outbox:
             return self._meta_get(conn, f"state.{name}")
 
     def set_state(self, name: str, value: Any) -> None:
-        with self._write("store the outbox state") as conn:
+        with self._write("store the outbox state", drain=True) as conn:
             self._meta_set(conn, f"state.{name}", value)
 
     def fingerprint(self, data: bytes) -> str:
