@@ -19,9 +19,8 @@ if [ "$want" = test ]; then
     have_pkg libsystemd-dev || missing="$missing libsystemd-dev"
     # The operator page is Chinese: without a CJK font chromium's screenshots show empty boxes.
     have_pkg fonts-wqy-microhei || missing="$missing fonts-wqy-microhei"
-    # The power-cut test mounts a FUSE file system that drops unsynced writes (pyfuse3 builds on libfuse3).
+    # The power-cut test mounts a FUSE file system that drops unsynced writes (mfusepy loads libfuse3).
     have_pkg fuse3 || missing="$missing fuse3"
-    have_pkg libfuse3-dev || missing="$missing libfuse3-dev"
     # The full-disk test formats a small ext4 image and loop-mounts it.
     command -v mkfs.ext4 >/dev/null 2>&1 || missing="$missing e2fsprogs"
     # systemd-python compiles against the interpreter's headers.
