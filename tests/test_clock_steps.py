@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,6 +21,7 @@ import pytest
 from agent import mock_platform
 from agent.config import load_config
 from agent.outbox import Outbox
+from tests.test_outbox_support import platform  # noqa: F401  (the fixture)
 from tests.test_outbox_support import record, write_config
 from tests.test_uploader import env  # noqa: F401  (the fixture)
 from tests.waiting import wait_for
@@ -170,13 +170,6 @@ def shim(tmp_path: Path) -> Path:
     return lib
 
 
-@pytest.fixture
-def platform(tmp_path: Path) -> Iterator[mock_platform.MockPlatform]:
-    config = mock_platform.MockPlatformConfig(org_app_id="APP0001", org_app_secret="0123456789abcdef",
-                                              ticket="ESB-TICKET-1")
-    mock = mock_platform.MockPlatform(config, tmp_path / "mock-platform.db").start()
-    yield mock
-    mock.stop()
 
 
 def test_a_real_process_400_days_ahead_then_set_right_retries_within_backoff_max(

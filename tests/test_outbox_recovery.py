@@ -18,7 +18,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,19 +29,12 @@ from agent.errors import OutboxCorrupt
 from agent.outbox import Outbox, Uploader, incidents
 from agent.outbox.recovery import open_for_service
 from agent.uplink.client import PlatformClient
+from tests.test_outbox_support import platform  # noqa: F401  (the fixture)
 from tests.test_outbox_support import record, write_config
-from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def platform(tmp_path: Path) -> Iterator[mock_platform.MockPlatform]:
-    config = mock_platform.MockPlatformConfig(org_app_id="APP0001", org_app_secret="0123456789abcdef",
-                                              ticket="ESB-TICKET-1")
-    mock = mock_platform.MockPlatform(config, tmp_path / "mock-platform.db").start()
-    yield mock
-    mock.stop()
 
 
 def _settings(tmp_path: Path, url: str = "http://127.0.0.1:9/api") -> tuple[Path, Settings]:

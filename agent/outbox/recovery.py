@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from agent.errors import KeyFileError, OutboxCorrupt, OutboxError
 from agent.outbox import incidents
 from agent.outbox.keys import DataKey, key_path, load_key, new_interim_path
 from agent.outbox.salvage import SalvageReport, salvage
-from agent.outbox.store import DB_NAME, Outbox, _timestamp
+from agent.outbox.store import DB_NAME, Outbox, rename_aside
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +120,6 @@ def _opens_with(path: Path, key: DataKey) -> bool:
 
 
 def _set_aside(path: Path, marker: str, *, strip: str | None = None) -> Path:
-    """Rename ``path`` and its -wal/-shm to ``<name><marker><UTC>``, never over an existing file."""
+    """Rename ``path`` (and its -wal/-shm) to ``<name><marker><UTC>``; ``strip`` cuts an earlier marker off."""
     base = path.name.split(strip)[0] if strip else path.name
-    stamp = _timestamp()
-    target = path.with_name(f"{base}{marker}{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{base}{marker}{stamp}-{n}")
-    os.rename(path, target)
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            os.rename(side, target.with_name(target.name + suffix))
-    return target
+    return rename_aside(path, base + marker)

@@ -6,6 +6,8 @@ So the outbox keeps ``<dir>/outbox.reserve`` (``RESERVE_BYTES``, allocated for r
 
 - a drain write (claim, result, requeue, housekeeping) that finds less than ``LOW_WATER_BYTES``
   free releases the reserve first, so it has room;
+- while it is released, a drain write that finds the disk full again first folds the WAL into the
+  database (a checkpoint, then truncating the WAL): the drain's writes reuse the same few pages;
 - capture (``enqueue``) never uses that room: while the reserve is released it first tries to
   make it again, and without room for it the capture is refused (``StorageFull``) as on a full disk.
 
@@ -19,6 +21,7 @@ import errno
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.errors import StorageFull
@@ -26,16 +29,19 @@ from agent.errors import StorageFull
 log = logging.getLogger(__name__)
 
 RESERVE_NAME = "outbox.reserve"
-RESERVE_BYTES = 4 * 1024**2
-"""Room for some hundreds of claims and results (a few pages each in the WAL, which a checkpoint reuses)."""
-LOW_WATER_BYTES = 1024**2
+RESERVE_BYTES = 16 * 1024**2
+"""Room to fold a WAL the background checkpointer has not caught up with (up to CHECKPOINT_BYTES)
+and for some hundreds of claims and results after it."""
+LOW_WATER_BYTES = 2 * 1024**2
 
 
 class Reserve:
     """The reserve file of one state directory."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fold_wal: Callable[[], bool] | None = None) -> None:
         self.path = Path(directory) / RESERVE_NAME
+        self._fold_wal = fold_wal
+        """Checkpoints the WAL into the database and truncates it: the room a full disk's drain runs in."""
         self._lock = threading.Lock()
         self.released = False
         """Released by a drain write on a full disk and not made again yet: capture waits."""
@@ -84,11 +90,19 @@ class Reserve:
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
+                # Released already: the drain's own writes fill the WAL; folding it gives the room back.
+                # (Never made, on a disk too small for it: nothing to fold into.)
+                if self.released and self._fold_wal is not None:
+                    self._fold_wal()
                 return
             except OSError as exc:
                 log.warning("cannot release the outbox reserve %s: %s", self.path, exc.strerror)
                 return
             self.released = True
+        # With the reserve's room, fold the WAL now: the captures that filled the disk sit in it, and
+        # later (with no room for the database to grow) it could no longer be folded.
+        if self._fold_wal is not None:
+            self._fold_wal()
         log.error("the disk of %s is full (%d KiB free): the outbox reserve is released so records can still be "
                   "sent and erased; capture waits until space is freed", self.path.parent, free // 1024)
 

@@ -75,13 +75,21 @@ def _on_full_disk(work: Callable[[], None], outbox: Outbox) -> None:
     try:
         work()
     except StorageFull:
-        if not _fold_wal(outbox):
+        if not outbox.fold_wal():
             raise
         work()
 
 
 def _erase_photos(outbox: Outbox, ids: list[int], now: float) -> None:
-    _on_full_disk(lambda: _erase_photos_once(outbox, ids, now), outbox)
+    try:
+        _on_full_disk(lambda: _erase_photos_once(outbox, ids, now), outbox)
+    except StorageFull:
+        if len(ids) == 1:
+            raise
+        # A batch too big for what a full disk has left: smaller transactions, each folded in turn.
+        half = len(ids) // 2
+        _erase_photos(outbox, ids[:half], now)
+        _erase_photos(outbox, ids[half:], now)
 
 
 def _erase_photos_once(outbox: Outbox, ids: list[int], now: float) -> None:
@@ -183,6 +191,8 @@ def housekeeping(outbox: Outbox, now: float | None = None, *, uptime_s: float | 
 
     if any(result.values()):
         _vacuum(outbox)
+        if outbox.reserve is not None and outbox.reserve.released:
+            outbox.fold_wal()  # the disk was full: the WAL's room too goes back, so capture can resume
         log.info("outbox housekeeping: %s", ", ".join(f"{k} {v}" for k, v in result.items() if v))
     result["bytes"] = total
     result["max_bytes"] = storage.max_bytes
@@ -208,9 +218,3 @@ def _vacuum_step(outbox: Outbox) -> None:
     with outbox._write("return free space", drain=True) as conn:
         conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
 
-
-def _fold_wal(outbox: Outbox) -> bool:
-    """Checkpoint the whole WAL into the database and truncate it; True when that was done."""
-    with outbox._read("checkpoint the outbox") as conn:
-        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    return not busy

@@ -54,6 +54,7 @@ AUTOCHECKPOINT_PAGES = 16384
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _FULL_CODES = {13}  # SQLITE_FULL
+_IOERR = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +178,16 @@ def _is_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
     return _errcode(exc) in _FULL_CODES or "disk is full" in str(exc)
+
+
+def _nearly_full(directory: Path) -> bool:
+    from agent.outbox.reserve import LOW_WATER_BYTES
+
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_WATER_BYTES
 
 
 def _is_corrupt(exc: BaseException) -> bool:
@@ -323,7 +334,7 @@ class Outbox:
         from agent.outbox import watermark
 
         watermark.check_at_open(outbox)
-        outbox.reserve = Reserve(directory)
+        outbox.reserve = Reserve(directory, fold_wal=outbox.fold_wal)
         outbox.reserve.ensure()
         return outbox
 
@@ -468,7 +479,8 @@ class Outbox:
                 raise self._translate(exc, what) from exc
 
     def _translate(self, exc: sqlite3.Error, what: str) -> OutboxError:
-        if _is_full(exc):
+        if _is_full(exc) or (_errcode(exc) == _IOERR and _nearly_full(self.path.parent)):
+            # A write (of the -shm, say) that failed on a full disk comes back as an I/O error.
             return StorageFull(f"the disk is full: cannot {what}; nothing stored was changed",
                                hint=f"free disk space on the file system of {self.storage.dir}")
         if _is_corrupt(exc):
@@ -888,6 +900,17 @@ class Outbox:
 
         return housekeeping(self, now, uptime_s=uptime_s)
 
+    def fold_wal(self) -> bool:
+        """Checkpoint the whole WAL into the database and truncate it (on a full disk that gives its
+        room back: the database's pages exist already). True when it was done, False when busy."""
+        try:
+            with self._read("checkpoint the outbox") as conn:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except OutboxError as exc:
+            log.warning("cannot fold the outbox WAL: %s", exc)
+            return False
+        return not busy
+
     def integrity_check(self) -> list[str]:
         """``PRAGMA integrity_check``: ``["ok"]`` when the file is sound."""
         with self._read("check the outbox") as conn:
@@ -935,6 +958,22 @@ def _header_problem(path: Path) -> str | None:
     return None
 
 
+def rename_aside(path: Path, prefix: str) -> Path:
+    """Rename ``path`` and its -wal/-shm to ``<prefix><UTC time>`` beside it, never over an existing file."""
+    stamp = _timestamp()
+    target = path.with_name(f"{prefix}{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{prefix}{stamp}-{n}")
+    os.rename(path, target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.rename(side, target.with_name(target.name + suffix))
+    return target
+
+
 def _move_aside(path: Path, lock_fd: int, reason: str) -> OutboxCorrupt:
     """Rename the damaged file (and its -wal/-shm) out of the way, unless another process has it open."""
     try:
@@ -946,17 +985,7 @@ def _move_aside(path: Path, lock_fd: int, reason: str) -> OutboxCorrupt:
                              hint="stop the fvagent service; its next start moves the damaged file aside "
                                   "and starts a new outbox")
     try:
-        stamp = _timestamp()
-        target = path.with_name(f"{path.name}.damaged-{stamp}")
-        n = 1
-        while target.exists():
-            n += 1
-            target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
-        os.rename(path, target)
-        for suffix in ("-wal", "-shm"):
-            side = path.with_name(path.name + suffix)
-            if side.exists():
-                os.rename(side, target.with_name(target.name + suffix))
+        target = rename_aside(path, f"{path.name}.damaged-")
     except OSError as exc:
         return OutboxCorrupt(f"the outbox database {path} is damaged ({reason}) and could not be moved aside: "
                              f"{exc.strerror}", hint=f"move {path} away by hand, keep it for recovery")
