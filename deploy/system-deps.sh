@@ -23,6 +23,10 @@ if [ "$want" = test ]; then
     have_pkg libsystemd-dev || missing="$missing libsystemd-dev"
     # The operator page is Chinese: without a CJK font chromium's screenshots show empty boxes.
     have_pkg fonts-wqy-microhei || missing="$missing fonts-wqy-microhei"
+    # The power-cut test mounts a FUSE file system that drops unsynced writes (mfusepy loads libfuse3).
+    have_pkg fuse3 || missing="$missing fuse3"
+    # The full-disk test formats a small ext4 image and loop-mounts it.
+    command -v mkfs.ext4 >/dev/null 2>&1 || missing="$missing e2fsprogs"
     # systemd-python compiles against the interpreter's headers.
     python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
         || missing="$missing python3-dev"

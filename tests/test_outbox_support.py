@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from agent import codes
 from agent.config import StorageSettings
@@ -97,6 +99,18 @@ def record(n: int = 0, *, photo_b64: str | None = None, verify_time: dt.datetime
             "faceScore": 0.86, "faceResult": 1, "verifyDate": moment.date().isoformat(),
             "verifyTime": moment.strftime("%Y-%m-%d %H:%M:%S"), "certTimeoutStatus": 0, "deviceNo": "SN0001",
             "machineCode": "TS0001"}
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Any]:
+    """The real mock platform on loopback with the test configs' credentials (import it to use it)."""
+    from agent import mock_platform
+
+    config = mock_platform.MockPlatformConfig(org_app_id="APP0001", org_app_secret="0123456789abcdef",
+                                              ticket="ESB-TICKET-1")
+    mock = mock_platform.MockPlatform(config, tmp_path / "mock-platform.db").start()
+    yield mock
+    mock.stop()
 
 
 def storage(tmp_path: Path, **kw: Any) -> StorageSettings:

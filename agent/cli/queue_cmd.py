@@ -82,12 +82,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     resolve.set_defaults(func=cmd_resolve)
 
 
-def _open(args: argparse.Namespace) -> Any:
+def _open(args: argparse.Namespace, *, readonly: bool = False) -> Any:
+    """The configured outbox; ``readonly`` for the commands that only look (never moves or writes it)."""
     from agent.config import load_config
     from agent.outbox import Outbox
 
     settings = load_config(config_path(args), validate_drivers=False)
-    return Outbox.open(settings.storage, create=False)
+    return Outbox.open(settings.storage, create=False, readonly=readonly)
 
 
 def _when(epoch: float | None) -> str:
@@ -97,7 +98,7 @@ def _when(epoch: float | None) -> str:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    with _open(args) as outbox:
+    with _open(args, readonly=True) as outbox:
         stats = outbox.stats()
     if args.json:
         print(json.dumps(stats, ensure_ascii=False))
@@ -139,7 +140,7 @@ def _since(text: str) -> dt.datetime:
 def cmd_ls(args: argparse.Namespace) -> int:
     if args.result is not None or args.since is not None:
         return _ls_follow_ups(args)
-    with _open(args) as outbox:
+    with _open(args, readonly=True) as outbox:
         rows = outbox.list(args.state, limit=args.limit)
     if args.json:
         print(json.dumps([_row_doc(r) for r in rows], ensure_ascii=False))
@@ -168,7 +169,7 @@ def _ls_follow_ups(args: argparse.Namespace) -> int:
         raise ConfigError("--state and --result cannot be combined",
                           hint="the follow-up list shows each record's upload state already")
     settings = load_config(config_path(args), validate_drivers=False)
-    with Outbox.open(settings.storage, create=False) as outbox:
+    with Outbox.open(settings.storage, create=False, readonly=True) as outbox:
         items = follow_ups(outbox, threshold=settings.face.threshold, results=args.result, since=args.since,
                            limit=args.limit)
     if args.json:
@@ -192,7 +193,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from agent.errors import OutboxError
     from agent.privacy import mask_record
 
-    with _open(args) as outbox:
+    with _open(args, readonly=True) as outbox:
         row = outbox.get(args.id)
         if row is None:
             raise OutboxError(f"no record with id {args.id}", hint="see `fvagent queue ls`")
@@ -241,7 +242,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    with _open(args) as outbox:
+    with _open(args, readonly=True) as outbox:
         n = outbox.export_rejected(args.file)
     if n == 0:
         print(f"no rejected records: {args.file} was not created")

@@ -13,6 +13,8 @@ import dataclasses
 import logging
 import os
 import secrets
+import stat
+import time
 from pathlib import Path
 
 from agent.config import StorageSettings, read_secret_file
@@ -35,6 +37,8 @@ class DataKey:
 
     key: bytes
     source: str
+    warning: str | None = None
+    """A problem that does not stop the outbox but must be fixed (a key file others can read)."""
 
     def __repr__(self) -> str:
         return f"DataKey(source={self.source!r})"
@@ -105,11 +109,54 @@ def load_key(storage: StorageSettings, *, may_create: bool) -> DataKey:
                 hint=f"restore {path} from your backup (or set [storage] key_file / the systemd credential "
                      f"{CREDENTIAL_NAME}); fvagent will not make a new key for existing data")
         return DataKey(_create(path), f"file {path}")
+    warning = None
     try:
-        text = read_secret_file(path, key="storage.key_file")
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            # Refusing to start would block the desk; the key is already exposed either way. Loud, not fatal.
+            warning = (f"the outbox data key {path} is readable by group or others (mode {mode:04o}): "
+                       f"fix with chmod 600 {path}, and consider the key seen")
+            log.error("%s", warning)
+        text = read_secret_file(path, key="storage.key_file", check_mode=False)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the outbox data key {path}: {exc.strerror}",
+                           hint="check the owner and permissions of the key file") from exc
     except SecretError as exc:
         raise KeyFileError(exc.message, hint=exc.hint) from exc
-    return DataKey(_parse(text, str(path)), f"file {path}")
+    return DataKey(_parse(text, str(path)), f"file {path}", warning)
+
+
+INTERIM_PREFIX = "outbox.key.interim-"
+"""Keys made when the configured key was missing or wrong: the new outbox is sealed under one, and the
+configured path stays free for the original key to be put back."""
+
+
+def new_interim_path(storage: StorageSettings) -> Path:
+    return Path(storage.dir) / (INTERIM_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+
+
+def key_for_check(storage: StorageSettings, check_value: bytes, path: Path) -> DataKey:
+    """The key that opens ``check_value`` (the outbox at ``path``): the configured one, else an
+    interim key in the state directory. Raises the configured key's ``KeyFileError`` when none does."""
+    try:
+        key = load_key(storage, may_create=False)
+        if key.matches(check_value):
+            return key
+        problem = KeyFileError(
+            f"the outbox data key ({key.source}) is not the key the outbox {path} was sealed with",
+            hint="restore the original key file (or credential outbox_key) from your backup; the service sets "
+                 "this outbox aside and starts a new one meanwhile, and merges it when the key is back")
+    except KeyFileError as exc:
+        problem = exc
+    for interim in sorted(Path(storage.dir).glob(INTERIM_PREFIX + "*"), reverse=True):
+        try:
+            text = read_secret_file(interim, key="interim outbox key")
+            key = DataKey(_parse(text, str(interim)), f"interim file {interim}")
+        except (SecretError, KeyFileError):
+            continue
+        if key.matches(check_value):
+            return key
+    raise problem
 
 
 def _create(path: Path) -> bytes:

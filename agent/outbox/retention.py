@@ -9,14 +9,21 @@
 
 Freed pages are returned to the file system (``PRAGMA incremental_vacuum``). Work is done in small
 transactions, so capture never waits long behind housekeeping.
+
+Nothing is erased or deleted by a clock that jumped ahead: ``now`` may be at most the latest time
+the outbox itself has seen (its last capture, its last delivery, its last housekeeping pass) plus
+the machine's uptime plus ``CLOCK_SLACK_S``. Past that, the date rules are skipped (the size budget,
+which goes by order, not by date, still applies), and a storage alert says why until a pass is allowed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from agent.errors import OutboxError, StorageFull
 from agent.outbox import chain
 
 if TYPE_CHECKING:
@@ -27,11 +34,68 @@ log = logging.getLogger(__name__)
 BATCH = 200
 DAY_S = 86400.0
 VACUUM_PAGES = 4096
+CLOCK_SLACK_S = 3600.0
+"""How far past (latest time seen + uptime) the clock may be before the date rules wait."""
+_MARK = "housekeeping_clock"
+_REFUSED = "housekeeping_refused"
+
+
+def boot_uptime_s() -> float:
+    """Seconds since the machine booted (suspend included): time that really passed."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def latest_seen(outbox: Outbox) -> float | None:
+    """The latest wall-clock time the outbox has recorded: last capture, last delivery, last allowed pass."""
+    with outbox._read("read the outbox") as conn:
+        created = conn.execute("SELECT created_at FROM records ORDER BY id DESC LIMIT 1").fetchone()
+        sent = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
+    mark = outbox.get_state(_MARK)
+    times = [t for t in (created[0] if created else None, sent[0] if sent else None, mark)
+             if isinstance(t, int | float)]
+    return max(times) if times else None
+
+
+def clock_alert(outbox: Outbox, now: float, uptime_s: float) -> str | None:
+    """Why ``now`` is implausibly ahead for the date rules, or None when it is plausible."""
+    seen = latest_seen(outbox)
+    if seen is None or now <= seen + uptime_s + CLOCK_SLACK_S:
+        return None
+    ahead = now - seen - uptime_s
+    return (f"storage: the clock is {ahead / 3600:.1f} h past the latest time the outbox has seen plus the uptime "
+            f"({time.strftime('%Y-%m-%d %H:%M', time.localtime(seen))} + {uptime_s / 3600:.1f} h): no photo is "
+            "erased and no record deleted by it. Check the clock (timedatectl; NTP); the first capture or "
+            "delivery at the right time lets housekeeping go on")
+
+
+def _on_full_disk(work: Callable[[], None], outbox: Outbox) -> None:
+    """Run ``work`` (one drain write); on a full disk, fold the WAL into the database and try once more.
+
+    On a full disk the erasures and deletions pile up in the WAL; a checkpoint writes them into the
+    database's existing pages and truncating the WAL gives its room back."""
+    try:
+        work()
+    except StorageFull:
+        if not outbox.fold_wal():
+            raise
+        work()
 
 
 def _erase_photos(outbox: Outbox, ids: list[int], now: float) -> None:
+    try:
+        _on_full_disk(lambda: _erase_photos_once(outbox, ids, now), outbox)
+    except StorageFull:
+        if len(ids) == 1:
+            raise
+        # A batch too big for what a full disk has left: smaller transactions, each folded in turn.
+        half = len(ids) // 2
+        _erase_photos(outbox, ids[:half], now)
+        _erase_photos(outbox, ids[half:], now)
+
+
+def _erase_photos_once(outbox: Outbox, ids: list[int], now: float) -> None:
     marks = ",".join("?" * len(ids))
-    with outbox._write("erase photos of sent records") as conn:
+    with outbox._write("erase photos of sent records", drain=True) as conn:
         conn.execute(f"UPDATE payloads SET photos = NULL, raw_wlt = NULL WHERE record_id IN ({marks})", ids)
         conn.execute(f"UPDATE records SET photos_erased_at = ?, bytes = (SELECT length(data) FROM payloads "
                      f"WHERE payloads.record_id = records.id) WHERE id IN ({marks})", (now, *ids))
@@ -39,12 +103,18 @@ def _erase_photos(outbox: Outbox, ids: list[int], now: float) -> None:
 
 
 def _delete_rows(outbox: Outbox, ids: list[int], now: float) -> None:
+    _on_full_disk(lambda: _delete_rows_once(outbox, ids, now), outbox)
+
+
+def _delete_rows_once(outbox: Outbox, ids: list[int], now: float) -> None:
     marks = ",".join("?" * len(ids))
-    with outbox._write("delete old sent records") as conn:
+    with outbox._write("delete old sent records", drain=True) as conn:
         conn.execute(f"DELETE FROM attempts WHERE record_id IN ({marks})", ids)
         conn.execute(f"DELETE FROM payloads WHERE record_id IN ({marks})", ids)
-        conn.execute(f"DELETE FROM records WHERE id IN ({marks}) AND state = 'sent'", ids)
+        deleted = conn.execute(f"DELETE FROM records WHERE id IN ({marks}) AND state = 'sent'", ids).rowcount
         outbox._chained(chain.on_purged(conn, outbox._chain_key, ids, now))
+    if outbox.watermark is not None:
+        outbox.watermark.note(None, -int(deleted))
 
 
 def _ids(outbox: Outbox, sql: str, args: tuple[Any, ...]) -> list[int]:
@@ -59,6 +129,12 @@ _WITH_PHOTOS = ("SELECT r.id FROM records r JOIN payloads p ON p.record_id = r.i
 def _total(outbox: Outbox) -> int:
     with outbox._read("measure the outbox") as conn:
         return int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()[0])
+
+
+def refused_alert(outbox: Outbox) -> str | None:
+    """The alert of the last housekeeping pass that refused the clock, while it stands."""
+    value = outbox.get_state(_REFUSED)
+    return value if isinstance(value, str) else None
 
 
 def budget_alert(held_bytes: int, max_bytes: int) -> str | None:
@@ -87,24 +163,37 @@ def damaged_alert(copies: list[Any]) -> str | None:
             f"{' ...' if len(copies) > 1 else ''}): recover what they hold, then move them away")
 
 
-def housekeeping(outbox: Outbox, now: float | None = None) -> dict[str, Any]:
+def housekeeping(outbox: Outbox, now: float | None = None, *, uptime_s: float | None = None) -> dict[str, Any]:
     """Apply retention and the size budget once. The daemon calls it every few minutes.
 
-    Returns ``{"photos_erased", "rows_deleted", "evicted_photos", "evicted_rows", "bytes",
-    "max_bytes", "alert"}``; ``alert`` is a one-line storage alert or ``None``.
+    ``uptime_s``: how long the machine has been up (default: since boot); it bounds how far the
+    clock may have moved since the outbox last saw it. Returns ``{"photos_erased", "rows_deleted",
+    "evicted_photos", "evicted_rows", "bytes", "max_bytes", "alert"}``; ``alert`` is a one-line
+    storage alert or ``None``.
     """
     storage = outbox.storage
     now = time.time() if now is None else now
     result: dict[str, Any] = {"photos_erased": 0, "rows_deleted": 0, "evicted_photos": 0, "evicted_rows": 0}
+    clock_problem = clock_alert(outbox, now, boot_uptime_s() if uptime_s is None else uptime_s)
+    try:
+        outbox.set_state(_REFUSED, clock_problem)
+        if clock_problem is None:
+            outbox.set_state(_MARK, max(now, latest_seen(outbox) or now))
+    except OutboxError as exc:  # a full disk: the pass itself may still free room
+        log.debug("housekeeping state not stored: %s", exc)
+    if clock_problem is not None:
+        log.error("%s", clock_problem)
 
     erase_before = now - storage.keep_sent_days * DAY_S
-    while ids := _ids(outbox, _WITH_PHOTOS + " AND r.sent_at < ? ORDER BY r.sent_at LIMIT ?", (erase_before,)):
+    while clock_problem is None and (ids := _ids(
+            outbox, _WITH_PHOTOS + " AND r.sent_at < ? ORDER BY r.sent_at LIMIT ?", (erase_before,))):
         _erase_photos(outbox, ids, now)
         result["photos_erased"] += len(ids)
 
     delete_before = now - storage.keep_sent_rows_days * DAY_S
-    while ids := _ids(outbox, "SELECT id FROM records WHERE state = 'sent' AND sent_at < ? ORDER BY sent_at LIMIT ?",
-                      (delete_before,)):
+    while clock_problem is None and (ids := _ids(
+            outbox, "SELECT id FROM records WHERE state = 'sent' AND sent_at < ? ORDER BY sent_at LIMIT ?",
+            (delete_before,))):
         _delete_rows(outbox, ids, now)
         result["rows_deleted"] += len(ids)
 
@@ -122,10 +211,12 @@ def housekeeping(outbox: Outbox, now: float | None = None) -> dict[str, Any]:
 
     if any(result.values()):
         _vacuum(outbox)
+        if outbox.reserve is not None and outbox.reserve.released:
+            outbox.fold_wal()  # the disk was full: the WAL's room too goes back, so capture can resume
         log.info("outbox housekeeping: %s", ", ".join(f"{k} {v}" for k, v in result.items() if v))
     result["bytes"] = total
     result["max_bytes"] = storage.max_bytes
-    result["alert"] = None
+    result["alert"] = clock_problem
     if total > storage.max_bytes:
         result["alert"] = budget_alert(total, storage.max_bytes)
         log.warning("%s", result["alert"])
@@ -140,7 +231,10 @@ def _vacuum(outbox: Outbox) -> None:
             auto = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
         if free == 0 or auto != 2:  # 2 = incremental; older files made without it keep their pages
             return
-        # executescript, in its own transaction: execute() steps the pragma once, which frees one
-        # page (a purge of 100 records took 13,000 transactions and 12 s).
-        with outbox._read("return free space") as conn:
-            conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+        _on_full_disk(lambda: _vacuum_step(outbox), outbox)
+
+
+def _vacuum_step(outbox: Outbox) -> None:
+    with outbox._write("return free space", drain=True) as conn:
+        conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+

@@ -36,7 +36,8 @@ from typing import Any
 from agent.config import StorageSettings
 from agent.errors import CryptoError, KeyFileError, OutboxCorrupt, OutboxError, StorageFull
 from agent.outbox import chain, rotation, schema
-from agent.outbox.keys import DataKey, load_key
+from agent.outbox.keys import DataKey, key_for_check, load_key
+from agent.outbox.reserve import Reserve
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ AUTOCHECKPOINT_PAGES = 16384
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _FULL_CODES = {13}  # SQLITE_FULL
+_IOERR = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +191,16 @@ def _is_full(exc: BaseException) -> bool:
     return _errcode(exc) in _FULL_CODES or "disk is full" in str(exc)
 
 
+def _nearly_full(directory: Path) -> bool:
+    from agent.outbox.reserve import LOW_WATER_BYTES
+
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_WATER_BYTES
+
+
 def _is_corrupt(exc: BaseException) -> bool:
     return _errcode(exc) in _CORRUPT_CODES or any(
         text in str(exc) for text in ("malformed", "not a database", "file is encrypted"))
@@ -198,8 +210,10 @@ class Outbox:
     """The outbox. Build it with ``Outbox.open(storage_settings)``; ``close()`` when done."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, storage: StorageSettings, key: DataKey, lock_fd: int,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], *, readonly: bool = False) -> None:
         self._conn = conn
+        self.readonly = readonly
+        """Opened by a read-only command: nothing here writes, moves or checkpoints the file."""
         self.path = path
         self.storage = storage
         self._key = key
@@ -213,9 +227,14 @@ class Outbox:
         self._new_head: chain.Head | None = None
         self.wakeup = threading.Event()
         """Set after every enqueue and retry, so an idle uploader starts at once."""
+        self.watermark: Any = None
+        """The ``agent.outbox.watermark.Watermark`` kept while open for writing."""
+        self.reserve: Reserve | None = None
+        """The drain's disk reserve (``agent.outbox.reserve``), kept while open for writing."""
         self._stop_checkpoints = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="outbox-checkpoint", daemon=True)
-        self._checkpointer.start()
+        if not readonly:
+            self._checkpointer.start()
 
     def __repr__(self) -> str:
         return f"Outbox(path={str(self.path)!r}, key={self._key.source!r})"
@@ -230,10 +249,15 @@ class Outbox:
     def key_source(self) -> str:
         return self._key.source
 
+    @property
+    def key_warning(self) -> str | None:
+        """A problem with the key that must be fixed but does not stop the outbox (its file mode)."""
+        return self._key.warning
+
     # -- opening -----------------------------------------------------------------------------------
     @classmethod
     def open(cls, storage: StorageSettings, *, check: bool = False, create: bool = True,
-             clock: Callable[[], float] = time.time) -> Outbox:
+             clock: Callable[[], float] = time.time, readonly: bool = False) -> Outbox:
         """Open (or create) the outbox in ``storage.dir``.
 
         Creates the state directory (0700) and, on first start, the 0600 key file; reads the key
@@ -247,8 +271,13 @@ class Outbox:
         ``outbox.db.damaged-<UTC time>`` (its -wal beside it) and never overwritten, so the next
         open starts a new, empty outbox; ``StorageFull`` when the disk has no room; ``OutboxError``
         for anything else (permissions, a newer schema).
+
+        ``readonly`` (status, doctor, the listing commands): the file is opened read-only, never
+        migrated, moved or checkpointed; a damaged file raises ``OutboxCorrupt`` and stays where it is.
         """
         directory = Path(storage.dir)
+        if readonly:
+            return cls._open_readonly(storage, directory / DB_NAME, clock)
         if not create and not (directory / DB_NAME).exists():
             raise OutboxError(f"there is no outbox in {directory} yet",
                               hint="the service creates it (and its key) at its first start; check [storage] dir")
@@ -321,19 +350,63 @@ class Outbox:
         outbox = cls(conn, path, storage, key, lock_fd, clock)
         outbox._retired = retired
         outbox._chain_upgrade()
+        from agent.outbox import watermark
+
+        watermark.check_at_open(outbox)
+        outbox.reserve = Reserve(directory, fold_wal=outbox.fold_wal)
+        outbox.reserve.ensure()
+        return outbox
+
+    @classmethod
+    def _open_readonly(cls, storage: StorageSettings, path: Path, clock: Callable[[], float]) -> Outbox:
+        if not path.exists():
+            raise OutboxError(f"there is no outbox {path}",
+                              hint="the service creates it (and its key) at its first start; check [storage] dir")
+        damaged_hint = ("the service salvages it at its next start (fvagent outbox salvage FILE does it by hand); "
+                        "nothing was changed")
+        problem = _header_problem(path)
+        if problem:
+            raise OutboxCorrupt(f"the outbox database {path} is damaged ({problem})", hint=damaged_hint)
+        lock_path = path.with_name(LOCK_NAME)
+        lock_fd = os.open(lock_path if lock_path.exists() else path, os.O_RDONLY)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            found = schema.version(conn)
+            if found != schema.CURRENT:
+                raise OutboxError(f"the outbox {path} has schema {found}, this fvagent reads {schema.CURRENT}",
+                                  hint="start the service once (it upgrades the file), or run the fvagent that wrote it")
+            stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+            key = (key_for_check(storage, bytes(stored[0]), path) if stored is not None
+                   else load_key(storage, may_create=False))
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            os.close(lock_fd)
+            if _is_corrupt(exc):
+                raise OutboxCorrupt(f"the outbox database {path} is damaged ({exc})", hint=damaged_hint) from exc
+            raise OutboxError(f"cannot read the outbox {path}: {exc}",
+                              hint=f"check the owner and permissions of {path.parent}") from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            os.close(lock_fd)
+            raise
+        outbox = cls(conn, path, storage, key, lock_fd, clock, readonly=True)
+        try:
+            outbox._retired = rotation.load_retired(storage)  # records sealed before a rotation stay readable
+        except BaseException:
+            outbox.close()
+            raise
         return outbox
 
     @staticmethod
     def _key_for(conn: sqlite3.Connection, storage: StorageSettings, path: Path) -> DataKey:
         stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
         if stored is not None:
-            key = load_key(storage, may_create=False)
-            if not key.matches(bytes(stored[0])):
-                raise KeyFileError(
-                    f"the outbox data key ({key.source}) is not the key the outbox {path} was sealed with",
-                    hint="restore the original key file (or credential outbox_key) from your backup; the queued "
-                         "records cannot be read without it, and fvagent changes nothing until then")
-            return key
+            return key_for_check(storage, bytes(stored[0]), path)
         has_rows = conn.execute("SELECT EXISTS(SELECT 1 FROM records)").fetchone()[0]
         if has_rows:
             raise KeyFileError(f"the outbox {path} holds records but no key check value",
@@ -393,11 +466,17 @@ class Outbox:
                 self._conn.close()
             finally:
                 os.close(self._lock_fd)
+                if self.watermark is not None:
+                    self.watermark.close()
 
     # -- transactions ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; SQLite errors become domain errors."""
+    def _write(self, what: str, *, drain: bool = False) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` under the lock; SQLite errors become domain errors.
+
+        ``drain``: a write that sends or frees (claim, result, housekeeping) may use the disk reserve."""
+        if drain and self.reserve is not None:
+            self.reserve.before_drain()
         with self._lock:
             if self._closed:
                 raise OutboxError("the outbox is closed")
@@ -427,7 +506,8 @@ class Outbox:
                 raise self._translate(exc, what) from exc
 
     def _translate(self, exc: sqlite3.Error, what: str) -> OutboxError:
-        if _is_full(exc):
+        if _is_full(exc) or (_errcode(exc) == _IOERR and _nearly_full(self.path.parent)):
+            # A write (of the -shm, say) that failed on a full disk comes back as an I/O error.
             return StorageFull(f"the disk is full: cannot {what}; nothing stored was changed",
                                hint=f"free disk space on the file system of {self.storage.dir}")
         if _is_corrupt(exc):
@@ -497,6 +577,8 @@ class Outbox:
         size = len(sealed_data) + len(sealed_photos or b"") + len(sealed_wlt or b"")
         meta_text = json.dumps(meta or {}, ensure_ascii=False, default=str)
         state = "held" if held_reason else "pending"
+        if self.reserve is not None:
+            self.reserve.before_capture()
         with self._write("store the verification") as conn:
             if idempotency_key is not None:
                 found = conn.execute("SELECT id FROM records WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
@@ -510,6 +592,8 @@ class Outbox:
             conn.execute("INSERT INTO payloads (record_id, data, photos, raw_wlt) VALUES (?, ?, ?, ?)",
                          (record_id, sealed_data, sealed_photos, sealed_wlt))
             self._chained(chain.on_commit(conn, self._chain_key, record_id))
+        if self.watermark is not None:
+            self.watermark.note(record_id, 1)
         self.wakeup.set()
         return record_id
 
@@ -611,7 +695,9 @@ class Outbox:
     def stats(self) -> dict[str, Any]:
         """Counts per state and ``total``, plus ``oldest_pending_age_s``, ``bytes`` (sealed data held),
         ``max_bytes``, ``over_budget``, ``last_sent_at`` and ``oldest_unsent_at`` (the oldest rejected
-        or held record's creation; epoch seconds), ``held_simulated`` (held with ``SIMULATED_HELD_REASON``)."""
+        or held record's creation; epoch seconds), ``held_simulated`` (held with
+        ``SIMULATED_HELD_REASON``) and ``unsealable`` (rejected here, not by the platform: their sealed
+        data no longer opens)."""
         with self._read("count the outbox") as conn:
             counts = dict(conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state").fetchall())
             simulated, = conn.execute("SELECT COUNT(*) FROM records WHERE state = 'held' AND held_reason = ?",
@@ -621,6 +707,8 @@ class Outbox:
             last_sent, = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
             oldest_unsent, = conn.execute("SELECT MIN(created_at) FROM records WHERE state IN ('rejected', 'held')"
                                           ).fetchone()
+            unsealable, = conn.execute("SELECT COUNT(*) FROM records WHERE state = 'rejected' "
+                                       "AND last_outcome = 'local'").fetchone()
         out: dict[str, Any] = {state: int(counts.get(state, 0)) for state in schema.STATES}
         out["total"] = sum(int(v) for v in counts.values())
         out["oldest_pending_age_s"] = round(max(0.0, self._clock() - oldest), 1) if oldest is not None else None
@@ -630,6 +718,7 @@ class Outbox:
         out["last_sent_at"] = last_sent
         out["held_simulated"] = int(simulated)
         out["oldest_unsent_at"] = oldest_unsent
+        out["unsealable"] = int(unsealable)
         return out
 
     def count_unsent(self, *, source: str) -> int:
@@ -843,7 +932,7 @@ class Outbox:
         """Rows left in ``sending`` by a crash go back to ``pending``; their unfinished attempts are
         marked ``interrupted``. Only the uploader calls this, at its start. Returns how many."""
         now = self._clock()
-        with self._write("requeue interrupted records") as conn:
+        with self._write("requeue interrupted records", drain=True) as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM records WHERE state = 'sending'")]
             self._chained(chain.on_requeued(conn, self._chain_key, ids, now, "interrupted"))
             n = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
@@ -855,10 +944,17 @@ class Outbox:
                         "(the platform may receive them twice)", n)
         return int(n)
 
-    def claim(self, limit: int, now: float | None = None) -> list[Claim]:
-        """Take up to ``limit`` due pending records, oldest first, into ``sending`` (one attempt each)."""
+    def claim(self, limit: int, now: float | None = None, *, max_wait_s: float | None = None) -> list[Claim]:
+        """Take up to ``limit`` due pending records, oldest first, into ``sending`` (one attempt each).
+
+        ``max_wait_s`` (the uploader's ``backoff_max_s``): no retry is ever set further ahead than
+        this, so one that is was set while the wall clock was wrong (it stepped back since): it is
+        due now, and a clock step never delays a retry by more than the longest backoff."""
         now = self._clock() if now is None else now
-        with self._write("claim records to send") as conn:
+        with self._write("claim records to send", drain=True) as conn:
+            if max_wait_s is not None:
+                conn.execute("UPDATE records SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
+                             (now, now + max_wait_s))
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM records WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
                 (now, int(limit))).fetchall()]
@@ -887,7 +983,7 @@ class Outbox:
         ``local`` (-> rejected), ``retryable``, ``blocked``, ``clock`` or ``unregistered`` (-> pending, due at
         ``next_attempt_at``)."""
         now = self._clock() if now is None else now
-        with self._write("record the upload result") as conn:
+        with self._write("record the upload result", drain=True) as conn:
             conn.execute("UPDATE attempts SET request_id = ?, finished_at = ?, outcome = ?, http_status = ?,"
                          " exception_code = ?, message = ? WHERE id = ?",
                          (request_id, now, outcome, http_status, exception_code, message[:500], claim.attempt_row))
@@ -915,7 +1011,7 @@ class Outbox:
 
     def release(self, claim: Claim) -> None:
         """Give a claimed record back untried (the uploader was paused or stopped): its attempt is undone."""
-        with self._write("release a claimed record") as conn:
+        with self._write("release a claimed record", drain=True) as conn:
             conn.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_row,))
             if conn.execute("UPDATE records SET state = 'pending', attempts = attempts - 1 WHERE id = ? AND "
                             "state = 'sending'", (claim.id,)).rowcount:
@@ -932,7 +1028,7 @@ class Outbox:
         return state
 
     def set_registration_state(self, state: dict[str, Any]) -> None:
-        with self._write("store the registration state") as conn:
+        with self._write("store the registration state", drain=True) as conn:
             self._meta_set(conn, "registration", state)
 
     def get_state(self, name: str) -> Any:
@@ -941,7 +1037,7 @@ class Outbox:
             return self._meta_get(conn, f"state.{name}")
 
     def set_state(self, name: str, value: Any) -> None:
-        with self._write("store the outbox state") as conn:
+        with self._write("store the outbox state", drain=True) as conn:
             self._meta_set(conn, f"state.{name}", value)
 
     def fingerprint(self, data: bytes) -> str:
@@ -949,11 +1045,22 @@ class Outbox:
         return self._key.fingerprint(data)
 
     # -- retention ---------------------------------------------------------------------------------
-    def housekeeping(self, now: float | None = None) -> dict[str, Any]:
+    def housekeeping(self, now: float | None = None, *, uptime_s: float | None = None) -> dict[str, Any]:
         """Apply retention and the size budget; see ``agent.outbox.retention.housekeeping``."""
         from agent.outbox.retention import housekeeping
 
-        return housekeeping(self, now)
+        return housekeeping(self, now, uptime_s=uptime_s)
+
+    def fold_wal(self) -> bool:
+        """Checkpoint the whole WAL into the database and truncate it (on a full disk that gives its
+        room back: the database's pages exist already). True when it was done, False when busy."""
+        try:
+            with self._read("checkpoint the outbox") as conn:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except OutboxError as exc:
+            log.warning("cannot fold the outbox WAL: %s", exc)
+            return False
+        return not busy
 
     def integrity_check(self) -> list[str]:
         """``PRAGMA integrity_check``: ``["ok"]`` when the file is sound."""
@@ -1002,6 +1109,22 @@ def _header_problem(path: Path) -> str | None:
     return None
 
 
+def rename_aside(path: Path, prefix: str) -> Path:
+    """Rename ``path`` and its -wal/-shm to ``<prefix><UTC time>`` beside it, never over an existing file."""
+    stamp = _timestamp()
+    target = path.with_name(f"{prefix}{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{prefix}{stamp}-{n}")
+    os.rename(path, target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.rename(side, target.with_name(target.name + suffix))
+    return target
+
+
 def _move_aside(path: Path, lock_fd: int, reason: str) -> OutboxCorrupt:
     """Rename the damaged file (and its -wal/-shm) out of the way, unless another process has it open."""
     try:
@@ -1013,17 +1136,7 @@ def _move_aside(path: Path, lock_fd: int, reason: str) -> OutboxCorrupt:
                              hint="stop the fvagent service; its next start moves the damaged file aside "
                                   "and starts a new outbox")
     try:
-        stamp = _timestamp()
-        target = path.with_name(f"{path.name}.damaged-{stamp}")
-        n = 1
-        while target.exists():
-            n += 1
-            target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
-        os.rename(path, target)
-        for suffix in ("-wal", "-shm"):
-            side = path.with_name(path.name + suffix)
-            if side.exists():
-                os.rename(side, target.with_name(target.name + suffix))
+        target = rename_aside(path, f"{path.name}.damaged-")
     except OSError as exc:
         return OutboxCorrupt(f"the outbox database {path} is damaged ({reason}) and could not be moved aside: "
                              f"{exc.strerror}", hint=f"move {path} away by hand, keep it for recovery")

@@ -42,6 +42,7 @@ from agent.errors import OutboxCorrupt, OutboxError, PlatformDisabled, RecordErr
 from agent.outbox.registration import device_fingerprint, platform_fingerprint, platform_identity_fingerprint
 from agent.outbox.store import Claim, Outbox
 from agent.uplink.clock import PlatformClock
+from agent.repeats import Repeats
 from agent.uplink.outcome import Outcome, OutcomeKind
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,8 @@ class Uploader:
         self._logged_checks: set[tuple[int, str]] = set()
         self.platform_clock = PlatformClock(platform_settings.conventions.max_reply_skew_s, clock=clock)
         """The platform's clock, learnt from replies; shared with every client this uploader makes."""
+        self._repeats = Repeats(log)
+        """The run loop's outbox errors: logged once, then summarised (a full disk fails every poll)."""
         self.platform = platform_settings
         self.settings = uploader_settings
         self.device = device_settings
@@ -306,6 +309,9 @@ class Uploader:
             self._set("paused", self._client_error)
             return poll
         until = self._observed.backoff_until
+        if until is not None and until - now > self.settings.backoff_max_s:  # set before the clock stepped back
+            until = self._observed.backoff_until = now + self.settings.backoff_max_s
+        self._reg_retry_at = min(self._reg_retry_at, now + self.settings.backoff_max_s)
         if until is not None and now < until:
             self._set("backoff", f"the platform is failing; next try in {until - now:.0f} s")
             return min(poll, until - now)
@@ -448,8 +454,8 @@ class Uploader:
         try:
             self.outbox.finish(claim, kind, **details)
         except OutboxError as exc:
-            log.error("record %d: the %s result cannot be stored yet (%s); kept in memory and retried", claim.id,
-                      kind, exc)
+            self._repeats.log(logging.ERROR, "a %s result cannot be stored yet (%s); kept in memory and retried",
+                              kind, exc)
             with self._lock:
                 self._unrecorded.append((claim, kind, details))
             self._set("paused", f"outbox: {exc}")
@@ -524,7 +530,7 @@ class Uploader:
     def _claim(self, free: int) -> list[Claim]:
         # While the platform is failing, probe with one record at a time.
         limit = 1 if self._failures else free
-        return self.outbox.claim(limit, self._clock())
+        return self.outbox.claim(limit, self._clock(), max_wait_s=self.settings.backoff_max_s)
 
     # -- synchronous driving (tests, the `fvagent` one-shot commands) ------------------------------
     def recover(self) -> int:
@@ -589,7 +595,7 @@ class Uploader:
                         wait = self._gate(self._clock())
                 except OutboxError as exc:
                     self._set("paused", f"outbox: {exc}")
-                    log.error("uploader: %s", exc)
+                    self._repeats.log(logging.ERROR, "uploader: %s", exc)
                     wait = self.settings.poll_interval_s
                 if wait is not None:
                     self._sleep(stop, wait, wake=False)
@@ -606,9 +612,10 @@ class Uploader:
                     claims = self._claim(free)
                 except OutboxError as exc:
                     self._set("paused", f"outbox: {exc}")
-                    log.error("uploader: %s", exc)
+                    self._repeats.log(logging.ERROR, "uploader: %s", exc)
                     self._sleep(stop, self.settings.poll_interval_s)
                     continue
+                self._repeats.clear()
                 if not claims:
                     if inflight == 0 and self._observed.state in ("sending", "starting"):
                         self._set("idle")

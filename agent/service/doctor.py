@@ -148,13 +148,17 @@ def _check_outbox(settings: Any, add: Callable[[Check], None]) -> None:
     try:
         from agent.outbox import Outbox
 
-        outbox = Outbox.open(settings.storage)
+        outbox = Outbox.open(settings.storage, readonly=True)
     except Exception as exc:
         hint = getattr(exc, "hint", None) or "see docs/operations.md, troubleshooting"
         add(Check("outbox", FAIL, f"cannot open: {exc}", hint))
         return
     try:
         stats = dict(outbox.stats())
+        from agent.service.status import outbox_alerts
+
+        for alert in outbox_alerts(outbox):
+            add(Check("outbox alert", FAIL, alert, "see docs/operations.md, damage and recovery"))
         integrity = getattr(outbox, "integrity_check", None)
         problem = None
         if callable(integrity):

@@ -151,10 +151,10 @@ class Service:
         Raises ``FvagentError`` only for what cannot degrade: the outbox (no place to commit
         verifications means the service must not pretend to run).
         """
-        from agent.outbox import Outbox
+        from agent.outbox.recovery import open_for_service
 
         s = self.settings
-        self.outbox = Outbox.open(s.storage, check=True)
+        self.outbox = open_for_service(s.storage)
         self._audit_alert = _audit_at_start(self.outbox)
         self._hold_simulated()
         self.operator = OperatorState.for_settings(s)

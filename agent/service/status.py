@@ -12,6 +12,7 @@ Two sources, so it works whether the daemon runs or not:
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -37,36 +38,65 @@ def status_path(storage_dir: Path | str) -> Path:
     return Path(storage_dir) / STATUS_FILE
 
 
+STATUS_FILE_BYTES = 32 * 1024
+"""The status file is padded to this size, so that on a full disk it can be rewritten in place."""
+
+
 def write_status_file(path: Path, doc: dict[str, Any]) -> None:
     """Write ``doc`` as JSON to ``path`` atomically (temp file in the same directory, rename).
 
     Readable by the service's group (0640), so a technician in that group can run ``fvagent status``.
+    On a full disk (no room for the temp file) the padded file is overwritten in place instead: the
+    daemon still says it is alive, and that the disk is full.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".status.", suffix=".tmp", dir=path.parent)
+    text = json.dumps(doc, ensure_ascii=False, default=str).encode("utf-8")
+    body = text.ljust(STATUS_FILE_BYTES)  # JSON allows trailing whitespace
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, ensure_ascii=False, default=str)
+        fd, tmp = tempfile.mkstemp(prefix=".status.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        _overwrite_in_place(path, body)
+        return
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body)
         os.chmod(tmp, 0o640)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            _overwrite_in_place(path, body)
+            return
         raise
+
+
+def _overwrite_in_place(path: Path, body: bytes) -> None:
+    """Rewrite the existing status file within its allocated size (needs no free block)."""
+    with open(path, "r+b") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if len(body.rstrip()) > size:
+            raise OSError(errno.ENOSPC, "no room for the status document", str(path))
+        fh.write(body.rstrip().ljust(size))
 
 
 def read_status_file(path: Path) -> dict[str, Any] | None:
     """The daemon's last status document, or ``None`` when absent or unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.debug("status file %s unreadable: %s", path, exc)
-        return None
-    return data if isinstance(data, dict) else None
+    for _ in range(3):  # rewritten in place on a full disk: a read may meet a write half done
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.debug("status file %s unreadable: %s", path, exc)
+            time.sleep(0.01)
+            continue
+        return data if isinstance(data, dict) else None
+    return None
 
 
 def pid_alive(pid: Any) -> bool:
@@ -122,9 +152,10 @@ def _queue(settings: Any, outbox: Any | None) -> tuple[dict[str, Any], dict[str,
             if not (Path(settings.storage.dir) / DB_NAME).exists():  # never create it from here
                 return {"note": "no outbox yet: the service creates it at its first start"}, None, None
 
-            outbox = Outbox.open(settings.storage)
+            outbox = Outbox.open(settings.storage, readonly=True)
             own = True
         stats = dict(outbox.stats())
+        stats["outbox_alerts"] = outbox_alerts(outbox)
         registration = None
         reg = getattr(outbox, "registration_state", None)
         if callable(reg):
@@ -141,6 +172,23 @@ def _queue(settings: Any, outbox: Any | None) -> tuple[dict[str, Any], dict[str,
                 outbox.close()
             except Exception:
                 log.debug("closing the outbox failed", exc_info=True)
+
+
+def outbox_alerts(outbox: Any) -> list[str]:
+    """The outbox's own alerts: incidents not yet acknowledged (damage salvaged, records missing, an
+    outbox waiting for its key) and a key file others can read."""
+    from agent.outbox import incidents
+
+    from agent.outbox.retention import refused_alert
+
+    found = list(incidents.alerts(outbox)) if hasattr(outbox, "get_state") else []
+    refused = refused_alert(outbox) if hasattr(outbox, "get_state") else None
+    if refused:
+        found.append(refused)
+    warning = getattr(outbox, "key_warning", None)
+    if isinstance(warning, str):
+        found.append(f"outbox key: {warning}")
+    return found
 
 
 def _plain(value: Any) -> Any:
@@ -185,6 +233,7 @@ def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, 
     queue["total"] = int(stats.get("total", sum(queue.values())) or 0)
     if queue_error:
         queue["error"] = queue_error
+    extra_alerts = [str(a) for a in stats.pop("outbox_alerts", None) or []]
     for key, value in stats.items():  # anything else the outbox reports (oldest pending, bytes ...)
         if key not in queue:
             queue[key] = _plain(value)
@@ -224,8 +273,14 @@ def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, 
     if queue["held"] > simulated:
         alerts.append(f"{queue['held'] - simulated} record(s) held: card photos wait for a WLT decoder "
                       "([card_reader] wlt_decoder)")
-    if queue["rejected"]:
-        alerts.append(f"{queue['rejected']} record(s) rejected by the platform: fvagent queue ls --state rejected")
+    alerts.extend(extra_alerts)
+    unsealable = int(stats.get("unsealable", 0) or 0)
+    if unsealable:
+        alerts.append(f"{unsealable} record(s) whose sealed data no longer opens here (damaged on disk, never "
+                      "sent): fvagent queue ls --state rejected; see docs/outbox.md")
+    if queue["rejected"] > unsealable:
+        alerts.append(f"{queue['rejected'] - unsealable} record(s) rejected by the platform: "
+                      "fvagent queue ls --state rejected")
     if storage.get("alert"):
         alerts.append(storage["alert"])
     if queue.get("over_budget"):
