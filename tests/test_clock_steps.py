@@ -33,6 +33,9 @@ AHEAD_S = 400 * 86400.0
 def test_retries_after_the_clock_steps_back_happen_within_backoff_max(env: object) -> None:
     e = env  # type: ignore[assignment]
     now = [time.time() + AHEAD_S]
+    # the platform's replies carry the same clock: this test is about stored retry times; learning
+    # the platform's offset from its replies is tests/test_uplink_trust.py's
+    e.platform.clock = lambda: now[0]
     box = Outbox.open(e.settings.storage, clock=lambda: now[0])
     up = e.uploader(clock=lambda: now[0])
     up.outbox = box
@@ -59,6 +62,7 @@ def test_retries_after_the_clock_steps_back_happen_within_backoff_max(env: objec
 def test_a_clock_stepping_forward_never_holds_a_retry_back(env: object) -> None:
     e = env  # type: ignore[assignment]
     now = [time.time()]
+    e.platform.clock = lambda: now[0]  # as above: the replies follow the same clock
     box = Outbox.open(e.settings.storage, clock=lambda: now[0])
     up = e.uploader(clock=lambda: now[0])
     up.outbox = box

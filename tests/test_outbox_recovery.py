@@ -26,6 +26,7 @@ from agent import mock_platform
 from agent.cli import main as cli_main
 from agent.config import Settings, load_config
 from agent.errors import OutboxCorrupt
+from agent.audit.verify import verify_outbox
 from agent.outbox import Outbox, Uploader, incidents
 from agent.outbox.recovery import open_for_service
 from agent.uplink.client import PlatformClient
@@ -116,6 +117,9 @@ def test_one_overwritten_page_salvaged_delivered_lost_ids_listed_alert_until_ack
         delivered = [r for r in pending if r not in lost]
         assert box.stats()["pending"] == 0 and box.stats()["sent"] == 60 - len(lost)
         assert sum(platform.delivered().values()) == len(delivered)
+        audit = verify_outbox(box)  # the salvaged records entered the new outbox's audit chain
+        assert audit.ok, audit.problems
+        assert audit.records == 60 - len(lost)
     finally:
         box.close()
 

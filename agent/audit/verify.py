@@ -17,7 +17,7 @@ from typing import Any
 from agent.crypto import sm3
 from agent.outbox import chain
 
-_COMMITS = ("committed", "upgraded")
+_COMMITS = ("committed", "upgraded", "salvaged")
 _COMPARED = ("state", "attempts", "request_id", "sent_at", "photos_erased_at", "held_reason")
 _FROM = {"attempt": ("pending",), "sent": ("sending",), "rejected": ("sending",), "deferred": ("sending",),
          "attempt_undone": ("sending",), "held": ("pending",), "released": ("held",), "resolved": ("rejected",),
@@ -210,8 +210,8 @@ def _replay(report: Report, expected: dict[int, dict[str, Any]], row: tuple[Any,
                "sent_at": body.get("sent_at"), "photos_erased_at": body.get("photos_erased_at"),
                "held_reason": body.get("held_reason"), "data": body.get("data"), "photos": body.get("photos"),
                "wlt": body.get("wlt"), "fixed": body.get("fixed"), "purged": False, "upgraded": kind == "upgraded",
-               # attempt number -> (outcome, request id); unknown for rows chained at the upgrade
-               "tries": None if kind == "upgraded" else {}}
+               # attempt number -> (outcome, request id); unknown for rows chained at the upgrade or salvaged
+               "tries": None if kind != "committed" else {}}
         expected[record_id] = exp
         return
     exp = expected.get(record_id)

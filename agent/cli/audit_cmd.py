@@ -66,7 +66,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from agent.audit.verify import verify_outbox
     from agent.outbox import Outbox
 
-    with Outbox.open(_settings(args).storage, create=False) as outbox:
+    with Outbox.open(_settings(args).storage, create=False, readonly=True) as outbox:  # it only looks
         report = verify_outbox(outbox)
     print(report.summary())
     for problem in report.problems[1:20]:
@@ -99,7 +99,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     since = parse_when(args.since)
     until = parse_when(args.until, end=True) if args.until else None
     key = signing.load(settings.storage.dir)
-    with Outbox.open(settings.storage, create=False) as outbox:
+    with Outbox.open(settings.storage, create=False, readonly=True) as outbox:
         n = export(outbox, args.file, since=since, until=until, full=args.full,
                    machine_code=settings.device.machine_code, key=key)
     print(f"{n} record(s) written to {args.file}, signed ({'FULL personal data' if args.full else 'masked'}); "

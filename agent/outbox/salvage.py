@@ -30,6 +30,7 @@ from typing import Any
 
 from agent.crypto import CryptoError
 from agent.errors import KeyFileError, OutboxError, StorageFull
+from agent.outbox import chain
 from agent.outbox.keys import DataKey
 from agent.outbox.store import Outbox, _aad
 
@@ -138,7 +139,8 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
         raise KeyFileError(f"{source} was sealed under another data key than {key.source}",
                            hint="give its original key: fvagent outbox merge FILE --key KEYFILE")
     with into._read("read the outbox") as dest:
-        record_cols = [c for c in _columns(conn, "records") if c in set(_columns(dest, "records"))]
+        # chain_seq is the record's place in the new outbox's chain, set by its "salvaged" event
+        record_cols = [c for c in _columns(conn, "records") if c in set(_columns(dest, "records")) and c != "chain_seq"]
         payload_cols = [c for c in _columns(conn, "payloads") if c in set(_columns(dest, "payloads"))]
         attempt_cols = [c for c in _columns(conn, "attempts") if c in set(_columns(dest, "attempts")) and c != "id"]
     salvaged: list[int] = []
@@ -173,7 +175,7 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
             log.warning("salvage: record %d: its attempts do not read; the record is kept without them", record_id)
         if record.get("state") == "sending":
             record["state"], record["last_outcome"] = "pending", "interrupted"
-        new_id = _insert(into, record, payload, attempts, renumber=False)
+        new_id = _insert(into, record, payload, attempts, renumber=False, source=source)
         if new_id == _TAKEN:
             taken.append((record, payload, attempts))
             continue
@@ -184,7 +186,7 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
         pending += record.get("state") in ("pending", "held")
     # Records whose id is used by another record get new ids last, so they take no id another keeps.
     for record, payload, attempts in taken:
-        new_id = _insert(into, record, payload, attempts, renumber=True)
+        new_id = _insert(into, record, payload, attempts, renumber=True, source=source)
         if new_id is None:
             present.append(record["id"])
             continue
@@ -228,9 +230,11 @@ _TAKEN = -1
 
 
 def _insert(into: Outbox, record: dict[str, Any], payload: dict[str, Any], attempts: list[dict[str, Any]], *,
-            renumber: bool) -> int | None:
+            renumber: bool, source: Path) -> int | None:
     """Insert one salvaged record under its id; None when its uid is there already. When the id is
-    used by another record: ``_TAKEN``, or with ``renumber`` a new id."""
+    used by another record: ``_TAKEN``, or with ``renumber`` a new id. The record enters the audit
+    chain with a ``salvaged`` event that names ``source`` and the state it was found in."""
+    original_id = record.get("id")
     with into._write("store a salvaged record") as conn:
         if conn.execute("SELECT 1 FROM records WHERE uid = ?", (record["uid"],)).fetchone():
             return None
@@ -252,4 +256,9 @@ def _insert(into: Outbox, record: dict[str, Any], payload: dict[str, Any], attem
             row = {**attempt, "record_id": new_id}
             conn.execute(f"INSERT INTO attempts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                          list(row.values()))
+        at, event = chain.commit_body(conn, new_id, upgrade=True)
+        event.update(note=f"salvaged from {source.name}", salvaged_id=original_id)
+        head = chain.append(conn, into._chain_key, "salvaged", new_id, at, event)
+        conn.execute("UPDATE records SET chain_seq = ? WHERE id = ?", (head.seq, new_id))
+        into._chained(head)
     return new_id

@@ -200,7 +200,7 @@ def _check_audit(settings: Any, add: Callable[[Check], None]) -> None:
         from agent.audit.verify import verify_outbox
         from agent.outbox import Outbox
 
-        with Outbox.open(settings.storage) as outbox:
+        with Outbox.open(settings.storage, readonly=True) as outbox:  # doctor only looks
             report = verify_outbox(outbox, full=False)
             stats = outbox.stats()
     except Exception as exc:

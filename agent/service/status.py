@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.outbox.retention import budget_alert, damaged_alert, unsent_alert
+from agent.outbox.retention import budget_alert, unsent_alert
 
 log = logging.getLogger(__name__)
 
@@ -285,10 +285,11 @@ def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, 
         alerts.append(storage["alert"])
     if queue.get("over_budget"):
         alerts.append(budget_alert(queue["bytes"], queue["max_bytes"]))
-    for extra in (unsent_alert(stats.get("oldest_unsent_at"), settings.storage.unsent_alert_days, now),
-                  damaged_alert(_damaged_copies(settings))):
-        if extra:
-            alerts.append(extra)
+    # Damaged copies kept aside: status carries the damage incident until `outbox ack-damage`; the
+    # copies themselves are counted by doctor for as long as they stay on the terminal.
+    old_unsent = unsent_alert(stats.get("oldest_unsent_at"), settings.storage.unsent_alert_days, now)
+    if old_unsent:
+        alerts.append(old_unsent)
     for extra in (live.get("alerts") or []) if running else []:
         if extra not in alerts:
             alerts.append(extra)
@@ -310,15 +311,6 @@ def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, 
         "storage": storage,
         "alerts": alerts,
     }
-
-
-def _damaged_copies(settings: Any) -> list[Path]:
-    from agent.outbox.store import damaged_copies
-
-    try:
-        return damaged_copies(settings.storage.dir)
-    except OSError:
-        return []
 
 
 def _storage(settings: Any) -> dict[str, Any]:
