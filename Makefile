@@ -37,6 +37,7 @@ bench: setup-test
 	$(BIN)/python bench/localapi.py 300
 	$(BIN)/python bench/mock_platform.py --count 300
 	$(BIN)/python bench/backlog.py
+	$(BIN)/python bench/metrics.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

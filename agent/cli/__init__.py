@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(prog="fvagent", description="ID-card and live-face verification agent")
-    parser.add_argument("--version", action="version", version=f"fvagent {__version__}")
+    parser.add_argument("--version", "-V", action="version", version=f"fvagent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
