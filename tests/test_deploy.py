@@ -137,3 +137,39 @@ def test_install_and_uninstall_staged(tmp_path: Path) -> None:
     # ... and --purge --yes deletes it.
     assert _sh("uninstall.sh", "--purge", "--yes", env=env).returncode == 0
     assert not outbox.exists() and not config.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run fvagent as another user than the credentials' owner")
+def test_an_unreadable_credential_is_a_clear_error_not_a_traceback() -> None:
+    # What systemd in a container whose root mount is private hands the service: a credentials
+    # directory it made (root, 0700) that the service's user cannot open.
+    import sys
+    import tempfile
+
+    from tests.test_service import config_doc
+    from agent.service import samples
+
+    work = Path(tempfile.mkdtemp(prefix="fvagent-cred-"))
+    try:
+        work.chmod(0o755)
+        doc = config_doc(work, {"live": []}, camera={"driver": "fake", "images": []})
+        del doc["platform"]["org_app_secret"]
+        config = work / "fvagent.toml"
+        config.write_text(samples.toml_text(doc), encoding="utf-8")
+        config.chmod(0o644)
+        creds = work / "credentials"
+        creds.mkdir(mode=0o700)
+        (creds / "org_app_secret").write_text("0123456789abcdef\n")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CREDENTIALS_DIRECTORY": str(creds),
+               "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                               sys.executable, "-m", "agent", "config", "check", str(config)],
+                              capture_output=True, text=True, timeout=60, env=env, cwd=work)
+    finally:
+        shutil.rmtree(work)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    assert "systemd credential 'org_app_secret'" in out and "permission denied" in out
+    assert "mount --make-rshared /" in out and "org_app_secret_file" in out
