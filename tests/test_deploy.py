@@ -173,3 +173,27 @@ def test_an_unreadable_credential_is_a_clear_error_not_a_traceback() -> None:
     assert "Traceback" not in out
     assert "systemd credential 'org_app_secret'" in out and "permission denied" in out
     assert "mount --make-rshared /" in out and "org_app_secret_file" in out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze not installed (deploy/system-deps.sh test installs systemd)")
+def test_systemd_analyze_security_exposure_is_at_most_2() -> None:
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(DEPLOY / "fvagent.service")],
+                          capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for fvagent\.service: ([0-9.]+)", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    assert float(found.group(1)) <= 2.0, proc.stdout
+
+
+def test_installer_writes_the_network_allow_list(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc" / "fvagent").mkdir(parents=True)
+    (root / "etc" / "fvagent" / "fvagent.toml").write_text('[platform]\nbase_url = "http://127.0.0.1:8600/api"\n')
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DESTDIR": str(root), "FVAGENT_IP_ALLOW": "10.1.2.3/32"}
+    proc = subprocess.run(["sh", str(DEPLOY / "install.sh"), "--no-venv"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dropin = (root / "etc/systemd/system/fvagent.service.d/10-network.conf").read_text()
+    allowed = re.findall(r"^IPAddressAllow=(\S+)$", dropin, re.M)
+    assert allowed[0] == "localhost" and "127.0.0.1" in allowed and "10.1.2.3/32" in allowed
+    assert "IPAddressDeny=any" in (DEPLOY / "fvagent.service").read_text()

@@ -63,8 +63,18 @@ ip link set lo up
 # makes / shared itself, but not in a container (container= set): that is the container's job.
 mount --make-rshared /
 exec env -i container=fvagent-systest PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    {systemd} --system --unit=fvagent-systest.target --log-target=console --show-status=no
+    {systemd} --system --unit=fvagent-systest.target --log-target=journal --show-status=no
 """
+
+
+def offline_unavailable() -> str | None:
+    """Why this machine cannot run a command without network (a private network namespace), or None."""
+    if os.geteuid() != 0:
+        return "needs root to run the install in a private network namespace (unshare --net)"
+    if shutil.which("unshare") is None:
+        return "unshare is not installed"
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
+    return f"cannot make a network namespace here: {probe.stderr.strip()}" if probe.returncode else None
 
 
 def unavailable() -> str | None:
