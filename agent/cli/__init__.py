@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "agent.cli.platform_cmd",
     "agent.cli.mock_cmd",
     "agent.cli.queue_cmd",
+    "agent.cli.outbox_cmd",
     "agent.cli.card_cmd",
     "agent.cli.face_cmd",
     "agent.cli.service_cmd",
