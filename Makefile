@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup setup-test bench clean
+.PHONY: demo test setup setup-test bench release clean
 
 demo: setup
 	$(BIN)/fvagent demo
@@ -39,5 +39,10 @@ bench: setup-test
 	$(BIN)/python bench/backlog.py
 	$(BIN)/python bench/metrics.py
 
+# The offline bundles dist/fvagent-VERSION-linux-{x86_64,aarch64}.tar.gz (docs/operations.md);
+# downloads are kept in build/release/ between runs.
+release: setup
+	$(BIN)/python deploy/release.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
