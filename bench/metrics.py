@@ -22,13 +22,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.config import parse_config  # noqa: E402
 from agent.events import EventBus, OperatorState  # noqa: E402
 from agent.localapi import DeskBackend, LocalApiServer  # noqa: E402
 from agent.metrics import Metrics  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
 from agent.service.status import collect_status  # noqa: E402
-from bench.localapi import body, jpeg  # noqa: E402
+from bench.localapi import bench_settings, body, jpeg  # noqa: E402
 
 TOKEN = "bench-metrics-token-0123456789"
 
@@ -37,14 +36,7 @@ def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     scrapes = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     with tempfile.TemporaryDirectory() as tmp:
-        settings = parse_config({
-            "device": {"machine_code": "BENCH-0001", "device_no": "SN1", "manufacturer": "测试", "model": "M",
-                       "purchase_date": "2024-01-01", "dept_id": "D", "dept_name": "妇产科",
-                       "register_user": "测试", "operator": "测试员"},
-            "platform": {"base_url": "http://127.0.0.1:9", "org_app_id": "a", "org_app_secret": "0123456789abcdef",
-                         "auth": {"kind": "static", "ticket": "t"}},
-            "storage": {"dir": tmp}, "local_api": {"listen": "127.0.0.1:0", "token": TOKEN},
-        }, validate_drivers=False)
+        settings = bench_settings(tmp, token=TOKEN)
         outbox = Outbox.open(settings.storage)
         events = EventBus()
         metrics = Metrics(events, lambda: collect_status(settings, outbox=outbox, live=None))
