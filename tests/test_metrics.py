@@ -89,3 +89,37 @@ def test_metrics_need_the_api_token_when_one_is_set(run_service: Any, tmp_path: 
     response = httpx.get(service.local_api.url + "/metrics", headers=headers, timeout=5)
     assert response.status_code == 401
     assert "fvagent_" not in response.text
+
+
+def test_alert_rules_and_dashboard_name_only_metrics_that_exist() -> None:
+    """Every fvagent_* series the alert rules and the dashboard query is one /metrics serves."""
+    import json
+    import re
+    from pathlib import Path
+
+    from agent.events import VERIFICATION, EventBus
+    from agent.metrics import Metrics
+
+    yaml = pytest.importorskip("yaml", reason="PyYAML parses the alert rules (installed with the test extra)")
+    bus = EventBus()
+    doc = {"queue": {"pending": 1, "sending": 0, "held": 0, "sent": 2, "rejected": 0, "oldest_pending_age_s": 5.0,
+                     "bytes": 10, "max_bytes": 100, "last_sent_at": 1.0},
+           "platform": {"reachable": True, "state": "ok", "blocked": False},
+           "hardware": {"card_reader": {"state": "ok"}, "camera": {"state": "fault"}},
+           "daemon": {"running": True}, "alerts": [], "version": "0.2.0",
+           "storage": {"free_bytes": 1, "total_bytes": 2}}
+    metrics = Metrics(bus, lambda: doc)
+    metrics.count_upload("accepted")
+    bus.publish(VERIFICATION, {"id": 1, "result": 1, "source": "reader", "latency_s": 0.5})
+    served = {sample.name for family in text_string_to_metric_families(metrics.render().decode())
+              for sample in family.samples}
+    root = Path(__file__).resolve().parents[1] / "deploy" / "monitoring"
+    rules = yaml.safe_load((root / "fvagent-alerts.yml").read_text())
+    alerts = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    for name in ("FvagentQueueGrowing", "FvagentNoUpload", "FvagentReaderDown", "FvagentDiskLow",
+                 "FvagentConfigurationBlocked"):
+        assert name in alerts
+    dashboard = json.loads((root / "grafana-dashboard.json").read_text())
+    queried = " ".join(alerts.values()) + " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    named = set(re.findall(r"\bfvagent_[a-z_]+", queried))
+    assert named and named <= served, named - served
