@@ -28,7 +28,7 @@ $(VENV)/.installed-test: pyproject.toml deploy/system-deps.sh
 	$(BIN)/pip install --quiet -e '.[demo,test,journald]'
 	touch $@ $(VENV)/.installed-demo
 
-# Every benchmark, one after another (about 10 minutes); figures and machines in bench/README.md.
+# Every benchmark, one after another (about 12 minutes; bench/install.py needs root); figures and machines in bench/README.md.
 bench: setup-test
 	$(BIN)/python bench/crypto.py
 	$(BIN)/python bench/face.py
@@ -38,6 +38,7 @@ bench: setup-test
 	$(BIN)/python bench/mock_platform.py --count 300
 	$(BIN)/python bench/backlog.py
 	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/install.py
 
 # The offline bundles dist/fvagent-VERSION-linux-{x86_64,aarch64}.tar.gz (docs/operations.md);
 # downloads are kept in build/release/ between runs.
