@@ -37,8 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agent.config import LocalApiSettings
 from agent.errors import OutboxError, RecordError, StorageFull
 from agent.events import VERIFICATION
-from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.localapi.backend import SHANGHAI, DeskBackend, IdempotencyConflict, NotFound
+from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.metrics import CountingClient, Metrics
 from agent.errors import CardReadError, ConfigError, DriverError, FvagentError, ProtocolError
 from agent.events import EventBus, OperatorState
+from agent.metrics import CountingClient, Metrics
 from agent.service.hardware import DriverSlot
 from agent.service.notify import Notifier
 from agent.service.status import collect_status, iso, status_path, write_status_file
