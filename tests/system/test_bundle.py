@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,9 +72,12 @@ def test_install_offline_into_a_fresh_prefix_then_doctor_and_demo(bundle: Path, 
     assert wrote.returncode == 0, wrote.stdout + wrote.stderr
     doctor = subprocess.run([str(fvagent), "doctor", "--config", str(config)], capture_output=True, text=True,
                             timeout=180, env=run_env)
-    # The demo's platform is not started here: doctor reports it unreachable, everything else passes.
-    assert "Traceback" not in doctor.stdout + doctor.stderr
-    assert "config" in doctor.stdout.lower(), doctor.stdout + doctor.stderr
+    # The demo's platform is not started here: doctor reports it unreachable, the rest passes or
+    # warns (fake drivers, no daemon yet); the installed face engine and its models load.
+    said = doctor.stdout + doctor.stderr
+    assert "Traceback" not in said
+    assert re.search(r"^OK +config: ", doctor.stdout, re.M) and re.search(r"^OK +face model: dlib loaded", doctor.stdout, re.M), said
+    assert re.search(r"^\d+ checks: 1 failed", doctor.stdout, re.M) and re.search(r"^FAIL +platform: ", doctor.stdout, re.M), said
     demo = subprocess.run([str(fvagent), "demo", "--count", "6", "--dir", str(tmp_path / "demo-run")],
                           capture_output=True, text=True, timeout=300, env=run_env)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
