@@ -79,8 +79,8 @@ def test_the_unit_under_a_real_systemd(system: NamespacedSystemd) -> None:
     # Install from the bundle: offline by construction (this network namespace has only loopback).
     out = ns.run(["sh", "/srv/systest/bundle/deploy/install.sh", "--demo"], timeout=600).stdout
     assert "from the bundle, offline" in out
-    ns.run(["sh", "-c", f"{FVAGENT} demo --write-config /root/demo.toml --dir /var/lib/fvagent-demo"])
-    ns.run([PYTHON, "/srv/systest/make_config.py", "/root/demo.toml", "/etc/fvagent/fvagent.toml",
+    ns.run(["sh", "-c", f"{FVAGENT} demo --write-config /var/lib/fvagent-demo/demo.toml --dir /var/lib/fvagent-demo"])
+    ns.run([PYTHON, "/srv/systest/make_config.py", "/var/lib/fvagent-demo/demo.toml", "/etc/fvagent/fvagent.toml",
             "/etc/fvagent-mock.toml", TOKEN])
     config = ns.run(["cat", "/etc/fvagent/fvagent.toml"]).stdout
     assert "org_app_secret" not in config and "ticket =" not in config  # secrets come as credentials only
