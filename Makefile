@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup setup-test bench clean
+.PHONY: demo test setup setup-test bench release clean
 
 demo: setup
 	$(BIN)/fvagent demo
@@ -28,7 +28,7 @@ $(VENV)/.installed-test: pyproject.toml deploy/system-deps.sh
 	$(BIN)/pip install --quiet -e '.[demo,test,journald]'
 	touch $@ $(VENV)/.installed-demo
 
-# Every benchmark, one after another (about 10 minutes); figures and machines in bench/README.md.
+# Every benchmark, one after another (about 12 minutes; bench/install.py needs root); figures and machines in bench/README.md.
 bench: setup-test
 	$(BIN)/python bench/crypto.py
 	$(BIN)/python bench/face.py
@@ -38,6 +38,13 @@ bench: setup-test
 	$(BIN)/python bench/mock_platform.py --count 300
 	$(BIN)/python bench/backlog.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/install.py
+
+# The offline bundles dist/fvagent-VERSION-linux-{x86_64,aarch64}.tar.gz (docs/operations.md);
+# downloads are kept in build/release/ between runs.
+release: setup
+	$(BIN)/python deploy/release.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

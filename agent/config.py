@@ -103,6 +103,33 @@ def read_secret_file(path: Path, *, key: str, check_mode: bool = True) -> str:
     return value
 
 
+def credential_path(name: str) -> Path | None:
+    """``$CREDENTIALS_DIRECTORY/name`` when systemd handed that credential over, else None.
+
+    Raises ``SecretError`` naming the credential when the directory or the file is there but this
+    process cannot read it: systemd made the directory yet did not give it to the service's user
+    (seen in a container whose root mount is not shared, where the credentials systemd mounts
+    stay invisible to the service), or the process runs as another user than the unit's.
+    """
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not cred_dir:
+        return None
+    path = Path(cred_dir) / name
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    except PermissionError as exc:
+        # The fix is in the message itself: config problems are listed without their hints.
+        raise SecretError(
+            f"systemd credential {name!r}: cannot read {path} (permission denied for uid {os.geteuid()}); "
+            "systemd did not hand the credentials directory to this user: run fvagent only as the unit's "
+            "User=, and in a container make the root mount shared (mount --make-rshared /) so that "
+            f"systemd's credential mounts reach the service; or give the secret as {name}_file instead",
+            hint="systemctl cat fvagent (LoadCredential=); docs/operations.md, \"Secrets as systemd credentials\"") from exc
+    return path if stat.S_ISREG(st.st_mode) else None
+
+
 def _resolve_secrets(raw: dict[str, Any], names: tuple[str, ...], prefix: str, problems: list[tuple[str, str]],
                      *, base_dir: Path | None = None, sources: dict[str, str] | None = None) -> None:
     """Turn ``NAME`` / ``NAME_file`` / a systemd credential into the inline ``NAME`` value, in place.
@@ -112,7 +139,6 @@ def _resolve_secrets(raw: dict[str, Any], names: tuple[str, ...], prefix: str, p
     ``LoadCredential=NAME:PATH`` hands secrets to the service). Both inline and file is an error.
     ``sources`` receives, per key path, where each secret came from (for ``fvagent config check``).
     """
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     for name in names:
         key_path = f"{prefix}.{name}"
         file_key = f"{prefix}.{name}_file"
@@ -131,8 +157,8 @@ def _resolve_secrets(raw: dict[str, Any], names: tuple[str, ...], prefix: str, p
                     path = base_dir / path
                 raw[name] = read_secret_file(path, key=file_key)
                 where = f"file {path}"
-            elif inline is None and cred_dir and (Path(cred_dir) / name).is_file():
-                raw[name] = read_secret_file(Path(cred_dir) / name, key=key_path, check_mode=False)
+            elif inline is None and (credential := credential_path(name)) is not None:
+                raw[name] = read_secret_file(credential, key=key_path, check_mode=False)
                 where = f"systemd credential {name!r}"
             elif inline is not None:
                 where = "inline"

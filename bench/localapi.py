@@ -59,19 +59,23 @@ def body(i: int, head: str, camera: str) -> dict[str, Any]:
     }
 
 
+def bench_settings(state_dir: str, **local_api: Any) -> Any:
+    """Settings of a bench agent: its state in ``state_dir``, the local API on a free loopback port."""
+    return parse_config({
+        "device": {"machine_code": "BENCH-0001", "device_no": "SN1", "manufacturer": "测试", "model": "M",
+                   "purchase_date": "2024-01-01", "dept_id": "D", "dept_name": "妇产科",
+                   "register_user": "测试", "operator": "测试员"},
+        "platform": {"base_url": "http://127.0.0.1:9", "org_app_id": "a", "org_app_secret": "0123456789abcdef",
+                     "auth": {"kind": "static", "ticket": "t"}, "environment": "test", "allow_plain_http": True},
+        "storage": {"dir": state_dir}, "face": {"mode": "relay"}, "local_api": {"listen": "127.0.0.1:0", **local_api},
+    }, validate_drivers=False)
+
+
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     with tempfile.TemporaryDirectory() as tmp:
-        settings = parse_config({
-            "device": {"machine_code": "BENCH-0001", "device_no": "SN1", "manufacturer": "测试", "model": "M",
-                       "purchase_date": "2024-01-01", "dept_id": "D", "dept_name": "妇产科",
-                       "register_user": "测试", "operator": "测试员"},
-            "platform": {"base_url": "http://127.0.0.1:9", "org_app_id": "a", "org_app_secret": "0123456789abcdef",
-                         "auth": {"kind": "static", "ticket": "t"}, "environment": "test", "allow_plain_http": True},
-            "storage": {"dir": tmp}, "face": {"mode": "relay"},
-            "local_api": {"listen": "127.0.0.1:0", "relay": True, "token": BENCH_TOKEN, "max_relay_per_min": 6000,
-                          "max_unsent_relayed": 1_000_000, "relay_reserve_bytes": 0},
-        }, validate_drivers=False)
+        settings = bench_settings(tmp, relay=True, token=BENCH_TOKEN, max_relay_per_min=6000,
+                                  max_unsent_relayed=1_000_000, relay_reserve_bytes=0)
         outbox = Outbox.open(settings.storage)
         events = EventBus()
         backend = DeskBackend(settings, outbox, events, OperatorState.for_settings(settings),

@@ -14,6 +14,8 @@ fi
 if [ "$want" = test ]; then
     command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
     command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+    # tests/system: a loopback in private network namespaces (ip), setpriv and unshare (util-linux).
+    command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
     command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
     command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
     # The audit tests tamper with the outbox through the sqlite3 command line, as an intruder would.

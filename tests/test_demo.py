@@ -74,9 +74,10 @@ def test_written_config_runs_as_its_header_says(tmp_path: Path) -> None:
     text = text.replace("http://127.0.0.1:8600", f"http://127.0.0.1:{platform_port}")
     text = text.replace("127.0.0.1:8787", f"127.0.0.1:{api_port}")
     target.write_text(text, encoding="utf-8")
-    header = [line for line in text.splitlines() if line.startswith("#   fvagent ")]
-    assert any("fvagent mock-platform --port 8600" in line for line in header)
-    assert any(line.endswith(f"fvagent run --config {target}") for line in header)
+    # the header names this fvagent as it was started (here `python -m agent`): runnable as written
+    header = [line for line in text.splitlines() if line.startswith("#   ")]
+    assert any(" -m agent mock-platform --port 8600" in line for line in header)
+    assert any(line.endswith(f" -m agent run --config {target}") for line in header)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     mock = subprocess.Popen([sys.executable, "-m", "agent", "mock-platform", "--port", str(platform_port),

@@ -137,3 +137,63 @@ def test_install_and_uninstall_staged(tmp_path: Path) -> None:
     # ... and --purge --yes deletes it.
     assert _sh("uninstall.sh", "--purge", "--yes", env=env).returncode == 0
     assert not outbox.exists() and not config.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run fvagent as another user than the credentials' owner")
+def test_an_unreadable_credential_is_a_clear_error_not_a_traceback() -> None:
+    # What systemd in a container whose root mount is private hands the service: a credentials
+    # directory it made (root, 0700) that the service's user cannot open.
+    import sys
+    import tempfile
+
+    from tests.test_service import config_doc
+    from agent.service import samples
+
+    work = Path(tempfile.mkdtemp(prefix="fvagent-cred-"))
+    try:
+        work.chmod(0o755)
+        doc = config_doc(work, {"live": []}, camera={"driver": "fake", "images": []})
+        del doc["platform"]["org_app_secret"]
+        config = work / "fvagent.toml"
+        config.write_text(samples.toml_text(doc), encoding="utf-8")
+        config.chmod(0o644)
+        creds = work / "credentials"
+        creds.mkdir(mode=0o700)
+        (creds / "org_app_secret").write_text("0123456789abcdef\n")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CREDENTIALS_DIRECTORY": str(creds),
+               "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                               sys.executable, "-m", "agent", "config", "check", str(config)],
+                              capture_output=True, text=True, timeout=60, env=env, cwd=work)
+    finally:
+        shutil.rmtree(work)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    assert "systemd credential 'org_app_secret'" in out and "permission denied" in out
+    assert "mount --make-rshared /" in out and "org_app_secret_file" in out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze not installed (deploy/system-deps.sh test installs systemd)")
+def test_systemd_analyze_security_exposure_is_at_most_2() -> None:
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(DEPLOY / "fvagent.service")],
+                          capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for fvagent\.service: ([0-9.]+)", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    assert float(found.group(1)) <= 2.0, proc.stdout
+
+
+def test_installer_writes_the_network_allow_list(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc" / "fvagent").mkdir(parents=True)
+    (root / "etc" / "fvagent" / "fvagent.toml").write_text('[platform]\nbase_url = "http://127.0.0.1:8600/api"\n')
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DESTDIR": str(root), "FVAGENT_IP_ALLOW": "10.1.2.3/32"}
+    proc = subprocess.run(["sh", str(DEPLOY / "install.sh"), "--no-venv"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dropin = (root / "etc/systemd/system/fvagent.service.d/10-network.conf").read_text()
+    allowed = re.findall(r"^IPAddressAllow=(\S+)$", dropin, re.M)
+    assert allowed[0] == "localhost" and "127.0.0.1" in allowed and "10.1.2.3/32" in allowed
+    assert "IPAddressDeny=any" in (DEPLOY / "fvagent.service").read_text()

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from agent import __version__
 from agent.errors import ConfigError, FvagentError
@@ -48,11 +50,29 @@ def config_path(args: argparse.Namespace) -> str:
     return getattr(args, "config", None) or default_config_path()
 
 
+def invocation(*, absolute: bool = False) -> str:
+    """How to type this fvagent again from the current directory, for commands we print.
+
+    ``fvagent`` when that name on PATH is this very program; otherwise the path it was started
+    by (``.venv/bin/fvagent`` after ``make demo``; made absolute with ``absolute``, for text that
+    outlives this directory), or ``python -m agent`` when run that way.
+    """
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is None or program.name in ("__main__.py", "-c"):
+        return f"{sys.executable} -m agent"
+    on_path = shutil.which("fvagent")
+    if on_path and program.exists() and Path(on_path).resolve() == program.resolve():
+        return "fvagent"
+    if not program.exists():
+        return "fvagent"
+    return str(program.absolute()) if absolute else str(program)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(prog="fvagent", description="ID-card and live-face verification agent")
-    parser.add_argument("--version", action="version", version=f"fvagent {__version__}")
+    parser.add_argument("--version", "-V", action="version", version=f"fvagent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)

@@ -1,6 +1,7 @@
 """`fvagent outbox ...`: the outbox's data key, and recovery of what a damaged file or a lost key
 left behind.
 
+    fvagent outbox backup DEST           a consistent copy of the outbox and its key, safe while the daemon runs
     fvagent outbox rotate-key            new records under a new key; old ones stay readable (service stopped)
     fvagent outbox salvage FILE          copy every readable record of a damaged outbox copy into the outbox
     fvagent outbox merge OLD [--key K]   bring in an outbox set aside for its key, once the key is back
@@ -21,11 +22,20 @@ from agent.cli import add_config_arg, config_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    outbox = sub.add_parser("outbox", help="rotate its key, salvage a damaged copy, merge one set aside for its key, ack alerts",
-                            description="Rotate the outbox's data key; recover records from a damaged outbox copy "
+    outbox = sub.add_parser("outbox", help="back it up, rotate its key, salvage a damaged copy, merge one set aside for its key",
+                            description="Back up the outbox; rotate its data key; recover records from a damaged outbox copy "
                                         "or one set aside because its key was missing; acknowledge the damage alerts.")
     osub = outbox.add_subparsers(dest="outbox_command", metavar="ACTION")
     outbox.set_defaults(func=lambda args: (outbox.print_help(), 2)[1])
+    backup = osub.add_parser(
+        "backup", help="copy the outbox and its data key into the new directory DEST (safe while the daemon runs)",
+        description="Copy the outbox database through SQLite's online backup API and its data key (0600) into "
+                    "DEST, then open the copy with the key to check it. Keep the two files together and "
+                    "private: the key opens every record. Restore: docs/operations.md.")
+    add_config_arg(backup)
+    backup.add_argument("dest", metavar="DEST", type=Path, help="a new or empty directory")
+    backup.set_defaults(func=cmd_backup)
+
     rotate = osub.add_parser("rotate-key", help="new records under a new key; old ones stay readable (service stopped)",
                              description="Make a new outbox data key. New records are sealed under it; the old "
                                          "key is kept in <key file>.retired for the records sealed under it, until "
@@ -60,6 +70,14 @@ def _settings(args: argparse.Namespace) -> Any:
     from agent.config import load_config
 
     return load_config(config_path(args), validate_drivers=False)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from agent.outbox.backup import backup
+
+    done = backup(_settings(args).storage, args.dest)
+    print(f"backed up {done.records} record(s) to {done.database}, key ({done.key_source}) to {done.key}")
+    return 0
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:

@@ -164,12 +164,13 @@ def cmd_verify_once(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.cli import invocation
     from agent.service.demo import run_demo, write_demo_config
 
     if args.write_config:
         path = write_demo_config(args.write_config, workdir=args.dir)
         print(f"wrote the demo configuration to {path}")
-        print(f"run it with: fvagent run --config {path}  (start the mock platform it names first: "
+        print(f"run it with: {invocation()} run --config {path}  (start the mock platform it names first: "
               "see the comment at the top of the file)")
         return 0
     return run_demo(count=args.count, workdir=args.dir)

@@ -41,6 +41,7 @@ from agent.errors import OutboxError, RecordError, StorageFull
 from agent.events import VERIFICATION
 from agent.localapi.backend import SHANGHAI, DeskBackend, IdempotencyConflict, NotFound, RelayRateLimited
 from agent.localapi.trust import Access, BrowserGuard, Denied, credential_write, page_write
+from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +368,15 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         except OSError as exc:
             log.error("operator not saved: %s", exc)
             return _error(503, "the operator could not be saved", hint="check the state directory's permissions and free space")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def get_metrics(request: Request) -> Response:
+        # The /v1 rule, so a [local_api] token that guards the API guards the metrics too.
+        access.require_api(request)
+        if backend.metrics is None:
+            return _error(404, "this agent serves no metrics", hint="GET /metrics is served by `fvagent run`")
+        body = await run_in_threadpool(backend.metrics.render)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     # -- /ui: the page's data -------------------------------------------------------------------
     @app.get("/ui/status", include_in_schema=False)

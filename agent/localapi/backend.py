@@ -101,11 +101,12 @@ class DeskBackend:
         status_provider: returns the ``fvagent status --json`` document; default
             ``agent.service.status.collect_status(settings)``. Results are cached ``status_ttl_s``.
         clock: wall-clock seconds (``time.time``), for the relay's clock-skew and rate rules.
+        metrics: the service's ``agent.metrics.Metrics`` for GET /metrics (None: not served).
     """
 
     def __init__(self, settings: Any, outbox: Any, events: EventBus, operator: OperatorState, *,
                  status_provider: Callable[[], dict[str, Any]] | None = None, status_ttl_s: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Any = None) -> None:
         self.settings = settings
         self._clock = clock
         self._relayed_at: collections.deque[float] = collections.deque()
@@ -114,6 +115,8 @@ class DeskBackend:
         self.events = events
         self.operator = operator
         self._status_provider = status_provider
+        self.metrics = metrics
+        """The service's ``agent.metrics.Metrics`` (GET /metrics), or None: no /metrics."""
         self._status_ttl_s = status_ttl_s
         self._status_cache: tuple[float, dict[str, Any]] | None = None
         self._status_lock = threading.Lock()
@@ -188,7 +191,8 @@ class DeskBackend:
         if self._first_announcement(record_id):
             log.info("relayed verification %d committed (card %s, faceResult %s)", record_id,
                      mask_card_no(payload.get("cardNo")), payload.get("faceResult"))
-            self.events.publish(VERIFICATION, {"id": record_id, "source": RELAY_SOURCE})
+            self.events.publish(VERIFICATION, {"id": record_id, "source": RELAY_SOURCE,
+                                               "result": payload.get("faceResult")})
         return record_id
 
     def _clock_problems(self, verify_time: str) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ import stat
 import time
 from pathlib import Path
 
-from agent.config import StorageSettings, read_secret_file
+from agent.config import StorageSettings, credential_path, read_secret_file
 from agent.crypto import CryptoError, hmac_sm3, sm4_gcm_open, sm4_gcm_seal
 from agent.errors import KeyFileError, SecretError, StorageFull
 
@@ -93,13 +93,12 @@ def load_key(storage: StorageSettings, *, may_create: bool) -> DataKey:
     written and fsynced before use). Raises ``KeyFileError`` for a missing (when it may not be made),
     unreadable, world-readable or malformed key, ``StorageFull`` when the disk cannot hold it.
     """
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).is_file():
-        cred = Path(cred_dir) / CREDENTIAL_NAME
-        try:
-            text = read_secret_file(cred, key=f"systemd credential {CREDENTIAL_NAME!r}", check_mode=False)
-        except SecretError as exc:
-            raise KeyFileError(exc.message, hint=exc.hint) from exc
+    try:
+        cred = credential_path(CREDENTIAL_NAME)
+        text = read_secret_file(cred, key=f"systemd credential {CREDENTIAL_NAME!r}", check_mode=False) if cred else None
+    except SecretError as exc:
+        raise KeyFileError(exc.message, hint=exc.hint) from exc
+    if text is not None:
         return DataKey(_parse(text, f"systemd credential {CREDENTIAL_NAME!r}"), f"systemd credential {CREDENTIAL_NAME!r}")
     path = key_path(storage)
     if not path.exists():

@@ -107,11 +107,14 @@ def write_demo_config(path: str | os.PathLike[str], *, workdir: str | None = Non
     doc = demo_config(data, platform, images, card_dir=card_dir, state_dir=data / "state")
     doc["logging"] = {"level": "INFO", "journald": "auto"}
     doc["local_api"] = {"enabled": True, "listen": "127.0.0.1:8787"}
+    from agent.cli import invocation
+
+    fvagent = invocation(absolute=True)  # the file outlives the directory it was written from
     header = (f"fvagent demo configuration (written by fvagent demo --write-config).\n"
               f"Fake reader and camera over synthetic sample cards: every record is marked simulated.\n"
               f"Start the mock platform it talks to, then the agent:\n"
-              f"  fvagent mock-platform --port {port} --db {data / 'mock-platform.db'} --config {target}\n"
-              f"  fvagent run --config {target}\n"
+              f"  {fvagent} mock-platform --port {port} --db {data / 'mock-platform.db'} --config {target}\n"
+              f"  {fvagent} run --config {target}\n"
               f"Or point [platform] at a platform's test endpoint to soak-test it.")
     target.write_text(samples.toml_text(doc, header=header), encoding="utf-8")
     target.chmod(0o600)  # it holds the demo secret inline
@@ -287,8 +290,12 @@ def run_demo(*, count: int = 36, workdir: str | None = None, out: Callable[[str]
     out("")
     out(result.table())
     if result.ok:
+        from agent.cli import invocation
+
         out(f"OK: all {result.captured} captured verifications were delivered (checked in the mock platform's "
             "database).")
+        out(f"Next: {invocation()} demo --write-config demo.toml writes this setup for `run`; "
+            f"{invocation()} --help lists every command.")
         return 0
     out("FAILED: not every captured verification was delivered (see the table).")
     return 1

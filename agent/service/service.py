@@ -34,6 +34,7 @@ from typing import Any
 from agent import __version__
 from agent.errors import CardReadError, ConfigError, DriverError, FvagentError, ProtocolError
 from agent.events import EventBus, OperatorState
+from agent.metrics import CountingClient, Metrics
 from agent.service.hardware import DriverSlot
 from agent.service.notify import Notifier
 from agent.service.status import collect_status, iso, status_path, write_status_file
@@ -102,6 +103,7 @@ class Service:
         self.config_path = Path(config_path) if config_path is not None else getattr(settings, "source", None)
         self.notifier = notifier or Notifier()
         self.events = events or EventBus()
+        self.metrics = Metrics(self.events, self.status)
         self._reader_override = reader
         self._camera_override = camera
         self._engine_override = engine
@@ -262,7 +264,7 @@ class Service:
     def _client_factory(self, platform_settings: Any) -> Any:
         from agent.uplink.client import PlatformClient
 
-        return PlatformClient(platform_settings, transport=self._transport)
+        return CountingClient(PlatformClient(platform_settings, transport=self._transport), self.metrics)
 
     def _start_uploader(self) -> None:
         from agent.outbox import Uploader
@@ -297,7 +299,7 @@ class Service:
 
         assert self.operator is not None
         backend = DeskBackend(self.settings, self.outbox, self.events, self.operator,
-                              status_provider=self.status)
+                              status_provider=self.status, metrics=self.metrics)
         server = LocalApiServer(self.settings.local_api, backend)
         try:
             server.start()

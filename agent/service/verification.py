@@ -194,7 +194,7 @@ class Verifier:
                     "id": outbox_id, "reason": outcome.reason if outcome.result != 1 else None,
                     "result": outcome.result, "score": outcome.score, "name": done.name_masked,
                     "cardNo": done.card_no_masked, "held": held_reason, "simulated": simulated,
-                    "error": error, "source": "reader"})
+                    "error": error, "source": "reader", "latency_s": round(latency, 3)})
             except Exception:  # the page is a convenience; the record is already safe
                 log.debug("publishing the verification event failed", exc_info=True)
         return done
