@@ -116,3 +116,28 @@ def test_an_outbox_of_the_previous_release_opens_in_this_one(tmp_path: Path) -> 
         assert stats["total"] == 3 and stats["pending"] == 3
         for record_id, payload in zip(written["ids"], written["payloads"], strict=True):
             assert outbox.payload(record_id) == payload
+
+
+def test_a_backup_after_a_key_rotation_carries_the_retired_key_and_the_signing_key(tmp_path: Path) -> None:
+    from agent.audit import signing
+    from agent.outbox.backup import backup
+    from agent.outbox.rotation import rotate_key
+    from tests.test_outbox_support import record
+
+    settings = storage(tmp_path)
+    with Outbox.open(settings) as box:
+        old = box.enqueue(record(1))
+    rotate_key(settings)
+    signing.ensure(settings.dir)
+    with Outbox.open(settings) as box:
+        new = box.enqueue(record(2))
+    dest = tmp_path / "backup"
+    done = backup(settings, dest)
+    assert done.records == 2
+    for name in ("outbox.key", "outbox.key.retired", signing.KEY_FILE):
+        assert stat.S_IMODE((dest / name).stat().st_mode) == 0o600, name
+    assert (dest / signing.KEY_FILE).read_bytes() == signing.key_file(settings.dir).read_bytes()
+    # the copy opens on its own: the record sealed before the rotation too
+    with Outbox.open(StorageSettings(dir=dest, key_file=dest / "outbox.key"), readonly=True) as copy:
+        assert copy.payload(old) == record(1) and copy.payload(new) == record(2)
+    assert not (dest / "outbox.reserve").exists()  # the check opened the copy read-only

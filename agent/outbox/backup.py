@@ -2,8 +2,9 @@
 
 ``backup(storage, dest)`` copies ``outbox.db`` through SQLite's online backup API (one read
 transaction: a snapshot that includes every committed record, never a half-written page, while
-the daemon goes on writing in WAL mode), writes the data key beside it as ``outbox.key`` (0600),
-then opens the copy with that key and checks it. Restoring is putting both files back into the
+the daemon goes on writing in WAL mode), writes the data key beside it as ``outbox.key`` (0600)
+with the keys a rotation retired and the device's audit signing key, then opens the copy
+read-only with that key and checks it. Restoring is putting both files back into the
 state directory with the service stopped (docs/operations.md, "Backup and restore").
 """
 
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from agent.config import StorageSettings
 from agent.errors import OutboxError
+from agent.audit import signing
 from agent.outbox.keys import load_key
+from agent.outbox.rotation import retired_path
 from agent.outbox.store import DB_NAME, Outbox
 
 KEY_NAME = "outbox.key"
@@ -68,9 +71,29 @@ def backup(storage: StorageSettings, dest: Path) -> Backup:
     except (OSError, sqlite3.Error) as exc:
         raise OutboxError(f"the backup to {dest} failed: {exc}",
                           hint="check the free space and permissions of the destination") from exc
-    copy = Outbox.open(StorageSettings(dir=dest, key_file=key_path), check=True, create=False)
+    _copy_private(retired_path(storage), dest / retired_path(StorageSettings(dir=dest, key_file=key_path)).name)
+    _copy_private(signing.key_file(storage.dir), dest / signing.KEY_FILE)
+    copy = Outbox.open(StorageSettings(dir=dest, key_file=key_path), create=False, readonly=True)
     try:
         records = int(copy.stats()["total"])
     finally:
         copy.close()
     return Backup(database, key_path, records, key.source)
+
+
+def _copy_private(source: Path, target: Path) -> None:
+    """Copy a secret beside the backup (0600) when it exists: the keys retired by a rotation (they
+    open the older records) and the device's audit signing key (its public key is on file)."""
+    try:
+        data = source.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutboxError(f"cannot read {source} for the backup: {exc.strerror}",
+                          hint="run the backup as the service user or root") from exc
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
