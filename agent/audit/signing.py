@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import secrets
 from pathlib import Path
@@ -20,6 +19,7 @@ from gmssl import sm2
 
 from agent.config import read_secret_file
 from agent.errors import AuditError, SecretError, StorageFull
+from agent.outbox.keys import create_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -110,29 +110,14 @@ def ensure(storage_dir: Path | str) -> SigningKey:
     if path.exists():
         return load(storage_dir)
     private_hex = f"{secrets.randbelow(_N - 2) + 1:064x}"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, (private_hex + "\n").encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # fails when another process made one first: theirs is kept
-        except FileExistsError:
-            return load(storage_dir)
+        if not create_secret_file(path, (private_hex + "\n").encode("ascii")):
+            return load(storage_dir)  # another process made one first: theirs is kept
     except OSError as exc:
         if exc.errno == 28:
             raise StorageFull(f"no room to write the audit signing key {path}") from exc
         raise AuditError(f"cannot write the audit signing key {path}: {exc.strerror}",
                          hint="check the owner and permissions of the state directory") from exc
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
     log.warning("made the device's audit signing key %s (0600): back it up; `fvagent audit pubkey` prints "
                 "the public key for the hospital", path)
     return SigningKey(private_hex, path)

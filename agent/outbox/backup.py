@@ -18,7 +18,7 @@ from pathlib import Path
 from agent.config import StorageSettings
 from agent.errors import OutboxError
 from agent.audit import signing
-from agent.outbox.keys import load_key
+from agent.outbox.keys import create_secret_file, load_key
 from agent.outbox.rotation import retired_path
 from agent.outbox.store import DB_NAME, Outbox
 
@@ -50,12 +50,7 @@ def backup(storage: StorageSettings, dest: Path) -> Backup:
                               hint="give a new, empty directory")
     key = load_key(storage, may_create=False)
     try:
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, (key.key.hex() + "\n").encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        create_secret_file(key_path, (key.key.hex() + "\n").encode("ascii"))
         fd = os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the copy is as private as the key
         os.close(fd)
         src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
@@ -85,15 +80,9 @@ def _copy_private(source: Path, target: Path) -> None:
     """Copy a secret beside the backup (0600) when it exists: the keys retired by a rotation (they
     open the older records) and the device's audit signing key (its public key is on file)."""
     try:
-        data = source.read_bytes()
+        create_secret_file(target, source.read_bytes())
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise OutboxError(f"cannot read {source} for the backup: {exc.strerror}",
-                          hint="run the backup as the service user or root") from exc
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        raise OutboxError(f"cannot copy {source} into the backup: {exc.strerror}",
+                          hint="run the backup as the service user or root, into a new directory") from exc

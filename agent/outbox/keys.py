@@ -158,38 +158,47 @@ def key_for_check(storage: StorageSettings, check_value: bytes, path: Path) -> D
     raise problem
 
 
-def _create(path: Path) -> bytes:
-    key = secrets.token_bytes(KEY_BYTES)
+def create_secret_file(path: Path, data: bytes) -> bool:
+    """Write ``data`` as the new file ``path`` (0600, fsynced with its directory), never over an
+    existing one. Returns False when ``path`` exists already (another process made it first: theirs
+    is kept). Raises ``OSError``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".new-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, (key.hex() + "\n").encode("ascii"))
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        # link() fails when another process made the key first: theirs wins, ours is dropped.
         try:
-            os.link(tmp, path)
+            os.link(tmp, path)  # link() never replaces: the first writer wins
         except FileExistsError:
-            log.info("outbox data key %s was made by another process; using it", path)
-            return _parse(read_secret_file(path, key="storage.key_file"), str(path))
+            return False
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        return True
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _create(path: Path) -> bytes:
+    key = secrets.token_bytes(KEY_BYTES)
+    try:
+        if not create_secret_file(path, (key.hex() + "\n").encode("ascii")):
+            log.info("outbox data key %s was made by another process; using it", path)
+            return _parse(read_secret_file(path, key="storage.key_file"), str(path))
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
             raise StorageFull(f"no room on the disk to write the outbox data key {path}",
                               hint="free disk space in the state directory") from exc
         raise KeyFileError(f"cannot write the outbox data key {path}: {exc.strerror}",
                            hint="check the owner and permissions of the state directory") from exc
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
     log.warning("made a new outbox data key %s (0600): back it up; without it the queued records cannot be read", path)
     return key
