@@ -422,8 +422,8 @@ class FaceSettings(_Section):
     """Face engine (entry point group fvagent.face_engines)."""
     threshold: float = Field(default=0.75, ge=0, le=1)
     """faceScore at or above which faceResult is 1 (passed); with the default mapping 0.75 means
-    distance <= 0.571, chosen at target_far 0.001 (calibration: docs/face.md, `fvagent face calibrate`)."""
-    score_midpoint: float = Field(default=0.615, gt=0)
+    distance <= 0.551, chosen at target_far 0.001 (calibration: docs/face.md, `fvagent face calibrate`)."""
+    score_midpoint: float = Field(default=0.595, gt=0)
     """Distance that maps to score 0.5 (logistic mapping); moving it moves the threshold's distance."""
     score_slope: float = Field(default=25.0, gt=0)
     """Steepness of the logistic mapping, per unit distance."""

@@ -19,8 +19,8 @@ import pytest
 from agent.config import FaceSettings, load_config
 from agent.events import STATUS, EventBus, OperatorState
 from agent.face import DetectedFace, load_engine
-from agent.face.calibration import (CV_SPLITS, Calibration, Photo, calibrate, distance_for_far, far_upper_95,
-                                    person_splits)
+from agent.face.calibration import (CV_SPLITS, SAFETY_FACTORS, Calibration, Photo, calibrate, distance_for_far,
+                                    far_upper_95, person_splits)
 from agent.face.scoring import threshold_distance
 from agent.localapi.backend import DeskBackend
 from agent.outbox import Outbox
@@ -131,6 +131,51 @@ def test_cross_validation_chooses_on_one_half_and_measures_on_the_other() -> Non
     assert point.far_upper_95 == pytest.approx(far_upper_95(0, point.impostor_pairs))
 
 
+def _lookalikes(people: int = 8) -> Calibration:
+    """``people`` people of two photos each: genuine pairs at 0.3, impostor pairs spread over 0.85-0.95,
+    except p0 and p1, look-alikes at 0.5 (a pair of people no quantile of the others foresees)."""
+    photos = [Photo(f"p{k}", Path(f"p{k}/{j}.jpg")) for k in range(people) for j in range(2)]
+    vectors = [np.array([float(i)]) for i in range(len(photos))]
+    cal = Calibration(photos, vectors, vectors, FACE, None)
+    rng = np.random.default_rng(4)
+    n = len(photos)
+    d = np.triu(rng.uniform(0.85, 0.95, (n, n)), 1)
+    d = d + d.T
+    d[cal.genuine_mask] = 0.3
+    owner = np.array([p.person for p in photos])
+    d[np.ix_(owner == "p0", owner == "p1")] = d[np.ix_(owner == "p1", owner == "p0")] = 0.5
+    np.fill_diagonal(d, np.nan)
+    cal.distances = d
+    return cal
+
+
+def test_safety_factor_is_one_when_the_quantile_holds_on_held_out_people() -> None:
+    cal = _synthetic()  # every impostor pair far from every genuine pair
+    assert cal.safety_factor(0.001) == 1
+    chosen = cal.choose(0.001)
+    assert chosen.distance == distance_for_far(cal.distances[cal.impostor_mask], 0.001)
+
+
+def test_safety_factor_is_the_largest_when_none_holds_or_the_people_are_too_few() -> None:
+    cal = _lookalikes()
+    # whenever p0 and p1 are held out together, 8 of their pairs pass at any factor
+    assert cal.safety_factor(0.001) == SAFETY_FACTORS[-1]
+    impostor = cal.distances[cal.impostor_mask]
+    assert cal.choose(0.001).distance == distance_for_far(impostor, 0.001 / SAFETY_FACTORS[-1])
+    assert cal.safety_factor(0.001, frozenset({"p2", "p3", "p4"})) == SAFETY_FACTORS[-1]  # 3 people: no split
+
+
+def test_safety_factor_sees_only_the_choosing_people() -> None:
+    cal = _lookalikes(10)
+    others = frozenset(f"p{k}" for k in range(2, 10))  # without the look-alikes
+    factor = cal.safety_factor(0.001, others)
+    outside = np.array([p.person not in others for p in cal.photos])
+    cal.distances[outside, :] = cal.distances[:, outside] = 0.01  # whatever the others' pairs are
+    assert cal.safety_factor(0.001, others) == factor
+    assert cal.choose(0.001, others).distance == distance_for_far(
+        cal.distances[cal._pair_masks(others)[1]], 0.001 / factor)
+
+
 def test_cross_validation_needs_four_people() -> None:
     photos = [Photo(p, Path(f"{p}{j}")) for p in "abc" for j in range(2)]
     vectors = [np.array([float(i)]) for i in range(6)]
@@ -155,6 +200,7 @@ def test_default_threshold_lies_in_the_cross_validated_band(card_calibration: Ca
     default = threshold_distance(FACE.threshold, FACE.score_midpoint, FACE.score_slope)
     assert cv["distance_min"] <= default <= cv["distance_max"], cv
     # the method on the whole set gives the shipped default (docs/face.md), to 0.005
+    assert card_calibration.safety_factor(FACE.target_far) == 2
     chosen = card_calibration.choose(FACE.target_far)
     assert chosen.distance == pytest.approx(default, abs=0.005)
     assert chosen.impostor_pairs > 4000 and chosen.far <= FACE.target_far
@@ -168,6 +214,13 @@ def test_cross_validated_card_frr_meets_the_target(card_calibration: Calibration
     assert cv["frr_mean"] <= 0.03, cv
     configured = card_calibration.configured()
     assert configured.false_accepts == 0 and configured.frr <= 0.03
+
+
+@pytest.mark.faces
+def test_cross_validated_card_far_meets_the_target(card_calibration: Calibration) -> None:
+    # issue 11.4: on the held-out half, FAR <= target_far on average (the safety factor's purpose)
+    cv = card_calibration.cross_validate(FACE.target_far).summary()
+    assert cv["far_mean"] <= FACE.target_far, cv
 
 
 # -- the grey zone through the Verifier, a real outbox and the page status ------------------------------
@@ -216,7 +269,7 @@ def _verify(tmp_path: Path, values: list[int], **face: Any) -> tuple[Any, Outbox
 
 
 def test_verifier_grey_zone_reads_more_frames_and_the_record_notes_it(tmp_path: Path) -> None:
-    done, outbox, seen, backend = _verify(tmp_path, [89, 40])  # 0.59: grey zone; 0.10: a pass
+    done, outbox, seen, backend = _verify(tmp_path, [87, 40])  # 0.57: grey zone; 0.10: a pass
     row = outbox.get(done.outbox_id)
     assert done.result == 1 and row.meta["face_retry"]["frames"] == 1
     assert row.meta["face_retry"]["score_before"] == pytest.approx(0.6514)

@@ -10,11 +10,15 @@ pairs, where a photo without a detectable face counts as a rejection (that is wh
 the desk would see).
 
 The operating point comes from a target FAR (``[face] target_far``): the smaller of the empirical
-and the normal-fit quantile of the impostor distances (``distance_for_far``), stated with the
-counts and the exact one-sided 95 % upper bound of the FAR there (``far_upper_95``). The method is
-cross-validated by people: the people are split in two halves (several seeded random splits,
-``person_splits``), the distance is chosen on one half's impostor pairs and FAR/FRR measured on the
-other half's pairs (``cross_validate``).
+and the normal-fit quantile of the impostor distances (``distance_for_far``), taken at the target
+divided by a safety factor, stated with the counts and the exact one-sided 95 % upper bound of the
+FAR there (``far_upper_95``). The safety factor (``SAFETY_FACTORS``) is the smallest one whose inner
+cross-validation, on the same people the point is chosen on, keeps the held-out FAR at the target
+(``Calibration.safety_factor``): impostor pairs share people, so a quantile of one set lets more of
+another set's people through than the target. The method is cross-validated by people: the people
+are split in two halves (several seeded random splits, ``person_splits``), the distance is chosen
+on one half (safety factor included) and FAR/FRR measured on the other half's pairs
+(``cross_validate``).
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ CV_SPLITS = 10
 """Random splits of the people for cross-validation (each split is used both ways)."""
 CV_SEED = 11
 """Seed of the first split, so a report can be reproduced."""
+SAFETY_FACTORS = (1, 1.5, 2, 3, 5, 10)
+"""The operating point is chosen at ``target_far / factor``, the first of these that holds (inner CV)."""
+INNER_SPLITS = 5
+"""Random splits of the choosing people for the safety factor's inner cross-validation."""
+INNER_SEED = 101
+"""Seed of the inner cross-validation's first split."""
 DISTANCE_STEP = 1e-4
 """Distances are compared at 4 decimals, as scores are rounded."""
 
@@ -352,26 +362,51 @@ class Calibration:
         return OperatingPoint(distance=round(distance, 4), impostor_pairs=impostors, false_accepts=false_accepts,
                               genuine_pairs=genuines, false_rejects=false_rejects)
 
-    def choose(self, target_far: float, people: frozenset[str] | None = None) -> OperatingPoint:
-        """The operating point for ``target_far`` on the impostor pairs of ``people`` (all by default)."""
+    def _quantile(self, target_far: float, people: frozenset[str] | None) -> float:
+        """``distance_for_far`` on the impostor pairs of ``people`` (all by default)."""
         _, impostor = self._pair_masks(people)
-        return self.at_distance(distance_for_far(self.distances[impostor], target_far), people)
+        return distance_for_far(self.distances[impostor], target_far)
+
+    def safety_factor(self, target_far: float, people: frozenset[str] | None = None) -> float:
+        """The first of ``SAFETY_FACTORS`` at which the quantile for ``target_far / factor``, cross-validated
+        within ``people`` only (``INNER_SPLITS`` halvings, each way), lets through at most ``target_far``
+        of the held-out impostor pairs on average; the largest when none does or ``people`` are too few
+        (under 4) to split."""
+        for factor in SAFETY_FACTORS:
+            folds = self._folds(lambda half, f=factor: self._quantile(target_far / f, half), people,
+                                INNER_SPLITS, INNER_SEED)
+            if folds and np.mean([fold.far for fold in folds]) <= target_far:
+                return factor
+        return SAFETY_FACTORS[-1]
+
+    def choose(self, target_far: float, people: frozenset[str] | None = None) -> OperatingPoint:
+        """The operating point for ``target_far`` on the pairs of ``people`` (all by default): the quantile
+        for ``target_far / safety_factor``."""
+        factor = self.safety_factor(target_far, people)
+        return self.at_distance(self._quantile(target_far / factor, people), people)
 
     def cross_validate(self, target_far: float, splits: int = CV_SPLITS, seed: int = CV_SEED) -> CrossValidation:
-        """Choose on one half of the people, measure on the other; every split both ways. No folds
-        with fewer than 4 people."""
+        """Choose on one half of the people (``choose``: its safety factor sees that half only), measure
+        on the other; every split both ways. No folds with fewer than 4 people."""
+        return CrossValidation(self._folds(lambda half: self.choose(target_far, half).distance, None, splits, seed))
+
+    def _folds(self, choose: Callable[[frozenset[str]], float], people: frozenset[str] | None,
+               splits: int, seed: int) -> list[Fold]:
+        """The distance ``choose`` gives on one half of ``people`` (all by default), measured on the other
+        half; every split both ways. None with fewer than 4 people."""
         counts: dict[str, int] = {}
         for p in self.photos:
-            counts[p.person] = counts.get(p.person, 0) + 1
+            if people is None or p.person in people:
+                counts[p.person] = counts.get(p.person, 0) + 1
         if len(counts) < 4:
-            return CrossValidation([])
+            return []
         folds = []
         for first, second in person_splits(list(counts), splits, seed, {p for p, n in counts.items() if n >= 2}):
             for chosen_on, measured_on in ((first, second), (second, first)):
-                distance = self.choose(target_far, chosen_on).distance
+                distance = choose(chosen_on)
                 point = self.at_distance(distance, measured_on)
                 folds.append(Fold(distance, point.far, point.frr, point.impostor_pairs, point.genuine_pairs))
-        return CrossValidation(folds)
+        return folds
 
     def summary(self) -> dict[str, Any]:
         genuine = self.distances[self.genuine_mask]
@@ -458,7 +493,8 @@ class Calibration:
                 "impostor_pairs": configured.impostor_pairs, "genuine_pairs": configured.genuine_pairs,
                 "false_accepts": configured.false_accepts, "false_rejects": configured.false_rejects,
                 "target_far": target,
-                "chosen": {"distance": chosen.distance, **self.chosen_settings(chosen), "far": round(chosen.far, 6),
+                "chosen": {"distance": chosen.distance, "safety_factor": self.safety_factor(target),
+                           **self.chosen_settings(chosen), "far": round(chosen.far, 6),
                            "frr": round(chosen.frr, 6), "far_upper_95": round(chosen.far_upper_95, 6),
                            "false_accepts": chosen.false_accepts, "false_rejects": chosen.false_rejects},
                 "cross_validated": self.cross_validate(target).summary(),
@@ -487,7 +523,9 @@ class Calibration:
             f"(FAR 95 % upper bound {configured.far_upper_95:.3%}), "
             f"{configured.false_rejects} of {configured.genuine_pairs} genuine pairs fail",
             "",
-            f"operating point for target FAR {target:g}: distance <= {chosen.distance:.4f}",
+            f"operating point for target FAR {target:g}: distance <= {chosen.distance:.4f} "
+            f"(the quantile at {target:g} / {self.safety_factor(target):g}, the safety factor that held in an "
+            "inner cross-validation)",
             f"  FAR {chosen.far:.3%} ({chosen.false_accepts} of {chosen.impostor_pairs} impostor pairs), "
             f"95 % upper bound {chosen.far_upper_95:.3%}; FRR {chosen.frr:.2%} "
             f"({chosen.false_rejects} of {chosen.genuine_pairs} genuine pairs)",
