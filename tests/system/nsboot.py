@@ -39,7 +39,7 @@ BOOT = r"""
 set -eu
 w="$1"; shift
 for d in {overlaid}; do
-    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$w/upper/$d,workdir=$w/work/$d" "/$d"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$w/upper/$d,workdir=$w/scratch/$d" "/$d"
 done
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=0755 tmpfs /etc/systemd/system
@@ -131,7 +131,7 @@ class NamespacedSystemd:
         w = self.workdir
         for d in OVERLAID:
             (w / "upper" / d).mkdir(parents=True, exist_ok=True)
-            (w / "work" / d).mkdir(parents=True, exist_ok=True)
+            (w / "scratch" / d).mkdir(parents=True, exist_ok=True)
         (w / "fvagent-systest.target").write_text(TARGET)
         hierarchies = [h for h in _hierarchies() if h[0]]  # a v2-only host: unified at the root
         specs = [f"{name}={opts}" for name, opts, _ in hierarchies]
