@@ -169,12 +169,16 @@ class DeskBackend:
         except RecordError as exc:
             listed = {field for field, _ in problems}
             problems.extend((f, r) for f, r in exc.problems if f not in listed)
-        if record is not None:
+        # A retry of a post already stored answers with its first id (or a conflict, below) even when
+        # the clock, rate or room rules would refuse a new one now.
+        stored = self.outbox.id_for_key(idempotency_key) if idempotency_key is not None else None
+        if record is not None and stored is None:
             problems.extend(self._clock_problems(record.verifyTime))
         if problems or record is None:
             raise _problem_error(f"the verification has {len(problems)} error(s)", problems)
+        if stored is None:
+            self._check_room()  # before the photos are re-encoded: a refused flood costs no decoding
         payload = _reencoded_photos(record.to_payload())
-        self._check_room()
         canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
         # meta is not encrypted: a digest keyed with the outbox key reveals nothing of the record
         keyed = getattr(self.outbox, "fingerprint", None)
@@ -219,7 +223,7 @@ class DeskBackend:
             if len(self._relayed_at) >= limits.max_relay_per_min:
                 raise RelayRateLimited(f"more than {limits.max_relay_per_min} relayed verifications in a minute: "
                                        "refused; retry in a minute")
-            self._relayed_at.append(now)
+            self._relayed_at.append(now)  # counted even if refused below: a flood of refusals is a flood
         waiting = int(self.outbox.count_unsent(source=RELAY_SOURCE))
         if waiting >= limits.max_unsent_relayed:
             raise StorageFull(f"{waiting} relayed verifications already wait for upload "

@@ -282,7 +282,8 @@ class BrowserGuard:
                 await _refuse(send, 413, f"the body is larger than {self.max_body_bytes} bytes",
                               "photos must be JPEG of at most 3 MB each")
                 return
-        if json_depth(bytes(body)) > MAX_JSON_DEPTH:
+        data = bytes(body)
+        if json_depth(data) > MAX_JSON_DEPTH:
             await _refuse(send, 400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep",
                           "a verification is one flat JSON object")
             return
@@ -292,7 +293,7 @@ class BrowserGuard:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return {"type": "http.request", "body": data, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)

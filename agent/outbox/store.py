@@ -598,6 +598,12 @@ class Outbox:
         return record_id
 
     # -- reading -----------------------------------------------------------------------------------
+    def id_for_key(self, idempotency_key: str) -> int | None:
+        """The id of the record committed with ``idempotency_key``, or None."""
+        with self._read("look up an idempotency key") as conn:
+            found = conn.execute("SELECT id FROM records WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+        return int(found[0]) if found is not None else None
+
     def get(self, record_id: int) -> Row | None:
         """The row ``record_id`` (no personal data), or ``None``."""
         with self._read("read the outbox") as conn:

@@ -254,6 +254,20 @@ def test_relay_flood_is_429_after_the_rate_limit(tmp_path: Path) -> None:
     assert records(agent) == 3
 
 
+def test_a_retry_of_a_stored_post_gets_its_first_id_past_the_limits(tmp_path: Path) -> None:
+    """A terminal that lost the 202 posts again with the same Idempotency-Key: it is answered with
+    the record it already has, even once the rate limit or the unsent cap would refuse a new one."""
+    with Agent(make_settings(tmp_path, max_relay_per_min=2, max_unsent_relayed=2)) as agent, \
+            client(agent, API_TOKEN) as c:
+        key = {"Idempotency-Key": "term-7-retry"}
+        first = c.post("/v1/verifications", json=verification_body(seed=1), headers=key)
+        c.post("/v1/verifications", json=verification_body(seed=2))
+        assert c.post("/v1/verifications", json=verification_body(seed=3)).status_code in (429, 507)
+        again = c.post("/v1/verifications", json=verification_body(seed=1), headers=key)
+    assert first.status_code == 202 and again.status_code == 202, again.text
+    assert again.json()["id"] == first.json()["id"] and records(agent) == 2
+
+
 def test_unsent_relayed_records_are_capped_507(tmp_path: Path) -> None:
     with Agent(make_settings(tmp_path, max_unsent_relayed=2)) as agent, client(agent, API_TOKEN) as c:
         codes = [c.post("/v1/verifications", json=verification_body(seed=i)).status_code for i in range(3)]
