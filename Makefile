@@ -40,6 +40,9 @@ bench: setup-test
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/install.py
+	$(BIN)/python bench/followup.py
+	$(BIN)/python bench/hostile_reply.py
+# bench/powercut.py needs root and FUSE: sudo .venv/bin/python bench/powercut.py --cuts 100
 
 # The offline bundles dist/fvagent-VERSION-linux-{x86_64,aarch64}.tar.gz (docs/operations.md);
 # downloads are kept in build/release/ between runs.
