@@ -3,13 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup setup-test bench release clean
+.PHONY: demo test check setup setup-test bench release clean
 
 demo: setup
 	$(BIN)/fvagent demo
 
-test: setup-test
+test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Lint, format and types before any test runs (configuration in pyproject.toml).
+check: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 setup: $(VENV)/.installed-demo
 setup-test: $(VENV)/.installed-test

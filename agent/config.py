@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.errors import ConfigError, SecretError
+from core.errors import ConfigError, SecretError
 
 DEFAULT_CONFIG_PATH = Path("/etc/fvagent/fvagent.toml")
 
@@ -126,12 +126,20 @@ def credential_path(name: str) -> Path | None:
             "systemd did not hand the credentials directory to this user: run fvagent only as the unit's "
             "User=, and in a container make the root mount shared (mount --make-rshared /) so that "
             f"systemd's credential mounts reach the service; or give the secret as {name}_file instead",
-            hint="systemctl cat fvagent (LoadCredential=); docs/operations.md, \"Secrets as systemd credentials\"") from exc
+            hint='systemctl cat fvagent (LoadCredential=); docs/operations.md, "Secrets as systemd credentials"',
+        ) from exc
     return path if stat.S_ISREG(st.st_mode) else None
 
 
-def _resolve_secrets(raw: dict[str, Any], names: tuple[str, ...], prefix: str, problems: list[tuple[str, str]],
-                     *, base_dir: Path | None = None, sources: dict[str, str] | None = None) -> None:
+def _resolve_secrets(
+    raw: dict[str, Any],
+    names: tuple[str, ...],
+    prefix: str,
+    problems: list[tuple[str, str]],
+    *,
+    base_dir: Path | None = None,
+    sources: dict[str, str] | None = None,
+) -> None:
     """Turn ``NAME`` / ``NAME_file`` / a systemd credential into the inline ``NAME`` value, in place.
 
     Order: an inline value, else ``NAME_file`` (a relative path is relative to ``base_dir``, the
@@ -248,8 +256,7 @@ class AuthSettings(_Section):
         problems = []
         for name in needs:
             if getattr(self, name) is None:
-                alternatives = (f" (or {name}_file, or the systemd credential {name!r})"
-                                if name in _SECRET_NAMES else "")
+                alternatives = f" (or {name}_file, or the systemd credential {name!r})" if name in _SECRET_NAMES else ""
                 problems.append((name, f'required when kind = "{self.kind}"{alternatives}'))
         if problems:
             raise KeyProblems(problems)
@@ -344,8 +351,15 @@ class PlatformSettings(_Section):
         if self.client_key is not None and self.client_cert is None:
             raise KeyProblems([("client_key", "needs client_cert")])
         if self.base_url.startswith("http://") and not self.allow_plain_http:
-            raise KeyProblems([("base_url", "is plain http:// (no TLS): use https://, or set "
-                                            "allow_plain_http = true when the platform offers only HTTP")])
+            raise KeyProblems(
+                [
+                    (
+                        "base_url",
+                        "is plain http:// (no TLS): use https://, or set "
+                        "allow_plain_http = true when the platform offers only HTTP",
+                    )
+                ]
+            )
         return self
 
 
@@ -515,8 +529,9 @@ class LocalApiSettings(_Section):
             return v
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:8787 (port 0: any free port), "
-                             "or unix:/run/fvagent/api.sock")
+            raise ValueError(
+                "must be host:port, e.g. 127.0.0.1:8787 (port 0: any free port), or unix:/run/fvagent/api.sock"
+            )
         return v
 
     @field_validator("allowed_origins")
@@ -549,8 +564,11 @@ class LocalApiSettings(_Section):
     def _token_off_loopback(self) -> LocalApiSettings:
         if self.host not in ("127.0.0.1", "localhost", "::1") and self.token is None:
             raise ValueError(f"listening on {self.host} (not loopback) requires token or token_file")
-        if (self.token is not None and self.full_data_token is not None
-                and self.token.get_secret_value() == self.full_data_token.get_secret_value()):
+        if (
+            self.token is not None
+            and self.full_data_token is not None
+            and self.token.get_secret_value() == self.full_data_token.get_secret_value()
+        ):
             raise ValueError("full_data_token must differ from token (it unmasks personal data)")
         return self
 
@@ -711,7 +729,7 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_dr
         for err in exc.errors():
             problems.extend(p for p in _problems_from(err) if p[0] not in failed_secrets)
     if settings is not None and validate_drivers:
-        from drivers import registry  # late: drivers import agent.errors
+        from drivers import registry  # late: drivers import core.errors
 
         for kind, section_name in (("card_reader", "card_reader"), ("camera", "camera")):
             section_obj: DriverSection = getattr(settings, section_name)
@@ -721,8 +739,11 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_dr
                 problems.extend((f"{section_name}.{p}", r) for p, r in exc.problems or [("driver", exc.message)])
     if problems:
         where = f" in {source}" if source else ""
-        raise ConfigError(f"configuration{where} has {len(problems)} error(s)", problems=problems,
-                          hint="fix each key named above; deploy/fvagent.example.toml documents every key")
+        raise ConfigError(
+            f"configuration{where} has {len(problems)} error(s)",
+            problems=problems,
+            hint="fix each key named above; deploy/fvagent.example.toml documents every key",
+        )
     assert settings is not None
     settings._secret_sources = sources
     return settings
@@ -741,7 +762,8 @@ def config_warnings(settings: Settings) -> list[str]:
             warnings.append(
                 f"{', '.join(inline)} inline in {settings.source}, which every user can read "
                 f"(mode {mode:04o}): chmod 640 {settings.source}, or move the secret to a *_file or a "
-                f"systemd credential")
+                f"systemd credential"
+            )
     return warnings
 
 
@@ -756,19 +778,29 @@ def deployment_problems(settings: Settings) -> list[tuple[str, str]]:
     driver, whose invented people would be held, never sent. ``fvagent config check`` fails on these."""
     problems: list[tuple[str, str]] = []
     values: dict[str, Any] = {
-        **{f"device.{k}": getattr(settings.device, k) for k in ("machine_code", "device_no", "dept_id", "register_user")},
+        **{
+            f"device.{k}": getattr(settings.device, k)
+            for k in ("machine_code", "device_no", "dept_id", "register_user")
+        },
         "platform.org_app_id": settings.platform.org_app_id,
         "platform.org_app_secret": settings.platform.org_app_secret,
-        **{f"platform.auth.{k}": getattr(settings.platform.auth, k)
-           for k in ("ticket", "app_key", "app_secret", "client_id", "client_secret")},
+        **{
+            f"platform.auth.{k}": getattr(settings.platform.auth, k)
+            for k in ("ticket", "app_key", "app_secret", "client_id", "client_secret")
+        },
         "local_api.token": settings.local_api.token,
         "local_api.full_data_token": settings.local_api.full_data_token,
     }
     for key, value in values.items():
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         if isinstance(text, str) and text.lower().startswith(PLACEHOLDER_PREFIX):
-            problems.append((key, f"still the example's placeholder ({PLACEHOLDER_PREFIX}...): put in the real value"
-                                  + (" (or use the *_file / systemd credential)" if isinstance(value, SecretStr) else "")))
+            problems.append(
+                (
+                    key,
+                    f"still the example's placeholder ({PLACEHOLDER_PREFIX}...): put in the real value"
+                    + (" (or use the *_file / systemd credential)" if isinstance(value, SecretStr) else ""),
+                )
+            )
     host = (urlparse(settings.platform.base_url).hostname or "").lower()
     if any(host == h or host.endswith("." + h) for h in _EXAMPLE_HOSTS):
         problems.append(("platform.base_url", f"still the example's host {host}: put in the platform's real URL"))
@@ -777,9 +809,14 @@ def deployment_problems(settings: Settings) -> list[tuple[str, str]]:
         for kind in ("card_reader", "camera"):
             name = getattr(settings, kind).driver
             if _is_simulated_driver(kind, name):
-                problems.append((f"{kind}.driver", f'"{name}" is a simulated driver and [platform] environment is '
-                                                   f'"production": set driver = {fixes[kind]}, or environment = '
-                                                   '"test" for a test platform'))
+                problems.append(
+                    (
+                        f"{kind}.driver",
+                        f'"{name}" is a simulated driver and [platform] environment is '
+                        f'"production": set driver = {fixes[kind]}, or environment = '
+                        '"test" for a test platform',
+                    )
+                )
     return problems
 
 
@@ -787,12 +824,14 @@ def plain_http_warning(settings: Settings) -> str | None:
     """The warning for an http:// base_url (allowed by ``allow_plain_http``), else ``None``."""
     if not settings.platform.base_url.startswith("http://"):
         return None
-    return (f"platform.base_url {settings.platform.base_url} is plain HTTP (allow_plain_http = true): requests "
-            "and replies cross the network unencrypted; use https:// when the platform offers it")
+    return (
+        f"platform.base_url {settings.platform.base_url} is plain HTTP (allow_plain_http = true): requests "
+        "and replies cross the network unencrypted; use https:// when the platform offers it"
+    )
 
 
 def _is_simulated_driver(kind: str, name: str) -> bool:
-    from drivers import registry  # late: drivers import agent.errors
+    from drivers import registry  # late: drivers import core.errors
 
     try:
         return bool(getattr(registry.load_class(kind, name), "simulated", False))
@@ -806,8 +845,9 @@ def load_config(path: str | os.PathLike[str], *, validate_drivers: bool = True) 
     try:
         text = p.read_bytes()
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file {p} does not exist",
-                          hint="copy deploy/fvagent.example.toml there and fill it in") from exc
+        raise ConfigError(
+            f"config file {p} does not exist", hint="copy deploy/fvagent.example.toml there and fill it in"
+        ) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
     try:

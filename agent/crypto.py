@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from agent.errors import CryptoError
+from core.errors import CryptoError
 
 BLOCK = 16
 """SM4 block and key size in bytes."""
@@ -29,8 +29,10 @@ def _check_key(key: bytes, what: str = "SM4 key") -> bytes:
         raise CryptoError(f"{what} must be bytes, not {type(key).__name__}")
     key = bytes(key)
     if len(key) != BLOCK:
-        raise CryptoError(f"{what} must be exactly 16 bytes, got {len(key)}",
-                          hint="see [platform.conventions] sm4_key_mode for how the secret becomes a key")
+        raise CryptoError(
+            f"{what} must be exactly 16 bytes, got {len(key)}",
+            hint="see [platform.conventions] sm4_key_mode for how the secret becomes a key",
+        )
     return key
 
 
@@ -66,8 +68,10 @@ def _pkcs7_unpad(data: bytes) -> bytes:
     # Not constant time: ECB here carries no secrecy against a padding oracle anyway (no MAC),
     # and the platform's response is what we decrypt, never an attacker-chosen loop.
     if not 1 <= n <= BLOCK or data[-n:] != bytes([n]) * n:
-        raise CryptoError("bad SM4 padding: wrong key, or the data is not SM4-ECB/PKCS#7",
-                          hint="check [platform.conventions] sm4_key_mode, padding and cipher_encoding")
+        raise CryptoError(
+            "bad SM4 padding: wrong key, or the data is not SM4-ECB/PKCS#7",
+            hint="check [platform.conventions] sm4_key_mode, padding and cipher_encoding",
+        )
     return data[:-n]
 
 
@@ -87,8 +91,9 @@ def sm4_ecb_encrypt(key16: bytes, data: bytes, *, padding: str = "pkcs7") -> byt
         data = _pkcs7_pad(data)
     elif padding == "none":
         if len(data) % BLOCK:
-            raise CryptoError(f"SM4 without padding needs whole 16-byte blocks, got {len(data)} bytes",
-                              hint='use padding = "pkcs7"')
+            raise CryptoError(
+                f"SM4 without padding needs whole 16-byte blocks, got {len(data)} bytes", hint='use padding = "pkcs7"'
+            )
     else:
         raise CryptoError(f"unknown SM4 padding {padding!r}", hint='use "pkcs7" or "none"')
     enc = _ecb(key).encryptor()
@@ -155,12 +160,15 @@ def self_test() -> None:
     checks = [
         ("SM3 'abc' (GB/T 32905)", lambda: sm3(b"abc") == SM3_ABC),
         ("SM3 'abcd'x16 (GB/T 32905)", lambda: sm3(b"abcd" * 16) == SM3_ABCD16),
-        ("SM4 one block (GB/T 32907)",
-         lambda: sm4_ecb_encrypt(SM4_KEY, SM4_KEY, padding="none") == SM4_ONE_BLOCK),
-        ("SM4-ECB PKCS#7 round trip",
-         lambda: sm4_ecb_decrypt(SM4_KEY, sm4_ecb_encrypt(SM4_KEY, b"fvagent")) == b"fvagent"),
-        ("SM4-GCM round trip", lambda: sm4_gcm_open(SM4_KEY, sm4_gcm_seal(SM4_KEY, b"fvagent", b"a"), b"a")
-         == b"fvagent"),
+        ("SM4 one block (GB/T 32907)", lambda: sm4_ecb_encrypt(SM4_KEY, SM4_KEY, padding="none") == SM4_ONE_BLOCK),
+        (
+            "SM4-ECB PKCS#7 round trip",
+            lambda: sm4_ecb_decrypt(SM4_KEY, sm4_ecb_encrypt(SM4_KEY, b"fvagent")) == b"fvagent",
+        ),
+        (
+            "SM4-GCM round trip",
+            lambda: sm4_gcm_open(SM4_KEY, sm4_gcm_seal(SM4_KEY, b"fvagent", b"a"), b"a") == b"fvagent",
+        ),
     ]
     for name, check in checks:
         try:
@@ -170,5 +178,7 @@ def self_test() -> None:
         except Exception as exc:  # an OpenSSL oddity must still surface as the one error class
             raise CryptoError(f"crypto self-test {name} failed: {exc}") from exc
         if not ok:
-            raise CryptoError(f"crypto self-test {name} gave a wrong result",
-                              hint="this OpenSSL's SM3/SM4 is broken; install the cryptography wheel from PyPI")
+            raise CryptoError(
+                f"crypto self-test {name} gave a wrong result",
+                hint="this OpenSSL's SM3/SM4 is broken; install the cryptography wheel from PyPI",
+            )

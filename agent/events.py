@@ -26,7 +26,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from agent.privacy import mask_name
+from core.privacy import mask_name
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@
 
 Whatever the destination, ``MaskingFilter`` is a safety net for privacy: any ID number that slipped
 into a message, its arguments or a traceback is shown masked (``4502**********0516``) by
-``agent.privacy.mask_id_numbers``. Code must still mask names and numbers itself; this only catches
+``core.privacy.mask_id_numbers``. Code must still mask names and numbers itself; this only catches
 mistakes.
 """
 
@@ -23,12 +23,13 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from agent.privacy import mask_id_numbers
+from core.privacy import mask_id_numbers
 
 FIELD_PREFIX = "FVAGENT_"
 """``extra`` keys with this prefix become journald fields."""
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
 
 class MaskingFilter(logging.Filter):
     """Masks ID numbers in the formatted message, and in ``FVAGENT_*`` extras, in place.
@@ -81,8 +82,7 @@ class JournalHandler(logging.Handler):
             for key, value in record.__dict__.items():
                 if key.startswith(FIELD_PREFIX) and value is not None:
                     fields[key] = mask_id_numbers(str(value))
-            self._send(message, CODE_FILE=record.pathname, CODE_LINE=record.lineno,
-                       CODE_FUNC=record.funcName, **fields)
+            self._send(message, CODE_FILE=record.pathname, CODE_LINE=record.lineno, CODE_FUNC=record.funcName, **fields)
         except Exception:
             self.handleError(record)
 
@@ -110,8 +110,9 @@ def stderr_is_journal(stream: TextIO | None = None, environ: dict[str, str] | No
     return st.st_dev == int(dev) and st.st_ino == int(ino)
 
 
-def setup_logging(settings: Any = None, *, stream: TextIO | None = None,
-                  journal_sender: Callable[..., Any] | None = None) -> logging.Handler:
+def setup_logging(
+    settings: Any = None, *, stream: TextIO | None = None, journal_sender: Callable[..., Any] | None = None
+) -> logging.Handler:
     """Install fvagent's one root handler (replacing the previous one) and return it.
 
     ``settings`` is a ``LoggingSettings`` (``level``, ``journald``); ``None`` means INFO to stderr.
@@ -135,8 +136,11 @@ def setup_logging(settings: Any = None, *, stream: TextIO | None = None,
     else:
         handler = logging.StreamHandler(stream)
         # Under systemd without the journal module, journald adds its own timestamp and name.
-        fmt = ("%(levelname)s %(name)s: %(message)s" if stderr_is_journal(stream)
-               else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+        fmt = (
+            "%(levelname)s %(name)s: %(message)s"
+            if stderr_is_journal(stream)
+            else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         handler.setFormatter(MaskingFormatter(fmt))
     handler.addFilter(MaskingFilter())
     handler.set_name("fvagent")
@@ -152,6 +156,7 @@ def setup_logging(settings: Any = None, *, stream: TextIO | None = None,
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     if warn_missing:
         logging.getLogger(__name__).warning(
-            "[logging] journald = \"on\" but systemd-python is not installed: logging to stderr "
-            "(install the extra: pip install 'fvagent[journald]')")
+            '[logging] journald = "on" but systemd-python is not installed: logging to stderr '
+            "(install the extra: pip install 'fvagent[journald]')"
+        )
     return handler

@@ -51,15 +51,26 @@ class Metrics:
 
     def __init__(self, events: EventBus, status_provider: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.uploads = Counter("fvagent_uploads", "Upload attempts of verification records, by the platform's outcome "
-                               "(accepted, rejected, blocked, retryable; error: the client failed)",
-                               ["outcome"], registry=self.registry)
-        self.verifications = Counter("fvagent_verifications", "Verifications committed to the outbox, by faceResult "
-                                     "(0 failed, 1 passed, 2 not compared) and source (reader, local_api)",
-                                     ["face_result", "source"], registry=self.registry)
-        self.latency = Histogram("fvagent_verification_latency_seconds",
-                                 "Card read to committed record, for verifications made here",
-                                 buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.uploads = Counter(
+            "fvagent_uploads",
+            "Upload attempts of verification records, by the platform's outcome "
+            "(accepted, rejected, blocked, retryable; error: the client failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.verifications = Counter(
+            "fvagent_verifications",
+            "Verifications committed to the outbox, by faceResult "
+            "(0 failed, 1 passed, 2 not compared) and source (reader, local_api)",
+            ["face_result", "source"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fvagent_verification_latency_seconds",
+            "Card read to committed record, for verifications made here",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self.registry.register(_StatusCollector(status_provider))
         self._events = events.subscribe(max_queue=EVENT_QUEUE)
         self._drain_lock = threading.Lock()
@@ -81,8 +92,10 @@ class Metrics:
                 if event.kind != VERIFICATION or event.data.get("id") is None:
                     continue  # not committed: nothing became a record
                 result = event.data.get("result")
-                self.verifications.labels(face_result=str(result) if result is not None else "unknown",
-                                          source=str(event.data.get("source") or "unknown")).inc()
+                self.verifications.labels(
+                    face_result=str(result) if result is not None else "unknown",
+                    source=str(event.data.get("source") or "unknown"),
+                ).inc()
                 latency = event.data.get("latency_s")
                 if isinstance(latency, int | float):
                     self.latency.observe(float(latency))
@@ -136,29 +149,41 @@ def _queue_family(doc: dict[str, Any]) -> Iterator[Metric]:
     for state in ("pending", "sending", "held", "sent", "rejected"):
         records.add_metric([state], float(queue.get(state, 0) or 0))
     yield records
-    yield from _gauge("fvagent_outbox_readable", "1 when the outbox could be read for this scrape",
-                      0 if queue.get("error") else 1)
-    yield from _gauge("fvagent_outbox_oldest_pending_age_seconds",
-                      "Age of the oldest record waiting to upload (0 when none waits)",
-                      queue.get("oldest_pending_age_s") or 0)
+    yield from _gauge(
+        "fvagent_outbox_readable", "1 when the outbox could be read for this scrape", 0 if queue.get("error") else 1
+    )
+    yield from _gauge(
+        "fvagent_outbox_oldest_pending_age_seconds",
+        "Age of the oldest record waiting to upload (0 when none waits)",
+        queue.get("oldest_pending_age_s") or 0,
+    )
     yield from _gauge("fvagent_outbox_bytes", "Sealed data held in the outbox", queue.get("bytes"))
     yield from _gauge("fvagent_outbox_max_bytes", "[storage] max_bytes, the outbox's budget", queue.get("max_bytes"))
-    yield from _gauge("fvagent_last_upload_success_timestamp_seconds",
-                      "When the platform last accepted a record (epoch seconds; absent before the first)",
-                      queue.get("last_sent_at"))
+    yield from _gauge(
+        "fvagent_last_upload_success_timestamp_seconds",
+        "When the platform last accepted a record (epoch seconds; absent before the first)",
+        queue.get("last_sent_at"),
+    )
 
 
 def _platform_family(doc: dict[str, Any]) -> Iterator[Metric]:
     platform = doc.get("platform") or {}
     reachable = platform.get("reachable")
-    yield from _gauge("fvagent_platform_reachable", "1 when the platform's last answer came back, 0 when it did not "
-                      "(absent until the first attempt)", None if reachable is None else int(bool(reachable)))
-    yield from _gauge("fvagent_platform_blocked", "1 while uploads are paused because the platform refused our "
-                      "configuration (credentials, signature): fix [platform] and reload",
-                      int(bool(platform.get("blocked"))))
+    yield from _gauge(
+        "fvagent_platform_reachable",
+        "1 when the platform's last answer came back, 0 when it did not (absent until the first attempt)",
+        None if reachable is None else int(bool(reachable)),
+    )
+    yield from _gauge(
+        "fvagent_platform_blocked",
+        "1 while uploads are paused because the platform refused our "
+        "configuration (credentials, signature): fix [platform] and reload",
+        int(bool(platform.get("blocked"))),
+    )
     state = str(platform.get("state") or "unknown").split(" ", 1)[0]
-    family = GaugeMetricFamily("fvagent_platform_state", "The uploader's view of the platform: 1 for the current state",
-                               labels=["state"])
+    family = GaugeMetricFamily(
+        "fvagent_platform_state", "The uploader's view of the platform: 1 for the current state", labels=["state"]
+    )
     for name in PLATFORM_STATES:
         family.add_metric([name], 1.0 if state == name else 0.0)
     yield family
@@ -166,10 +191,10 @@ def _platform_family(doc: dict[str, Any]) -> Iterator[Metric]:
 
 def _hardware_family(doc: dict[str, Any]) -> Iterator[Metric]:
     hardware = doc.get("hardware") or {}
-    up = GaugeMetricFamily("fvagent_component_up", "1 when the part works (ok), 0 otherwise",
-                           labels=["component"])
-    states = GaugeMetricFamily("fvagent_component_state", "Each part's state: 1 for the current one",
-                               labels=["component", "state"])
+    up = GaugeMetricFamily("fvagent_component_up", "1 when the part works (ok), 0 otherwise", labels=["component"])
+    states = GaugeMetricFamily(
+        "fvagent_component_state", "Each part's state: 1 for the current one", labels=["component", "state"]
+    )
     for component, part in sorted(hardware.items()):
         state = str((part or {}).get("state") or "unknown") if isinstance(part, dict) else "unknown"
         up.add_metric([component], 1.0 if state == "ok" else 0.0)
@@ -181,10 +206,14 @@ def _hardware_family(doc: dict[str, Any]) -> Iterator[Metric]:
 
 def _daemon_family(doc: dict[str, Any]) -> Iterator[Metric]:
     daemon = doc.get("daemon") or {}
-    yield from _gauge("fvagent_daemon_running", "1 while the daemon runs and its loops are fresh",
-                      int(bool(daemon.get("running"))))
-    yield from _gauge("fvagent_alerts", "Problems a technician should act on (fvagent status lists them)",
-                      len(doc.get("alerts") or []))
+    yield from _gauge(
+        "fvagent_daemon_running", "1 while the daemon runs and its loops are fresh", int(bool(daemon.get("running")))
+    )
+    yield from _gauge(
+        "fvagent_alerts",
+        "Problems a technician should act on (fvagent status lists them)",
+        len(doc.get("alerts") or []),
+    )
     info = GaugeMetricFamily("fvagent_build_info", "The running fvagent's version", labels=["version"])
     info.add_metric([str(doc.get("version") or "unknown")], 1.0)
     yield info
@@ -192,16 +221,25 @@ def _daemon_family(doc: dict[str, Any]) -> Iterator[Metric]:
 
 def _storage_family(doc: dict[str, Any]) -> Iterator[Metric]:
     storage = doc.get("storage") or {}
-    yield from _gauge("fvagent_storage_free_bytes", "Free space on the state directory's file system",
-                      storage.get("free_bytes"))
-    yield from _gauge("fvagent_storage_total_bytes", "Size of the state directory's file system",
-                      storage.get("total_bytes"))
-    yield from _gauge("fvagent_storage_low", "1 when free space is below [storage] min_free_bytes",
-                      int(bool(storage.get("alert"))) if storage else None)
+    yield from _gauge(
+        "fvagent_storage_free_bytes", "Free space on the state directory's file system", storage.get("free_bytes")
+    )
+    yield from _gauge(
+        "fvagent_storage_total_bytes", "Size of the state directory's file system", storage.get("total_bytes")
+    )
+    yield from _gauge(
+        "fvagent_storage_low",
+        "1 when free space is below [storage] min_free_bytes",
+        int(bool(storage.get("alert"))) if storage else None,
+    )
 
 
 STATUS_SECTIONS: tuple[Callable[[dict[str, Any]], Iterator[Metric]], ...] = (
-    _queue_family, _platform_family, _hardware_family, _daemon_family, _storage_family,
+    _queue_family,
+    _platform_family,
+    _hardware_family,
+    _daemon_family,
+    _storage_family,
 )
 """Each reads its part of the status document. Add the audit chain's state here as its own function."""
 

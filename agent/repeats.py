@@ -19,8 +19,9 @@ from typing import Any
 class Repeats:
     """Log-once-then-summarise for one loop's messages, on ``logger``."""
 
-    def __init__(self, logger: logging.Logger, *, window_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, logger: logging.Logger, *, window_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._logger = logger
         self._window_s = window_s
         self._clock = clock
@@ -55,6 +56,11 @@ class Repeats:
     def _summary(self, now: float) -> None:
         assert self._last is not None
         level, text = self._last
-        self._logger.log(level, "%s (the same error %d more times in the last %.0f s)", text, self._count,
-                         max(now - self._since, 0.0))
+        self._logger.log(
+            level,
+            "%s (the same error %d more times in the last %.0f s)",
+            text,
+            self._count,
+            max(now - self._since, 0.0),
+        )
         self._count, self._since = 0, now

@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         built = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in (workdir / "state").glob("outbox.db*"))
         p50, p99 = statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
-        print(f"built {args.records} sent records in {built:.0f} s ({size / 2**20:.0f} MiB); enqueue with the chain: "
-              f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        print(
+            f"built {args.records} sent records in {built:.0f} s ({size / 2**20:.0f} MiB); enqueue with the chain: "
+            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
         runs = []
         with Outbox.open(StorageSettings(dir=workdir / "state")) as box:
             for _ in range(3):
@@ -100,15 +102,21 @@ def main(argv: list[str] | None = None) -> int:
             tail_ms = (time.perf_counter() - start) * 1000
             assert tail.ok, tail.summary()
         print(f"verify: {report.summary()}")
-        print(f"verify: {', '.join(f'{r:.2f}' for r in runs)} s (median {statistics.median(runs):.2f} s); "
-              f"the check at start ({tail.events} events) {tail_ms:.1f} ms")
+        print(
+            f"verify: {', '.join(f'{r:.2f}' for r in runs)} s (median {statistics.median(runs):.2f} s); "
+            f"the check at start ({tail.events} events) {tail_ms:.1f} ms"
+        )
         secure = purge_seconds(workdir / "purge-secure", args.purge_records, images, secure=True)
         plain = purge_seconds(workdir / "purge-plain", args.purge_records, images, secure=False)
-        print(f"retention (erase photos + purge rows) of {args.purge_records} sent records: secure_delete on "
-              f"{secure:.2f} s, off {plain:.2f} s")
-        print(f"records={args.records} events={report.events} verify_s={statistics.median(runs):.2f} "
-              f"verify_tail_ms={tail_ms:.1f} enqueue_p50_ms={p50:.2f} enqueue_p99_ms={p99:.2f} "
-              f"purge_secure_s={secure:.2f} purge_plain_s={plain:.2f}")
+        print(
+            f"retention (erase photos + purge rows) of {args.purge_records} sent records: secure_delete on "
+            f"{secure:.2f} s, off {plain:.2f} s"
+        )
+        print(
+            f"records={args.records} events={report.events} verify_s={statistics.median(runs):.2f} "
+            f"verify_tail_ms={tail_ms:.1f} enqueue_p50_ms={p50:.2f} enqueue_p99_ms={p99:.2f} "
+            f"purge_secure_s={secure:.2f} purge_plain_s={plain:.2f}"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

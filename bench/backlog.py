@@ -10,7 +10,7 @@ RSS, and ends with one line:
     enqueue_p99_ms=… drain_rps=… peak_rss_mb=…
 
 Targets (issue 3, 2-core machine): enqueue p99 <= 20 ms, drain >= 100 records/s, peak RSS <= 200 MB.
-The photos are synthetic (gradients and noise encoded with agent.images.encode_jpeg), never faces.
+The photos are synthetic (gradients and noise encoded with core.images.encode_jpeg), never faces.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def photos(pairs: int) -> list[tuple[str, str]]:
     """``pairs`` distinct pairs of real JPEGs of about 95 KB each (base64 about 125 KB)."""
     import numpy as np
 
-    from agent.images import encode_jpeg
+    from core.images import encode_jpeg
 
     out = []
     for i in range(pairs):
@@ -63,7 +63,8 @@ def free_port() -> int:
 
 
 def write_config(path: Path, url: str, state: Path, concurrency: int) -> None:
-    path.write_text(f"""\
+    path.write_text(
+        f"""\
 [device]
 machine_code = "TS0001"
 device_no = "SN0001"
@@ -96,7 +97,9 @@ max_rps = 1000
 concurrency = {concurrency}
 backoff_initial_s = 0.1
 backoff_max_s = 2.0
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
 
 
 _MOCK = """
@@ -113,8 +116,9 @@ while True:
 def start_mock(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], str, str]:
     """The mock platform (agent.mock_platform, encryption required) as its own process, so its
     memory is not counted as the agent's. Returns (process, base URL, description)."""
-    proc = subprocess.Popen([sys.executable, "-c", _MOCK, APP_ID, SECRET, TICKET, str(port),
-                             str(workdir / "mock-platform.db")], cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MOCK, APP_ID, SECRET, TICKET, str(port), str(workdir / "mock-platform.db")], cwd=ROOT
+    )
     return proc, f"http://127.0.0.1:{port}", "agent.mock_platform.MockPlatform (encrypt=True)"
 
 
@@ -160,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_config(cfg, validate_drivers=False)
         images = photos(16)
         payloads_bytes = len(str(record(0, photo_b64=images[0][0])))
-        print(f"records: {args.records}, each about {payloads_bytes / 1024:.0f} KB of JSON (two JPEGs of "
-              f"{len(base64.b64decode(images[0][0])) / 1024:.0f} KB); SM4 on the wire; concurrency {args.concurrency}")
+        print(
+            f"records: {args.records}, each about {payloads_bytes / 1024:.0f} KB of JSON (two JPEGs of "
+            f"{len(base64.b64decode(images[0][0])) / 1024:.0f} KB); SM4 on the wire; concurrency {args.concurrency}"
+        )
 
         box = Outbox.open(settings.storage)
         latencies = []
@@ -178,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         p50 = statistics.median(latencies)
         p99 = latencies[int(len(latencies) * 0.99) - 1]
         db_bytes = sum(p.stat().st_size for p in (workdir / "state").glob("outbox.db*"))
-        print(f"enqueue: {args.records / enqueue_s:.0f} records/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
-              f"max {latencies[-1]:.1f} ms; outbox {db_bytes / 2**20:.0f} MiB on disk")
+        print(
+            f"enqueue: {args.records / enqueue_s:.0f} records/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+            f"max {latencies[-1]:.1f} ms; outbox {db_bytes / 2**20:.0f} MiB on disk"
+        )
         rss_before_drain = rss_mb()
 
         peak = [rss_before_drain]
@@ -203,8 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                 break
             if time.perf_counter() - last_report > 10:
                 last_report = time.perf_counter()
-                print(f"  draining: {stats['sent']} sent after {last_report - t1:.0f} s "
-                      f"(uploader {uploader.snapshot()['state']})", flush=True)
+                print(
+                    f"  draining: {stats['sent']} sent after {last_report - t1:.0f} s "
+                    f"(uploader {uploader.snapshot()['state']})",
+                    flush=True,
+                )
             time.sleep(0.25)
         drain_s = time.perf_counter() - t1
         stop.set()
@@ -215,11 +226,17 @@ def main(argv: list[str] | None = None) -> int:
         box.close()
         drain_rps = stats["sent"] / drain_s
         peak_rss = max(peak[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        print(f"drain: {stats['sent']} sent, {stats['rejected']} rejected in {drain_s:.1f} s = {drain_rps:.0f} records/s")
-        print(f"RSS: {rss_before_drain:.0f} MB before the drain, peak {peak_rss:.0f} MB (the agent's process; "
-              "the mock platform runs apart)")
-        print(f"targets: enqueue p99 <= 20 ms {'met' if p99 <= 20 else 'MISSED'}; drain >= 100 rec/s "
-              f"{'met' if drain_rps >= 100 else 'MISSED'}; peak RSS <= 200 MB {'met' if peak_rss <= 200 else 'MISSED'}")
+        print(
+            f"drain: {stats['sent']} sent, {stats['rejected']} rejected in {drain_s:.1f} s = {drain_rps:.0f} records/s"
+        )
+        print(
+            f"RSS: {rss_before_drain:.0f} MB before the drain, peak {peak_rss:.0f} MB (the agent's process; "
+            "the mock platform runs apart)"
+        )
+        print(
+            f"targets: enqueue p99 <= 20 ms {'met' if p99 <= 20 else 'MISSED'}; drain >= 100 rec/s "
+            f"{'met' if drain_rps >= 100 else 'MISSED'}; peak RSS <= 200 MB {'met' if peak_rss <= 200 else 'MISSED'}"
+        )
         print(f"enqueue_p99_ms={p99:.2f} drain_rps={drain_rps:.0f} peak_rss_mb={peak_rss:.0f}")
     finally:
         mock.terminate()

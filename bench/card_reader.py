@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers import registry  # noqa: E402
-from drivers.card_reader import codec  # noqa: E402
-from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures  # noqa: E402
-from drivers.card_reader.simulator import SYNTHETIC_WLT, SamSimulator  # noqa: E402
+from drivers import registry
+from drivers.card_reader import codec
+from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures
+from drivers.card_reader.simulator import SYNTHETIC_WLT, SamSimulator
 
 
 def main() -> int:
@@ -44,8 +44,10 @@ def main() -> int:
                 sim.remove()
                 reader.read_card(0.0)  # the driver sees the field empty
                 # The card arrives at a random moment of the polling cycle, as a person taps it.
-                timer = threading.Timer(random.uniform(0.0, 0.3), lambda c=cards[i % 3]: (
-                    presented.append(time.monotonic()), sim.present(c)))
+                timer = threading.Timer(
+                    random.uniform(0.0, 0.3),
+                    lambda c=cards[i % 3]: (presented.append(time.monotonic()), sim.present(c)),
+                )
                 presented: list[float] = []
                 timer.start()
                 card = reader.read_card(5.0)
@@ -53,8 +55,10 @@ def main() -> int:
                 lat.append((time.monotonic() - presented[0]) * 1000)
     lat.sort()
     p50, p95 = statistics.median(lat), lat[int(0.95 * (len(lat) - 1))]
-    print(f"sam-serial over pty: tap-to-card p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {lat[-1]:.0f} ms "
-          f"({args.taps} taps, poll_interval_s 0.3)")
+    print(
+        f"sam-serial over pty: tap-to-card p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {lat[-1]:.0f} ms "
+        f"({args.taps} taps, poll_interval_s 0.3)"
+    )
     print(f"decode_us={decode_us:.1f} tap_p50_ms={p50:.0f} tap_p95_ms={p95:.0f} tap_max_ms={lat[-1]:.0f}")
     return 0
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gmssl import func as gm_func  # noqa: E402
-from gmssl import sm3 as gm_sm3  # noqa: E402
-from gmssl.sm4 import SM4_ENCRYPT, CryptSM4  # noqa: E402
+from gmssl import func as gm_func
+from gmssl import sm3 as gm_sm3
+from gmssl.sm4 import SM4_ENCRYPT, CryptSM4
 
-from agent import crypto  # noqa: E402
+from agent import crypto
 
 SIZES = {"16k": 16 * 1024, "256k": 256 * 1024, "2m": 2 * 1024 * 1024}
 KEY = bytes.fromhex("0123456789abcdeffedcba9876543210")
@@ -36,8 +36,10 @@ def gm_sm4_ecb(data: bytes) -> bytes:
 
 def gm_hmac_sm3(data: bytes) -> bytes:
     """RFC 2104 over gmssl's SM3 (gmssl has no HMAC of its own)."""
+
     def h(b: bytes) -> bytes:
         return bytes.fromhex(gm_sm3.sm3_hash(gm_func.bytes_to_list(b)))
+
     key = MAC_KEY.ljust(64, b"\0")
     return h(bytes(b ^ 0x5C for b in key) + h(bytes(b ^ 0x36 for b in key) + data))
 

@@ -37,7 +37,7 @@ from agent.face import load_engine, score_live  # noqa: E402
 from agent.face.calibration import Calibration, calibrate, card_crop  # noqa: E402
 from agent.face.scoring import threshold_distance  # noqa: E402
 from agent.face.session import working_image  # noqa: E402
-from agent.images import decode_image, encode_jpeg  # noqa: E402
+from core.images import decode_image, encode_jpeg  # noqa: E402
 from drivers import registry  # noqa: E402
 
 SHARED = Path(os.environ.get("FVAGENT_SHARED", ROOT.parent / "shared"))
@@ -114,7 +114,7 @@ def grey_zone(cal: Calibration, face: FaceSettings, frames: int, rounds: int = 2
             c = counts["genuine" if person == people[i] else "impostor"]
             for _ in range(rounds):
                 order = rng.permutation(idx)
-                first, more = d[i, order[:frames]].min(), d[i, order[frames:2 * frames]].min()
+                first, more = d[i, order[:frames]].min(), d[i, order[frames : 2 * frames]].min()
                 retried = limit < first <= band_low
                 c["trials"] += 1
                 c["one"] += d[i, order[0]] <= limit
@@ -124,8 +124,11 @@ def grey_zone(cal: Calibration, face: FaceSettings, frames: int, rounds: int = 2
                 if person != people[i]:
                     closest["first"].append(first)
                     closest["all"].append(min(first, more))
-    out = {f"{k}_{what}": v[what] / v["trials"] if what != "trials" else v["trials"]
-           for k, v in counts.items() for what in v}
+    out = {
+        f"{k}_{what}": v[what] / v["trials"] if what != "trials" else v["trials"]
+        for k, v in counts.items()
+        for what in v
+    }
     for what, values in closest.items():  # how much nearer the best of twice the frames comes
         out[f"impostor_{what}_min"] = float(np.min(values))
         out[f"impostor_{what}_q001"] = float(np.quantile(values, 0.001))
@@ -136,8 +139,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="repetitions per timing (default 20)")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the FAR/FRR tables (about 90 s)")
-    parser.add_argument("--card-side", action="store_true",
-                        help="also compare the card encoding with and without its mirror (about 2 min more)")
+    parser.add_argument(
+        "--card-side",
+        action="store_true",
+        help="also compare the card encoding with and without its mirror (about 2 min more)",
+    )
     args = parser.parse_args()
     # Every timed compare opens a fake camera on purpose: its "simulated driver" warning says nothing here.
     logging.getLogger("drivers.base").setLevel(logging.ERROR)
@@ -170,8 +176,13 @@ def main() -> int:
     for name in people:
         src = working_image(decode_image(by_person[name][0].read_bytes()))
         faces = engine.detect(src) or engine.detect(src, upsample=1)
-        pairs.append((name, jpeg(card_crop(src, faces[0], (102, 126)), quality=75),
-                      on_canvas(working_image(decode_image(by_person[name][1].read_bytes())))))
+        pairs.append(
+            (
+                name,
+                jpeg(card_crop(src, faces[0], (102, 126)), quality=75),
+                on_canvas(working_image(decode_image(by_person[name][1].read_bytes()))),
+            )
+        )
     live = pairs[0][2]
 
     # detection + encoding on one 640x480 frame
@@ -191,6 +202,7 @@ def main() -> int:
     print(f"  of which detection: median {statistics.median(times):.0f} ms")
 
     with tempfile.TemporaryDirectory() as tmp:  # derived frames live only in a temporary folder
+
         def compare(card: bytes, frame: np.ndarray) -> tuple[float, int, int]:
             path = Path(tmp) / "frame.png"
             Image.fromarray(np.ascontiguousarray(frame[:, :, ::-1])).save(path)
@@ -205,33 +217,44 @@ def main() -> int:
         g_ms = [g[0] for g in genuine]
         passed = sum(g[1] == 1 for g in genuine)
         one_frame = sum(g[2] == 1 for g in genuine)
-        print(f"whole compare, genuine ({len(pairs)} people x {rounds}: card 102x126 + camera frames): "
-              f"median {statistics.median(g_ms):.0f} ms, p95 {pct(g_ms, 95):.0f} ms; "
-              f"{passed}/{len(genuine)} passed, {one_frame} stopped after one frame")
-        impostor = [compare(pairs[i][1], pairs[(i + 1) % len(pairs)][2]) for _ in range(rounds) for i in range(len(pairs))]
+        print(
+            f"whole compare, genuine ({len(pairs)} people x {rounds}: card 102x126 + camera frames): "
+            f"median {statistics.median(g_ms):.0f} ms, p95 {pct(g_ms, 95):.0f} ms; "
+            f"{passed}/{len(genuine)} passed, {one_frame} stopped after one frame"
+        )
+        impostor = [
+            compare(pairs[i][1], pairs[(i + 1) % len(pairs)][2]) for _ in range(rounds) for i in range(len(pairs))
+        ]
         i_ms = [i[0] for i in impostor]
-        print(f"whole compare, impostor (card + {face.max_compared_frames} frames): "
-              f"median {statistics.median(i_ms):.0f} ms, p95 {pct(i_ms, 95):.0f} ms; "
-              f"{sum(i[1] == 1 for i in impostor)}/{len(impostor)} falsely passed")
+        print(
+            f"whole compare, impostor (card + {face.max_compared_frames} frames): "
+            f"median {statistics.median(i_ms):.0f} ms, p95 {pct(i_ms, 95):.0f} ms; "
+            f"{sum(i[1] == 1 for i in impostor)}/{len(impostor)} falsely passed"
+        )
 
         # sustained: the scoring loop on a camera that always has a frame, for about 5 s
         path = Path(tmp) / "live.png"
         Image.fromarray(np.ascontiguousarray(live[:, :, ::-1])).save(path)
         cam = registry.create("camera", "fake", {"images": [str(path)], "fps": 0})
-        sustained = face.model_copy(update={"early_stop_score": 1.0, "max_compared_frames": 200,
-                                            "capture_timeout_s": 5.0})
+        sustained = face.model_copy(
+            update={"early_stop_score": 1.0, "max_compared_frames": 200, "capture_timeout_s": 5.0}
+        )
         with cam:
             out = score_live(engine, cam, pairs[0][1], sustained)
         fps = out.frames_seen / out.elapsed_s
-        print(f"sustained: {out.frames_seen} frames in {out.elapsed_s:.1f} s = {fps:.1f} frames/s (detect+gates+encode)")
+        print(
+            f"sustained: {out.frames_seen} frames in {out.elapsed_s:.1f} s = {fps:.1f} frames/s (detect+gates+encode)"
+        )
 
     far = frr = far_card = frr_card = far_j2k = frr_j2k = float("nan")
     cv_card: dict[str, float] = {}
     cv_j2k: dict[str, float] = {}
     if not args.no_accuracy:
-        print(f"\naccuracy on {FACES.relative_to(SHARED.parent) if FACES.is_relative_to(SHARED.parent) else FACES} "
-              f"(threshold {face.threshold} = distance <= "
-              f"{threshold_distance(face.threshold, face.score_midpoint, face.score_slope):.3f}):")
+        print(
+            f"\naccuracy on {FACES.relative_to(SHARED.parent) if FACES.is_relative_to(SHARED.parent) else FACES} "
+            f"(threshold {face.threshold} = distance <= "
+            f"{threshold_distance(face.threshold, face.score_midpoint, face.score_slope):.3f}):"
+        )
         t = time.perf_counter()
         cam_cal = calibrate(engine, FACES, face)
         print(cam_cal.table())
@@ -248,36 +271,47 @@ def main() -> int:
         cv_card = card_cal.cross_validate(face.target_far).summary()
         cv_j2k = j2k_cal.cross_validate(face.target_far).summary()
         if args.card_side:  # what the mirrored card encoding brings (docs/face.md)
-            print("\ncard side, cross-validated at target FAR (chosen on one half of the people, measured on the other):")
+            print(
+                "\ncard side, cross-validated at target FAR (chosen on one half of the people, measured on the other):"
+            )
             print("| card | mirror | FRR mean | FRR max | FAR mean | FAR max | full-set distance | full-set FRR |")
             for name, transform in (("102x126", None), ("102x126 JPEG 2000 2 KB", jpeg2000_card)):
                 for mirror in (False, True):
                     cal = calibrate(engine, FACES, face, card_size=(102, 126), card_transform=transform, mirror=mirror)
                     cv = cal.cross_validate(face.target_far).summary()
                     point = cal.choose(face.target_far)
-                    print(f"| {name} | {'yes' if mirror else 'no'} | {cv['frr_mean']:.2%} | {cv['frr_max']:.2%} | "
-                          f"{cv['far_mean']:.3%} | {cv['far_max']:.3%} | {point.distance:.3f} | {point.frr:.2%} |")
+                    print(
+                        f"| {name} | {'yes' if mirror else 'no'} | {cv['frr_mean']:.2%} | {cv['frr_max']:.2%} | "
+                        f"{cv['far_mean']:.3%} | {cv['far_max']:.3%} | {point.distance:.3f} | {point.frr:.2%} |"
+                    )
         for name, cal in (("102x126", card_cal), ("JPEG 2000 2 KB", j2k_cal)):
             g = grey_zone(cal, face, face.max_compared_frames)
-            print(f"grey zone ({name} card, best of {face.max_compared_frames} photos, then {face.max_compared_frames} "
-                  f"more when in the band): impostor {g['impostor_trials']:.0f} trials: one frame passes "
-                  f"{g['impostor_one']:.4%}, best of {face.max_compared_frames} {g['impostor_best']:.4%}, with the retry "
-                  f"{g['impostor_retry']:.4%} (retried {g['impostor_retried']:.3%}); genuine {g['genuine_trials']:.0f}: "
-                  f"pass {g['genuine_best']:.3%} -> {g['genuine_retry']:.3%} (retried {g['genuine_retried']:.3%})")
-            print(f"  impostor best of {face.max_compared_frames} photos: closest {g['impostor_first_min']:.3f}, "
-                  f"0.1 % quantile {g['impostor_first_q001']:.3f}; best of {2 * face.max_compared_frames}: closest "
-                  f"{g['impostor_all_min']:.3f}, 0.1 % quantile {g['impostor_all_q001']:.3f} (threshold "
-                  f"{threshold_distance(face.threshold, face.score_midpoint, face.score_slope):.3f})")
+            print(
+                f"grey zone ({name} card, best of {face.max_compared_frames} photos, then {face.max_compared_frames} "
+                f"more when in the band): impostor {g['impostor_trials']:.0f} trials: one frame passes "
+                f"{g['impostor_one']:.4%}, best of {face.max_compared_frames} {g['impostor_best']:.4%}, with the retry "
+                f"{g['impostor_retry']:.4%} (retried {g['impostor_retried']:.3%}); genuine {g['genuine_trials']:.0f}: "
+                f"pass {g['genuine_best']:.3%} -> {g['genuine_retry']:.3%} (retried {g['genuine_retried']:.3%})"
+            )
+            print(
+                f"  impostor best of {face.max_compared_frames} photos: closest {g['impostor_first_min']:.3f}, "
+                f"0.1 % quantile {g['impostor_first_q001']:.3f}; best of {2 * face.max_compared_frames}: closest "
+                f"{g['impostor_all_min']:.3f}, 0.1 % quantile {g['impostor_all_q001']:.3f} (threshold "
+                f"{threshold_distance(face.threshold, face.score_midpoint, face.score_slope):.3f})"
+            )
     peak = peak_rss_mb()
     print(f"peak RSS {peak:.0f} MB")
-    print(f"detect_encode_p50_ms={det_enc[0]:.0f} detect_encode_p95_ms={det_enc[1]:.0f} "
-          f"compare_p50_ms={statistics.median(g_ms):.0f} compare_p95_ms={pct(g_ms, 95):.0f} "
-          f"compare_impostor_p50_ms={statistics.median(i_ms):.0f} sustained_fps={fps:.1f} "
-          f"rss_loaded_mb={rss_loaded:.0f} peak_rss_mb={peak:.0f} "
-          f"far_cam={far:.4f} frr_cam={frr:.4f} far_card={far_card:.4f} frr_card={frr_card:.4f} "
-          f"far_j2k={far_j2k:.4f} frr_j2k={frr_j2k:.4f} "
-          f"cv_frr_card={cv_card.get('frr_mean', float('nan')):.4f} cv_far_card={cv_card.get('far_mean', float('nan')):.4f} "
-          f"cv_frr_j2k={cv_j2k.get('frr_mean', float('nan')):.4f} cv_far_j2k={cv_j2k.get('far_mean', float('nan')):.4f}")
+    print(
+        f"detect_encode_p50_ms={det_enc[0]:.0f} detect_encode_p95_ms={det_enc[1]:.0f} "
+        f"compare_p50_ms={statistics.median(g_ms):.0f} compare_p95_ms={pct(g_ms, 95):.0f} "
+        f"compare_impostor_p50_ms={statistics.median(i_ms):.0f} sustained_fps={fps:.1f} "
+        f"rss_loaded_mb={rss_loaded:.0f} peak_rss_mb={peak:.0f} "
+        f"far_cam={far:.4f} frr_cam={frr:.4f} far_card={far_card:.4f} frr_card={frr_card:.4f} "
+        f"far_j2k={far_j2k:.4f} frr_j2k={frr_j2k:.4f} "
+        f"cv_frr_card={cv_card.get('frr_mean', float('nan')):.4f} "
+        f"cv_far_card={cv_card.get('far_mean', float('nan')):.4f} "
+        f"cv_frr_j2k={cv_j2k.get('frr_mean', float('nan')):.4f} cv_far_j2k={cv_j2k.get('far_mean', float('nan')):.4f}"
+    )
     return 0
 
 

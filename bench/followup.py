@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import StorageSettings  # noqa: E402
-from agent.localapi.followup import follow_ups  # noqa: E402
-from agent.outbox import Outbox  # noqa: E402
-from tests.test_outbox_support import record  # noqa: E402
+from agent.config import StorageSettings
+from agent.localapi.followup import follow_ups
+from agent.outbox import Outbox
+from tests.test_outbox_support import record
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
@@ -36,21 +36,28 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, Outbox.open(StorageSettings(dir=Path(tmp) / "state")) as box:
         for n in range(args.records):
             result = 0 if n % 10 == 0 else 2 if n % 20 == 5 else 1
-            box.enqueue({**record(n), "faceResult": result, "faceScore": 0.3 if result == 0 else 0.9 * (result == 1)},
-                        meta={"source": "reader", "reason": "no match" if result == 0 else None})
+            box.enqueue(
+                {**record(n), "faceResult": result, "faceScore": 0.3 if result == 0 else 0.9 * (result == 1)},
+                meta={"source": "reader", "reason": "no match" if result == 0 else None},
+            )
         today = dt.datetime.now(SHANGHAI).replace(hour=0, minute=0, second=0, microsecond=0)
         timings: dict[str, list[float]] = {"all_limit200": [], "since_today_limit500": []}
         found = {}
         for _ in range(args.runs):
-            for name, kw in (("all_limit200", {"limit": 200}), ("since_today_limit500", {"since": today, "limit": 500})):
+            for name, kw in (
+                ("all_limit200", {"limit": 200}),
+                ("since_today_limit500", {"since": today, "limit": 500}),
+            ):
                 t0 = time.perf_counter()
                 items = follow_ups(box, threshold=0.75, **kw)  # type: ignore[arg-type]
                 timings[name].append(time.perf_counter() - t0)
                 found[name] = len(items)
     for name, values in timings.items():
         print(f"{name}: {found[name]} items, median {statistics.median(values) * 1000:.0f} ms over {args.runs} runs")
-    print(f"records={args.records} " + " ".join(f"{name}_ms={statistics.median(v) * 1000:.0f}"
-                                                  for name, v in timings.items()))
+    print(
+        f"records={args.records} "
+        + " ".join(f"{name}_ms={statistics.median(v) * 1000:.0f}" for name, v in timings.items())
+    )
     return 0
 
 

@@ -50,13 +50,21 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     for _ in range(args.runs):
-        out = subprocess.run([sys.executable, "-c", ONE_RUN], cwd=ROOT, capture_output=True, text=True, check=True,
-                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        out = subprocess.run(
+            [sys.executable, "-c", ONE_RUN],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        )
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(results[-1])
     outcomes = sorted({r["outcome"] for r in results})
-    print(f"rss_growth_mib={statistics.median(r['rss_mib'] for r in results):.1f} "
-          f"seconds={statistics.median(r['s'] for r in results):.2f} outcome={'/'.join(outcomes)} runs={args.runs}")
+    print(
+        f"rss_growth_mib={statistics.median(r['rss_mib'] for r in results):.1f} "
+        f"seconds={statistics.median(r['s'] for r in results):.2f} outcome={'/'.join(outcomes)} runs={args.runs}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,25 +26,45 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    python = "%d.%d" % sys.version_info[:2]
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, str(ROOT / "deploy" / "release.py"), "--arch", platform.machine(),
-                        "--python", python, "--dist", str(work)], check=True, capture_output=True)
-        tarball, = work.glob("fvagent-*.tar.gz")
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "deploy" / "release.py"),
+                "--arch",
+                platform.machine(),
+                "--python",
+                python,
+                "--dist",
+                str(work),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        (tarball,) = work.glob("fvagent-*.tar.gz")
         size_mib = tarball.stat().st_size / 2**20
         with tarfile.open(tarball) as tar:
             tar.extractall(work / "unpacked", filter="data")
-        bundle, = (work / "unpacked").iterdir()
+        (bundle,) = (work / "unpacked").iterdir()
         figures: dict[str, list[float]] = {"default": [], "demo": []}
         for i in range(n):
             for kind, args in (("default", []), ("demo", ["--demo"])):
                 stage = work / f"stage-{kind}-{i}"
-                env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DESTDIR": str(stage),
-                       "FVAGENT_PREFIX": "/opt/fvagent", "FVAGENT_PYTHON": sys.executable}
+                env = {
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "DESTDIR": str(stage),
+                    "FVAGENT_PREFIX": "/opt/fvagent",
+                    "FVAGENT_PYTHON": sys.executable,
+                }
                 t0 = time.monotonic()
-                subprocess.run(["unshare", "--net", "sh", str(bundle / "deploy" / "install.sh"), *args],
-                               check=True, capture_output=True, env=env)
+                subprocess.run(
+                    ["unshare", "--net", "sh", str(bundle / "deploy" / "install.sh"), *args],
+                    check=True,
+                    capture_output=True,
+                    env=env,
+                )
                 figures[kind].append(time.monotonic() - t0)
                 shutil.rmtree(stage)
     default, demo = statistics.median(figures["default"]), statistics.median(figures["demo"])

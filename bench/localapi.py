@@ -28,13 +28,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import codes  # noqa: E402
 from agent.config import parse_config  # noqa: E402
 from agent.events import EventBus, OperatorState  # noqa: E402
-from agent.images import encode_jpeg  # noqa: E402
 from agent.localapi import DeskBackend, LocalApiServer  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
-
+from core import codes  # noqa: E402
+from core.images import encode_jpeg  # noqa: E402
 
 BENCH_TOKEN = "bench-token-0123456789"
 
@@ -50,36 +49,73 @@ def body(i: int, head: str, camera: str) -> dict[str, Any]:
     first17 = "450103" + "19920315" + f"{i % 1000:03d}"
     now = dt.datetime.now(dt.timezone(dt.timedelta(hours=8)))
     return {
-        "realName": "韦测试", "cardType": 0, "cardNo": first17 + codes.resident_id_check_digit(first17),
-        "sexCode": "2", "sexName": "女", "nationalCode": "01", "nationalName": "汉", "birthday": "1992-03-15",
-        "address": "广西壮族自治区南宁市测试路1号", "police": "南宁市公安局", "cardStartDate": "2020-01-01",
-        "cardEndDate": "2040-01-01", "headImg": head, "cameraImg": camera, "faceScore": 0.8, "faceResult": 1,
-        "verifyDate": now.strftime("%Y-%m-%d"), "verifyTime": now.strftime("%Y-%m-%d %H:%M:%S"),
+        "realName": "韦测试",
+        "cardType": 0,
+        "cardNo": first17 + codes.resident_id_check_digit(first17),
+        "sexCode": "2",
+        "sexName": "女",
+        "nationalCode": "01",
+        "nationalName": "汉",
+        "birthday": "1992-03-15",
+        "address": "广西壮族自治区南宁市测试路1号",
+        "police": "南宁市公安局",
+        "cardStartDate": "2020-01-01",
+        "cardEndDate": "2040-01-01",
+        "headImg": head,
+        "cameraImg": camera,
+        "faceScore": 0.8,
+        "faceResult": 1,
+        "verifyDate": now.strftime("%Y-%m-%d"),
+        "verifyTime": now.strftime("%Y-%m-%d %H:%M:%S"),
         "certTimeoutStatus": 0,
     }
 
 
 def bench_settings(state_dir: str, **local_api: Any) -> Any:
     """Settings of a bench agent: its state in ``state_dir``, the local API on a free loopback port."""
-    return parse_config({
-        "device": {"machine_code": "BENCH-0001", "device_no": "SN1", "manufacturer": "测试", "model": "M",
-                   "purchase_date": "2024-01-01", "dept_id": "D", "dept_name": "妇产科",
-                   "register_user": "测试", "operator": "测试员"},
-        "platform": {"base_url": "http://127.0.0.1:9", "org_app_id": "a", "org_app_secret": "0123456789abcdef",
-                     "auth": {"kind": "static", "ticket": "t"}, "environment": "test", "allow_plain_http": True},
-        "storage": {"dir": state_dir}, "face": {"mode": "relay"}, "local_api": {"listen": "127.0.0.1:0", **local_api},
-    }, validate_drivers=False)
+    return parse_config(
+        {
+            "device": {
+                "machine_code": "BENCH-0001",
+                "device_no": "SN1",
+                "manufacturer": "测试",
+                "model": "M",
+                "purchase_date": "2024-01-01",
+                "dept_id": "D",
+                "dept_name": "妇产科",
+                "register_user": "测试",
+                "operator": "测试员",
+            },
+            "platform": {
+                "base_url": "http://127.0.0.1:9",
+                "org_app_id": "a",
+                "org_app_secret": "0123456789abcdef",
+                "auth": {"kind": "static", "ticket": "t"},
+                "environment": "test",
+                "allow_plain_http": True,
+            },
+            "storage": {"dir": state_dir},
+            "face": {"mode": "relay"},
+            "local_api": {"listen": "127.0.0.1:0", **local_api},
+        },
+        validate_drivers=False,
+    )
 
 
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     with tempfile.TemporaryDirectory() as tmp:
-        settings = bench_settings(tmp, relay=True, token=BENCH_TOKEN, max_relay_per_min=6000,
-                                  max_unsent_relayed=1_000_000, relay_reserve_bytes=0)
+        settings = bench_settings(
+            tmp,
+            relay=True,
+            token=BENCH_TOKEN,
+            max_relay_per_min=6000,
+            max_unsent_relayed=1_000_000,
+            relay_reserve_bytes=0,
+        )
         outbox = Outbox.open(settings.storage)
         events = EventBus()
-        backend = DeskBackend(settings, outbox, events, OperatorState.for_settings(settings),
-                              status_provider=lambda: {})
+        backend = DeskBackend(settings, outbox, events, OperatorState.for_settings(settings), status_provider=dict)
         server = LocalApiServer(settings.local_api, backend)
         server.start()
         head = base64.b64encode(jpeg(1, 320, 260)).decode()
@@ -123,8 +159,10 @@ def main() -> int:
     print(f"relayed posts: {n}, body {body_kb:.0f} KB each")
     print(f"POST -> 202 (durable): p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {max(post_ms):.1f} ms")
     print(f"202 -> on the page's feed: p50 {fq[49]:.1f} ms, p99 {fq[98]:.1f} ms ({len(feed_ms)}/{n} arrived)")
-    print(f"post_p50_ms={q[49]:.1f} post_p99_ms={q[98]:.1f} feed_p50_ms={fq[49]:.1f} feed_p99_ms={fq[98]:.1f} "
-          f"feed_delivered={len(feed_ms)}/{n}")
+    print(
+        f"post_p50_ms={q[49]:.1f} post_p99_ms={q[98]:.1f} feed_p50_ms={fq[49]:.1f} feed_p99_ms={fq[98]:.1f} "
+        f"feed_delivered={len(feed_ms)}/{n}"
+    )
     return 0
 
 

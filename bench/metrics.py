@@ -63,8 +63,10 @@ def main() -> int:
     q = statistics.quantiles(scrape_ms, n=100)
     print(f"outbox records: {n}; scrapes: {scrapes}; exposition {size} bytes")
     print(f"GET /metrics: p50 {statistics.median(scrape_ms):.1f} ms, p99 {q[98]:.1f} ms, max {max(scrape_ms):.1f} ms")
-    print(f"records={n} scrapes={scrapes} scrape_p50_ms={statistics.median(scrape_ms):.1f} "
-          f"scrape_p99_ms={q[98]:.1f} bytes={size}")
+    print(
+        f"records={n} scrapes={scrapes} scrape_p50_ms={statistics.median(scrape_ms):.1f} "
+        f"scrape_p99_ms={q[98]:.1f} bytes={size}"
+    )
     return 0
 
 

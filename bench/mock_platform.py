@@ -20,14 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.mock_platform import MockPlatform, MockPlatformConfig  # noqa: E402
-from agent.mock_platform.samples import sample_registration, sample_verification  # noqa: E402
-from agent.uplink.client import PlatformClient  # noqa: E402
+from agent.mock_platform import MockPlatform, MockPlatformConfig
+from agent.mock_platform.samples import sample_registration, sample_verification
+from agent.uplink.client import PlatformClient
 
 
 def run(encrypt: bool, count: int, threads: int, db: Path) -> tuple[float, float]:
-    with MockPlatform(MockPlatformConfig(encrypt=encrypt), db) as mock, \
-            PlatformClient(mock.platform_settings()) as client:
+    with (
+        MockPlatform(MockPlatformConfig(encrypt=encrypt), db) as mock,
+        PlatformClient(mock.platform_settings()) as client,
+    ):
         assert client.register_device(sample_registration()).accepted
         client.upload_verification(sample_verification(0))  # warm the connection pool
         latencies: list[float] = []

@@ -28,8 +28,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fvagent-powercut-") as tmp:
         result = run_cuts(args.cuts, Path(tmp), seed=args.seed, max_run_s=args.max_run_s)
-    print(f"cuts={result.cuts} acknowledged={result.acknowledged} acknowledged_sent={result.acknowledged_sent} "
-          f"lost={result.lost} not_sent={result.not_sent} damaged={result.damaged} wall_s={result.wall_s}")
+    print(
+        f"cuts={result.cuts} acknowledged={result.acknowledged} acknowledged_sent={result.acknowledged_sent} "
+        f"lost={result.lost} not_sent={result.not_sent} damaged={result.damaged} wall_s={result.wall_s}"
+    )
 
 
 if __name__ == "__main__":

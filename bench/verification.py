@@ -37,8 +37,9 @@ def main() -> None:
         doc["platform"]["enabled"] = False
         settings = parse_config(doc, validate_drivers=False)
         reader = _fed_reader()
-        service = Service(settings, reader=reader, notifier=Notifier(backend="socket", environ={}),
-                          start_local_api=False)
+        service = Service(
+            settings, reader=reader, notifier=Notifier(backend="socket", environ={}), start_local_api=False
+        )
         t0 = time.monotonic()
         service.start()
         startup = time.monotonic() - t0
@@ -70,8 +71,10 @@ def main() -> None:
     print(f"startup to READY: {startup:.2f} s (outbox, drivers, dlib models)")
     print(f"card -> durable commit: p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {lat[-1] * 1000:.0f} ms")
     print(f"peak RSS {rss_mb:.0f} MB")
-    print(f"verify_p50_ms={p50:.0f} verify_p95_ms={p95:.0f} verify_max_ms={lat[-1] * 1000:.0f} "
-          f"startup_s={startup:.2f} peak_rss_mb={rss_mb:.0f}")
+    print(
+        f"verify_p50_ms={p50:.0f} verify_p95_ms={p95:.0f} verify_max_ms={lat[-1] * 1000:.0f} "
+        f"startup_s={startup:.2f} peak_rss_mb={rss_mb:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,15 @@ SOURCE_ONLY = ("face-recognition-models>=0.3.0",)
 """Pure-Python dependencies PyPI has no wheel of: built here into py3-none-any wheels."""
 EXTRAS = "demo"
 """The extras whose wheels the bundle carries (install.sh --demo installs them)."""
-KIT = ("deploy/install.sh", "deploy/uninstall.sh", "deploy/fvagent.service", "deploy/70-fvagent.rules",
-       "deploy/fvagent.example.toml", "README.md", "CHANGELOG.md")
+KIT = (
+    "deploy/install.sh",
+    "deploy/uninstall.sh",
+    "deploy/fvagent.service",
+    "deploy/70-fvagent.rules",
+    "deploy/fvagent.example.toml",
+    "README.md",
+    "CHANGELOG.md",
+)
 
 
 def version() -> str:
@@ -46,8 +53,9 @@ def version() -> str:
 
 
 def pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args], capture_output=True, text=True
+    )
 
 
 def build_local_wheels(cache: Path) -> Path:
@@ -89,8 +97,21 @@ def wheel_house(cache: Path, local: Path, arch: str, python: str, ver: str) -> t
     house.mkdir(parents=True)
     platforms = [arg for tag in GLIBC_TAGS for arg in ("--platform", f"manylinux_{tag}_{arch}")]
     platforms += ["--platform", f"manylinux2014_{arch}"]
-    proc = pip("download", "--quiet", "--dest", str(house), "--only-binary=:all:", "--find-links", str(local),
-               "--python-version", python, "--implementation", "cp", *platforms, f"fvagent[{EXTRAS}]=={ver}")
+    proc = pip(
+        "download",
+        "--quiet",
+        "--dest",
+        str(house),
+        "--only-binary=:all:",
+        "--find-links",
+        str(local),
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        *platforms,
+        f"fvagent[{EXTRAS}]=={ver}",
+    )
     if proc.returncode:
         shutil.rmtree(house)
         last = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
@@ -133,8 +154,7 @@ def bundle(arch: str, pythons: list[str], cache: Path, dist: Path, local: Path) 
                     os.link(wheel, target)  # same file system: no copy of 100 MB of wheels
                 except OSError:
                     shutil.copy2(wheel, target)
-    (stage / "bundle.txt").write_text(f"version={ver}\narch={arch}\npythons={' '.join(covered)}\n"
-                                      f"extras={EXTRAS}\n")
+    (stage / "bundle.txt").write_text(f"version={ver}\narch={arch}\npythons={' '.join(covered)}\nextras={EXTRAS}\n")
     sums = []
     for path in sorted(p for p in stage.rglob("*") if p.is_file()):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -156,8 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", nargs="+", choices=ARCHES, default=list(ARCHES))
     parser.add_argument("--python", nargs="+", choices=PYTHONS, default=list(PYTHONS))
     parser.add_argument("--dist", type=Path, default=ROOT / "dist", help="where the bundles go (default dist/)")
-    parser.add_argument("--cache", type=Path, default=ROOT / "build" / "release",
-                        help="downloads and staging, kept between runs (default build/release/)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / "build" / "release",
+        help="downloads and staging, kept between runs (default build/release/)",
+    )
     args = parser.parse_args(argv)
     local = build_local_wheels(args.cache)
     built = [bundle(arch, args.python, args.cache, args.dist, local) for arch in args.arch]

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.errors import ConfigError, DriverNotFound
+from core.errors import ConfigError, DriverNotFound
 from drivers.base import Driver
 
 GROUPS = {
@@ -51,16 +51,21 @@ def load_class(kind: str, name: str) -> type[Any]:
     ep = eps.get(name)
     if ep is None:
         installed = ", ".join(sorted(eps)) or "none"
-        raise DriverNotFound(f"no {kind} driver named {name!r}; installed: {installed}",
-                             hint="set driver to one of the installed names, or install the vendor's package")
+        raise DriverNotFound(
+            f"no {kind} driver named {name!r}; installed: {installed}",
+            hint="set driver to one of the installed names, or install the vendor's package",
+        )
     try:
         return ep.load()  # type: ignore[no-any-return]
     except ImportError as exc:
         missing = exc.name or str(exc)
         package = _PACKAGE_OF_MODULE.get(missing.split(".")[0])
         dist = getattr(getattr(ep, "dist", None), "name", None)
-        hint = (f"pip install {package} into fvagent's venv" if package else
-                f"install the package that provides {missing!r} into fvagent's venv")
+        hint = (
+            f"pip install {package} into fvagent's venv"
+            if package
+            else f"install the package that provides {missing!r} into fvagent's venv"
+        )
         if dist:
             hint += f" (reinstalling {dist} brings its dependencies)"
         raise DriverNotFound(f"{kind} driver {name!r} cannot load: module {missing!r} is missing", hint=hint) from exc

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import ConventionSettings, Settings, load_config
-from agent.errors import ConfigError
 from agent.uplink.conventions import Conventions
+from core.errors import ConfigError
 from tests.test_outbox_support import DEVICE_TOML
 
 APP_ID = "APP0001"
@@ -37,11 +37,27 @@ class Request:
         return self.headers.get("hmpt-portal-request-id", "")
 
 
-def envelope(request_id: str | None, *, code: int = 200, exception_code: str = "00000", msg: str = "成功",
-             return_time_s: float | None = None, **extra: Any) -> bytes:
-    return json.dumps({"code": code, "msg": msg, "exceptionCode": exception_code, "requestId": request_id,
-                       "returnTime": int((time.time() if return_time_s is None else return_time_s) * 1000),
-                       "data": None, **extra}, ensure_ascii=False).encode("utf-8")
+def envelope(
+    request_id: str | None,
+    *,
+    code: int = 200,
+    exception_code: str = "00000",
+    msg: str = "成功",
+    return_time_s: float | None = None,
+    **extra: Any,
+) -> bytes:
+    return json.dumps(
+        {
+            "code": code,
+            "msg": msg,
+            "exceptionCode": exception_code,
+            "requestId": request_id,
+            "returnTime": int((time.time() if return_time_s is None else return_time_s) * 1000),
+            "data": None,
+            **extra,
+        },
+        ensure_ascii=False,
+    ).encode("utf-8")
 
 
 def signed_headers(at: float | None = None) -> dict[str, str]:
@@ -136,7 +152,7 @@ class ForgedPlatform:
                 for i in range(len(reply)):
                     if self._stop.is_set():
                         return
-                    conn.sendall(reply[i:i + 1])
+                    conn.sendall(reply[i : i + 1])
                     self._stop.wait(pause)
             else:
                 conn.sendall(answer)
@@ -154,7 +170,9 @@ def agent_config(path: Path, *, url: str, state_dir: Path, timeout_s: float = 3.
     """Write an agent config for ``url`` at ``path`` and load it. Keys other branches may require
     for a loopback test platform (a plain-http permission, a test environment) are added only when
     the configuration asks for them, so the same test runs before and after those changes."""
-    text = DEVICE_TOML + f"""
+    text = (
+        DEVICE_TOML
+        + f"""
 [platform]
 base_url = "{url}"
 org_app_id = "{APP_ID}"
@@ -175,7 +193,9 @@ backoff_max_s = 0.5
 max_rps = 200
 concurrency = 1
 poll_interval_s = 0.2
-""" + extra
+"""
+        + extra
+    )
     platform_extra = ""
     for _ in range(3):
         path.write_text(text.replace("{platform_extra}", platform_extra), encoding="utf-8")

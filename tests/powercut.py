@@ -34,8 +34,13 @@ def mounted(backing: Path, mount: Path) -> Iterator[Path]:
     """tests/powercut_fs.py mounted at ``mount`` over ``backing`` while the block runs."""
     backing.mkdir(parents=True, exist_ok=True)
     mount.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "tests.powercut_fs", str(backing), str(mount)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.powercut_fs", str(backing), str(mount)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: os.path.ismount(mount) or proc.poll() is not None, 20, "the power-cut file system to mount")
         if proc.poll() is not None:
@@ -94,8 +99,9 @@ def run_cuts(cuts: int, workdir: Path, *, seed: int = 20261202, max_run_s: float
         for cycle in range(cuts):
             log = workdir / f"cycle-{cycle}.log"
             log.touch()
-            proc = subprocess.Popen([sys.executable, "-m", "tests.powercut", "worker", str(storage.dir), str(log),
-                                     str(next_n)], cwd=ROOT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.powercut", "worker", str(storage.dir), str(log), str(next_n)], cwd=ROOT
+            )
             try:
                 wait_for(lambda: log.stat().st_size > 0 or proc.poll() is not None, 60, "the writer's first commit")
                 # A random moment to die: a kill-and-cut is a point in time, not a condition to wait for.

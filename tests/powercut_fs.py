@@ -73,8 +73,10 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
                 st = os.lstat(self._real(path))
             except OSError as exc:
                 raise mfusepy.FuseOSError(exc.errno) from exc
-            attrs = {key: getattr(st, key) for key in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size",
-                                                      "st_atime", "st_mtime", "st_ctime")}
+            attrs = {
+                key: getattr(st, key)
+                for key in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime", "st_mtime", "st_ctime")
+            }
             for key in ("st_atime", "st_mtime", "st_ctime"):
                 attrs[key] = getattr(st, key + "_ns") if hasattr(st, key + "_ns") else attrs[key]
             state = self.cache.get(path)
@@ -132,8 +134,21 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
 
     def statfs(self, path: str) -> dict[str, int]:
         st = os.statvfs(self._real(path))
-        return {key: getattr(st, key) for key in ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail",
-                                                 "f_ffree", "f_files", "f_flag", "f_frsize", "f_namemax")}
+        return {
+            key: getattr(st, key)
+            for key in (
+                "f_bavail",
+                "f_bfree",
+                "f_blocks",
+                "f_bsize",
+                "f_favail",
+                "f_ffree",
+                "f_files",
+                "f_flag",
+                "f_frsize",
+                "f_namemax",
+            )
+        }
 
     # -- data ------------------------------------------------------------------------------------
     def create(self, path: str, mode: int, fi: Any = None) -> int:
@@ -161,7 +176,7 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
             while at < end:
                 number, inner = divmod(at, PAGE)
                 take = min(PAGE - inner, end - at)
-                out += self._page(path, state, number)[inner:inner + take]
+                out += self._page(path, state, number)[inner : inner + take]
                 at += take
             return bytes(out)
 
@@ -175,7 +190,7 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
             while view:
                 number, inner = divmod(at, PAGE)
                 take = min(PAGE - inner, len(view))
-                self._page(path, state, number)[inner:inner + take] = view[:take]
+                self._page(path, state, number)[inner : inner + take] = view[:take]
                 at += take
                 view = view[take:]
             state.size = max(state.size, offset + len(data))
@@ -189,7 +204,7 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
             last = length // PAGE
             if length % PAGE and length < state.size:
                 page = self._page(path, state, last)
-                page[length % PAGE:] = b"\0" * (PAGE - length % PAGE)
+                page[length % PAGE :] = b"\0" * (PAGE - length % PAGE)
             if length > state.size:  # growing: the pages between read as zeros
                 for number in range(state.size // PAGE, (length + PAGE - 1) // PAGE):
                     page = self._page(path, state, number)
@@ -230,7 +245,7 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
             for number, page in sorted(state.pages.items()):
                 start = number * PAGE
                 if start < state.size:
-                    os.pwrite(fd, bytes(page[:min(PAGE, state.size - start)]), start)
+                    os.pwrite(fd, bytes(page[: min(PAGE, state.size - start)]), start)
             os.ftruncate(fd, state.size)
             os.fsync(fd)
         finally:
@@ -246,8 +261,7 @@ class PowerCutFS(mfusepy.Operations):  # type: ignore[misc]
 def main(argv: list[str]) -> int:
     backing, mountpoint = Path(argv[0]).resolve(), argv[1]
     (backing / CUT_NAME.lstrip("/")).touch()  # writing to it is the cut
-    mfusepy.FUSE(PowerCutFS(backing), mountpoint, foreground=True, attr_timeout=0, entry_timeout=0,
-                 negative_timeout=0)
+    mfusepy.FUSE(PowerCutFS(backing), mountpoint, foreground=True, attr_timeout=0, entry_timeout=0, negative_timeout=0)
     return 0
 
 

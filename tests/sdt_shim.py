@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from drivers.base import IdCard
+from core.card import IdCard
 from drivers.card_reader import codec
 
 SOURCE = r"""
@@ -145,8 +145,7 @@ def build(directory: Path, *defines: str) -> Path:
     src = directory / "sdt_shim.c"
     src.write_text(SOURCE)
     out = directory / ("libsdt_shim" + "".join(f"_{d.lower()}" for d in defines) + ".so")
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", *(f"-D{d}" for d in defines), "-o", str(out), str(src)],
-                   check=True)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", *(f"-D{d}" for d in defines), "-o", str(out), str(src)], check=True)
     return out
 
 

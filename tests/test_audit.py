@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from agent.audit import signing
-from agent.audit.export import export, verify_export
+from agent.audit.export import verify_export
 from agent.audit.verify import verify_outbox
 from agent.cli import main
-from agent.errors import AuditError, CryptoError
 from agent.outbox import Outbox, chain, schema
 from agent.outbox.keys import DataKey
 from agent.outbox.retention import DAY_S
+from core.errors import AuditError, CryptoError
 from tests.test_outbox_support import record, storage, write_config
 from tests.waiting import wait_for
 
@@ -51,13 +51,22 @@ def outbox(tmp_path: Path, clock: Clock) -> Iterator[Outbox]:
 
 def _fill(box: Outbox) -> dict[str, int]:
     """One record through each path: sent, rejected, deferred, held then released, resolved, retried."""
-    ids = {name: box.enqueue(record(i), meta={"source": "relay", "reason": "ok", "distance": 0.3 + i / 100})
-           for i, name in enumerate(("sent", "rejected", "deferred", "resolved", "undone"))}
-    ids["held"] = box.enqueue(record(9), held_reason="waiting for a WLT decoder", raw_wlt=b"\x07" * 32,
-                              meta={"source": "relay"})
+    ids = {
+        name: box.enqueue(record(i), meta={"source": "relay", "reason": "ok", "distance": 0.3 + i / 100})
+        for i, name in enumerate(("sent", "rejected", "deferred", "resolved", "undone"))
+    }
+    ids["held"] = box.enqueue(
+        record(9), held_reason="waiting for a WLT decoder", raw_wlt=b"\x07" * 32, meta={"source": "relay"}
+    )
     claims = {c.id: c for c in box.claim(10)}
-    box.finish(claims[ids["sent"]], "accepted", message="成功", request_id="R-1", http_status=200,
-               return_time_ms=1_750_000_000_123)
+    box.finish(
+        claims[ids["sent"]],
+        "accepted",
+        message="成功",
+        request_id="R-1",
+        http_status=200,
+        return_time_ms=1_750_000_000_123,
+    )
     box.finish(claims[ids["rejected"]], "rejected", message="身份证号格式错误", request_id="R-2", http_status=200)
     box.finish(claims[ids["deferred"]], "retryable", message="timeout", next_attempt_at=0)
     box.finish(claims[ids["resolved"]], "rejected", message="bad", request_id="R-3")
@@ -84,22 +93,35 @@ def _sql(box: Outbox, *statements: str, args: tuple[Any, ...] = ()) -> None:
 
 # -- a clean chain -----------------------------------------------------------------------------------
 
+
 def test_every_state_change_is_an_event_and_the_chain_verifies(outbox: Outbox) -> None:
     ids = _fill(outbox)
     report = verify_outbox(outbox)
     assert report.ok, report.problems
     assert report.records == 6 and report.upgraded == 0
     conn = sqlite3.connect(outbox.path)
-    kinds = [k for k, in conn.execute("SELECT kind FROM chain WHERE record_id = ? ORDER BY seq", (ids["sent"],))]
+    kinds = [k for (k,) in conn.execute("SELECT kind FROM chain WHERE record_id = ? ORDER BY seq", (ids["sent"],))]
     assert kinds == ["committed", "attempt", "sent"]
     body = json.loads(conn.execute("SELECT body FROM chain WHERE kind = 'sent'").fetchone()[0])
     assert body["request_id"] == "R-1" and body["return_time_ms"] == 1_750_000_000_123
-    rejected = json.loads(conn.execute("SELECT body FROM chain WHERE kind = 'rejected' AND record_id = ?",
-                                       (ids["rejected"],)).fetchone()[0])
+    rejected = json.loads(
+        conn.execute("SELECT body FROM chain WHERE kind = 'rejected' AND record_id = ?", (ids["rejected"],)).fetchone()[
+            0
+        ]
+    )
     assert rejected["message"] == "身份证号格式错误"
-    all_kinds = {k for k, in conn.execute("SELECT kind FROM chain")}
-    assert {"committed", "attempt", "sent", "rejected", "deferred", "attempt_undone", "resolved", "requeued",
-            "released"} <= all_kinds
+    all_kinds = {k for (k,) in conn.execute("SELECT kind FROM chain")}
+    assert {
+        "committed",
+        "attempt",
+        "sent",
+        "rejected",
+        "deferred",
+        "attempt_undone",
+        "resolved",
+        "requeued",
+        "released",
+    } <= all_kinds
     conn.close()
     assert report.events == sum(1 for _ in sqlite3.connect(outbox.path).execute("SELECT 1 FROM chain"))
     head = chain.read_head_file(chain.head_file(outbox.storage.dir))
@@ -118,10 +140,12 @@ def test_holding_simulated_records_and_hand_over_marks_are_events(outbox: Outbox
     assert report.ok, report.problems
     conn = sqlite3.connect(outbox.path)
     held = conn.execute("SELECT body FROM chain WHERE kind = 'held' AND record_id = ?", (simulated,)).fetchall()
-    assert [json.loads(b)["reason"] for b, in held] == [SIMULATED_HELD_REASON]
-    assert conn.execute("SELECT COUNT(*) FROM chain WHERE kind = 'handover' AND record_id = ?",
-                        (failed,)).fetchone()[0] == 1
-    assert "李护士" not in "".join(b for b, in conn.execute("SELECT body FROM chain"))  # the name stays sealed
+    assert [json.loads(b)["reason"] for (b,) in held] == [SIMULATED_HELD_REASON]
+    assert (
+        conn.execute("SELECT COUNT(*) FROM chain WHERE kind = 'handover' AND record_id = ?", (failed,)).fetchone()[0]
+        == 1
+    )
+    assert "李护士" not in "".join(b for (b,) in conn.execute("SELECT body FROM chain"))  # the name stays sealed
     conn.close()
     _sql(outbox, "UPDATE records SET state = 'pending', held_reason = NULL WHERE id = ?", args=(simulated,))
     assert "state changed outside the agent" in _problem(outbox)
@@ -164,42 +188,57 @@ def test_a_crash_in_sending_is_requeued_in_the_chain(tmp_path: Path, clock: Cloc
 
 # -- tampering ---------------------------------------------------------------------------------------
 
+
 def test_a_state_flipped_with_sqlite3_is_found(outbox: Outbox) -> None:
     ids = _fill(outbox)
     _sql(outbox, f"UPDATE records SET state = 'sent', sent_at = 1 WHERE id = {ids['deferred']}")
-    assert _problem(outbox) == (f"record {ids['deferred']}: state is 'sent' in the database but 'pending' by its "
-                                "events: state changed outside the agent")
+    assert _problem(outbox) == (
+        f"record {ids['deferred']}: state is 'sent' in the database but 'pending' by its "
+        "events: state changed outside the agent"
+    )
 
 
 def test_an_attempt_rewritten_with_sqlite3_is_found(outbox: Outbox) -> None:
     ids = _fill(outbox)
     _sql(outbox, f"UPDATE attempts SET outcome = 'accepted', request_id = 'R-FAKE' WHERE record_id = {ids['rejected']}")
-    assert _problem(outbox) == (f"record {ids['rejected']}: upload attempt 1 is ('accepted', 'R-FAKE') in the database "
-                                "but ('rejected', 'R-2') by its events (outcome, requestId): changed outside the agent")
+    assert _problem(outbox) == (
+        f"record {ids['rejected']}: upload attempt 1 is ('accepted', 'R-FAKE') in the database "
+        "but ('rejected', 'R-2') by its events (outcome, requestId): changed outside the agent"
+    )
 
 
 def test_a_state_changed_by_hand_stays_found_after_the_agent_acts_on_it(outbox: Outbox) -> None:
     ids = _fill(outbox)
     _sql(outbox, f"UPDATE records SET state = 'rejected' WHERE id = {ids['deferred']}")
     outbox.resolve(ids["deferred"], request_id="R-X", message="by hand")  # now sent, as its events go on to say
-    assert _problem(outbox).endswith(f"found record {ids['deferred']} 'pending' by its events, not 'rejected': its "
-                                     "state was changed outside the agent before the agent acted on it")
+    assert _problem(outbox).endswith(
+        f"found record {ids['deferred']} 'pending' by its events, not 'rejected': its "
+        "state was changed outside the agent before the agent acted on it"
+    )
 
 
 def test_a_score_edited_with_the_sqlite3_command_line_is_found(outbox: Outbox) -> None:
     ids = _fill(outbox)
-    subprocess.run(["sqlite3", str(outbox.path),
-                    f"UPDATE records SET meta = json_set(meta, '$.distance', 0.01) WHERE id = {ids['sent']}"],
-                   check=True, timeout=30)
+    subprocess.run(
+        [
+            "sqlite3",
+            str(outbox.path),
+            f"UPDATE records SET meta = json_set(meta, '$.distance', 0.01) WHERE id = {ids['sent']}",
+        ],
+        check=True,
+        timeout=30,
+    )
     assert _problem(outbox).startswith(f"record {ids['sent']} altered: its time, meta (face result, score)")
 
 
 def test_a_deleted_row_is_found(outbox: Outbox) -> None:
     ids = _fill(outbox)
-    _sql(outbox, f"DELETE FROM payloads WHERE record_id = {ids['rejected']}",
-         f"DELETE FROM records WHERE id = {ids['rejected']}")
-    assert _problem(outbox) == (f"record {ids['rejected']} missing: deleted outside the agent (its events say "
-                                "pending)")
+    _sql(
+        outbox,
+        f"DELETE FROM payloads WHERE record_id = {ids['rejected']}",
+        f"DELETE FROM records WHERE id = {ids['rejected']}",
+    )
+    assert _problem(outbox) == (f"record {ids['rejected']} missing: deleted outside the agent (its events say pending)")
 
 
 def test_deleted_last_events_are_a_truncated_tail(outbox: Outbox) -> None:
@@ -221,12 +260,13 @@ def test_an_event_rewritten_is_found_even_with_its_digests_recomputed(outbox: Ou
     conn = sqlite3.connect(outbox.path)
     conn.execute("UPDATE chain SET body = replace(body, 'R-1', 'R-9') WHERE kind = 'sent'")
     conn.commit()
-    seq, = conn.execute("SELECT seq FROM chain WHERE kind = 'sent'").fetchone()
+    (seq,) = conn.execute("SELECT seq FROM chain WHERE kind = 'sent'").fetchone()
     assert _problem(outbox).startswith(f"event {seq} (sent, record 1) altered")
     # An intruder who knows the scheme recomputes every digest after it: the signed head still differs.
     prev = conn.execute("SELECT digest FROM chain WHERE seq = ?", (seq - 1,)).fetchone()[0]
-    for s, rid, kind, at, body in conn.execute("SELECT seq, record_id, kind, at, body FROM chain WHERE seq >= ? "
-                                               "ORDER BY seq", (seq,)).fetchall():
+    for s, rid, kind, at, body in conn.execute(
+        "SELECT seq, record_id, kind, at, body FROM chain WHERE seq >= ? ORDER BY seq", (seq,)
+    ).fetchall():
         prev = chain.event_digest(prev, s, rid, kind, at, body)
         conn.execute("UPDATE chain SET digest = ? WHERE seq = ?", (prev, s))
     head = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'chain.head'").fetchone()[0])
@@ -244,9 +284,12 @@ def test_an_event_rewritten_is_found_even_with_its_digests_recomputed(outbox: Ou
 def test_two_swapped_payloads_are_found(outbox: Outbox) -> None:
     ids = _fill(outbox)
     a, b = ids["sent"], ids["deferred"]
-    _sql(outbox, f"UPDATE payloads SET record_id = -1 WHERE record_id = {a}",
-         f"UPDATE payloads SET record_id = {a} WHERE record_id = {b}",
-         f"UPDATE payloads SET record_id = {b} WHERE record_id = -1")
+    _sql(
+        outbox,
+        f"UPDATE payloads SET record_id = -1 WHERE record_id = {a}",
+        f"UPDATE payloads SET record_id = {a} WHERE record_id = {b}",
+        f"UPDATE payloads SET record_id = {b} WHERE record_id = -1",
+    )
     assert _problem(outbox) == f"record {a} altered: its sealed data is not the one committed"
 
 
@@ -254,8 +297,8 @@ def test_swapped_photos_alone_are_found(outbox: Outbox) -> None:
     ids = _fill(outbox)
     a, b = ids["sent"], ids["deferred"]
     conn = sqlite3.connect(outbox.path)
-    pa, = conn.execute("SELECT photos FROM payloads WHERE record_id = ?", (a,)).fetchone()
-    pb, = conn.execute("SELECT photos FROM payloads WHERE record_id = ?", (b,)).fetchone()
+    (pa,) = conn.execute("SELECT photos FROM payloads WHERE record_id = ?", (a,)).fetchone()
+    (pb,) = conn.execute("SELECT photos FROM payloads WHERE record_id = ?", (b,)).fetchone()
     conn.execute("UPDATE payloads SET photos = ? WHERE record_id = ?", (pb, a))
     conn.execute("UPDATE payloads SET photos = ? WHERE record_id = ?", (pa, b))
     conn.commit()
@@ -277,7 +320,7 @@ def test_an_old_copy_of_the_file_put_back_is_found(tmp_path: Path, clock: Clock)
     old = tmp_path / "old-copy.db"
     shutil.copy(settings.dir / "outbox.db", old)  # closed cleanly: the WAL is folded in
     with Outbox.open(settings, clock=clock) as box:
-        claim, = box.claim(1)
+        (claim,) = box.claim(1)
         box.finish(claim, "accepted", message="成功", request_id="R-1")
     for side in ("-wal", "-shm"):
         (settings.dir / f"outbox.db{side}").unlink(missing_ok=True)
@@ -302,6 +345,7 @@ def test_a_deleted_head_file_is_found(outbox: Outbox) -> None:
 
 
 # -- the command, the daemon's check, status and doctor -------------------------------------------------
+
 
 def _config(tmp_path: Path) -> Path:
     return write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "state")
@@ -367,8 +411,10 @@ def test_status_and_doctor_show_old_unsent_records_and_damaged_copies(tmp_path: 
 
 # -- exports -----------------------------------------------------------------------------------------
 
+
 def test_export_is_masked_signed_and_verifies_with_the_public_key_only(
-        tmp_path: Path, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = _config(tmp_path)
     with Outbox.open(storage(tmp_path), clock=lambda: 1_750_000_000.0 + clock()) as box:
         _fill(box)
@@ -413,24 +459,30 @@ def test_export_is_masked_signed_and_verifies_with_the_public_key_only(
     assert not signing.verify(pubkey, b"x", lines[-1]["signature"])
 
 
-def test_full_export_needs_root_or_the_full_data_token(tmp_path: Path, clock: Clock,
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_full_export_needs_root_or_the_full_data_token(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = _config(tmp_path)
     text = config.read_text(encoding="utf-8")
-    config.write_text(text + '\n[local_api]\ntoken = "t-operator-0123456789"\nfull_data_token = '
-                      '"t-full-0123456789abcdef"\n', encoding="utf-8")
+    config.write_text(
+        text + '\n[local_api]\ntoken = "t-operator-0123456789"\nfull_data_token = "t-full-0123456789abcdef"\n',
+        encoding="utf-8",
+    )
     with Outbox.open(storage(tmp_path), clock=lambda: 1_750_000_000.0 + clock()) as box:
         box.enqueue(record(1))
     signing.ensure(tmp_path / "state")
     monkeypatch.setattr("os.geteuid", lambda: 1000)
-    assert main(["audit", "export", "--config", str(config), "--since", "2020-01-01", "--full",
-                 str(tmp_path / "a.jsonl")]) == 1
+    assert (
+        main(["audit", "export", "--config", str(config), "--since", "2020-01-01", "--full", str(tmp_path / "a.jsonl")])
+        == 1
+    )
     assert "needs root or the full-data token" in capsys.readouterr().err
     assert not (tmp_path / "a.jsonl").exists()
     monkeypatch.setenv("FVAGENT_FULL_DATA_TOKEN", "t-full-0123456789abcdef")
-    assert main(["audit", "export", "--config", str(config), "--since", "2020-01-01", "--full",
-                 str(tmp_path / "a.jsonl")]) == 0
+    assert (
+        main(["audit", "export", "--config", str(config), "--since", "2020-01-01", "--full", str(tmp_path / "a.jsonl")])
+        == 0
+    )
     line = json.loads((tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()[1])
     assert line["record"]["cardNo"] == record(1)["cardNo"] and line["record"]["headImg"]
     assert (tmp_path / "a.jsonl").stat().st_mode & 0o777 == 0o600
@@ -456,15 +508,36 @@ def test_sm2_signatures_check_with_openssl(tmp_path: Path) -> None:
     point = bytes.fromhex(key.public_key)
     spki = bytes.fromhex("3059301306072a8648ce3d020106082a811ccf5501822d034200") + point
     (tmp_path / "pub.der").write_bytes(spki)
-    done = subprocess.run([openssl, "pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "pub.der"),
-                           "-keyform", "DER", "-rawin", "-digest", "sm3", "-in", str(tmp_path / "msg"),
-                           "-sigfile", str(tmp_path / "sig.der"), "-pkeyopt", "distid:1234567812345678"],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [
+            openssl,
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            str(tmp_path / "pub.der"),
+            "-keyform",
+            "DER",
+            "-rawin",
+            "-digest",
+            "sm3",
+            "-in",
+            str(tmp_path / "msg"),
+            "-sigfile",
+            str(tmp_path / "sig.der"),
+            "-pkeyopt",
+            "distid:1234567812345678",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Signature Verified Successfully" in done.stdout
 
 
 # -- the upgrade of an outbox the previous release wrote ----------------------------------------------
+
 
 def test_an_outbox_of_the_previous_release_is_chained_in_place(tmp_path: Path) -> None:
     state = tmp_path / "state"
@@ -482,11 +555,11 @@ def test_an_outbox_of_the_previous_release_is_chained_in_place(tmp_path: Path) -
         assert "4 of them chained from upgrade" in report.summary()
         rows = box._conn.execute("SELECT id, state, request_id, attempts FROM records ORDER BY id").fetchall()
         assert rows == before
-        notes = [json.loads(b)["note"] for b, in box._conn.execute("SELECT body FROM chain WHERE kind = 'upgraded'")]
+        notes = [json.loads(b)["note"] for (b,) in box._conn.execute("SELECT body FROM chain WHERE kind = 'upgraded'")]
         assert notes == [chain.UPGRADE_NOTE] * 4
         assert box.payload(1)["machineCode"] == "TS0001"
         # Life goes on after the upgrade: the pending record is sent, the chain still verifies.
-        claim, = box.claim(1)
+        (claim,) = box.claim(1)
         box.finish(claim, "accepted", message="成功", request_id="R-after")
         assert verify_outbox(box).ok
     with Outbox.open(storage(tmp_path)) as box:  # opened again: nothing chained twice
@@ -503,8 +576,10 @@ def test_an_outbox_of_the_previous_release_is_chained_in_place(tmp_path: Path) -
 
 # -- key rotation ------------------------------------------------------------------------------------
 
+
 def test_rotate_key_new_records_under_the_new_key_old_ones_readable_until_purged(
-        tmp_path: Path, clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
     from agent.outbox.keys import key_path
     from agent.outbox.rotation import load_retired, retired_path
 
@@ -513,7 +588,7 @@ def test_rotate_key_new_records_under_the_new_key_old_ones_readable_until_purged
     with Outbox.open(settings, clock=clock) as box:
         old_sent = box.enqueue(record(1))
         old_pending = box.enqueue(record(2))
-        claim, = box.claim(1)
+        (claim,) = box.claim(1)
         box.finish(claim, "accepted", message="成功", request_id="R-1")
     old_key = key_path(settings).read_text()
     assert main(["outbox", "rotate-key", "--config", str(config)]) == 0
@@ -530,15 +605,16 @@ def test_rotate_key_new_records_under_the_new_key_old_ones_readable_until_purged
         assert report.ok, report.problems
         # The old key opens nothing new: the new record is sealed under the new key only.
         old = DataKey(bytes.fromhex(old_key.strip()), "old")
-        uid, data = box._conn.execute("SELECT r.uid, p.data FROM records r JOIN payloads p ON p.record_id = r.id "
-                                      "WHERE r.id = ?", (new,)).fetchone()
+        uid, data = box._conn.execute(
+            "SELECT r.uid, p.data FROM records r JOIN payloads p ON p.record_id = r.id WHERE r.id = ?", (new,)
+        ).fetchone()
         with pytest.raises(CryptoError):
             old.open(data, f"fvagent-outbox:{uid}:data".encode("ascii"))
         box.housekeeping(clock.now + 3 * DAY_S, uptime_s=10 * DAY_S)
         assert box.get(old_sent) is None and verify_outbox(box).ok
     # The next rotation keeps the first retired key only while a record still uses it.
     with Outbox.open(settings, clock=clock) as box:
-        claim, = box.claim(1)
+        (claim,) = box.claim(1)
         box.finish(claim, "accepted", message="成功", request_id="R-2")
         box.housekeeping(clock.now + 3 * DAY_S, uptime_s=10 * DAY_S)
         assert box.get(old_pending) is None
@@ -549,8 +625,9 @@ def test_rotate_key_new_records_under_the_new_key_old_ones_readable_until_purged
         assert box.payload(new) == record(3) and verify_outbox(box).ok
 
 
-def test_rotate_key_refuses_while_the_outbox_is_in_use(tmp_path: Path, clock: Clock,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_rotate_key_refuses_while_the_outbox_is_in_use(
+    tmp_path: Path, clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = _config(tmp_path)
     with Outbox.open(storage(tmp_path), clock=clock) as box:
         box.enqueue(record(1))
@@ -559,11 +636,12 @@ def test_rotate_key_refuses_while_the_outbox_is_in_use(tmp_path: Path, clock: Cl
         assert box.payload(1) == record(1)
 
 
-def test_an_interrupted_rotation_is_finished_by_running_it_again(tmp_path: Path, clock: Clock,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.errors import KeyFileError
+def test_an_interrupted_rotation_is_finished_by_running_it_again(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from agent.outbox import rotation
     from agent.outbox.keys import key_path
+    from core.errors import KeyFileError
 
     settings = storage(tmp_path)
     with Outbox.open(settings, clock=clock) as box:
@@ -601,20 +679,29 @@ def test_the_uploader_s_real_path_leaves_a_chain_that_verifies(tmp_path: Path) -
     def rule(request: httpx.Request, body: dict[str, Any]) -> httpx.Response | None:
         if body.get("cardNo") == record(1)["cardNo"]:
             return platform.envelope(request, code=500, exception_code="A2301", msg="参数错误: cardNo")
-        if body.get("cardNo") == record(2)["cardNo"] and [b.get("cardNo") for b in platform.uploads()].count(
-                record(2)["cardNo"]) == 1:  # its first attempt fails, its second goes through
+        if (
+            body.get("cardNo") == record(2)["cardNo"]
+            and [b.get("cardNo") for b in platform.uploads()].count(record(2)["cardNo"]) == 1
+        ):  # its first attempt fails, its second goes through
             return httpx.Response(503)
         return None
 
     platform.rule = rule
 
-    settings = load_config(write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "state",
-                                        url="http://platform.test/api"), validate_drivers=False)
+    settings = load_config(
+        write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "state", url="http://platform.test/api"),
+        validate_drivers=False,
+    )
     with Outbox.open(settings.storage) as box:
         for n in range(4):
             box.enqueue(record(n))
-        up = Uploader(box, lambda p: PlatformClient(p, transport=httpx.MockTransport(platform)), settings.platform,
-                      settings.uploader, settings.device)
+        up = Uploader(
+            box,
+            lambda p: PlatformClient(p, transport=httpx.MockTransport(platform)),
+            settings.platform,
+            settings.uploader,
+            settings.device,
+        )
         try:
             # the deferred record is due again after its backoff (0.05-0.5 s in this config)
             wait_for(lambda: up.drain_once() >= 0 and not box.stats()["pending"], 20, "every record answered")
@@ -623,9 +710,9 @@ def test_the_uploader_s_real_path_leaves_a_chain_that_verifies(tmp_path: Path) -
         assert box.stats()["sent"] == 3 and box.stats()["rejected"] == 1
         report = verify_outbox(box)
         assert report.ok, report.problems
-        sent = [json.loads(b) for b, in box._conn.execute("SELECT body FROM chain WHERE kind = 'sent'")]
+        sent = [json.loads(b) for (b,) in box._conn.execute("SELECT body FROM chain WHERE kind = 'sent'")]
         assert all(s["request_id"] and s["return_time_ms"] for s in sent)
-        kinds = {k for k, in box._conn.execute("SELECT kind FROM chain")}
+        kinds = {k for (k,) in box._conn.execute("SELECT kind FROM chain")}
         assert {"deferred", "rejected", "sent"} <= kinds
 
 

@@ -10,8 +10,13 @@ import httpx
 import pytest
 
 from agent.config import AuthSettings
-from agent.errors import AuthError
-from agent.uplink.auth import AccessTokenAuth, OAuth2ClientCredentials, StaticAuth, make_provider
+from agent.uplink.auth import (
+    AccessTokenAuth,
+    OAuth2ClientCredentials,
+    StaticAuth,
+    make_provider,
+)
+from core.errors import AuthError
 
 TOKEN_URL = "http://127.0.0.1:9/auth/accesstoken/create"
 OAUTH_URL = "http://127.0.0.1:9/connect/token"
@@ -30,7 +35,9 @@ class TokenEndpoint:
 
     def __init__(self, reply=None) -> None:  # type: ignore[no-untyped-def]
         self.requests: list[httpx.Request] = []
-        self.reply = reply or (lambda n, req: httpx.Response(200, json={"access_token": f"token-{n}", "expires_in": 7200}))
+        self.reply = reply or (
+            lambda n, req: httpx.Response(200, json={"access_token": f"token-{n}", "expires_in": 7200})
+        )
         self.lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -86,7 +93,7 @@ def test_token_is_cached_until_the_refresh_margin_then_refreshed() -> None:
     clock.t += 7200 - 301
     assert p.authorization() == "token-1"
     assert len(ep.requests) == 1
-    clock.t += 2                              # now inside the margin: refresh ahead of expiry
+    clock.t += 2  # now inside the margin: refresh ahead of expiry
     assert p.authorization() == "token-2"
     assert len(ep.requests) == 2
 
@@ -100,22 +107,31 @@ def test_token_without_expiry_lives_one_day_by_default_and_the_margin_is_capped(
     clock.t += 2
     assert p.authorization() == "t2"
     # a 60 s token with a 300 s margin: refreshed at half its life, not on every call
-    ep2, clock2 = TokenEndpoint(lambda n, r: httpx.Response(200, json={"access_token": f"u{n}", "expires_in": 60})), Clock()
+    ep2, clock2 = (
+        TokenEndpoint(lambda n, r: httpx.Response(200, json={"access_token": f"u{n}", "expires_in": 60})),
+        Clock(),
+    )
     p2 = make_provider(token_settings(refresh_margin_s=300), client=ep2.client(), clock=clock2)
     assert [p2.authorization() for _ in range(5)] == ["u1"] * 5
     clock2.t += 31
     assert p2.authorization() == "u2"
 
 
-@pytest.mark.parametrize(("body", "field", "expires_field"), [
-    ({"data": {"access_token": "nested", "expires_in": 100}}, "access_token", "expires_in"),
-    ({"code": 200, "result": {"token": "nested"}, "ttl": 100}, "result.token", "ttl"),
-    ({"accessToken": "nested", "expiresIn": "100"}, "accessToken", "expiresIn"),
-])
+@pytest.mark.parametrize(
+    ("body", "field", "expires_field"),
+    [
+        ({"data": {"access_token": "nested", "expires_in": 100}}, "access_token", "expires_in"),
+        ({"code": 200, "result": {"token": "nested"}, "ttl": 100}, "result.token", "ttl"),
+        ({"accessToken": "nested", "expiresIn": "100"}, "accessToken", "expiresIn"),
+    ],
+)
 def test_token_field_names_are_settings(body: dict, field: str, expires_field: str) -> None:
     ep, clock = TokenEndpoint(lambda n, r: httpx.Response(200, json=body)), Clock()
-    p = make_provider(token_settings(token_field=field, token_expires_field=expires_field, refresh_margin_s=0),
-                      client=ep.client(), clock=clock)
+    p = make_provider(
+        token_settings(token_field=field, token_expires_field=expires_field, refresh_margin_s=0),
+        client=ep.client(),
+        clock=clock,
+    )
     assert p.authorization() == "nested"
     clock.t += 99
     p.authorization()
@@ -148,26 +164,29 @@ def test_failed_early_refresh_keeps_the_still_valid_token_then_fails_after_expir
     ep = TokenEndpoint(reply)
     p = make_provider(token_settings(refresh_margin_s=300), client=ep.client(), clock=clock)
     assert p.authorization() == "only"
-    clock.t += 800                             # inside the margin, endpoint down: keep the old token
+    clock.t += 800  # inside the margin, endpoint down: keep the old token
     assert p.authorization() == "only"
-    clock.t += 201                             # expired: no token to fall back on
+    clock.t += 201  # expired: no token to fall back on
     with pytest.raises(AuthError) as err:
         p.authorization()
     assert err.value.retryable is True
 
 
-@pytest.mark.parametrize(("response", "retryable", "words"), [
-    (httpx.Response(500), True, "HTTP 500"),
-    (httpx.Response(429), True, "HTTP 429"),
-    (httpx.Response(401, json={"error": "invalid_client"}), False, "invalid_client"),
-    (httpx.Response(403), False, "refused the credentials"),
-    (httpx.Response(400, json={"error": "invalid_grant"}), False, "invalid_grant"),
-    (httpx.Response(302, headers={"Location": "/login"}), False, "redirect"),
-    (httpx.Response(200, text="<html>gateway</html>"), True, "not JSON"),
-    (httpx.Response(200, json=["a"]), True, "not an object"),
-    (httpx.Response(200, json={"code": 1001, "msg": "appKey invalid"}), False, "appKey invalid"),
-    (httpx.Response(200, json={"token": "x"}), False, "token_field"),
-])
+@pytest.mark.parametrize(
+    ("response", "retryable", "words"),
+    [
+        (httpx.Response(500), True, "HTTP 500"),
+        (httpx.Response(429), True, "HTTP 429"),
+        (httpx.Response(401, json={"error": "invalid_client"}), False, "invalid_client"),
+        (httpx.Response(403), False, "refused the credentials"),
+        (httpx.Response(400, json={"error": "invalid_grant"}), False, "invalid_grant"),
+        (httpx.Response(302, headers={"Location": "/login"}), False, "redirect"),
+        (httpx.Response(200, text="<html>gateway</html>"), True, "not JSON"),
+        (httpx.Response(200, json=["a"]), True, "not an object"),
+        (httpx.Response(200, json={"code": 1001, "msg": "appKey invalid"}), False, "appKey invalid"),
+        (httpx.Response(200, json={"token": "x"}), False, "token_field"),
+    ],
+)
 def test_token_endpoint_failures_say_whether_to_retry(response: httpx.Response, retryable: bool, words: str) -> None:
     p = make_provider(token_settings(), client=TokenEndpoint(lambda n, r: response).client())
     with pytest.raises(AuthError, match=words) as err:
@@ -176,7 +195,9 @@ def test_token_endpoint_failures_say_whether_to_retry(response: httpx.Response, 
     assert "s3cret" not in str(err.value)
 
 
-@pytest.mark.parametrize("exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("cut")])
+@pytest.mark.parametrize(
+    "exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("cut")]
+)
 def test_token_endpoint_network_errors_are_retryable(exc: Exception) -> None:
     def boom(n: int, r: httpx.Request) -> httpx.Response:
         raise exc
@@ -214,22 +235,30 @@ def test_concurrent_callers_cause_one_fetch() -> None:
 
 
 def test_oauth2_posts_the_client_credentials_form_and_sends_bearer() -> None:
-    ep = TokenEndpoint(lambda n, r: httpx.Response(
-        200, json={"access_token": f"at-{n}", "expires_in": 3600, "token_type": "Bearer", "scope": "upload"}))
+    ep = TokenEndpoint(
+        lambda n, r: httpx.Response(
+            200, json={"access_token": f"at-{n}", "expires_in": 3600, "token_type": "Bearer", "scope": "upload"}
+        )
+    )
     p = make_provider(oauth_settings(scope="upload"), client=ep.client())
     assert isinstance(p, OAuth2ClientCredentials)
     assert p.authorization() == "bearer at-1"
     req = ep.requests[0]
     assert req.method == "POST"
     assert req.headers["content-type"] == "application/x-www-form-urlencoded"
-    assert parse_qs(req.content.decode()) == {"grant_type": ["client_credentials"], "client_id": ["fvagent-01"],
-                                              "client_secret": ["c-secret"], "scope": ["upload"]}
+    assert parse_qs(req.content.decode()) == {
+        "grant_type": ["client_credentials"],
+        "client_id": ["fvagent-01"],
+        "client_secret": ["c-secret"],
+        "scope": ["upload"],
+    }
 
 
 def test_oauth2_without_scope_omits_it_and_honours_expires_in() -> None:
     clock = Clock()
-    ep = TokenEndpoint(lambda n, r: httpx.Response(200, json={"access_token": f"at-{n}", "expires_in": 1200,
-                                                              "token_type": "bearer"}))
+    ep = TokenEndpoint(
+        lambda n, r: httpx.Response(200, json={"access_token": f"at-{n}", "expires_in": 1200, "token_type": "bearer"})
+    )
     p = make_provider(oauth_settings(refresh_margin_s=60), client=ep.client(), clock=clock)
     assert p.authorization() == "bearer at-1"
     assert "scope" not in parse_qs(ep.requests[0].content.decode())
@@ -242,8 +271,11 @@ def test_oauth2_without_scope_omits_it_and_honours_expires_in() -> None:
 
 
 def test_oauth2_refused_client_is_not_retryable() -> None:
-    ep = TokenEndpoint(lambda n, r: httpx.Response(400, content=json.dumps({"error": "invalid_client"}).encode(),
-                                                   headers={"content-type": "application/json"}))
+    ep = TokenEndpoint(
+        lambda n, r: httpx.Response(
+            400, content=json.dumps({"error": "invalid_client"}).encode(), headers={"content-type": "application/json"}
+        )
+    )
     p = make_provider(oauth_settings(), client=ep.client())
     with pytest.raises(AuthError, match="client_id/client_secret|invalid_client") as err:
         p.authorization()

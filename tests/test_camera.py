@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.errors import ConfigError, DeviceNotFound, DeviceTimeout, DriverError
+from core.errors import ConfigError, DeviceNotFound, DeviceTimeout, DriverError
 from drivers import registry
 from drivers.base import Camera
 from tests.waiting import wait_for
@@ -46,13 +46,14 @@ def write_video(path: Path, levels: list[int], size: tuple[int, int] = (160, 120
 
 
 def level(frame: np.ndarray) -> int:
-    return int(round(float(frame.mean())))
+    return round(float(frame.mean()))
 
 
 LEVELS = [20 + 10 * i for i in range(12)]
 
 
 # -- the contract, for every registered camera ------------------------------------------------------
+
 
 @pytest.fixture(params=["fake", "opencv"])
 def any_camera(request: pytest.FixtureRequest, tmp_path: Path) -> Camera:
@@ -93,6 +94,7 @@ def test_unknown_camera_option_is_a_config_error() -> None:
 
 
 # -- fake camera --------------------------------------------------------------------------------
+
 
 def test_fake_plays_images_in_order_and_loops(tmp_path: Path) -> None:
     cam = registry.create("camera", "fake", {"images": grey_images(tmp_path, [10, 60, 110]), "fps": 0})
@@ -156,16 +158,27 @@ def test_fake_fault_no_frames_times_out(tmp_path: Path) -> None:
 
 
 def test_fake_fault_black_frames_after_n(tmp_path: Path) -> None:
-    cam = registry.create("camera", "fake", {"images": grey_images(tmp_path, [90]), "fps": 0,
-                                             "fault": "black_frames", "fault_after_frames": 2})
+    cam = registry.create(
+        "camera",
+        "fake",
+        {"images": grey_images(tmp_path, [90]), "fps": 0, "fault": "black_frames", "fault_after_frames": 2},
+    )
     with cam:
         assert [level(cam.read_frame(1.0)) for _ in range(4)] == [90, 90, 0, 0]
 
 
 def test_fake_fault_disappears_and_comes_back(tmp_path: Path) -> None:
-    cam = registry.create("camera", "fake", {"images": grey_images(tmp_path, [90]), "fps": 0,
-                                             "fault": "disappears", "fault_after_frames": 2,
-                                             "reappear_after_s": 0.3})
+    cam = registry.create(
+        "camera",
+        "fake",
+        {
+            "images": grey_images(tmp_path, [90]),
+            "fps": 0,
+            "fault": "disappears",
+            "fault_after_frames": 2,
+            "reappear_after_s": 0.3,
+        },
+    )
     with cam:
         cam.read_frame(1.0)
         cam.read_frame(1.0)
@@ -195,11 +208,14 @@ def test_fake_that_disappeared_cannot_be_reopened(tmp_path: Path) -> None:
 
 # -- OpenCV camera over a real VideoCapture ----------------------------------------------------
 
+
 def test_opencv_device_setting_forms() -> None:
     settings = registry.validate_settings("camera", "opencv", {"device": "2"})
     assert settings.device == 2
     assert registry.validate_settings("camera", "opencv", {"device": "/dev/video0"}).device == "/dev/video0"
-    assert registry.validate_settings("camera", "opencv", {"device": "rtsp://10.0.0.5/stream"}).device.startswith("rtsp")
+    assert registry.validate_settings("camera", "opencv", {"device": "rtsp://10.0.0.5/stream"}).device.startswith(
+        "rtsp"
+    )
     with pytest.raises(ConfigError):
         registry.validate_settings("camera", "opencv", {"device": -1})
 
@@ -238,8 +254,11 @@ def test_opencv_reopens_transparently_at_end_of_stream(tmp_path: Path) -> None:
 def test_opencv_unplugged_raises_then_reconnects_with_backoff(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     video = write_video(tmp_path / "v.avi", LEVELS[:2])
     hidden = tmp_path / "unplugged.avi"
-    cam = registry.create("camera", "opencv", {"device": str(video), "warmup_frames": 0,
-                                               "reopen_backoff_initial_s": 0.2, "reopen_backoff_max_s": 0.4})
+    cam = registry.create(
+        "camera",
+        "opencv",
+        {"device": str(video), "warmup_frames": 0, "reopen_backoff_initial_s": 0.2, "reopen_backoff_max_s": 0.4},
+    )
     caplog.set_level(logging.INFO, logger="drivers.camera.opencv")
     with cam:
         cam.read_frame(2.0)
@@ -275,8 +294,11 @@ def announced_wait_s(cam: Camera) -> float:
 
 def test_opencv_backoff_doubles_up_to_its_maximum(tmp_path: Path) -> None:
     video = write_video(tmp_path / "v.avi", LEVELS[:2])
-    cam = registry.create("camera", "opencv", {"device": str(video), "warmup_frames": 0,
-                                               "reopen_backoff_initial_s": 0.2, "reopen_backoff_max_s": 0.5})
+    cam = registry.create(
+        "camera",
+        "opencv",
+        {"device": str(video), "warmup_frames": 0, "reopen_backoff_initial_s": 0.2, "reopen_backoff_max_s": 0.5},
+    )
     with cam:
         cam.read_frame(2.0)
         video.unlink()  # unplugged for good
@@ -285,6 +307,7 @@ def test_opencv_backoff_doubles_up_to_its_maximum(tmp_path: Path) -> None:
             cam.read_frame(2.0)  # end of stream, the reopen at once fails: the backoff starts
         waits = [announced_wait_s(cam)]
         for _ in range(3):
+
             def attempted() -> bool:  # a real reopen attempt says "cannot open", a wait says when
                 try:
                     cam.read_frame(1.0)
@@ -304,7 +327,7 @@ def http_video(tmp_path: Path) -> Iterator[str]:
     write_video(tmp_path / "v.avi", LEVELS)
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
@@ -320,8 +343,9 @@ def http_video(tmp_path: Path) -> Iterator[str]:
 
 def test_opencv_reads_a_stream_url(http_video: str) -> None:
     # a URL goes through the stream branch (FFmpeg open/read timeouts), as an rtsp:// camera does
-    cam = registry.create("camera", "opencv", {"device": http_video, "warmup_frames": 2,
-                                               "open_timeout_s": 5, "read_timeout_s": 5})
+    cam = registry.create(
+        "camera", "opencv", {"device": http_video, "warmup_frames": 2, "open_timeout_s": 5, "read_timeout_s": 5}
+    )
     with cam:
         assert abs(level(cam.read_frame(2.0)) - LEVELS[2]) <= 4
 
@@ -330,8 +354,9 @@ def test_opencv_unreachable_rtsp_url_is_device_not_found() -> None:
     with socket.socket() as sock:  # a loopback port with nothing listening once closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cam = registry.create("camera", "opencv", {"device": f"rtsp://admin:s3cret@127.0.0.1:{port}/live",
-                                               "open_timeout_s": 2})
+    cam = registry.create(
+        "camera", "opencv", {"device": f"rtsp://admin:s3cret@127.0.0.1:{port}/live", "open_timeout_s": 2}
+    )
     t0 = time.monotonic()
     with pytest.raises(DeviceNotFound) as info:
         cam.open()

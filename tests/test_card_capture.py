@@ -52,7 +52,7 @@ def test_capture_over_the_simulator_then_decode(sim, tmp_path, capsys):
     data = bytes.fromhex(text)
     assert len(data) == 1295 and data[:14] == bytes.fromhex("AA AA AA 96 69 05 08 00 00 90 01 00 04 00")
     _clean_bytes(data, card)
-    assert data[270:270 + 1024] == SYNTHETIC_WLT  # the photo replaced too
+    assert data[270 : 270 + 1024] == SYNTHETIC_WLT  # the photo replaced too
     got = _decode(out, capsys)
     assert got["card_type"] == "0" and got["sex_code"] == card.sex_code and got["nation_code"] == card.nation_code
     assert got["valid_to"] == "长期" and got["birth_date"] == "1990-01-01"
@@ -118,8 +118,21 @@ def test_capture_through_the_sdt_library(tmp_path, capsys, monkeypatch):
     shim.present(MOTHER, REAL_WLT)
     lib = sdt_shim.build(tmp_path)
     out = tmp_path / "capture.txt"
-    assert main(["card", "capture", "-c", _config(tmp_path, f'driver = "sdt"\nlibrary = "{lib}"\n'),
-                 "--out", str(out), "--timeout", "5"]) == 0
+    assert (
+        main(
+            [
+                "card",
+                "capture",
+                "-c",
+                _config(tmp_path, f'driver = "sdt"\nlibrary = "{lib}"\n'),
+                "--out",
+                str(out),
+                "--timeout",
+                "5",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     data = bytes.fromhex(out.read_text())
     _clean_bytes(data, MOTHER)
@@ -127,8 +140,9 @@ def test_capture_through_the_sdt_library(tmp_path, capsys, monkeypatch):
     assert os.environ["SDT_SHIM_DIR"] == str(tmp_path / "state")
 
 
-@pytest.mark.parametrize("card", load_fixtures(SAMPLES_DIR) + [HMT, FOREIGN_Y_LINKED],
-                         ids=["resident", "J", "I", "J-codec", "Y"])
+@pytest.mark.parametrize(
+    "card", load_fixtures(SAMPLES_DIR) + [HMT, FOREIGN_Y_LINKED], ids=["resident", "J", "I", "J-codec", "Y"]
+)
 def test_every_layout_anonymizes_to_a_decodable_card(card):
     real = codec.read_response(card, REAL_WLT, bytes(range(256)) * 2)
     safe = anonymize_answer(real)
@@ -140,7 +154,12 @@ def test_every_layout_anonymizes_to_a_decodable_card(card):
         assert card.pass_no.encode("utf-16-le") not in safe
     got = codec.decode_read_response(safe)
     assert (got.card_type, got.sex_code, got.nation_code, got.nationality, got.long_term) == (
-        card.card_type, card.sex_code, card.nation_code, card.nationality, card.long_term)
+        card.card_type,
+        card.sex_code,
+        card.nation_code,
+        card.nationality,
+        card.long_term,
+    )
     assert got.fingerprint == bytes(512) and got.photo_wlt == SYNTHETIC_WLT
     assert anonymize_answer(safe) == safe or got.card_type == "2"  # the result is itself clean
 

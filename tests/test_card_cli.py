@@ -15,8 +15,9 @@ FRAME = codec.read_response(CARD, SYNTHETIC_WLT)
 
 def test_hex_with_any_spacing_masked(tmp_path, capsys):
     hexed = FRAME.hex().upper()
-    text = "\n".join(" ".join(hexed[i:i + 2] for i in range(j, min(j + 32, len(hexed)), 2))
-                     for j in range(0, len(hexed), 32))
+    text = "\n".join(
+        " ".join(hexed[i : i + 2] for i in range(j, min(j + 32, len(hexed)), 2)) for j in range(0, len(hexed), 32)
+    )
     (tmp_path / "cap.txt").write_text(text + "\n")
     assert main(["card", "decode", str(tmp_path / "cap.txt")]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -65,7 +66,7 @@ def test_hex_with_0x_and_commas(tmp_path, capsys):
 
 def test_text_that_is_not_hex_names_the_character_and_where(tmp_path, capsys):
     hexed = FRAME.hex(" ").upper().split(" ")
-    lines = [" ".join(hexed[i:i + 16]) for i in range(0, len(hexed), 16)]
+    lines = [" ".join(hexed[i : i + 16]) for i in range(0, len(hexed), 16)]
     lines[2] = "0x" + lines[2][:7] + "G" + lines[2][8:]  # a typo in the third line
     (tmp_path / "cap.txt").write_text("\n".join(lines))
     assert main(["card", "decode", str(tmp_path / "cap.txt")]) != 0

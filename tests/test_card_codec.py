@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.codes import resident_id_check_digit
-from agent.errors import CardReadError, ProtocolError
-from drivers.base import IdCard
+from core.card import IdCard
+from core.codes import resident_id_check_digit
+from core.errors import CardReadError, ProtocolError
 from drivers.card_reader import codec
 
 SPEC_FRAMES = {
@@ -30,17 +30,54 @@ def _no(first17: str) -> str:
     return first17 + resident_id_check_digit(first17)
 
 
-RESIDENT = IdCard(card_type="0", name="蓝测试", sex_code="2", birth_date=dt.date(1992, 4, 5),
-                  card_no=_no("45030219920405002"), valid_from=dt.date(2012, 6, 1), valid_to=dt.date(2022, 6, 1),
-                  nation_code="08", address="广西壮族自治区桂林市示例街3号", authority="桂林市公安局")
-HMT = dataclasses.replace(RESIDENT, card_type="1", nation_code=None, card_no=_no("83000019800101002"),
-                          birth_date=dt.date(1980, 1, 1), pass_no="T98765432", issue_count="02")
-FOREIGN_I = IdCard(card_type="2", name="测试娜", english_name="EXAMPLE, NINA", sex_code="2",
-                   birth_date=dt.date(1987, 2, 3), card_no="VNM450087020301", nationality="VNM", authority="4500",
-                   card_version="01", valid_from=dt.date(2018, 1, 1), valid_to=dt.date(2028, 1, 1))
-FOREIGN_Y = IdCard(card_type="2", name="样例", english_name="A" * 35 + "BCDEFGHIJKL", sex_code="1",
-                   birth_date=dt.date(1979, 12, 31), card_no="932450197912310017", nationality="LAO",
-                   valid_from=dt.date(2024, 1, 1), valid_to=None, issue_count="00", card_version="Y", pass_no="LK1")
+RESIDENT = IdCard(
+    card_type="0",
+    name="蓝测试",
+    sex_code="2",
+    birth_date=dt.date(1992, 4, 5),
+    card_no=_no("45030219920405002"),
+    valid_from=dt.date(2012, 6, 1),
+    valid_to=dt.date(2022, 6, 1),
+    nation_code="08",
+    address="广西壮族自治区桂林市示例街3号",
+    authority="桂林市公安局",
+)
+HMT = dataclasses.replace(
+    RESIDENT,
+    card_type="1",
+    nation_code=None,
+    card_no=_no("83000019800101002"),
+    birth_date=dt.date(1980, 1, 1),
+    pass_no="T98765432",
+    issue_count="02",
+)
+FOREIGN_I = IdCard(
+    card_type="2",
+    name="测试娜",
+    english_name="EXAMPLE, NINA",
+    sex_code="2",
+    birth_date=dt.date(1987, 2, 3),
+    card_no="VNM450087020301",
+    nationality="VNM",
+    authority="4500",
+    card_version="01",
+    valid_from=dt.date(2018, 1, 1),
+    valid_to=dt.date(2028, 1, 1),
+)
+FOREIGN_Y = IdCard(
+    card_type="2",
+    name="样例",
+    english_name="A" * 35 + "BCDEFGHIJKL",
+    sex_code="1",
+    birth_date=dt.date(1979, 12, 31),
+    card_no="932450197912310017",
+    nationality="LAO",
+    valid_from=dt.date(2024, 1, 1),
+    valid_to=None,
+    issue_count="00",
+    card_version="Y",
+    pass_no="LK1",
+)
 WLT = b"WLf\x00" + bytes(1020)
 
 
@@ -57,15 +94,18 @@ def test_set_baud_frames():
         codec.set_baud_request(4800)
 
 
-@pytest.mark.parametrize("hexframe,sw3,data_len", [
-    ("AA AA AA 96 69 00 08 00 00 9F 00 00 00 00 97", 0x9F, 4),
-    ("AA AA AA 96 69 00 04 00 00 80 84", 0x80, 0),
-    ("AA AA AA 96 69 00 0C 00 00 90 00 00 00 00 00 00 00 00 9C", 0x90, 8),
-    ("AA AA AA 96 69 00 04 00 00 81 85", 0x81, 0),
-    ("AA AA AA 96 69 00 04 00 00 41 45", 0x41, 0),
-    ("AA AA AA 96 69 00 04 00 00 60 64", 0x60, 0),
-    ("AA AA AA 96 69 00 04 00 00 90 94", 0x90, 0),
-])
+@pytest.mark.parametrize(
+    "hexframe,sw3,data_len",
+    [
+        ("AA AA AA 96 69 00 08 00 00 9F 00 00 00 00 97", 0x9F, 4),
+        ("AA AA AA 96 69 00 04 00 00 80 84", 0x80, 0),
+        ("AA AA AA 96 69 00 0C 00 00 90 00 00 00 00 00 00 00 00 9C", 0x90, 8),
+        ("AA AA AA 96 69 00 04 00 00 81 85", 0x81, 0),
+        ("AA AA AA 96 69 00 04 00 00 41 45", 0x41, 0),
+        ("AA AA AA 96 69 00 04 00 00 60 64", 0x60, 0),
+        ("AA AA AA 96 69 00 04 00 00 90 94", 0x90, 0),
+    ],
+)
 def test_real_frames_from_the_spec_parse(hexframe, sw3, data_len):
     resp = codec.parse_response(bytes.fromhex(hexframe))
     assert (resp.sw3, len(resp.data)) == (sw3, data_len)
@@ -85,19 +125,42 @@ def test_every_status_code_has_its_meaning(sw3):
 
 
 def test_status_table_is_complete():
-    assert set(codec.STATUS) == {0x90, 0x9F, 0x91, 0x10, 0x11, 0x21, 0x23, 0x24, 0x31, 0x32, 0x33, 0x37, 0x3F,
-                                 0x40, 0x41, 0x47, 0x60, 0x66, 0x80, 0x81}
+    assert set(codec.STATUS) == {
+        0x90,
+        0x9F,
+        0x91,
+        0x10,
+        0x11,
+        0x21,
+        0x23,
+        0x24,
+        0x31,
+        0x32,
+        0x33,
+        0x37,
+        0x3F,
+        0x40,
+        0x41,
+        0x47,
+        0x60,
+        0x66,
+        0x80,
+        0x81,
+    }
     assert codec.status_meaning(0x55) == "unknown status 0x55"
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda f: f[:-1] + bytes([f[-1] ^ 1]), "bad checksum"),
-    (lambda f: b"\xaa\xaa\xab" + f[3:], "bad preamble"),
-    (lambda f: f[:-2], "truncated response"),
-    (lambda f: f[:5] + b"\x00\x00" + f[7:], "bad length field 0"),
-    (lambda f: f[:4], "frame too short"),
-    (lambda f: codec._frame(b"\x00\x00"), "body too short"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda f: f[:-1] + bytes([f[-1] ^ 1]), "bad checksum"),
+        (lambda f: b"\xaa\xaa\xab" + f[3:], "bad preamble"),
+        (lambda f: f[:-2], "truncated response"),
+        (lambda f: f[:5] + b"\x00\x00" + f[7:], "bad length field 0"),
+        (lambda f: f[:4], "frame too short"),
+        (lambda f: codec._frame(b"\x00\x00"), "body too short"),
+    ],
+)
 def test_bad_frames_name_what_is_wrong(mutate, message):
     with pytest.raises(ProtocolError, match=message) as info:
         codec.parse_response(mutate(codec.build_response(0x90, b"\x01\x02")))
@@ -136,7 +199,7 @@ def test_resident_offsets_as_in_the_spec():
     assert text[248:250] == b" \x00"
     assert codec.card_marker(text) == ""
     frame = codec.read_response(RESIDENT, WLT)
-    assert frame[14 + 122:14 + 158].decode("utf-16-le") == RESIDENT.card_no  # absolute offset 136
+    assert frame[14 + 122 : 14 + 158].decode("utf-16-le") == RESIDENT.card_no  # absolute offset 136
     assert frame[270:274] == b"WLf\x00"  # the photo begins at 270
 
 
@@ -175,7 +238,7 @@ def test_y_english_name_spans_two_fields():
 
 def _with_field(card, off, value):
     text = bytearray(codec.encode_text(card))
-    text[off:off + len(value) * 2] = value.encode("utf-16-le")
+    text[off : off + len(value) * 2] = value.encode("utf-16-le")
     return bytes(text)
 
 
@@ -190,12 +253,15 @@ def test_birth_date_disagreeing_with_the_number_is_an_error():
         codec.decode_text(_with_field(RESIDENT, 36, "19920406"))
 
 
-@pytest.mark.parametrize("off,value,message", [
-    (36, "1992-4-5", "birth_date is not a YYYYMMDD date"),
-    (188, "20121301", "valid_from is not a YYYYMMDD date"),
-    (30, "7", "unknown sex code: not a GB/T 2261.1 code"),
-    (32, "77", "unknown nation code '77': not in the GB 3304 table"),
-])
+@pytest.mark.parametrize(
+    "off,value,message",
+    [
+        (36, "1992-4-5", "birth_date is not a YYYYMMDD date"),
+        (188, "20121301", "valid_from is not a YYYYMMDD date"),
+        (30, "7", "unknown sex code: not a GB/T 2261.1 code"),
+        (32, "77", "unknown nation code '77': not in the GB 3304 table"),
+    ],
+)
 def test_bad_fields_are_named(off, value, message):
     with pytest.raises(ProtocolError, match=message):
         codec.decode_text(_with_field(RESIDENT, off, value))
@@ -250,8 +316,12 @@ def test_requests_round_trip(cmd, para, data):
 
 
 _READ = codec.read_response(RESIDENT, WLT)
-FOREIGN_Y_LINKED = dataclasses.replace(FOREIGN_Y, pass_no="015", y_field_158="RESERVED TEXT",
-                                       old_card_no=codec.old_foreign_number(FOREIGN_Y.card_no, "LAO", "015"))
+FOREIGN_Y_LINKED = dataclasses.replace(
+    FOREIGN_Y,
+    pass_no="015",
+    y_field_158="RESERVED TEXT",
+    old_card_no=codec.old_foreign_number(FOREIGN_Y.card_no, "LAO", "015"),
+)
 CORPUS = {
     "resident": _READ,
     "J": codec.read_response(HMT, WLT),
@@ -268,14 +338,17 @@ CORPUS = {
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(sorted(CORPUS)),
-       st.lists(st.tuples(st.integers(0, 2400), st.integers(1, 255)), min_size=1, max_size=4), st.integers(0, 3))
+@given(
+    st.sampled_from(sorted(CORPUS)),
+    st.lists(st.tuples(st.integers(0, 2400), st.integers(1, 255)), min_size=1, max_size=4),
+    st.integers(0, 3),
+)
 def test_mutated_read_frames_give_a_protocol_error(name, flips, cut):
     frame = bytearray(CORPUS[name])
     flips = [(pos % len(frame), xor) for pos, xor in flips]
     for pos, xor in flips:
         frame[pos] ^= xor
-    frame = bytes(frame[:len(frame) - cut])
+    frame = bytes(frame[: len(frame) - cut])
     try:
         card = codec.decode_read_response(frame)
     except ProtocolError as exc:
@@ -295,8 +368,11 @@ STATUS_CORPUS = {
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(sorted(STATUS_CORPUS)), st.lists(st.tuples(st.integers(0, 40), st.integers(1, 255)),
-                                                        max_size=3), st.binary(max_size=4))
+@given(
+    st.sampled_from(sorted(STATUS_CORPUS)),
+    st.lists(st.tuples(st.integers(0, 40), st.integers(1, 255)), max_size=3),
+    st.binary(max_size=4),
+)
 def test_mutated_status_answers_parse_or_name_the_fault(name, flips, tail):
     frame = bytearray(STATUS_CORPUS[name])
     for pos, xor in flips:
@@ -331,11 +407,12 @@ def test_random_text_blocks_never_crash(text):
 # Each row is (offset, value, IdCard attribute, expected). Values fill their field to the full length
 # where the card allows it, so a wrong offset or a wrong length breaks a test.
 
+
 def _spec_block(rows, marker):
     text = bytearray(b" \x00" * 128)
     for off, value, *_ in rows:
         raw = value.encode("utf-16-le")
-        text[off:off + len(raw)] = raw
+        text[off : off + len(raw)] = raw
     text[248:250] = marker.encode("utf-16-le")
     return bytes(text)
 
@@ -388,8 +465,12 @@ Y_ROWS = [
     (242, "LAO", "nationality", "LAO"),
     (250, "LK1", "pass_no", "LK1"),
 ]
-LAYOUTS = {"resident": (RESIDENT_ROWS, " ", "0"), "J": (J_ROWS, "J", "1"), "I": (I_ROWS, "I", "2"),
-           "Y": (Y_ROWS, "Y", "2")}
+LAYOUTS = {
+    "resident": (RESIDENT_ROWS, " ", "0"),
+    "J": (J_ROWS, "J", "1"),
+    "I": (I_ROWS, "I", "2"),
+    "Y": (Y_ROWS, "Y", "2"),
+}
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -425,19 +506,22 @@ def test_long_term_validity_in_every_layout(layout):
     assert codec.encode_text(card)[204:220] == bytes(block[204:220])
 
 
-@pytest.mark.parametrize("layout,off,value,message", [
-    ("J", 36, "19800102", "birth date disagrees"),
-    ("J", 122, _J_NO[:17] + ("1" if _J_NO[17] != "1" else "2"), "card number: .*check"),
-    ("J", 122, "8300001980010100", "card number: .*18 characters"),
-    ("resident", 122, RESIDENT.card_no[:17] + "x", "card number: .*upper-case X"),
-    ("resident", 122, RESIDENT.card_no[:6] + "19921305" + RESIDENT.card_no[14:], "card number: .*not a real date"),
-    ("I", 122, "VNM45008702030", "must be 15 characters"),
-    ("I", 220, "19870230", "birth_date is not a YYYYMMDD date"),
-    ("I", 120, "3", "unknown sex code"),
-    ("Y", 122, "93245019791231001", "must be 18 characters"),
-    ("Y", 188, "2024011", "valid_from is not a YYYYMMDD date"),
-    ("resident", 204, "2032060", "valid_to is not a YYYYMMDD date"),
-])
+@pytest.mark.parametrize(
+    "layout,off,value,message",
+    [
+        ("J", 36, "19800102", "birth date disagrees"),
+        ("J", 122, _J_NO[:17] + ("1" if _J_NO[17] != "1" else "2"), "card number: .*check"),
+        ("J", 122, "8300001980010100", "card number: .*18 characters"),
+        ("resident", 122, RESIDENT.card_no[:17] + "x", "card number: .*upper-case X"),
+        ("resident", 122, RESIDENT.card_no[:6] + "19921305" + RESIDENT.card_no[14:], "card number: .*not a real date"),
+        ("I", 122, "VNM45008702030", "must be 15 characters"),
+        ("I", 220, "19870230", "birth_date is not a YYYYMMDD date"),
+        ("I", 120, "3", "unknown sex code"),
+        ("Y", 122, "93245019791231001", "must be 18 characters"),
+        ("Y", 188, "2024011", "valid_from is not a YYYYMMDD date"),
+        ("resident", 204, "2032060", "valid_to is not a YYYYMMDD date"),
+    ],
+)
 def test_layout_rule_violations_are_named(layout, off, value, message):
     rows, marker, _ = LAYOUTS[layout]
     rows = [row for row in rows if row[0] != off] + [(off, value, None, None)]
@@ -451,7 +535,7 @@ def test_mutated_text_in_a_valid_frame_never_crashes(layout, char_index, char):
     # The frame checksum is recomputed, so the mutation reaches the text decoder.
     rows, marker, _ = LAYOUTS[layout]
     text = bytearray(_spec_block(rows, marker))
-    text[char_index * 2:char_index * 2 + 2] = char.to_bytes(2, "little")
+    text[char_index * 2 : char_index * 2 + 2] = char.to_bytes(2, "little")
     frame = codec.build_response(codec.SW_OK, codec.build_read_data(bytes(text), WLT))
     try:
         card = codec.decode_read_response(frame)

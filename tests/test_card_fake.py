@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from agent.config import parse_config
-from agent.errors import CardReadError, ConfigError, DeviceNotFound, DeviceTimeout, ProtocolError
+from core.errors import (
+    CardReadError,
+    ConfigError,
+    DeviceNotFound,
+    DeviceTimeout,
+    ProtocolError,
+)
 from drivers import registry
 from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures
 
@@ -41,21 +47,28 @@ def _write(tmp_path, name, **overrides):
 
 def test_fixtures_dir_and_toml(tmp_path):
     _write(tmp_path, "a")
-    (tmp_path / "b.toml").write_text((
-        'card_type = "0"\nname = "农样例"\nsex_code = "1"\nnation_code = "01"\nbirth_date = "1960-01-01"\n'
-        'card_no = "450102196001010016"\nvalid_from = "2010-01-01"\nvalid_to = "长期"\n'), "utf-8")
+    (tmp_path / "b.toml").write_text(
+        (
+            'card_type = "0"\nname = "农样例"\nsex_code = "1"\nnation_code = "01"\nbirth_date = "1960-01-01"\n'
+            'card_no = "450102196001010016"\nvalid_from = "2010-01-01"\nvalid_to = "长期"\n'
+        ),
+        "utf-8",
+    )
     reader = registry.create("card_reader", "fake", {"fixtures_dir": str(tmp_path), "poll_interval_s": 0.01})
     with reader:
         first, second = reader.read_card(1), reader.read_card(1)
     assert first.photo_jpeg is not None and second.valid_to is None and second.long_term
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"card_no": "450102199003070041"}, "check"),
-    ({"birth_date": "1990-03-08"}, "birth date disagrees"),
-    ({"hobby": "x"}, "unknown keys"),
-    ({"birth_date": "7 March"}, "birth_date must be YYYY-MM-DD"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"card_no": "450102199003070041"}, "check"),
+        ({"birth_date": "1990-03-08"}, "birth date disagrees"),
+        ({"hobby": "x"}, "unknown keys"),
+        ({"birth_date": "7 March"}, "birth_date must be YYYY-MM-DD"),
+    ],
+)
 def test_bad_fixture_is_named(tmp_path, override, message):
     _write(tmp_path, "bad", **override)
     reader = registry.create("card_reader", "fake", {"fixtures_dir": str(tmp_path)})
@@ -71,10 +84,20 @@ def test_missing_fixtures_dir(tmp_path):
 
 
 def test_injected_faults_then_the_card_is_presented_again():
-    reader = registry.create("card_reader", "fake", {
-        "sequence": ["01-resident", "03-foreign"], "poll_interval_s": 0.01,
-        "faults": [{"at": 1, "kind": "timeout"}, {"at": 2, "kind": "garbled"}, {"at": 3, "kind": "pulled"},
-                   {"at": 5, "kind": "unplug"}]})
+    reader = registry.create(
+        "card_reader",
+        "fake",
+        {
+            "sequence": ["01-resident", "03-foreign"],
+            "poll_interval_s": 0.01,
+            "faults": [
+                {"at": 1, "kind": "timeout"},
+                {"at": 2, "kind": "garbled"},
+                {"at": 3, "kind": "pulled"},
+                {"at": 5, "kind": "unplug"},
+            ],
+        },
+    )
     with reader:
         with pytest.raises(DeviceTimeout):
             reader.read_card(1)

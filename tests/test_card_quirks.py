@@ -9,10 +9,10 @@ import logging
 
 import pytest
 
-from agent.codes import resident_id_check_digit
-from agent.errors import DeviceTimeout, DriverError, FvagentError, ProtocolError
+from core.card import IdCard
+from core.codes import resident_id_check_digit
+from core.errors import DeviceTimeout, DriverError, FvagentError, ProtocolError
 from drivers import registry
-from drivers.base import IdCard
 from drivers.card_reader import codec
 from drivers.card_reader.sam import FIND_ATTEMPTS, SamUsbReader
 from tests.test_card_codec import CORPUS, FOREIGN_Y, FOREIGN_Y_LINKED, RESIDENT, WLT
@@ -20,13 +20,23 @@ from tests.test_card_sam import FakeUsbDevice, _reader
 
 NO = "45010219910817" + "004"
 NO += resident_id_check_digit(NO)
-MOTHER = IdCard(card_type="0", name="农样本", sex_code="2", birth_date=dt.date(1991, 8, 17), card_no=NO,
-                valid_from=dt.date(2016, 2, 1), valid_to=dt.date(2036, 2, 1), nation_code="08",
-                address="广西壮族自治区南宁市示例区样本路7号", authority="南宁市公安局示例分局")
+MOTHER = IdCard(
+    card_type="0",
+    name="农样本",
+    sex_code="2",
+    birth_date=dt.date(1991, 8, 17),
+    card_no=NO,
+    valid_from=dt.date(2016, 2, 1),
+    valid_to=dt.date(2036, 2, 1),
+    nation_code="08",
+    address="广西壮族自治区南宁市示例区样本路7号",
+    authority="南宁市公安局示例分局",
+)
 """An invented identity whose every personal value is searched for in errors and logs."""
 
 
 # -- the quirks, one synthetic frame each ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("tail", [b"\xf6", b"\x00", b"\x00\x00\x00"])
 def test_bytes_after_the_declared_length_are_ignored_and_counted(tail, caplog):
@@ -162,7 +172,11 @@ def test_the_usb_reader_takes_the_trailing_byte_the_envelope_and_0x10(envelope, 
         card = reader.read_card(1.0)
     assert card is not None and card.card_no == MOTHER.card_no
     assert [codec.parse_request(w[1])[:2] for w in dev.writes] == [
-        codec.FIND_CARD, codec.FIND_CARD, codec.SELECT_CARD, codec.READ_TEXT_PHOTO]
+        codec.FIND_CARD,
+        codec.FIND_CARD,
+        codec.SELECT_CARD,
+        codec.READ_TEXT_PHOTO,
+    ]
     assert "ignored 1 bytes after the" in caplog.text
 
 
@@ -195,11 +209,19 @@ def test_the_usb_reader_drops_a_stray_byte_left_from_the_previous_answer(caplog)
 
 # -- no personal byte in an error or a log ---------------------------------------------------------------
 
+
 def _forbidden(card: IdCard) -> list[str]:
     """Every way a personal value of ``card`` could show in a text: as itself, as UCS-2 hex (spaced
     or not, either case), and the birth date in the forms a message would use."""
-    values = [card.name, card.card_no, card.address, card.card_no[6:14], card.birth_date.isoformat(),
-              card.birth_date.strftime("%Y%m%d"), card.birth_date.strftime("%y%m%d")]
+    values = [
+        card.name,
+        card.card_no,
+        card.address,
+        card.card_no[6:14],
+        card.birth_date.isoformat(),
+        card.birth_date.strftime("%Y%m%d"),
+        card.birth_date.strftime("%y%m%d"),
+    ]
     out = []
     for value in values:
         raw = value.encode("utf-16-le")
@@ -219,7 +241,7 @@ def _broken_frames() -> dict[str, bytes]:
 
     def with_text(off: int, raw: bytes) -> bytes:
         t = bytearray(text)
-        t[off:off + len(raw)] = raw
+        t[off : off + len(raw)] = raw
         return codec.build_response(codec.SW_OK, codec.build_read_data(bytes(t), WLT))
 
     return {
@@ -281,6 +303,7 @@ def test_card_decode_of_a_broken_capture_shows_no_personal_data(tmp_path, capsys
 
 
 # -- the 2023 foreign permanent resident card (Y) -----------------------------------------------------------
+
 
 def test_mrz_check_digit_matches_the_icao_specimen():
     # ICAO Doc 9303 part 3 specimen: document number L898902C3 -> 6, birth 740812 -> 2, expiry 120415 -> 9.

@@ -6,7 +6,13 @@ import time
 
 import pytest
 
-from agent.errors import CardReadError, DeviceNotFound, DeviceTimeout, DriverError, ProtocolError
+from core.errors import (
+    CardReadError,
+    DeviceNotFound,
+    DeviceTimeout,
+    DriverError,
+    ProtocolError,
+)
 from drivers import registry
 from drivers.card_reader import codec
 from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures
@@ -29,14 +35,21 @@ def test_reads_all_three_card_types_once_per_tap(sim):
             sim.present(card)
             got = reader.read_card(3.0)
             assert got is not None and got.card_type == card.card_type
-            assert (got.name, got.card_no, got.birth_date, got.valid_to) == (card.name, card.card_no,
-                                                                               card.birth_date, card.valid_to)
+            assert (got.name, got.card_no, got.birth_date, got.valid_to) == (
+                card.name,
+                card.card_no,
+                card.birth_date,
+                card.valid_to,
+            )
             assert got.photo_wlt == SYNTHETIC_WLT and got.photo_jpeg is None and not got.simulated
             assert reader.read_card(0.2) is None  # the card stays: no second read
             sim.remove()
         assert sim.reads == 3
-        assert {codec.parse_request(f)[:2] for f in sim.requests} >= {codec.FIND_CARD, codec.SELECT_CARD,
-                                                                      codec.READ_TEXT_PHOTO}
+        assert {codec.parse_request(f)[:2] for f in sim.requests} >= {
+            codec.FIND_CARD,
+            codec.SELECT_CARD,
+            codec.READ_TEXT_PHOTO,
+        }
 
 
 def test_card_staying_in_field_is_not_read_again_even_when_the_sam_finds_it(sim):
@@ -66,13 +79,20 @@ def test_failed_read_is_retried_after_the_card_is_presented_again(sim):
         assert reader.read_card(3.0).card_no == CARDS[0].card_no
 
 
-@pytest.mark.parametrize("command,raw,error,message", [
-    (codec.READ_TEXT_PHOTO, codec.build_response(0x90, b"\x01\x02")[:-1] + b"\x00", ProtocolError, "bad checksum"),
-    (codec.READ_TEXT_PHOTO, codec.build_response(0x90, b"\x01\x00\x04\x00" + bytes(10)), ProtocolError,
-     "read data is 14 bytes"),
-    (codec.SELECT_CARD, codec.build_response(0x81), CardReadError, "select card failed"),
-    (codec.READ_TEXT_PHOTO, codec.build_response(0x32), CardReadError, "SAM failed to authenticate the card"),
-])
+@pytest.mark.parametrize(
+    "command,raw,error,message",
+    [
+        (codec.READ_TEXT_PHOTO, codec.build_response(0x90, b"\x01\x02")[:-1] + b"\x00", ProtocolError, "bad checksum"),
+        (
+            codec.READ_TEXT_PHOTO,
+            codec.build_response(0x90, b"\x01\x00\x04\x00" + bytes(10)),
+            ProtocolError,
+            "read data is 14 bytes",
+        ),
+        (codec.SELECT_CARD, codec.build_response(0x81), CardReadError, "select card failed"),
+        (codec.READ_TEXT_PHOTO, codec.build_response(0x32), CardReadError, "SAM failed to authenticate the card"),
+    ],
+)
 def test_fault_frames(sim, command, raw, error, message):
     with _reader(sim) as reader:
         sim.present(CARDS[1])
@@ -81,11 +101,14 @@ def test_fault_frames(sim, command, raw, error, message):
             reader.read_card(3.0)
 
 
-@pytest.mark.parametrize("answer,message", [
-    (codec.build_response(0x60), "SAM status 0x60 on find-card: SAM self-test failed"),
-    (codec.build_response(0x66), "SAM status 0x66 on find-card: SAM not authorized"),
-    (codec.build_response(0x9F, bytes(4))[:-1] + b"\x00", "find-card with a bad frame: bad checksum"),
-])
+@pytest.mark.parametrize(
+    "answer,message",
+    [
+        (codec.build_response(0x60), "SAM status 0x60 on find-card: SAM self-test failed"),
+        (codec.build_response(0x66), "SAM status 0x66 on find-card: SAM not authorized"),
+        (codec.build_response(0x9F, bytes(4))[:-1] + b"\x00", "find-card with a bad frame: bad checksum"),
+    ],
+)
 def test_a_bad_answer_to_find_is_a_reader_fault_shown_by_the_service_slot(sim, answer, message):
     # No card is involved: not CardReadError/ProtocolError ("present the card again", every poll),
     # but a DriverError that makes the slot close the reader, show the fault and retry with backoff.
@@ -182,10 +205,13 @@ def test_auto_probe_tries_115200_first_then_the_slower_rates(tmp_path, sam_rate)
         reader = registry.create("card_reader", "sam-serial", {"port": str(sim.port), "exchange_timeout_s": 0.3})
         with reader:
             assert reader.baudrate == sam_rate
-            probes = [rate for frame, rate in zip(sim.requests, sim.request_rates, strict=True)
-                      if codec.parse_request(frame)[:2] == codec.SAM_STATUS]
+            probes = [
+                rate
+                for frame, rate in zip(sim.requests, sim.request_rates, strict=True)
+                if codec.parse_request(frame)[:2] == codec.SAM_STATUS
+            ]
             all_rates = [115200, 57600, 38400, 19200, 9600]
-            assert probes == all_rates[:all_rates.index(sam_rate) + 1]  # each rate once, fastest first
+            assert probes == all_rates[: all_rates.index(sam_rate) + 1]  # each rate once, fastest first
             assert reader.probe().ok
 
 
@@ -213,6 +239,7 @@ def test_fingerprint_read(sim):
 
 
 # -- USB framing over an injected device (no real USB on the test machine) -------------------------
+
 
 class FakeUsbDevice:
     """Stands in for a pyusb Device: write() queues the SAM's answer, read() returns it in 64-B packets."""
@@ -254,15 +281,17 @@ def test_usb_reader_frames_over_bulk_endpoints():
     with reader:
         card = reader.read_card(1.0)
     assert card.card_type == "1" and card.card_no == CARDS[1].card_no
-    assert [w[1] for w in dev.writes] == [codec.build_command(c) for c in
-                                          (codec.FIND_CARD, codec.SELECT_CARD, codec.READ_TEXT_PHOTO)]
+    assert [w[1] for w in dev.writes] == [
+        codec.build_command(c) for c in (codec.FIND_CARD, codec.SELECT_CARD, codec.READ_TEXT_PHOTO)
+    ]
     assert {w[0] for w in dev.writes} == {0x02}
 
 
 def test_usb_errors_map_to_driver_errors():
     dev = FakeUsbDevice(CARDS[0])
-    reader = SamUsbReader(SamUsbReader.Settings(endpoint_out=2, endpoint_in=0x81, exchange_timeout_s=0.2),
-                          usb_device=dev)
+    reader = SamUsbReader(
+        SamUsbReader.Settings(endpoint_out=2, endpoint_in=0x81, exchange_timeout_s=0.2), usb_device=dev
+    )
     reader.open()
     dev.gone = True
     with pytest.raises(DeviceNotFound, match="USB reader gone"):

@@ -8,8 +8,15 @@ import shutil
 
 import pytest
 
-from agent.errors import CardReadError, ConfigError, DeviceNotFound, DeviceTimeout, DriverError, ProtocolError
-from agent.images import decode_image
+from core.errors import (
+    CardReadError,
+    ConfigError,
+    DeviceNotFound,
+    DeviceTimeout,
+    DriverError,
+    ProtocolError,
+)
+from core.images import decode_image
 from drivers import registry
 from drivers.card_reader.fake import SAMPLES_DIR, load_fixtures
 from drivers.card_reader.sdt import elf_architecture
@@ -22,8 +29,11 @@ CARDS = load_fixtures(SAMPLES_DIR)  # resident, J, I
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory):
     d = tmp_path_factory.mktemp("sdt")
-    return {"full": sdt_shim.build(d), "no_unpack": sdt_shim.build(d, "NO_UNPACK"),
-            "no_read": sdt_shim.build(d, "NO_READ")}
+    return {
+        "full": sdt_shim.build(d),
+        "no_unpack": sdt_shim.build(d, "NO_UNPACK"),
+        "no_read": sdt_shim.build(d, "NO_READ"),
+    }
 
 
 @pytest.fixture
@@ -43,7 +53,12 @@ def test_reads_every_sample_card_once_per_tap_with_the_vendor_photo_decoder(libs
             shim.present(card, SYNTHETIC_WLT)
             got = reader.read_card(1.0)
             assert (got.card_type, got.name, got.card_no, got.birth_date, got.valid_to) == (
-                card.card_type, card.name, card.card_no, card.birth_date, card.valid_to)
+                card.card_type,
+                card.name,
+                card.card_no,
+                card.birth_date,
+                card.valid_to,
+            )
             assert got.photo_wlt == SYNTHETIC_WLT and not got.simulated
             img = decode_image(got.photo_jpeg)  # decoded by the library's own unpack()
             assert img.shape == (126, 102, 3) and abs(int(img[10, 20, 2]) - 200) < 12  # R of the gradient
@@ -55,7 +70,7 @@ def test_reads_every_sample_card_once_per_tap_with_the_vendor_photo_decoder(libs
     assert calls[0] == "SDT_OpenPort" and calls[-1] == "SDT_ClosePort"
     assert calls.count("SDT_ReadBaseMsg") == 3 and calls.count("unpack") == 3
     i = calls.index("SDT_ReadBaseMsg")
-    assert calls[i - 2:i] == ["SDT_StartFindIDCard", "SDT_SelectIDCard"] and calls[i + 1] == "SDT_ReadNewAppMsg"
+    assert calls[i - 2 : i] == ["SDT_StartFindIDCard", "SDT_SelectIDCard"] and calls[i + 1] == "SDT_ReadNewAppMsg"
 
 
 def test_the_appended_address_is_read_and_the_printed_one_kept(libs, shim):
@@ -85,13 +100,16 @@ def test_unpack_refusing_keeps_the_raw_photo(libs, shim, caplog):
     assert "unpack() returned 0 (unpack_arg 603)" in caplog.text
 
 
-@pytest.mark.parametrize("function,code,error,message", [
-    ("SDT_SelectIDCard", 0x81, CardReadError, "SDT_SelectIDCard returned 0x81: select card failed"),
-    ("SDT_ReadBaseMsg", 0x41, CardReadError, "SDT_ReadBaseMsg returned 0x41: read card failed"),
-    ("SDT_ReadBaseMsg", 0x02, DeviceTimeout, "0x02: the PC timed out"),
-    ("SDT_StartFindIDCard", 0x60, DriverError, "SDT_StartFindIDCard returned 0x60: SAM self-test failed"),
-    ("SDT_StartFindIDCard", 0x01, DeviceNotFound, "port open failed"),
-])
+@pytest.mark.parametrize(
+    "function,code,error,message",
+    [
+        ("SDT_SelectIDCard", 0x81, CardReadError, "SDT_SelectIDCard returned 0x81: select card failed"),
+        ("SDT_ReadBaseMsg", 0x41, CardReadError, "SDT_ReadBaseMsg returned 0x41: read card failed"),
+        ("SDT_ReadBaseMsg", 0x02, DeviceTimeout, "0x02: the PC timed out"),
+        ("SDT_StartFindIDCard", 0x60, DriverError, "SDT_StartFindIDCard returned 0x60: SAM self-test failed"),
+        ("SDT_StartFindIDCard", 0x01, DeviceNotFound, "port open failed"),
+    ],
+)
 def test_error_returns(libs, shim, function, code, error, message):
     with _reader(libs["full"]) as reader:
         shim.present(CARDS[0], SYNTHETIC_WLT)

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from agent.images import decode_image
+from core.images import decode_image
 from drivers.card_reader import decode_wlt_to_jpeg
 from drivers.card_reader.simulator import SYNTHETIC_WLT
 from drivers.card_reader.wlt import BGR_LEN, WltDecodeError, decode_wlt_to_bgr
@@ -60,8 +60,9 @@ def test_missing_library_and_missing_symbol(tmp_path, decoder):
     assert "wlt_decoder" in info.value.hint
     other = tmp_path / "other.c"
     other.write_text("int something(void) { return 0; }\n")
-    subprocess.run([shutil.which("cc") or "gcc", "-shared", "-fPIC", "-o", str(tmp_path / "o.so"), str(other)],
-                   check=True)
+    subprocess.run(
+        [shutil.which("cc") or "gcc", "-shared", "-fPIC", "-o", str(tmp_path / "o.so"), str(other)], check=True
+    )
     with pytest.raises(WltDecodeError, match="no function fvagent_wlt_decode"):
         decode_wlt_to_jpeg(SYNTHETIC_WLT, tmp_path / "o.so")
 

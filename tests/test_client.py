@@ -24,16 +24,20 @@ import httpx
 import pytest
 
 from agent.config import ConventionSettings, PlatformSettings
-from agent.errors import CryptoError, PlatformDisabled
 from agent.uplink.client import PATH_REGISTER, PATH_VERIFICATION, PlatformClient
 from agent.uplink.conventions import Conventions
-from agent.uplink.outcome import Outcome, OutcomeKind
+from core.errors import CryptoError, PlatformDisabled
+from core.outcome import Outcome, OutcomeKind
 
 APP_ID = "HMPT450000000001"
 SECRET = "Gx7#kP2!mQ9zR4tW"
 NOW = 1_718_091_555.0
-ACCEPTED, REJECTED, BLOCKED, RETRYABLE = (OutcomeKind.ACCEPTED, OutcomeKind.REJECTED, OutcomeKind.BLOCKED,
-                                          OutcomeKind.RETRYABLE)
+ACCEPTED, REJECTED, BLOCKED, RETRYABLE = (
+    OutcomeKind.ACCEPTED,
+    OutcomeKind.REJECTED,
+    OutcomeKind.BLOCKED,
+    OutcomeKind.RETRYABLE,
+)
 
 
 def gb11643(body17: str) -> str:
@@ -42,24 +46,47 @@ def gb11643(body17: str) -> str:
 
 
 CARD_NO = gb11643("45010219900101002")  # synthetic
-REGISTRATION = {"deptId": "D01", "deptName": "妇产科", "machineManufacturer": "德生实名易", "machineMode": "TSR-R3",
-                "purchaseTime": "2024-01-02", "machineCode": "TS0001", "deviceNo": "0001", "status": 0,
-                "registerUser": "管理员", "registerTime": "2024-06-11T15:39:15"}
+REGISTRATION = {
+    "deptId": "D01",
+    "deptName": "妇产科",
+    "machineManufacturer": "德生实名易",
+    "machineMode": "TSR-R3",
+    "purchaseTime": "2024-01-02",
+    "machineCode": "TS0001",
+    "deviceNo": "0001",
+    "status": 0,
+    "registerUser": "管理员",
+    "registerTime": "2024-06-11T15:39:15",
+}
 VERIFICATION = {"realName": "韦小红", "cardType": 0, "cardNo": CARD_NO, "faceScore": 0.86}
 
 
 def platform(**kw: Any) -> PlatformSettings:
     conventions = kw.pop("conventions", {})
     auth = kw.pop("auth", {"kind": "static", "ticket": "ESB-TICKET-1"})
-    base = dict(base_url="http://127.0.0.1:9/api", org_app_id=APP_ID, org_app_secret=SECRET, auth=auth,
-                conventions=conventions, allow_plain_http=True)
+    base = dict(
+        base_url="http://127.0.0.1:9/api",
+        org_app_id=APP_ID,
+        org_app_secret=SECRET,
+        auth=auth,
+        conventions=conventions,
+        allow_plain_http=True,
+    )
     return PlatformSettings(**{**base, **kw})
 
 
-def envelope(code: int = 200, exception_code: str = "00000", msg: str = "成功", request_id: str | None = None,
-             **extra: Any) -> dict[str, Any]:
-    return {"code": code, "msg": msg, "exceptionCode": exception_code, "requestId": request_id,
-            "returnTime": int(NOW * 1000), "data": None, **extra}
+def envelope(
+    code: int = 200, exception_code: str = "00000", msg: str = "成功", request_id: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "code": code,
+        "msg": msg,
+        "exceptionCode": exception_code,
+        "requestId": request_id,
+        "returnTime": int(NOW * 1000),
+        "data": None,
+        **extra,
+    }
 
 
 class FakePlatform:
@@ -68,8 +95,11 @@ class FakePlatform:
     ``reply(request, n)`` returns the response; the default is success echoing the request id.
     """
 
-    def __init__(self, reply: Callable[[httpx.Request, int], httpx.Response] | None = None,
-                 conventions: ConventionSettings | None = None) -> None:
+    def __init__(
+        self,
+        reply: Callable[[httpx.Request, int], httpx.Response] | None = None,
+        conventions: ConventionSettings | None = None,
+    ) -> None:
         self.conv = Conventions(conventions or ConventionSettings(), APP_ID, SECRET)
         self.requests: list[httpx.Request] = []
         self.reply = reply or (lambda req, n: httpx.Response(200, json=envelope(request_id=rid(req))))
@@ -104,8 +134,12 @@ def answer(response: httpx.Response | Callable[[httpx.Request], httpx.Response])
     return FakePlatform(lambda req, n: response(req) if callable(response) else response)
 
 
-def outcome_of(response: httpx.Response | Callable[[httpx.Request], httpx.Response], *, registration: bool = False,
-               settings: PlatformSettings | None = None) -> Outcome:
+def outcome_of(
+    response: httpx.Response | Callable[[httpx.Request], httpx.Response],
+    *,
+    registration: bool = False,
+    settings: PlatformSettings | None = None,
+) -> Outcome:
     with answer(response).client(settings) as c:
         return c.register_device(REGISTRATION) if registration else c.upload_verification(VERIFICATION)
 
@@ -144,8 +178,9 @@ def test_verification_goes_to_its_endpoint() -> None:
 
 def test_every_call_has_a_fresh_request_id_time_and_signature() -> None:
     now = [NOW]
-    fake = FakePlatform(lambda req, n: httpx.Response(200, json=envelope(request_id=rid(req),
-                                                                         returnTime=int(now[0] * 1000))))
+    fake = FakePlatform(
+        lambda req, n: httpx.Response(200, json=envelope(request_id=rid(req), returnTime=int(now[0] * 1000)))
+    )
     with PlatformClient(platform(), transport=httpx.MockTransport(fake), clock=lambda: now[0]) as c:
         for t in (NOW, NOW + 1.5, NOW + 3):
             now[0] = t
@@ -168,8 +203,12 @@ def test_encrypted_body_is_data_holding_sm4_of_the_json() -> None:
 
 
 def test_conventions_settings_shape_the_request() -> None:
-    cs = {"send_time_format": "yyyy-MM-dd HH:mm:ss", "sign_output": "base64", "cipher_encoding": "hex_upper",
-          "json_ensure_ascii": True}
+    cs = {
+        "send_time_format": "yyyy-MM-dd HH:mm:ss",
+        "sign_output": "base64",
+        "cipher_encoding": "hex_upper",
+        "json_ensure_ascii": True,
+    }
     fake = FakePlatform(conventions=ConventionSettings(**cs))
     with fake.client(platform(encrypt=True, conventions=cs)) as c:
         assert c.register_device(REGISTRATION).accepted
@@ -183,10 +222,14 @@ def test_conventions_settings_shape_the_request() -> None:
 
 def test_encrypt_with_a_secret_that_is_no_sm4_key_fails_at_construction() -> None:
     with pytest.raises(CryptoError, match="sm4_key_mode"):
-        PlatformClient(platform(encrypt=True, org_app_secret="not-sixteen-bytes-long"),
-                       transport=httpx.MockTransport(FakePlatform()))
+        PlatformClient(
+            platform(encrypt=True, org_app_secret="not-sixteen-bytes-long"),
+            transport=httpx.MockTransport(FakePlatform()),
+        )
     # without encryption the same secret is fine (it only signs)
-    PlatformClient(platform(org_app_secret="not-sixteen-bytes-long"), transport=httpx.MockTransport(FakePlatform())).close()
+    PlatformClient(
+        platform(org_app_secret="not-sixteen-bytes-long"), transport=httpx.MockTransport(FakePlatform())
+    ).close()
 
 
 def test_switched_off_platform_sends_nothing() -> None:
@@ -228,8 +271,19 @@ def test_a2301_in_a_http_400_envelope_is_rejected() -> None:
     assert outcome_of(httpx.Response(400, json=envelope(400, "A2301", "参数错误"))).kind is REJECTED
 
 
-@pytest.mark.parametrize(("status", "kind"), [(400, REJECTED), (413, REJECTED), (422, REJECTED), (409, REJECTED),
-                                              (404, BLOCKED), (405, BLOCKED), (302, BLOCKED), (410, BLOCKED)])
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, REJECTED),
+        (413, REJECTED),
+        (422, REJECTED),
+        (409, REJECTED),
+        (404, BLOCKED),
+        (405, BLOCKED),
+        (302, BLOCKED),
+        (410, BLOCKED),
+    ],
+)
 def test_http_errors_without_an_envelope(status: int, kind: OutcomeKind) -> None:
     out = outcome_of(httpx.Response(status, text="<html><body><h1>Error</h1></body></html>"))
     assert out.kind is kind and out.http_status == status
@@ -264,16 +318,25 @@ def test_http_401_403_block_and_static_auth_does_not_resend(status: int) -> None
     assert len(fake.requests) == 1
 
 
-@pytest.mark.parametrize(("code", "exception_code", "msg"), [(401, "E0001", "未授权"), (403, "E0001", "forbidden"),
-                                                             (400, "A2303", "签名验证失败")])
+@pytest.mark.parametrize(
+    ("code", "exception_code", "msg"),
+    [(401, "E0001", "未授权"), (403, "E0001", "forbidden"), (400, "A2303", "签名验证失败")],
+)
 def test_credential_rejection_in_the_envelope_blocks_by_code(code: int, exception_code: str, msg: str) -> None:
     out = outcome_of(httpx.Response(200, json=envelope(code, exception_code, msg)))
     assert out.kind is BLOCKED, out
 
 
-@pytest.mark.parametrize(("code", "kind", "msg"), [(500, RETRYABLE, "签名验证失败"), (300, REJECTED, "invalid sign"),
-                                                   (400, REJECTED, "ticket 无效"), (400, REJECTED, "认证核验结果有误"),
-                                                   (500, RETRYABLE, "orgAppId 不存在")])
+@pytest.mark.parametrize(
+    ("code", "kind", "msg"),
+    [
+        (500, RETRYABLE, "签名验证失败"),
+        (300, REJECTED, "invalid sign"),
+        (400, REJECTED, "ticket 无效"),
+        (400, REJECTED, "认证核验结果有误"),
+        (500, RETRYABLE, "orgAppId 不存在"),
+    ],
+)
 def test_words_in_the_message_never_block(code: int, kind: OutcomeKind, msg: str) -> None:
     # the spec's own endpoint is 人证核验结果上传: a keyword would pause every upload
     out = outcome_of(httpx.Response(200, json=envelope(code, "E0001", msg)))
@@ -284,8 +347,9 @@ def test_failing_to_get_a_token_blocks_or_retries() -> None:
     auth = {"kind": "oauth2", "token_url": "http://127.0.0.1:9/connect/token", "client_id": "c", "client_secret": "s"}
 
     def handler(status: int) -> Callable[[httpx.Request, int], httpx.Response]:
-        return lambda req, n: (httpx.Response(status) if req.url.path == "/connect/token"
-                               else httpx.Response(200, json=envelope()))
+        return lambda req, n: (
+            httpx.Response(status) if req.url.path == "/connect/token" else httpx.Response(200, json=envelope())
+        )
 
     for status, kind in ((401, BLOCKED), (400, BLOCKED), (503, RETRYABLE)):
         fake = FakePlatform(handler(status))
@@ -298,8 +362,12 @@ def test_failing_to_get_a_token_blocks_or_retries() -> None:
 # ---- token refresh and resend ----------------------------------------------------------------------
 
 
-TOKEN_AUTH = {"kind": "token", "token_url": "http://127.0.0.1:9/auth/accesstoken/create", "app_key": "k",
-              "app_secret": "s"}
+TOKEN_AUTH = {
+    "kind": "token",
+    "token_url": "http://127.0.0.1:9/auth/accesstoken/create",
+    "app_key": "k",
+    "app_secret": "s",
+}
 
 
 def token_platform(reject: Callable[[str], bool]) -> FakePlatform:
@@ -323,11 +391,15 @@ def test_token_rejected_once_is_refreshed_and_the_request_resent_once() -> None:
         out = c.upload_verification(VERIFICATION)
     assert out.kind is ACCEPTED
     paths = [r.url.path for r in fake.requests]
-    assert paths == ["/auth/accesstoken/create", "/api" + PATH_VERIFICATION,
-                     "/auth/accesstoken/create", "/api" + PATH_VERIFICATION]
+    assert paths == [
+        "/auth/accesstoken/create",
+        "/api" + PATH_VERIFICATION,
+        "/auth/accesstoken/create",
+        "/api" + PATH_VERIFICATION,
+    ]
     first, second = fake.requests[1], fake.requests[3]
     assert first.headers["authorization"] == "tok-1" and second.headers["authorization"] == "tok-2"
-    assert rid(first) != rid(second)                # a resend is a new request
+    assert rid(first) != rid(second)  # a resend is a new request
     assert out.request_id == rid(second)
 
 
@@ -356,10 +428,19 @@ def test_token_error_in_a_http_200_envelope_also_refreshes() -> None:
 # ---- retryable -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("exc", [httpx.ConnectTimeout("t"), httpx.ReadTimeout("t"), httpx.WriteTimeout("t"),
-                                 httpx.PoolTimeout("t"), httpx.ConnectError("[Errno -2] Name or service not known"),
-                                 httpx.ReadError("reset"), httpx.RemoteProtocolError("peer closed"),
-                                 httpx.ProxyError("proxy")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.ConnectTimeout("t"),
+        httpx.ReadTimeout("t"),
+        httpx.WriteTimeout("t"),
+        httpx.PoolTimeout("t"),
+        httpx.ConnectError("[Errno -2] Name or service not known"),
+        httpx.ReadError("reset"),
+        httpx.RemoteProtocolError("peer closed"),
+        httpx.ProxyError("proxy"),
+    ],
+)
 def test_network_errors_are_retryable_and_never_raise(exc: Exception) -> None:
     def boom(req: httpx.Request) -> httpx.Response:
         raise exc
@@ -384,8 +465,18 @@ def test_429_honours_retry_after_in_seconds_and_as_a_date() -> None:
     assert outcome_of(httpx.Response(429, headers={"Retry-After": "soon"})).retry_after_s is None
 
 
-@pytest.mark.parametrize("body", [b"<html><body>502 Bad Gateway</body></html>", b"", b'{"code": 200, "msg": "ok"',
-                                  b"[1, 2]", b'{"msg": "no code"}', b"\xff\xfe", b'{"code": "abc"}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html><body>502 Bad Gateway</body></html>",
+        b"",
+        b'{"code": 200, "msg": "ok"',
+        b"[1, 2]",
+        b'{"msg": "no code"}',
+        b"\xff\xfe",
+        b'{"code": "abc"}',
+    ],
+)
 def test_unreadable_replies_are_retryable(body: bytes) -> None:
     out = outcome_of(httpx.Response(200, content=body))
     assert out.kind is RETRYABLE and "unreadable reply" in out.message
@@ -394,8 +485,9 @@ def test_unreadable_replies_are_retryable(body: bytes) -> None:
 def test_envelope_5xx_and_429_codes_are_retryable() -> None:
     assert outcome_of(httpx.Response(200, json=envelope(500, "E9999", "系统异常"))).kind is RETRYABLE
     assert outcome_of(httpx.Response(200, json=envelope(429, "E0429", "too many requests"))).kind is RETRYABLE
-    throttled = outcome_of(httpx.Response(200, headers={"Retry-After": "12"},
-                                          json=envelope(429, "E0429", "too many requests")))
+    throttled = outcome_of(
+        httpx.Response(200, headers={"Retry-After": "12"}, json=envelope(429, "E0429", "too many requests"))
+    )
     assert throttled.kind is RETRYABLE and throttled.retry_after_s == 12
 
 
@@ -411,8 +503,9 @@ def test_a_redirect_is_not_followed() -> None:
 # ---- response signature ----------------------------------------------------------------------------
 
 
-def signed(conv: Conventions, body: dict[str, Any], time_str: str = "1718091555123",
-           sign: str | None = None) -> httpx.Response:
+def signed(
+    conv: Conventions, body: dict[str, Any], time_str: str = "1718091555123", sign: str | None = None
+) -> httpx.Response:
     headers = conv.response_headers(time_str)
     if sign is not None:
         headers["hmpt-portal-sign"] = sign
@@ -451,7 +544,8 @@ def test_verify_response_sign_required_and_off() -> None:
 
 
 def test_encrypted_response_data_is_decrypted_and_a_failure_does_not_override_the_envelope(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     conv = Conventions(ConventionSettings(), APP_ID, SECRET)
     good = envelope(data=conv.encrypt_data(b'{"ok":true}'))
     assert outcome_of(httpx.Response(200, json=good)).message == "成功"
@@ -480,8 +574,10 @@ def test_logs_and_outcomes_hold_no_personal_data(caplog: pytest.LogCaptureFixtur
 def test_names_and_addresses_quoted_by_the_platform_are_masked(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     payload = {**VERIFICATION, "address": "广西壮族自治区南宁市青秀区测试路1号", "birthday": "1990-01-01"}
-    msg = (f"参数错误: 韦小红 的地址 广西壮族自治区南宁市青秀区测试路1号 与 cardNo {CARD_NO} 不符 (1990-01-01); "
-           "姓名:覃某某 address=柳州市某路2号")
+    msg = (
+        f"参数错误: 韦小红 的地址 广西壮族自治区南宁市青秀区测试路1号 与 cardNo {CARD_NO} 不符 (1990-01-01); "
+        "姓名:覃某某 address=柳州市某路2号"
+    )
     with answer(httpx.Response(200, json=envelope(400, "A2301", msg))).client() as c:
         out = c.upload_verification(payload)
     assert out.kind is REJECTED
@@ -523,8 +619,13 @@ def raw_server() -> Iterator[Callable[[bytes], str]]:
                 while b"\r\n\r\n" not in data:
                     data += conn.recv(65536)
                 head, _, body = data.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                )
                 while len(body) < length:
                     body += conn.recv(65536)
                 conn.sendall(raw)
@@ -539,8 +640,9 @@ def raw_server() -> Iterator[Callable[[bytes], str]]:
 
 def test_truncated_body_is_retryable(raw_server: Callable[[bytes], str]) -> None:
     body = json.dumps(envelope()).encode()
-    url = raw_server(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
-                     + body[:20])
+    url = raw_server(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:20]
+    )
     with PlatformClient(platform(base_url=url)) as c:
         out = c.upload_verification(VERIFICATION)
     assert out.kind is RETRYABLE
@@ -564,32 +666,58 @@ def _make_pki(tmp: Path) -> dict[str, Path]:
     now = dt.datetime.now(dt.UTC)
 
     def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
-    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
-             issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool, usage: Any = None) -> x509.Certificate:
+    def cert(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Certificate | None,
+        issuer_key: ec.EllipticCurvePrivateKey,
+        *,
+        ca: bool,
+        usage: Any = None,
+    ) -> x509.Certificate:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        b = (x509.CertificateBuilder().subject_name(name)
-             .issuer_name(issuer.subject if issuer else name).public_key(key.public_key())
-             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-             .not_valid_after(now + dt.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer.subject if issuer else name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if ca:
-            b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                              content_commitment=False, key_encipherment=False,
-                                              data_encipherment=False, key_agreement=False,
-                                              encipher_only=False, decipher_only=False), critical=True)
+            b = b.add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         else:
             import ipaddress
 
-            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                critical=False)
+            b = b.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+            )
             b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             assert issuer is not None
-            b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]
-                                critical=False)
+            b = b.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
         return b.sign(issuer_key, hashes.SHA256())
 
     out: dict[str, Path] = {}
@@ -613,10 +741,11 @@ def tls_server(tmp_path: Path) -> Iterator[Callable[..., tuple[str, dict[str, Pa
     pki = _make_pki(tmp_path)
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
-            body = json.dumps(envelope(request_id=self.headers["hmpt-portal-request-id"],
-                                       returnTime=int(time.time() * 1000))).encode()
+            body = json.dumps(
+                envelope(request_id=self.headers["hmpt-portal-request-id"], returnTime=int(time.time() * 1000))
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -657,8 +786,9 @@ def test_tls_client_certificate_is_presented_when_configured(tls_server: Any) ->
     url, pki = tls_server(require_client_cert=True)
     with PlatformClient(platform(base_url=url, ca_bundle=pki["ca"])) as c:
         assert c.upload_verification(VERIFICATION).kind is RETRYABLE
-    with PlatformClient(platform(base_url=url, ca_bundle=pki["ca"], client_cert=pki["client_cert"],
-                                 client_key=pki["client_key"])) as c:
+    with PlatformClient(
+        platform(base_url=url, ca_bundle=pki["ca"], client_cert=pki["client_cert"], client_key=pki["client_key"])
+    ) as c:
         assert c.upload_verification(VERIFICATION).kind is ACCEPTED
 
 
@@ -669,8 +799,9 @@ def test_one_client_serves_several_threads_with_one_token_fetch() -> None:
     fake = token_platform(lambda tok: False)
     outcomes: list[Outcome] = []
     with fake.client(platform(auth=TOKEN_AUTH)) as c:
-        threads = [threading.Thread(target=lambda: outcomes.append(c.upload_verification(VERIFICATION)))
-                   for _ in range(6)]
+        threads = [
+            threading.Thread(target=lambda: outcomes.append(c.upload_verification(VERIFICATION))) for _ in range(6)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -681,12 +812,16 @@ def test_one_client_serves_several_threads_with_one_token_fetch() -> None:
 
 
 def test_a_body_that_claims_gzip_but_is_not_is_retryable() -> None:
-    out = outcome_of(lambda req: httpx.Response(200, stream=httpx.ByteStream(b"not gzip at all"),
-                                                headers={"Content-Encoding": "gzip"}))
+    out = outcome_of(
+        lambda req: httpx.Response(
+            200, stream=httpx.ByteStream(b"not gzip at all"), headers={"Content-Encoding": "gzip"}
+        )
+    )
     assert out.kind is RETRYABLE and "DecodingError" in out.message
 
 
 def test_a_non_ascii_credential_blocks_instead_of_raising() -> None:
-    out = outcome_of(httpx.Response(200, json=envelope()),
-                     settings=platform(auth={"kind": "static", "ticket": "票据-1"}))
+    out = outcome_of(
+        httpx.Response(200, json=envelope()), settings=platform(auth={"kind": "static", "ticket": "票据-1"})
+    )
     assert out.kind is BLOCKED and "not ASCII" in out.message

@@ -16,10 +16,14 @@ from agent.config import ConventionSettings, PlatformSettings
 from agent.mock_platform import Faults, MockPlatform, MockPlatformConfig
 from agent.mock_platform.samples import sample_registration, sample_verification
 from agent.uplink.client import PlatformClient
-from agent.uplink.outcome import OutcomeKind
+from core.outcome import OutcomeKind
 
-ACCEPTED, REJECTED, BLOCKED, RETRYABLE = (OutcomeKind.ACCEPTED, OutcomeKind.REJECTED, OutcomeKind.BLOCKED,
-                                          OutcomeKind.RETRYABLE)
+ACCEPTED, REJECTED, BLOCKED, RETRYABLE = (
+    OutcomeKind.ACCEPTED,
+    OutcomeKind.REJECTED,
+    OutcomeKind.BLOCKED,
+    OutcomeKind.RETRYABLE,
+)
 KINDS = [(auth, sm4) for auth in ("static", "token", "oauth2") for sm4 in (False, True)]
 
 
@@ -36,8 +40,9 @@ def only(*auth_kinds: str) -> pytest.MarkDecorator:
 @pytest.fixture(scope="module", params=KINDS, ids=kind_ids(KINDS))
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockPlatform]:
     auth, sm4 = request.param
-    with MockPlatform(MockPlatformConfig(auth_kind=auth, encrypt=sm4),
-                      tmp_path_factory.mktemp(f"{auth}{int(sm4)}") / "mock.db") as m:
+    with MockPlatform(
+        MockPlatformConfig(auth_kind=auth, encrypt=sm4), tmp_path_factory.mktemp(f"{auth}{int(sm4)}") / "mock.db"
+    ) as m:
         yield m
 
 
@@ -62,6 +67,7 @@ def business_requests(mock: MockPlatform) -> list[dict[str, Any]]:
 
 
 # -- the four outcomes, for every auth kind with and without SM4 ---------------------------------------
+
 
 def test_accepted_registration_and_upload_reach_the_platforms_database(mock: MockPlatform) -> None:
     with registered(mock) as client:
@@ -140,6 +146,7 @@ def test_platform_stopped_is_retryable(tmp_path: Any) -> None:
 
 # -- tokens -------------------------------------------------------------------------------------------
 
+
 @only("token", "oauth2")
 def test_an_expired_token_is_refreshed_and_the_request_resent_once(mock: MockPlatform) -> None:
     with registered(mock) as client:
@@ -193,7 +200,9 @@ FAULTS: list[tuple[str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("name", "faults", "says"), FAULTS, ids=[f[0] for f in FAULTS])
-def test_each_fault_is_retryable_then_recovers(mock: MockPlatform, name: str, faults: dict[str, Any], says: str) -> None:
+def test_each_fault_is_retryable_then_recovers(
+    mock: MockPlatform, name: str, faults: dict[str, Any], says: str
+) -> None:
     with registered(mock) as client:
         mock.set_faults(**faults)
         outcome = client.upload_verification(sample_verification(1))
@@ -222,18 +231,24 @@ def test_latency_within_the_timeout_is_accepted_beyond_it_retryable(mock: MockPl
 
 # -- conventions --------------------------------------------------------------------------------------------
 
+
 def test_non_default_conventions_agree_end_to_end(tmp_path: Any) -> None:
-    conventions = ConventionSettings(send_time_format="yyyy-MM-dd HH:mm:ss", sign_output="base64",
-                                     sm4_key_mode="sm3_trunc16", cipher_encoding="hex_upper",
-                                     json_ensure_ascii=True, verify_response_sign="required")
-    cfg = MockPlatformConfig(org_app_secret="a secret that is not sixteen bytes", conventions=conventions,
-                             encrypt=True)
+    conventions = ConventionSettings(
+        send_time_format="yyyy-MM-dd HH:mm:ss",
+        sign_output="base64",
+        sm4_key_mode="sm3_trunc16",
+        cipher_encoding="hex_upper",
+        json_ensure_ascii=True,
+        verify_response_sign="required",
+    )
+    cfg = MockPlatformConfig(org_app_secret="a secret that is not sixteen bytes", conventions=conventions, encrypt=True)
     with MockPlatform(cfg, tmp_path / "m.db") as m, PlatformClient(m.platform_settings()) as client:
         assert client.register_device(sample_registration()).kind is ACCEPTED
         assert client.upload_verification(sample_verification(5)).kind is ACCEPTED
         # a client reading one convention differently is refused as a whole: blocked
-        other = PlatformSettings.model_validate(m.platform_section(conventions=conventions.model_dump()
-                                                                   | {"sign_output": "hex"}))
+        other = PlatformSettings.model_validate(
+            m.platform_section(conventions=conventions.model_dump() | {"sign_output": "hex"})
+        )
         with PlatformClient(other) as wrong:
             assert wrong.upload_verification(sample_verification(6)).kind is BLOCKED
     assert len(m.records()) == 1

@@ -21,8 +21,11 @@ import pytest
 from agent import mock_platform
 from agent.config import load_config
 from agent.outbox import Outbox
-from tests.test_outbox_support import platform  # noqa: F401  (the fixture)
-from tests.test_outbox_support import record, write_config
+from tests.test_outbox_support import (
+    platform,  # noqa: F401  (the fixture)
+    record,
+    write_config,
+)
 from tests.test_uploader import env  # noqa: F401  (the fixture)
 from tests.waiting import wait_for
 
@@ -175,25 +178,36 @@ def shim(tmp_path: Path) -> Path:
     return lib
 
 
-
-
 def test_a_real_process_400_days_ahead_then_set_right_retries_within_backoff_max(
-        tmp_path: Path, shim: Path, platform: mock_platform.MockPlatform) -> None:
+    tmp_path: Path, shim: Path, platform: mock_platform.MockPlatform
+) -> None:
     backoff_max = 2.0
-    cfg = write_config(tmp_path / "fvagent.toml", url=platform.url, state_dir=tmp_path / "state",
-                       backoff_initial_s=0.5, backoff_max_s=backoff_max)
+    cfg = write_config(
+        tmp_path / "fvagent.toml",
+        url=platform.url,
+        state_dir=tmp_path / "state",
+        backoff_initial_s=0.5,
+        backoff_max_s=backoff_max,
+    )
     settings = load_config(cfg, validate_drivers=False)
     step = tmp_path / "clock-offset"
     env = {**os.environ, "LD_PRELOAD": str(shim), "STEP_CLOCK_FILE": str(step)}
     step.write_text("0\n")
-    proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(cfg)], cwd=ROOT, env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdin is not None and proc.stdout.readline().strip() == "running"
 
         def registered() -> bool:
             with Outbox.open(settings.storage, readonly=True) as box:
                 return bool(box.registration_state().get("registered"))
+
         wait_for(registered, 20, "the device to register while the clock is right")
         step.write_text(f"{AHEAD_S}\n")  # the clock jumps 400 days ahead and the network goes down
         platform.set_faults(down=True)
@@ -206,6 +220,7 @@ def test_a_real_process_400_days_ahead_then_set_right_retries_within_backoff_max
                 rows = box.list("pending", limit=10)
                 tried = [r for r in rows if r.attempts >= 2 and r.next_attempt_at > time.time() + AHEAD_S - 3600]
                 return len(rows) == 5 and len(tried) >= 2
+
         with Outbox.open(settings.storage, readonly=True) as box:
             assert min(r.created_at for r in box.list(limit=10)) > time.time() + AHEAD_S - 3600, "the clock shim works"
         wait_for(failed, 40, "records to fail, with their retry times 400 days ahead")
@@ -217,6 +232,7 @@ def test_a_real_process_400_days_ahead_then_set_right_retries_within_backoff_max
         def all_sent() -> bool:
             with Outbox.open(settings.storage, readonly=True) as box:
                 return box.stats()["sent"] == 5
+
         wait_for(all_sent, backoff_max * 5 + 10, "every record to be delivered after the clock was set right")
         took = time.monotonic() - back_at
         # One backoff_max for the clamped retry times, plus the probing of a platform that was failing
@@ -236,13 +252,18 @@ def test_a_real_process_400_days_ahead_then_set_right_retries_within_backoff_max
 
 # -- housekeeping and a clock that jumped ahead -----------------------------------------------------
 
+
 def test_housekeeping_erases_nothing_by_a_clock_far_past_what_the_outbox_has_seen(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from agent.cli import main as cli_main
     from agent.outbox import housekeeping
 
-    cfg = write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "state",
-                       storage_extra="keep_sent_days = 7\nkeep_sent_rows_days = 30")
+    cfg = write_config(
+        tmp_path / "fvagent.toml",
+        state_dir=tmp_path / "state",
+        storage_extra="keep_sent_days = 7\nkeep_sent_rows_days = 30",
+    )
     settings = load_config(cfg, validate_drivers=False)
     now = [time.time()]
     with Outbox.open(settings.storage, clock=lambda: now[0]) as box:
@@ -253,7 +274,7 @@ def test_housekeeping_erases_nothing_by_a_clock_far_past_what_the_outbox_has_see
         assert result["photos_erased"] == 0 and result["rows_deleted"] == 0
         assert "past the latest time the outbox has seen" in result["alert"]
         assert box.get(rid).has_photos  # type: ignore[union-attr]
-    code = cli_main(["status", "-c", str(cfg)])
+    cli_main(["status", "-c", str(cfg)])
     assert "no photo is erased" in capsys.readouterr().out
     with Outbox.open(settings.storage, clock=lambda: now[0]) as box:
         # Eight days of real uptime later, the clock is plausible: the photos go, and the alert with them.

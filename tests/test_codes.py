@@ -1,4 +1,4 @@
-"""The code tables and GB 11643 rules of agent.codes."""
+"""The code tables and GB 11643 rules of core.codes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from agent import codes
+from core import codes
 
 
 def make_id(region: str = "450203", birth: str = "19900101", seq: str = "002") -> str:
@@ -45,10 +45,22 @@ def test_nation_table_is_complete() -> None:
     assert len(set(codes.NATIONS.values())) == len(expected)
 
 
-@pytest.mark.parametrize(("code", "name"), [
-    ("01", "汉"), ("02", "蒙古"), ("03", "回"), ("08", "壮"), ("12", "侗"), ("36", "毛南"),
-    ("43", "乌孜别克"), ("46", "德昂"), ("56", "基诺"), ("97", "其他"), ("98", "外国血统中国籍人士"),
-])
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        ("01", "汉"),
+        ("02", "蒙古"),
+        ("03", "回"),
+        ("08", "壮"),
+        ("12", "侗"),
+        ("36", "毛南"),
+        ("43", "乌孜别克"),
+        ("46", "德昂"),
+        ("56", "基诺"),
+        ("97", "其他"),
+        ("98", "外国血统中国籍人士"),
+    ],
+)
 def test_nation_short_names_as_printed_on_the_card(code: str, name: str) -> None:
     assert codes.nation_name(code) == name
     assert codes.nation_code(name) == code
@@ -61,9 +73,17 @@ def test_no_nation_name_ends_with_zu() -> None:
         assert 1 <= len(name) <= 10
 
 
-@pytest.mark.parametrize(("name", "code"), [
-    ("毛难", "36"), ("崩龙", "46"), ("汉族", "01"), ("侗 族", "12"), ("毛难族", "36"), ("基诺族", "56"),
-])
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("毛难", "36"),
+        ("崩龙", "46"),
+        ("汉族", "01"),
+        ("侗 族", "12"),
+        ("毛难族", "36"),
+        ("基诺族", "56"),
+    ],
+)
 def test_nation_code_accepts_aliases_and_appendix_spellings(name: str, code: str) -> None:
     assert codes.nation_code(name) == code
 
@@ -130,8 +150,9 @@ def test_wrong_check_character() -> None:
 
 
 def test_lower_case_x_is_refused_with_the_fix() -> None:
-    first17 = next(f"45020319900101{i:03d}" for i in range(1000)
-                   if codes.resident_id_check_digit(f"45020319900101{i:03d}") == "X")
+    first17 = next(
+        f"45020319900101{i:03d}" for i in range(1000) if codes.resident_id_check_digit(f"45020319900101{i:03d}") == "X"
+    )
     assert codes.validate_resident_id(first17 + "X") == []
     assert codes.validate_resident_id(first17 + "x") == ["the check character must be an upper-case X"]
 
@@ -146,12 +167,15 @@ def test_leap_day_is_a_real_date() -> None:
     assert codes.validate_resident_id(make_id(birth="20000229")) == []
 
 
-@pytest.mark.parametrize(("number", "rule"), [
-    ("45020319900101002", "a resident ID number has 18 characters, not 17"),
-    ("4502031990010100212", "a resident ID number has 18 characters, not 19"),
-    ("45020319900101A021", "a resident ID number is 17 digits followed by a digit or X"),
-    ("４50203199001010021", "a resident ID number is 17 digits followed by a digit or X"),
-])
+@pytest.mark.parametrize(
+    ("number", "rule"),
+    [
+        ("45020319900101002", "a resident ID number has 18 characters, not 17"),
+        ("4502031990010100212", "a resident ID number has 18 characters, not 19"),
+        ("45020319900101A021", "a resident ID number is 17 digits followed by a digit or X"),
+        ("４50203199001010021", "a resident ID number is 17 digits followed by a digit or X"),
+    ],
+)
 def test_shape_rules(number: str, rule: str) -> None:
     assert codes.validate_resident_id(number) == [rule]
 

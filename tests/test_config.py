@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 from pydantic import BaseModel, SecretStr
 
@@ -32,7 +33,7 @@ from agent.config import (
     parse_config,
     read_secret_file,
 )
-from agent.errors import ConfigError, SecretError
+from core.errors import ConfigError, SecretError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "deploy" / "fvagent.example.toml"
@@ -113,10 +114,27 @@ def test_minimal_file_gives_typed_settings_with_defaults() -> None:
 
 
 FIXED_KEYS = {
-    DeviceSettings: ["machine_code", "device_no", "manufacturer", "model", "purchase_date", "dept_id",
-                     "dept_name", "register_user", "operator"],
-    PlatformSettings: ["base_url", "org_app_id", "org_app_secret", "enabled", "encrypt", "ca_bundle", "auth",
-                       "conventions"],
+    DeviceSettings: [
+        "machine_code",
+        "device_no",
+        "manufacturer",
+        "model",
+        "purchase_date",
+        "dept_id",
+        "dept_name",
+        "register_user",
+        "operator",
+    ],
+    PlatformSettings: [
+        "base_url",
+        "org_app_id",
+        "org_app_secret",
+        "enabled",
+        "encrypt",
+        "ca_bundle",
+        "auth",
+        "conventions",
+    ],
     AuthSettings: ["kind", "ticket"],
     StorageSettings: ["dir"],
     FaceSettings: ["mode", "threshold"],
@@ -131,13 +149,23 @@ def test_fixed_key_names_exist(model: type[BaseModel], keys: list[str]) -> None:
 
 
 def test_sections() -> None:
-    assert list(Settings.model_fields) == ["device", "platform", "storage", "uploader", "card_reader", "camera",
-                                           "face", "local_api", "logging", "source"]
+    assert list(Settings.model_fields) == [
+        "device",
+        "platform",
+        "storage",
+        "uploader",
+        "card_reader",
+        "camera",
+        "face",
+        "local_api",
+        "logging",
+        "source",
+    ]
 
 
 def test_settings_are_frozen() -> None:
     s = parse_config(raw(), validate_drivers=False)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError):
         s.platform.enabled = False  # type: ignore[misc]
 
 
@@ -146,10 +174,18 @@ def test_auth_kinds(kind: str, value: str) -> None:
     data = raw()
     data["platform"]["auth"] = {
         "static": {"kind": "static", "ticket": "t"},
-        "token": {"kind": "token", "token_url": "http://127.0.0.1:1/auth/accesstoken/create", "app_key": "k",
-                  "app_secret": "s"},
-        "oauth2": {"kind": "oauth2", "token_url": "https://127.0.0.1/connect/token", "client_id": "c",
-                   "client_secret": "s"},
+        "token": {
+            "kind": "token",
+            "token_url": "http://127.0.0.1:1/auth/accesstoken/create",
+            "app_key": "k",
+            "app_secret": "s",
+        },
+        "oauth2": {
+            "kind": "oauth2",
+            "token_url": "https://127.0.0.1/connect/token",
+            "client_id": "c",
+            "client_secret": "s",
+        },
     }[kind]
     assert parse_config(data, validate_drivers=False).platform.auth.kind == value
 
@@ -191,37 +227,48 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 _DELETE = object()
 
 
-@pytest.mark.parametrize(("key", "value", "path", "rule"), [
-    ("platform.base_url", "gfe.example.gov.cn/api", "platform.base_url", "must be an http(s) URL"),
-    ("platform.base_url", "ftp://gfe.example.gov.cn", "platform.base_url", "must be an http(s) URL"),
-    ("platform.base_url", "https://", "platform.base_url", "must be an http(s) URL"),
-    ("device.machine_code", _DELETE, "device.machine_code", "required"),
-    ("device.operator", _DELETE, "device.operator", "required"),
-    ("device.machine_code", "C" * 51, "device.machine_code", "must have at most 50 characters"),
-    ("device.dept_name", "科" * 51, "device.dept_name", "must have at most 50 characters"),
-    ("device.operator", "护" * 11, "device.operator", "must have at most 10 characters"),
-    ("device.manufacturer", "", "device.manufacturer", "must have at least 1 character"),
-    ("device.purchase_date", "2024-02-30", "device.purchase_date", "must be a valid date"),
-    ("device.status", 2, "device.status", "must be 0 or 1"),
-    ("device.serial", "x", "device.serial", "unknown key"),
-    ("platform.encrpyt", True, "platform.encrpyt", "unknown key (did you mean 'encrypt'?)"),
-    ("platform.enabled", "yes please", "platform.enabled", "must be a valid boolean"),
-    ("platform.org_app_id", _DELETE, "platform.org_app_id", "required"),
-    ("platform.org_app_secret", _DELETE, "platform.org_app_secret", "required"),
-    ("platform.auth.kind", "basic", "platform.auth.kind", "must be 'static', 'token' or 'oauth2'"),
-    ("platform.auth.ticket", _DELETE, "platform.auth.ticket",
-     "required when kind = \"static\" (or ticket_file, or the systemd credential 'ticket')"),
-    ("platform.ca_bundle", "/nonexistent/ca.pem", "platform.ca_bundle", "file /nonexistent/ca.pem does not exist"),
-    ("platform.conventions.sign_output", "HEX", "platform.conventions.sign_output", "must be 'hex'"),
-    ("platform.conventions.long_term_end_date", "长" * 11, "platform.conventions.long_term_end_date",
-     "at most 10 characters"),
-    ("face.mode", "magic", "face.mode", "must be 'compute', 'relay' or 'both'"),
-    ("face.threshold", 1.5, "face.threshold", "must be less than or equal to 1"),
-    ("local_api.listen", "8787", "local_api.listen", "must be host:port"),
-    ("card_reader", "fake", "card_reader", "must be a table ([card_reader])"),
-    ("fingerprint", {"driver": "x"}, "fingerprint", "unknown key"),
-    ("source", "/etc/passwd", "source", "unknown key"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "path", "rule"),
+    [
+        ("platform.base_url", "gfe.example.gov.cn/api", "platform.base_url", "must be an http(s) URL"),
+        ("platform.base_url", "ftp://gfe.example.gov.cn", "platform.base_url", "must be an http(s) URL"),
+        ("platform.base_url", "https://", "platform.base_url", "must be an http(s) URL"),
+        ("device.machine_code", _DELETE, "device.machine_code", "required"),
+        ("device.operator", _DELETE, "device.operator", "required"),
+        ("device.machine_code", "C" * 51, "device.machine_code", "must have at most 50 characters"),
+        ("device.dept_name", "科" * 51, "device.dept_name", "must have at most 50 characters"),
+        ("device.operator", "护" * 11, "device.operator", "must have at most 10 characters"),
+        ("device.manufacturer", "", "device.manufacturer", "must have at least 1 character"),
+        ("device.purchase_date", "2024-02-30", "device.purchase_date", "must be a valid date"),
+        ("device.status", 2, "device.status", "must be 0 or 1"),
+        ("device.serial", "x", "device.serial", "unknown key"),
+        ("platform.encrpyt", True, "platform.encrpyt", "unknown key (did you mean 'encrypt'?)"),
+        ("platform.enabled", "yes please", "platform.enabled", "must be a valid boolean"),
+        ("platform.org_app_id", _DELETE, "platform.org_app_id", "required"),
+        ("platform.org_app_secret", _DELETE, "platform.org_app_secret", "required"),
+        ("platform.auth.kind", "basic", "platform.auth.kind", "must be 'static', 'token' or 'oauth2'"),
+        (
+            "platform.auth.ticket",
+            _DELETE,
+            "platform.auth.ticket",
+            "required when kind = \"static\" (or ticket_file, or the systemd credential 'ticket')",
+        ),
+        ("platform.ca_bundle", "/nonexistent/ca.pem", "platform.ca_bundle", "file /nonexistent/ca.pem does not exist"),
+        ("platform.conventions.sign_output", "HEX", "platform.conventions.sign_output", "must be 'hex'"),
+        (
+            "platform.conventions.long_term_end_date",
+            "长" * 11,
+            "platform.conventions.long_term_end_date",
+            "at most 10 characters",
+        ),
+        ("face.mode", "magic", "face.mode", "must be 'compute', 'relay' or 'both'"),
+        ("face.threshold", 1.5, "face.threshold", "must be less than or equal to 1"),
+        ("local_api.listen", "8787", "local_api.listen", "must be host:port"),
+        ("card_reader", "fake", "card_reader", "must be a table ([card_reader])"),
+        ("fingerprint", {"driver": "x"}, "fingerprint", "unknown key"),
+        ("source", "/etc/passwd", "source", "unknown key"),
+    ],
+)
 def test_errors_name_the_key_and_the_rule(key: str, value: Any, path: str, rule: str) -> None:
     found = problems(_set(raw(), key, value))
     assert path in found, found
@@ -239,11 +286,14 @@ def test_platform_auth_required() -> None:
     assert problems(data) == {"platform.auth": "required"}
 
 
-@pytest.mark.parametrize(("auth", "missing"), [
-    ({"kind": "token"}, ["token_url", "app_key", "app_secret"]),
-    ({"kind": "oauth2"}, ["token_url", "client_id", "client_secret"]),
-    ({"kind": "oauth2", "token_url": "https://a/connect/token", "client_id": "c"}, ["client_secret"]),
-])
+@pytest.mark.parametrize(
+    ("auth", "missing"),
+    [
+        ({"kind": "token"}, ["token_url", "app_key", "app_secret"]),
+        ({"kind": "oauth2"}, ["token_url", "client_id", "client_secret"]),
+        ({"kind": "oauth2", "token_url": "https://a/connect/token", "client_id": "c"}, ["client_secret"]),
+    ],
+)
 def test_auth_kind_names_each_missing_key(auth: dict[str, Any], missing: list[str]) -> None:
     data = raw()
     data["platform"]["auth"] = auth
@@ -277,8 +327,15 @@ def test_every_error_is_reported_at_once() -> None:
     data["platform"]["auth"] = {"kind": "oauth2"}
     data["logging"] = {"level": "LOUD"}
     found = problems(data)
-    assert {"platform.base_url", "device.operator", "face.threshold", "platform.auth.token_url",
-            "platform.auth.client_id", "platform.auth.client_secret", "logging.level"} <= set(found)
+    assert {
+        "platform.base_url",
+        "device.operator",
+        "face.threshold",
+        "platform.auth.token_url",
+        "platform.auth.client_id",
+        "platform.auth.client_secret",
+        "logging.level",
+    } <= set(found)
 
 
 def test_error_text_lists_each_problem_on_its_own_line() -> None:
@@ -312,8 +369,9 @@ def _without_inline(text: str = MINIMAL) -> str:
 def test_secrets_from_files(tmp_path: Path) -> None:
     a = secret_file(tmp_path, SECRET, "org_app_secret")
     t = secret_file(tmp_path, TICKET, "ticket")
-    text = _without_inline().replace('org_app_id = "ORG-APP-ID"',
-                                     f'org_app_id = "ORG-APP-ID"\norg_app_secret_file = "{a}"')
+    text = _without_inline().replace(
+        'org_app_id = "ORG-APP-ID"', f'org_app_id = "ORG-APP-ID"\norg_app_secret_file = "{a}"'
+    )
     text = text.replace('kind = "static"', f'kind = "static"\nticket_file = "{t}"')
     s = load_config(write(tmp_path, text), validate_drivers=False)
     assert s.platform.org_app_secret.get_secret_value() == SECRET  # trailing newline stripped
@@ -325,8 +383,9 @@ def test_relative_secret_file_is_relative_to_the_config_file(tmp_path: Path, mon
     conf_dir = tmp_path / "etc"
     conf_dir.mkdir()
     secret_file(conf_dir, TICKET, "ticket")
-    text = _without_inline().replace('org_app_id = "ORG-APP-ID"',
-                                     f'org_app_id = "ORG-APP-ID"\norg_app_secret = "{SECRET}"')
+    text = _without_inline().replace(
+        'org_app_id = "ORG-APP-ID"', f'org_app_id = "ORG-APP-ID"\norg_app_secret = "{SECRET}"'
+    )
     text = text.replace('kind = "static"', 'kind = "static"\nticket_file = "ticket"')
     path = write(conf_dir, text)
     monkeypatch.chdir(tmp_path)  # not the config's directory
@@ -355,11 +414,14 @@ def test_read_secret_file_hint_is_the_chmod(tmp_path: Path) -> None:
     assert info.value.hint == f"chmod 600 {t}"
 
 
-@pytest.mark.parametrize(("setup", "rule"), [
-    ("missing", "does not exist"),
-    ("empty", "is empty"),
-    ("dir", "not a regular file"),
-])
+@pytest.mark.parametrize(
+    ("setup", "rule"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty"),
+        ("dir", "not a regular file"),
+    ],
+)
 def test_bad_secret_files(tmp_path: Path, setup: str, rule: str) -> None:
     path = tmp_path / "org_app_secret"
     if setup == "empty":
@@ -475,14 +537,21 @@ def _model_fields(model: type[BaseModel], path: str = "") -> list[tuple[str, str
     return out
 
 
-SECRET_KEYS = {("platform", "org_app_secret"), ("platform.auth", "ticket"), ("platform.auth", "app_secret"),
-               ("platform.auth", "client_secret"), ("local_api", "token"), ("local_api", "full_data_token")}
+SECRET_KEYS = {
+    ("platform", "org_app_secret"),
+    ("platform.auth", "ticket"),
+    ("platform.auth", "app_secret"),
+    ("platform.auth", "client_secret"),
+    ("local_api", "token"),
+    ("local_api", "full_data_token"),
+}
 
 
 def test_example_covers_every_key_of_every_section() -> None:
     shown = _example_keys()
-    missing = [f"{section}.{name}" for section, name, _ in _model_fields(Settings)
-               if name not in shown.get(section, set())]
+    missing = [
+        f"{section}.{name}" for section, name, _ in _model_fields(Settings) if name not in shown.get(section, set())
+    ]
     missing += [f"{section}.{name}_file" for section, name in SECRET_KEYS if f"{name}_file" not in shown[section]]
     assert not missing, f"deploy/fvagent.example.toml does not show: {', '.join(missing)}"
 
@@ -497,14 +566,26 @@ def test_example_shows_no_key_that_does_not_exist() -> None:
 
 
 def test_secret_keys_are_the_secret_fields() -> None:
-    secret_fields = {(s, n) for s, n, model in _model_fields(Settings)
-                     if "SecretStr" in str(model.model_fields[n].annotation)}
+    secret_fields = {
+        (s, n) for s, n, model in _model_fields(Settings) if "SecretStr" in str(model.model_fields[n].annotation)
+    }
     assert secret_fields == SECRET_KEYS
 
 
-@pytest.mark.parametrize("model", [DeviceSettings, PlatformSettings, AuthSettings, ConventionSettings,
-                                   StorageSettings, UploaderSettings, FaceSettings, LocalApiSettings,
-                                   LoggingSettings])
+@pytest.mark.parametrize(
+    "model",
+    [
+        DeviceSettings,
+        PlatformSettings,
+        AuthSettings,
+        ConventionSettings,
+        StorageSettings,
+        UploaderSettings,
+        FaceSettings,
+        LocalApiSettings,
+        LoggingSettings,
+    ],
+)
 def test_unknown_keys_are_errors_in_every_section(model: type[BaseModel]) -> None:
     assert model.model_config.get("extra") == "forbid"
 
@@ -535,8 +616,12 @@ def test_check_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_check_prints_every_error_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = MINIMAL.replace("https://gfe.platform.test/api/", "gfe.example.gov.cn").replace(
-        'operator = "分娩登记"', 'operator = "分娩登记室值班护士长甲"') + '\n[face]\nmode = "magic"\n'
+    bad = (
+        MINIMAL.replace("https://gfe.platform.test/api/", "gfe.example.gov.cn").replace(
+            'operator = "分娩登记"', 'operator = "分娩登记室值班护士长甲"'
+        )
+        + '\n[face]\nmode = "magic"\n'
+    )
     path = write(tmp_path, bad)
     assert cli.main(["config", "check", str(path), "--no-drivers"]) == 2
     captured = capsys.readouterr()
@@ -548,8 +633,9 @@ def test_check_prints_every_error_and_exits_2(tmp_path: Path, capsys: pytest.Cap
     assert "has 3 error(s)" in captured.err
 
 
-def test_check_uses_fvagent_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_uses_fvagent_config_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("FVAGENT_CONFIG", str(write(tmp_path, MINIMAL)))
     assert cli.main(["config", "check", "--no-drivers"]) == 0
     assert "[platform.auth]" in capsys.readouterr().out
@@ -575,13 +661,25 @@ def test_config_without_subcommand_shows_help(capsys: pytest.CaptureFixture[str]
 def test_check_in_a_real_process(tmp_path: Path) -> None:
     good = write(tmp_path, MINIMAL)
     env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "FVAGENT_CONFIG")}
-    done = subprocess.run([sys.executable, "-m", "agent", "config", "check", str(good), "--no-drivers"],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "config", "check", str(good), "--no-drivers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert tomllib.loads(done.stdout)["platform"]["org_app_secret"] == "********"
     assert SECRET not in done.stdout + done.stderr
     bad = write(tmp_path, MINIMAL.replace('kind = "static"', 'kind = "sso"'), "bad.toml")
-    done = subprocess.run([sys.executable, "-m", "agent", "config", "check", str(bad), "--no-drivers"],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "config", "check", str(bad), "--no-drivers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
     assert done.returncode == 2
     assert "platform.auth.kind: must be 'static', 'token' or 'oauth2'" in done.stderr

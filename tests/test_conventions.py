@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import ConventionSettings
-from agent.errors import CryptoError, PlatformError
 from agent.uplink import conventions as conv
 from agent.uplink.conventions import Conventions
+from core.errors import CryptoError, PlatformError
 
 APP_ID = "HMPT450000000001"  # 16 characters, so nhsa_derive has a full key
 SECRET16 = "Gx7#kP2!mQ9zR4tW"
@@ -47,14 +47,18 @@ def gm_sm4(key: bytes, data: bytes) -> bytes:
 # ---- sendTime --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fmt", "expected"), [
-    ("epoch_ms", "1718091555072"),
-    ("epoch_s", "1718091555"),
-    ("yyyyMMddHHmmss", "20240611153915"),
-    ("yyyy-MM-dd HH:mm:ss", "2024-06-11 15:39:15"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("epoch_ms", "1718091555072"),
+        ("epoch_s", "1718091555"),
+        ("yyyyMMddHHmmss", "20240611153915"),
+        ("yyyy-MM-dd HH:mm:ss", "2024-06-11 15:39:15"),
+    ],
+)
 def test_send_time_formats_in_shanghai_time_whatever_the_local_zone(
-        fmt: str, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fmt: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     c = make(send_time_format=fmt)
     for zone in ("UTC", "America/New_York", "Asia/Shanghai"):
         monkeypatch.setenv("TZ", zone)
@@ -71,12 +75,21 @@ def test_epoch_ms_is_13_digits_and_exact() -> None:
     assert c.parse_send_time("1718091555072") == 1718091555.072
 
 
-@pytest.mark.parametrize(("fmt", "bad"), [
-    ("epoch_ms", "1718091555"), ("epoch_ms", "17180915550720"), ("epoch_ms", "abc"), ("epoch_ms", ""),
-    ("epoch_s", "1718091555072"), ("epoch_s", "-718091555"),
-    ("yyyyMMddHHmmss", "2024-06-11 15:39:15"), ("yyyyMMddHHmmss", "20241311153915"),
-    ("yyyy-MM-dd HH:mm:ss", "20240611153915"), ("yyyy-MM-dd HH:mm:ss", "2024-06-11T15:39:15"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "bad"),
+    [
+        ("epoch_ms", "1718091555"),
+        ("epoch_ms", "17180915550720"),
+        ("epoch_ms", "abc"),
+        ("epoch_ms", ""),
+        ("epoch_s", "1718091555072"),
+        ("epoch_s", "-718091555"),
+        ("yyyyMMddHHmmss", "2024-06-11 15:39:15"),
+        ("yyyyMMddHHmmss", "20241311153915"),
+        ("yyyy-MM-dd HH:mm:ss", "20240611153915"),
+        ("yyyy-MM-dd HH:mm:ss", "2024-06-11T15:39:15"),
+    ],
+)
 def test_parse_send_time_refuses_other_formats(fmt: str, bad: str) -> None:
     with pytest.raises(PlatformError, match="send_time_format|not a sendTime"):
         make(send_time_format=fmt).parse_send_time(bad)
@@ -131,11 +144,11 @@ def test_verify_sign_accepts_its_own_and_rejects_everything_else(output: str) ->
     good = c.sign(t)
     assert c.verify_sign(t, good)
     assert c.verify_sign(t, f"  {good} ")
-    assert not c.verify_sign(c.send_time(T + 1), good)          # another time
+    assert not c.verify_sign(c.send_time(T + 1), good)  # another time
     assert not c.verify_sign(t, make(secret="another-secret-x", sign_output=output).sign(t))
-    assert not c.verify_sign(t, good[:-2])                       # truncated
+    assert not c.verify_sign(t, good[:-2])  # truncated
     assert not c.verify_sign(t, "")
-    assert not c.verify_sign(t, "zz" * 32)                       # not the encoding
+    assert not c.verify_sign(t, "zz" * 32)  # not the encoding
     assert not c.verify_sign(t, None)  # type: ignore[arg-type]
 
 
@@ -216,11 +229,14 @@ def test_sm4_key_nhsa_derive() -> None:
 PLAIN = json.dumps({"realName": "韦小红", "faceScore": 0.86}, ensure_ascii=False).encode()
 
 
-@pytest.mark.parametrize(("encoding", "encode"), [
-    ("base64", lambda b: base64.b64encode(b).decode()),
-    ("hex_lower", lambda b: b.hex()),
-    ("hex_upper", lambda b: b.hex().upper()),
-])
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("base64", lambda b: base64.b64encode(b).decode()),
+        ("hex_lower", lambda b: b.hex()),
+        ("hex_upper", lambda b: b.hex().upper()),
+    ],
+)
 def test_cipher_encodings_match_gmssl(encoding: str, encode) -> None:  # type: ignore[no-untyped-def]
     c = make(cipher_encoding=encoding)
     text = c.encrypt_data(PLAIN)
@@ -253,8 +269,8 @@ def test_response_data_auto_true_false() -> None:
     enc = auto.encrypt_data(b'{"k":1}')
     assert auto.response_data(None) is None
     assert auto.response_data(enc) == {"k": 1}
-    assert auto.response_data("plain text") == "plain text"      # not Base64 of whole blocks
-    assert auto.response_data("aGVsbG8=") == "aGVsbG8="          # Base64, but of 5 bytes: not ciphertext
+    assert auto.response_data("plain text") == "plain text"  # not Base64 of whole blocks
+    assert auto.response_data("aGVsbG8=") == "aGVsbG8="  # Base64, but of 5 bytes: not ciphertext
     assert auto.response_data({"k": 1}) == {"k": 1}
     assert off.response_data(enc) == enc
     assert on.response_data(enc) == {"k": 1}
@@ -288,12 +304,26 @@ def test_request_body_plain_and_encrypted_and_the_server_side_opens_both() -> No
 
 
 @pytest.mark.parametrize("ensure_ascii", [False, True])
-@pytest.mark.parametrize("big", ["/9j/" + "Ab+/" * 2000 + "==", "A" * 5000 + '"', "A" * 5000 + "\\",
-                                 "A" * 5000 + "\n", "A" * 5000 + "\x7f", "A" * 5000 + "\x00", "韦" * 5000])
+@pytest.mark.parametrize(
+    "big",
+    [
+        "/9j/" + "Ab+/" * 2000 + "==",
+        "A" * 5000 + '"',
+        "A" * 5000 + "\\",
+        "A" * 5000 + "\n",
+        "A" * 5000 + "\x7f",
+        "A" * 5000 + "\x00",
+        "韦" * 5000,
+    ],
+)
 def test_dumps_copying_long_strings_is_byte_for_byte_json_dumps(ensure_ascii: bool, big: str) -> None:
     conv = make(json_ensure_ascii=ensure_ascii)
-    for obj in ({"realName": "韦测试", "headImg": big, "faceScore": 0.86, "cameraImg": big, "n": None},
-                {1: big, "a": [big]}, [big], big):
+    for obj in (
+        {"realName": "韦测试", "headImg": big, "faceScore": 0.86, "cameraImg": big, "n": None},
+        {1: big, "a": [big]},
+        [big],
+        big,
+    ):
         assert conv.dumps(obj) == json.dumps(obj, ensure_ascii=ensure_ascii, separators=(",", ":")).encode()
 
 
@@ -320,8 +350,13 @@ def test_request_headers_are_the_five_and_signed() -> None:
         "hmpt-portal-org-app-id": APP_ID,
         "Authorization": "ticket-123",
     }
-    assert (conv.HEADER_SIGN, conv.HEADER_TIME, conv.HEADER_REQUEST_ID, conv.HEADER_ORG_APP_ID,
-            conv.HEADER_AUTHORIZATION) == tuple(headers)
+    assert tuple(headers) == (
+        conv.HEADER_SIGN,
+        conv.HEADER_TIME,
+        conv.HEADER_REQUEST_ID,
+        conv.HEADER_ORG_APP_ID,
+        conv.HEADER_AUTHORIZATION,
+    )
 
 
 def test_response_headers_verify_on_the_other_side() -> None:
@@ -333,8 +368,12 @@ def test_response_headers_verify_on_the_other_side() -> None:
 def test_from_platform_and_repr_hide_the_secret() -> None:
     from agent.config import PlatformSettings
 
-    p = PlatformSettings(base_url="https://example.invalid/api", org_app_id=APP_ID, org_app_secret=SECRET16,
-                         auth={"kind": "static", "ticket": "t"})
+    p = PlatformSettings(
+        base_url="https://example.invalid/api",
+        org_app_id=APP_ID,
+        org_app_secret=SECRET16,
+        auth={"kind": "static", "ticket": "t"},
+    )
     c = Conventions.from_platform(p)
     assert c.sm4_key() == SECRET16.encode()
     assert SECRET16 not in repr(c)

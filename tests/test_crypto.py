@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import crypto
-from agent.errors import CryptoError
+from core.errors import CryptoError
 
 KEY = bytes.fromhex("0123456789abcdeffedcba9876543210")
 ORACLE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -46,10 +46,13 @@ def gm_sm4_ecb(key: bytes, data: bytes, mode: int = SM4_ENCRYPT) -> bytes:
 # ---- published vectors -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("data", "digest"), [
-    (b"abc", "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"),
-    (b"abcd" * 16, "debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732"),
-])
+@pytest.mark.parametrize(
+    ("data", "digest"),
+    [
+        (b"abc", "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"),
+        (b"abcd" * 16, "debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732"),
+    ],
+)
 def test_sm3_gbt32905_vectors_match_fvagent_and_gmssl(data: bytes, digest: str) -> None:
     assert crypto.sm3(data).hex() == digest
     assert gm_sm3_digest(data).hex() == digest
@@ -74,8 +77,11 @@ def test_sm4_gbt32907_million_encryptions() -> None:
 
 # GM/T 0042-2015 Appendix D.3, as carried by the Linux kernel's crypto/testmgr.h (hmac_sm3_tv_template).
 HMAC_SM3_VECTORS = [
-    (bytes(range(1, 33)), b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq" * 2,
-     "ca05e144ed05d1857840d1f318a4a8669e559fc8391f414485bfdf7bb408963a"),
+    (
+        bytes(range(1, 33)),
+        b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq" * 2,
+        "ca05e144ed05d1857840d1f318a4a8669e559fc8391f414485bfdf7bb408963a",
+    ),
     (bytes(range(1, 38)), b"\xcd" * 50, "220bf579ded555393f0159f66c99877822a3ecf610d1552154b41d44b94db3ae"),
     (b"\x0b" * 32, b"Hi There", "c0ba18c68b90c88bc07de794bfc7d2c8d19ec31ed8773bc2b390c9604e0be11e"),
     (b"Jefe", b"what do ya want for nothing?", "2e87f1d16862e6d964b50a5200bf2b10b764faa9680a296a2405f24bec39f882"),
@@ -128,10 +134,12 @@ def test_sm4_ecb_nopad_equals_gmssl_block_for_block(key: bytes, blocks: int, see
 
 @pytest.mark.parametrize("bad_key", [b"", b"short", b"x" * 15, b"x" * 17, b"x" * 32])
 def test_sm4_refuses_keys_that_are_not_16_bytes(bad_key: bytes) -> None:
-    for call in (lambda: crypto.sm4_ecb_encrypt(bad_key, b"data"),
-                 lambda: crypto.sm4_ecb_decrypt(bad_key, b"\0" * 16),
-                 lambda: crypto.sm4_gcm_seal(bad_key, b"data"),
-                 lambda: crypto.sm4_gcm_open(bad_key, b"\0" * 40)):
+    for call in (
+        lambda: crypto.sm4_ecb_encrypt(bad_key, b"data"),
+        lambda: crypto.sm4_ecb_decrypt(bad_key, b"\0" * 16),
+        lambda: crypto.sm4_gcm_seal(bad_key, b"data"),
+        lambda: crypto.sm4_gcm_open(bad_key, b"\0" * 40),
+    ):
         with pytest.raises(CryptoError, match="16 bytes"):
             call()
 

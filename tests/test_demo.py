@@ -23,8 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fvagent(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.slow
@@ -80,11 +86,32 @@ def test_written_config_runs_as_its_header_says(tmp_path: Path) -> None:
     assert any(line.endswith(f" -m agent run --config {target}") for line in header)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    mock = subprocess.Popen([sys.executable, "-m", "agent", "mock-platform", "--port", str(platform_port),
-                             "--db", str(tmp_path / "mock.db"), "--config", str(target)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(target)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    mock = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "mock-platform",
+            "--port",
+            str(platform_port),
+            "--db",
+            str(tmp_path / "mock.db"),
+            "--config",
+            str(target),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(target)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
     def two_stored() -> list[dict[str, object]]:
         assert agent.poll() is None, agent.communicate()[1]
         assert mock.poll() is None, mock.communicate()[1]

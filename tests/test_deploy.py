@@ -52,8 +52,10 @@ def test_unit_has_the_promised_settings() -> None:
     assert "outbox_key" in credentials
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze not installed (deploy/system-deps.sh test installs systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze not installed (deploy/system-deps.sh test installs systemd)",
+)
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify insists that ExecStart's binary exists: check a copy whose ExecStart points at this
     # checkout's fvagent (same unit otherwise). The shipped path is checked above.
@@ -63,8 +65,11 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     unit = tmp_path / "fvagent.service"
     unit.write_text((DEPLOY / "fvagent.service").read_text().replace("/opt/fvagent/venv/bin/fvagent", str(exe)))
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    problems = [line for line in (proc.stdout + proc.stderr).splitlines()
-                if "fvagent.service" in line or "Unknown" in line or "Invalid" in line]
+    problems = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if "fvagent.service" in line or "Unknown" in line or "Invalid" in line
+    ]
     assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
 
 
@@ -97,8 +102,9 @@ def test_scripts_are_valid_sh() -> None:
 
 
 def _sh(script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["sh", str(DEPLOY / script), *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        ["sh", str(DEPLOY / script), *args], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
 
 
 def test_install_and_uninstall_staged(tmp_path: Path) -> None:
@@ -139,16 +145,18 @@ def test_install_and_uninstall_staged(tmp_path: Path) -> None:
     assert not outbox.exists() and not config.exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv to run fvagent as another user than the credentials' owner")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run fvagent as another user than the credentials' owner",
+)
 def test_an_unreadable_credential_is_a_clear_error_not_a_traceback() -> None:
     # What systemd in a container whose root mount is private hands the service: a credentials
     # directory it made (root, 0700) that the service's user cannot open.
     import sys
     import tempfile
 
-    from tests.test_service import config_doc
     from agent.service import samples
+    from tests.test_service import config_doc
 
     work = Path(tempfile.mkdtemp(prefix="fvagent-cred-"))
     try:
@@ -161,11 +169,30 @@ def test_an_unreadable_credential_is_a_clear_error_not_a_traceback() -> None:
         creds = work / "credentials"
         creds.mkdir(mode=0o700)
         (creds / "org_app_secret").write_text("0123456789abcdef\n")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CREDENTIALS_DIRECTORY": str(creds),
-               "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                               sys.executable, "-m", "agent", "config", "check", str(config)],
-                              capture_output=True, text=True, timeout=60, env=env, cwd=work)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "CREDENTIALS_DIRECTORY": str(creds),
+            "PYTHONPATH": str(ROOT),
+        }
+        proc = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "agent",
+                "config",
+                "check",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=work,
+        )
     finally:
         shutil.rmtree(work)
     out = proc.stdout + proc.stderr
@@ -175,11 +202,17 @@ def test_an_unreadable_credential_is_a_clear_error_not_a_traceback() -> None:
     assert "mount --make-rshared /" in out and "org_app_secret_file" in out
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze not installed (deploy/system-deps.sh test installs systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze not installed (deploy/system-deps.sh test installs systemd)",
+)
 def test_systemd_analyze_security_exposure_is_at_most_2() -> None:
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(DEPLOY / "fvagent.service")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(DEPLOY / "fvagent.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     found = re.search(r"Overall exposure level for fvagent\.service: ([0-9.]+)", proc.stdout)
     assert found, proc.stdout + proc.stderr
     assert float(found.group(1)) <= 2.0, proc.stdout
@@ -190,8 +223,9 @@ def test_installer_writes_the_network_allow_list(tmp_path: Path) -> None:
     (root / "etc" / "fvagent").mkdir(parents=True)
     (root / "etc" / "fvagent" / "fvagent.toml").write_text('[platform]\nbase_url = "http://127.0.0.1:8600/api"\n')
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DESTDIR": str(root), "FVAGENT_IP_ALLOW": "10.1.2.3/32"}
-    proc = subprocess.run(["sh", str(DEPLOY / "install.sh"), "--no-venv"], capture_output=True, text=True,
-                          timeout=60, env=env)
+    proc = subprocess.run(
+        ["sh", str(DEPLOY / "install.sh"), "--no-venv"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     dropin = (root / "etc/systemd/system/fvagent.service.d/10-network.conf").read_text()
     allowed = re.findall(r"^IPAddressAllow=(\S+)$", dropin, re.M)

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from agent.errors import ConfigError, DriverError, DriverNotFound
+from core.card import IdCard
+from core.errors import ConfigError, DriverError, DriverNotFound
 from drivers import registry
-from drivers.base import CardReader, Driver, IdCard, ProbeResult
+from drivers.base import CardReader, Driver, ProbeResult
 
 
 @contextlib.contextmanager
@@ -26,8 +27,10 @@ def _card_reader_device(name: str, tmp_path) -> Iterator[tuple[dict[str, Any], A
         from drivers.card_reader.simulator import SamSimulator
 
         with SamSimulator(tmp_path / "tty") as sim:
-            yield ({"port": str(sim.port), "baudrate": 115200, "poll_interval_s": 0.02},
-                   lambda driver: sim.present(card))
+            yield (
+                {"port": str(sim.port), "baudrate": 115200, "poll_interval_s": 0.02},
+                lambda driver: sim.present(card),
+            )
     elif name == "sam-usb":
         from tests.test_card_sam import FakeUsbDevice
 
@@ -51,8 +54,10 @@ def _card_reader_device(name: str, tmp_path) -> Iterator[tuple[dict[str, Any], A
         before = os.environ.get("SDT_SHIM_DIR")
         shim = sdt_shim.ShimCard(tmp_path / "sdt-state")
         try:
-            yield ({"library": str(sdt_shim.build(tmp_path)), "poll_interval_s": 0.01},
-                   lambda driver: shim.present(card, SYNTHETIC_WLT))
+            yield (
+                {"library": str(sdt_shim.build(tmp_path)), "poll_interval_s": 0.01},
+                lambda driver: shim.present(card, SYNTHETIC_WLT),
+            )
         finally:
             if before is None:
                 os.environ.pop("SDT_SHIM_DIR", None)
@@ -104,9 +109,11 @@ def test_a_vendor_package_adds_a_driver_and_a_missing_dependency_is_named(tmp_pa
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-fvagent\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
-        "[fvagent.card_readers]\nacme = acme_fvagent_reader:AcmeReader\nacme-sdk = acme_fvagent_sdk:SdkReader\n")
+        "[fvagent.card_readers]\nacme = acme_fvagent_reader:AcmeReader\nacme-sdk = acme_fvagent_sdk:SdkReader\n"
+    )
     (tmp_path / "acme_fvagent_reader.py").write_text(
-        "from drivers.card_reader.fake import FakeCardReader\n\n\nclass AcmeReader(FakeCardReader):\n    pass\n")
+        "from drivers.card_reader.fake import FakeCardReader\n\n\nclass AcmeReader(FakeCardReader):\n    pass\n"
+    )
     (tmp_path / "acme_fvagent_sdk.py").write_text("import acme_vendor_sdk  # not installed\n")
     monkeypatch.syspath_prepend(str(tmp_path))
 

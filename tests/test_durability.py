@@ -30,13 +30,12 @@ import pytest
 from agent import mock_platform
 from agent.audit.verify import verify_outbox
 from agent.config import Settings, load_config
-from agent.errors import StorageFull
 from agent.outbox import Outbox, Uploader
-from agent.records import natural_key
 from agent.uplink.client import PlatformClient
+from core.errors import StorageFull
+from core.records import natural_key
 from tests.test_outbox_support import jpeg, record, write_config
 from tests.waiting import wait_for
-
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 50
@@ -44,12 +43,14 @@ KILLS = 50
 
 # -- the mock platform ---------------------------------------------------------------------------
 
+
 class Platform:
     """The real mock platform (uvicorn in a thread, its own SQLite file) with this agent's credentials."""
 
     def __init__(self, tmp_path: Path) -> None:
-        config = mock_platform.MockPlatformConfig(org_app_id="APP0001", org_app_secret="0123456789abcdef",
-                                                  ticket="ESB-TICKET-1")
+        config = mock_platform.MockPlatformConfig(
+            org_app_id="APP0001", org_app_secret="0123456789abcdef", ticket="ESB-TICKET-1"
+        )
         self.mock = mock_platform.MockPlatform(config, tmp_path / "mock-platform.db").start()
         self.url = self.mock.url
 
@@ -82,12 +83,19 @@ def _settings(tmp_path: Path, platform: Platform, **kw: Any) -> Settings:
 
 # -- kill -9 ---------------------------------------------------------------------------------------
 
+
 class Zygote:
     """tests/test_durability_worker.py as a process that forks one capturing+uploading worker per call."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.test_durability_worker", "zygote"], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.test_durability_worker", "zygote"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
         self.pids: list[int] = []
 
@@ -182,6 +190,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path, platform: Platfo
 
 # -- the platform down for a whole run --------------------------------------------------------------
 
+
 def test_platform_down_then_up_delivers_everything_within_the_rate_cap(tmp_path: Path, platform: Platform) -> None:
     cap = 8.0
     settings = _settings(tmp_path, platform, max_rps=cap, concurrency=4, backoff_initial_s=0.1, backoff_max_s=0.4)
@@ -212,14 +221,16 @@ def test_platform_down_then_up_delivers_everything_within_the_rate_cap(tmp_path:
 
 # -- the disk fills ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs (the disk-full test)")
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:

@@ -50,10 +50,10 @@ def _worker(cmd: dict) -> None:
 
 def zygote() -> None:
     # Import once, before any thread exists, so forks are cheap and safe.
-    import agent.config  # noqa: F401
-    import agent.outbox  # noqa: F401
-    import agent.records  # noqa: F401
+    import agent.config
+    import agent.outbox
     import agent.uplink.client  # noqa: F401
+    import core.records  # noqa: F401
     import tests.test_outbox_support  # noqa: F401
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)

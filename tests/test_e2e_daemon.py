@@ -101,7 +101,8 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
-from drivers.base import CardReader, CardReaderSettings, DriverSettings, IdCard
+from core.card import IdCard
+from drivers.base import CardReader, CardReaderSettings, DriverSettings
 
 
 class DropSettings(CardReaderSettings):
@@ -148,11 +149,17 @@ def _install_plugin(root: Path) -> Path:
 
 
 def _tap(drop: Path, person: samples.Person, photo: Path, n: int) -> None:
-    doc = {"name": person.name, "birth": person.birth.isoformat(), "card_no": person.card_no,
-           "valid_from": person.valid_from.isoformat(),
-           "valid_to": person.valid_to.isoformat() if person.valid_to else None,
-           "nation_code": person.nation_code, "address": person.address, "authority": person.authority,
-           "photo": str(photo)}
+    doc = {
+        "name": person.name,
+        "birth": person.birth.isoformat(),
+        "card_no": person.card_no,
+        "valid_from": person.valid_from.isoformat(),
+        "valid_to": person.valid_to.isoformat() if person.valid_to else None,
+        "nation_code": person.nation_code,
+        "address": person.address,
+        "authority": person.authority,
+        "photo": str(photo),
+    }
     tmp = drop / f".{n:04d}.tmp"
     tmp.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
     tmp.rename(drop / f"{n:04d}.json")  # appears whole
@@ -181,13 +188,19 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
     plugin = _install_plugin(tmp_path / "plugin")
     drop, photo = tmp_path / "drop", tmp_path / "faces" / "card-photo.jpg"
     drop.mkdir()
-    env = {**os.environ, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6)),
-           "FVAGENT_TEST_STALL_FILE": str(stall), "FVAGENT_TEST_HEARTBEAT_S": "4",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugin)])}
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": notify.path,
+        "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6)),
+        "FVAGENT_TEST_STALL_FILE": str(stall),
+        "FVAGENT_TEST_HEARTBEAT_S": "4",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugin)]),
+    }
     env.pop("WATCHDOG_PID", None)
     log = open(tmp_path / "daemon.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         # READY=1 once the outbox and drivers are up, from the main pid.
         t_ready, ready = wait_for(lambda: notify.having("READY"), 60, "READY=1")[0]
@@ -201,16 +214,29 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
         wait_for(lambda: len(platform.delivered()) >= 3, 60, "three deliveries to the mock platform")
         delivered_keys = {key[1] for key in platform.delivered()}  # (machineCode, cardNo, verifyTime)
         assert {p.card_no for p in samples.PEOPLE[:3]} <= delivered_keys
-        wait_for(lambda: any("verified" in m["STATUS"] and not m["STATUS"].endswith(" 0 verified")
-                             for _, m in notify.having("STATUS")), 15, "a STATUS line counting verifications")
+        wait_for(
+            lambda: any(
+                "verified" in m["STATUS"] and not m["STATUS"].endswith(" 0 verified")
+                for _, m in notify.having("STATUS")
+            ),
+            15,
+            "a STATUS line counting verifications",
+        )
         # STATUS= carries the queue depth, the last upload and the hardware's state.
-        status_line = re.compile(r"^queue 0, last upload \d\d:\d\d:\d\d, platform ok, reader ok, camera ok, "
-                                 r"face ok, \d+ verified$")
-        wait_for(lambda: any(status_line.match(m["STATUS"]) for _, m in notify.having("STATUS")), 15,
-                 "a STATUS line with an empty queue, the last upload's time and every device ok")
+        status_line = re.compile(
+            r"^queue 0, last upload \d\d:\d\d:\d\d, platform ok, reader ok, camera ok, "
+            r"face ok, \d+ verified$"
+        )
+        wait_for(
+            lambda: any(status_line.match(m["STATUS"]) for _, m in notify.having("STATUS")),
+            15,
+            "a STATUS line with an empty queue, the last upload's time and every device ok",
+        )
 
         # SIGHUP: a good config is applied (RELOADING=1, then READY=1 again) ...
-        config.write_text(samples.toml_text(_config(tmp_path, platform.section(), operator="夜班护士")), encoding="utf-8")
+        config.write_text(
+            samples.toml_text(_config(tmp_path, platform.section(), operator="夜班护士")), encoding="utf-8"
+        )
         t_hup = time.monotonic()
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: notify.having("RELOADING", since=t_hup), 15, "RELOADING=1")
@@ -233,6 +259,7 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
         def pings_stopped() -> bool:
             pings = notify.having("WATCHDOG")
             return bool(pings) and time.monotonic() - pings[-1][0] > gap
+
         wait_for(pings_stopped, 30, f"no WATCHDOG=1 for {gap} s while the loop is stalled")
         assert proc.poll() is None
         # A card tapped now stays unread, and the pings stay off (a bounded check of a negative).
@@ -244,8 +271,11 @@ def test_fvagent_run_under_a_fake_systemd(tmp_path: Path, notify: NotifyListener
         t_unstall = time.monotonic()
         stall.unlink()
         wait_for(lambda: notify.having("WATCHDOG", since=t_unstall), 15, "WATCHDOG=1 again after the stall")
-        wait_for(lambda: samples.PEOPLE[4].card_no in {k[1] for k in platform.delivered()}, 60,
-                 "the card tapped during the stall delivered")
+        wait_for(
+            lambda: samples.PEOPLE[4].card_no in {k[1] for k in platform.delivered()},
+            60,
+            "the card tapped during the stall delivered",
+        )
 
         # SIGTERM: exit 0 within 10 s, STOPPING=1 sent.
         t_term = time.monotonic()
@@ -286,8 +316,12 @@ def test_sigterm_during_a_verification_records_it_and_exits_0(tmp_path: Path, no
         env.pop(name, None)
     log_path = tmp_path / "daemon.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_for(lambda: notify.having("READY"), 60, "READY=1")
             person = samples.PEOPLE[1]

@@ -19,8 +19,16 @@ import pytest
 from agent.config import FaceSettings, load_config
 from agent.events import STATUS, EventBus, OperatorState
 from agent.face import DetectedFace, load_engine
-from agent.face.calibration import (CV_SPLITS, SAFETY_FACTORS, Calibration, Photo, calibrate, distance_for_far,
-                                    far_upper_95, person_splits)
+from agent.face.calibration import (
+    CV_SPLITS,
+    SAFETY_FACTORS,
+    Calibration,
+    Photo,
+    calibrate,
+    distance_for_far,
+    far_upper_95,
+    person_splits,
+)
 from agent.face.scoring import threshold_distance
 from agent.localapi.backend import DeskBackend
 from agent.outbox import Outbox
@@ -33,6 +41,7 @@ FACE = FaceSettings()
 
 
 # -- the FAR upper bound ------------------------------------------------------------------------------
+
 
 def _binomial_cdf(k: int, n: int, p: float) -> float:
     return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
@@ -60,6 +69,7 @@ def test_far_upper_bound_refuses_nonsense() -> None:
 
 # -- the operating point for a target FAR ---------------------------------------------------------------
 
+
 def test_operating_point_lets_through_at_most_the_target_share() -> None:
     impostor = np.random.default_rng(1).normal(0.9, 0.1, 20_000)
     d = distance_for_far(impostor, 0.001)
@@ -85,6 +95,7 @@ def test_operating_point_stays_under_outliers_and_ignores_missing_faces() -> Non
 
 
 # -- splitting the people ------------------------------------------------------------------------------
+
 
 def test_person_splits_are_seeded_disjoint_halves_with_the_pairs_shared_out() -> None:
     people = [f"p{i}" for i in range(15)]
@@ -173,7 +184,8 @@ def test_safety_factor_sees_only_the_choosing_people() -> None:
     cal.distances[outside, :] = cal.distances[:, outside] = 0.01  # whatever the others' pairs are
     assert cal.safety_factor(0.001, others) == factor
     assert cal.choose(0.001, others).distance == distance_for_far(
-        cal.distances[cal._pair_masks(others)[1]], 0.001 / factor)
+        cal.distances[cal._pair_masks(others)[1]], 0.001 / factor
+    )
 
 
 def test_cross_validation_needs_four_people() -> None:
@@ -185,6 +197,7 @@ def test_cross_validation_needs_four_people() -> None:
 
 
 # -- on the shared faces (slow part: encoded once per session) --------------------------------------
+
 
 @pytest.fixture(scope="session")
 def card_calibration(faces_dir: Path) -> Calibration:
@@ -225,6 +238,7 @@ def test_cross_validated_card_far_meets_the_target(card_calibration: Calibration
 
 # -- the grey zone through the Verifier, a real outbox and the page status ------------------------------
 
+
 class CardStubEngine(StubEngine):
     """The stub engine; a 102x126 card photo (JPEG, so its marker pixels blur) is "seen" as 0.30."""
 
@@ -258,10 +272,10 @@ def _verify(tmp_path: Path, values: list[int], **face: Any) -> tuple[Any, Outbox
         return original(kind, data)
 
     events.publish = publish  # type: ignore[method-assign]
-    backend = DeskBackend(settings, outbox, events, OperatorState(tmp_path / "op", "x"),
-                          status_provider=lambda: {})
-    verifier = Verifier(settings, outbox, camera=lambda: camera, engine=lambda: engine, operator=lambda: "x",
-                        events=events)
+    backend = DeskBackend(settings, outbox, events, OperatorState(tmp_path / "op", "x"), status_provider=dict)
+    verifier = Verifier(
+        settings, outbox, camera=lambda: camera, engine=lambda: engine, operator=lambda: "x", events=events
+    )
     card = samples.sample_card(samples.PEOPLE[0], samples.card_photo_jpeg())
     done = verifier.verify(card)
     camera.close()
@@ -276,7 +290,7 @@ def test_verifier_grey_zone_reads_more_frames_and_the_record_notes_it(tmp_path: 
     assert "grey zone" in row.meta["reason"]
     assert [s["capture"]["phase"] for s in seen] == ["retry", "idle"]
     until = dt.datetime.fromisoformat(seen[0]["capture"]["until"])
-    assert dt.timedelta(0) < until - dt.datetime.now(dt.timezone.utc) <= dt.timedelta(seconds=FACE.retry_s)
+    assert dt.timedelta(0) < until - dt.datetime.now(dt.UTC) <= dt.timedelta(seconds=FACE.retry_s)
     assert seen[1]["page"] == {"phase": "retry", "until": seen[0]["capture"]["until"]}  # published before idle
     assert backend.page_status()["capture"] == {"phase": "idle"}
     outbox.close()

@@ -19,11 +19,11 @@ from PIL import Image, ImageFilter
 
 from agent import cli
 from agent.config import FaceSettings
-from agent.errors import FaceError
 from agent.face import FaceEngine, encode_card, load_engine, score_live
 from agent.face.calibration import card_crop
 from agent.face.session import working_image
-from agent.images import MAX_IMAGE_BYTES, decode_image
+from core.errors import FaceError
+from core.images import MAX_IMAGE_BYTES, decode_image
 from drivers import registry
 
 pytestmark = pytest.mark.faces
@@ -151,7 +151,10 @@ def _rng_for(direction: str) -> random.Random:
 def test_head_turn_liveness(engine: FaceEngine, faces_dir: Path, tmp_path: Path, direction: str, result: int) -> None:
     # obama.jpg faces the camera; in obama1.jpg his head is turned towards the image's right (his left)
     card = (faces_dir / "obama/face_recognition-obama3.jpg").read_bytes()
-    frames = [photo(faces_dir, "obama/face_recognition-obama.jpg"), photo(faces_dir, "obama/face_recognition-obama1.jpg")]
+    frames = [
+        photo(faces_dir, "obama/face_recognition-obama.jpg"),
+        photo(faces_dir, "obama/face_recognition-obama1.jpg"),
+    ]
     # "left" ends early on match + turn; "right" runs to the end of the capture time, so keep it short
     face = settings(liveness="head-turn", max_compared_frames=2, capture_timeout_s=5.0 if result else 1.5)
     with camera_of(frames, tmp_path, loop=False) as cam:
@@ -187,4 +190,6 @@ def test_cli_calibrate_json_on_a_small_set(faces_dir: Path, tmp_path: Path, caps
     assert all(p["result"] == 0 for p in pairs if not p["same"])
     assert all(p["distance"] < 0.6 for p in pairs if p["same"])
     chosen = report["chosen"]
-    assert chosen["false_accepts"] == 0 and 0.4 < chosen["distance"] < min(p["distance"] for p in pairs if not p["same"])
+    assert chosen["false_accepts"] == 0 and 0.4 < chosen["distance"] < min(
+        p["distance"] for p in pairs if not p["same"]
+    )

@@ -5,6 +5,7 @@ to "see" from marker pixels), calibration arithmetic, and the CLI's argument err
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import math
@@ -18,13 +19,29 @@ from PIL import Image
 
 from agent import cli
 from agent.config import FaceSettings
-from agent.errors import RecordError
-from agent.face import (DetectedFace, FaceEngine, FaceOutcome, distance_to_score, reconcile_both, relay_outcome,
-                        result_for_score, score_frames, score_live, threshold_distance)
-from agent.face import quality
-from agent.face.calibration import Calibration, Photo, card_crop, list_photos, parse_card_size
+from agent.face import (
+    DetectedFace,
+    FaceEngine,
+    FaceOutcome,
+    distance_to_score,
+    quality,
+    reconcile_both,
+    relay_outcome,
+    result_for_score,
+    score_frames,
+    score_live,
+    threshold_distance,
+)
+from agent.face.calibration import (
+    Calibration,
+    Photo,
+    card_crop,
+    list_photos,
+    parse_card_size,
+)
 from agent.face.liveness import HeadTurnChallenge, yaw
-from agent.images import decode_image
+from core.errors import RecordError
+from core.images import decode_image
 from drivers import registry
 
 FACE = FaceSettings()
@@ -32,8 +49,18 @@ FACE = FaceSettings()
 
 # -- a stub engine: frames carry what it should "see" in their first pixels --------------------------
 
-def make_frame(value: int = 30, *, faces: int = 1, size: int = 150, second: int = 0, yaw_code: int = 100,
-               brightness: int = 128, flat: bool = False, shape: tuple[int, int] = (240, 320)) -> np.ndarray:
+
+def make_frame(
+    value: int = 30,
+    *,
+    faces: int = 1,
+    size: int = 150,
+    second: int = 0,
+    yaw_code: int = 100,
+    brightness: int = 128,
+    flat: bool = False,
+    shape: tuple[int, int] = (240, 320),
+) -> np.ndarray:
     """A frame whose face has descriptor value/100, ``faces`` faces, a box of ``size`` px.
 
     Marker pixels (row 0): [0,0] = (value, faces, size), [0,1] = (yaw_code, second face size, 0).
@@ -45,7 +72,7 @@ def make_frame(value: int = 30, *, faces: int = 1, size: int = 150, second: int 
     texture = np.full((size, size, 3), brightness, dtype=np.float64)
     if not flat:
         texture += rng.normal(0, 25, (size, size, 1))
-    frame[10:10 + size, 10:10 + size] = np.clip(texture, 0, 255).astype(np.uint8)
+    frame[10 : 10 + size, 10 : 10 + size] = np.clip(texture, 0, 255).astype(np.uint8)
     frame[0, 0] = (value, faces, size)
     frame[0, 1] = (yaw_code, second, 0)
     return frame
@@ -108,10 +135,11 @@ def settings(**changes: Any) -> FaceSettings:
 
 # -- the score mapping ------------------------------------------------------------------------------
 
+
 def test_score_mapping_is_logistic_and_monotone() -> None:
     assert distance_to_score(0.5, 0.5, 25) == 0.5
-    scores = [distance_to_score(d / 100, 0.5, 25) for d in range(0, 150)]
-    assert all(a >= b for a, b in zip(scores, scores[1:]))
+    scores = [distance_to_score(d / 100, 0.5, 25) for d in range(150)]
+    assert all(a >= b for a, b in itertools.pairwise(scores))
     assert scores[0] > 0.99 and scores[-1] < 0.0001
     assert distance_to_score(100.0, 0.5, 25) == 0.0  # no overflow
     d = threshold_distance(0.75, 0.5, 25)
@@ -136,6 +164,7 @@ def test_face_settings_order_is_checked() -> None:
 
 # -- relay mode -------------------------------------------------------------------------------------
 
+
 def jpeg_with_exif() -> bytes:
     img = Image.new("RGB", (40, 50), (90, 120, 150))
     exif = Image.Exif()
@@ -153,18 +182,21 @@ def test_relay_accepts_consistent_values(score: Any, result: Any) -> None:
     assert out.reason == "relayed from the terminal"
 
 
-@pytest.mark.parametrize(("score", "result", "field", "text"), [
-    (86, 1, "faceScore", "percentage"),
-    (-0.1, 0, "faceScore", "[0, 1]"),
-    (float("nan"), 0, "faceScore", "number"),
-    (True, 1, "faceScore", "number"),
-    ("high", 1, "faceScore", "number"),
-    (0.5, 3, "faceResult", "0 (failed)"),
-    (0.5, True, "faceResult", "0 (failed)"),
-    (0.5, 2, "faceScore", "must be 0 when faceResult is 2"),
-    (0.0, 1, "faceScore", "cannot have score 0"),
-    (1.0, 0, "faceScore", "cannot have score 1"),
-])
+@pytest.mark.parametrize(
+    ("score", "result", "field", "text"),
+    [
+        (86, 1, "faceScore", "percentage"),
+        (-0.1, 0, "faceScore", "[0, 1]"),
+        (float("nan"), 0, "faceScore", "number"),
+        (True, 1, "faceScore", "number"),
+        ("high", 1, "faceScore", "number"),
+        (0.5, 3, "faceResult", "0 (failed)"),
+        (0.5, True, "faceResult", "0 (failed)"),
+        (0.5, 2, "faceScore", "must be 0 when faceResult is 2"),
+        (0.0, 1, "faceScore", "cannot have score 0"),
+        (1.0, 0, "faceScore", "cannot have score 1"),
+    ],
+)
 def test_relay_rejects_bad_values_naming_the_field(score: Any, result: Any, field: str, text: str) -> None:
     with pytest.raises(RecordError) as info:
         relay_outcome(score, result)
@@ -200,16 +232,20 @@ def test_both_mode_keeps_the_terminals_values_and_logs_disagreement(caplog: pyte
 
 # -- quality gates -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("frame", "reason"), [
-    (make_frame(faces=0), quality.NO_FACE),
-    (make_frame(size=50), quality.TOO_SMALL),
-    (make_frame(brightness=15), quality.TOO_DARK),
-    (make_frame(brightness=240), quality.TOO_BRIGHT),
-    (make_frame(flat=True), quality.BLURRED),
-    (make_frame(faces=2, second=120), quality.SEVERAL_FACES),
-    (make_frame(faces=2, second=60), None),  # a small face further back is ignored
-    (make_frame(), None),
-])
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (make_frame(faces=0), quality.NO_FACE),
+        (make_frame(size=50), quality.TOO_SMALL),
+        (make_frame(brightness=15), quality.TOO_DARK),
+        (make_frame(brightness=240), quality.TOO_BRIGHT),
+        (make_frame(flat=True), quality.BLURRED),
+        (make_frame(faces=2, second=120), quality.SEVERAL_FACES),
+        (make_frame(faces=2, second=60), None),  # a small face further back is ignored
+        (make_frame(), None),
+    ],
+)
 def test_quality_gates_give_reasons(frame: np.ndarray, reason: str | None) -> None:
     verdict = quality.assess(frame, StubEngine().detect(frame), FACE)
     assert verdict.reason == reason
@@ -241,6 +277,7 @@ def test_min_face_px_counts_the_cameras_own_pixels() -> None:
 
 # -- liveness ------------------------------------------------------------------------------------
 
+
 def test_yaw_sign_and_head_turn_challenge() -> None:
     assert yaw(_landmarks(0.0)) == 0.0 and yaw(_landmarks(0.3)) > 0 > yaw(_landmarks(-0.3))
     left = HeadTurnChallenge("left", min_turn=0.15)
@@ -262,6 +299,7 @@ def test_yaw_sign_and_head_turn_challenge() -> None:
 
 
 # -- the scoring session -----------------------------------------------------------------------------
+
 
 def test_clear_pass_stops_early(tmp_path: Path) -> None:
     engine = StubEngine()
@@ -293,6 +331,7 @@ def test_no_match_compares_up_to_the_limit_and_keeps_the_best(tmp_path: Path) ->
 # -- the grey zone ([face] retry_band, retry_s) ----------------------------------------------------------
 # threshold 0.75 is distance <= 0.5511, the grey zone's bottom (score 0.55) distance 0.587: a frame of
 # value 87 (distance 0.57) lands in it, 95 (0.65) under it.
+
 
 def test_a_score_in_the_grey_zone_reads_more_frames_and_can_pass(tmp_path: Path) -> None:
     engine = StubEngine()
@@ -327,8 +366,13 @@ def test_the_grey_zone_retry_is_bounded_by_retry_s(tmp_path: Path) -> None:
     ticks = iter(np.arange(0, 100, 0.5))  # half a second per look at the clock
     cam = fake_camera([make_frame(value=87), make_frame(size=50)], tmp_path)  # then only faces too small
     with cam:
-        out = score_live(StubEngine(), cam, CARD, settings(max_compared_frames=50, capture_timeout_s=1.0, retry_s=2.0),
-                         clock=lambda: float(next(ticks)))
+        out = score_live(
+            StubEngine(),
+            cam,
+            CARD,
+            settings(max_compared_frames=50, capture_timeout_s=1.0, retry_s=2.0),
+            clock=lambda: float(next(ticks)),
+        )
     assert out.result == 0 and out.retry is not None and out.retry.frames < 50  # ended by time, not by count
     assert 1.0 + 2.0 <= out.elapsed_s <= 1.0 + 2.0 + 1.0 and out.rejects.get("face too small", 0) >= 1
 
@@ -364,11 +408,14 @@ def test_no_usable_frame_is_result_2_with_the_reasons(tmp_path: Path) -> None:
     assert out.best_frame_jpeg is not None  # the last frame seen, for cameraImg
 
 
-@pytest.mark.parametrize(("card", "reason"), [
-    (None, "no card photo"),
-    (b"\x00garbage", "card photo is not a decodable image"),
-    (png(make_frame(faces=0, size=60, shape=(126, 102))), "no face found on the card photo"),
-])
+@pytest.mark.parametrize(
+    ("card", "reason"),
+    [
+        (None, "no card photo"),
+        (b"\x00garbage", "card photo is not a decodable image"),
+        (png(make_frame(faces=0, size=60, shape=(126, 102))), "no face found on the card photo"),
+    ],
+)
 def test_bad_card_photo_is_result_2_but_a_frame_is_kept(card: bytes | None, reason: str, tmp_path: Path) -> None:
     cam = fake_camera([make_frame(faces=0), make_frame(value=31)], tmp_path)
     with cam:
@@ -441,6 +488,7 @@ def _rng_for(direction: str) -> random.Random:
 
 # -- calibration arithmetic ---------------------------------------------------------------------------
 
+
 def test_card_crop_has_the_card_size_and_pads_at_edges() -> None:
     image = np.zeros((200, 200, 3), dtype=np.uint8)
     image[:, :, 2] = np.arange(200, dtype=np.uint8)[None, :]  # red grows left to right
@@ -454,8 +502,14 @@ def test_card_crop_has_the_card_size_and_pads_at_edges() -> None:
 
 
 def test_list_photos_leaves_out_a_photo_filed_under_two_people(tmp_path: Path) -> None:
-    for person, name, colour in [("ann", "a1.png", 1), ("ann", "a2.png", 2), ("bob", "b1.png", 3),
-                                 ("bob", "same.png", 9), ("cy", "same.png", 9), ("cy", "c1.png", 4)]:
+    for person, name, colour in [
+        ("ann", "a1.png", 1),
+        ("ann", "a2.png", 2),
+        ("bob", "b1.png", 3),
+        ("bob", "same.png", 9),
+        ("cy", "same.png", 9),
+        ("cy", "c1.png", 4),
+    ]:
         (tmp_path / person).mkdir(exist_ok=True)
         Image.new("RGB", (8, 8), (colour, 0, 0)).save(tmp_path / person / name)
     labels = [p.label for p in list_photos(tmp_path)]
@@ -480,6 +534,7 @@ def test_calibration_rates_and_pairs() -> None:
 
 
 # -- CLI argument errors (no photos needed) -----------------------------------------------------------
+
 
 def test_cli_calibrate_errors_name_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["face", "calibrate", str(tmp_path / "nowhere")]) == 1
@@ -521,17 +576,25 @@ def test_only_the_5_point_model_and_prebuilt_dlib() -> None:
     from agent.face.dlib_engine import model_paths
 
     predictor, encoder = model_paths()
-    assert (predictor.name, encoder.name) == ("shape_predictor_5_face_landmarks.dat",
-                                              "dlib_face_recognition_resnet_model_v1.dat")
+    assert (predictor.name, encoder.name) == (
+        "shape_predictor_5_face_landmarks.dat",
+        "dlib_face_recognition_resnet_model_v1.dat",
+    )
     root = Path(__file__).resolve().parent.parent
-    forbidden = re.compile(r"shape_predictor_68|pose_predictor_model_location|"
-                           r"^\s*(?:import|from)\s+face_recognition\b(?!_models)", re.MULTILINE)
+    forbidden = re.compile(
+        r"shape_predictor_68|pose_predictor_model_location|"
+        r"^\s*(?:import|from)\s+face_recognition\b(?!_models)",
+        re.MULTILINE,
+    )
     for folder in ("agent", "drivers", "bench"):
         for path in (root / folder).rglob("*.py"):
             found = forbidden.search(path.read_text(encoding="utf-8"))
             assert found is None, f"{path.relative_to(root)}: {found.group(0) if found else ''}"
     project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    requirements = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
     names = {re.match(r"[A-Za-z0-9._-]+", r).group(0).lower().replace("_", "-") for r in requirements}  # type: ignore[union-attr]
     assert "dlib-bin" in names and not names & {"dlib", "face-recognition"}
     spec = importlib.util.find_spec("dlib")  # finds the package without importing it

@@ -15,12 +15,11 @@ import httpx
 import pytest
 
 from agent.cli import main
-from agent.errors import OutboxError
 from agent.outbox import Outbox, schema
+from core.clock import CHINA_TZ
+from core.errors import OutboxError
 from tests.test_localapi import API_TOKEN, Agent, make_settings, verification_body
 from tests.test_outbox_support import card_no, record, storage, write_config
-
-SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
 def _face(n: int, result: int, score: float) -> dict[str, object]:
@@ -75,14 +74,15 @@ def test_schema_2_outbox_gains_the_handovers_table(tmp_path: Path) -> None:
 def filled(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     """An outbox with yesterday's failure, today's failure (handed over), a not-verified and a pass."""
     cfg = write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "state")
-    yesterday = dt.datetime.now(SHANGHAI) - dt.timedelta(days=1)
+    yesterday = dt.datetime.now(CHINA_TZ) - dt.timedelta(days=1)
     ids = {}
     with Outbox.open(storage(tmp_path), clock=lambda: yesterday.timestamp()) as old:
         ids["old"] = old.enqueue(_face(10, 0, 0.3), meta={"source": "reader", "reason": "no match (distance 0.61)"})
     with Outbox.open(storage(tmp_path)) as box:
         ids["failed"] = box.enqueue(_face(11, 0, 0.42), meta={"source": "reader", "reason": "no match (distance 0.58)"})
-        ids["not_verified"] = box.enqueue(_face(12, 2, 0.0), meta={
-            "source": "reader", "reason": "no usable frame in 5.0 s: face too small (42 px)"})
+        ids["not_verified"] = box.enqueue(
+            _face(12, 2, 0.0), meta={"source": "reader", "reason": "no usable frame in 5.0 s: face too small (42 px)"}
+        )
         ids["passed"] = box.enqueue(_face(13, 1, 0.91), meta={"source": "reader", "reason": None})
         ids["relayed"] = box.enqueue(_face(14, 0, 0.35), meta={"source": "local_api"})
         box.mark_handed_over(ids["failed"], "黄护士")
@@ -95,10 +95,11 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out, err
 
 
-def test_queue_ls_result_lists_the_follow_ups_masked(filled: tuple[Path, dict[str, int]],
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_queue_ls_result_lists_the_follow_ups_masked(
+    filled: tuple[Path, dict[str, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, ids = filled
-    today = dt.datetime.now(SHANGHAI).strftime("%Y-%m-%d")
+    today = dt.datetime.now(CHINA_TZ).strftime("%Y-%m-%d")
     code, out, err = _run(capsys, "queue", "ls", "--result", "0,2", "--since", today, "--json", "-c", str(cfg))
     assert code == 0, err
     items = json.loads(out)
@@ -122,8 +123,9 @@ def test_queue_ls_result_lists_the_follow_ups_masked(filled: tuple[Path, dict[st
     assert [it["id"] for it in json.loads(out)] == [ids["not_verified"]]
 
 
-def test_queue_ls_result_table_and_bad_arguments(filled: tuple[Path, dict[str, int]],
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_queue_ls_result_table_and_bad_arguments(
+    filled: tuple[Path, dict[str, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, ids = filled
     code, out, _ = _run(capsys, "queue", "ls", "--result", "0,2", "-c", str(cfg))
     assert code == 0
@@ -144,7 +146,7 @@ def test_queue_ls_result_table_and_bad_arguments(filled: tuple[Path, dict[str, i
     assert code == 2 and "--since goes with --result" in err
     code, _, err = _run(capsys, "queue", "ls", "--result", "0", "--state", "sent", "-c", str(cfg))
     assert code == 2 and "cannot be combined" in err
-    far = (dt.datetime.now(SHANGHAI) + dt.timedelta(days=2)).strftime("%Y-%m-%d")
+    far = (dt.datetime.now(CHINA_TZ) + dt.timedelta(days=2)).strftime("%Y-%m-%d")
     code, out, _ = _run(capsys, "queue", "ls", "--result", "0", "--since", far, "-c", str(cfg))
     assert code == 0 and out.startswith("no verifications with faceResult 0 since")
 
@@ -170,7 +172,9 @@ def test_ui_hand_over_and_follow_ups(tmp_path: Path) -> None:
     with Agent(make_settings(tmp_path)) as agent, httpx.Client(base_url=agent.url, timeout=10) as c:
         relay = {"Authorization": f"Bearer {API_TOKEN}"}
         failed = c.post("/v1/verifications", json=verification_body(score=0.4, result=0), headers=relay).json()["id"]
-        passed = c.post("/v1/verifications", json=verification_body(seed=2, score=0.9, result=1), headers=relay).json()["id"]
+        passed = c.post("/v1/verifications", json=verification_body(seed=2, score=0.9, result=1), headers=relay).json()[
+            "id"
+        ]
         agent.operator.set("陆护士")
 
         def hand_over(record_id: int, **headers: str) -> httpx.Response:

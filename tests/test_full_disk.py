@@ -18,14 +18,18 @@ import pytest
 
 from agent import mock_platform
 from agent.config import load_config
-from agent.errors import StorageFull
 from agent.outbox import Outbox, Uploader, housekeeping
 from agent.outbox.reserve import RESERVE_BYTES, RESERVE_NAME
-from agent.records import natural_key
 from agent.service.status import collect_status, status_path, write_status_file
 from agent.uplink.client import PlatformClient
-from tests.test_outbox_support import platform  # noqa: F401  (the fixture)
-from tests.test_outbox_support import jpeg, record, write_config
+from core.errors import StorageFull
+from core.records import natural_key
+from tests.test_outbox_support import (
+    jpeg,
+    platform,  # noqa: F401  (the fixture)
+    record,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -49,8 +53,6 @@ def ext4_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mount)], check=False, capture_output=True)
 
 
-
-
 def _fill(path: Path) -> int:
     """Write to ``path`` until the file system refuses: the disk is full for real. Returns bytes written."""
     written = 0
@@ -68,17 +70,23 @@ def _fill(path: Path) -> int:
 
 
 def test_a_full_disk_is_drained_erased_after_the_delay_and_capture_resumes(
-        tmp_path: Path, ext4_disk: Path, platform: mock_platform.MockPlatform) -> None:
-    cfg = write_config(tmp_path / "fvagent.toml", url=platform.url, state_dir=ext4_disk / "state",
-                       storage_extra="keep_sent_days = 1\nmin_free_bytes = 1048576")
+    tmp_path: Path, ext4_disk: Path, platform: mock_platform.MockPlatform
+) -> None:
+    cfg = write_config(
+        tmp_path / "fvagent.toml",
+        url=platform.url,
+        state_dir=ext4_disk / "state",
+        storage_extra="keep_sent_days = 1\nmin_free_bytes = 1048576",
+    )
     settings = load_config(cfg, validate_drivers=False)
     photo = base64.b64encode(jpeg(1, size=300)).decode()
     box = Outbox.open(settings.storage)
     try:
         assert (ext4_disk / "state" / RESERVE_NAME).stat().st_size > 0
         status_file = status_path(settings.storage.dir)
-        write_status_file(status_file, {"pid": os.getpid(), "state": "running", "started_at": time.time(),
-                                        "updated_at": time.time()})  # the daemon's first status
+        write_status_file(
+            status_file, {"pid": os.getpid(), "state": "running", "started_at": time.time(), "updated_at": time.time()}
+        )  # the daemon's first status
         free = shutil.disk_usage(ext4_disk).free
         with open(ext4_disk / "filler", "wb") as fh:  # most of the disk is other files
             fh.write(b"\0" * max(0, free - 28 * 1024**2))
@@ -92,8 +100,9 @@ def test_a_full_disk_is_drained_erased_after_the_delay_and_capture_resumes(
             box.enqueue(record(20_000, photo_b64=photo))
 
         # The daemon is alive: its status (rewritten in place) says so, and that the disk is full.
-        write_status_file(status_file, {"pid": os.getpid(), "state": "running", "started_at": time.time(),
-                                        "updated_at": time.time()})
+        write_status_file(
+            status_file, {"pid": os.getpid(), "state": "running", "started_at": time.time(), "updated_at": time.time()}
+        )
         doc = collect_status(settings)
         assert doc["daemon"]["running"] is True, doc["daemon"]
         assert any("free on" in a and "free disk space" in a for a in doc["alerts"]), doc["alerts"]

@@ -9,10 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.images import MAX_IMAGE_BYTES, ImageError, decode_image, encode_jpeg, normalize_jpeg
+from core.images import (
+    MAX_IMAGE_BYTES,
+    ImageError,
+    decode_image,
+    encode_jpeg,
+    normalize_jpeg,
+)
 
-XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-       b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Make="TerminalMaker"/></rdf:RDF></x:xmpmeta>')
+XMP = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Make="TerminalMaker"/></rdf:RDF></x:xmpmeta>'
+)
 
 
 def noise(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -21,13 +21,13 @@ import httpx
 import numpy as np
 import pytest
 
-from agent import codes
 from agent.config import Settings, parse_config
-from agent.errors import LocalApiError
 from agent.events import EventBus, OperatorState
-from agent.images import encode_jpeg
 from agent.localapi.backend import DeskBackend
 from agent.localapi.server import LocalApiServer
+from core import codes
+from core.errors import LocalApiError
+from core.images import encode_jpeg
 from tests.waiting import wait_for
 
 API_TOKEN = "api-token-for-tests-0123456789"
@@ -57,14 +57,31 @@ def synthetic_jpeg(seed: int, size: tuple[int, int] = (126, 102)) -> bytes:
 def config_dict(tmp_path: Path, **local_api: Any) -> dict[str, Any]:
     """An agent that accepts relayed verifications (with API_TOKEN, as every change needs a
     credential); ``token=None`` leaves the token out."""
-    api = {k: v for k, v in {"listen": "127.0.0.1:0", "relay": True, "token": API_TOKEN, **local_api}.items()
-           if v is not None}
+    api = {
+        k: v
+        for k, v in {"listen": "127.0.0.1:0", "relay": True, "token": API_TOKEN, **local_api}.items()
+        if v is not None
+    }
     return {
-        "device": {"machine_code": "TSR-TEST-0001", "device_no": "SN0001", "manufacturer": "测试厂商",
-                   "model": "TSR-R3", "purchase_date": "2024-06-01", "dept_id": "D01", "dept_name": "妇产科",
-                   "register_user": "测试员", "operator": "默认员"},
-        "platform": {"base_url": "http://127.0.0.1:9/api", "org_app_id": "app", "org_app_secret": "0123456789abcdef",
-                     "auth": {"kind": "static", "ticket": "ticket"}, "environment": "test", "allow_plain_http": True},
+        "device": {
+            "machine_code": "TSR-TEST-0001",
+            "device_no": "SN0001",
+            "manufacturer": "测试厂商",
+            "model": "TSR-R3",
+            "purchase_date": "2024-06-01",
+            "dept_id": "D01",
+            "dept_name": "妇产科",
+            "register_user": "测试员",
+            "operator": "默认员",
+        },
+        "platform": {
+            "base_url": "http://127.0.0.1:9/api",
+            "org_app_id": "app",
+            "org_app_secret": "0123456789abcdef",
+            "auth": {"kind": "static", "ticket": "ticket"},
+            "environment": "test",
+            "allow_plain_http": True,
+        },
         "storage": {"dir": str(tmp_path / "state")},
         "card_reader": {"driver": "fake"},
         "camera": {"driver": "fake"},
@@ -77,27 +94,45 @@ def make_settings(tmp_path: Path, **local_api: Any) -> Settings:
     return parse_config(config_dict(tmp_path, **local_api), validate_drivers=False)
 
 
-def verification_body(*, name: str = "韦小梅", card_no: str | None = None, score: float = 0.86, result: int = 1,
-                       seed: int = 1, head: bytes | None = None, camera: bytes | None = None,
-                       when: dt.datetime | None = None) -> dict[str, Any]:
+def verification_body(
+    *,
+    name: str = "韦小梅",
+    card_no: str | None = None,
+    score: float = 0.86,
+    result: int = 1,
+    seed: int = 1,
+    head: bytes | None = None,
+    camera: bytes | None = None,
+    when: dt.datetime | None = None,
+) -> dict[str, Any]:
     """A valid relayed verification (spec field names) for a synthetic identity."""
     when = when or dt.datetime.now(dt.timezone(dt.timedelta(hours=8)))
     return {
-        "realName": name, "cardType": 0, "cardNo": card_no or make_id(), "sexCode": "2", "sexName": "女",
-        "nationalCode": "01", "nationalName": "汉", "birthday": "1992-03-15",
-        "address": "广西壮族自治区南宁市青秀区测试路1号", "police": "南宁市公安局青秀分局",
-        "cardStartDate": "2020-01-01", "cardEndDate": "2040-01-01",
+        "realName": name,
+        "cardType": 0,
+        "cardNo": card_no or make_id(),
+        "sexCode": "2",
+        "sexName": "女",
+        "nationalCode": "01",
+        "nationalName": "汉",
+        "birthday": "1992-03-15",
+        "address": "广西壮族自治区南宁市青秀区测试路1号",
+        "police": "南宁市公安局青秀分局",
+        "cardStartDate": "2020-01-01",
+        "cardEndDate": "2040-01-01",
         "headImg": base64.b64encode(head or synthetic_jpeg(seed)).decode(),
         "cameraImg": base64.b64encode(camera or synthetic_jpeg(seed + 100, (240, 200))).decode(),
-        "faceScore": score, "faceResult": result,
-        "verifyDate": when.strftime("%Y-%m-%d"), "verifyTime": when.strftime("%Y-%m-%d %H:%M:%S"),
+        "faceScore": score,
+        "faceResult": result,
+        "verifyDate": when.strftime("%Y-%m-%d"),
+        "verifyTime": when.strftime("%Y-%m-%d %H:%M:%S"),
         "certTimeoutStatus": 0,
     }
 
 
 def same_picture(got: bytes | str, sent: bytes | str) -> bool:
     """Relayed photos are re-encoded (no metadata survives): the same picture, not the same bytes."""
-    from agent.images import decode_image
+    from core.images import decode_image
 
     a, b = (decode_image(base64.b64decode(x) if isinstance(x, str) else x) for x in (got, sent))
     return a.shape == b.shape and float(np.abs(a.astype(int) - b.astype(int)).mean()) < 4.0
@@ -119,8 +154,9 @@ class Agent:
         self.events = EventBus()
         self.operator = OperatorState.for_settings(settings)
         self.status_doc = status if status is not None else {"platform": {"reachable": True}, "queue": {}}
-        self.backend = DeskBackend(settings, self.outbox, self.events, self.operator,
-                                   status_provider=lambda: self.status_doc, status_ttl_s=0)
+        self.backend = DeskBackend(
+            settings, self.outbox, self.events, self.operator, status_provider=lambda: self.status_doc, status_ttl_s=0
+        )
         self.server = LocalApiServer(settings.local_api, self.backend)
 
     def __enter__(self) -> Agent:
@@ -193,8 +229,9 @@ def test_idempotency_key_returns_the_same_id(agent: Agent) -> None:
     assert other.json()["id"] != first.json()["id"]
     assert agent.events.last_seq == 2  # the retried post is not announced twice
     with client(agent, API_TOKEN) as c:
-        reused = c.post("/v1/verifications", json=verification_body(score=0.5, result=0),
-                        headers={"Idempotency-Key": "term-1-abc"})
+        reused = c.post(
+            "/v1/verifications", json=verification_body(score=0.5, result=0), headers={"Idempotency-Key": "term-1-abc"}
+        )
     assert reused.status_code == 409
     assert reused.json()["problems"][0]["field"] == "Idempotency-Key"
 
@@ -226,11 +263,14 @@ def test_relay_consistency_rules_apply(agent: Agent) -> None:
     assert "faceResult is 2" in r.json()["problems"][0]["rule"]
 
 
-@pytest.mark.parametrize(("content", "ctype", "status"), [
-    (b"{not json", "application/json", 422),
-    (b"[1, 2]", "application/json", 422),
-    (b"realName=x", "application/x-www-form-urlencoded", 415),
-])
+@pytest.mark.parametrize(
+    ("content", "ctype", "status"),
+    [
+        (b"{not json", "application/json", 422),
+        (b"[1, 2]", "application/json", 422),
+        (b"realName=x", "application/x-www-form-urlencoded", 415),
+    ],
+)
 def test_bad_bodies_are_refused_clearly(agent: Agent, content: bytes, ctype: str, status: int) -> None:
     with client(agent, API_TOKEN) as c:
         r = c.post("/v1/verifications", content=content, headers={"Content-Type": ctype})
@@ -276,8 +316,9 @@ def test_find_by_card_and_since(agent: Agent) -> None:
     card_a, card_b = make_id(seq="031"), make_id(seq="042")
     china = dt.timezone(dt.timedelta(hours=8))
     with client(agent, API_TOKEN) as c:
-        ids_a = [c.post("/v1/verifications", json=verification_body(card_no=card_a, seed=i)).json()["id"]
-                 for i in range(3)]
+        ids_a = [
+            c.post("/v1/verifications", json=verification_body(card_no=card_a, seed=i)).json()["id"] for i in range(3)
+        ]
         c.post("/v1/verifications", json=verification_body(card_no=card_b))
         by_card = c.get("/v1/verifications", params={"cardNo": card_a}).json()["items"]
         limited = c.get("/v1/verifications", params={"cardNo": card_a, "limit": 2}).json()["items"]
@@ -299,8 +340,14 @@ def test_find_by_card_and_since(agent: Agent) -> None:
 
 
 def test_token_required_on_every_v1_endpoint(tokened: Agent) -> None:
-    calls = [("GET", "/v1/status"), ("GET", "/v1/verifications"), ("GET", "/v1/verifications/1"),
-             ("PUT", "/v1/operator"), ("POST", "/v1/verifications"), ("GET", "/v1/operator")]
+    calls = [
+        ("GET", "/v1/status"),
+        ("GET", "/v1/verifications"),
+        ("GET", "/v1/verifications/1"),
+        ("PUT", "/v1/operator"),
+        ("POST", "/v1/verifications"),
+        ("GET", "/v1/operator"),
+    ]
     with client(tokened) as anon, client(tokened, "wrong-token") as wrong:
         for method, path in calls:
             for c in (anon, wrong):
@@ -369,8 +416,9 @@ def test_ui_photos_served_to_loopback_and_refused_to_foreign_host(agent: Agent) 
 
 def test_ui_needs_token_when_caller_is_not_local(tokened: Agent) -> None:
     with client(tokened) as c:
-        record_id = c.post("/v1/verifications", json=verification_body(),
-                           headers={"Authorization": f"Bearer {API_TOKEN}"}).json()["id"]
+        record_id = c.post(
+            "/v1/verifications", json=verification_body(), headers={"Authorization": f"Bearer {API_TOKEN}"}
+        ).json()["id"]
         foreign = {"Host": "terminal-7.hospital.example"}
         assert c.get(f"/ui/photos/{record_id}/head", headers=foreign).status_code == 401
         c.cookies.set("fvagent_token", API_TOKEN)
@@ -433,8 +481,9 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     port = holder.getsockname()[1]
     try:
         settings = make_settings(tmp_path)
-        settings = settings.model_copy(update={"local_api": settings.local_api.model_copy(
-            update={"listen": f"127.0.0.1:{port}"})})
+        settings = settings.model_copy(
+            update={"local_api": settings.local_api.model_copy(update={"listen": f"127.0.0.1:{port}"})}
+        )
         server = LocalApiServer(settings.local_api, object())
         with pytest.raises(LocalApiError) as err:
             server.start(timeout_s=5)
@@ -478,20 +527,42 @@ def test_feed_item_speaks_chinese_and_shows_unsaved_captures(agent: Agent) -> No
 
     with client(agent, API_TOKEN) as c:
         record_id = c.post("/v1/verifications", json=verification_body(score=0.42, result=0)).json()["id"]
-    reader_event = Event(1, "verification", {"id": record_id, "source": "reader",
-                                             "reason": "no match: best distance 0.612 over 3 frame(s), score 0.42"}, time.time())
+    reader_event = Event(
+        1,
+        "verification",
+        {"id": record_id, "source": "reader", "reason": "no match: best distance 0.612 over 3 frame(s), score 0.42"},
+        time.time(),
+    )
     item = agent.backend.feed_item(reader_event)
     assert item is not None
     assert item["reason"].startswith("人证比对不一致") and "0.42" in item["reason"] and "0.75" in item["reason"]
     assert item["reasonDetail"].startswith("no match")
-    no_face = agent.backend.feed_item(Event(2, "verification", {"id": record_id, "source": "reader",
-                                                                "reason": "no usable frame in 5.0 s (12 frames: no face 12)"},
-                                            time.time()))
+    no_face = agent.backend.feed_item(
+        Event(
+            2,
+            "verification",
+            {"id": record_id, "source": "reader", "reason": "no usable frame in 5.0 s (12 frames: no face 12)"},
+            time.time(),
+        )
+    )
     assert no_face is not None and no_face["reason"] == "未采集到合格的人脸画面（未检测到人脸）"
     # a capture that could not be stored: shown from the event, masked whatever was sent
-    unsaved = agent.backend.feed_item(Event(3, "verification", {
-        "id": None, "name": "韦小梅", "cardNo": make_id(), "result": 2, "score": 0.0,
-        "error": "disk full", "source": "reader"}, time.time()))
+    unsaved = agent.backend.feed_item(
+        Event(
+            3,
+            "verification",
+            {
+                "id": None,
+                "name": "韦小梅",
+                "cardNo": make_id(),
+                "result": 2,
+                "score": 0.0,
+                "error": "disk full",
+                "source": "reader",
+            },
+            time.time(),
+        )
+    )
     assert unsaved is not None
     assert unsaved["state"] == "unsaved" and unsaved["error"] == "记录未能保存，请通知技术人员"
     assert unsaved["errorDetail"] == "disk full"
@@ -504,14 +575,23 @@ def test_feed_resumes_after_last_event_id_and_ignores_ids_of_an_earlier_run(agen
     with client(agent, API_TOKEN) as c:
         ids = [c.post("/v1/verifications", json=verification_body(seed=i)).json()["id"] for i in range(3)]
     second = agent.events.recent("verification", 3)[1]
-    for last_id, expected in ((f"{agent.events.instance_id}.{second.seq}", ids[2:]),
-                              (f"0badcafe.{second.seq}", ids)):  # another run's id: replay the recent ones
+    for last_id, expected in (
+        (f"{agent.events.instance_id}.{second.seq}", ids[2:]),
+        (f"0badcafe.{second.seq}", ids),
+    ):  # another run's id: replay the recent ones
         got: list[tuple[str, dict[str, Any]]] = []
         stop = threading.Event()
-        threading.Thread(target=read_sse, args=(agent.url + "/ui/events", stop.is_set, got),
-                         kwargs={"headers": {"Last-Event-ID": last_id}}, daemon=True).start()
-        wait_for(lambda: any(k == "status" for k, _ in got[1:]) or len(got) > len(expected), 8,
-                 "the replay and the next status")
+        threading.Thread(
+            target=read_sse,
+            args=(agent.url + "/ui/events", stop.is_set, got),
+            kwargs={"headers": {"Last-Event-ID": last_id}},
+            daemon=True,
+        ).start()
+        wait_for(
+            lambda: any(k == "status" for k, _ in got[1:]) or len(got) > len(expected),
+            8,
+            "the replay and the next status",
+        )
         stop.set()
         assert [d["id"] for k, d in got if k == "verification"] == expected
 
@@ -538,14 +618,19 @@ def test_answers_do_not_wait_for_delayed_acks(agent: Agent) -> None:
 # [local_api] settings
 
 
-@pytest.mark.parametrize(("local_api", "key", "words"), [
-    ({"listen": "0.0.0.0:8787", "token": None}, "local_api", "requires token"),
-    ({"token": "same-secret-1234", "full_data_token": "same-secret-1234"}, "local_api", "must differ"),
-    ({"listen": "127.0.0.1:99999"}, "local_api.listen", "host:port"),
-    ({"max_body_bytes": 1024}, "local_api.max_body_bytes", ""),
-])
-def test_local_api_settings_refuse_unsafe_values(tmp_path: Path, local_api: dict[str, Any], key: str, words: str) -> None:
-    from agent.errors import ConfigError
+@pytest.mark.parametrize(
+    ("local_api", "key", "words"),
+    [
+        ({"listen": "0.0.0.0:8787", "token": None}, "local_api", "requires token"),
+        ({"token": "same-secret-1234", "full_data_token": "same-secret-1234"}, "local_api", "must differ"),
+        ({"listen": "127.0.0.1:99999"}, "local_api.listen", "host:port"),
+        ({"max_body_bytes": 1024}, "local_api.max_body_bytes", ""),
+    ],
+)
+def test_local_api_settings_refuse_unsafe_values(
+    tmp_path: Path, local_api: dict[str, Any], key: str, words: str
+) -> None:
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         make_settings(tmp_path, **local_api)

@@ -18,7 +18,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.test_localapi import API_TOKEN, FULL_TOKEN, Agent, client, make_settings, verification_body
+from tests.test_localapi import (
+    API_TOKEN,
+    FULL_TOKEN,
+    Agent,
+    client,
+    make_settings,
+    verification_body,
+)
 
 MAX_EXAMPLES = 50
 
@@ -60,9 +67,15 @@ def test_api_conforms_to_its_schema(api_schema: Any, running: Agent, mode: Gener
     ops = operations(api_schema)
     assert len(ops) >= 6
     for op in ops:
+
         @given(case=op.as_strategy(generation_mode=mode))
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case: Any) -> None:
             # a query parameter whose value is None is silently dropped by the HTTP client, so a
             # "negative" case built on one would be sent as a valid request
@@ -85,8 +98,13 @@ def test_schema_lists_every_endpoint_of_the_issue(api_schema: Any, running: Agen
 
     doc = httpx.get(running.url + "/openapi.json").json()
     ops = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
-    assert {("POST", "/v1/verifications"), ("GET", "/v1/verifications/{record_id}"), ("GET", "/v1/verifications"),
-            ("GET", "/v1/status"), ("PUT", "/v1/operator")} <= ops
+    assert {
+        ("POST", "/v1/verifications"),
+        ("GET", "/v1/verifications/{record_id}"),
+        ("GET", "/v1/verifications"),
+        ("GET", "/v1/status"),
+        ("PUT", "/v1/operator"),
+    } <= ops
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     post = doc["paths"]["/v1/verifications"]["post"]
     assert {"202", "401", "422"} <= set(post["responses"])

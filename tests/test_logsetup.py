@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from agent.codes import resident_id_check_digit
 from agent.config import LoggingSettings
 from agent.logsetup import JournalHandler, mask_id_numbers, setup_logging
+from core.codes import resident_id_check_digit
 
 FIRST17 = "45020319900101051"  # synthetic: Liuzhou area code, 1990-01-01
 CARD_NO = FIRST17 + resident_id_check_digit(FIRST17)
@@ -42,10 +42,13 @@ def test_mask_id_numbers_shapes() -> None:
     assert mask_id_numbers("x 45020319900101051X.") == "x 4502**********051X."
     assert mask_id_numbers("old 450203900101051") == "old 4502*******1051"  # 15-digit resident ID
     assert mask_id_numbers("foreign USA450203900101") == "foreign USA4*******0101"
-    assert mask_id_numbers(f"json {{\"cardNo\":\"{CARD_NO}\"}}") == f"json {{\"cardNo\":\"{MASKED}\"}}"
+    assert mask_id_numbers(f'json {{"cardNo":"{CARD_NO}"}}') == f'json {{"cardNo":"{MASKED}"}}'
     # not ID numbers: longer digit runs, epoch milliseconds, hex digests
     assert mask_id_numbers("t=1732312345678 n=1234567890123456789") == "t=1732312345678 n=1234567890123456789"
-    assert mask_id_numbers("sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b") == "sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"
+    assert (
+        mask_id_numbers("sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b")
+        == "sha 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"
+    )
 
 
 def test_stderr_handler_masks_args_and_tracebacks() -> None:
@@ -86,8 +89,9 @@ def test_journald_structured_fields_masked() -> None:
     recorder = Recorder()
     setup_logging(LoggingSettings(level="INFO", journald="on"), journal_sender=recorder)
     logging.getLogger("agent.service.verification").warning(
-        "verification %d of %s", 7, CARD_NO, extra={"FVAGENT_OUTBOX_ID": 7, "FVAGENT_CARD": CARD_NO})
-    (message, fields), = recorder.sent
+        "verification %d of %s", 7, CARD_NO, extra={"FVAGENT_OUTBOX_ID": 7, "FVAGENT_CARD": CARD_NO}
+    )
+    ((message, fields),) = recorder.sent
     assert message == f"verification 7 of {MASKED}"
     assert fields["PRIORITY"] == "4"
     assert fields["SYSLOG_IDENTIFIER"] == "fvagent"
@@ -155,9 +159,20 @@ def test_real_journal_protocol_carries_masked_structured_fields(tmp_path: Path) 
     script = tmp_path / "receiver.py"
     script.write_text(JOURNAL_RECEIVER.format(card=CARD_NO), encoding="utf-8")
     proc = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         f'mount -t tmpfs fvagent-test /run && exec "{sys.executable}" "{script}"'],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f'mount -t tmpfs fvagent-test /run && exec "{sys.executable}" "{script}"',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if proc.returncode != 0 and "mount" in proc.stderr and "receiver.py" not in proc.stderr:
         pytest.skip(f"cannot make a private /run here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr

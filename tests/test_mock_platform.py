@@ -39,15 +39,25 @@ _HTTP = httpx.Client(timeout=10)  # one pool for the module: building a client p
 VERIFY = "/verification/pregnant_woman/first"
 
 
-def send(mock: MockPlatform, path: str, payload: Any, *, secret: str | None = None, at: float | None = None,
-         headers: dict[str, str | None] | None = None, body: bytes | None = None, encrypt: bool | None = None,
-         authorization: str | None = None) -> httpx.Response:
+def send(
+    mock: MockPlatform,
+    path: str,
+    payload: Any,
+    *,
+    secret: str | None = None,
+    at: float | None = None,
+    headers: dict[str, str | None] | None = None,
+    body: bytes | None = None,
+    encrypt: bool | None = None,
+    authorization: str | None = None,
+) -> httpx.Response:
     """One signed request to ``mock``; ``headers`` values replace (None removes) a header."""
     cfg = mock.config
     conv = Conventions(cfg.conventions, cfg.org_app_id, secret if secret is not None else cfg.org_app_secret)
     send_time = conv.send_time(at if at is not None else time.time())
-    h: dict[str, str | None] = dict(conv.request_headers(uuid.uuid4().hex, send_time,
-                                                          authorization if authorization is not None else cfg.ticket))
+    h: dict[str, str | None] = dict(
+        conv.request_headers(uuid.uuid4().hex, send_time, authorization if authorization is not None else cfg.ticket)
+    )
     for name, value in (headers or {}).items():
         h[name] = value
     if body is None:
@@ -82,6 +92,7 @@ def sm4_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockPlatform]
 
 # -- the envelope and the business answers ---------------------------------------------------------
 
+
 def test_registration_is_accepted_with_the_spec_envelope_signed(mock: MockPlatform) -> None:
     mock.reset()
     before = int(time.time() * 1000)
@@ -114,10 +125,18 @@ def test_a_valid_verification_is_stored(fresh: MockPlatform) -> None:
     assert fresh.records(include_images=True)[0]["payload"]["headImg"] == sample_verification(3)["headImg"]
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("sexCode", "01"), ("cardNo", "450203199203011000"), ("faceScore", 1.5), ("verifyTime", "2024-06-11T08:00:00"),
-    ("headImg", "aGVsbG8="), ("nationalCode", "99"), ("realName", "超" * 11),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("sexCode", "01"),
+        ("cardNo", "450203199203011000"),
+        ("faceScore", 1.5),
+        ("verifyTime", "2024-06-11T08:00:00"),
+        ("headImg", "aGVsbG8="),
+        ("nationalCode", "99"),
+        ("realName", "超" * 11),
+    ],
+)
 def test_a_bad_field_is_a2301_naming_it_and_nothing_is_stored(fresh: MockPlatform, field: str, value: Any) -> None:
     body = send(fresh, VERIFY, sample_verification(1, **{field: value})).json()
     assert body["exceptionCode"] == "A2301" and body["code"] != 200
@@ -160,7 +179,10 @@ def test_an_unregistered_or_disabled_device_has_its_code_and_a_mismatch_is_a2301
 
 # -- headers, signature, time, Authorization ---------------------------------------------------------
 
-@pytest.mark.parametrize("header", [HEADER_SIGN, HEADER_TIME, HEADER_REQUEST_ID, HEADER_ORG_APP_ID, HEADER_AUTHORIZATION])
+
+@pytest.mark.parametrize(
+    "header", [HEADER_SIGN, HEADER_TIME, HEADER_REQUEST_ID, HEADER_ORG_APP_ID, HEADER_AUTHORIZATION]
+)
 def test_each_missing_header_is_refused_by_name(fresh: MockPlatform, header: str) -> None:
     resp = send(fresh, VERIFY, sample_verification(1), headers={header: None})
     expected = 401 if header == HEADER_AUTHORIZATION else 403
@@ -217,6 +239,7 @@ def test_unknown_paths_are_404_and_a_base_url_prefix_works(fresh: MockPlatform) 
 
 # -- SM4 ---------------------------------------------------------------------------------------------
 
+
 def test_encrypted_body_is_opened_and_stored(sm4_mock: MockPlatform) -> None:
     sm4_mock.reset()
     assert register(sm4_mock).json()["exceptionCode"] == "00000"
@@ -224,11 +247,14 @@ def test_encrypted_body_is_opened_and_stored(sm4_mock: MockPlatform) -> None:
     assert sm4_mock.records()[0]["encrypted"] is True
 
 
-@pytest.mark.parametrize("body", [
-    b'{"data": "bm90IGJsb2NrIGFsaWduZWQ="}',  # base64, not whole blocks
-    b'{"data": "%%% not base64"}',
-    b'{"data": "AAAAAAAAAAAAAAAAAAAAAA=="}',  # one block of zeros: bad padding
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": "bm90IGJsb2NrIGFsaWduZWQ="}',  # base64, not whole blocks
+        b'{"data": "%%% not base64"}',
+        b'{"data": "AAAAAAAAAAAAAAAAAAAAAA=="}',  # one block of zeros: bad padding
+    ],
+)
 def test_an_undecryptable_body_is_refused_not_a2301(sm4_mock: MockPlatform, body: bytes) -> None:
     resp = send(sm4_mock, REGISTER, None, body=body)
     assert resp.status_code == 403 and "解密失败" in resp.json()["msg"]
@@ -251,6 +277,7 @@ def test_an_encrypted_body_is_a2301_when_encryption_is_off(fresh: MockPlatform) 
 
 
 # -- token endpoints ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def token_mock() -> Iterator[MockPlatform]:
@@ -282,12 +309,14 @@ def test_oauth2_endpoint_follows_client_credentials() -> None:
         assert send(m, REGISTER, sample_registration(), authorization=f"bearer {token}").json()["code"] == 200
         assert send(m, REGISTER, sample_registration(), authorization=token).status_code == 401  # no scheme
         # a token of the other kind's endpoint does not authorize here
-        other = httpx.get(m.url + "/auth/accesstoken/create",
-                          params={"appKey": "demo-app-key", "appSecret": "demo-app-secret"}).json()["data"]["access_token"]
+        other = httpx.get(
+            m.url + "/auth/accesstoken/create", params={"appKey": "demo-app-key", "appSecret": "demo-app-secret"}
+        ).json()["data"]["access_token"]
         assert send(m, REGISTER, sample_registration(), authorization=f"bearer {other}").status_code == 401
 
 
 # -- admin endpoints and faults --------------------------------------------------------------------------
+
 
 def test_admin_faults_endpoint_sets_validates_and_clears(fresh: MockPlatform) -> None:
     bad = httpx.post(fresh.url + "/_mock/faults", json={"dwon": True})
@@ -318,7 +347,9 @@ def test_admin_records_and_stats_count_duplicates_and_requests(fresh: MockPlatfo
     key = (records[0]["machineCode"], records[0]["cardNo"], records[0]["verifyTime"])
     assert fresh.duplicates() == {key: 2} and fresh.delivered()[key] == 2
     assert len(fresh.request_times("/first")) == 4
-    assert httpx.get(fresh.url + "/_mock/records", params={"kind": "registration"}).json()[0]["machineCode"] == "MOCK0001"
+    assert (
+        httpx.get(fresh.url + "/_mock/records", params={"kind": "registration"}).json()[0]["machineCode"] == "MOCK0001"
+    )
 
 
 def test_latency_delays_the_answer(fresh: MockPlatform) -> None:
@@ -358,6 +389,7 @@ def test_bad_response_sign_and_unsigned_responses(fresh: MockPlatform) -> None:
 
 # -- persistence and the CLI --------------------------------------------------------------------------------
 
+
 def test_the_database_survives_a_restart_on_the_same_port(tmp_path: Path) -> None:
     db = tmp_path / "mock.db"
     with MockPlatform(MockPlatformConfig(), db) as first:
@@ -382,7 +414,8 @@ def test_settings_helper_builds_a_matching_platform_section() -> None:
 
 def test_cli_serves_with_the_agent_configs_credentials_and_stops_on_sigterm(tmp_path: Path) -> None:
     agent_cfg = tmp_path / "fvagent.toml"
-    agent_cfg.write_text("""
+    agent_cfg.write_text(
+        """
 [device]
 machine_code = "MOCK0001"
 device_no = "SN-MOCK-0001"
@@ -407,12 +440,30 @@ ticket = "SITE-TICKET"
 
 [storage]
 dir = "state"
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     agent_cfg.chmod(0o600)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "mock-platform", "--port", "0", "--db",
-                             str(tmp_path / "cli.db"), "--config", str(agent_cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "mock-platform",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "cli.db"),
+            "--config",
+            str(agent_cfg),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         lines = []
@@ -426,8 +477,9 @@ dir = "state"
         url = text.split("listening on ", 1)[1].split()[0]
         assert "site-secret-0007" not in text and "SITE-TICKET" not in text  # secrets stay in the config
         assert f'base_url = "{url}"' in text
-        cfg = MockPlatformConfig(org_app_id="SITE-APP-7", org_app_secret="site-secret-0007", ticket="SITE-TICKET",
-                                 encrypt=True)
+        cfg = MockPlatformConfig(
+            org_app_id="SITE-APP-7", org_app_secret="site-secret-0007", ticket="SITE-TICKET", encrypt=True
+        )
         probe = MockPlatform(cfg)  # only to borrow send(): point it at the CLI's server
         probe._port = int(url.rsplit(":", 1)[1])
         assert send(probe, REGISTER, sample_registration()).json()["exceptionCode"] == "00000"
@@ -452,8 +504,13 @@ def test_store_images_off_keeps_only_their_length() -> None:
 
 def test_cli_names_a_port_in_use(tmp_path: Path) -> None:
     with MockPlatform() as busy:
-        proc = subprocess.run([sys.executable, "-m", "agent", "mock-platform", "--port", str(busy.port),
-                               "--db", str(tmp_path / "m.db")], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent", "mock-platform", "--port", str(busy.port), "--db", str(tmp_path / "m.db")],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
     assert proc.returncode == 1
     assert f"127.0.0.1:{busy.port}" in proc.stderr and "--port" in proc.stderr
 

@@ -25,16 +25,32 @@ from typing import Any
 
 import pytest
 
-from tests.test_localapi import API_TOKEN, Agent, make_settings, synthetic_jpeg, verification_body
+from tests.test_localapi import (
+    API_TOKEN,
+    Agent,
+    make_settings,
+    synthetic_jpeg,
+    verification_body,
+)
 from tests.waiting import daemon_api_url, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TAP_DEADLINE_S = 5.0
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
-                                reason="needs Debian's chromium (apt-get install chromium; make setup-test does it)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
+    reason="needs Debian's chromium (apt-get install chromium; make setup-test does it)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +67,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1024, "height": 600}, locale="zh-CN",
-                                  timezone_id="Asia/Shanghai")
+    context = browser.new_context(viewport={"width": 1024, "height": 600}, locale="zh-CN", timezone_id="Asia/Shanghai")
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -120,10 +135,14 @@ def test_relayed_verification_appears_on_the_page(tmp_path: Path, page: Any, art
         with httpx.Client(base_url=agent.url, headers=relay, timeout=10) as c:
             for i in range(8):
                 reason_case = {"score": 0.0, "result": 2} if i % 2 else {"score": 0.93, "result": 1}
-                assert c.post("/v1/verifications", json=verification_body(seed=20 + i, **reason_case)).status_code == 202
+                assert (
+                    c.post("/v1/verifications", json=verification_body(seed=20 + i, **reason_case)).status_code == 202
+                )
         page.wait_for_selector("#list li:nth-child(7)", timeout=5000)
         assert page.locator("#list li").count() == 7
-        width, height = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        width, height = page.evaluate(
+            "() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+        )
         assert (width, height) == (1024, 600), (width, height)
         page.screenshot(path=str(artifacts_dir / "operator-page-full-list.png"))
         assert not page.js_errors, page.js_errors
@@ -147,8 +166,12 @@ def test_card_tap_appears_on_the_page(tmp_path: Path, page: Any, artifacts_dir: 
     reader, platform = ScriptedReader(), Platform()
     import httpx
 
-    service = Service(settings, reader=reader, transport=httpx.MockTransport(platform),
-                      notifier=Notifier(backend="socket", environ={}))
+    service = Service(
+        settings,
+        reader=reader,
+        transport=httpx.MockTransport(platform),
+        notifier=Notifier(backend="socket", environ={}),
+    )
     service.start()
     try:
         assert service.local_api is not None, service._local_api_error
@@ -156,8 +179,9 @@ def test_card_tap_appears_on_the_page(tmp_path: Path, page: Any, artifacts_dir: 
         page.wait_for_selector("#conn:has-text('实时连接正常')", timeout=5000)
         person = samples.PEOPLE[0]
         t0 = time.monotonic()
-        reader.present(samples.sample_card(person, images["card"].read_bytes(),
-                                           terminal_score=0.91, terminal_result=1))  # the tap
+        reader.present(
+            samples.sample_card(person, images["card"].read_bytes(), terminal_score=0.91, terminal_result=1)
+        )  # the tap
         page.wait_for_selector("#list li[data-id]", timeout=TAP_DEADLINE_S * 1000)
         assert time.monotonic() - t0 < TAP_DEADLINE_S
         assert page.inner_text("#f-name") == person.name[0] + "**"
@@ -170,8 +194,9 @@ def test_card_tap_appears_on_the_page(tmp_path: Path, page: Any, artifacts_dir: 
         for frame in ("head-frame", "camera-frame"):
             assert_photo_shown(page, frame)
         # a face that cannot be verified shows the reason in Chinese
-        reader.present(samples.sample_card(samples.PEOPLE[1], images["card"].read_bytes(),
-                                           terminal_score=0.35, terminal_result=0))
+        reader.present(
+            samples.sample_card(samples.PEOPLE[1], images["card"].read_bytes(), terminal_score=0.35, terminal_result=0)
+        )
         page.wait_for_selector("#list li:nth-child(2)", timeout=TAP_DEADLINE_S * 1000)
         assert page.inner_text("#f-result") == "未通过"
         assert "终端比对未通过" in page.inner_text("#f-reason")
@@ -211,11 +236,18 @@ def test_card_tap_appears_on_the_page_of_fvagent_run(tmp_path: Path, page: Any, 
         env.pop(name, None)
     status_file = Path(doc["storage"]["dir"]) / "status.json"
     with open(tmp_path / "daemon.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            url = wait_for(lambda: daemon_api_url(proc, status_file, tmp_path / "daemon.log"), 60,
-                           "the daemon reporting its local API (the face engine loads first)")
+            url = wait_for(
+                lambda: daemon_api_url(proc, status_file, tmp_path / "daemon.log"),
+                60,
+                "the daemon reporting its local API (the face engine loads first)",
+            )
             page.goto(url + "/")
             page.wait_for_selector("#conn:has-text('实时连接正常')", timeout=5000)
             person = samples.PEOPLE[2]

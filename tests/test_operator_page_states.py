@@ -19,13 +19,13 @@ import pytest
 
 from agent.events import STATUS
 from agent.localapi.server import LocalApiServer
+from core.clock import CHINA_TZ
 from tests.test_localapi import API_TOKEN, Agent, make_settings, verification_body
 from tests.test_operator_page_e2e import CHROMIUM, browser, page  # noqa: F401 - fixtures
 from tests.test_outbox_support import write_config
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make setup-test)")
-SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
 def _open(page: Any, agent: Agent) -> None:
@@ -35,8 +35,12 @@ def _open(page: Any, agent: Agent) -> None:
 
 
 def _post(agent: Agent, **kw: Any) -> int:
-    r = httpx.post(agent.url + "/v1/verifications", json=verification_body(**kw), timeout=10,
-                   headers={"Authorization": f"Bearer {API_TOKEN}"})
+    r = httpx.post(
+        agent.url + "/v1/verifications",
+        json=verification_body(**kw),
+        timeout=10,
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
     assert r.status_code == 202, r.text
     return int(r.json()["id"])
 
@@ -84,7 +88,7 @@ def test_failed_result_says_what_to_do_and_keeps_the_hand_over(tmp_path: Path, p
         page.wait_for_selector("#handover-mark:has-text('李护士')", timeout=5000)
         mark = agent.outbox.handovers([record_id])[record_id]
         assert mark.operator == "李护士" and t0 - 1 <= mark.at <= time.time()
-        shown = dt.datetime.fromtimestamp(mark.at, SHANGHAI).strftime("%m-%d %H:%M")
+        shown = dt.datetime.fromtimestamp(mark.at, CHINA_TZ).strftime("%m-%d %H:%M")
         assert page.inner_text("#handover-mark") == f"已移交公安核查 · 李护士 · {shown}"
         assert page.locator("#handover-btn").is_hidden()
         page.screenshot(path=str(artifacts_dir / "page-failed-handed-over-1024x600.png"))
@@ -97,7 +101,10 @@ def test_failed_result_says_what_to_do_and_keeps_the_hand_over(tmp_path: Path, p
         small_photo, small_verdict = _box(page, "#head-frame"), _box(page, "#f-result")
         page.set_viewport_size({"width": 1920, "height": 1080})
         big_photo, big_verdict = _box(page, "#head-frame"), _box(page, "#f-result")
-        assert big_photo["height"] >= 1.7 * small_photo["height"] and big_verdict["height"] >= 1.5 * small_verdict["height"]
+        assert (
+            big_photo["height"] >= 1.7 * small_photo["height"]
+            and big_verdict["height"] >= 1.5 * small_verdict["height"]
+        )
         _fits(page, 1920, 1080)
         page.screenshot(path=str(artifacts_dir / "page-failed-1920x1080.png"))
         assert not page.js_errors, page.js_errors
@@ -174,7 +181,9 @@ def test_a_banner_covers_the_page_when_the_daemon_goes_away(tmp_path: Path, page
         assert page.inner_text("#conn") == "实时连接正常"
 
 
-def test_operator_dialog_has_large_targets_and_no_browser_prompt(tmp_path: Path, page: Any, artifacts_dir: Path) -> None:
+def test_operator_dialog_has_large_targets_and_no_browser_prompt(
+    tmp_path: Path, page: Any, artifacts_dir: Path
+) -> None:
     browser_dialogs: list[str] = []
     page.on("dialog", lambda d: (browser_dialogs.append(d.type), d.dismiss()))
     with Agent(make_settings(tmp_path)) as agent:
@@ -209,7 +218,7 @@ def test_operator_dialog_has_large_targets_and_no_browser_prompt(tmp_path: Path,
 def test_grey_zone_retry_asks_to_face_the_camera(tmp_path: Path, page: Any, artifacts_dir: Path) -> None:
     with Agent(make_settings(tmp_path)) as agent:
         _open(page, agent)
-        until = (dt.datetime.now(SHANGHAI) + dt.timedelta(seconds=4)).isoformat(timespec="seconds")
+        until = (dt.datetime.now(CHINA_TZ) + dt.timedelta(seconds=4)).isoformat(timespec="seconds")
         _set_capture(agent, {"phase": "retry", "until": until})
         page.wait_for_selector("#retry", state="visible", timeout=5000)
         assert page.inner_text("#retry .hint") == "请正对摄像头，再核验一次"
@@ -223,18 +232,21 @@ def test_grey_zone_retry_asks_to_face_the_camera(tmp_path: Path, page: Any, arti
         assert not page.js_errors, page.js_errors
 
 
-def test_follow_up_list_through_cli_and_page(tmp_path: Path, page: Any, artifacts_dir: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_follow_up_list_through_cli_and_page(
+    tmp_path: Path, page: Any, artifacts_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     from agent.cli import main
     from agent.outbox import Outbox
     from tests.test_outbox_support import record, storage
 
-    yesterday = dt.datetime.now(SHANGHAI) - dt.timedelta(days=1)
+    yesterday = dt.datetime.now(CHINA_TZ) - dt.timedelta(days=1)
     with Outbox.open(storage(tmp_path), clock=lambda: yesterday.timestamp()) as old_box:
-        old = old_box.enqueue({**record(7, verify_time=yesterday.replace(tzinfo=None)), "faceResult": 0,
-                               "faceScore": 0.2}, meta={"source": "reader", "reason": "no match"})
+        old = old_box.enqueue(
+            {**record(7, verify_time=yesterday.replace(tzinfo=None)), "faceResult": 0, "faceScore": 0.2},
+            meta={"source": "reader", "reason": "no match"},
+        )
     with Agent(make_settings(tmp_path)) as agent:
         failed = _post(agent, name="覃春燕", seed=1, score=0.41, result=0)
         unverified = _post(agent, name="黄丽", seed=2, score=0.0, result=2)
@@ -243,7 +255,7 @@ def test_follow_up_list_through_cli_and_page(tmp_path: Path, page: Any, artifact
         agent.backend.mark_handed_over(failed)
         # the CLI, beside the running agent
         cfg = write_config(tmp_path / "fvagent.toml", state_dir=tmp_path / "state")
-        today = dt.datetime.now(SHANGHAI).strftime("%Y-%m-%d")
+        today = dt.datetime.now(CHINA_TZ).strftime("%Y-%m-%d")
         assert main(["queue", "ls", "--result", "0,2", "--since", today, "--json", "-c", str(cfg)]) == 0
         listed = json.loads(capsys.readouterr().out)
         assert [it["id"] for it in listed] == [unverified, failed]
@@ -253,8 +265,11 @@ def test_follow_up_list_through_cli_and_page(tmp_path: Path, page: Any, artifact
         page.click("#show-followups")
         page.wait_for_selector(f"#fu-rows tr[data-id='{old}']", timeout=5000)
         assert page.locator("#live").is_hidden()
-        assert [int(x) for x in page.locator("#fu-rows tr").evaluate_all("rs => rs.map(r => r.dataset.id)")] == \
-            [unverified, failed, old]
+        assert [int(x) for x in page.locator("#fu-rows tr").evaluate_all("rs => rs.map(r => r.dataset.id)")] == [
+            unverified,
+            failed,
+            old,
+        ]
         row = page.locator(f"#fu-rows tr[data-id='{failed}']")
         assert "覃**" in row.inner_text() and "未通过" in row.inner_text() and "李护士" in row.inner_text()
         assert "待上传" in row.inner_text()

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import StorageSettings
-from agent.errors import KeyFileError, OutboxCorrupt, OutboxError
-from agent.outbox import Outbox, housekeeping
-from agent.outbox import schema
+from agent.outbox import Outbox, housekeeping, schema
 from agent.outbox.keys import DataKey
+from core.errors import KeyFileError, OutboxCorrupt, OutboxError
 from tests.test_outbox_support import card_no, record, storage
 
 
@@ -35,6 +34,7 @@ def _files_bytes(directory: Path) -> bytes:
 
 
 # -- durability and encryption --------------------------------------------------------------------
+
 
 def test_open_sets_wal_full_sync_and_current_schema(outbox: Outbox) -> None:
     conn = sqlite3.connect(outbox.path)
@@ -95,12 +95,19 @@ def test_stats_counts_every_state(outbox: Outbox) -> None:
     outbox.finish(claims[0], "accepted", message="ok", request_id="r1")
     outbox.finish(claims[1], "rejected", message="A2301 parameter error", request_id="r2")
     stats = outbox.stats()
-    assert {k: stats[k] for k in ("pending", "sending", "sent", "rejected", "held", "total")} == \
-        {"pending": 2, "sending": 1, "sent": 1, "rejected": 1, "held": 1, "total": 6}
+    assert {k: stats[k] for k in ("pending", "sending", "sent", "rejected", "held", "total")} == {
+        "pending": 2,
+        "sending": 1,
+        "sent": 1,
+        "rejected": 1,
+        "held": 1,
+        "total": 6,
+    }
     assert stats["oldest_pending_age_s"] is not None and stats["bytes"] > 0 and not stats["over_budget"]
 
 
 # -- keys -----------------------------------------------------------------------------------------
+
 
 def test_key_file_is_made_0600_on_first_start(tmp_path: Path) -> None:
     with Outbox.open(storage(tmp_path)) as box:
@@ -176,6 +183,7 @@ def test_custom_key_file_path(tmp_path: Path) -> None:
 
 # -- damage ---------------------------------------------------------------------------------------
 
+
 def _damaged_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if ".damaged-" in p.name and not p.name.endswith(("-wal", "-shm")))
 
@@ -218,7 +226,7 @@ def test_corrupted_pages_are_found_by_the_check_and_kept_aside(tmp_path: Path) -
     data = bytearray(db.read_bytes())
     page = int.from_bytes(data[16:18], "big")
     for p in range(2, len(data) // page):  # scribble over every page but the first (the header)
-        data[p * page + 8: p * page + 40] = os.urandom(32)
+        data[p * page + 8 : p * page + 40] = os.urandom(32)
     db.write_bytes(bytes(data))
     with pytest.raises(OutboxCorrupt):
         Outbox.open(storage(tmp_path), check=True)
@@ -245,6 +253,7 @@ def test_damaged_file_in_use_by_another_process_is_left_in_place(tmp_path: Path)
 
 # -- migrations -----------------------------------------------------------------------------------
 
+
 def _make_v1(tmp_path: Path) -> tuple[Path, bytes]:
     """A version-1 outbox as the first release wrote it, with one pending and one sent record."""
     state = tmp_path / "state"
@@ -266,12 +275,23 @@ def _make_v1(tmp_path: Path) -> tuple[Path, bytes]:
         sealed = dk.seal(json.dumps(data).encode(), f"fvagent-outbox:{uid}:data".encode())
         sealed_photos = dk.seal(json.dumps(photos).encode(), f"fvagent-outbox:{uid}:photos".encode())
         now = time.time() - 100 + n
-        conn.execute("INSERT INTO records (uid, created_at, state, attempts, next_attempt_at, request_id, sent_at,"
-                     " bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     (uid, now, state_name, n - 1, now, "r-old" if n == 2 else None, now if n == 2 else None,
-                      len(sealed) + len(sealed_photos)))
-        conn.execute("INSERT INTO payloads (record_id, data, photos) VALUES (last_insert_rowid(), ?, ?)",
-                     (sealed, sealed_photos))
+        conn.execute(
+            "INSERT INTO records (uid, created_at, state, attempts, next_attempt_at, request_id, sent_at,"
+            " bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                uid,
+                now,
+                state_name,
+                n - 1,
+                now,
+                "r-old" if n == 2 else None,
+                now if n == 2 else None,
+                len(sealed) + len(sealed_photos),
+            ),
+        )
+        conn.execute(
+            "INSERT INTO payloads (record_id, data, photos) VALUES (last_insert_rowid(), ?, ?)", (sealed, sealed_photos)
+        )
     conn.close()
     return state / "outbox.db", key
 
@@ -310,6 +330,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 # -- operator actions -----------------------------------------------------------------------------
+
 
 def test_retry_and_retry_rejected(outbox: Outbox) -> None:
     ids = [outbox.enqueue(record(n)) for n in range(3)]
@@ -350,7 +371,7 @@ def test_claim_takes_only_due_records_oldest_first(clocked: tuple[Outbox, list[f
     box, now = clocked
     waits = backing_off(box, 1, now[0] + 60)
     waiting = box.enqueue(record(2))
-    assert [c.id for c in box.claim(10)] == [waiting]   # the record in backoff is not due yet
+    assert [c.id for c in box.claim(10)] == [waiting]  # the record in backoff is not due yet
     now[0] += 59
     assert box.claim(10) == []
     assert box.next_due_at() == T0 + 60
@@ -364,12 +385,13 @@ def test_retry_makes_a_backing_off_record_due_now(clocked: tuple[Outbox, list[fl
     assert box.claim(1) == []
     box.wakeup.clear()
     box.retry(rid)
-    assert box.wakeup.is_set()                            # an idle uploader starts at once
+    assert box.wakeup.is_set()  # an idle uploader starts at once
     assert [c.id for c in box.claim(1)] == [rid]
 
 
-@pytest.mark.parametrize(("state", "why"), [("sending", "being sent right now"), ("held", "it is held"),
-                                             ("sent", "already accepted")])
+@pytest.mark.parametrize(
+    ("state", "why"), [("sending", "being sent right now"), ("held", "it is held"), ("sent", "already accepted")]
+)
 def test_retry_refuses_records_that_must_not_be_sent_again(outbox: Outbox, state: str, why: str) -> None:
     if state == "held":
         rid = outbox.enqueue(record(1), held_reason="card photo waits for a WLT decoder")
@@ -390,8 +412,13 @@ def test_resolve_marks_a_rejected_record_sent_and_records_the_delivery(tmp_path:
     box = Outbox.open(storage(tmp_path, keep_sent_days=7, keep_sent_rows_days=30), clock=lambda: now[0])
     try:
         rid = box.enqueue(record(1))
-        box.finish(box.claim(1)[0], "rejected", message="A2301 parameter error: police", request_id="req-1",
-                   exception_code="A2301")
+        box.finish(
+            box.claim(1)[0],
+            "rejected",
+            message="A2301 parameter error: police",
+            request_id="req-1",
+            exception_code="A2301",
+        )
         now[0] += 3600
         box.resolve(rid, request_id=" req-fixed ", message="resent corrected by hand")
         row = box.get(rid)
@@ -399,8 +426,10 @@ def test_resolve_marks_a_rejected_record_sent_and_records_the_delivery(tmp_path:
         assert row.last_outcome == "accepted" and row.last_error is None and row.request_id == "req-fixed"
         assert row.attempts == 2
         attempts = box.attempts(rid)
-        assert [(a.attempt, a.outcome, a.request_id) for a in attempts] == [(1, "rejected", "req-1"),
-                                                                          (2, "accepted", "req-fixed")]
+        assert [(a.attempt, a.outcome, a.request_id) for a in attempts] == [
+            (1, "rejected", "req-1"),
+            (2, "accepted", "req-fixed"),
+        ]
         assert attempts[1].message == "resent corrected by hand" and attempts[1].finished_at == now[0]
         assert box.stats()["rejected"] == 0 and box.stats()["last_sent_at"] == now[0]
         # no longer rejected: retry --rejected and export leave it alone
@@ -409,13 +438,22 @@ def test_resolve_marks_a_rejected_record_sent_and_records_the_delivery(tmp_path:
         # retention treats it as any sent record, counted from when it was marked sent
         assert housekeeping(box, now[0] + 6 * 86400, uptime_s=UP_ALL_ALONG)["photos_erased"] == 0
         assert housekeeping(box, now[0] + 8 * 86400, uptime_s=UP_ALL_ALONG)["photos_erased"] == 1
-        assert housekeeping(box, now[0] + 31 * 86400, uptime_s=UP_ALL_ALONG)["rows_deleted"] == 1 and box.get(rid) is None
+        assert (
+            housekeeping(box, now[0] + 31 * 86400, uptime_s=UP_ALL_ALONG)["rows_deleted"] == 1 and box.get(rid) is None
+        )
     finally:
         box.close()
 
 
-@pytest.mark.parametrize(("state", "why"), [("sent", "already accepted"), ("sending", "being sent right now"),
-                                             ("pending", "queued to be sent"), ("held", "it is held")])
+@pytest.mark.parametrize(
+    ("state", "why"),
+    [
+        ("sent", "already accepted"),
+        ("sending", "being sent right now"),
+        ("pending", "queued to be sent"),
+        ("held", "it is held"),
+    ],
+)
 def test_resolve_refuses_every_record_that_is_not_rejected(outbox: Outbox, state: str, why: str) -> None:
     if state == "held":
         rid = outbox.enqueue(record(1), held_reason="card photo waits for a WLT decoder")
@@ -482,7 +520,7 @@ def test_export_with_no_rejected_record_creates_no_file(outbox: Outbox, tmp_path
 
 
 def test_export_rejected_is_oldest_first_and_resendable_as_is(outbox: Outbox, tmp_path: Path) -> None:
-    from agent.records import parse_verification
+    from core.records import parse_verification
 
     ids = [outbox.enqueue(record(n)) for n in range(3)]
     for claim in outbox.claim(3):
@@ -498,8 +536,9 @@ def test_export_rejected_is_oldest_first_and_resendable_as_is(outbox: Outbox, tm
     assert outbox.stats()["rejected"] == 3
 
 
-def test_export_goes_on_past_a_record_altered_on_disk(outbox: Outbox, tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_export_goes_on_past_a_record_altered_on_disk(
+    outbox: Outbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ids = [outbox.enqueue(record(n)) for n in range(3)]
     for claim in outbox.claim(3):
         outbox.finish(claim, "rejected", message="A2301 parameter error", request_id=f"r{claim.id}")
@@ -553,6 +592,7 @@ def test_requeue_interrupted_returns_sending_rows(outbox: Outbox) -> None:
 UP_ALL_ALONG = 60 * 86400.0
 """The machine was up through the days these tests skip over, so the clock moved that far for real."""
 
+
 def test_retention_erases_sent_photos_then_rows(tmp_path: Path) -> None:
     now = [1_700_000_000.0]
     box = Outbox.open(storage(tmp_path, keep_sent_days=7, keep_sent_rows_days=30), clock=lambda: now[0])
@@ -605,15 +645,18 @@ def test_size_budget_never_evicts_rejected_or_held_records(tmp_path: Path) -> No
     def fill() -> dict[str, int]:
         box = Outbox.open(storage(tmp_path), clock=lambda: now[0])
         try:
-            ids = {"old_sent": box.enqueue({**record(1), "headImg": big}),
-                   "new_sent": box.enqueue({**record(2), "headImg": big})}
+            ids = {
+                "old_sent": box.enqueue({**record(1), "headImg": big}),
+                "new_sent": box.enqueue({**record(2), "headImg": big}),
+            }
             box.finish(box.claim(1)[0], "accepted", message="ok", request_id="r1")
             now[0] += 60
             box.finish(box.claim(1)[0], "accepted", message="ok", request_id="r2")
             ids["rejected"] = box.enqueue({**record(3), "headImg": big})
             box.finish(box.claim(1)[0], "rejected", message="A2301 parameter error", request_id="r3")
-            ids["held"] = box.enqueue({**record(4), "headImg": big}, held_reason="waits for a WLT decoder",
-                                      raw_wlt=b"W" * 1024)
+            ids["held"] = box.enqueue(
+                {**record(4), "headImg": big}, held_reason="waits for a WLT decoder", raw_wlt=b"W" * 1024
+            )
             ids["pending"] = box.enqueue({**record(5), "headImg": big})
             return ids
         finally:

@@ -26,8 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PREVIOUS_RELEASE = "51bbf8c"
 
 
-def test_backup_while_the_daemon_writes_then_restore(run_service: Any, tmp_path: Path, images: Any,  # noqa: F811
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_backup_while_the_daemon_writes_then_restore(
+    run_service: Any,
+    tmp_path: Path,
+    images: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     service, reader, platform = run_service()
     platform.down = True  # records stay pending: the backup must carry them whole
     config = str(tmp_path / "fvagent.toml")
@@ -76,14 +80,18 @@ def _previous_release(tmp_path: Path) -> Path:
     """The agent package of the previous release, from git (skipped where the history is absent)."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed: cannot check out the previous release")
-    probe = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}"],
-                           capture_output=True)
+    probe = subprocess.run(
+        ["git", "-C", str(ROOT), "cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}"], capture_output=True
+    )
     if probe.returncode:
         pytest.skip(f"commit {PREVIOUS_RELEASE} (release 0.1.0) is not in this clone's history (a shallow clone?)")
     old = tmp_path / "release-0.1.0"
     old.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE, "agent", "drivers", "tests"],
-                             capture_output=True, check=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE, "agent", "drivers", "tests"],
+        capture_output=True,
+        check=True,
+    )
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     return old
 
@@ -105,8 +113,14 @@ def test_an_outbox_of_the_previous_release_opens_in_this_one(tmp_path: Path) -> 
     state = tmp_path / "state"
     env = {**os.environ, "PYTHONPATH": str(old)}
     env.pop("CREDENTIALS_DIRECTORY", None)
-    proc = subprocess.run([sys.executable, "-c", WRITE_WITH_0_1_0, str(tmp_path)], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=old)
+    proc = subprocess.run(
+        [sys.executable, "-c", WRITE_WITH_0_1_0, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=old,
+    )
     assert proc.returncode == 0, proc.stderr
     written = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(written["ids"]) == 3 and (state / "outbox.db").exists()

@@ -36,8 +36,14 @@ def _fill(box: Outbox) -> list[int]:
     box.enqueue(record(9), held_reason="card photo waits for a WLT decoder", simulated=True)
     claims = box.claim(3)
     box.finish(claims[0], "accepted", message="ok", request_id="req-accepted")
-    box.finish(claims[1], "rejected", message="A2301 parameter error: birthday", request_id="req-rejected",
-               exception_code="A2301", http_status=200)
+    box.finish(
+        claims[1],
+        "rejected",
+        message="A2301 parameter error: birthday",
+        request_id="req-rejected",
+        exception_code="A2301",
+        http_status=200,
+    )
     return ids
 
 
@@ -47,8 +53,14 @@ def test_stats_json_counts_every_state(setup: tuple[Path, Outbox], capsys: pytes
     code, out, _ = _run(capsys, "queue", "stats", "--json", "-c", str(cfg))
     doc = json.loads(out)
     assert code == 0
-    assert {k: doc[k] for k in ("pending", "sending", "sent", "rejected", "held", "total")} == \
-        {"pending": 1, "sending": 1, "sent": 1, "rejected": 1, "held": 1, "total": 5}
+    assert {k: doc[k] for k in ("pending", "sending", "sent", "rejected", "held", "total")} == {
+        "pending": 1,
+        "sending": 1,
+        "sent": 1,
+        "rejected": 1,
+        "held": 1,
+        "total": 5,
+    }
     code, out, _ = _run(capsys, "queue", "stats", "-c", str(cfg))
     assert code == 0 and "rejected  1" in out and "total     5" in out
 
@@ -88,10 +100,12 @@ def test_retry_and_export(setup: tuple[Path, Outbox], capsys: pytest.CaptureFixt
     assert box.get(ids[1]).state == "pending"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(("state", "why"), [("sent", "already accepted"), ("held", "it is held"),
-                                             ("sending", "being sent right now")])
-def test_retry_of_one_record(setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str], state: str,
-                             why: str) -> None:
+@pytest.mark.parametrize(
+    ("state", "why"), [("sent", "already accepted"), ("held", "it is held"), ("sending", "being sent right now")]
+)
+def test_retry_of_one_record(
+    setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str], state: str, why: str
+) -> None:
     cfg, box = setup
     ids = _fill(box)  # ids[0] sent, ids[1] rejected, ids[2] sending, ids[3] pending; then one held
     held = box.list("held")[0].id
@@ -108,18 +122,25 @@ def test_retry_of_one_record(setup: tuple[Path, Outbox], capsys: pytest.CaptureF
 
 
 def test_a_rejected_record_is_exported_fixed_and_resent_with_upload_file(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The hospital's way back for a rejected record: export, fix the field, `fvagent upload-file`."""
     from agent.mock_platform import MockPlatform, MockPlatformConfig
 
-    config = MockPlatformConfig(org_app_id="APP0001", org_app_secret="0123456789abcdef", ticket="ESB-TICKET-1",
-                                require_registration=False)
+    config = MockPlatformConfig(
+        org_app_id="APP0001", org_app_secret="0123456789abcdef", ticket="ESB-TICKET-1", require_registration=False
+    )
     with MockPlatform(config, tmp_path / "mock.db") as mock:
         cfg = write_config(tmp_path / "fvagent.toml", url=mock.url, state_dir=tmp_path / "state")
         with Outbox.open(load_config(cfg, validate_drivers=False).storage) as box:
             box.enqueue(record(1) | {"police": ""})
-            box.finish(box.claim(1)[0], "rejected", message="A2301 parameter error: police 不能为空",
-                       request_id="req-1", exception_code="A2301")
+            box.finish(
+                box.claim(1)[0],
+                "rejected",
+                message="A2301 parameter error: police 不能为空",
+                request_id="req-1",
+                exception_code="A2301",
+            )
         export = tmp_path / "rejected.jsonl"
         assert _run(capsys, "queue", "export", "--rejected", str(export), "-c", str(cfg))[0] == 0
 
@@ -144,15 +165,17 @@ def test_a_rejected_record_is_exported_fixed_and_resent_with_upload_file(
 
 
 def test_whole_path_a_record_the_platform_rejects_is_fixed_resent_and_no_longer_rejected(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Rejected by the platform -> export -> fix -> upload-file accepted: the outbox row is sent,
     status stops alerting, and `retry --rejected` sends nothing (the uncorrected record stays home)."""
     from agent.mock_platform import MockPlatform, MockPlatformConfig
     from agent.outbox import Uploader
     from agent.uplink.client import PlatformClient
 
-    config = MockPlatformConfig(org_app_id="APP0001", org_app_secret="0123456789abcdef", ticket="ESB-TICKET-1",
-                                require_registration=False)
+    config = MockPlatformConfig(
+        org_app_id="APP0001", org_app_secret="0123456789abcdef", ticket="ESB-TICKET-1", require_registration=False
+    )
     with MockPlatform(config, tmp_path / "mock.db") as mock:
         cfg = write_config(tmp_path / "fvagent.toml", url=mock.url, state_dir=tmp_path / "state")
         settings = load_config(cfg, validate_drivers=False)
@@ -174,8 +197,9 @@ def test_whole_path_a_record_the_platform_rejects_is_fixed_resent_and_no_longer_
         [line] = [json.loads(text) for text in export.read_text(encoding="utf-8").splitlines()]
         assert line["id"] == bad
         fixed = tmp_path / "fixed.json"
-        fixed.write_text(json.dumps(line["record"] | {"birthday": record(1)["birthday"]}, ensure_ascii=False),
-                         encoding="utf-8")
+        fixed.write_text(
+            json.dumps(line["record"] | {"birthday": record(1)["birthday"]}, ensure_ascii=False), encoding="utf-8"
+        )
         code, out, err = _run(capsys, "upload-file", "-c", str(cfg), str(fixed))
         assert code == 0 and "outcome:    accepted" in out, err
         request_id = out.split("requestId:  ")[1].split()[0]
@@ -186,7 +210,9 @@ def test_whole_path_a_record_the_platform_rejects_is_fixed_resent_and_no_longer_
             assert row is not None and row.state == "sent" and row.request_id == request_id
             assert row.last_error is None and row.last_outcome == "accepted"
             last = box.attempts(bad)[-1]
-            assert last.outcome == "accepted" and last.request_id == request_id and "upload-file" in (last.message or "")
+            assert (
+                last.outcome == "accepted" and last.request_id == request_id and "upload-file" in (last.message or "")
+            )
         code, out, _ = _run(capsys, "status", "-c", str(cfg))
         assert "rejected by the platform" not in out and "0 rejected" in out
         code, out, _ = _run(capsys, "queue", "retry", "--rejected", "-c", str(cfg))
@@ -202,7 +228,8 @@ def test_whole_path_a_record_the_platform_rejects_is_fixed_resent_and_no_longer_
 
 
 def test_resolve_marks_a_rejected_record_sent_and_prints_it_masked(
-        setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str]) -> None:
+    setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, box = setup
     ids = _fill(box)  # ids[1] is rejected
     code, out, err = _run(capsys, "queue", "resolve", str(ids[1]), "--request-id", "req-fixed", "-c", str(cfg))
@@ -220,11 +247,18 @@ def test_resolve_marks_a_rejected_record_sent_and_prints_it_masked(
     assert usage.value.code == 2 and "--request-id" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("state", "why"), [("sent", "already accepted"), ("held", "it is held"),
-                                             ("sending", "being sent right now"), ("pending", "queued to be sent")])
-def test_resolve_refuses_every_record_that_is_not_rejected(setup: tuple[Path, Outbox],
-                                                           capsys: pytest.CaptureFixture[str], state: str,
-                                                           why: str) -> None:
+@pytest.mark.parametrize(
+    ("state", "why"),
+    [
+        ("sent", "already accepted"),
+        ("held", "it is held"),
+        ("sending", "being sent right now"),
+        ("pending", "queued to be sent"),
+    ],
+)
+def test_resolve_refuses_every_record_that_is_not_rejected(
+    setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str], state: str, why: str
+) -> None:
     cfg, box = setup
     ids = _fill(box)  # ids[0] sent, ids[1] rejected, ids[2] sending, ids[3] pending; then one held
     target = {"sent": ids[0], "held": box.list("held")[0].id, "sending": ids[2], "pending": ids[3]}[state]
@@ -235,8 +269,9 @@ def test_resolve_refuses_every_record_that_is_not_rejected(setup: tuple[Path, Ou
     assert code == 1 and "no record with id 999" in err
 
 
-def test_export_with_nothing_rejected_creates_no_file(setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str],
-                                                      tmp_path: Path) -> None:
+def test_export_with_nothing_rejected_creates_no_file(
+    setup: tuple[Path, Outbox], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     cfg, box = setup
     box.enqueue(record(1))
     out_file = tmp_path / "rejected.jsonl"
@@ -277,10 +312,18 @@ def test_cli_process_works_while_another_process_writes(setup: tuple[Path, Outbo
         while len(written) < 5 and time.monotonic() < deadline:
             time.sleep(0.01)
         totals = []
-        for argv in (["stats", "--json"], ["resolve", str(rejected), "--request-id", "req-fixed"],
-                     ["retry", "--rejected"], ["stats", "--json"]):
-            proc = subprocess.run([sys.executable, "-m", "agent", "queue", *argv, "-c", str(cfg)],
-                                  capture_output=True, text=True, timeout=60)
+        for argv in (
+            ["stats", "--json"],
+            ["resolve", str(rejected), "--request-id", "req-fixed"],
+            ["retry", "--rejected"],
+            ["stats", "--json"],
+        ):
+            proc = subprocess.run(
+                [sys.executable, "-m", "agent", "queue", *argv, "-c", str(cfg)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert proc.returncode == 0, proc.stderr
             if argv[0] == "stats":
                 totals.append(json.loads(proc.stdout)["total"])

@@ -23,19 +23,20 @@ from pathlib import Path
 import pytest
 
 from agent import mock_platform
+from agent.audit.verify import verify_outbox
 from agent.cli import main as cli_main
 from agent.config import Settings, load_config
-from agent.errors import OutboxCorrupt
-from agent.audit.verify import verify_outbox
 from agent.outbox import Outbox, Uploader, incidents
 from agent.outbox.recovery import open_for_service
 from agent.uplink.client import PlatformClient
-from tests.test_outbox_support import platform  # noqa: F401  (the fixture)
-from tests.test_outbox_support import record, write_config
+from core.errors import OutboxCorrupt
+from tests.test_outbox_support import (
+    platform,  # noqa: F401  (the fixture)
+    record,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
 
 
 def _settings(tmp_path: Path, url: str = "http://127.0.0.1:9/api") -> tuple[Path, Settings]:
@@ -68,15 +69,20 @@ def _payload_page(db: Path) -> tuple[int, int]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        pages = [int(r[0]) for r in conn.execute(
-            "SELECT pageno FROM dbstat WHERE name = 'payloads' AND pagetype IN ('leaf', 'overflow') ORDER BY pageno")]
+        pages = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name = 'payloads' AND pagetype IN ('leaf', 'overflow') ORDER BY pageno"
+            )
+        ]
     finally:
         conn.close()
     return pages[len(pages) * 3 // 4], size
 
 
 def test_one_overwritten_page_salvaged_delivered_lost_ids_listed_alert_until_ack(
-        tmp_path: Path, platform: mock_platform.MockPlatform, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, platform: mock_platform.MockPlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, settings = _settings(tmp_path, platform.url)
     sent, pending = _sixty_records(settings)
     db = tmp_path / "state" / "outbox.db"
@@ -139,7 +145,8 @@ def test_one_overwritten_page_salvaged_delivered_lost_ids_listed_alert_until_ack
 
 
 def test_salvage_by_hand_into_an_outbox_that_took_new_records_keeps_both(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, settings = _settings(tmp_path)
     with Outbox.open(settings.storage) as box:
         old = [box.enqueue(record(n)) for n in range(5)]
@@ -153,7 +160,8 @@ def test_salvage_by_hand_into_an_outbox_that_took_new_records_keeps_both(
     with Outbox.open(settings.storage) as box:
         assert box.stats()["pending"] == 8
         assert {box.payload(i)["cardNo"] for i in range(1, 9)} == {  # type: ignore[index]
-            record(n)["cardNo"] for n in [*range(5), 100, 101, 102]}
+            record(n)["cardNo"] for n in [*range(5), 100, 101, 102]
+        }
     assert old == [1, 2, 3, 4, 5] and new == [1, 2, 3]
 
 
@@ -173,7 +181,8 @@ def test_read_only_commands_never_move_a_damaged_outbox(tmp_path: Path, capsys: 
 
 
 def test_a_record_whose_sealed_data_does_not_open_is_named_a_local_failure(
-        tmp_path: Path, platform: mock_platform.MockPlatform, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, platform: mock_platform.MockPlatform, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, settings = _settings(tmp_path, platform.url)
     with Outbox.open(settings.storage) as box:
         rid = box.enqueue(record(1))
@@ -205,13 +214,15 @@ time.sleep(60)
 
 
 def test_a_deleted_wal_after_an_unclean_stop_is_an_alert_with_the_numbers(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, settings = _settings(tmp_path)
     with Outbox.open(settings.storage) as box:  # 5 records checkpointed into the database
         for n in range(5):
             box.enqueue(record(1000 + n))
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "state"), "10"], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path / "state"), "10"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "committed"
         wal = tmp_path / "state" / "outbox.db-wal"
@@ -247,9 +258,11 @@ def test_an_old_copy_put_back_is_noticed(tmp_path: Path) -> None:
 
 # -- the key -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("how", ["missing", "replaced", "unreadable"])
 def test_a_lost_key_never_blocks_the_desk_and_the_old_records_come_home_with_the_key(
-        tmp_path: Path, platform: mock_platform.MockPlatform, capsys: pytest.CaptureFixture[str], how: str) -> None:
+    tmp_path: Path, platform: mock_platform.MockPlatform, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
     cfg, settings = _settings(tmp_path, platform.url)
     state = tmp_path / "state"
     key_file = state / "outbox.key"
@@ -298,7 +311,8 @@ def test_a_lost_key_never_blocks_the_desk_and_the_old_records_come_home_with_the
         # The new outbox's record 1 keeps its id; the old record 1 is renumbered, 2..4 keep theirs.
         assert box.payload(new_id)["cardNo"] == record(50)["cardNo"]  # type: ignore[index]
         assert {box.payload(r.id)["cardNo"] for r in box.list(limit=10)} == {  # type: ignore[index]
-            record(n)["cardNo"] for n in (0, 1, 2, 3, 50)}
+            record(n)["cardNo"] for n in (0, 1, 2, 3, 50)
+        }
         assert [box.payload(i)["cardNo"] for i in old_ids[1:]] == [record(n)["cardNo"] for n in (1, 2, 3)]  # type: ignore[index]
     finally:
         box.close()
@@ -307,7 +321,8 @@ def test_a_lost_key_never_blocks_the_desk_and_the_old_records_come_home_with_the
 
 
 def test_a_key_readable_by_others_is_a_loud_alert_and_a_doctor_fail_not_a_refusal(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, settings = _settings(tmp_path)
     with Outbox.open(settings.storage) as box:
         box.enqueue(record(1))

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent import codes
 from agent.config import StorageSettings
-from agent.images import encode_jpeg
+from core import codes
+from core.images import encode_jpeg
 
 DEVICE_TOML = """\
 [device]
@@ -33,7 +33,9 @@ operator = "覃护士"
 """
 """The [device] table of the test configs (synthetic, valid for the records' rules)."""
 
-CONFIG = DEVICE_TOML + """
+CONFIG = (
+    DEVICE_TOML
+    + """
 [platform]
 base_url = "{url}"
 environment = "test"
@@ -58,15 +60,36 @@ max_rps = {max_rps}
 concurrency = {concurrency}
 poll_interval_s = 0.2
 """
+)
 
 
-def write_config(path: Path, *, url: str = "http://127.0.0.1:9/api", state_dir: Path, enabled: bool = True,
-                 encrypt: bool = False, backoff_initial_s: float = 0.05, backoff_max_s: float = 0.5,
-                 max_rps: float = 200.0, concurrency: int = 4, storage_extra: str = "") -> Path:
-    path.write_text(CONFIG.format(url=url, state_dir=state_dir, enabled=str(enabled).lower(),
-                                  encrypt=str(encrypt).lower(), backoff_initial_s=backoff_initial_s,
-                                  backoff_max_s=backoff_max_s, max_rps=max_rps, concurrency=concurrency,
-                                  storage_extra=storage_extra), encoding="utf-8")
+def write_config(
+    path: Path,
+    *,
+    url: str = "http://127.0.0.1:9/api",
+    state_dir: Path,
+    enabled: bool = True,
+    encrypt: bool = False,
+    backoff_initial_s: float = 0.05,
+    backoff_max_s: float = 0.5,
+    max_rps: float = 200.0,
+    concurrency: int = 4,
+    storage_extra: str = "",
+) -> Path:
+    path.write_text(
+        CONFIG.format(
+            url=url,
+            state_dir=state_dir,
+            enabled=str(enabled).lower(),
+            encrypt=str(encrypt).lower(),
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            max_rps=max_rps,
+            concurrency=concurrency,
+            storage_extra=storage_extra,
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -92,13 +115,30 @@ def record(n: int = 0, *, photo_b64: str | None = None, verify_time: dt.datetime
     birth = dt.date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
     moment = verify_time or (dt.datetime(2024, 6, 11, 8, 0, 0) + dt.timedelta(seconds=n))
     img = photo_b64 or _SMALL_JPEG_B64
-    return {"realName": "韦测试", "cardType": 0, "cardNo": number, "sexCode": "2", "sexName": "女",
-            "nationalCode": "08", "nationalName": "壮", "operationUser": "覃护士", "birthday": birth.isoformat(),
-            "address": "广西壮族自治区南宁市青秀区测试路1号", "police": "南宁市公安局青秀分局",
-            "cardStartDate": "2015-03-01", "cardEndDate": "2035-03-01", "headImg": img, "cameraImg": img,
-            "faceScore": 0.86, "faceResult": 1, "verifyDate": moment.date().isoformat(),
-            "verifyTime": moment.strftime("%Y-%m-%d %H:%M:%S"), "certTimeoutStatus": 0, "deviceNo": "SN0001",
-            "machineCode": "TS0001"}
+    return {
+        "realName": "韦测试",
+        "cardType": 0,
+        "cardNo": number,
+        "sexCode": "2",
+        "sexName": "女",
+        "nationalCode": "08",
+        "nationalName": "壮",
+        "operationUser": "覃护士",
+        "birthday": birth.isoformat(),
+        "address": "广西壮族自治区南宁市青秀区测试路1号",
+        "police": "南宁市公安局青秀分局",
+        "cardStartDate": "2015-03-01",
+        "cardEndDate": "2035-03-01",
+        "headImg": img,
+        "cameraImg": img,
+        "faceScore": 0.86,
+        "faceResult": 1,
+        "verifyDate": moment.date().isoformat(),
+        "verifyTime": moment.strftime("%Y-%m-%d %H:%M:%S"),
+        "certTimeoutStatus": 0,
+        "deviceNo": "SN0001",
+        "machineCode": "TS0001",
+    }
 
 
 @pytest.fixture
@@ -106,8 +146,9 @@ def platform(tmp_path: Path) -> Iterator[Any]:
     """The real mock platform on loopback with the test configs' credentials (import it to use it)."""
     from agent import mock_platform
 
-    config = mock_platform.MockPlatformConfig(org_app_id="APP0001", org_app_secret="0123456789abcdef",
-                                              ticket="ESB-TICKET-1")
+    config = mock_platform.MockPlatformConfig(
+        org_app_id="APP0001", org_app_secret="0123456789abcdef", ticket="ESB-TICKET-1"
+    )
     mock = mock_platform.MockPlatform(config, tmp_path / "mock-platform.db").start()
     yield mock
     mock.stop()
@@ -115,4 +156,3 @@ def platform(tmp_path: Path) -> Iterator[Any]:
 
 def storage(tmp_path: Path, **kw: Any) -> StorageSettings:
     return StorageSettings(dir=tmp_path / "state", **kw)
-

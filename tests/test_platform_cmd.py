@@ -6,8 +6,8 @@ import base64
 import http.server
 import io
 import json
-import time
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,15 +15,17 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from agent import codes
 from agent.cli import main
 from agent.config import ConventionSettings
 from agent.uplink.conventions import Conventions
+from core import codes
 from tests.test_outbox_support import DEVICE_TOML
 
 APP_ID = "HMPT450000000001"
 SECRET = "Gx7#kP2!mQ9zR4tW"
-CONFIG = DEVICE_TOML + """
+CONFIG = (
+    DEVICE_TOML
+    + """
 [platform]
 base_url = "{url}"
 environment = "test"
@@ -36,6 +38,7 @@ enabled = {enabled}
 kind = "static"
 ticket = "ESB-TICKET-1"
 """
+)
 
 
 def jpeg_b64() -> str:
@@ -51,12 +54,30 @@ def card_no() -> str:
 
 def record() -> dict[str, Any]:
     img = jpeg_b64()
-    return {"realName": "韦测试", "cardType": 0, "cardNo": card_no(), "sexCode": "2", "sexName": "女",
-            "nationalCode": "08", "nationalName": "壮", "operationUser": "覃护士", "birthday": "1990-01-01",
-            "address": "广西壮族自治区南宁市青秀区测试路1号", "police": "南宁市公安局青秀分局",
-            "cardStartDate": "2015-03-01", "cardEndDate": "2035-03-01", "headImg": img, "cameraImg": img,
-            "faceScore": 0.86, "faceResult": 1, "verifyDate": "2024-06-11", "verifyTime": "2024-06-11 17:33:55",
-            "certTimeoutStatus": 0, "deviceNo": "SN0001", "machineCode": "TS0001"}
+    return {
+        "realName": "韦测试",
+        "cardType": 0,
+        "cardNo": card_no(),
+        "sexCode": "2",
+        "sexName": "女",
+        "nationalCode": "08",
+        "nationalName": "壮",
+        "operationUser": "覃护士",
+        "birthday": "1990-01-01",
+        "address": "广西壮族自治区南宁市青秀区测试路1号",
+        "police": "南宁市公安局青秀分局",
+        "cardStartDate": "2015-03-01",
+        "cardEndDate": "2035-03-01",
+        "headImg": img,
+        "cameraImg": img,
+        "faceScore": 0.86,
+        "faceResult": 1,
+        "verifyDate": "2024-06-11",
+        "verifyTime": "2024-06-11 17:33:55",
+        "certTimeoutStatus": 0,
+        "deviceNo": "SN0001",
+        "machineCode": "TS0001",
+    }
 
 
 class Platform:
@@ -69,7 +90,7 @@ class Platform:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
                 body = json.loads(raw)
                 outer.received.append((self.path, dict(self.headers), body))
@@ -78,8 +99,15 @@ class Platform:
                     status, env = 401, {"code": 401, "msg": "签名错误", "exceptionCode": "E0401"}
                 else:
                     status, env = outer.answer(self.path, body)
-                full = {"code": 200, "msg": "成功", "exceptionCode": "00000", "requestId": rid,
-                        "returnTime": int(time.time() * 1000), "data": None, **env}
+                full = {
+                    "code": 200,
+                    "msg": "成功",
+                    "exceptionCode": "00000",
+                    "requestId": rid,
+                    "returnTime": int(time.time() * 1000),
+                    "data": None,
+                    **env,
+                }
                 data = json.dumps(full, ensure_ascii=False).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json;charset=UTF-8")
@@ -109,8 +137,9 @@ def plat() -> Iterator[Platform]:
 
 def write_config(tmp_path: Path, url: str, *, enabled: bool = True, secret: str = SECRET) -> str:
     path = tmp_path / "fvagent.toml"
-    path.write_text(CONFIG.format(url=url, app_id=APP_ID, secret=secret, enabled=str(enabled).lower()),
-                    encoding="utf-8")
+    path.write_text(
+        CONFIG.format(url=url, app_id=APP_ID, secret=secret, enabled=str(enabled).lower()), encoding="utf-8"
+    )
     return str(path)
 
 
@@ -125,15 +154,17 @@ def test_register_accepted(plat: Platform, tmp_path: Path, capsys: pytest.Captur
     assert f"requestId:  {headers['hmpt-portal-request-id']}" in out
 
 
-def test_register_already_registered_is_accepted(plat: Platform, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_register_already_registered_is_accepted(
+    plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     plat.answer = lambda path, body: (200, {"code": 500, "exceptionCode": "B2301", "msg": "设备已登记"})
     assert main(["register", "-c", write_config(tmp_path, plat.url)]) == 0
     assert "already registered" in capsys.readouterr().out
 
 
-def test_register_with_a_wrong_secret_is_blocked(plat: Platform, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_register_with_a_wrong_secret_is_blocked(
+    plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc = main(["register", "-c", write_config(tmp_path, plat.url, secret="wrong-secret-000")])
     out = capsys.readouterr().out
     assert rc == 4 and "outcome:    blocked" in out and "configuration is wrong" in out
@@ -147,8 +178,9 @@ def test_register_with_the_platform_down_is_retryable(tmp_path: Path, capsys: py
     assert "outcome:    retryable" in capsys.readouterr().out
 
 
-def test_switched_off_sends_nothing_and_says_so(plat: Platform, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_switched_off_sends_nothing_and_says_so(
+    plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = write_config(tmp_path, plat.url, enabled=False)
     rec = tmp_path / "rec.json"
     rec.write_text(json.dumps(record(), ensure_ascii=False), encoding="utf-8")
@@ -165,14 +197,15 @@ def test_upload_file_valid_record_accepted(plat: Platform, tmp_path: Path, capsy
     assert main(["upload-file", "-c", write_config(tmp_path, plat.url), str(rec)]) == 0
     out = capsys.readouterr().out
     assert "outcome:    accepted" in out
-    assert card_no() not in out and "韦测试" not in out        # masked on screen
+    assert card_no() not in out and "韦测试" not in out  # masked on screen
     ((path, _, body),) = plat.received
     assert path == "/api/verification/pregnant_woman/first"
     assert body["cardNo"] == card_no() and body["faceScore"] == 0.86
 
 
-def test_upload_file_rejected_by_the_platform_exits_3(plat: Platform, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_upload_file_rejected_by_the_platform_exits_3(
+    plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     plat.answer = lambda path, body: (200, {"code": 400, "exceptionCode": "A2301", "msg": "police 不能为空"})
     rec = tmp_path / "rec.json"
     rec.write_text(json.dumps(record(), ensure_ascii=False), encoding="utf-8")
@@ -181,8 +214,9 @@ def test_upload_file_rejected_by_the_platform_exits_3(plat: Platform, tmp_path: 
     assert "outcome:    rejected" in out and "police" in out and "correct it" in out
 
 
-def test_upload_file_refuses_a_bad_record_locally(plat: Platform, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_upload_file_refuses_a_bad_record_locally(
+    plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = record() | {"faceScore": 1.5, "cardNo": card_no()[:-1] + ("0" if card_no()[-1] != "0" else "1")}
     rec = tmp_path / "rec.json"
     rec.write_text(json.dumps(bad, ensure_ascii=False), encoding="utf-8")
@@ -201,8 +235,9 @@ def _with_outbox(cfg: str, state_dir: Path) -> str:
 def _rejected(box: Any, payload: dict[str, Any]) -> int:
     record_id = box.enqueue(payload)
     [claim] = box.claim(1)
-    box.finish(claim, "rejected", message="A2301 parameter error: police", request_id="req-rejected",
-               exception_code="A2301")
+    box.finish(
+        claim, "rejected", message="A2301 parameter error: police", request_id="req-rejected", exception_code="A2301"
+    )
     return record_id
 
 
@@ -213,8 +248,9 @@ def _open_outbox(cfg: str) -> Any:
     return Outbox.open(load_config(cfg, validate_drivers=False).storage)
 
 
-def test_upload_file_accepted_marks_the_rejected_original_sent(plat: Platform, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_upload_file_accepted_marks_the_rejected_original_sent(
+    plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = _with_outbox(write_config(tmp_path, plat.url), tmp_path / "state")
     with _open_outbox(cfg) as box:
         original = _rejected(box, record() | {"police": ""})
@@ -242,7 +278,8 @@ def test_upload_file_accepted_marks_the_rejected_original_sent(plat: Platform, t
 
 
 def test_upload_file_with_no_matching_rejected_record_names_queue_resolve(
-        plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = _with_outbox(write_config(tmp_path, plat.url), tmp_path / "state")
     rec = tmp_path / "rec.json"
     rec.write_text(json.dumps(record(), ensure_ascii=False), encoding="utf-8")
@@ -270,7 +307,8 @@ def test_upload_file_with_no_matching_rejected_record_names_queue_resolve(
 
 
 def test_upload_file_accepted_with_an_unreadable_outbox_warns_and_exits_0(
-        plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = _with_outbox(write_config(tmp_path, plat.url), tmp_path / "state")
     with _open_outbox(cfg) as box:
         _rejected(box, record() | {"police": ""})
@@ -286,8 +324,9 @@ def test_upload_file_accepted_with_an_unreadable_outbox_warns_and_exits_0(
 
 
 @pytest.mark.parametrize(("content", "words"), [("{not json", "not valid JSON"), ("[1]", "not an object")])
-def test_upload_file_bad_json_names_the_file(plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                            content: str, words: str) -> None:
+def test_upload_file_bad_json_names_the_file(
+    plat: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, words: str
+) -> None:
     rec = tmp_path / "rec.json"
     rec.write_text(content, encoding="utf-8")
     assert main(["upload-file", "-c", write_config(tmp_path, plat.url), str(rec)]) == 1
@@ -298,7 +337,8 @@ def test_upload_file_bad_json_names_the_file(plat: Platform, tmp_path: Path, cap
 
 
 def test_probe_prints_every_convention_with_the_configured_value_first(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = write_config(tmp_path, "http://127.0.0.1:9/api")
     assert main(["probe", "-c", cfg, "--at", "1718091555.072", "--request-id", "ab" * 16]) == 0
     out = capsys.readouterr().out
@@ -307,8 +347,15 @@ def test_probe_prints_every_convention_with_the_configured_value_first(
     assert "hmpt-portal-request-id: " + "ab" * 16 in out
     assert "ESB-TICKET-1" not in out and SECRET not in out
     sections = [line.split()[1] for line in out.splitlines() if line.startswith("## ") and "(changes" in line]
-    assert sections == ["send_time_format", "sign_key_encoding", "sign_output", "sm4_key_mode", "padding",
-                        "cipher_encoding", "json_ensure_ascii"]
+    assert sections == [
+        "send_time_format",
+        "sign_key_encoding",
+        "sign_output",
+        "sm4_key_mode",
+        "padding",
+        "cipher_encoding",
+        "json_ensure_ascii",
+    ]
     block = out.split("## send_time_format")[1].split("##")[0]
     assert block.index("'epoch_ms'") < block.index("'epoch_s'") < block.index("'yyyy-MM-dd HH:mm:ss'")
     assert "time=2024-06-11 15:39:15" in block
@@ -336,6 +383,9 @@ def test_probe_all_lists_every_combination(tmp_path: Path, capsys: pytest.Captur
     signs = out.split("## every signature")[1].split("## every data")[0].strip().splitlines()[1:]
     datas = out.split("## every data")[1].strip().splitlines()[1:]
     assert len(signs) == 4 * 2 * 3 and len(datas) == 6 * 2 * 3 * 2
-    conv = Conventions(ConventionSettings(send_time_format="yyyyMMddHHmmss", sign_key_encoding="hex",
-                                          sign_output="hex_upper"), APP_ID, "00112233445566778899aabbccddeeff")
+    conv = Conventions(
+        ConventionSettings(send_time_format="yyyyMMddHHmmss", sign_key_encoding="hex", sign_output="hex_upper"),
+        APP_ID,
+        "00112233445566778899aabbccddeeff",
+    )
     assert f"yyyyMMddHHmmss | hex | hex_upper | 20240611153915 | {conv.sign('20240611153915')}" in out

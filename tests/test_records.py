@@ -1,4 +1,4 @@
-"""agent.records: every rule of the platform's two payload tables, each with a test that breaks it.
+"""core.records: every rule of the platform's two payload tables, each with a test that breaks it.
 
 Synthetic identities only: ID numbers are built with the GB 11643 check digit, names are invented.
 """
@@ -19,11 +19,12 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from agent import codes
 from agent.config import DeviceSettings
-from agent.errors import RecordError
-from agent.images import MAX_IMAGE_BYTES, encode_jpeg
-from agent.records import (
+from core import codes
+from core.card import IdCard
+from core.errors import RecordError
+from core.images import MAX_IMAGE_BYTES, encode_jpeg
+from core.records import (
     DeviceRegistration,
     VerificationRecord,
     build_verification,
@@ -33,7 +34,6 @@ from agent.records import (
     registration_payload,
     standard_base64_size,
 )
-from drivers.base import IdCard
 
 
 def make_id(birth: str = "19900101", seq: str = "002", region: str = "450203") -> str:
@@ -51,10 +51,33 @@ JPEG = _tiny_jpeg()
 JPEG_B64 = base64.b64encode(JPEG).decode()
 CARD_NO = make_id()
 
-SPEC_ORDER = ["realName", "cardType", "cardNo", "sexCode", "sexName", "nationalCode", "nationalName",
-              "operationUser", "birthday", "address", "police", "cardStartDate", "cardEndDate", "headImg",
-              "cameraImg", "faceScore", "faceResult", "verifyDate", "verifyTime", "certTimeoutStatus",
-              "deviceNo", "machineCode", "fingerCollectImg", "fingerScore", "fingerResult"]
+SPEC_ORDER = [
+    "realName",
+    "cardType",
+    "cardNo",
+    "sexCode",
+    "sexName",
+    "nationalCode",
+    "nationalName",
+    "operationUser",
+    "birthday",
+    "address",
+    "police",
+    "cardStartDate",
+    "cardEndDate",
+    "headImg",
+    "cameraImg",
+    "faceScore",
+    "faceResult",
+    "verifyDate",
+    "verifyTime",
+    "certTimeoutStatus",
+    "deviceNo",
+    "machineCode",
+    "fingerCollectImg",
+    "fingerScore",
+    "fingerResult",
+]
 REQUIRED = SPEC_ORDER[:22]
 
 
@@ -130,9 +153,15 @@ def test_optional_fields_may_be_absent_or_null(field: str) -> None:
     assert field not in accepted(field, None).to_payload()
 
 
-@pytest.mark.parametrize(("field", "given", "sent"), [
-    ("cardType", "0", 0), ("cardType", 0, 0), ("faceResult", "1", 1), ("faceResult", 2, 2),
-])
+@pytest.mark.parametrize(
+    ("field", "given", "sent"),
+    [
+        ("cardType", "0", 0),
+        ("cardType", 0, 0),
+        ("faceResult", "1", 1),
+        ("faceResult", 2, 2),
+    ],
+)
 def test_card_type_and_face_result_are_sent_as_json_numbers(field: str, given: Any, sent: int) -> None:
     payload = accepted(field, given).to_payload()
     assert payload[field] == sent and isinstance(payload[field], int)
@@ -172,26 +201,29 @@ def test_not_an_object() -> None:
 # -- JSON types -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("field", "value", "rule"), [
-    ("realName", 123, "must be a JSON string, got a number"),
-    ("cardNo", 450203199001010021, "must be a JSON string"),
-    ("sexCode", 2, "must be a JSON string, got a number"),
-    ("nationalCode", 8, "must be a JSON string"),
-    ("birthday", ["1990-01-01"], "got an array"),
-    ("address", {"a": 1}, "got an object"),
-    ("deviceNo", True, "got a boolean"),
-    ("cardType", True, "got a boolean"),
-    ("cardType", 0.0, "whole JSON number"),
-    ("cardType", "00", "one-digit string"),
-    ("faceResult", False, "got a boolean"),
-    ("faceScore", "0.86", "must be a JSON number, got a string"),
-    ("faceScore", True, "got a boolean"),
-    ("certTimeoutStatus", "0", "must be a JSON integer, got a string"),
-    ("certTimeoutStatus", 0.0, "whole JSON number"),
-    ("fingerResult", "1", "must be a JSON integer, got a string"),
-    ("fingerScore", "0.5", "must be a JSON number"),
-    ("headImg", 12, "must be a JSON string"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("realName", 123, "must be a JSON string, got a number"),
+        ("cardNo", 450203199001010021, "must be a JSON string"),
+        ("sexCode", 2, "must be a JSON string, got a number"),
+        ("nationalCode", 8, "must be a JSON string"),
+        ("birthday", ["1990-01-01"], "got an array"),
+        ("address", {"a": 1}, "got an object"),
+        ("deviceNo", True, "got a boolean"),
+        ("cardType", True, "got a boolean"),
+        ("cardType", 0.0, "whole JSON number"),
+        ("cardType", "00", "one-digit string"),
+        ("faceResult", False, "got a boolean"),
+        ("faceScore", "0.86", "must be a JSON number, got a string"),
+        ("faceScore", True, "got a boolean"),
+        ("certTimeoutStatus", "0", "must be a JSON integer, got a string"),
+        ("certTimeoutStatus", 0.0, "whole JSON number"),
+        ("fingerResult", "1", "must be a JSON integer, got a string"),
+        ("fingerScore", "0.5", "must be a JSON number"),
+        ("headImg", 12, "must be a JSON string"),
+    ],
+)
 def test_json_types(field: str, value: Any, rule: str) -> None:
     refused(field, value, contains=rule)
 
@@ -199,10 +231,17 @@ def test_json_types(field: str, value: Any, rule: str) -> None:
 # -- lengths: varchar(n) counts characters ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("field", "limit"), [
-    ("realName", 10), ("operationUser", 10), ("address", 100), ("police", 100),
-    ("deviceNo", 50), ("machineCode", 50),
-])
+@pytest.mark.parametrize(
+    ("field", "limit"),
+    [
+        ("realName", 10),
+        ("operationUser", 10),
+        ("address", 100),
+        ("police", 100),
+        ("deviceNo", 50),
+        ("machineCode", 50),
+    ],
+)
 def test_varchar_limits_count_characters(field: str, limit: int) -> None:
     assert getattr(accepted(field, "桂" * limit), field) == "桂" * limit
     refused(field, "桂" * (limit + 1), contains=f"at most {limit} characters")
@@ -236,10 +275,17 @@ def test_nothing_is_truncated() -> None:
 
 
 @pytest.mark.parametrize("field", ["birthday", "cardStartDate", "verifyDate"])
-@pytest.mark.parametrize(("value", "rule"), [
-    ("1990/01/01", "yyyy-MM-dd"), ("1990-1-1", "yyyy-MM-dd"), ("19900101", "yyyy-MM-dd"),
-    ("2019-11-30 23:58:14", "yyyy-MM-dd"), ("1990-02-30", "real calendar date"), ("", "yyyy-MM-dd"),
-])
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("1990/01/01", "yyyy-MM-dd"),
+        ("1990-1-1", "yyyy-MM-dd"),
+        ("19900101", "yyyy-MM-dd"),
+        ("2019-11-30 23:58:14", "yyyy-MM-dd"),
+        ("1990-02-30", "real calendar date"),
+        ("", "yyyy-MM-dd"),
+    ],
+)
 def test_date_fields(field: str, value: str, rule: str) -> None:
     data = valid()
     data[field] = value
@@ -248,10 +294,15 @@ def test_date_fields(field: str, value: str, rule: str) -> None:
     assert rule in dict(problems)[field]
 
 
-@pytest.mark.parametrize(("value", "rule"), [
-    ("2024-06-11T17:33:55", "yyyy-MM-dd HH:mm:ss"), ("2024-06-11 17:33", "yyyy-MM-dd HH:mm:ss"),
-    ("2024-06-11 17:33:55.123", "yyyy-MM-dd HH:mm:ss"), ("2024-06-11 24:00:00", "real date and time"),
-])
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("2024-06-11T17:33:55", "yyyy-MM-dd HH:mm:ss"),
+        ("2024-06-11 17:33", "yyyy-MM-dd HH:mm:ss"),
+        ("2024-06-11 17:33:55.123", "yyyy-MM-dd HH:mm:ss"),
+        ("2024-06-11 24:00:00", "real date and time"),
+    ],
+)
 def test_verify_time_format(value: str, rule: str) -> None:
     data = valid() | {"verifyTime": value}
     assert rule in dict(problems_of(data))["verifyTime"]
@@ -293,14 +344,17 @@ def test_card_end_before_start_refused() -> None:
     assert parse_verification(valid() | {"cardStartDate": "2035-03-01"}).cardStartDate == "2035-03-01"
 
 
-@pytest.mark.parametrize(("end", "status", "ok"), [
-    ("2024-06-11", 0, True),    # valid through its last day
-    ("2024-06-10", 1, True),    # expired the day before
-    ("2024-06-10", 0, False),
-    ("2024-06-11", 1, False),
-    ("长期", 0, True),
-    ("长期", 1, False),
-])
+@pytest.mark.parametrize(
+    ("end", "status", "ok"),
+    [
+        ("2024-06-11", 0, True),  # valid through its last day
+        ("2024-06-10", 1, True),  # expired the day before
+        ("2024-06-10", 0, False),
+        ("2024-06-11", 1, False),
+        ("长期", 0, True),
+        ("长期", 1, False),
+    ],
+)
 def test_cert_timeout_status_agrees_with_dates(end: str, status: int, ok: bool) -> None:
     data = valid() | {"cardStartDate": "2004-06-10", "cardEndDate": end, "certTimeoutStatus": status}
     if ok:
@@ -335,9 +389,15 @@ def test_each_sex_code_with_its_name(code: str, name: str) -> None:
     assert (record.sexCode, record.sexName) == (code, name)
 
 
-@pytest.mark.parametrize(("value", "rule"), [
-    ("01", "one digit"), ("02", "one digit"), ("3", "one of '0', '1', '2', '9'"), ("F", "one of"),
-])
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("01", "one digit"),
+        ("02", "one digit"),
+        ("3", "one of '0', '1', '2', '9'"),
+        ("F", "one of"),
+    ],
+)
 def test_sex_code_is_one_gb_t_2261_1_digit(value: str, rule: str) -> None:
     data = valid() | {"sexCode": value}
     assert rule in dict(problems_of(data))["sexCode"]
@@ -405,8 +465,9 @@ def test_resident_id_length(length: int) -> None:
 def test_resident_id_birth_date_must_be_real() -> None:
     number = make_id(birth="19900231")
     data = valid() | {"cardNo": number, "birthday": "1990-02-28"}
-    assert problems_of(data) == [("cardNo", "cardType 0: the birth date inside the number (characters 7-14) "
-                                            "is not a real date")]
+    assert problems_of(data) == [
+        ("cardNo", "cardType 0: the birth date inside the number (characters 7-14) is not a real date")
+    ]
 
 
 def test_birthday_must_agree_with_the_number() -> None:
@@ -428,15 +489,18 @@ def _png_b64() -> str:
 
 
 @pytest.mark.parametrize("field", IMAGE_FIELDS)
-@pytest.mark.parametrize(("value", "rule"), [
-    ("not base64!", "standard base64"),
-    ("data:image/jpeg;base64," + JPEG_B64, "standard base64"),
-    (JPEG_B64[:40] + "\n" + JPEG_B64[40:], "standard base64"),
-    (JPEG_B64[:-1], "standard base64"),
-    (_png_b64(), "must be a JPEG image"),
-    (base64.b64encode(b"\xff\xd8").decode(), "must be a JPEG image"),
-    ("", "must not be empty"),
-])
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("not base64!", "standard base64"),
+        ("data:image/jpeg;base64," + JPEG_B64, "standard base64"),
+        (JPEG_B64[:40] + "\n" + JPEG_B64[40:], "standard base64"),
+        (JPEG_B64[:-1], "standard base64"),
+        (_png_b64(), "must be a JPEG image"),
+        (base64.b64encode(b"\xff\xd8").decode(), "must be a JPEG image"),
+        ("", "must not be empty"),
+    ],
+)
 def test_images_must_be_base64_jpeg(field: str, value: str, rule: str) -> None:
     refused(field, value, contains=rule)
 
@@ -458,8 +522,9 @@ def test_base64_check_without_decoding_matches_b64decode_validate() -> None:
                 expected = None
             assert standard_base64_size(s) == expected, repr(s)
     for s in ("AAAA====", "AAAAAA==", "AAAAAAA=", "=AAAAAA=", "AA==AA=="):
-        assert standard_base64_size(s) == (len(base64.b64decode(s, validate=True))
-                                           if s in ("AAAAAA==", "AAAAAAA=") else None), s
+        assert standard_base64_size(s) == (
+            len(base64.b64decode(s, validate=True)) if s in ("AAAAAA==", "AAAAAAA=") else None
+        ), s
     for data in (JPEG, JPEG[:-1], JPEG[:-2], b""):
         assert standard_base64_size(base64.b64encode(data).decode()) == len(data)
 
@@ -508,16 +573,34 @@ def test_results_outside_table(field: str, value: int) -> None:
 
 def test_every_bad_field_is_listed_at_once() -> None:
     data = valid() | {
-        "realName": "桂" * 11, "sexCode": "01", "nationalName": "汉", "birthday": "1990-01-02",
-        "headImg": "!!", "faceScore": 2, "faceResult": 5, "verifyTime": "2024-06-11", "certTimeoutStatus": 1,
+        "realName": "桂" * 11,
+        "sexCode": "01",
+        "nationalName": "汉",
+        "birthday": "1990-01-02",
+        "headImg": "!!",
+        "faceScore": 2,
+        "faceResult": 5,
+        "verifyTime": "2024-06-11",
+        "certTimeoutStatus": 1,
         "unknownField": 1,
     }
     del data["police"]
     fields = [f for f, _ in problems_of(data)]
-    assert sorted(fields) == sorted([
-        "realName", "sexCode", "police", "headImg", "faceScore", "faceResult", "verifyTime", "unknownField",
-        "nationalName", "birthday", "certTimeoutStatus",
-    ])
+    assert sorted(fields) == sorted(
+        [
+            "realName",
+            "sexCode",
+            "police",
+            "headImg",
+            "faceScore",
+            "faceResult",
+            "verifyTime",
+            "unknownField",
+            "nationalName",
+            "birthday",
+            "certTimeoutStatus",
+        ]
+    )
 
 
 def test_errors_and_repr_never_show_personal_data() -> None:
@@ -552,16 +635,32 @@ def test_natural_key() -> None:
 
 
 def device(**over: Any) -> DeviceSettings:
-    base = dict(machine_code="TS-SN0001", device_no="SN0001", manufacturer="德生实名易", model="TSR-R3",
-                purchase_date=dt.date(2024, 6, 1), dept_id="0601", dept_name="妇产科",
-                register_user="覃工", operator="覃护士")
+    base = dict(
+        machine_code="TS-SN0001",
+        device_no="SN0001",
+        manufacturer="德生实名易",
+        model="TSR-R3",
+        purchase_date=dt.date(2024, 6, 1),
+        dept_id="0601",
+        dept_name="妇产科",
+        register_user="覃工",
+        operator="覃护士",
+    )
     return DeviceSettings(**(base | over))
 
 
 def registration() -> dict[str, Any]:
-    return {"deptId": "0601", "deptName": "妇产科", "machineManufacturer": "德生实名易", "machineMode": "TSR-R3",
-            "purchaseTime": "2024-06-01", "machineCode": "TS-SN0001", "deviceNo": "SN0001", "status": 0,
-            "registerUser": "覃工"}
+    return {
+        "deptId": "0601",
+        "deptName": "妇产科",
+        "machineManufacturer": "德生实名易",
+        "machineMode": "TSR-R3",
+        "purchaseTime": "2024-06-01",
+        "machineCode": "TS-SN0001",
+        "deviceNo": "SN0001",
+        "status": 0,
+        "registerUser": "覃工",
+    }
 
 
 def test_registration_payload_from_settings() -> None:
@@ -593,17 +692,27 @@ def test_registration_required_fields(field: str) -> None:
     assert info.value.problems == [(field, "required")]
 
 
-@pytest.mark.parametrize(("field", "value", "rule"), [
-    ("deptId", "1" * 51, "at most 50"), ("deptName", "科" * 51, "at most 50"),
-    ("machineManufacturer", "", "must not be empty"), ("machineMode", 3, "JSON string"),
-    ("machineCode", "C" * 51, "at most 50"), ("deviceNo", "D" * 51, "at most 50"),
-    ("registerUser", "U" * 51, "at most 50"), ("purchaseTime", "2024-6-1", "yyyy-MM-dd"),
-    ("purchaseTime", "2024-02-30", "real calendar date"), ("status", "0", "JSON integer"),
-    ("status", 2, "one of 0, 1"), ("status", True, "boolean"),
-    ("registerTime", "2024-06-11 15:39:15", "ISO local time"),
-    ("registerTime", "2024-06-11T15:39:15+08:00", "without a zone"),
-    ("registerTime", "2024-06-31T15:39:15", "real date"), ("extra", 1, "unknown field"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("deptId", "1" * 51, "at most 50"),
+        ("deptName", "科" * 51, "at most 50"),
+        ("machineManufacturer", "", "must not be empty"),
+        ("machineMode", 3, "JSON string"),
+        ("machineCode", "C" * 51, "at most 50"),
+        ("deviceNo", "D" * 51, "at most 50"),
+        ("registerUser", "U" * 51, "at most 50"),
+        ("purchaseTime", "2024-6-1", "yyyy-MM-dd"),
+        ("purchaseTime", "2024-02-30", "real calendar date"),
+        ("status", "0", "JSON integer"),
+        ("status", 2, "one of 0, 1"),
+        ("status", True, "boolean"),
+        ("registerTime", "2024-06-11 15:39:15", "ISO local time"),
+        ("registerTime", "2024-06-11T15:39:15+08:00", "without a zone"),
+        ("registerTime", "2024-06-31T15:39:15", "real date"),
+        ("extra", 1, "unknown field"),
+    ],
+)
 def test_registration_rules(field: str, value: Any, rule: str) -> None:
     with pytest.raises(RecordError) as info:
         parse_registration(registration() | {field: value})
@@ -615,8 +724,15 @@ def test_registration_limits_count_characters() -> None:
     assert parse_registration(registration() | {"deptName": "科" * 50}).deptName == "科" * 50
 
 
-REGISTRATION_TEXT_FIELDS = ["deptId", "deptName", "machineManufacturer", "machineMode", "machineCode", "deviceNo",
-                            "registerUser"]
+REGISTRATION_TEXT_FIELDS = [
+    "deptId",
+    "deptName",
+    "machineManufacturer",
+    "machineMode",
+    "machineCode",
+    "deviceNo",
+    "registerUser",
+]
 
 
 @pytest.mark.parametrize("field", REGISTRATION_TEXT_FIELDS)
@@ -637,15 +753,31 @@ def test_registration_model_is_the_spec_table() -> None:
 
 
 def card(**over: Any) -> IdCard:
-    base = dict(card_type="0", name="韦测试", sex_code="2", birth_date=dt.date(1990, 1, 1), card_no=CARD_NO,
-                valid_from=dt.date(2015, 3, 1), valid_to=dt.date(2035, 3, 1), nation_code="08",
-                address="广西壮族自治区南宁市青秀区测试路1号", authority="南宁市公安局青秀分局")
+    base = dict(
+        card_type="0",
+        name="韦测试",
+        sex_code="2",
+        birth_date=dt.date(1990, 1, 1),
+        card_no=CARD_NO,
+        valid_from=dt.date(2015, 3, 1),
+        valid_to=dt.date(2035, 3, 1),
+        nation_code="08",
+        address="广西壮族自治区南宁市青秀区测试路1号",
+        authority="南宁市公安局青秀分局",
+    )
     return IdCard(**(base | over))  # type: ignore[arg-type]
 
 
 def build(c: IdCard | None = None, **over: Any) -> VerificationRecord:
-    kw: dict[str, Any] = dict(head_jpeg=JPEG, camera_jpeg=JPEG, face_score=0.86, face_result=1,
-                              operator="覃护士", verified_at=dt.datetime(2024, 6, 11, 17, 33, 55), device=device())
+    kw: dict[str, Any] = dict(
+        head_jpeg=JPEG,
+        camera_jpeg=JPEG,
+        face_score=0.86,
+        face_result=1,
+        operator="覃护士",
+        verified_at=dt.datetime(2024, 6, 11, 17, 33, 55),
+        device=device(),
+    )
     return build_verification(c or card(), **(kw | over))
 
 
@@ -671,8 +803,17 @@ def test_build_cert_timeout_status(valid_to: dt.date, status: int) -> None:
 
 
 def test_build_foreign_card_without_nation_is_97_other() -> None:
-    foreign = card(card_type="2", name="", english_name="ANNA TEST", nation_code=None, card_no="ABC123456789012",
-                   address="", authority="", nationality="CAN", birth_date=dt.date(1991, 5, 5))
+    foreign = card(
+        card_type="2",
+        name="",
+        english_name="ANNA TEST",
+        nation_code=None,
+        card_no="ABC123456789012",
+        address="",
+        authority="",
+        nationality="CAN",
+        birth_date=dt.date(1991, 5, 5),
+    )
     payload = build(foreign).to_payload()
     assert (payload["cardType"], payload["nationalCode"], payload["nationalName"]) == (2, "97", "其他")
     assert payload["realName"] == "ANNA TEST" and payload["address"] == ""
@@ -680,8 +821,9 @@ def test_build_foreign_card_without_nation_is_97_other() -> None:
 
 def test_build_hk_macau_taiwan_card() -> None:
     number = make_id(region="810000", birth="19920202")
-    payload = build(card(card_type="1", nation_code=None, card_no=number, birth_date=dt.date(1992, 2, 2),
-                         pass_no="H1234567801")).to_payload()
+    payload = build(
+        card(card_type="1", nation_code=None, card_no=number, birth_date=dt.date(1992, 2, 2), pass_no="H1234567801")
+    ).to_payload()
     assert (payload["cardType"], payload["nationalCode"], payload["cardNo"]) == (1, "97", number)
 
 
@@ -697,8 +839,9 @@ def test_build_refuses_rather_than_truncates() -> None:
 
 
 def test_build_refuses_a_bad_number_and_unknown_codes() -> None:
-    bad = dataclasses.replace(card(), card_no=CARD_NO[:17] + ("1" if CARD_NO[17] != "1" else "2"), sex_code="3",
-                              nation_code="60")
+    bad = dataclasses.replace(
+        card(), card_no=CARD_NO[:17] + ("1" if CARD_NO[17] != "1" else "2"), sex_code="3", nation_code="60"
+    )
     with pytest.raises(RecordError) as info:
         build(bad)
     assert sorted(f for f, _ in info.value.problems) == ["cardNo", "nationalCode", "sexCode"]

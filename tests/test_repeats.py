@@ -21,10 +21,12 @@ def test_identical_errors_are_logged_once_then_summarised(caplog: pytest.LogCapt
         repeats.log(logging.ERROR, "uploader: %s", "the disk is full")
         assert [r.getMessage() for r in caplog.records] == [
             "uploader: the disk is full",
-            "uploader: the disk is full (the same error 150 more times in the last 30 s)"]
+            "uploader: the disk is full (the same error 150 more times in the last 30 s)",
+        ]
         repeats.log(logging.ERROR, "uploader: %s", "the disk is full")
         repeats.log(logging.ERROR, "uploader: %s", "database is locked")  # another error ends the run
         repeats.clear()
         assert [r.getMessage() for r in caplog.records][2:] == [
             "uploader: the disk is full (the same error 1 more times in the last 0 s)",
-            "uploader: database is locked"]
+            "uploader: database is locked",
+        ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import itertools
 import json
 import logging
 import shutil
@@ -24,14 +25,14 @@ import httpx
 import pytest
 
 from agent.config import load_config
-from agent.errors import CardReadError, DeviceNotFound
 from agent.events import VERIFICATION
-from agent.privacy import mask_name
 from agent.service import samples
 from agent.service.notify import Notifier
 from agent.service.service import CARD_RETRY_PAUSE_S, Heartbeat, Service
 from agent.service.status import collect_status, format_status
 from agent.service.verification import HELD_INVALID, HELD_NO_DECODER, Verifier
+from core.errors import CardReadError, DeviceNotFound
+from core.privacy import mask_name
 from drivers.base import CardReader, CardReaderSettings, DriverSettings
 from drivers.card_reader.simulator import SYNTHETIC_WLT
 from tests.test_card_wlt import SHIM as WLT_SHIM
@@ -97,9 +98,17 @@ class Platform:
         if request.url.path.endswith("/verification/pregnant_woman/first"):
             with self.lock:
                 self.uploads.append(body)
-        return httpx.Response(200, json={"code": 200, "msg": "成功", "exceptionCode": "00000",
-                                         "requestId": request.headers["hmpt-portal-request-id"],
-                                         "returnTime": int(time.time() * 1000), "data": None})
+        return httpx.Response(
+            200,
+            json={
+                "code": 200,
+                "msg": "成功",
+                "exceptionCode": "00000",
+                "requestId": request.headers["hmpt-portal-request-id"],
+                "returnTime": int(time.time() * 1000),
+                "data": None,
+            },
+        )
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +118,26 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def config_doc(tmp_path: Path, images: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "device": {"machine_code": "TEST-0001", "device_no": "0001", "manufacturer": "测试厂商", "model": "T-1",
-                   "purchase_date": "2024-06-01", "dept_id": "0601", "dept_name": "妇产科",
-                   "register_user": "测试员", "operator": "测试"},
-        "platform": {"base_url": "http://127.0.0.1:9/api", "org_app_id": "APP", "org_app_secret": "0123456789abcdef",
-                     "timeout_s": 2.0, "auth": {"kind": "static", "ticket": "T"}, "environment": "test",
-                     "allow_plain_http": True},
+        "device": {
+            "machine_code": "TEST-0001",
+            "device_no": "0001",
+            "manufacturer": "测试厂商",
+            "model": "T-1",
+            "purchase_date": "2024-06-01",
+            "dept_id": "0601",
+            "dept_name": "妇产科",
+            "register_user": "测试员",
+            "operator": "测试",
+        },
+        "platform": {
+            "base_url": "http://127.0.0.1:9/api",
+            "org_app_id": "APP",
+            "org_app_secret": "0123456789abcdef",
+            "timeout_s": 2.0,
+            "auth": {"kind": "static", "ticket": "T"},
+            "environment": "test",
+            "allow_plain_http": True,
+        },
         "storage": {"dir": str(tmp_path / "state")},
         "uploader": {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "poll_interval_s": 0.05, "max_rps": 200.0},
         "card_reader": {"driver": "fake"},
@@ -148,8 +171,9 @@ def assert_logs_hold_no_personal_data(records: list[logging.LogRecord]) -> None:
 
 
 @pytest.fixture
-def run_service(tmp_path: Path, images: dict[str, Any], caplog: pytest.LogCaptureFixture
-                ) -> Iterator[Callable[..., tuple[Service, ScriptedReader, Platform]]]:
+def run_service(
+    tmp_path: Path, images: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> Iterator[Callable[..., tuple[Service, ScriptedReader, Platform]]]:
     caplog.set_level(logging.DEBUG)  # every daemon path of every test here: nothing personal logged
     started: list[Service] = []
 
@@ -157,8 +181,14 @@ def run_service(tmp_path: Path, images: dict[str, Any], caplog: pytest.LogCaptur
         path = write_config(tmp_path / "fvagent.toml", doc or config_doc(tmp_path, images))
         settings = load_config(path, validate_drivers=False)
         reader, platform = ScriptedReader(), Platform()
-        service = Service(settings, config_path=path, reader=reader, transport=httpx.MockTransport(platform),
-                          notifier=Notifier(backend="socket", environ={}), **kw)
+        service = Service(
+            settings,
+            config_path=path,
+            reader=reader,
+            transport=httpx.MockTransport(platform),
+            notifier=Notifier(backend="socket", environ={}),
+            **kw,
+        )
         service.start()
         started.append(service)
         return service, reader, platform
@@ -168,7 +198,8 @@ def run_service(tmp_path: Path, images: dict[str, Any], caplog: pytest.LogCaptur
         if service._state != "stopped":
             service.stop()
     assert_logs_hold_no_personal_data(
-        [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records])  # records: teardown's
+        [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    )  # records: teardown's
 
 
 def card(i: int = 0, *, photo: bytes | None = None, **kw: Any) -> Any:
@@ -216,8 +247,9 @@ def test_operator_from_the_desk_is_stamped(run_service: Any) -> None:
     assert platform.uploads[0]["faceResult"] == 0
 
 
-def test_compute_mode_scores_and_a_camera_without_face_gives_result_2(run_service: Any, tmp_path: Path,
-                                                                       images: dict[str, Any]) -> None:
+def test_compute_mode_scores_and_a_camera_without_face_gives_result_2(
+    run_service: Any, tmp_path: Path, images: dict[str, Any]
+) -> None:
     doc = config_doc(tmp_path, images, face={"mode": "compute", "capture_timeout_s": 1.5})
     service, reader, platform = run_service(doc)
     reader.present(card(0))
@@ -236,8 +268,9 @@ def test_compute_mode_scores_and_a_camera_without_face_gives_result_2(run_servic
     assert "no usable frame" in row.meta["reason"] and "no face" in row.meta["reason"]
 
 
-def test_a_bad_config_on_reload_keeps_the_running_one(run_service: Any, tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bad_config_on_reload_keeps_the_running_one(
+    run_service: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     service, reader, platform = run_service()
     before = service.settings
     (tmp_path / "fvagent.toml").write_text("[device]\nmachine_code = 5\n", encoding="utf-8")
@@ -291,10 +324,12 @@ def test_unplugged_reader_degrades_and_recovers(run_service: Any) -> None:
     assert all(loop.thread.is_alive() for loop in service._loops.values())
 
 
-def test_camera_gone_still_records_result_2_with_a_placeholder(run_service: Any, tmp_path: Path,
-                                                               images: dict[str, Any]) -> None:
-    doc = config_doc(tmp_path, images, face={"mode": "compute"},
-                     camera={"fault": "disappears", "fault_after_frames": 0})
+def test_camera_gone_still_records_result_2_with_a_placeholder(
+    run_service: Any, tmp_path: Path, images: dict[str, Any]
+) -> None:
+    doc = config_doc(
+        tmp_path, images, face={"mode": "compute"}, camera={"fault": "disappears", "fault_after_frames": 0}
+    )
     service, reader, platform = run_service(doc)
     reader.present(card(0))
     wait_for(lambda: platform.uploads, what="upload")
@@ -310,16 +345,21 @@ def test_platform_outage_queues_then_drains(run_service: Any) -> None:
     platform.down = True
     for i in range(3):
         reader.present(card(i, terminal_score=0.9, terminal_result=1))
-    wait_for(lambda: service.outbox.stats()["pending"] + service.outbox.stats()["sending"] == 3
-             and service.verifications == 3, what="three queued")
+    wait_for(
+        lambda: (
+            service.outbox.stats()["pending"] + service.outbox.stats()["sending"] == 3 and service.verifications == 3
+        ),
+        what="three queued",
+    )
     wait_for(lambda: service.status()["platform"]["state"] == "down", what="platform down in status")
     platform.down = False
     wait_for(lambda: service.outbox.stats()["sent"] == 3, what="drained", timeout_s=20)
     assert len({u["cardNo"] for u in platform.uploads}) == 3
 
 
-def test_card_without_decoded_photo_is_held_then_released(run_service: Any, tmp_path: Path,
-                                                          images: dict[str, Any]) -> None:
+def test_card_without_decoded_photo_is_held_then_released(
+    run_service: Any, tmp_path: Path, images: dict[str, Any]
+) -> None:
     doc = config_doc(tmp_path, images, face={"mode": "compute"})
     service, reader, platform = run_service(doc)
     wlt = b"WLT" + bytes(1021)
@@ -338,12 +378,13 @@ def test_card_without_decoded_photo_is_held_then_released(run_service: Any, tmp_
     assert service.release_held() == 1
     wait_for(lambda: platform.uploads, what="upload of the released record")
     sent = platform.uploads[0]
-    assert base64.b64decode(sent["headImg"]) [:2] == b"\xff\xd8"
+    assert base64.b64decode(sent["headImg"])[:2] == b"\xff\xd8"
     assert sent["faceResult"] == 1
 
 
-def test_a_reload_that_names_a_wlt_decoder_releases_the_held_records(run_service: Any, tmp_path: Path,
-                                                                     images: dict[str, Any]) -> None:
+def test_a_reload_that_names_a_wlt_decoder_releases_the_held_records(
+    run_service: Any, tmp_path: Path, images: dict[str, Any]
+) -> None:
     cc = shutil.which("cc") or shutil.which("gcc")
     assert cc, "the test setup installs a C compiler (deploy/system-deps.sh test)"
     (tmp_path / "shim.c").write_text(WLT_SHIM)
@@ -372,10 +413,10 @@ def test_card_data_breaking_the_spec_is_kept_held(run_service: Any) -> None:
     assert service.outbox.payload(row.id)["realName"] == "张" * 11  # kept as read, for a technician
 
 
-def test_stop_cuts_a_capture_short_and_still_records(run_service: Any, tmp_path: Path,
-                                                     images: dict[str, Any]) -> None:
-    doc = config_doc(tmp_path, images, face={"mode": "compute", "capture_timeout_s": 30.0},
-                     camera={"fault": "no_frames"})
+def test_stop_cuts_a_capture_short_and_still_records(run_service: Any, tmp_path: Path, images: dict[str, Any]) -> None:
+    doc = config_doc(
+        tmp_path, images, face={"mode": "compute", "capture_timeout_s": 30.0}, camera={"fault": "no_frames"}
+    )
     service, reader, platform = run_service(doc)
     reader.present(card(0))
     wait_for(lambda: not reader.cards, what="card taken")
@@ -431,7 +472,7 @@ def test_heartbeat_freshness() -> None:
 
 
 def test_verifier_reports_a_failing_outbox_without_raising(tmp_path: Path, images: dict[str, Any]) -> None:
-    from agent.errors import StorageFull
+    from core.errors import StorageFull
 
     class FullOutbox:
         def enqueue(self, *a: Any, **kw: Any) -> int:
@@ -443,8 +484,9 @@ def test_verifier_reports_a_failing_outbox_without_raising(tmp_path: Path, image
     assert done.outbox_id is None and "disk full" in (done.error or "")
 
 
-def test_face_engine_unavailable_still_records_result_2(run_service: Any, tmp_path: Path,
-                                                        images: dict[str, Any]) -> None:
+def test_face_engine_unavailable_still_records_result_2(
+    run_service: Any, tmp_path: Path, images: dict[str, Any]
+) -> None:
     doc = config_doc(tmp_path, images, face={"mode": "compute", "engine": "no-such-engine"})
     service, reader, platform = run_service(doc)
     assert all(loop.thread.is_alive() for loop in service._loops.values())  # degraded, not crashed
@@ -486,8 +528,9 @@ def test_driver_slot_reopens_with_doubling_backoff_and_logs_once(caplog: pytest.
 
     now = [1000.0]
     driver = FlakyDriver()
-    slot = DriverSlot("camera", lambda: driver, label="camera (flaky)", clock=lambda: now[0],
-                      backoff_initial_s=1.0, backoff_max_s=4.0)
+    slot = DriverSlot(
+        "camera", lambda: driver, label="camera (flaky)", clock=lambda: now[0], backoff_initial_s=1.0, backoff_max_s=4.0
+    )
     caplog.set_level(logging.DEBUG, logger="agent.service.hardware")
     assert slot.get() is None and driver.attempts == 1  # the first open fails
     state = slot.state()
@@ -499,7 +542,7 @@ def test_driver_slot_reopens_with_doubling_backoff_and_logs_once(caplog: pytest.
         assert slot.get() is None
         if driver.attempts > attempts:
             tried_at.append(now[0])
-    delays = [b - a for a, b in zip(tried_at, tried_at[1:])]
+    delays = [b - a for a, b in itertools.pairwise(tried_at)]
     assert delays == [1.0, 2.0, 4.0, 4.0, 4.0]  # doubling from 1 s, capped
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "camera (flaky) unavailable" in warnings[0].getMessage()
@@ -516,8 +559,7 @@ def test_driver_slot_reopens_with_doubling_backoff_and_logs_once(caplog: pytest.
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
 
 
-def test_a_local_clock_far_from_the_platforms_is_an_alert_and_kept_beside_each_verification(
-        run_service: Any) -> None:
+def test_a_local_clock_far_from_the_platforms_is_an_alert_and_kept_beside_each_verification(run_service: Any) -> None:
     service, reader, platform = run_service()
     wait_for(lambda: platform.uploads == [] and service.uploader is not None, what="the uploader")
     now = time.time()

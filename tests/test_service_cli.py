@@ -29,8 +29,13 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def fvagent(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
 
 
 def test_status_json_without_a_daemon_exits_3_and_says_so(tmp_path: Path, images: dict[str, Any]) -> None:
@@ -48,12 +53,18 @@ def test_status_of_a_running_daemon(tmp_path: Path, images: dict[str, Any]) -> N
     path = write_config(tmp_path / "c.toml", config_doc(tmp_path, images))
     settings = load_config(path, validate_drivers=False)
     reader = ScriptedReader()
-    service = Service(settings, config_path=path, reader=reader, notifier=Notifier(backend="socket", environ={}),
-                      start_local_api=False)
+    service = Service(
+        settings,
+        config_path=path,
+        reader=reader,
+        notifier=Notifier(backend="socket", environ={}),
+        start_local_api=False,
+    )
     service.start()
     try:
-        reader.present(samples.sample_card(samples.PEOPLE[0], samples.card_photo_jpeg(),
-                                           terminal_score=0.88, terminal_result=1))
+        reader.present(
+            samples.sample_card(samples.PEOPLE[0], samples.card_photo_jpeg(), terminal_score=0.88, terminal_result=1)
+        )
         deadline = time.monotonic() + 15
         while service.verifications < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -71,8 +82,7 @@ def test_status_of_a_running_daemon(tmp_path: Path, images: dict[str, Any]) -> N
         service.stop()
 
 
-def test_status_raises_the_storage_alert_when_the_outbox_is_over_budget(tmp_path: Path,
-                                                                       images: dict[str, Any]) -> None:
+def test_status_raises_the_storage_alert_when_the_outbox_is_over_budget(tmp_path: Path, images: dict[str, Any]) -> None:
     path = write_config(tmp_path / "c.toml", config_doc(tmp_path, images, storage={"max_bytes": 1000}))
     settings = load_config(path, validate_drivers=False)
     box = Outbox.open(settings.storage)
@@ -91,8 +101,9 @@ def test_verify_once_commits_one_verification(tmp_path: Path, images: dict[str, 
     path = write_config(tmp_path / "c.toml", config_doc(tmp_path, images))
     settings = load_config(path, validate_drivers=False)
     reader = ScriptedReader()
-    reader.present(samples.sample_card(samples.PEOPLE[2], samples.card_photo_jpeg(),
-                                       terminal_score=0.95, terminal_result=1))
+    reader.present(
+        samples.sample_card(samples.PEOPLE[2], samples.card_photo_jpeg(), terminal_score=0.95, terminal_result=1)
+    )
     service = Service(settings, config_path=path, reader=reader, start_local_api=False)
     done = service.verify_once(5.0)
     assert done is not None and done.outbox_id == 1 and done.result == 1
@@ -116,8 +127,9 @@ def test_local_api_status_equals_status_json(tmp_path: Path, images: dict[str, A
     service.start()
     try:
         assert service.local_api is not None, service._local_api_error
-        reader.present(samples.sample_card(samples.PEOPLE[1], samples.card_photo_jpeg(),
-                                           terminal_score=0.9, terminal_result=1))
+        reader.present(
+            samples.sample_card(samples.PEOPLE[1], samples.card_photo_jpeg(), terminal_score=0.9, terminal_result=1)
+        )
         deadline = time.monotonic() + 15
         while service.verifications < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -130,9 +142,11 @@ def test_local_api_status_equals_status_json(tmp_path: Path, images: dict[str, A
     assert set(api) == set(cli)
     for section in ("queue", "platform", "hardware", "daemon", "storage", "uploader"):
         assert set(api[section]) == set(cli[section]), section
+
     # what does not move between the two reads is equal
     def still(queue: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in queue.items() if not k.endswith("_age_s")}  # ages move between the reads
+
     assert still(api["queue"]) == still(cli["queue"]) and api["queue"]["total"] == 1
     assert api["last_verification"] == cli["last_verification"] and api["last_verification"]["id"] == 1
     assert {k: v["state"] for k, v in api["hardware"].items()} == {k: v["state"] for k, v in cli["hardware"].items()}

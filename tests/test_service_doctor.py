@@ -18,12 +18,27 @@ pytest.importorskip("skimage", reason="the sample face comes from scikit-image (
 
 def _config(tmp_path: Path, images: dict[str, Any], **sections: dict[str, Any]) -> Path:
     doc: dict[str, Any] = {
-        "device": {"machine_code": "DOC-1", "device_no": "1", "manufacturer": "测试厂商", "model": "T",
-                   "purchase_date": "2024-06-01", "dept_id": "1", "dept_name": "妇产科", "register_user": "测试员",
-                   "operator": "测试"},
-        "platform": {"base_url": "http://127.0.0.1:9/api", "org_app_id": "APP",
-                     "org_app_secret_file": str(tmp_path / "secret"), "timeout_s": 2.0, "connect_timeout_s": 1.0,
-                     "auth": {"kind": "static", "ticket": "T"}, "environment": "test", "allow_plain_http": True},
+        "device": {
+            "machine_code": "DOC-1",
+            "device_no": "1",
+            "manufacturer": "测试厂商",
+            "model": "T",
+            "purchase_date": "2024-06-01",
+            "dept_id": "1",
+            "dept_name": "妇产科",
+            "register_user": "测试员",
+            "operator": "测试",
+        },
+        "platform": {
+            "base_url": "http://127.0.0.1:9/api",
+            "org_app_id": "APP",
+            "org_app_secret_file": str(tmp_path / "secret"),
+            "timeout_s": 2.0,
+            "connect_timeout_s": 1.0,
+            "auth": {"kind": "static", "ticket": "T"},
+            "environment": "test",
+            "allow_plain_http": True,
+        },
         "storage": {"dir": str(tmp_path / "state")},
         "card_reader": {"driver": "fake"},
         "camera": {"driver": "fake", "images": [str(images["live"][0])], "fps": 0},
@@ -48,9 +63,18 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _platform(skew_s: float = 0.0) -> httpx.MockTransport:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"code": 200, "msg": "成功", "exceptionCode": "B2301",
-                                         "requestId": request.headers["hmpt-portal-request-id"],
-                                         "returnTime": int((time.time() - skew_s) * 1000), "data": None})
+        return httpx.Response(
+            200,
+            json={
+                "code": 200,
+                "msg": "成功",
+                "exceptionCode": "B2301",
+                "requestId": request.headers["hmpt-portal-request-id"],
+                "returnTime": int((time.time() - skew_s) * 1000),
+                "data": None,
+            },
+        )
+
     return httpx.MockTransport(handler)
 
 
@@ -93,8 +117,9 @@ def test_unreachable_platform_and_missing_camera_fail_with_fixes(tmp_path: Path,
             assert "-> fix: " in line
 
 
-def test_a_readable_secret_file_fails_with_the_chmod(tmp_path: Path, images: dict[str, Any],
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_readable_secret_file_fails_with_the_chmod(
+    tmp_path: Path, images: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _config(tmp_path, images)
     (tmp_path / "secret").chmod(0o644)
     assert main(["doctor", "--config", str(path)]) == 1
@@ -127,23 +152,29 @@ def test_config_file_permissions(tmp_path: Path, images: dict[str, Any]) -> None
     assert any(c.level == FAIL and c.fix == f"chmod o-w {path}" for c in writable)
 
 
-def test_clock_fails_past_max_clock_offset_s_within_the_reply_tolerance(tmp_path: Path,
-                                                                        images: dict[str, Any]) -> None:
+def test_clock_fails_past_max_clock_offset_s_within_the_reply_tolerance(tmp_path: Path, images: dict[str, Any]) -> None:
     checks = by_name(run_checks(_config(tmp_path, images), transport=_platform(skew_s=150)))
     assert checks["platform"].level == OK  # 150 s is within max_reply_skew_s: the reply is believed
     clock = checks["clock"]
     assert clock.level == FAIL and "max_clock_offset_s = 120" in clock.detail and "timedatectl" in (clock.fix or "")
 
 
-def test_timestamp_expired_is_retried_with_the_platforms_time_and_the_clock_fails(tmp_path: Path,
-                                                                                 images: dict[str, Any]) -> None:
+def test_timestamp_expired_is_retried_with_the_platforms_time_and_the_clock_fails(
+    tmp_path: Path, images: dict[str, Any]
+) -> None:
     seen: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers["hmpt-portal-time"])
         platform_now = time.time() - 3600  # our clock is an hour ahead
-        body = {"code": 200, "msg": "成功", "exceptionCode": "B2301", "data": None,
-                "requestId": request.headers["hmpt-portal-request-id"], "returnTime": int(platform_now * 1000)}
+        body = {
+            "code": 200,
+            "msg": "成功",
+            "exceptionCode": "B2301",
+            "data": None,
+            "requestId": request.headers["hmpt-portal-request-id"],
+            "returnTime": int(platform_now * 1000),
+        }
         if abs(int(seen[-1]) / 1000 - platform_now) > 300:
             return httpx.Response(403, json={**body, "code": 403, "exceptionCode": "A2302", "msg": "时间戳过期"})
         return httpx.Response(200, json=body)

@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 
 from agent.outbox import Outbox
-from tests.forged_platform import ForgedPlatform, envelope, genuine, http_reply, signed_headers
+from tests.forged_platform import (
+    ForgedPlatform,
+    envelope,
+    genuine,
+    http_reply,
+    signed_headers,
+)
 from tests.test_outbox_support import record
 from tests.waiting import wait_for
 
@@ -35,19 +41,29 @@ def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(name, None)
-    return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_sigterm_during_a_trickling_reply_exits_within_timeout_stop_sec_and_the_record_is_retried(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     from tests.forged_platform import agent_config
 
     budget = _timeout_stop_s()
     with ForgedPlatform() as platform:
         platform.upload = lambda req: (http_reply(200, envelope(req.request_id), signed_headers()), 1.0)
         config = tmp_path / "fvagent.toml"
-        settings = agent_config(config, url=platform.url, state_dir=tmp_path / "state", timeout_s=120.0, extra="""
+        settings = agent_config(
+            config,
+            url=platform.url,
+            state_dir=tmp_path / "state",
+            timeout_s=120.0,
+            extra="""
 [face]
 mode = "relay"
 
@@ -56,7 +72,8 @@ enabled = false
 
 [logging]
 journald = "off"
-""")
+""",
+        )
         config.chmod(0o600)
         with Outbox.open(settings.storage) as outbox:
             record_id = outbox.enqueue(record(1))
@@ -73,7 +90,8 @@ journald = "off"
                 rc = None
             took = time.monotonic() - stopped_at
             assert rc is not None and took < budget, (
-                f"still running {took:.0f} s after SIGTERM (TimeoutStopSec={budget:.0f}); log:\n{log.read_text()}")
+                f"still running {took:.0f} s after SIGTERM (TimeoutStopSec={budget:.0f}); log:\n{log.read_text()}"
+            )
             assert rc == 0, log.read_text()
         finally:
             if proc.poll() is None:
@@ -85,9 +103,11 @@ journald = "off"
         platform.upload = genuine
         proc = _start(config, log)
         try:
+
             def sent() -> bool:
                 with Outbox.open(settings.storage) as outbox:
                     return outbox.get(record_id).state == "sent"
+
             wait_for(sent, 60, "the record to be delivered after the restart", interval_s=0.5)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(budget + 10) == 0

@@ -38,12 +38,22 @@ class Platform:
         self.upload: Callable[[httpx.Request, int], httpx.Response | None] = lambda req, n: None
         self.paths: list[str] = []
 
-    def envelope(self, req: httpx.Request, code: int = 200, exception_code: str = "00000", msg: str = "成功",
-                 status: int = 200) -> httpx.Response:
+    def envelope(
+        self, req: httpx.Request, code: int = 200, exception_code: str = "00000", msg: str = "成功", status: int = 200
+    ) -> httpx.Response:
         headers = self.conv.response_headers(self.conv.send_time(time.time())) if self.sign else {}
-        return httpx.Response(status, headers=headers, json={
-            "code": code, "msg": msg, "exceptionCode": exception_code,
-            "requestId": req.headers["hmpt-portal-request-id"], "returnTime": int(time.time() * 1000), "data": None})
+        return httpx.Response(
+            status,
+            headers=headers,
+            json={
+                "code": code,
+                "msg": msg,
+                "exceptionCode": exception_code,
+                "requestId": req.headers["hmpt-portal-request-id"],
+                "returnTime": int(time.time() * 1000),
+                "data": None,
+            },
+        )
 
     def __call__(self, req: httpx.Request) -> httpx.Response:
         self.paths.append("register" if "machine" in req.url.path else "upload")
@@ -72,8 +82,15 @@ def env(tmp_path: Path) -> Iterator[Any]:
 
         def uploader(self, settings: Settings | None = None, **kw: Any) -> Uploader:
             s = settings or self.settings
-            up = Uploader(self.outbox, lambda p: PlatformClient(p, transport=httpx.MockTransport(self.platform)),
-                          s.platform, s.uploader, s.device, rng=random.Random(1), **kw)
+            up = Uploader(
+                self.outbox,
+                lambda p: PlatformClient(p, transport=httpx.MockTransport(self.platform)),
+                s.platform,
+                s.uploader,
+                s.device,
+                rng=random.Random(1),
+                **kw,
+            )
             self.made.append(up)
             return up
 
@@ -94,8 +111,9 @@ def _drain(up: Uploader, rounds: int = 4) -> None:
 
 
 def test_the_word_renzheng_in_a_message_does_not_pause_uploads(env: Any) -> None:
-    env.platform.upload = lambda req, n: (env.platform.envelope(req, 400, "E0400", "认证核验结果: 照片不清晰")
-                                          if n == 1 else None)
+    env.platform.upload = lambda req, n: (
+        env.platform.envelope(req, 400, "E0400", "认证核验结果: 照片不清晰") if n == 1 else None
+    )
     bad, good = env.outbox.enqueue(record(1)), env.outbox.enqueue(record(2))
     up = env.uploader()
     _drain(up, 1)
@@ -105,9 +123,11 @@ def test_the_word_renzheng_in_a_message_does_not_pause_uploads(env: Any) -> None
 
 @pytest.mark.parametrize(("exception_code", "what"), [("A2304", "not registered"), ("A2305", "disabled")])
 def test_device_not_registered_or_disabled_registers_again_and_retries_the_record(
-        env: Any, exception_code: str, what: str) -> None:
-    env.platform.upload = lambda req, n: (env.platform.envelope(req, 400, exception_code, f"设备 {what}")
-                                          if n == 1 else None)
+    env: Any, exception_code: str, what: str
+) -> None:
+    env.platform.upload = lambda req, n: (
+        env.platform.envelope(req, 400, exception_code, f"设备 {what}") if n == 1 else None
+    )
     record_id = env.outbox.enqueue(record(1))
     up = env.uploader()
     _drain(up)
@@ -157,20 +177,23 @@ def test_a_platform_that_never_signs_is_served_under_after_first(env: Any) -> No
 
 @pytest.fixture
 def skewed_mock(tmp_path: Path) -> Iterator[MockPlatform]:
-    config = MockPlatformConfig(org_app_id=APP_ID, org_app_secret=SECRET, ticket=TICKET,
-                                clock_offset_s=-400 * DAY)  # as if our clock were 400 days ahead
+    config = MockPlatformConfig(
+        org_app_id=APP_ID, org_app_secret=SECRET, ticket=TICKET, clock_offset_s=-400 * DAY
+    )  # as if our clock were 400 days ahead
     with MockPlatform(config, tmp_path / "mock.db") as mock:
         yield mock
 
 
 def test_timestamp_expired_is_a_clock_outcome_retried_with_the_platforms_time_and_delivered(
-        skewed_mock: MockPlatform, tmp_path: Path) -> None:
+    skewed_mock: MockPlatform, tmp_path: Path
+) -> None:
     settings = _settings(tmp_path, url=skewed_mock.url)
     record_id = None
     with Outbox.open(settings.storage) as outbox:
         record_id = outbox.enqueue(record(1))
-        up = Uploader(outbox, PlatformClient, settings.platform, settings.uploader, settings.device,
-                      rng=random.Random(1))
+        up = Uploader(
+            outbox, PlatformClient, settings.platform, settings.uploader, settings.device, rng=random.Random(1)
+        )
         try:
             _drain(up, 3)
             snap = up.snapshot()
@@ -218,19 +241,33 @@ def test_a_step_needs_confirmation_a_fixed_replayed_time_never_gives_one() -> No
 def test_a_verification_captured_meanwhile_keeps_the_offset_in_its_meta(tmp_path: Path) -> None:
     import datetime as dt
 
-    from agent.codes import resident_id_check_digit
     from agent.service.verification import Verifier
-    from drivers.base import IdCard
+    from core.card import IdCard
+    from core.codes import resident_id_check_digit
 
     first17 = "45030219920405002"
-    card = IdCard(card_type="0", name="蓝测试", sex_code="2", birth_date=dt.date(1992, 4, 5),
-                  card_no=first17 + resident_id_check_digit(first17), valid_from=dt.date(2022, 6, 1),
-                  valid_to=dt.date(2042, 6, 1), nation_code="08", address="广西壮族自治区桂林市示例街3号",
-                  authority="桂林市公安局")
+    card = IdCard(
+        card_type="0",
+        name="蓝测试",
+        sex_code="2",
+        birth_date=dt.date(1992, 4, 5),
+        card_no=first17 + resident_id_check_digit(first17),
+        valid_from=dt.date(2022, 6, 1),
+        valid_to=dt.date(2042, 6, 1),
+        nation_code="08",
+        address="广西壮族自治区桂林市示例街3号",
+        authority="桂林市公安局",
+    )
     settings = _settings(tmp_path)
     with Outbox.open(settings.storage) as outbox:
-        verifier = Verifier(settings, outbox, camera=lambda: None, engine=lambda: None,
-                            operator=lambda: "覃护士", clock_offset=lambda: -400 * DAY)
+        verifier = Verifier(
+            settings,
+            outbox,
+            camera=lambda: None,
+            engine=lambda: None,
+            operator=lambda: "覃护士",
+            clock_offset=lambda: -400 * DAY,
+        )
         done = verifier.verify(card)
         assert done.outbox_id is not None
         assert outbox.get(done.outbox_id).meta["clock_offset_s"] == pytest.approx(-400 * DAY)
@@ -244,8 +281,9 @@ def test_a_request_stuck_past_its_deadline_stops_the_heartbeat(env: Any) -> None
 
     class HungClient:  # a DNS lookup that never returns: no socket timeout applies
         def register_device(self, payload: dict[str, Any]) -> Any:
-            return PlatformClient(env.settings.platform,
-                                  transport=httpx.MockTransport(env.platform)).register_device(payload)
+            return PlatformClient(env.settings.platform, transport=httpx.MockTransport(env.platform)).register_device(
+                payload
+            )
 
         def upload_verification(self, payload: dict[str, Any]) -> Any:
             release.wait(30)
@@ -254,8 +292,9 @@ def test_a_request_stuck_past_its_deadline_stops_the_heartbeat(env: Any) -> None
         def close(self) -> None:
             pass
 
-    s = env.settings.model_copy(update={"platform": env.settings.platform.model_copy(
-        update={"timeout_s": 0.3, "connect_timeout_s": 0.2})})
+    s = env.settings.model_copy(
+        update={"platform": env.settings.platform.model_copy(update={"timeout_s": 0.3, "connect_timeout_s": 0.2})}
+    )
     up = Uploader(env.outbox, lambda p: HungClient(), s.platform, s.uploader, s.device)
     up.stuck_grace_s = 0.5
     env.made.append(up)
@@ -273,8 +312,9 @@ def test_a_request_stuck_past_its_deadline_stops_the_heartbeat(env: Any) -> None
     assert json.dumps(up.snapshot(), default=str)
 
 
-def test_queue_show_shows_the_offset_beside_the_local_verify_time(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_queue_show_shows_the_offset_beside_the_local_verify_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from agent.cli import main
 
     settings = _settings(tmp_path)

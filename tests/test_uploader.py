@@ -3,6 +3,7 @@ backoff, the switch, pause on blocked until the configuration changes, order, an
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -15,9 +16,9 @@ import httpx
 import pytest
 
 from agent.config import Settings, load_config
-from agent.errors import OutboxError, StorageFull
 from agent.outbox import Outbox, RateLimiter, Uploader, full_jitter
 from agent.uplink.client import PlatformClient
+from core.errors import OutboxError, StorageFull
 from tests.test_outbox_support import record, write_config
 
 Reply = Callable[[httpx.Request, dict[str, Any]], httpx.Response | None]
@@ -33,12 +34,28 @@ class FakePlatform:
         self.clock: Callable[[], float] = time.time
         """The platform's clock (returnTime): a test that moves the uploader's clock moves this one too."""
 
-    def envelope(self, request: httpx.Request, code: int = 200, exception_code: str = "00000", msg: str = "ok",
-                 status: int = 200, headers: dict[str, str] | None = None) -> httpx.Response:
+    def envelope(
+        self,
+        request: httpx.Request,
+        code: int = 200,
+        exception_code: str = "00000",
+        msg: str = "ok",
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         rid = request.headers["hmpt-portal-request-id"]
-        return httpx.Response(status, headers=headers, json={
-            "code": code, "msg": msg, "exceptionCode": exception_code, "requestId": rid,
-            "returnTime": int(self.clock() * 1000), "data": None})
+        return httpx.Response(
+            status,
+            headers=headers,
+            json={
+                "code": code,
+                "msg": msg,
+                "exceptionCode": exception_code,
+                "requestId": rid,
+                "returnTime": int(self.clock() * 1000),
+                "data": None,
+            },
+        )
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -72,8 +89,15 @@ def env(tmp_path: Path) -> Any:
 
         def uploader(self, settings: Settings | None = None, **kw: Any) -> Uploader:
             s = settings or self.settings
-            up = Uploader(self.outbox, lambda p: PlatformClient(p, transport=httpx.MockTransport(self.platform)),
-                          s.platform, s.uploader, s.device, rng=random.Random(7), **kw)
+            up = Uploader(
+                self.outbox,
+                lambda p: PlatformClient(p, transport=httpx.MockTransport(self.platform)),
+                s.platform,
+                s.uploader,
+                s.device,
+                rng=random.Random(7),
+                **kw,
+            )
             self.uploaders.append(up)
             return up
 
@@ -103,8 +127,11 @@ def test_registers_before_the_first_upload_then_sends_oldest_first(env: Any, tmp
 
 
 def test_already_registered_b2301_counts_as_registered(env: Any) -> None:
-    env.platform.rule = lambda req, body: (env.platform.envelope(req, code=500, exception_code="B2301",
-                                                                 msg="设备已登记") if "machine" in req.url.path else None)
+    env.platform.rule = lambda req, body: (
+        env.platform.envelope(req, code=500, exception_code="B2301", msg="设备已登记")
+        if "machine" in req.url.path
+        else None
+    )
     env.outbox.enqueue(record(1))
     assert env.uploader().drain_once() == 1
     assert env.outbox.registration_state()["registered"]
@@ -142,9 +169,11 @@ def test_records_queue_while_registration_fails_and_flow_once_it_works(env: Any)
 def test_registration_rejected_keeps_records_pending_until_device_is_fixed(env: Any) -> None:
     # An unregistered device's uploads would all come back A2301: none may be sent (and marked rejected)
     # before the platform took the registration.
-    env.platform.rule = lambda req, body: (env.platform.envelope(req, code=400, exception_code="A2301",
-                                                                 msg="deptId 不存在")
-                                           if "machine" in req.url.path and body["deptId"] == "D01" else None)
+    env.platform.rule = lambda req, body: (
+        env.platform.envelope(req, code=400, exception_code="A2301", msg="deptId 不存在")
+        if "machine" in req.url.path and body["deptId"] == "D01"
+        else None
+    )
     ids = [env.outbox.enqueue(record(n)) for n in range(3)]
     up = env.uploader()
     assert up.drain_once() == 0
@@ -161,8 +190,7 @@ def test_registration_rejected_keeps_records_pending_until_device_is_fixed(env: 
 
 
 def test_registration_refused_credentials_block_everything(env: Any) -> None:
-    env.platform.rule = lambda req, body: (httpx.Response(403, text="forbidden") if "machine" in req.url.path
-                                           else None)
+    env.platform.rule = lambda req, body: httpx.Response(403, text="forbidden") if "machine" in req.url.path else None
     env.outbox.enqueue(record(1))
     up = env.uploader()
     assert up.drain_once() == 0
@@ -237,9 +265,11 @@ def test_switched_off_sends_nothing_and_keeps_queueing(tmp_path: Path, env: Any)
 
 
 def test_rejected_is_kept_with_the_reason_and_not_retried(env: Any) -> None:
-    env.platform.rule = lambda req, body: (env.platform.envelope(req, code=500, exception_code="A2301",
-                                                                 msg="参数错误: cardNo")
-                                           if body.get("cardNo") == record(1)["cardNo"] else None)
+    env.platform.rule = lambda req, body: (
+        env.platform.envelope(req, code=500, exception_code="A2301", msg="参数错误: cardNo")
+        if body.get("cardNo") == record(1)["cardNo"]
+        else None
+    )
     bad = env.outbox.enqueue(record(1))
     good = env.outbox.enqueue(record(2))
     up = env.uploader()
@@ -252,8 +282,7 @@ def test_rejected_is_kept_with_the_reason_and_not_retried(env: Any) -> None:
 
 
 def test_blocked_pauses_everything_until_the_platform_config_changes(env: Any, tmp_path: Path) -> None:
-    env.platform.rule = lambda req, body: (httpx.Response(403, text="forbidden") if "/first" in req.url.path
-                                           else None)
+    env.platform.rule = lambda req, body: httpx.Response(403, text="forbidden") if "/first" in req.url.path else None
     for n in range(5):
         env.outbox.enqueue(record(n))
     up = env.uploader()
@@ -319,8 +348,9 @@ def test_retryable_backs_off_with_full_jitter_and_keeps_every_request_id(env: An
 
 
 def test_retry_after_is_honoured(env: Any) -> None:
-    env.platform.rule = lambda req, body: (httpx.Response(429, headers={"Retry-After": "30"})
-                                           if "/first" in req.url.path else None)
+    env.platform.rule = lambda req, body: (
+        httpx.Response(429, headers={"Retry-After": "30"}) if "/first" in req.url.path else None
+    )
     rid = env.outbox.enqueue(record(1))
     up = env.uploader()
     start = time.time()
@@ -345,7 +375,7 @@ def test_rate_limiter_spaces_requests_evenly() -> None:
     for _ in range(10):
         limiter.wait()
         stamps.append(time.monotonic())
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert min(gaps) >= 0.05 - 0.003
     assert stamps[-1] - stamps[0] >= 9 * 0.05 - 0.01
 
@@ -363,8 +393,9 @@ def test_run_loop_drains_new_records_and_stops(env: Any) -> None:
         assert all(env.outbox.get(i).state == "sent" for i in ids)
         # one uploader per outbox
         with pytest.raises(OutboxError, match="already uploading"):
-            Uploader(env.outbox, lambda p: None, env.settings.platform, env.settings.uploader,
-                     env.settings.device).run(threading.Event())
+            Uploader(env.outbox, lambda p: None, env.settings.platform, env.settings.uploader, env.settings.device).run(
+                threading.Event()
+            )
     finally:
         stop.set()
         thread.join(10)
@@ -404,8 +435,14 @@ def test_a_result_that_cannot_be_stored_is_kept_and_stored_later_not_resent(tmp_
     settings = _settings(tmp_path)
     platform = FakePlatform()
     with DiskFullOnFinish.open(settings.storage) as box:
-        up = Uploader(box, lambda p: PlatformClient(p, transport=httpx.MockTransport(platform)), settings.platform,
-                      settings.uploader, settings.device, rng=random.Random(7))
+        up = Uploader(
+            box,
+            lambda p: PlatformClient(p, transport=httpx.MockTransport(platform)),
+            settings.platform,
+            settings.uploader,
+            settings.device,
+            rng=random.Random(7),
+        )
         try:
             rid = box.enqueue(record(1))
             box.full = 1

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition", *,
-             interval_s: float = 0.02) -> Any:
+def wait_for(
+    condition: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition", *, interval_s: float = 0.02
+) -> Any:
     """Poll ``condition`` until it returns a truthy value (returned) or ``timeout_s`` passes
     (``AssertionError`` naming ``what``). It is always evaluated at least once."""
     deadline = time.monotonic() + timeout_s

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import hashes
 
 from agent.audit import signing
 from agent.audit.verify import verify_outbox
-from agent.errors import AuditError, OutboxCorrupt
 from agent.outbox import chain
-from agent.privacy import mask_record
+from core.errors import AuditError, OutboxCorrupt
+from core.privacy import mask_record
 
 FORMAT = "fvagent-audit-export/1"
 
@@ -60,8 +60,16 @@ class _Writer:
         return self._hash.finalize().hex()
 
 
-def export(outbox: Any, path: str | os.PathLike[str], *, since: dt.datetime, until: dt.datetime | None,
-           full: bool, machine_code: str, key: signing.SigningKey) -> int:
+def export(
+    outbox: Any,
+    path: str | os.PathLike[str],
+    *,
+    since: dt.datetime,
+    until: dt.datetime | None,
+    full: bool,
+    machine_code: str,
+    key: signing.SigningKey,
+) -> int:
     """Write the export of records created in [``since``, ``until``) to ``path`` (new file, 0600).
     Returns how many records it holds."""
     target = Path(path)
@@ -80,14 +88,25 @@ def export(outbox: Any, path: str | os.PathLike[str], *, since: dt.datetime, unt
             try:
                 head = chain.read_head(conn)
                 checkpoint = chain.read_checkpoint(conn)
-                out.write({"type": "header", "format": FORMAT, "machineCode": machine_code,
-                           "createdAt": _iso(outbox._clock()), "since": since.isoformat(),
-                           "until": until.isoformat() if until else None, "full": full,
-                           "chainHead": {"seq": head.seq, "digest": head.digest.hex()} if head else None,
-                           "chainCheck": check.summary(), "publicKey": key.public_key})
+                out.write(
+                    {
+                        "type": "header",
+                        "format": FORMAT,
+                        "machineCode": machine_code,
+                        "createdAt": _iso(outbox._clock()),
+                        "since": since.isoformat(),
+                        "until": until.isoformat() if until else None,
+                        "full": full,
+                        "chainHead": {"seq": head.seq, "digest": head.digest.hex()} if head else None,
+                        "chainCheck": check.summary(),
+                        "publicKey": key.public_key,
+                    }
+                )
                 args: list[Any] = [since.timestamp()]
-                sql = ("SELECT id, created_at, state, attempts, request_id, sent_at, simulated, meta, "
-                       "photos_erased_at FROM records WHERE created_at >= ?")
+                sql = (
+                    "SELECT id, created_at, state, attempts, request_id, sent_at, simulated, meta, "
+                    "photos_erased_at FROM records WHERE created_at >= ?"
+                )
                 if until is not None:
                     sql += " AND created_at < ?"
                     args.append(until.timestamp())
@@ -98,9 +117,21 @@ def export(outbox: Any, path: str | os.PathLike[str], *, since: dt.datetime, unt
             out.write(_record_line(outbox, row, full, checkpoint))
             count += 1
         digest, lines = out.digest(), out.lines
-        fh.write((json.dumps({"type": "signature", "algorithm": signing.ALGORITHM, "lines": lines, "sm3": digest,
-                              "publicKey": key.public_key, "signature": key.sign(_signed_message(digest))})
-                  + "\n").encode("utf-8"))
+        fh.write(
+            (
+                json.dumps(
+                    {
+                        "type": "signature",
+                        "algorithm": signing.ALGORITHM,
+                        "lines": lines,
+                        "sm3": digest,
+                        "publicKey": key.public_key,
+                        "signature": key.sign(_signed_message(digest)),
+                    }
+                )
+                + "\n"
+            ).encode("utf-8")
+        )
         fh.flush()
         os.fsync(fh.fileno())
     return count
@@ -109,9 +140,17 @@ def export(outbox: Any, path: str | os.PathLike[str], *, since: dt.datetime, unt
 def _record_line(outbox: Any, row: tuple[Any, ...], full: bool, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
     record_id = int(row[0])
     doc: dict[str, Any] = {
-        "type": "record", "id": record_id, "createdAt": _iso(row[1]), "state": row[2], "attempts": row[3],
-        "requestId": row[4], "sentAt": _iso(row[5]), "simulated": bool(row[6]),
-        "meta": json.loads(row[7]) if row[7] else {}, "photosErasedAt": _iso(row[8])}
+        "type": "record",
+        "id": record_id,
+        "createdAt": _iso(row[1]),
+        "state": row[2],
+        "attempts": row[3],
+        "requestId": row[4],
+        "sentAt": _iso(row[5]),
+        "simulated": bool(row[6]),
+        "meta": json.loads(row[7]) if row[7] else {},
+        "photosErasedAt": _iso(row[8]),
+    }
     try:
         payload = outbox.payload(record_id) or {}
         doc["record"] = payload if full else mask_record(payload)
@@ -120,7 +159,8 @@ def _record_line(outbox: Any, row: tuple[Any, ...], full: bool, checkpoint: dict
     events = []
     with outbox._read("export the audit") as conn:
         for seq, kind, at, body, digest in conn.execute(
-                "SELECT seq, kind, at, body, digest FROM chain WHERE record_id = ? ORDER BY seq", (record_id,)):
+            "SELECT seq, kind, at, body, digest FROM chain WHERE record_id = ? ORDER BY seq", (record_id,)
+        ):
             before = conn.execute("SELECT digest FROM chain WHERE seq = ?", (seq - 1,)).fetchone()
             if before is not None:
                 prev = bytes(before[0])
@@ -128,8 +168,17 @@ def _record_line(outbox: Any, row: tuple[Any, ...], full: bool, checkpoint: dict
                 prev = bytes.fromhex(checkpoint["digest"])
             else:
                 prev = chain.GENESIS
-            events.append({"seq": seq, "kind": kind, "at": at, "atIso": _iso(at), "body": body,
-                           "prev": prev.hex(), "digest": bytes(digest).hex()})
+            events.append(
+                {
+                    "seq": seq,
+                    "kind": kind,
+                    "at": at,
+                    "atIso": _iso(at),
+                    "body": body,
+                    "prev": prev.hex(),
+                    "digest": bytes(digest).hex(),
+                }
+            )
     doc["events"] = events
     return doc
 
@@ -145,7 +194,7 @@ def verify_export(path: str | os.PathLike[str], public_key: str) -> dict[str, An
     signature: dict[str, Any] | None = None
     lines = records = events = 0
     try:
-        fh = open(source, "rb")
+        fh = open(source, "rb")  # noqa: SIM115 (the with-block below closes it; an open error has its own message)
     except OSError as exc:
         raise AuditError(f"cannot read {source}: {exc.strerror}") from exc
     with fh:
@@ -175,33 +224,48 @@ def verify_export(path: str | os.PathLike[str], public_key: str) -> dict[str, An
     if signature is None:
         raise AuditError(f"{source} has no signature line: the file was cut")
     if signature.get("lines") != lines:
-        raise AuditError(f"{source}: {lines} lines before the signature, the signature covers "
-                         f"{signature.get('lines')}: lines were removed or added")
+        raise AuditError(
+            f"{source}: {lines} lines before the signature, the signature covers "
+            f"{signature.get('lines')}: lines were removed or added"
+        )
     computed = digest.finalize().hex()
     if not hmac.compare_digest(computed, str(signature.get("sm3", ""))):
         raise AuditError(f"{source}: the lines do not match the signed SM3 digest: the file was altered")
     if str(signature.get("publicKey", "")).lower() != expected_key:
-        raise AuditError(f"{source} was signed by another key than the one given",
-                         hint="use the public key the hospital filed for this terminal (`fvagent audit pubkey`)")
+        raise AuditError(
+            f"{source} was signed by another key than the one given",
+            hint="use the public key the hospital filed for this terminal (`fvagent audit pubkey`)",
+        )
     if not signing.verify(expected_key, _signed_message(computed), str(signature.get("signature", ""))):
-        raise AuditError(f"{source}: the SM2 signature does not check: the file was altered or not signed by "
-                         "this key")
-    return {"records": records, "events": events, "machineCode": header.get("machineCode"),
-            "createdAt": header.get("createdAt"), "chainCheck": header.get("chainCheck")}
+        raise AuditError(f"{source}: the SM2 signature does not check: the file was altered or not signed by this key")
+    return {
+        "records": records,
+        "events": events,
+        "machineCode": header.get("machineCode"),
+        "createdAt": header.get("createdAt"),
+        "chainCheck": header.get("chainCheck"),
+    }
 
 
 def _check_events(source: Path, number: int, doc: dict[str, Any]) -> int:
     record_id = doc.get("id")
     for event in doc.get("events") or []:
         try:
-            computed = chain.event_digest(bytes.fromhex(event["prev"]), int(event["seq"]), record_id,
-                                          str(event["kind"]), float(event["at"]), str(event["body"]))
+            computed = chain.event_digest(
+                bytes.fromhex(event["prev"]),
+                int(event["seq"]),
+                record_id,
+                str(event["kind"]),
+                float(event["at"]),
+                str(event["body"]),
+            )
             good = computed.hex() == event["digest"]
         except (KeyError, TypeError, ValueError):
             good = False
         if not good:
-            raise AuditError(f"{source}: line {number}, record {record_id}: event {event.get('seq')} does not "
-                             "match its digest")
+            raise AuditError(
+                f"{source}: line {number}, record {record_id}: event {event.get('seq')} does not match its digest"
+            )
     return len(doc.get("events") or [])
 
 
@@ -213,6 +277,7 @@ def parse_when(text: str, *, end: bool = False) -> dt.datetime:
             return day + dt.timedelta(days=1) if end else day
         return dt.datetime.fromisoformat(text)
     except ValueError as exc:
-        raise AuditError(f"{text!r} is not a date (YYYY-MM-DD) or an ISO date-time",
-                         hint="for example --since 2026-12-01 --until 2026-12-31") from exc
-
+        raise AuditError(
+            f"{text!r} is not a date (YYYY-MM-DD) or an ISO date-time",
+            hint="for example --since 2026-12-01 --until 2026-12-31",
+        ) from exc

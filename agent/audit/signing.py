@@ -18,8 +18,8 @@ from pathlib import Path
 from gmssl import sm2
 
 from agent.config import read_secret_file
-from agent.errors import AuditError, SecretError, StorageFull
 from agent.outbox.keys import create_secret_file
+from core.errors import AuditError, SecretError, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,10 @@ def parse_public_key(text: str) -> str:
     """A public key as ``fvagent audit pubkey`` prints it (130 hex characters starting 04), or ``AuditError``."""
     value = text.strip()
     if len(value) != 130 or not value.startswith("04") or not _HEX.match(value):
-        raise AuditError("the public key is not 130 hexadecimal characters starting with 04",
-                         hint="give the key exactly as `fvagent audit pubkey` printed it on the terminal")
+        raise AuditError(
+            "the public key is not 130 hexadecimal characters starting with 04",
+            hint="give the key exactly as `fvagent audit pubkey` printed it on the terminal",
+        )
     return value.lower()
 
 
@@ -92,15 +94,19 @@ def load(storage_dir: Path | str) -> SigningKey:
     """The signing key, or ``AuditError`` when it is missing or malformed."""
     path = key_file(storage_dir)
     if not path.exists():
-        raise AuditError(f"the device's audit signing key {path} does not exist yet",
-                         hint="the service makes it at its first start (systemctl start fvagent)")
+        raise AuditError(
+            f"the device's audit signing key {path} does not exist yet",
+            hint="the service makes it at its first start (systemctl start fvagent)",
+        )
     try:
         text = read_secret_file(path, key="audit signing key")
     except SecretError as exc:
         raise AuditError(exc.message, hint=exc.hint) from exc
     if len(text) != 64 or not _HEX.match(text) or not 0 < int(text, 16) < _N - 1:
-        raise AuditError(f"the audit signing key {path} is not 64 hexadecimal characters of a valid SM2 key",
-                         hint="restore it from your backup; a new key means the hospital must file a new public key")
+        raise AuditError(
+            f"the audit signing key {path} is not 64 hexadecimal characters of a valid SM2 key",
+            hint="restore it from your backup; a new key means the hospital must file a new public key",
+        )
     return SigningKey(text.lower(), path)
 
 
@@ -116,8 +122,13 @@ def ensure(storage_dir: Path | str) -> SigningKey:
     except OSError as exc:
         if exc.errno == 28:
             raise StorageFull(f"no room to write the audit signing key {path}") from exc
-        raise AuditError(f"cannot write the audit signing key {path}: {exc.strerror}",
-                         hint="check the owner and permissions of the state directory") from exc
-    log.warning("made the device's audit signing key %s (0600): back it up; `fvagent audit pubkey` prints "
-                "the public key for the hospital", path)
+        raise AuditError(
+            f"cannot write the audit signing key {path}: {exc.strerror}",
+            hint="check the owner and permissions of the state directory",
+        ) from exc
+    log.warning(
+        "made the device's audit signing key %s (0600): back it up; `fvagent audit pubkey` prints "
+        "the public key for the hospital",
+        path,
+    )
     return SigningKey(private_hex, path)

@@ -19,9 +19,18 @@ from agent.outbox import chain
 
 _COMMITS = ("committed", "upgraded", "salvaged")
 _COMPARED = ("state", "attempts", "request_id", "sent_at", "photos_erased_at", "held_reason")
-_FROM = {"attempt": ("pending",), "sent": ("sending",), "rejected": ("sending",), "deferred": ("sending",),
-         "attempt_undone": ("sending",), "held": ("pending",), "released": ("held",), "resolved": ("rejected",),
-         "photos_erased": ("sent",), "purged": ("sent",)}
+_FROM = {
+    "attempt": ("pending",),
+    "sent": ("sending",),
+    "rejected": ("sending",),
+    "deferred": ("sending",),
+    "attempt_undone": ("sending",),
+    "held": ("pending",),
+    "released": ("held",),
+    "resolved": ("rejected",),
+    "photos_erased": ("sent",),
+    "purged": ("sent",),
+}
 """The state each event starts from: the agent writes it only then, so any other means the row's
 state was changed by hand before the agent acted on it."""
 
@@ -52,8 +61,11 @@ class Report:
         if self.partial:
             return f"OK: the newest {self.events} events{span} link up to the signed head"
         upgraded = f", {self.upgraded} of them chained from upgrade" if self.upgraded else ""
-        purged = (f"; {self.purged_records} purged record(s) and {self.purged_events} event(s) in the signed "
-                  "checkpoint") if self.purged_events else ""
+        purged = (
+            (f"; {self.purged_records} purged record(s) and {self.purged_events} event(s) in the signed checkpoint")
+            if self.purged_events
+            else ""
+        )
         return f"OK: {self.records} record(s){upgraded}, {self.events} event(s){span}{purged}; head signed"
 
 
@@ -78,8 +90,10 @@ def _start(conn: sqlite3.Connection, ckey: bytes, report: Report) -> tuple[int, 
         report.problems.append("the audit checkpoint is unreadable: altered outside the agent")
         return 0, chain.GENESIS, 0
     if not good:
-        report.problems.append("the audit checkpoint's signature does not check: altered outside the agent "
-                               "(or the outbox key is not the one it was signed with)")
+        report.problems.append(
+            "the audit checkpoint's signature does not check: altered outside the agent "
+            "(or the outbox key is not the one it was signed with)"
+        )
     report.purged_records, report.purged_events = int(cp.get("records", 0)), int(cp.get("events", 0))
     return seq, digest, int(cp.get("last_record_id", 0))
 
@@ -95,44 +109,59 @@ def _link(report: Report, expected_seq: int, prev: bytes, row: tuple[Any, ...]) 
     return bytes(digest)
 
 
-def _check_head(conn: sqlite3.Connection, ckey: bytes, report: Report, last_seq: int, last_digest: bytes,
-                file_head: chain.Head | None, file_name: str) -> None:
+def _check_head(
+    conn: sqlite3.Connection,
+    ckey: bytes,
+    report: Report,
+    last_seq: int,
+    last_digest: bytes,
+    file_head: chain.Head | None,
+    file_name: str,
+) -> None:
     head = chain.read_head(conn)
     if head is None:
         if last_seq:
             report.problems.append("the signed chain head is missing from the database: removed outside the agent")
         if file_head is not None and file_head.seq > 0:
-            report.problems.append(f"the database has no chain but {file_name} says {file_head.seq} events: "
-                                   "an older copy of the outbox was put back, or the chain was deleted")
+            report.problems.append(
+                f"the database has no chain but {file_name} says {file_head.seq} events: "
+                "an older copy of the outbox was put back, or the chain was deleted"
+            )
         return
     if not chain.mac_ok(ckey, "head", head.seq, head.digest, head.mac):
-        report.problems.append("the chain head's signature does not check: the chain was rewritten outside the "
-                               "agent (or the outbox key is not the one it was signed with)")
+        report.problems.append(
+            "the chain head's signature does not check: the chain was rewritten outside the "
+            "agent (or the outbox key is not the one it was signed with)"
+        )
     if head.seq > last_seq:
         span = f"event {head.seq}" if head.seq == last_seq + 1 else f"events {last_seq + 1}..{head.seq}"
-        report.problems.append(f"tail truncated: {span} missing (the signed head is at {head.seq}, "
-                               f"the chain ends at {last_seq})")
+        report.problems.append(
+            f"tail truncated: {span} missing (the signed head is at {head.seq}, the chain ends at {last_seq})"
+        )
     elif head.seq < last_seq:
-        report.problems.append(f"events {head.seq + 1}..{last_seq} come after the signed head: added outside "
-                               "the agent")
+        report.problems.append(f"events {head.seq + 1}..{last_seq} come after the signed head: added outside the agent")
     elif head.digest != last_digest:
         report.problems.append(f"event {head.seq} is not the one the head was signed on: altered outside the agent")
     if file_head is None:
-        report.problems.append(f"the head file {file_name} is missing: deleted, or the outbox was copied here "
-                               "without it")
+        report.problems.append(
+            f"the head file {file_name} is missing: deleted, or the outbox was copied here without it"
+        )
     elif file_head.seq < 0:
         report.problems.append(f"the head file {file_name} is unreadable")
     elif not chain.mac_ok(ckey, "file", file_head.seq, file_head.digest, file_head.mac):
         report.problems.append(f"the head file {file_name}'s signature does not check: altered outside the agent")
     elif file_head.seq > head.seq:
-        report.problems.append(f"the outbox is behind its head file ({head.seq} events in the database, "
-                               f"{file_head.seq} in {file_name}): an older copy of the database was put back, "
-                               "or its tail was cut")
+        report.problems.append(
+            f"the outbox is behind its head file ({head.seq} events in the database, "
+            f"{file_head.seq} in {file_name}): an older copy of the database was put back, "
+            "or its tail was cut"
+        )
     else:
         row = conn.execute("SELECT digest FROM chain WHERE seq = ?", (file_head.seq,)).fetchone()
         if row is not None and bytes(row[0]) != file_head.digest:
-            report.problems.append(f"event {file_head.seq} differs from the one {file_name} recorded: the chain "
-                                   "was rewritten since")
+            report.problems.append(
+                f"event {file_head.seq} differs from the one {file_name} recorded: the chain was rewritten since"
+            )
 
 
 def _read_file_head(storage_dir: Path, ckey: bytes) -> tuple[chain.Head | None, str]:
@@ -163,20 +192,23 @@ def verify_chain(conn: sqlite3.Connection, outbox_key: bytes, storage_dir: Path)
     return report
 
 
-def verify_tail(conn: sqlite3.Connection, outbox_key: bytes, storage_dir: Path,
-                events: int = chain.START_CHECK_EVENTS) -> Report:
+def verify_tail(
+    conn: sqlite3.Connection, outbox_key: bytes, storage_dir: Path, events: int = chain.START_CHECK_EVENTS
+) -> Report:
     """Check the links of the newest ``events`` events, the signed head and the head file (bounded time)."""
     ckey = chain.chain_key(outbox_key)
     report = Report(partial=True)
     file_head, file_name = _read_file_head(storage_dir, ckey)
     _begin(conn)
     try:
-        rows = conn.execute("SELECT seq, record_id, kind, at, body, digest FROM chain ORDER BY seq DESC LIMIT ?",
-                            (int(events),)).fetchall()[::-1]
+        rows = conn.execute(
+            "SELECT seq, record_id, kind, at, body, digest FROM chain ORDER BY seq DESC LIMIT ?", (int(events),)
+        ).fetchall()[::-1]
         seq, prev = 0, chain.GENESIS
         if rows:
-            before = conn.execute("SELECT seq, digest FROM chain WHERE seq < ? ORDER BY seq DESC LIMIT 1",
-                                  (rows[0][0],)).fetchone()
+            before = conn.execute(
+                "SELECT seq, digest FROM chain WHERE seq < ? ORDER BY seq DESC LIMIT 1", (rows[0][0],)
+            ).fetchone()
             if before is not None:
                 seq, prev = int(before[0]), bytes(before[1])
             else:
@@ -206,12 +238,22 @@ def _replay(report: Report, expected: dict[int, dict[str, Any]], row: tuple[Any,
     if kind in _COMMITS:
         if record_id in expected:
             report.problems.append(f"event {seq}: record {record_id} committed a second time")
-        exp = {"state": body.get("state"), "attempts": body.get("attempts", 0), "request_id": body.get("request_id"),
-               "sent_at": body.get("sent_at"), "photos_erased_at": body.get("photos_erased_at"),
-               "held_reason": body.get("held_reason"), "data": body.get("data"), "photos": body.get("photos"),
-               "wlt": body.get("wlt"), "fixed": body.get("fixed"), "purged": False, "upgraded": kind == "upgraded",
-               # attempt number -> (outcome, request id); unknown for rows chained at the upgrade or salvaged
-               "tries": None if kind != "committed" else {}}
+        exp = {
+            "state": body.get("state"),
+            "attempts": body.get("attempts", 0),
+            "request_id": body.get("request_id"),
+            "sent_at": body.get("sent_at"),
+            "photos_erased_at": body.get("photos_erased_at"),
+            "held_reason": body.get("held_reason"),
+            "data": body.get("data"),
+            "photos": body.get("photos"),
+            "wlt": body.get("wlt"),
+            "fixed": body.get("fixed"),
+            "purged": False,
+            "upgraded": kind == "upgraded",
+            # attempt number -> (outcome, request id); unknown for rows chained at the upgrade or salvaged
+            "tries": None if kind != "committed" else {},
+        }
         expected[record_id] = exp
         return
     exp = expected.get(record_id)
@@ -223,9 +265,11 @@ def _replay(report: Report, expected: dict[int, dict[str, Any]], row: tuple[Any,
     if kind == "requeued":
         allowed = ("sending",) if body.get("why") == "interrupted" else ("rejected", "pending")
     if allowed is not None and exp["state"] not in allowed and not exp["purged"]:
-        report.problems.append(f"event {seq} ({kind}) found record {record_id} {exp['state']!r} by its events, "
-                               f"not {' or '.join(map(repr, allowed))}: its state was changed outside the agent "
-                               "before the agent acted on it")
+        report.problems.append(
+            f"event {seq} ({kind}) found record {record_id} {exp['state']!r} by its events, "
+            f"not {' or '.join(map(repr, allowed))}: its state was changed outside the agent "
+            "before the agent acted on it"
+        )
     tries = exp["tries"]
     if tries is not None:
         _replay_attempts(tries, kind, body, exp["attempts"])
@@ -244,8 +288,9 @@ def _replay(report: Report, expected: dict[int, dict[str, Any]], row: tuple[Any,
     elif kind == "held":
         exp.update(state="held", held_reason=body.get("reason"))
     elif kind == "released":
-        exp.update(state="pending", held_reason=None, data=body.get("data"), photos=body.get("photos"),
-                   wlt=body.get("wlt"))
+        exp.update(
+            state="pending", held_reason=None, data=body.get("data"), photos=body.get("photos"), wlt=body.get("wlt")
+        )
     elif kind == "resolved":
         exp.update(state="sent", attempts=exp["attempts"] + 1, request_id=body.get("request_id"), sent_at=at)
     elif kind == "photos_erased":
@@ -274,12 +319,14 @@ def _compare_rows(conn: sqlite3.Connection, report: Report, expected: dict[int, 
     seen: set[int] = set()
     tries: dict[int, dict[int, tuple[Any, Any]]] = {}
     for record_id, attempt, outcome, request_id in conn.execute(
-            "SELECT record_id, attempt, outcome, request_id FROM attempts ORDER BY id"):
+        "SELECT record_id, attempt, outcome, request_id FROM attempts ORDER BY id"
+    ):
         tries.setdefault(int(record_id), {})[int(attempt)] = (outcome, request_id)
     rows = conn.execute(
         "SELECT r.id, r.state, r.attempts, r.request_id, r.sent_at, r.photos_erased_at, r.held_reason, r.uid, "
         "r.created_at, r.simulated, r.idempotency_key, r.card_index, r.meta, p.data, length(p.photos), "
-        "length(p.raw_wlt) FROM records r LEFT JOIN payloads p ON p.record_id = r.id ORDER BY r.id").fetchall()
+        "length(p.raw_wlt) FROM records r LEFT JOIN payloads p ON p.record_id = r.id ORDER BY r.id"
+    ).fetchall()
     for t in rows:
         record_id = int(t[0])
         seen.add(record_id)
@@ -294,28 +341,36 @@ def _compare_rows(conn: sqlite3.Connection, report: Report, expected: dict[int, 
         for name in _COMPARED:
             if actual[name] != exp[name]:
                 what = "state changed outside the agent" if name == "state" else "changed outside the agent"
-                report.problems.append(f"record {record_id}: {name} is {actual[name]!r} in the database but "
-                                       f"{exp[name]!r} by its events: {what}")
+                report.problems.append(
+                    f"record {record_id}: {name} is {actual[name]!r} in the database but "
+                    f"{exp[name]!r} by its events: {what}"
+                )
         if chain.fixed_digest(t[7], t[8], t[9], t[10], t[11], t[12]) != exp["fixed"]:
-            report.problems.append(f"record {record_id} altered: its time, meta (face result, score), card index or "
-                                   "idempotency key differ from what was committed")
+            report.problems.append(
+                f"record {record_id} altered: its time, meta (face result, score), card index or "
+                "idempotency key differ from what was committed"
+            )
         if exp["tries"] is not None and tries.get(record_id, {}) != exp["tries"]:
             actual_tries = tries.get(record_id, {})
-            number = min(n for n in set(actual_tries) | set(exp["tries"])
-                         if actual_tries.get(n) != exp["tries"].get(n))
-            report.problems.append(f"record {record_id}: upload attempt {number} is {actual_tries.get(number)} in the "
-                                   f"database but {exp['tries'].get(number)} by its events (outcome, requestId): "
-                                   "changed outside the agent")
-        sealed = {"data": sm3(bytes(t[13])).hex() if t[13] is not None else None,
-                  "photos": chain.blob_seal_id(conn, "photos", record_id, t[14]),
-                  "wlt": chain.blob_seal_id(conn, "raw_wlt", record_id, t[15])}
+            number = min(n for n in set(actual_tries) | set(exp["tries"]) if actual_tries.get(n) != exp["tries"].get(n))
+            report.problems.append(
+                f"record {record_id}: upload attempt {number} is {actual_tries.get(number)} in the "
+                f"database but {exp['tries'].get(number)} by its events (outcome, requestId): "
+                "changed outside the agent"
+            )
+        sealed = {
+            "data": sm3(bytes(t[13])).hex() if t[13] is not None else None,
+            "photos": chain.blob_seal_id(conn, "photos", record_id, t[14]),
+            "wlt": chain.blob_seal_id(conn, "raw_wlt", record_id, t[15]),
+        }
         for part, value in sealed.items():
             if value != exp[part]:
                 report.problems.append(f"record {record_id} altered: its sealed {part} is not the one committed")
     for record_id, exp in expected.items():
         if record_id not in seen and not exp["purged"]:
-            report.problems.append(f"record {record_id} missing: deleted outside the agent (its events say "
-                                   f"{exp['state']})")
+            report.problems.append(
+                f"record {record_id} missing: deleted outside the agent (its events say {exp['state']})"
+            )
 
 
 def verify_outbox(outbox: Any, *, full: bool = True) -> Report:

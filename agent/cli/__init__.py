@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.errors import ConfigError, FvagentError
+from core.errors import ConfigError, FvagentError
 
 COMMAND_MODULES = (
     "agent.cli.config_cmd",
@@ -42,8 +42,13 @@ def default_config_path() -> str:
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
     """The shared --config option (default $FVAGENT_CONFIG or /etc/fvagent/fvagent.toml)."""
-    parser.add_argument("--config", "-c", metavar="PATH", default=None,
-                        help=f"configuration file (default: $FVAGENT_CONFIG or {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="PATH",
+        default=None,
+        help=f"configuration file (default: $FVAGENT_CONFIG or {DEFAULT_CONFIG})",
+    )
 
 
 def config_path(args: argparse.Namespace) -> str:

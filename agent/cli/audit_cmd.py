@@ -21,8 +21,11 @@ FULL_TOKEN_ENV = "FVAGENT_FULL_DATA_TOKEN"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    audit = sub.add_parser("audit", help="verify the outbox's audit chain; signed exports for the hospital",
-                           description="Verify the outbox's tamper-evident audit chain and make signed exports.")
+    audit = sub.add_parser(
+        "audit",
+        help="verify the outbox's audit chain; signed exports for the hospital",
+        description="Verify the outbox's tamper-evident audit chain and make signed exports.",
+    )
     asub = audit.add_subparsers(dest="audit_command", metavar="ACTION")
     audit.set_defaults(func=lambda args: (audit.print_help(), 2)[1])
 
@@ -31,11 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     verify.set_defaults(func=cmd_verify)
 
     export = asub.add_parser(
-        "export", help="records created in a period and their events, signed (JSON Lines, 0600)",
+        "export",
+        help="records created in a period and their events, signed (JSON Lines, 0600)",
         description="Write the verifications created in [--since, --until] with every event of each and the "
-                    "chain digests, ending in a line signed with the device's SM2 key. Personal data is "
-                    f"masked unless --full, which needs root or ${FULL_TOKEN_ENV} set to [local_api] "
-                    "full_data_token.")
+        "chain digests, ending in a line signed with the device's SM2 key. Personal data is "
+        f"masked unless --full, which needs root or ${FULL_TOKEN_ENV} set to [local_api] "
+        "full_data_token.",
+    )
     add_config_arg(export)
     export.add_argument("--since", required=True, metavar="DATE", help="first day (YYYY-MM-DD, local) or ISO time")
     export.add_argument("--until", metavar="DATE", help="last day, included (default: up to now)")
@@ -47,12 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_config_arg(pubkey)
     pubkey.set_defaults(func=cmd_pubkey)
 
-    check = asub.add_parser("verify-export", help="check an export's signature and digests with the public key",
-                            description="Check an export on any machine: no configuration and no outbox key "
-                                        "needed, only the public key the hospital filed for the terminal.")
+    check = asub.add_parser(
+        "verify-export",
+        help="check an export's signature and digests with the public key",
+        description="Check an export on any machine: no configuration and no outbox key "
+        "needed, only the public key the hospital filed for the terminal.",
+    )
     check.add_argument("file", metavar="FILE", help="the export")
-    check.add_argument("--pubkey", required=True, metavar="KEY",
-                       help="the public key (130 hex characters) or a file holding it")
+    check.add_argument(
+        "--pubkey", required=True, metavar="KEY", help="the public key (130 hex characters) or a file holding it"
+    )
     check.set_defaults(func=cmd_verify_export)
 
 
@@ -81,29 +90,39 @@ def _may_see_full(settings) -> bool:  # type: ignore[no-untyped-def]
         return True
     given = os.environ.get(FULL_TOKEN_ENV)
     token = settings.local_api.full_data_token
-    return bool(given and token is not None and hmac.compare_digest(given.encode(),
-                                                                    token.get_secret_value().encode()))
+    return bool(given and token is not None and hmac.compare_digest(given.encode(), token.get_secret_value().encode()))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from agent.audit import signing
     from agent.audit.export import export, parse_when
-    from agent.errors import AuditError
     from agent.outbox import Outbox
+    from core.errors import AuditError
 
     settings = _settings(args)
     if args.full and not _may_see_full(settings):
-        raise AuditError("--full exports personal data and photos: it needs root or the full-data token",
-                         hint=f"run it as root, or set {FULL_TOKEN_ENV} to [local_api] full_data_token; "
-                              "or leave out --full for a masked export")
+        raise AuditError(
+            "--full exports personal data and photos: it needs root or the full-data token",
+            hint=f"run it as root, or set {FULL_TOKEN_ENV} to [local_api] full_data_token; "
+            "or leave out --full for a masked export",
+        )
     since = parse_when(args.since)
     until = parse_when(args.until, end=True) if args.until else None
     key = signing.load(settings.storage.dir)
     with Outbox.open(settings.storage, create=False, readonly=True) as outbox:
-        n = export(outbox, args.file, since=since, until=until, full=args.full,
-                   machine_code=settings.device.machine_code, key=key)
-    print(f"{n} record(s) written to {args.file}, signed ({'FULL personal data' if args.full else 'masked'}); "
-          f"check it with: fvagent audit verify-export {args.file} --pubkey <the terminal's public key>")
+        n = export(
+            outbox,
+            args.file,
+            since=since,
+            until=until,
+            full=args.full,
+            machine_code=settings.device.machine_code,
+            key=key,
+        )
+    print(
+        f"{n} record(s) written to {args.file}, signed ({'FULL personal data' if args.full else 'masked'}); "
+        f"check it with: fvagent audit verify-export {args.file} --pubkey <the terminal's public key>"
+    )
     return 0
 
 
@@ -121,6 +140,8 @@ def cmd_verify_export(args: argparse.Namespace) -> int:
     if len(key.strip()) != 130 and Path(key).is_file():
         key = Path(key).read_text(encoding="ascii").strip()
     result = verify_export(args.file, key)
-    print(f"OK: {result['records']} record(s) and {result['events']} event(s), signed by terminal "
-          f"{result['machineCode']} at {result['createdAt']}; its chain at export: {result['chainCheck']}")
+    print(
+        f"OK: {result['records']} record(s) and {result['events']} event(s), signed by terminal "
+        f"{result['machineCode']} at {result['createdAt']}; its chain at export: {result['chainCheck']}"
+    )
     return 0

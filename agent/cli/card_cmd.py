@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from agent.errors import ConfigError
+from core.errors import ConfigError
 
 _NOT_HEX = re.compile(r"[^0-9A-Fa-f\s:,]")
 
@@ -36,8 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cap = csub.add_parser("capture", help="record one real read as hex, personal data replaced by a synthetic identity")
     add_config_arg(cap)
     cap.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write the hex capture")
-    cap.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                     help="how long to wait for a card (default 60)")
+    cap.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="how long to wait for a card (default 60)"
+    )
     cap.set_defaults(func=cmd_capture)
 
 
@@ -58,8 +59,8 @@ def _from_spy_log(text: str) -> bytes | None:
     frames, i = [], rx.find(codec.PREAMBLE)
     while i >= 0:
         try:
-            total = codec.frame_length(bytes(rx[i:i + codec.HEADER_LEN]))
-            frames.append(bytes(rx[i:i + total]))
+            total = codec.frame_length(bytes(rx[i : i + codec.HEADER_LEN]))
+            frames.append(bytes(rx[i : i + total]))
         except Exception:  # not a frame start: keep scanning
             pass
         i = rx.find(codec.PREAMBLE, i + 1)
@@ -86,37 +87,46 @@ def frame_from_capture(data: bytes) -> bytes:
         # instead of reporting the text's first bytes as a bad preamble.
         line = text.count("\n", 0, bad.start()) + 1
         column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
-        raise ConfigError(f"the capture is text but not hex: {bad.group()!r} at line {line}, column {column}",
-                          hint="give raw bytes, hex text (spaces, line breaks, ':', ',' and 0x are ignored) "
-                               "or a pyserial spy:// log with the reader's RX lines")
+        raise ConfigError(
+            f"the capture is text but not hex: {bad.group()!r} at line {line}, column {column}",
+            hint="give raw bytes, hex text (spaces, line breaks, ':', ',' and 0x are ignored) "
+            "or a pyserial spy:// log with the reader's RX lines",
+        )
     digits = re.sub(r"[\s:,]", "", text)
     if len(digits) % 2:
-        raise ConfigError(f"hex text has an odd number of digits ({len(digits)})",
-                          hint="check the capture for a missing or extra hex digit")
+        raise ConfigError(
+            f"hex text has an odd number of digits ({len(digits)})",
+            hint="check the capture for a missing or extra hex digit",
+        )
     return bytes.fromhex(digits)
 
 
 def card_json(card, *, show_personal: bool) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    from agent.privacy import mask_card_no, mask_name
+    from core.privacy import mask_card_no, mask_name
 
     return {
         "card_type": card.card_type,
         "name": card.name if show_personal else mask_name(card.name),
         "english_name": (card.english_name if show_personal else mask_name(card.english_name)) or None,
-        "sex_code": card.sex_code, "sex": card.sex_name,
-        "nation_code": card.nation_code, "nation": card.nation_name,
+        "sex_code": card.sex_code,
+        "sex": card.sex_name,
+        "nation_code": card.nation_code,
+        "nation": card.nation_name,
         "birth_date": card.birth_date.isoformat() if show_personal else card.birth_date.strftime("%Y-**-**"),
         "address": card.address if show_personal else mask_name(card.address),
         "card_no": card.card_no if show_personal else mask_card_no(card.card_no),
         "authority": card.authority,
         "valid_from": card.valid_from.isoformat(),
         "valid_to": card.valid_to.isoformat() if card.valid_to else "长期",
-        "nationality": card.nationality, "pass_no": card.pass_no if show_personal else mask_card_no(card.pass_no) or None,
-        "issue_count": card.issue_count, "card_version": card.card_version,
+        "nationality": card.nationality,
+        "pass_no": card.pass_no if show_personal else mask_card_no(card.pass_no) or None,
+        "issue_count": card.issue_count,
+        "card_version": card.card_version,
         "old_card_no": card.old_card_no if show_personal else mask_card_no(card.old_card_no) or None,
         "y_field_158": card.y_field_158 if show_personal else mask_name(card.y_field_158) or None,
         "appended_address": card.appended_address if show_personal else mask_name(card.appended_address) or None,
-        "photo_wlt_bytes": len(card.photo_wlt or b""), "fingerprint_bytes": len(card.fingerprint or b""),
+        "photo_wlt_bytes": len(card.photo_wlt or b""),
+        "fingerprint_bytes": len(card.fingerprint or b""),
     }
 
 
@@ -145,28 +155,36 @@ def _reader_from_config(path: str):  # type: ignore[no-untyped-def]
     try:
         raw = tomllib.loads(Path(path).read_text("utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}",
-                          hint="give the configuration with --config PATH") from exc
+        raise ConfigError(
+            f"cannot read config file {path}: {exc.strerror}", hint="give the configuration with --config PATH"
+        ) from exc
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     section = DriverSection.model_validate(raw.get("card_reader", {}))
     reader = registry.create("card_reader", section.driver, section.options)
     if reader.simulated:
-        raise ConfigError(f"[card_reader] driver {section.driver!r} is simulated: there is no real read to capture",
-                          hint="set [card_reader] driver to the real reader (sam-serial, sam-usb, sdt)")
+        raise ConfigError(
+            f"[card_reader] driver {section.driver!r} is simulated: there is no real read to capture",
+            hint="set [card_reader] driver to the real reader (sam-serial, sam-usb, sdt)",
+        )
     return reader
 
 
 def _hex_lines(data: bytes) -> str:
-    return "".join(data[i:i + 16].hex(" ").upper() + "\n" for i in range(0, len(data), 16))
+    return "".join(data[i : i + 16].hex(" ").upper() + "\n" for i in range(0, len(data), 16))
 
 
 def _leaks(card, data: bytes) -> list[str]:  # type: ignore[no-untyped-def]
     """The personal fields of ``card`` whose bytes still appear in ``data`` (must be none)."""
     from drivers.card_reader.anonymize import SYNTHETIC_BIRTH
 
-    fields = {"name": card.name, "card_no": card.card_no, "address": card.address,
-              "english_name": card.english_name or "", "birth_date": card.birth_date.strftime("%Y%m%d")}
+    fields = {
+        "name": card.name,
+        "card_no": card.card_no,
+        "address": card.address,
+        "english_name": card.english_name or "",
+        "birth_date": card.birth_date.strftime("%Y%m%d"),
+    }
     if fields["birth_date"] == SYNTHETIC_BIRTH:  # born on the synthetic date: that is no leak
         del fields["birth_date"]
     return [k for k, v in fields.items() if len(v) >= 2 and v.encode("utf-16-le") in data]
@@ -176,7 +194,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     import time
 
     from agent.cli import config_path
-    from agent.errors import CardReadError, DriverError, ProtocolError
+    from core.errors import CardReadError, DriverError, ProtocolError
     from drivers.card_reader import codec
     from drivers.card_reader.anonymize import anonymize_answer
 
@@ -199,13 +217,18 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if raw is None:
         if failure is not None:
             raise failure
-        raise DriverError(f"no card was read within {args.timeout:g} s", device=reader.describe(),
-                          hint="present the card flat on the reader, or give a longer --timeout")
+        raise DriverError(
+            f"no card was read within {args.timeout:g} s",
+            device=reader.describe(),
+            hint="present the card flat on the reader, or give a longer --timeout",
+        )
     safe = anonymize_answer(raw)
     leaked = _leaks(card, safe) if card is not None else []
     if leaked:  # never write a capture the anonymizer did not clean
-        raise DriverError(f"the capture still holds {', '.join(leaked)}: not written",
-                          hint="report this to the fvagent maintainers with the reader model (no capture)")
+        raise DriverError(
+            f"the capture still holds {', '.join(leaked)}: not written",
+            hint="report this to the fvagent maintainers with the reader model (no capture)",
+        )
     try:
         synthetic = codec.decode_read_response(safe)
         result = f"decodes as a synthetic card of type {synthetic.card_type}"
@@ -217,6 +240,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot write {args.out}: {exc.strerror}", hint="give a writable --out path") from exc
     if failure is not None:
         print(f"fvagent: the read failed: {failure}", file=sys.stderr)
-    print(f"capture written to {args.out}: {len(safe)} bytes, personal data replaced by a synthetic identity; "
-          f"it {result}")
+    print(
+        f"capture written to {args.out}: {len(safe)} bytes, personal data replaced by a synthetic identity; it {result}"
+    )
     return 0

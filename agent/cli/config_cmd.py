@@ -16,20 +16,26 @@ from agent.cli import add_config_arg, config_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("config", help="check the configuration file",
-                            description="Work with the configuration file.")
+    parser = sub.add_parser(
+        "config", help="check the configuration file", description="Work with the configuration file."
+    )
     config_sub = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: _no_subcommand(parser))
 
     check = config_sub.add_parser(
-        "check", help="validate the file and print the effective configuration, secrets masked",
+        "check",
+        help="validate the file and print the effective configuration, secrets masked",
         description="Validate the configuration file. Prints the effective configuration (defaults filled "
-                    "in, secrets masked) and exits 0, or prints every error as key.path: rule and exits 2.")
+        "in, secrets masked) and exits 0, or prints every error as key.path: rule and exits 2.",
+    )
     check.add_argument("path", nargs="?", metavar="PATH", help="configuration file (same as --config)")
     add_config_arg(check)
     check.add_argument("--json", action="store_true", help="print the effective configuration as JSON")
-    check.add_argument("--no-drivers", action="store_true",
-                       help="do not ask the card-reader and camera drivers to check their own keys")
+    check.add_argument(
+        "--no-drivers",
+        action="store_true",
+        help="do not ask the card-reader and camera drivers to check their own keys",
+    )
     check.set_defaults(func=cmd_check)
 
 
@@ -39,19 +45,26 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent.config import config_warnings, deployment_problems, load_config, plain_http_warning
-    from agent.errors import ConfigError
+    from agent.config import (
+        config_warnings,
+        deployment_problems,
+        load_config,
+        plain_http_warning,
+    )
+    from core.errors import ConfigError
 
     if args.path and args.config and args.path != args.config:
-        print(f"fvagent: error: two different files given: {args.path} and --config {args.config}",
-              file=sys.stderr)
+        print(f"fvagent: error: two different files given: {args.path} and --config {args.config}", file=sys.stderr)
         return 2
     path = args.path or config_path(args)
     settings = load_config(path, validate_drivers=not args.no_drivers)  # ConfigError -> exit 2 in main
     problems = deployment_problems(settings)
     if problems:
-        raise ConfigError(f"configuration in {settings.source} is not ready to run: {len(problems)} error(s)",
-                          problems=problems, hint="fix each key named above; docs/configuration.md explains them")
+        raise ConfigError(
+            f"configuration in {settings.source} is not ready to run: {len(problems)} error(s)",
+            problems=problems,
+            hint="fix each key named above; docs/configuration.md explains them",
+        )
     effective = settings.masked()
     if args.json:
         print(json.dumps(effective, ensure_ascii=False, indent=2))

@@ -14,51 +14,72 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.cli import add_config_arg, default_config_path
-from agent.errors import ConfigError
+from core.errors import ConfigError
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("face", help="compare faces and calibrate the face threshold",
-                            description="Run the face engine on image files.")
+    parser = sub.add_parser(
+        "face", help="compare faces and calibrate the face threshold", description="Run the face engine on image files."
+    )
     face_sub = parser.add_subparsers(dest="face_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: _no_subcommand(parser))
 
     compare = face_sub.add_parser(
-        "compare", help="score live images against a card photo; prints JSON",
+        "compare",
+        help="score live images against a card photo; prints JSON",
         description="Compare CARD_IMAGE (the card photo) with one or more live images, as a verification "
-                    "compares it with camera frames: quality gates, the closest good image counts. Prints JSON "
-                    '{"distance", "score", "result", "reason", ...}; result 1 passed, 0 failed, 2 not verified.')
+        "compares it with camera frames: quality gates, the closest good image counts. Prints JSON "
+        '{"distance", "score", "result", "reason", ...}; result 1 passed, 0 failed, 2 not verified.',
+    )
     compare.add_argument("card", metavar="CARD_IMAGE", help="the card photo (JPEG/PNG/BMP)")
     compare.add_argument("live", metavar="LIVE_IMAGE", nargs="+", help="live image(s), e.g. camera snapshots")
     _common(compare)
     compare.set_defaults(func=cmd_compare)
 
     calibrate = face_sub.add_parser(
-        "calibrate", help="FAR/FRR table over a folder of photos, one sub-folder per person",
+        "calibrate",
+        help="FAR/FRR table over a folder of photos, one sub-folder per person",
         description="Treat each photo in DIR (one sub-folder per person) in turn as the card and every other "
-                    "photo as the live image; print the genuine/impostor distances and FAR/FRR at several "
-                    "thresholds, the configured one included.")
+        "photo as the live image; print the genuine/impostor distances and FAR/FRR at several "
+        "thresholds, the configured one included.",
+    )
     calibrate.add_argument("dir", metavar="DIR", help="folder with one sub-folder of photos per person")
-    calibrate.add_argument("--card-size", metavar="WxH", default=None,
-                           help="crop each card photo in ID framing and scale it to this size, e.g. 102x126 "
-                                "(the chip photo); default: the whole photo")
-    calibrate.add_argument("--json", action="store_true",
-                           help='print {"threshold", "far", "frr", "far_upper_95", "chosen", "cross_validated", '
-                                '"pairs": [...], ...} instead of the table (docs/face.md)')
-    calibrate.add_argument("--target-far", type=float, default=None, metavar="RATE",
-                           help="false-accept rate to pick the operating point for, instead of [face] target_far "
-                                "(default 0.001)")
+    calibrate.add_argument(
+        "--card-size",
+        metavar="WxH",
+        default=None,
+        help="crop each card photo in ID framing and scale it to this size, e.g. 102x126 "
+        "(the chip photo); default: the whole photo",
+    )
+    calibrate.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"threshold", "far", "frr", "far_upper_95", "chosen", "cross_validated", '
+        '"pairs": [...], ...} instead of the table (docs/face.md)',
+    )
+    calibrate.add_argument(
+        "--target-far",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="false-accept rate to pick the operating point for, instead of [face] target_far (default 0.001)",
+    )
     _common(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     add_config_arg(parser)
-    parser.add_argument("--threshold", type=float, default=None, metavar="SCORE",
-                        help="score threshold to apply instead of the configured one (0..1)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="SCORE",
+        help="score threshold to apply instead of the configured one (0..1)",
+    )
 
 
 def _no_subcommand(parser: argparse.ArgumentParser) -> int:
@@ -78,15 +99,20 @@ def face_settings(args: argparse.Namespace) -> FaceSettings:
     face = load_config(path, validate_drivers=False).face if path else FaceSettings()
     if args.threshold is not None:
         try:
-            face = FaceSettings.model_validate({**face.model_dump(), "threshold": args.threshold,
-                                                "early_stop_score": max(face.early_stop_score, args.threshold)})
+            face = FaceSettings.model_validate(
+                {
+                    **face.model_dump(),
+                    "threshold": args.threshold,
+                    "early_stop_score": max(face.early_stop_score, args.threshold),
+                }
+            )
         except ValidationError:
             raise ConfigError(f"--threshold must be between 0 and 1, not {args.threshold}") from None
     return face
 
 
 def _read(path: str, what: str) -> bytes:
-    from agent.errors import FvagentError
+    from core.errors import FvagentError
 
     try:
         return Path(path).read_bytes()
@@ -96,7 +122,7 @@ def _read(path: str, what: str) -> bytes:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from agent.face import load_engine, score_frames
-    from agent.images import ImageError, decode_image
+    from core.images import ImageError, decode_image
 
     face = face_settings(args)
     engine = load_engine(face)
@@ -110,9 +136,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     outcome = score_frames(engine, frames, card, face)
     live_paths = [p for p in args.live if p not in unreadable]
     best = live_paths[outcome.best_frame_index] if outcome.best_frame_index is not None else None
-    report = {"distance": outcome.distance, "score": outcome.score, "result": outcome.result,
-              "reason": outcome.reason, "best_live": best, "live_images": len(args.live),
-              "rejected": outcome.rejects, "unreadable": unreadable}
+    report = {
+        "distance": outcome.distance,
+        "score": outcome.score,
+        "result": outcome.result,
+        "reason": outcome.reason,
+        "best_live": best,
+        "live_images": len(args.live),
+        "rejected": outcome.rejects,
+        "unreadable": unreadable,
+    }
     print(json.dumps(report, ensure_ascii=False, indent=2))
     return 0
 
@@ -124,8 +157,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     face = face_settings(args)
     if args.target_far is not None:
         if not 0 < args.target_far < 1:
-            raise ConfigError(f"--target-far must be between 0 and 1, not {args.target_far}",
-                              hint="e.g. --target-far 0.001 (one false accept in a thousand impostor pairs)")
+            raise ConfigError(
+                f"--target-far must be between 0 and 1, not {args.target_far}",
+                hint="e.g. --target-far 0.001 (one false accept in a thousand impostor pairs)",
+            )
         face = face.model_copy(update={"target_far": args.target_far})
     card_size = None
     if args.card_size:

@@ -22,40 +22,54 @@ from agent.cli import add_config_arg, config_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    outbox = sub.add_parser("outbox", help="back it up, rotate its key, salvage a damaged copy, merge one set aside for its key",
-                            description="Back up the outbox; rotate its data key; recover records from a damaged outbox copy "
-                                        "or one set aside because its key was missing; acknowledge the damage alerts.")
+    outbox = sub.add_parser(
+        "outbox",
+        help="back it up, rotate its key, salvage a damaged copy, merge one set aside for its key",
+        description="Back up the outbox; rotate its data key; recover records from a damaged outbox copy "
+        "or one set aside because its key was missing; acknowledge the damage alerts.",
+    )
     osub = outbox.add_subparsers(dest="outbox_command", metavar="ACTION")
     outbox.set_defaults(func=lambda args: (outbox.print_help(), 2)[1])
     backup = osub.add_parser(
-        "backup", help="copy the outbox and its data key into the new directory DEST (safe while the daemon runs)",
+        "backup",
+        help="copy the outbox and its data key into the new directory DEST (safe while the daemon runs)",
         description="Copy the outbox database through SQLite's online backup API and its data key (0600) into "
-                    "DEST, then open the copy with the key to check it. Keep the two files together and "
-                    "private: the key opens every record. Restore: docs/operations.md.")
+        "DEST, then open the copy with the key to check it. Keep the two files together and "
+        "private: the key opens every record. Restore: docs/operations.md.",
+    )
     add_config_arg(backup)
     backup.add_argument("dest", metavar="DEST", type=Path, help="a new or empty directory")
     backup.set_defaults(func=cmd_backup)
 
-    rotate = osub.add_parser("rotate-key", help="new records under a new key; old ones stay readable (service stopped)",
-                             description="Make a new outbox data key. New records are sealed under it; the old "
-                                         "key is kept in <key file>.retired for the records sealed under it, until "
-                                         "retention purges them. Stop the service first; back up both files after.")
+    rotate = osub.add_parser(
+        "rotate-key",
+        help="new records under a new key; old ones stay readable (service stopped)",
+        description="Make a new outbox data key. New records are sealed under it; the old "
+        "key is kept in <key file>.retired for the records sealed under it, until "
+        "retention purges them. Stop the service first; back up both files after.",
+    )
     add_config_arg(rotate)
     rotate.set_defaults(func=cmd_rotate_key)
 
-    salvage = osub.add_parser("salvage", help="copy every readable record of a damaged copy into the outbox",
-                              description="Copy every record of FILE (a damaged outbox copy, e.g. "
-                                          "outbox.db.damaged-<time>) that can still be read and opened with the key "
-                                          "into the outbox, with its state, attempts and id. FILE is never written.")
+    salvage = osub.add_parser(
+        "salvage",
+        help="copy every readable record of a damaged copy into the outbox",
+        description="Copy every record of FILE (a damaged outbox copy, e.g. "
+        "outbox.db.damaged-<time>) that can still be read and opened with the key "
+        "into the outbox, with its state, attempts and id. FILE is never written.",
+    )
     add_config_arg(salvage)
     salvage.add_argument("file", metavar="FILE", type=Path, help="the damaged outbox copy")
     salvage.set_defaults(func=cmd_salvage)
 
-    merge = osub.add_parser("merge", help="bring in the records of an outbox set aside because its key was missing",
-                            description="Bring the records of OLD (outbox.db.awaiting-key-<time>) into the outbox, "
-                                        "sealed again under its key. OLD is opened with the configured key "
-                                        "([storage] key_file) or the one given with --key, and kept as "
-                                        "outbox.db.merged-<time> afterwards.")
+    merge = osub.add_parser(
+        "merge",
+        help="bring in the records of an outbox set aside because its key was missing",
+        description="Bring the records of OLD (outbox.db.awaiting-key-<time>) into the outbox, "
+        "sealed again under its key. OLD is opened with the configured key "
+        "([storage] key_file) or the one given with --key, and kept as "
+        "outbox.db.merged-<time> afterwards.",
+    )
     add_config_arg(merge)
     merge.add_argument("old", metavar="OLD", type=Path, help="the outbox copy set aside")
     merge.add_argument("--key", metavar="KEYFILE", type=Path, help="its key file (default: the configured key)")
@@ -86,8 +100,10 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
     storage = _settings(args).storage
     done = rotate_key(storage)
-    print(f"outbox key rotated: {done.old_id} -> {done.new_id}; {done.records_under_old} record(s) stay under "
-          f"{done.old_id} until purged. Back up {key_path(storage)} and {retired_path(storage)} now.")
+    print(
+        f"outbox key rotated: {done.old_id} -> {done.new_id}; {done.records_under_old} record(s) stay under "
+        f"{done.old_id} until purged. Back up {key_path(storage)} and {retired_path(storage)} now."
+    )
     return 0
 
 

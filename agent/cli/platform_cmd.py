@@ -30,37 +30,57 @@ EXIT_DISABLED = 6
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    reg = sub.add_parser("register", help="register this device with the platform now (POST /machine/info)",
-                         description="Send this device's registration ([device] settings) to the platform and "
-                                     "print the outcome. Exit 0 only when accepted (B2301, already registered, "
-                                     "counts as accepted).")
+    reg = sub.add_parser(
+        "register",
+        help="register this device with the platform now (POST /machine/info)",
+        description="Send this device's registration ([device] settings) to the platform and "
+        "print the outcome. Exit 0 only when accepted (B2301, already registered, "
+        "counts as accepted).",
+    )
     add_config_arg(reg)
     reg.set_defaults(func=cmd_register)
 
-    up = sub.add_parser("upload-file", help="validate one verification record (JSON) and send it",
-                        description="Validate one verification record given as JSON with the platform's field "
-                                    "names, then send it (how a corrected rejected record is resent). Once "
-                                    "accepted, rejected outbox records with the same machineCode, cardNo and "
-                                    "verifyTime are marked sent. Exit 0 only when accepted.")
+    up = sub.add_parser(
+        "upload-file",
+        help="validate one verification record (JSON) and send it",
+        description="Validate one verification record given as JSON with the platform's field "
+        "names, then send it (how a corrected rejected record is resent). Once "
+        "accepted, rejected outbox records with the same machineCode, cardNo and "
+        "verifyTime are marked sent. Exit 0 only when accepted.",
+    )
     add_config_arg(up)
     up.add_argument("record", metavar="RECORD.json", help="the verification record, spec field names")
     up.set_defaults(func=cmd_upload_file)
 
-    probe = sub.add_parser("probe", help="print the request under every open convention (sends nothing)",
-                           description="Print, for a sample payload, the headers and body under the default "
-                                       "conventions and under each alternative of each open convention, to "
-                                       "match against the platform's own sample. Sends nothing.")
+    probe = sub.add_parser(
+        "probe",
+        help="print the request under every open convention (sends nothing)",
+        description="Print, for a sample payload, the headers and body under the default "
+        "conventions and under each alternative of each open convention, to "
+        "match against the platform's own sample. Sends nothing.",
+    )
     add_config_arg(probe)
-    probe.add_argument("--payload", metavar="FILE", help="JSON object to use as the sample (default: this "
-                                                         "device's registration payload)")
-    probe.add_argument("--at", metavar="EPOCH_S", type=float, default=None,
-                       help="the instant to sign, epoch seconds (default: now); use the platform sample's time")
+    probe.add_argument(
+        "--payload",
+        metavar="FILE",
+        help="JSON object to use as the sample (default: this device's registration payload)",
+    )
+    probe.add_argument(
+        "--at",
+        metavar="EPOCH_S",
+        type=float,
+        default=None,
+        help="the instant to sign, epoch seconds (default: now); use the platform sample's time",
+    )
     probe.add_argument("--request-id", default=None, help="request id to show (default: a fresh one)")
     probe.add_argument("--full", action="store_true", help="print long values whole, not shortened")
-    probe.add_argument("--all", action="store_true",
-                       help="also print every combination: the signature under each (time format, key encoding, "
-                            "output) and the data under each (key mode, padding, encoding, ensure_ascii); "
-                            "grep it for the platform's sample value")
+    probe.add_argument(
+        "--all",
+        action="store_true",
+        help="also print every combination: the signature under each (time format, key encoding, "
+        "output) and the data under each (key mode, padding, encoding, ensure_ascii); "
+        "grep it for the platform's sample value",
+    )
     probe.set_defaults(func=cmd_probe)
 
 
@@ -76,10 +96,13 @@ def _load(args: argparse.Namespace) -> Any:
 def _switched_off(settings: Any) -> bool:
     if settings.platform.enabled:
         return False
-    print(f"fvagent: the platform is switched off ([platform] enabled = false in {settings.source}): "
-          "nothing was sent.", file=sys.stderr)
-    print("fvagent: hint: set [platform] enabled = true to send; the service keeps queueing meanwhile.",
-          file=sys.stderr)
+    print(
+        f"fvagent: the platform is switched off ([platform] enabled = false in {settings.source}): nothing was sent.",
+        file=sys.stderr,
+    )
+    print(
+        "fvagent: hint: set [platform] enabled = true to send; the service keeps queueing meanwhile.", file=sys.stderr
+    )
     return True
 
 
@@ -97,8 +120,10 @@ def _send(settings: Any, what: str, payload: dict[str, Any]) -> Any:
             outcome = send(payload)
     echoed = outcome.platform_request_id
     print(f"outcome:    {outcome.kind.value}")
-    print(f"requestId:  {outcome.request_id}" + (f" (platform echoed {echoed})" if echoed and echoed != outcome.request_id
-                                                  else ""))
+    print(
+        f"requestId:  {outcome.request_id}"
+        + (f" (platform echoed {echoed})" if echoed and echoed != outcome.request_id else "")
+    )
     print(f"message:    {outcome.message}")
     details = [f"HTTP {outcome.http_status}" if outcome.http_status is not None else "no HTTP reply"]
     if outcome.code is not None:
@@ -108,33 +133,37 @@ def _send(settings: Any, what: str, payload: dict[str, Any]) -> Any:
     if outcome.retry_after_s is not None:
         details.append(f"retry after {outcome.retry_after_s:.0f} s")
     print(f"details:    {', '.join(details)}")
-    advice = {"rejected": "the platform refused this record: correct it and send it again",
-              "blocked": "the configuration is wrong ([platform], [platform.auth], [platform.conventions]); "
-                         "`fvagent probe` shows the alternatives",
-              "retryable": "network or platform trouble: try again later",
-              "clock": "the local clock is far off and the platform kept refusing our time: fix it "
-                       "(timedatectl set-ntp true)",
-              "unregistered": "the platform does not know this device as registered and enabled: "
-                              "run `fvagent register`, then send again"}.get(outcome.kind.value)
+    advice = {
+        "rejected": "the platform refused this record: correct it and send it again",
+        "blocked": "the configuration is wrong ([platform], [platform.auth], [platform.conventions]); "
+        "`fvagent probe` shows the alternatives",
+        "retryable": "network or platform trouble: try again later",
+        "clock": "the local clock is far off and the platform kept refusing our time: fix it "
+        "(timedatectl set-ntp true)",
+        "unregistered": "the platform does not know this device as registered and enabled: "
+        "run `fvagent register`, then send again",
+    }.get(outcome.kind.value)
     if advice:
         print(f"next:       {advice}")
     return outcome
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from agent.records import registration_payload
+    from core.records import registration_payload
 
     settings = _load(args)
     if _switched_off(settings):
         return EXIT_DISABLED
     payload = registration_payload(settings.device)
-    print(f"registering machineCode {payload['machineCode']} (deviceNo {payload['deviceNo']}) "
-          f"at {settings.platform.base_url}")
+    print(
+        f"registering machineCode {payload['machineCode']} (deviceNo {payload['deviceNo']}) "
+        f"at {settings.platform.base_url}"
+    )
     return EXIT_CODES[_send(settings, "register", payload).kind.value]
 
 
 def _read_json(path_text: str) -> Any:
-    from agent.errors import RecordError
+    from core.errors import RecordError
 
     path = Path(path_text)
     try:
@@ -148,31 +177,40 @@ def _read_json(path_text: str) -> Any:
     except json.JSONDecodeError as exc:
         hint = "the file must hold one JSON object with the platform's field names"
         if exc.msg == "Extra data":  # e.g. a whole `fvagent queue export` file: one record per line
-            hint = ("the file holds more than one JSON value; put one record in a file of its own "
-                    "(for an export file: jq -c '.record' FILE, one line per record)")
-        raise RecordError(f"record file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                          hint=hint) from None
+            hint = (
+                "the file holds more than one JSON value; put one record in a file of its own "
+                "(for an export file: jq -c '.record' FILE, one line per record)"
+            )
+        raise RecordError(
+            f"record file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", hint=hint
+        ) from None
 
 
 def cmd_upload_file(args: argparse.Namespace) -> int:
-    from agent.errors import RecordError
-    from agent.privacy import mask_card_no, mask_name
-    from agent.records import parse_verification
+    from core.errors import RecordError
+    from core.privacy import mask_card_no, mask_name
+    from core.records import parse_verification
 
     settings = _load(args)
     data = _read_json(args.record)
     if not isinstance(data, dict):
-        raise RecordError(f"record file {args.record} holds a JSON {type(data).__name__}, not an object",
-                          hint="the file must hold one JSON object with the platform's field names")
+        raise RecordError(
+            f"record file {args.record} holds a JSON {type(data).__name__}, not an object",
+            hint="the file must hold one JSON object with the platform's field names",
+        )
     if isinstance(data.get("record"), dict) and "id" in data:
-        raise RecordError(f"record file {args.record} holds a line of `fvagent queue export` (outbox record "
-                          f"{data['id']}), not the record itself",
-                          hint="send its \"record\" object: jq -c '.record' the line into a file, fix it, and "
-                               "give that file to upload-file")
+        raise RecordError(
+            f"record file {args.record} holds a line of `fvagent queue export` (outbox record "
+            f"{data['id']}), not the record itself",
+            hint="send its \"record\" object: jq -c '.record' the line into a file, fix it, and "
+            "give that file to upload-file",
+        )
     record = parse_verification(data, long_term_end=settings.platform.conventions.long_term_end_date)
     payload = record.to_payload()
-    print(f"record valid: cardNo {mask_card_no(payload.get('cardNo'))}, realName {mask_name(payload.get('realName'))}, "
-          f"verifyTime {payload.get('verifyTime')}")
+    print(
+        f"record valid: cardNo {mask_card_no(payload.get('cardNo'))}, realName {mask_name(payload.get('realName'))}, "
+        f"verifyTime {payload.get('verifyTime')}"
+    )
     if _switched_off(settings):
         return EXIT_DISABLED
     outcome = _send(settings, "upload", payload)
@@ -188,9 +226,9 @@ def _resolve_rejected_originals(settings: Any, payload: dict[str, Any], request_
     """Mark sent the rejected outbox records this accepted upload corrects: those with the same
     natural key (machineCode, cardNo, verifyTime). The upload is already accepted, so nothing here
     may fail it: an outbox that cannot be read gets a warning and the exit code stays 0."""
-    from agent.errors import FvagentError
     from agent.outbox import Outbox
     from agent.outbox.store import DB_NAME
+    from core.errors import FvagentError
 
     try:
         if not (Path(settings.storage.dir) / DB_NAME).exists():  # never create the outbox from here
@@ -198,27 +236,39 @@ def _resolve_rejected_originals(settings: Any, payload: dict[str, Any], request_
         with Outbox.open(settings.storage, create=False) as outbox:
             resolved, failed, left = _resolve_matches(outbox, payload, request_id)
     except (FvagentError, OSError) as exc:
-        print(f"fvagent: warning: the upload was accepted, but the outbox could not be checked for the rejected "
-              f"original: {exc}", file=sys.stderr)
-        print(f"fvagent: hint: once it opens, mark the original sent: fvagent queue resolve ID --request-id "
-              f"{request_id}", file=sys.stderr)
+        print(
+            f"fvagent: warning: the upload was accepted, but the outbox could not be checked for the rejected "
+            f"original: {exc}",
+            file=sys.stderr,
+        )
+        print(
+            f"fvagent: hint: once it opens, mark the original sent: fvagent queue resolve ID --request-id {request_id}",
+            file=sys.stderr,
+        )
         return
     for record_id, error in failed:
-        print(f"fvagent: warning: outbox record {record_id} has the same key but was not marked sent: {error}",
-              file=sys.stderr)
+        print(
+            f"fvagent: warning: outbox record {record_id} has the same key but was not marked sent: {error}",
+            file=sys.stderr,
+        )
     if resolved:
-        print(f"outbox:     rejected record(s) {', '.join(map(str, resolved))} marked sent (same machineCode, "
-              f"cardNo and verifyTime; requestId {request_id})")
+        print(
+            f"outbox:     rejected record(s) {', '.join(map(str, resolved))} marked sent (same machineCode, "
+            f"cardNo and verifyTime; requestId {request_id})"
+        )
     elif left and not failed:
-        print(f"outbox:     {left} rejected record(s) remain, none with this record's machineCode, cardNo and "
-              f"verifyTime; if one is this record, mark it sent: fvagent queue resolve ID --request-id {request_id}")
+        print(
+            f"outbox:     {left} rejected record(s) remain, none with this record's machineCode, cardNo and "
+            f"verifyTime; if one is this record, mark it sent: fvagent queue resolve ID --request-id {request_id}"
+        )
 
 
-def _resolve_matches(outbox: Any, payload: dict[str, Any], request_id: str) -> tuple[list[int], list[tuple[int, str]],
-                                                                                      int]:
+def _resolve_matches(
+    outbox: Any, payload: dict[str, Any], request_id: str
+) -> tuple[list[int], list[tuple[int, str]], int]:
     """(ids marked sent, [(id, why not)] for matches that could not be, rejected records left)."""
-    from agent.errors import OutboxCorrupt, OutboxError
-    from agent.records import natural_key
+    from core.errors import OutboxCorrupt, OutboxError
+    from core.records import natural_key
 
     key = natural_key(payload)
     resolved: list[int] = []
@@ -264,8 +314,8 @@ _AFFECTS = {
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from agent.records import registration_payload
     from agent.uplink.conventions import Conventions
+    from core.records import registration_payload
 
     settings = _load(args)
     platform = settings.platform
@@ -293,16 +343,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     print(f"# fvagent probe: nothing is sent. Sample: {source}")
     print(f"# orgAppId {platform.org_app_id}; instant {at:.3f} (epoch s); encrypt = {str(platform.encrypt).lower()}")
-    print(f"# responses: response_encrypted = {configured.response_encrypted!r}, "
-          f"verify_response_sign = {configured.verify_response_sign!r}")
+    print(
+        f"# responses: response_encrypted = {configured.response_encrypted!r}, "
+        f"verify_response_sign = {configured.verify_response_sign!r}"
+    )
     print()
     print("## configured conventions" + ("" if configured == type(configured)() else " (differ from the defaults)"))
     for name in _ALTERNATIVES:
         print(f"   {name} = {getattr(configured, name)!r}")
     base = render({})
-    auth_shown = "(from [platform.auth] kind = %r, not shown)" % platform.auth.kind
+    auth_shown = f"(from [platform.auth] kind = {platform.auth.kind!r}, not shown)"
     print()
-    path = "/verification/pregnant_woman/first" if isinstance(payload, dict) and "cardNo" in payload else "/machine/info"
+    path = (
+        "/verification/pregnant_woman/first" if isinstance(payload, dict) and "cardNo" in payload else "/machine/info"
+    )
     print(f"POST {platform.base_url}{path}")
     print(f"hmpt-portal-sign: {base['sign']}")
     print(f"hmpt-portal-time: {base['time']}")
@@ -333,21 +387,22 @@ def _print_all_combinations(render: Any, shorten: Any) -> None:
 
     print()
     print("## every signature: send_time_format | sign_key_encoding | sign_output | time | sign")
-    for fmt, key_enc, out in itertools.product(*(_ALTERNATIVES[n] for n in
-                                                 ("send_time_format", "sign_key_encoding", "sign_output"))):
+    for fmt, key_enc, out in itertools.product(
+        *(_ALTERNATIVES[n] for n in ("send_time_format", "sign_key_encoding", "sign_output"))
+    ):
         r = render({"send_time_format": fmt, "sign_key_encoding": key_enc, "sign_output": out})
         print(f"   {fmt} | {key_enc} | {out} | {r['time']} | {r['sign']}")
     print()
     print("## every data: sm4_key_mode | padding | cipher_encoding | json_ensure_ascii | data")
-    for mode, pad, enc, ascii_ in itertools.product(*(_ALTERNATIVES[n] for n in
-                                                      ("sm4_key_mode", "padding", "cipher_encoding",
-                                                       "json_ensure_ascii"))):
+    for mode, pad, enc, ascii_ in itertools.product(
+        *(_ALTERNATIVES[n] for n in ("sm4_key_mode", "padding", "cipher_encoding", "json_ensure_ascii"))
+    ):
         r = render({"sm4_key_mode": mode, "padding": pad, "cipher_encoding": enc, "json_ensure_ascii": ascii_})
         print(f"   {mode} | {pad} | {enc} | {str(ascii_).lower()} | {shorten(r['data'])}")
 
 
 def _try(fn: Any) -> str:
-    from agent.errors import CryptoError
+    from core.errors import CryptoError
 
     try:
         return str(fn())

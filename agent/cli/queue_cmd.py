@@ -22,14 +22,17 @@ import json
 from typing import Any
 
 from agent.cli import add_config_arg, config_path
+from core.clock import CHINA_TZ
 
 STATES = ("pending", "sending", "sent", "rejected", "held")
-SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    queue = sub.add_parser("queue", help="inspect and act on the outbox (works while the service runs)",
-                           description="Inspect the local outbox and act on it. Works while the service runs.")
+    queue = sub.add_parser(
+        "queue",
+        help="inspect and act on the outbox (works while the service runs)",
+        description="Inspect the local outbox and act on it. Works while the service runs.",
+    )
     qsub = queue.add_subparsers(dest="queue_command", metavar="ACTION")
     queue.set_defaults(func=lambda args: (queue.print_help(), 2)[1])
 
@@ -43,11 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--state", choices=STATES, help="only records in this state")
     ls.add_argument("-n", "--limit", type=int, default=50, help="at most this many (default 50)")
     ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.add_argument("--result", type=_results, metavar="R[,R]",
-                    help="the follow-up list instead: verifications with faceResult R (0 failed, 2 not verified; "
-                         "e.g. 0,2), with time, masked identity, reason, hand-over mark and upload state")
-    ls.add_argument("--since", type=_since, metavar="DATE",
-                    help="with --result: only those since DATE (yyyy-mm-dd, or yyyy-mm-dd HH:MM:SS; China time)")
+    ls.add_argument(
+        "--result",
+        type=_results,
+        metavar="R[,R]",
+        help="the follow-up list instead: verifications with faceResult R (0 failed, 2 not verified; "
+        "e.g. 0,2), with time, masked identity, reason, hand-over mark and upload state",
+    )
+    ls.add_argument(
+        "--since",
+        type=_since,
+        metavar="DATE",
+        help="with --result: only those since DATE (yyyy-mm-dd, or yyyy-mm-dd HH:MM:SS; China time)",
+    )
     ls.set_defaults(func=cmd_ls)
 
     show = qsub.add_parser("show", help="one record, personal data masked, with its upload attempts")
@@ -70,15 +81,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     export.set_defaults(func=cmd_export)
 
     resolve = qsub.add_parser(
-        "resolve", help="mark a rejected record sent: its corrected copy was accepted under REQUEST_ID",
+        "resolve",
+        help="mark a rejected record sent: its corrected copy was accepted under REQUEST_ID",
         description="Mark a rejected record sent, because a corrected copy of it was accepted by the platform "
-                    "some other way (upload-file marks it by itself unless the fix changed machineCode, "
-                    "cardNo or verifyTime). Status then stops alerting and `queue retry --rejected` "
-                    "no longer sends the uncorrected record.")
+        "some other way (upload-file marks it by itself unless the fix changed machineCode, "
+        "cardNo or verifyTime). Status then stops alerting and `queue retry --rejected` "
+        "no longer sends the uncorrected record.",
+    )
     add_config_arg(resolve)
     resolve.add_argument("id", type=int, help="the rejected record's id (from `fvagent queue ls --state rejected`)")
-    resolve.add_argument("--request-id", required=True, metavar="RID",
-                         help="the requestId under which the platform accepted the corrected record")
+    resolve.add_argument(
+        "--request-id",
+        required=True,
+        metavar="RID",
+        help="the requestId under which the platform accepted the corrected record",
+    )
     resolve.set_defaults(func=cmd_resolve)
 
 
@@ -94,7 +111,7 @@ def _open(args: argparse.Namespace, *, readonly: bool = False) -> Any:
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    return dt.datetime.fromtimestamp(float(epoch), SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(float(epoch), CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -108,24 +125,37 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"{'total':9} {stats['total']}")
     if stats.get("oldest_pending_age_s") is not None:
         print(f"oldest unsent: {stats['oldest_pending_age_s']:.0f} s old")
-    print(f"size:     {stats['bytes'] / 2**20:.1f} MiB of {stats['max_bytes'] / 2**20:.0f} MiB (storage.max_bytes)"
-          + ("  OVER BUDGET: unsent records are never evicted" if stats["over_budget"] else ""))
+    print(
+        f"size:     {stats['bytes'] / 2**20:.1f} MiB of {stats['max_bytes'] / 2**20:.0f} MiB (storage.max_bytes)"
+        + ("  OVER BUDGET: unsent records are never evicted" if stats["over_budget"] else "")
+    )
     return 0
 
 
 def _row_doc(row: Any) -> dict[str, Any]:
-    return {"id": row.id, "state": row.state, "created_at": _when(row.created_at), "attempts": row.attempts,
-            "next_attempt_at": _when(row.next_attempt_at) if row.state == "pending" else None,
-            "sent_at": _when(row.sent_at) if row.sent_at else None, "last_outcome": row.last_outcome,
-            "last_error": row.last_error, "request_id": row.request_id, "held_reason": row.held_reason,
-            "simulated": row.simulated, "photos": row.has_photos, "meta": row.meta}
+    return {
+        "id": row.id,
+        "state": row.state,
+        "created_at": _when(row.created_at),
+        "attempts": row.attempts,
+        "next_attempt_at": _when(row.next_attempt_at) if row.state == "pending" else None,
+        "sent_at": _when(row.sent_at) if row.sent_at else None,
+        "last_outcome": row.last_outcome,
+        "last_error": row.last_error,
+        "request_id": row.request_id,
+        "held_reason": row.held_reason,
+        "simulated": row.simulated,
+        "photos": row.has_photos,
+        "meta": row.meta,
+    }
 
 
 def _results(text: str) -> tuple[int, ...]:
     values = [v.strip() for v in text.split(",")]
     if not values or any(v not in ("0", "1", "2") for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: faceResult values are 0 (failed), 1 (passed), 2 (not verified), "
-                                         "e.g. --result 0 or --result 0,2")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: faceResult values are 0 (failed), 1 (passed), 2 (not verified), e.g. --result 0 or --result 0,2"
+        )
     return tuple(sorted({int(v) for v in values}))
 
 
@@ -134,7 +164,7 @@ def _since(text: str) -> dt.datetime:
         when = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date: use yyyy-mm-dd, e.g. 2026-12-01") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=SHANGHAI)
+    return when if when.tzinfo is not None else when.replace(tzinfo=CHINA_TZ)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -159,39 +189,47 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def _ls_follow_ups(args: argparse.Namespace) -> int:
     """`queue ls --result R [--since DATE]`: the follow-up list the desk shows the police (masked)."""
     from agent.config import load_config
-    from agent.errors import ConfigError
     from agent.localapi.followup import follow_ups
     from agent.outbox import Outbox
+    from core.errors import ConfigError
 
     if args.result is None:
         raise ConfigError("--since goes with --result", hint="e.g. fvagent queue ls --result 0,2 --since 2026-12-01")
     if args.state is not None:
-        raise ConfigError("--state and --result cannot be combined",
-                          hint="the follow-up list shows each record's upload state already")
+        raise ConfigError(
+            "--state and --result cannot be combined",
+            hint="the follow-up list shows each record's upload state already",
+        )
     settings = load_config(config_path(args), validate_drivers=False)
     with Outbox.open(settings.storage, create=False, readonly=True) as outbox:
-        items = follow_ups(outbox, threshold=settings.face.threshold, results=args.result, since=args.since,
-                           limit=args.limit)
+        items = follow_ups(
+            outbox, threshold=settings.face.threshold, results=args.result, since=args.since, limit=args.limit
+        )
     if args.json:
         print(json.dumps(items, ensure_ascii=False))
         return 0
     if not items:
-        print("no verifications with faceResult " + ",".join(map(str, args.result))
-              + (f" since {args.since:%Y-%m-%d %H:%M}" if args.since else ""))
+        print(
+            "no verifications with faceResult "
+            + ",".join(map(str, args.result))
+            + (f" since {args.since:%Y-%m-%d %H:%M}" if args.since else "")
+        )
         return 0
     print(f"{'ID':>7}  {'VERIFIED':19}  RESULT  NAME    CARD                {'HANDED OVER':26} UPLOAD  REASON")
     for it in items:
         mark = it["handover"]
         handed = f"{mark['at'][5:16]} {mark['operator']}" if mark else "未移交"
         flag = " [simulated]" if it["simulated"] else ""
-        print(f"{it['id']:>7}  {it['verifyTime']:19}  {it['resultText']:6}  {it['name']:6}  {it['cardNo']:18}  "
-              f"{handed:26} {it['stateText']:6}  {it['reason'] or ''}{flag}")
+        print(
+            f"{it['id']:>7}  {it['verifyTime']:19}  {it['resultText']:6}  {it['name']:6}  {it['cardNo']:18}  "
+            f"{handed:26} {it['stateText']:6}  {it['reason'] or ''}{flag}"
+        )
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from agent.errors import OutboxError
-    from agent.privacy import mask_record
+    from core.errors import OutboxError
+    from core.privacy import mask_record
 
     with _open(args, readonly=True) as outbox:
         row = outbox.get(args.id)
@@ -200,33 +238,60 @@ def cmd_show(args: argparse.Namespace) -> int:
         payload = outbox.payload(args.id) or {}
         attempts = outbox.attempts(args.id)
     record = mask_record(payload)
-    photos = {k: f"{len(payload[k]) * 3 // 4} bytes" for k in ("headImg", "cameraImg", "fingerCollectImg")
-              if payload.get(k)}
+    photos = {
+        k: f"{len(payload[k]) * 3 // 4} bytes" for k in ("headImg", "cameraImg", "fingerCollectImg") if payload.get(k)
+    }
     doc = _row_doc(row)
     doc["record"] = record
     doc["photos"] = photos or ("erased after upload (retention)" if row.photos_erased_at else "none")
-    doc["attempts_log"] = [{"attempt": a.attempt, "request_id": a.request_id, "started_at": _when(a.started_at),
-                            "outcome": a.outcome, "http_status": a.http_status, "exception_code": a.exception_code,
-                            "message": a.message} for a in attempts]
+    doc["attempts_log"] = [
+        {
+            "attempt": a.attempt,
+            "request_id": a.request_id,
+            "started_at": _when(a.started_at),
+            "outcome": a.outcome,
+            "http_status": a.http_status,
+            "exception_code": a.exception_code,
+            "message": a.message,
+        }
+        for a in attempts
+    ]
     if args.json:
         print(json.dumps(doc, ensure_ascii=False))
         return 0
-    for key in ("id", "state", "created_at", "attempts", "next_attempt_at", "sent_at", "last_outcome", "last_error",
-                "request_id", "held_reason", "simulated", "photos", "meta"):
+    for key in (
+        "id",
+        "state",
+        "created_at",
+        "attempts",
+        "next_attempt_at",
+        "sent_at",
+        "last_outcome",
+        "last_error",
+        "request_id",
+        "held_reason",
+        "simulated",
+        "photos",
+        "meta",
+    ):
         if doc.get(key) not in (None, "", {}):
             print(f"{key + ':':17} {doc[key]}")
     offset = row.meta.get("clock_offset_s")
     if isinstance(offset, int | float):
-        print(f"{'clock:':17} verifyTime {record.get('verifyTime', '?')} is the local clock's, which was "
-              f"{abs(offset):.0f} s {'behind' if offset > 0 else 'ahead of'} the platform's")
+        print(
+            f"{'clock:':17} verifyTime {record.get('verifyTime', '?')} is the local clock's, which was "
+            f"{abs(offset):.0f} s {'behind' if offset > 0 else 'ahead of'} the platform's"
+        )
     print("record (masked):")
     for key, value in record.items():
         print(f"  {key + ':':19} {value}")
     if doc["attempts_log"]:
         print("attempts:")
         for a in doc["attempts_log"]:
-            print(f"  #{a['attempt']} {a['started_at']} {a['outcome'] or 'in progress'} requestId "
-                  f"{a['request_id'] or '-'}" + (f": {a['message']}" if a["message"] else ""))
+            print(
+                f"  #{a['attempt']} {a['started_at']} {a['outcome'] or 'in progress'} requestId "
+                f"{a['request_id'] or '-'}" + (f": {a['message']}" if a["message"] else "")
+            )
     return 0
 
 
@@ -247,8 +312,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if n == 0:
         print(f"no rejected records: {args.file} was not created")
         return 0
-    print(f"{n} rejected record(s) written to {args.file} (full personal data: handle it as such, delete it "
-          "when done)")
+    print(f"{n} rejected record(s) written to {args.file} (full personal data: handle it as such, delete it when done)")
     return 0
 
 
@@ -256,7 +320,7 @@ RESOLVED_BY_HAND = "resent corrected by hand; marked sent with `fvagent queue re
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
-    from agent.errors import OutboxCorrupt
+    from core.errors import OutboxCorrupt
 
     with _open(args) as outbox:
         outbox.resolve(args.id, request_id=args.request_id, message=RESOLVED_BY_HAND)
@@ -269,9 +333,11 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def _masked_summary(payload: dict[str, Any]) -> str:
-    from agent.privacy import mask_card_no, mask_name
+    from core.privacy import mask_card_no, mask_name
 
     if not payload:
         return ""
-    return (f": cardNo {mask_card_no(payload.get('cardNo'))}, realName {mask_name(payload.get('realName'))}, "
-            f"verifyTime {payload.get('verifyTime')}")
+    return (
+        f": cardNo {mask_card_no(payload.get('cardNo'))}, realName {mask_name(payload.get('realName'))}, "
+        f"verifyTime {payload.get('verifyTime')}"
+    )

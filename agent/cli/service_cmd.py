@@ -20,45 +20,62 @@ EXIT_NOT_RUNNING = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    run = sub.add_parser("run", help="run the agent in the foreground (what systemd runs)",
-                         description="Run the daemon in the foreground: the verification, upload and "
-                                     "housekeeping loops and the local API. SIGTERM stops it cleanly, SIGHUP "
-                                     "reloads the configuration. Speaks the systemd notify protocol when "
-                                     "$NOTIFY_SOCKET is set.")
+    run = sub.add_parser(
+        "run",
+        help="run the agent in the foreground (what systemd runs)",
+        description="Run the daemon in the foreground: the verification, upload and "
+        "housekeeping loops and the local API. SIGTERM stops it cleanly, SIGHUP "
+        "reloads the configuration. Speaks the systemd notify protocol when "
+        "$NOTIFY_SOCKET is set.",
+    )
     add_config_arg(run)
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", help="queue, platform, hardware and the daemon's state",
-                            description="Print the queue by state, last success and error, registration, "
-                                        "platform reachability and hardware state. Works whether the daemon "
-                                        "runs or not. Exit 0 while it runs, 3 when it does not.")
+    status = sub.add_parser(
+        "status",
+        help="queue, platform, hardware and the daemon's state",
+        description="Print the queue by state, last success and error, registration, "
+        "platform reachability and hardware state. Works whether the daemon "
+        "runs or not. Exit 0 while it runs, 3 when it does not.",
+    )
     add_config_arg(status)
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
     status.set_defaults(func=cmd_status)
 
-    doctor = sub.add_parser("doctor", help="check config, hardware, face model, platform, clock and disk",
-                            description="Run every check and print one line each: OK, WARN or FAIL with the "
-                                        "fix. Exit 1 when any check fails.")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check config, hardware, face model, platform, clock and disk",
+        description="Run every check and print one line each: OK, WARN or FAIL with the "
+        "fix. Exit 1 when any check fails.",
+    )
     add_config_arg(doctor)
     doctor.set_defaults(func=cmd_doctor)
 
-    once = sub.add_parser("verify-once", help="one real verification through the configured drivers",
-                          description="Wait for a card on the configured reader, run one verification "
-                                      "(camera, face score), commit it to the outbox and print the result "
-                                      "(masked). For installers; stop the service first, it holds the devices.")
+    once = sub.add_parser(
+        "verify-once",
+        help="one real verification through the configured drivers",
+        description="Wait for a card on the configured reader, run one verification "
+        "(camera, face score), commit it to the outbox and print the result "
+        "(masked). For installers; stop the service first, it holds the devices.",
+    )
     add_config_arg(once)
     once.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds to wait for a card (60)")
     once.add_argument("--force", action="store_true", help="run even though the daemon seems to be running")
     once.set_defaults(func=cmd_verify_once)
 
-    demo = sub.add_parser("demo", help="the whole agent against a local mock platform, with an outage",
-                          description="Start the mock platform and the agent with the fake reader and camera "
-                                      "over sample cards (synthetic identities, a public-domain face), run a few "
-                                      "dozen verifications, take the platform down and bring it back, then "
-                                      "print the table. Exit 0 only when every captured record was delivered.")
-    demo.add_argument("--write-config", metavar="FILE",
-                      help="write the configuration the demo runs with to FILE and exit (reuse it with "
-                           "fvagent run --config FILE)")
+    demo = sub.add_parser(
+        "demo",
+        help="the whole agent against a local mock platform, with an outage",
+        description="Start the mock platform and the agent with the fake reader and camera "
+        "over sample cards (synthetic identities, a public-domain face), run a few "
+        "dozen verifications, take the platform down and bring it back, then "
+        "print the table. Exit 0 only when every captured record was delivered.",
+    )
+    demo.add_argument(
+        "--write-config",
+        metavar="FILE",
+        help="write the configuration the demo runs with to FILE and exit (reuse it with fvagent run --config FILE)",
+    )
     demo.add_argument("--count", type=int, default=36, help="verifications to run (36)")
     demo.add_argument("--dir", metavar="DIR", help="keep the demo's files here instead of a temporary directory")
     demo.set_defaults(func=cmd_demo)
@@ -97,11 +114,11 @@ def _exit_if_threads_linger(code: int) -> None:
     import os
     import threading
 
-    lingering = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
-                 and t.is_alive()]
+    lingering = [
+        t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
     if lingering:
-        logging.getLogger(__name__).warning("stopped; not waiting for thread(s) still busy: %s",
-                                            ", ".join(lingering))
+        logging.getLogger(__name__).warning("stopped; not waiting for thread(s) still busy: %s", ", ".join(lingering))
         logging.shutdown()
         os._exit(code)
 
@@ -145,10 +162,14 @@ def cmd_verify_once(args: argparse.Namespace) -> int:
     setup_logging(settings.logging)
     daemon = _daemon_state(read_status_file(status_path(settings.storage.dir)), time.time())
     if daemon["running"] and not args.force:
-        print(f"fvagent: error: the daemon is running ({daemon['detail']}) and holds the reader and camera",
-              file=sys.stderr)
-        print("fvagent: hint: systemctl stop fvagent, run verify-once, then systemctl start fvagent "
-              "(or pass --force)", file=sys.stderr)
+        print(
+            f"fvagent: error: the daemon is running ({daemon['detail']}) and holds the reader and camera",
+            file=sys.stderr,
+        )
+        print(
+            "fvagent: hint: systemctl stop fvagent, run verify-once, then systemctl start fvagent (or pass --force)",
+            file=sys.stderr,
+        )
         return 1
     service = Service(settings, config_path=config_path(args), start_local_api=False)
     done = service.verify_once(args.timeout)
@@ -158,8 +179,10 @@ def cmd_verify_once(args: argparse.Namespace) -> int:
     print(json.dumps(done.summary(), ensure_ascii=False, indent=2))
     if done.outbox_id is None:
         return 1
-    print(f"committed as outbox record {done.outbox_id}; the service uploads it when it runs "
-          f"(fvagent queue show {done.outbox_id})")
+    print(
+        f"committed as outbox record {done.outbox_id}; the service uploads it when it runs "
+        f"(fvagent queue show {done.outbox_id})"
+    )
     return 0
 
 
@@ -170,7 +193,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.write_config:
         path = write_demo_config(args.write_config, workdir=args.dir)
         print(f"wrote the demo configuration to {path}")
-        print(f"run it with: {invocation()} run --config {path}  (start the mock platform it names first: "
-              "see the comment at the top of the file)")
+        print(
+            f"run it with: {invocation()} run --config {path}  (start the mock platform it names first: "
+            "see the comment at the top of the file)"
+        )
         return 0
     return run_demo(count=args.count, workdir=args.dir)

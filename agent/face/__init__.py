@@ -17,32 +17,63 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent.errors import DriverNotFound, FaceError
 from agent.face.engine import DetectedFace, FaceEngine
 from agent.face.relay import reconcile_both, relay_outcome
-from agent.face.scoring import (RESULT_FAILED, RESULT_NOT_VERIFIED, RESULT_PASSED, distance_to_score,
-                                result_for_score, threshold_distance)
-from agent.face.session import CardEncoding, FaceOutcome, FaceRetry, Scorer, encode_card, score_frames, score_live
+from agent.face.scoring import (
+    RESULT_FAILED,
+    RESULT_NOT_VERIFIED,
+    RESULT_PASSED,
+    distance_to_score,
+    result_for_score,
+    threshold_distance,
+)
+from agent.face.session import (
+    CardEncoding,
+    FaceOutcome,
+    FaceRetry,
+    Scorer,
+    encode_card,
+    score_frames,
+    score_live,
+)
+from core.errors import DriverNotFound, FaceError
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
 
 __all__ = [
-    "RESULT_FAILED", "RESULT_NOT_VERIFIED", "RESULT_PASSED", "CardEncoding", "DetectedFace", "FaceEngine",
-    "FaceOutcome", "FaceRetry", "Scorer", "distance_to_score", "encode_card", "load_engine", "reconcile_both", "relay_outcome",
-    "result_for_score", "score_frames", "score_live", "threshold_distance",
+    "RESULT_FAILED",
+    "RESULT_NOT_VERIFIED",
+    "RESULT_PASSED",
+    "CardEncoding",
+    "DetectedFace",
+    "FaceEngine",
+    "FaceOutcome",
+    "FaceRetry",
+    "Scorer",
+    "distance_to_score",
+    "encode_card",
+    "load_engine",
+    "reconcile_both",
+    "relay_outcome",
+    "result_for_score",
+    "score_frames",
+    "score_live",
+    "threshold_distance",
 ]
 
 
 def load_engine(face: FaceSettings) -> FaceEngine:
     """Build the configured face engine (models load lazily). Raises ``FaceError``."""
-    from drivers import registry  # late: drivers import agent.errors
+    from drivers import registry  # late: drivers import core.errors
 
     try:
         cls = registry.load_class("face_engine", face.engine)
     except DriverNotFound as exc:
-        raise FaceError(f"face engine {face.engine!r} is not available: {exc.message}",
-                        hint=exc.hint or "set [face] engine to an installed engine") from exc
+        raise FaceError(
+            f"face engine {face.engine!r} is not available: {exc.message}",
+            hint=exc.hint or "set [face] engine to an installed engine",
+        ) from exc
     if not (isinstance(cls, type) and issubclass(cls, FaceEngine)):
         raise FaceError(f"face engine {face.engine!r} is not a FaceEngine ({cls!r})")
     return cls(face)

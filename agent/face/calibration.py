@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from agent.errors import FaceError
 from agent.face.engine import DetectedFace, FaceEngine
 from agent.face.scoring import distance_to_score, result_for_score, threshold_distance
 from agent.face.session import encode_card_image, working_image
-from agent.images import ImageError, decode_image
+from core.errors import FaceError
+from core.images import ImageError, decode_image
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
@@ -96,8 +96,10 @@ def far_upper_95(errors: int, trials: int) -> float:
 def _binomial_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p), summed in log space (n of many thousands stays exact)."""
     log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
-             for i in range(k + 1)]
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+        for i in range(k + 1)
+    ]
     top = max(terms)
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
@@ -123,14 +125,18 @@ def distance_for_far(impostor: np.ndarray, target_far: float) -> float:
         return 0.0
     allowed = math.floor(target_far * values.size + 1e-9)
     # just under the first impostor that must not pass
-    empirical = (math.floor(round(float(finite[allowed]) / DISTANCE_STEP, 6)) - 1) * DISTANCE_STEP \
-        if allowed < finite.size else float(finite[-1])
+    empirical = (
+        (math.floor(round(float(finite[allowed]) / DISTANCE_STEP, 6)) - 1) * DISTANCE_STEP
+        if allowed < finite.size
+        else float(finite[-1])
+    )
     fitted = float(finite.mean()) + NormalDist().inv_cdf(target_far) * float(finite.std())
     return round(max(0.0, min(empirical, fitted)), 4)
 
 
-def person_splits(people: list[str], splits: int = CV_SPLITS, seed: int = CV_SEED,
-                  with_pairs: set[str] | None = None) -> list[tuple[frozenset[str], frozenset[str]]]:
+def person_splits(
+    people: list[str], splits: int = CV_SPLITS, seed: int = CV_SEED, with_pairs: set[str] | None = None
+) -> list[tuple[frozenset[str], frozenset[str]]]:
     """``splits`` random halvings of ``people`` (seeded, reproducible).
 
     People in ``with_pairs`` (those with two photos or more, who make the genuine pairs) are halved
@@ -176,15 +182,22 @@ class CrossValidation:
     def summary(self) -> dict[str, Any]:
         """Mean and max of FRR and FAR over the folds and the chosen distances' range (None without folds)."""
         if not self.folds:
-            return dict.fromkeys(("frr_mean", "frr_max", "far_mean", "far_max", "distance_min", "distance_max",
-                                  "distance_median"), None) | {"folds": 0}
+            return dict.fromkeys(
+                ("frr_mean", "frr_max", "far_mean", "far_max", "distance_min", "distance_max", "distance_median"), None
+            ) | {"folds": 0}
         far = [f.far for f in self.folds]
         frr = [f.frr for f in self.folds]
         dist = [f.distance for f in self.folds]
-        return {"folds": len(self.folds), "frr_mean": round(float(np.mean(frr)), 6), "frr_max": round(max(frr), 6),
-                "far_mean": round(float(np.mean(far)), 6), "far_max": round(max(far), 6),
-                "distance_min": min(dist), "distance_max": max(dist),
-                "distance_median": round(float(np.median(dist)), 4)}
+        return {
+            "folds": len(self.folds),
+            "frr_mean": round(float(np.mean(frr)), 6),
+            "frr_max": round(max(frr), 6),
+            "far_mean": round(float(np.mean(far)), 6),
+            "far_max": round(max(far), 6),
+            "distance_min": min(dist),
+            "distance_max": max(dist),
+            "distance_median": round(float(np.median(dist)), 4),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +214,12 @@ def list_photos(directory: Path) -> list[Photo]:
     """The photos under ``directory``, one sub-folder per person. Raises ``FaceError``."""
     if not directory.is_dir():
         raise FaceError(f"{directory} is not a folder", hint="give a folder with one sub-folder of photos per person")
-    found = [Photo(person.name, f) for person in sorted(p for p in directory.iterdir() if p.is_dir())
-             for f in sorted(person.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    found = [
+        Photo(person.name, f)
+        for person in sorted(p for p in directory.iterdir() if p.is_dir())
+        for f in sorted(person.iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     # The same file filed under two people is a labelling error: its pairs would count a person
     # against themself as an impostor. Leave every copy out and say so; keep one copy per person.
     owners: dict[str, set[str]] = {}
@@ -214,19 +231,23 @@ def list_photos(directory: Path) -> list[Photo]:
     for photo in found:
         digest = digests[photo.path]
         if len(owners[digest]) > 1:
-            log.warning("%s: the same photo is filed under %s; left out", photo.label, " and ".join(sorted(owners[digest])))
+            log.warning(
+                "%s: the same photo is filed under %s; left out", photo.label, " and ".join(sorted(owners[digest]))
+            )
         elif digest not in seen:
             photos.append(photo)
         seen.add(digest)
     people = {p.person for p in photos}
     if len(photos) < 2 or len(people) < 2:
-        raise FaceError(f"{directory} holds {len(photos)} photo(s) of {len(people)} person(s); need two people or more",
-                        hint="one sub-folder per person (named as you like), JPEG/PNG/BMP photos inside")
+        raise FaceError(
+            f"{directory} holds {len(photos)} photo(s) of {len(people)} person(s); need two people or more",
+            hint="one sub-folder per person (named as you like), JPEG/PNG/BMP photos inside",
+        )
     return photos
 
 
 def parse_card_size(text: str) -> tuple[int, int]:
-    """"102x126" -> (102, 126). Raises ``ValueError``."""
+    """ "102x126" -> (102, 126). Raises ``ValueError``."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -252,14 +273,19 @@ def card_crop(bgr: np.ndarray, face: DetectedFace, size: tuple[int, int]) -> np.
     h, w = bgr.shape[:2]
     pad = max(0, -left, -top, right - w, bottom - h)
     padded = np.pad(bgr, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else bgr
-    crop = padded[top + pad:bottom + pad, left + pad:right + pad]
+    crop = padded[top + pad : bottom + pad, left + pad : right + pad]
     rgb = Image.fromarray(np.ascontiguousarray(crop[:, :, ::-1])).resize(size, Image.Resampling.LANCZOS)
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
 
 
-def encode_photo(engine: FaceEngine, bgr: np.ndarray, card_size: tuple[int, int] | None = None, *,
-                 card_transform: Callable[[np.ndarray], np.ndarray] | None = None, mirror: bool = True
-                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+def encode_photo(
+    engine: FaceEngine,
+    bgr: np.ndarray,
+    card_size: tuple[int, int] | None = None,
+    *,
+    card_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    mirror: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(live descriptor, card descriptor) of one photo; ``None`` where no face was found.
 
     Without ``card_size`` the card descriptor is the live one (camera-vs-camera calibration).
@@ -334,8 +360,9 @@ class Calibration:
 
     def rates(self, threshold: float) -> tuple[float, float]:
         """(FAR, FRR) when faceResult is 1 at ``score >= threshold``; a missing face is a rejection."""
-        scores = 1.0 / (1.0 + np.exp(np.clip(self.face.score_slope * (self.distances - self.face.score_midpoint),
-                                             -700, 700)))
+        scores = 1.0 / (
+            1.0 + np.exp(np.clip(self.face.score_slope * (self.distances - self.face.score_midpoint), -700, 700))
+        )
         scores = np.round(scores, 4)
         passed = np.nan_to_num(scores, nan=-1.0) >= threshold
         impostors = int(self.impostor_mask.sum())
@@ -359,8 +386,13 @@ class Calibration:
         impostors, genuines = int(impostor.sum()), int(genuine.sum())
         false_accepts = int((passed & impostor).sum())
         false_rejects = int((~passed & genuine).sum())
-        return OperatingPoint(distance=round(distance, 4), impostor_pairs=impostors, false_accepts=false_accepts,
-                              genuine_pairs=genuines, false_rejects=false_rejects)
+        return OperatingPoint(
+            distance=round(distance, 4),
+            impostor_pairs=impostors,
+            false_accepts=false_accepts,
+            genuine_pairs=genuines,
+            false_rejects=false_rejects,
+        )
 
     def _quantile(self, target_far: float, people: frozenset[str] | None) -> float:
         """``distance_for_far`` on the impostor pairs of ``people`` (all by default)."""
@@ -373,8 +405,9 @@ class Calibration:
         of the held-out impostor pairs on average; the largest when none does or ``people`` are too few
         (under 4) to split."""
         for factor in SAFETY_FACTORS:
-            folds = self._folds(lambda half, f=factor: self._quantile(target_far / f, half), people,
-                                INNER_SPLITS, INNER_SEED)
+            folds = self._folds(
+                lambda half, f=factor: self._quantile(target_far / f, half), people, INNER_SPLITS, INNER_SEED
+            )
             if folds and np.mean([fold.far for fold in folds]) <= target_far:
                 return factor
         return SAFETY_FACTORS[-1]
@@ -390,8 +423,9 @@ class Calibration:
         on the other; every split both ways. No folds with fewer than 4 people."""
         return CrossValidation(self._folds(lambda half: self.choose(target_far, half).distance, None, splits, seed))
 
-    def _folds(self, choose: Callable[[frozenset[str]], float], people: frozenset[str] | None,
-               splits: int, seed: int) -> list[Fold]:
+    def _folds(
+        self, choose: Callable[[frozenset[str]], float], people: frozenset[str] | None, splits: int, seed: int
+    ) -> list[Fold]:
         """The distance ``choose`` gives on one half of ``people`` (all by default), measured on the other
         half; every split both ways. None with fewer than 4 people."""
         counts: dict[str, int] = {}
@@ -428,8 +462,10 @@ class Calibration:
         s = self.summary()
         f = self.face
         kind = f"card {self.card_size[0]}x{self.card_size[1]} vs camera" if self.card_size else "camera vs camera"
-        lines = [f"{kind}: {s['photos']} photos of {s['people']} people, "
-                 f"{s['genuine_pairs']} genuine and {s['impostor_pairs']} impostor pairs"]
+        lines = [
+            f"{kind}: {s['photos']} photos of {s['people']} people, "
+            f"{s['genuine_pairs']} genuine and {s['impostor_pairs']} impostor pairs"
+        ]
         for what in ("no_face_live", "no_face_card"):
             if s[what]:
                 lines.append(f"no face found ({what.removeprefix('no_face_')}): {', '.join(s[what])}")
@@ -438,16 +474,20 @@ class Calibration:
         for what in ("genuine", "impostor"):
             st = s[what]
             if st["n"]:
-                lines.append(f"{what:<9} {st['median']:.3f}   {st['p5']:.3f}   {st['p95']:.3f}   "
-                             f"{st['min']:.3f}   {st['max']:.3f}")
+                lines.append(
+                    f"{what:<9} {st['median']:.3f}   {st['p5']:.3f}   {st['p95']:.3f}   "
+                    f"{st['min']:.3f}   {st['max']:.3f}"
+                )
         lines.append("")
         lines.append(f"score = 1/(1+exp({f.score_slope:g}*(distance-{f.score_midpoint:g})))")
         lines.append("threshold  distance<=   FAR       FRR")
         for t in sorted(set(REPORT_THRESHOLDS) | {f.threshold}):
             far, frr = self.rates(t)
             mark = "  <- configured" if math.isclose(t, f.threshold) else ""
-            lines.append(f"{t:<9.2f}  {threshold_distance(t, f.score_midpoint, f.score_slope):<10.3f}  "
-                         f"{far:<8.4%}  {frr:<8.2%}{mark}")
+            lines.append(
+                f"{t:<9.2f}  {threshold_distance(t, f.score_midpoint, f.score_slope):<10.3f}  "
+                f"{far:<8.4%}  {frr:<8.2%}{mark}"
+            )
         lines.append("")
         lines.extend(self.decision())
         return "\n".join(lines)
@@ -466,8 +506,16 @@ class Calibration:
                     distance = round(float(d), 4)
                     score = self.score(distance)
                     result = result_for_score(score, self.face.threshold)
-                out.append({"card": card.label, "live": live.label, "same": bool(self.same[i, j]),
-                            "distance": distance, "score": score, "result": result})
+                out.append(
+                    {
+                        "card": card.label,
+                        "live": live.label,
+                        "same": bool(self.same[i, j]),
+                        "distance": distance,
+                        "score": score,
+                        "result": result,
+                    }
+                )
         return out
 
     def configured(self) -> OperatingPoint:
@@ -479,26 +527,40 @@ class Calibration:
         """How to configure ``point``: the threshold at the configured mapping, or the score midpoint
         that keeps the configured threshold."""
         f = self.face
-        return {"threshold": round(self.score(point.distance), 4),
-                "score_midpoint": round(point.distance + math.log(f.threshold / (1 - f.threshold)) / f.score_slope, 4)}
+        return {
+            "threshold": round(self.score(point.distance), 4),
+            "score_midpoint": round(point.distance + math.log(f.threshold / (1 - f.threshold)) / f.score_slope, 4),
+        }
 
     def to_json(self) -> dict[str, Any]:
         far, frr = self.rates(self.face.threshold)
         configured = self.configured()
         target = self.face.target_far
         chosen = self.choose(target)
-        return {"threshold": self.face.threshold, "far": round(far, 6), "frr": round(frr, 6),
-                "far_upper_95": round(configured.far_upper_95, 6),
-                "threshold_distance": configured.distance,
-                "impostor_pairs": configured.impostor_pairs, "genuine_pairs": configured.genuine_pairs,
-                "false_accepts": configured.false_accepts, "false_rejects": configured.false_rejects,
-                "target_far": target,
-                "chosen": {"distance": chosen.distance, "safety_factor": self.safety_factor(target),
-                           **self.chosen_settings(chosen), "far": round(chosen.far, 6),
-                           "frr": round(chosen.frr, 6), "far_upper_95": round(chosen.far_upper_95, 6),
-                           "false_accepts": chosen.false_accepts, "false_rejects": chosen.false_rejects},
-                "cross_validated": self.cross_validate(target).summary(),
-                "pairs": self.pairs()}
+        return {
+            "threshold": self.face.threshold,
+            "far": round(far, 6),
+            "frr": round(frr, 6),
+            "far_upper_95": round(configured.far_upper_95, 6),
+            "threshold_distance": configured.distance,
+            "impostor_pairs": configured.impostor_pairs,
+            "genuine_pairs": configured.genuine_pairs,
+            "false_accepts": configured.false_accepts,
+            "false_rejects": configured.false_rejects,
+            "target_far": target,
+            "chosen": {
+                "distance": chosen.distance,
+                "safety_factor": self.safety_factor(target),
+                **self.chosen_settings(chosen),
+                "far": round(chosen.far, 6),
+                "frr": round(chosen.frr, 6),
+                "far_upper_95": round(chosen.far_upper_95, 6),
+                "false_accepts": chosen.false_accepts,
+                "false_rejects": chosen.false_rejects,
+            },
+            "cross_validated": self.cross_validate(target).summary(),
+            "pairs": self.pairs(),
+        }
 
     def decision(self) -> list[str]:
         """The operating point for ``target_far`` and its cross-validation, for the table."""
@@ -514,7 +576,8 @@ class Calibration:
                 "chosen on one half, measured on the other):",
                 f"  FRR mean {cv['frr_mean']:.2%}, max {cv['frr_max']:.2%}; FAR mean {cv['far_mean']:.3%}, "
                 f"max {cv['far_max']:.3%}; chosen distance {cv['distance_min']:.3f} .. {cv['distance_median']:.3f} "
-                f".. {cv['distance_max']:.3f} (min .. median .. max)"]
+                f".. {cv['distance_max']:.3f} (min .. median .. max)",
+            ]
         else:
             cv_lines = ["not cross-validated: needs photos of 4 people or more"]
         return [
@@ -540,13 +603,25 @@ class Calibration:
 def _stats(values: np.ndarray) -> dict[str, Any]:
     if values.size == 0:
         return {"n": 0}
-    return {"n": int(values.size), "median": float(np.median(values)), "p5": float(np.percentile(values, 5)),
-            "p95": float(np.percentile(values, 95)), "min": float(values.min()), "max": float(values.max())}
+    return {
+        "n": int(values.size),
+        "median": float(np.median(values)),
+        "p5": float(np.percentile(values, 5)),
+        "p95": float(np.percentile(values, 95)),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
 
 
-def calibrate(engine: FaceEngine, directory: Path, face: FaceSettings, *,
-              card_size: tuple[int, int] | None = None,
-              card_transform: Callable[[np.ndarray], np.ndarray] | None = None, mirror: bool = True) -> Calibration:
+def calibrate(
+    engine: FaceEngine,
+    directory: Path,
+    face: FaceSettings,
+    *,
+    card_size: tuple[int, int] | None = None,
+    card_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    mirror: bool = True,
+) -> Calibration:
     """Encode every photo under ``directory`` once (three times with ``card_size``: live, card,
     mirrored card) and pair them all. ``card_transform``, ``mirror``: see ``encode_photo``."""
     photos = list_photos(directory)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from agent.errors import FaceError
 from agent.face.engine import DetectedFace, FaceEngine
+from core.errors import FaceError
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
@@ -29,13 +29,18 @@ def model_paths() -> tuple[Path, Path]:
     try:
         import face_recognition_models as models
     except ImportError as exc:
-        raise FaceError("the dlib face engine needs the face-recognition-models package",
-                        hint="pip install 'face-recognition-models>=0.3.0' into fvagent's venv") from exc
+        raise FaceError(
+            "the dlib face engine needs the face-recognition-models package",
+            hint="pip install 'face-recognition-models>=0.3.0' into fvagent's venv",
+        ) from exc
     paths = (Path(models.pose_predictor_five_point_model_location()), Path(models.face_recognition_model_location()))
     for path in paths:
         if not path.is_file():
-            raise FaceError(f"face model file {path.name} is missing", path=str(path),
-                            hint="reinstall face-recognition-models (pip install --force-reinstall)")
+            raise FaceError(
+                f"face model file {path.name} is missing",
+                path=str(path),
+                hint="reinstall face-recognition-models (pip install --force-reinstall)",
+            )
     return paths
 
 
@@ -62,15 +67,17 @@ class DlibEngine(FaceEngine):
         try:
             import dlib
         except ImportError as exc:
-            raise FaceError("the dlib face engine needs dlib",
-                            hint="pip install dlib-bin (prebuilt wheels; never compile dlib)") from exc
+            raise FaceError(
+                "the dlib face engine needs dlib", hint="pip install dlib-bin (prebuilt wheels; never compile dlib)"
+            ) from exc
         try:
             self._detector = dlib.get_frontal_face_detector()
             self._predictor = dlib.shape_predictor(str(self._predictor_path))
             self._encoder = dlib.face_recognition_model_v1(str(self._encoder_path))
         except RuntimeError as exc:
-            raise FaceError(f"cannot load the dlib face models: {exc}",
-                            hint="reinstall face-recognition-models") from exc
+            raise FaceError(
+                f"cannot load the dlib face models: {exc}", hint="reinstall face-recognition-models"
+            ) from exc
         log.info("dlib face engine loaded (HOG detector, 5-point landmarks, ResNet encoder)")
 
     def detect(self, bgr: np.ndarray, *, upsample: int = 0) -> list[DetectedFace]:
@@ -82,10 +89,14 @@ class DlibEngine(FaceEngine):
             faces = []
             for r in rects:
                 shape = self._predictor(rgb, r)
-                points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)],
-                                  dtype=np.float64)
-                faces.append(DetectedFace(max(0, r.left()), max(0, r.top()), min(w, r.right()),
-                                          min(h, r.bottom()), points, shape))
+                points = np.array(
+                    [[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float64
+                )
+                faces.append(
+                    DetectedFace(
+                        max(0, r.left()), max(0, r.top()), min(w, r.right()), min(h, r.bottom()), points, shape
+                    )
+                )
         faces.sort(key=lambda f: f.width * f.height, reverse=True)
         return faces
 
@@ -101,7 +112,6 @@ class DlibEngine(FaceEngine):
             # num_jitters=1, padding 0.25: the settings the published accuracy figures use
             return np.asarray(self._encoder.compute_face_descriptor(rgb, shape, 1, 0.25), dtype=np.float64)
 
-
     def encode_mirror(self, bgr: np.ndarray, face: DetectedFace) -> np.ndarray | None:
         if face.native is None:
             return super().encode_mirror(bgr, face)
@@ -112,8 +122,9 @@ class DlibEngine(FaceEngine):
             self._load_locked()
             # the aligned 150x150 chip the encoder sees (same size and padding as encode), mirrored
             chip = dlib.get_face_chip(rgb, face.native, 150, 0.25)
-            return np.asarray(self._encoder.compute_face_descriptor(np.ascontiguousarray(chip[:, ::-1])),
-                              dtype=np.float64)
+            return np.asarray(
+                self._encoder.compute_face_descriptor(np.ascontiguousarray(chip[:, ::-1])), dtype=np.float64
+            )
 
 
 def _rgb(bgr: np.ndarray) -> np.ndarray:

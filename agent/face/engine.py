@@ -4,7 +4,7 @@ An engine is found by name in the entry-point group ``fvagent.face_engines`` (``
 a licensed commercial engine or a terminal SDK replaces the default without changes here: it
 subclasses ``FaceEngine`` and declares ``[project.entry-points."fvagent.face_engines"]``.
 
-Images are numpy uint8 arrays in BGR order (as cameras and ``agent.images.decode_image`` give them).
+Images are numpy uint8 arrays in BGR order (as cameras and ``core.images.decode_image`` give them).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class FaceEngine(abc.ABC):
     def __init__(self, face: FaceSettings) -> None:
         self.face = face
 
-    def load(self) -> None:
+    def load(self) -> None:  # noqa: B027 (optional: an engine with nothing to load keeps this)
         """Load the models now. Idempotent. Raises ``FaceError``."""
 
     @abc.abstractmethod

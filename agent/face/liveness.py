@@ -78,5 +78,7 @@ class HeadTurnChallenge:
             return "liveness: no face seen for the head-turn challenge"
         if self.wrong_turn >= self.min_turn:
             return f"liveness failed: head turned the wrong way (asked {self.direction})"
-        return (f"liveness failed: no head turn to the {self.direction} seen "
-                f"(turn {self.best_turn:.2f} < {self.min_turn:.2f} eye distances)")
+        return (
+            f"liveness failed: no head turn to the {self.direction} seen "
+            f"(turn {self.best_turn:.2f} < {self.min_turn:.2f} eye distances)"
+        )

@@ -50,7 +50,7 @@ class FrameQuality:
 
 def face_grey(bgr: np.ndarray, face: DetectedFace, size: int = 128) -> np.ndarray:
     """The face box as a ``size`` x ``size`` float grey image."""
-    crop = bgr[face.top:face.bottom, face.left:face.right]
+    crop = bgr[face.top : face.bottom, face.left : face.right]
     if crop.size == 0:
         return np.zeros((size, size))
     if crop.ndim == 3:  # ITU-R 601 luma from BGR
@@ -63,7 +63,7 @@ def face_grey(bgr: np.ndarray, face: DetectedFace, size: int = 128) -> np.ndarra
 
 def sharpness(grey: np.ndarray) -> float:
     """Variance of the 4-neighbour Laplacian: low for a blurred face."""
-    lap = (grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1])
+    lap = grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1]
     return float(lap.var())
 
 

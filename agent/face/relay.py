@@ -19,10 +19,10 @@ import logging
 import math
 from typing import Any
 
-from agent.errors import RecordError
 from agent.face.scoring import RESULT_FAILED, RESULT_NOT_VERIFIED, RESULT_PASSED
 from agent.face.session import FaceOutcome
-from agent.images import ImageError, normalize_jpeg
+from core.errors import RecordError
+from core.images import ImageError, normalize_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,14 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def relay_outcome(score: Any, result: Any, *, reason: str | None = None, best_frame_jpeg: bytes | None = None,
-                  head_jpeg: bytes | None = None) -> FaceOutcome:
+def relay_outcome(
+    score: Any,
+    result: Any,
+    *,
+    reason: str | None = None,
+    best_frame_jpeg: bytes | None = None,
+    head_jpeg: bytes | None = None,
+) -> FaceOutcome:
     """Validate a terminal's face score and result into a ``FaceOutcome`` (``source="terminal"``).
 
     Images, when given, are made EXIF-free JPEGs within 3 MB. Raises ``RecordError`` listing each
@@ -76,8 +82,11 @@ def relay_outcome(score: Any, result: Any, *, reason: str | None = None, best_fr
         except ImageError as exc:
             problems.append((field, str(exc)))
     if problems:
-        raise RecordError("the terminal's face values are invalid", problems=problems,
-                          hint="faceScore is a fraction in [0, 1]; faceResult 0, 1 or 2; images JPEG")
+        raise RecordError(
+            "the terminal's face values are invalid",
+            problems=problems,
+            hint="faceScore is a fraction in [0, 1]; faceResult 0, 1 or 2; images JPEG",
+        )
     assert number is not None and code is not None
     return FaceOutcome(round(number, 4), code, reason or "relayed from the terminal", source="terminal", **images)
 
@@ -92,8 +101,14 @@ def reconcile_both(terminal: FaceOutcome, engine: FaceOutcome) -> FaceOutcome:
     both_judged = terminal.result in (0, 1) and engine.result in (0, 1)
     disagrees = both_judged and terminal.result != engine.result
     if disagrees:
-        log.warning("face: terminal result %d (score %.2f) but engine result %d (score %.2f, distance %s)",
-                    terminal.result, terminal.score, engine.result, engine.score, engine.distance)
+        log.warning(
+            "face: terminal result %d (score %.2f) but engine result %d (score %.2f, distance %s)",
+            terminal.result,
+            terminal.score,
+            engine.result,
+            engine.score,
+            engine.distance,
+        )
         note = f"engine disagrees: result {engine.result}, score {engine.score:.2f}"
     elif engine.result == RESULT_NOT_VERIFIED:
         note = f"engine could not verify: {engine.reason}"

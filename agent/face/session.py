@@ -24,12 +24,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from agent.errors import DeviceTimeout, DriverError
 from agent.face import quality
 from agent.face.engine import DetectedFace, FaceEngine
 from agent.face.liveness import HeadTurnChallenge
-from agent.face.scoring import RESULT_FAILED, RESULT_NOT_VERIFIED, distance_to_score, result_for_score
-from agent.images import ImageError, decode_image, encode_jpeg, normalize_jpeg
+from agent.face.scoring import (
+    RESULT_FAILED,
+    RESULT_NOT_VERIFIED,
+    distance_to_score,
+    result_for_score,
+)
+from core.errors import DeviceTimeout, DriverError
+from core.images import ImageError, decode_image, encode_jpeg, normalize_jpeg
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
@@ -161,9 +166,16 @@ class Scorer:
     Used by ``score_live`` (frames from a camera) and ``score_frames`` (frames from files).
     """
 
-    def __init__(self, engine: FaceEngine, card: CardEncoding, face: FaceSettings, *,
-                 clock: Callable[[], float] = time.monotonic, challenge: HeadTurnChallenge | None = None,
-                 t0: float | None = None) -> None:
+    def __init__(
+        self,
+        engine: FaceEngine,
+        card: CardEncoding,
+        face: FaceSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        challenge: HeadTurnChallenge | None = None,
+        t0: float | None = None,
+    ) -> None:
         self.engine = engine
         self.card = card
         self.face = face
@@ -186,8 +198,14 @@ class Scorer:
     def offer(self, frame: object) -> bool:
         """Consider one frame; True when there is no point reading more."""
         self.frames_seen += 1
-        if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
-                and frame.shape[0] >= 16 and frame.shape[1] >= 16):
+        if not (
+            isinstance(frame, np.ndarray)
+            and frame.dtype == np.uint8
+            and frame.ndim == 3
+            and frame.shape[2] == 3
+            and frame.shape[0] >= 16
+            and frame.shape[1] >= 16
+        ):
             self.rejects["bad frame"] += 1
             return False
         self.fallback_frame = frame
@@ -270,9 +288,15 @@ class Scorer:
                 best_jpeg = encode_jpeg(frame)
             except ImageError:
                 log.warning("best frame could not be encoded within the size limit")
-        common = dict(best_frame_jpeg=best_jpeg, head_jpeg=self.card.head_jpeg, frames_seen=self.frames_seen,
-                      elapsed_s=elapsed, camera_error=camera_error, rejects=dict(self.rejects),
-                      liveness=self.challenge.reason if self.challenge is not None else None)
+        common = dict(
+            best_frame_jpeg=best_jpeg,
+            head_jpeg=self.card.head_jpeg,
+            frames_seen=self.frames_seen,
+            elapsed_s=elapsed,
+            camera_error=camera_error,
+            rejects=dict(self.rejects),
+            liveness=self.challenge.reason if self.challenge is not None else None,
+        )
         if self.card.reason is not None:
             return FaceOutcome(0.0, RESULT_NOT_VERIFIED, self.card.reason, **common)  # type: ignore[arg-type]
         if self.best_distance is None:
@@ -287,26 +311,33 @@ class Scorer:
         score = self._score(distance)
         result = result_for_score(score, self.face.threshold)
         if result == RESULT_FAILED:
-            reason = (f"no match: best distance {distance:.3f} over {self.compared} frame(s), "
-                      f"score {score:.2f} < threshold {self.face.threshold:.2f}")
+            reason = (
+                f"no match: best distance {distance:.3f} over {self.compared} frame(s), "
+                f"score {score:.2f} < threshold {self.face.threshold:.2f}"
+            )
         else:
             reason = f"match: distance {distance:.3f}, score {score:.2f}"
         if self.retry_from_score is not None:
-            reason += (f" (grey zone: score {self.retry_from_score:.2f} at first, "
-                       f"{self.compared - self.compared_before_retry} more frame(s) compared)")
+            reason += (
+                f" (grey zone: score {self.retry_from_score:.2f} at first, "
+                f"{self.compared - self.compared_before_retry} more frame(s) compared)"
+            )
         if self.challenge is not None and not self.challenge.passed:
             result, reason = RESULT_FAILED, self.challenge.reason
-        retry = None if self.retry_from_score is None else FaceRetry(
-            self.retry_from_score, self.compared - self.compared_before_retry)
-        return FaceOutcome(score, result, reason, distance, best_frame_index=self.best_index, retry=retry,
-                           **common)  # type: ignore[arg-type]
+        retry = (
+            None
+            if self.retry_from_score is None
+            else FaceRetry(self.retry_from_score, self.compared - self.compared_before_retry)
+        )
+        return FaceOutcome(score, result, reason, distance, best_frame_index=self.best_index, retry=retry, **common)  # type: ignore[arg-type]
 
     def _reject_summary(self) -> str:
         return ", ".join(f"{why} x{n}" for why, n in self.rejects.most_common()) or "none compared"
 
 
-def _challenge(face: FaceSettings, on_prompt: Callable[[str], None] | None,
-               rng: random.Random | None) -> HeadTurnChallenge | None:
+def _challenge(
+    face: FaceSettings, on_prompt: Callable[[str], None] | None, rng: random.Random | None
+) -> HeadTurnChallenge | None:
     if face.liveness != "head-turn":
         return None
     challenge = HeadTurnChallenge.random(min_turn=face.liveness_min_turn, mirrored=face.camera_mirrored, rng=rng)
@@ -318,9 +349,17 @@ def _challenge(face: FaceSettings, on_prompt: Callable[[str], None] | None,
     return challenge
 
 
-def score_live(engine: FaceEngine, camera: Camera, card_photo_jpeg: bytes | None, face: FaceSettings, *,
-               clock: Callable[[], float] = time.monotonic, on_prompt: Callable[[str], None] | None = None,
-               rng: random.Random | None = None, on_retry: Callable[[float], None] | None = None) -> FaceOutcome:
+def score_live(
+    engine: FaceEngine,
+    camera: Camera,
+    card_photo_jpeg: bytes | None,
+    face: FaceSettings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    on_prompt: Callable[[str], None] | None = None,
+    rng: random.Random | None = None,
+    on_retry: Callable[[float], None] | None = None,
+) -> FaceOutcome:
     """Score the live face in front of ``camera`` against the card photo. Never raises.
 
     Reads frames for at most ``face.capture_timeout_s`` (measured with ``clock``). A camera that is
@@ -332,8 +371,14 @@ def score_live(engine: FaceEngine, camera: Camera, card_photo_jpeg: bytes | None
     to face the camera again) and the outcome's ``retry`` says so.
     """
     t0 = clock()
-    scorer = Scorer(engine, encode_card(engine, card_photo_jpeg), face, clock=clock,
-                    challenge=_challenge(face, on_prompt, rng), t0=t0)
+    scorer = Scorer(
+        engine,
+        encode_card(engine, card_photo_jpeg),
+        face,
+        clock=clock,
+        challenge=_challenge(face, on_prompt, rng),
+        t0=t0,
+    )
     deadline = scorer.t0 + face.capture_timeout_s
     camera_error: str | None = None
     try:
@@ -378,8 +423,14 @@ def _notify(callback: Callable[[float], None] | None, value: float, what: str) -
         log.warning("%s callback failed", what, exc_info=True)
 
 
-def score_frames(engine: FaceEngine, frames: Iterable[np.ndarray], card_photo_jpeg: bytes | None,
-                 face: FaceSettings, *, clock: Callable[[], float] = time.monotonic) -> FaceOutcome:
+def score_frames(
+    engine: FaceEngine,
+    frames: Iterable[np.ndarray],
+    card_photo_jpeg: bytes | None,
+    face: FaceSettings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> FaceOutcome:
     """Like ``score_live`` over given frames (files, a test): no capture timeout, no liveness."""
     t0 = clock()
     scorer = Scorer(engine, encode_card(engine, card_photo_jpeg), face, clock=clock, t0=t0)

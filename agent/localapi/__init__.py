@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agent.localapi.backend import DeskBackend, NotFound
 
-__all__ = ["DeskBackend", "NotFound", "LocalApiServer", "create_app"]
+__all__ = ["DeskBackend", "LocalApiServer", "NotFound", "create_app"]
 
 
 def __getattr__(name: str) -> object:  # lazy: `import agent.localapi` must not pull in fastapi/uvicorn

@@ -37,11 +37,23 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.config import LocalApiSettings
-from agent.errors import OutboxError, RecordError, StorageFull
 from agent.events import VERIFICATION
-from agent.localapi.backend import SHANGHAI, DeskBackend, IdempotencyConflict, NotFound, RelayRateLimited
-from agent.localapi.trust import Access, BrowserGuard, Denied, credential_write, page_write
+from agent.localapi.backend import (
+    DeskBackend,
+    IdempotencyConflict,
+    NotFound,
+    RelayRateLimited,
+)
+from agent.localapi.trust import (
+    Access,
+    BrowserGuard,
+    Denied,
+    credential_write,
+    page_write,
+)
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from core.clock import CHINA_TZ
+from core.errors import OutboxError, RecordError, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +113,12 @@ OPERATOR_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x
 
 
 class OperatorIn(BaseModel):
-    operator: str = Field(min_length=1, max_length=10, pattern=OPERATOR_PATTERN,
-                          description="operationUser for the following verifications, 1..10 characters")
+    operator: str = Field(
+        min_length=1,
+        max_length=10,
+        pattern=OPERATOR_PATTERN,
+        description="operationUser for the following verifications, 1..10 characters",
+    )
 
 
 class OperatorOut(BaseModel):
@@ -114,9 +130,9 @@ _JPEG_B64 = {"type": "string", "minLength": 4, "description": "JPEG of at most 3
 VERIFICATION_BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "A verification with the platform spec's field names (the JSON `fvagent upload-file` "
-                   "takes), validated exactly like a captured record: GB 11643 check digit, code tables, "
-                   "JPEG images, cross-field rules. operationUser defaults to the current operator; "
-                   "deviceNo and machineCode default to this device's and must match it when given.",
+    "takes), validated exactly like a captured record: GB 11643 check digit, code tables, "
+    "JPEG images, cross-field rules. operationUser defaults to the current operator; "
+    "deviceNo and machineCode default to this device's and must match it when given.",
     "properties": {
         "realName": {"type": "string", "minLength": 1, "maxLength": 10},
         "cardType": {"type": ["integer", "string"], "enum": [0, 1, 2, 9, "0", "1", "2", "9"]},
@@ -144,23 +160,50 @@ VERIFICATION_BODY_SCHEMA: dict[str, Any] = {
         "fingerScore": {"type": "number", "minimum": 0, "maximum": 1},
         "fingerResult": {"type": "integer", "enum": [0, 1, 2]},
     },
-    "required": ["realName", "cardType", "cardNo", "sexCode", "sexName", "nationalCode", "nationalName",
-                 "birthday", "address", "police", "cardStartDate", "cardEndDate", "headImg", "cameraImg",
-                 "faceScore", "faceResult", "verifyDate", "verifyTime", "certTimeoutStatus"],
+    "required": [
+        "realName",
+        "cardType",
+        "cardNo",
+        "sexCode",
+        "sexName",
+        "nationalCode",
+        "nationalName",
+        "birthday",
+        "address",
+        "police",
+        "cardStartDate",
+        "cardEndDate",
+        "headImg",
+        "cameraImg",
+        "faceScore",
+        "faceResult",
+        "verifyDate",
+        "verifyTime",
+        "certTimeoutStatus",
+    ],
     "additionalProperties": False,
 }
 
 ERRORS = {
     401: {"model": ErrorOut, "description": "missing or unknown bearer token"},
-    403: {"model": ErrorOut, "description": "the token does not allow this; (without a token configured) the "
-                                            "caller is not this machine, or the call changes something and no "
-                                            "credential is configured; or the request's Origin is foreign"},
+    403: {
+        "model": ErrorOut,
+        "description": "the token does not allow this; (without a token configured) the "
+        "caller is not this machine, or the call changes something and no "
+        "credential is configured; or the request's Origin is foreign",
+    },
     503: {"model": ErrorOut, "description": "the outbox or the state directory cannot be used now"},
 }
 
 
-def _error(status: int, message: str, *, hint: str | None = None,
-           problems: list[tuple[str, str]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    message: str,
+    *,
+    hint: str | None = None,
+    problems: list[tuple[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": message, "hint": hint, "problems": [{"field": f, "rule": r} for f, r in problems or []]}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -202,7 +245,8 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         title="fvagent local API",
         version="1",
         description="Relay verifications in, results out to the registration desk, the operator page's feed.",
-        docs_url=None, redoc_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.shutdown = threading.Event()
     app.state.backend = backend
@@ -214,8 +258,13 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         started = time.monotonic()
         response = await call_next(request)
         # path only: query strings can hold a card number
-        log.debug("%s %s -> %d (%.0f ms)", request.method, request.url.path, response.status_code,
-                  (time.monotonic() - started) * 1000)
+        log.debug(
+            "%s %s -> %d (%.0f ms)",
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.monotonic() - started) * 1000,
+        )
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
@@ -254,36 +303,62 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     # -- the page ---------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(page_html, headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; "
-                                       "script-src 'unsafe-inline'; connect-src 'self'",
-            "Referrer-Policy": "no-referrer",
-        })
+        return HTMLResponse(
+            page_html,
+            headers={
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; "
+                "script-src 'unsafe-inline'; connect-src 'self'",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
 
     # -- /v1 --------------------------------------------------------------------------------------
-    @app.post("/v1/verifications", status_code=202, response_model=Accepted,
-              summary="Relay a verification the terminal scored itself",
-              openapi_extra={"requestBody": {"required": True,
-                                             "content": {"application/json": {"schema": VERIFICATION_BODY_SCHEMA}}}},
-              responses={**ERRORS, 413: {"model": ErrorOut, "description": "body too large"},
-                         409: {"model": ErrorOut, "description": "Idempotency-Key already used for a different verification"},
-                         404: {"model": ErrorOut, "description": "relaying is off; the hint names the settings"},
-                         415: {"model": ErrorOut, "description": "body is not JSON"},
-                         422: {"model": ErrorOut, "description": "every bad field, as (field, rule); verifyTime "
-                                                                 "too far from the agent's clock"},
-                         429: {"model": ErrorOut, "description": "more than [local_api] max_relay_per_min"},
-                         507: {"model": ErrorOut, "description": "the disk is full, the space left is kept for "
-                                                                 "this device's captures, or too many relayed "
-                                                                 "verifications wait: nothing was stored"}})
+    @app.post(
+        "/v1/verifications",
+        status_code=202,
+        response_model=Accepted,
+        summary="Relay a verification the terminal scored itself",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": VERIFICATION_BODY_SCHEMA}}}
+        },
+        responses={
+            **ERRORS,
+            413: {"model": ErrorOut, "description": "body too large"},
+            409: {"model": ErrorOut, "description": "Idempotency-Key already used for a different verification"},
+            404: {"model": ErrorOut, "description": "relaying is off; the hint names the settings"},
+            415: {"model": ErrorOut, "description": "body is not JSON"},
+            422: {
+                "model": ErrorOut,
+                "description": "every bad field, as (field, rule); verifyTime too far from the agent's clock",
+            },
+            429: {"model": ErrorOut, "description": "more than [local_api] max_relay_per_min"},
+            507: {
+                "model": ErrorOut,
+                "description": "the disk is full, the space left is kept for "
+                "this device's captures, or too many relayed "
+                "verifications wait: nothing was stored",
+            },
+        },
+    )
     async def post_verification(
         request: Request,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
-                                                      pattern=r"^[\x21-\x7e]+$",
-                                                      description="a retried post with the same key returns the same id")] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                min_length=1,
+                max_length=200,
+                pattern=r"^[\x21-\x7e]+$",
+                description="a retried post with the same key returns the same id",
+            ),
+        ] = None,
     ) -> Any:
         if not relay_open:
-            return _error(404, "relaying verifications is off on this agent",
-                          hint='it needs [face] mode = "relay" or "both" and [local_api] relay = true')
+            return _error(
+                404,
+                "relaying verifications is off on this agent",
+                hint='it needs [face] mode = "relay" or "both" and [local_api] relay = true',
+            )
         credential_write(request)
         _only_params(request)
         raw = await request.body()  # BrowserGuard checked its type, size and depth
@@ -298,8 +373,12 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         except RelayRateLimited as exc:
             return _error(429, str(exc), hint="[local_api] max_relay_per_min", headers={"Retry-After": "60"})
         except IdempotencyConflict as exc:
-            return _error(409, str(exc), hint="use a new Idempotency-Key for each verification",
-                          problems=[("Idempotency-Key", "already used for a different verification")])
+            return _error(
+                409,
+                str(exc),
+                hint="use a new Idempotency-Key for each verification",
+                problems=[("Idempotency-Key", "already used for a different verification")],
+            )
         except StorageFull as exc:
             return _error(507, str(exc), hint=exc.hint)
         except OutboxError as exc:
@@ -307,10 +386,16 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
             return _error(503, "the verification could not be stored", hint=exc.hint)
         return JSONResponse({"id": record_id}, status_code=202)
 
-    @app.get("/v1/verifications/{record_id}", response_model=VerificationOut,
-             summary="One verification by its local id",
-             responses={**ERRORS, 404: {"model": ErrorOut, "description": "no such verification"},
-                        422: {"model": ErrorOut, "description": "bad parameters"}})
+    @app.get(
+        "/v1/verifications/{record_id}",
+        response_model=VerificationOut,
+        summary="One verification by its local id",
+        responses={
+            **ERRORS,
+            404: {"model": ErrorOut, "description": "no such verification"},
+            422: {"model": ErrorOut, "description": "bad parameters"},
+        },
+    )
     async def get_verification(
         request: Request,
         record_id: Annotated[int, Path(ge=1, le=MAX_ID)],
@@ -325,24 +410,35 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         except NotFound as exc:
             return _error(404, str(exc))
 
-    @app.get("/v1/verifications", response_model=VerificationList,
-             summary="Recent verifications, newest first, optionally of one card and since a time",
-             responses={**ERRORS, 422: {"model": ErrorOut, "description": "bad parameters"}})
+    @app.get(
+        "/v1/verifications",
+        response_model=VerificationList,
+        summary="Recent verifications, newest first, optionally of one card and since a time",
+        responses={**ERRORS, 422: {"model": ErrorOut, "description": "bad parameters"}},
+    )
     async def list_verifications(
         request: Request,
-        cardNo: Annotated[str | None, Query(min_length=1, max_length=18, pattern=r"^[0-9A-Za-z]+$")] = None,  # noqa: N803
-        since: Annotated[dt.datetime | None, BeforeValidator(_calendar_time_only), Query(
-            description="ISO 8601 time, yyyy-MM-dd HH:mm:ss or yyyy-MM-dd; Asia/Shanghai time when it has no offset")] = None,
+        cardNo: Annotated[str | None, Query(min_length=1, max_length=18, pattern=r"^[0-9A-Za-z]+$")] = None,
+        since: Annotated[
+            dt.datetime | None,
+            BeforeValidator(_calendar_time_only),
+            Query(
+                description="ISO 8601 time, yyyy-MM-dd HH:mm:ss or yyyy-MM-dd; Asia/Shanghai time when it has no offset"
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> Any:
         scope = access.require_api(request)
         _only_params(request, "cardNo", "since", "limit")
-        since_dt = since if since is None or since.tzinfo is not None else since.replace(tzinfo=SHANGHAI)
+        since_dt = since if since is None or since.tzinfo is not None else since.replace(tzinfo=CHINA_TZ)
         items = await run_in_threadpool(backend.find, card_no=cardNo, since=since_dt, limit=limit, full=scope == "full")
         return {"items": items}
 
-    @app.get("/v1/status", summary="The same document as `fvagent status --json`",
-             responses={**ERRORS, 200: {"content": {"application/json": {"schema": {"type": "object"}}}}})
+    @app.get(
+        "/v1/status",
+        summary="The same document as `fvagent status --json`",
+        responses={**ERRORS, 200: {"content": {"application/json": {"schema": {"type": "object"}}}}},
+    )
     async def get_status(request: Request) -> Any:
         access.require_api(request)
         _only_params(request)
@@ -354,8 +450,12 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         _only_params(request)
         return {"operator": backend.get_operator()}
 
-    @app.put("/v1/operator", response_model=OperatorOut, summary="Set the operationUser for the following verifications",
-             responses={**ERRORS, 422: {"model": ErrorOut, "description": "bad operator"}})
+    @app.put(
+        "/v1/operator",
+        response_model=OperatorOut,
+        summary="Set the operationUser for the following verifications",
+        responses={**ERRORS, 422: {"model": ErrorOut, "description": "bad operator"}},
+    )
     async def put_operator(request: Request, body: OperatorIn, _: Annotated[str, Depends(credential_write)]) -> Any:
         _only_params(request)
         return await _set_operator(body.operator)
@@ -367,7 +467,9 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
             return _error(422, exc.message, problems=exc.problems)
         except OSError as exc:
             log.error("operator not saved: %s", exc)
-            return _error(503, "the operator could not be saved", hint="check the state directory's permissions and free space")
+            return _error(
+                503, "the operator could not be saved", hint="check the state directory's permissions and free space"
+            )
 
     @app.get("/metrics", include_in_schema=False)
     async def get_metrics(request: Request) -> Response:
@@ -396,12 +498,13 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     ) -> Any:
         access.require_ui(request)
         _only_params(request, "since", "limit")
-        since_dt = dt.datetime.combine(since, dt.time(), SHANGHAI) if since is not None else None
+        since_dt = dt.datetime.combine(since, dt.time(), CHINA_TZ) if since is not None else None
         return {"items": await run_in_threadpool(backend.follow_ups, since=since_dt, limit=limit)}
 
     @app.post("/ui/verifications/{record_id}/handover", include_in_schema=False)
-    async def ui_handover(request: Request, record_id: Annotated[int, Path(ge=1, le=MAX_ID)],
-                          _: Annotated[str, Depends(page_write)]) -> Any:
+    async def ui_handover(
+        request: Request, record_id: Annotated[int, Path(ge=1, le=MAX_ID)], _: Annotated[str, Depends(page_write)]
+    ) -> Any:
         _only_params(request)
         try:
             return await run_in_threadpool(backend.mark_handed_over, record_id)
@@ -411,8 +514,9 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
             return _error(422, exc.message, problems=exc.problems)
 
     @app.get("/ui/photos/{record_id}/{which}", include_in_schema=False)
-    async def ui_photo(request: Request, record_id: Annotated[int, Path(ge=1, le=MAX_ID)],
-                       which: Literal["head", "camera"]) -> Response:
+    async def ui_photo(
+        request: Request, record_id: Annotated[int, Path(ge=1, le=MAX_ID)], which: Literal["head", "camera"]
+    ) -> Response:
         access.require_ui(request)
         try:
             data = await run_in_threadpool(backend.photo, record_id, which, max_age_s=UI_PHOTO_MAX_AGE_S)
@@ -433,8 +537,11 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
             recent = backend.events.recent(VERIFICATION, SSE_REPLAY)
             replay_after = recent[0].seq - 1 if recent else None
         sub = backend.events.subscribe(replay_after=replay_after)
-        return StreamingResponse(_sse(request, backend, sub, app.state.shutdown), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            _sse(request, backend, sub, app.state.shutdown),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     if access.token is not None:
         _declare_bearer(app)
@@ -449,8 +556,12 @@ def _declare_bearer(app: FastAPI) -> None:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             doc.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer",
-                           "description": "[local_api] token; full_data_token also unmasks personal data"}}
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "[local_api] token; full_data_token also unmasks personal data",
+                }
+            }
             for path, ops in doc.get("paths", {}).items():
                 if path.startswith("/v1/"):
                     for op in ops.values():

@@ -22,9 +22,17 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from agent.errors import RecordError, StorageFull
-from agent.events import STATUS, VERIFICATION, EventBus, Event, OperatorState, validate_operator
-from agent.privacy import mask_card_no, mask_name
+from agent.events import (
+    STATUS,
+    VERIFICATION,
+    Event,
+    EventBus,
+    OperatorState,
+    validate_operator,
+)
+from core.clock import CHINA_TZ
+from core.errors import RecordError, StorageFull
+from core.privacy import mask_card_no, mask_name
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +41,47 @@ PHOTO_FIELDS: dict[str, str] = {"head": "headImg", "camera": "cameraImg"}
 RELAY_SOURCE = "local_api"
 """``meta.source`` of a relayed verification in the outbox."""
 
-MASKED_FIELDS = ("cardType", "realName", "cardNo", "sexName", "faceScore", "faceResult", "verifyDate",
-                 "verifyTime", "operationUser", "certTimeoutStatus", "deviceNo", "machineCode",
-                 "fingerScore", "fingerResult")
+MASKED_FIELDS = (
+    "cardType",
+    "realName",
+    "cardNo",
+    "sexName",
+    "faceScore",
+    "faceResult",
+    "verifyDate",
+    "verifyTime",
+    "operationUser",
+    "certTimeoutStatus",
+    "deviceNo",
+    "machineCode",
+    "fingerScore",
+    "fingerResult",
+)
 """Record fields a caller without the full-data scope sees (realName and cardNo masked)."""
-FULL_FIELDS = ("realName", "cardType", "cardNo", "sexCode", "sexName", "nationalCode", "nationalName",
-               "operationUser", "birthday", "address", "police", "cardStartDate", "cardEndDate",
-               "faceScore", "faceResult", "verifyDate", "verifyTime", "certTimeoutStatus", "deviceNo",
-               "machineCode", "fingerScore", "fingerResult")
+FULL_FIELDS = (
+    "realName",
+    "cardType",
+    "cardNo",
+    "sexCode",
+    "sexName",
+    "nationalCode",
+    "nationalName",
+    "operationUser",
+    "birthday",
+    "address",
+    "police",
+    "cardStartDate",
+    "cardEndDate",
+    "faceScore",
+    "faceResult",
+    "verifyDate",
+    "verifyTime",
+    "certTimeoutStatus",
+    "deviceNo",
+    "machineCode",
+    "fingerScore",
+    "fingerResult",
+)
 """Record fields a full-data caller sees; photos only when asked for."""
 
 RESULT_TEXT = {0: "未通过", 1: "通过", 2: "未核验"}
@@ -65,7 +106,6 @@ REASON_ZH: tuple[tuple[str, str], ...] = (
     ("no live image", "没有现场照片"),
     ("service stopping", "服务停止，采集中断"),
 )
-SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
 class NotFound(LookupError):
@@ -85,8 +125,9 @@ class IdempotencyConflict(ValueError):
 
 
 def _problem_error(message: str, problems: list[tuple[str, str]]) -> RecordError:
-    return RecordError(message, problems=problems,
-                       hint="fix each field listed; the field names are the platform spec's")
+    return RecordError(
+        message, problems=problems, hint="fix each field listed; the field names are the platform spec's"
+    )
 
 
 class DeskBackend:
@@ -104,9 +145,18 @@ class DeskBackend:
         metrics: the service's ``agent.metrics.Metrics`` for GET /metrics (None: not served).
     """
 
-    def __init__(self, settings: Any, outbox: Any, events: EventBus, operator: OperatorState, *,
-                 status_provider: Callable[[], dict[str, Any]] | None = None, status_ttl_s: float = 2.0,
-                 clock: Callable[[], float] = time.time, metrics: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        outbox: Any,
+        events: EventBus,
+        operator: OperatorState,
+        *,
+        status_provider: Callable[[], dict[str, Any]] | None = None,
+        status_ttl_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        metrics: Any = None,
+    ) -> None:
         self.settings = settings
         self._clock = clock
         self._relayed_at: collections.deque[float] = collections.deque()
@@ -143,12 +193,16 @@ class DeskBackend:
         captures (``relay_reserve_bytes``) (``StorageFull``). Photos are re-encoded, so no EXIF, GPS or
         other metadata a terminal put in them reaches the platform.
         """
-        from agent.face.relay import relay_outcome  # late: keeps the module light to import
-        from agent.records import parse_verification
+        from agent.face.relay import (
+            relay_outcome,  # late: keeps the module light to import
+        )
+        from core.records import parse_verification
 
         if not isinstance(body, dict):
-            raise _problem_error("a verification must be a JSON object",
-                                 [("(body)", f"must be a JSON object, not {type(body).__name__}")])
+            raise _problem_error(
+                "a verification must be a JSON object",
+                [("(body)", f"must be a JSON object, not {type(body).__name__}")],
+            )
         data = dict(body)
         device = self.settings.device
         problems: list[tuple[str, str]] = []
@@ -183,35 +237,48 @@ class DeskBackend:
         # meta is not encrypted: a digest keyed with the outbox key reveals nothing of the record
         keyed = getattr(self.outbox, "fingerprint", None)
         body_hash = keyed(canonical) if callable(keyed) else hashlib.sha256(canonical).hexdigest()
-        record_id = int(self.outbox.enqueue(payload, idempotency_key=idempotency_key,
-                                            meta={"source": RELAY_SOURCE, "body_sha256": body_hash}))
+        record_id = int(
+            self.outbox.enqueue(
+                payload, idempotency_key=idempotency_key, meta={"source": RELAY_SOURCE, "body_sha256": body_hash}
+            )
+        )
         if idempotency_key is not None:
             row = self.outbox.get(record_id)
             first_hash = (_row_get(row, "meta") or {}).get("body_sha256") if row is not None else None
             if first_hash is not None and first_hash != body_hash:
                 raise IdempotencyConflict(
-                    f"Idempotency-Key was already used for verification {record_id}, with a different body",
-                    record_id)
+                    f"Idempotency-Key was already used for verification {record_id}, with a different body", record_id
+                )
         if self._first_announcement(record_id):
-            log.info("relayed verification %d committed (card %s, faceResult %s)", record_id,
-                     mask_card_no(payload.get("cardNo")), payload.get("faceResult"))
-            self.events.publish(VERIFICATION, {"id": record_id, "source": RELAY_SOURCE,
-                                               "result": payload.get("faceResult")})
+            log.info(
+                "relayed verification %d committed (card %s, faceResult %s)",
+                record_id,
+                mask_card_no(payload.get("cardNo")),
+                payload.get("faceResult"),
+            )
+            self.events.publish(
+                VERIFICATION, {"id": record_id, "source": RELAY_SOURCE, "result": payload.get("faceResult")}
+            )
         return record_id
 
     def _clock_problems(self, verify_time: str) -> list[tuple[str, str]]:
         """verifyTime (yyyy-MM-dd HH:mm:ss, Asia/Shanghai) further than max_clock_skew_s from now."""
         skew = self.settings.local_api.max_clock_skew_s
         try:
-            at = dt.datetime.strptime(verify_time, "%Y-%m-%d %H:%M:%S").replace(tzinfo=SHANGHAI).timestamp()
+            at = dt.datetime.strptime(verify_time, "%Y-%m-%d %H:%M:%S").replace(tzinfo=CHINA_TZ).timestamp()
         except (TypeError, ValueError):
             return []  # parse_verification has named the format already
         off = at - self._clock()
         if abs(off) <= skew:
             return []
         way = "ahead of" if off > 0 else "behind"
-        return [("verifyTime", f"must be within {skew:.0f} s of the agent's clock "
-                               f"([local_api] max_clock_skew_s); it is {abs(off):.0f} s {way} it")]
+        return [
+            (
+                "verifyTime",
+                f"must be within {skew:.0f} s of the agent's clock "
+                f"([local_api] max_clock_skew_s); it is {abs(off):.0f} s {way} it",
+            )
+        ]
 
     def _check_room(self) -> None:
         """Rate, waiting-count and disk rules of a relayed verification; raise before anything is stored."""
@@ -221,23 +288,29 @@ class DeskBackend:
             while self._relayed_at and self._relayed_at[0] <= now - 60:
                 self._relayed_at.popleft()
             if len(self._relayed_at) >= limits.max_relay_per_min:
-                raise RelayRateLimited(f"more than {limits.max_relay_per_min} relayed verifications in a minute: "
-                                       "refused; retry in a minute")
+                raise RelayRateLimited(
+                    f"more than {limits.max_relay_per_min} relayed verifications in a minute: "
+                    "refused; retry in a minute"
+                )
             self._relayed_at.append(now)  # counted even if refused below: a flood of refusals is a flood
         waiting = int(self.outbox.count_unsent(source=RELAY_SOURCE))
         if waiting >= limits.max_unsent_relayed:
-            raise StorageFull(f"{waiting} relayed verifications already wait for upload "
-                              f"([local_api] max_unsent_relayed = {limits.max_unsent_relayed}): refused",
-                              hint="let the uploader drain the queue (fvagent status shows why it does not)")
+            raise StorageFull(
+                f"{waiting} relayed verifications already wait for upload "
+                f"([local_api] max_unsent_relayed = {limits.max_unsent_relayed}): refused",
+                hint="let the uploader drain the queue (fvagent status shows why it does not)",
+            )
         try:
             free = shutil.disk_usage(self.settings.storage.dir).free
         except OSError:
             return  # the outbox's own write reports a missing or full directory
         if free < limits.relay_reserve_bytes:
-            raise StorageFull(f"only {free // 1024**2} MB free in the state directory: the last "
-                              f"{limits.relay_reserve_bytes // 1024**2} MB are kept for this device's own captures "
-                              "([local_api] relay_reserve_bytes); relayed verification refused",
-                              hint="free disk space or let the uploader drain the queue")
+            raise StorageFull(
+                f"only {free // 1024**2} MB free in the state directory: the last "
+                f"{limits.relay_reserve_bytes // 1024**2} MB are kept for this device's own captures "
+                "([local_api] relay_reserve_bytes); relayed verification refused",
+                hint="free disk space or let the uploader drain the queue",
+            )
 
     def _first_announcement(self, record_id: int) -> bool:
         """True the first time an id is seen here: a retried post (same id) is not announced twice."""
@@ -261,8 +334,9 @@ class DeskBackend:
         payload = self.outbox.payload(record_id) or {}
         return self._view(row, payload, full=full, photos=photos and full)
 
-    def find(self, *, card_no: str | None = None, since: dt.datetime | None = None, limit: int = 20,
-             full: bool = False) -> list[dict[str, Any]]:
+    def find(
+        self, *, card_no: str | None = None, since: dt.datetime | None = None, limit: int = 20, full: bool = False
+    ) -> list[dict[str, Any]]:
         """Recent verifications, newest first, of one card when ``card_no`` is given, since ``since``."""
         rows = self.outbox.find(card_no, since, limit)
         out = []
@@ -281,8 +355,10 @@ class DeskBackend:
             raise NotFound(f"no verification with id {record_id}")
         created = _row_get(row, "created_at")
         if max_age_s is not None and (created is None or self._clock() - float(created) > max_age_s):
-            raise NotFound(f"verification {record_id}'s photos are shown here only for {max_age_s / 60:.0f} minutes "
-                           "after it was taken")
+            raise NotFound(
+                f"verification {record_id}'s photos are shown here only for {max_age_s / 60:.0f} minutes "
+                "after it was taken"
+            )
         payload = self.outbox.payload(record_id) or {}
         b64 = payload.get(PHOTO_FIELDS[which])
         if not b64:
@@ -357,7 +433,8 @@ class DeskBackend:
             "resultText": RESULT_TEXT.get(result, "未知") if result is not None else "未知",
             "reason": reason_text,
             "reasonDetail": detail,
-            "verifyTime": rec.get("verifyTime") or dt.datetime.fromtimestamp(event.time, SHANGHAI).strftime("%Y-%m-%d %H:%M:%S"),
+            "verifyTime": rec.get("verifyTime")
+            or dt.datetime.fromtimestamp(event.time, CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S"),
             "operator": rec.get("operationUser") or self.operator.get(),
             "state": view["state"] if view else "unsaved",
             "held": bool(held),
@@ -365,14 +442,18 @@ class DeskBackend:
             "errorDetail": str(error) if error and not view else None,
             "simulated": bool((view or {}).get("simulated") or data.get("simulated")),
             "source": source,
-            "photos": {k: (f"/ui/photos/{view['id']}/{k}" if has else None)
-                       for k, has in (view["hasPhotos"] if view else {"head": False, "camera": False}).items()},
+            "photos": {
+                k: (f"/ui/photos/{view['id']}/{k}" if has else None)
+                for k, has in (view["hasPhotos"] if view else {"head": False, "camera": False}).items()
+            },
             # how much longer the page shows it as the current result (a replayed old one: 0)
             "currentForS": round(max(0.0, self.settings.local_api.result_display_s - (time.time() - event.time)), 1),
             "handover": self._handover(view["id"]) if view and result in (0, 2) else None,
         }
 
-    def _reason(self, result: int | None, score: Any, reason: Any, *, relayed: bool = False) -> tuple[str | None, str | None]:
+    def _reason(
+        self, result: int | None, score: Any, reason: Any, *, relayed: bool = False
+    ) -> tuple[str | None, str | None]:
         return reason_zh(result, score, reason, relayed=relayed, threshold=self.settings.face.threshold)
 
     # -- the follow-up list and hand-over marks ----------------------------------------------------
@@ -390,8 +471,10 @@ class DeskBackend:
             raise NotFound(f"no verification with id {record_id}")
         result = _as_int((self.outbox.payload(record_id, photos=False) or {}).get("faceResult"))
         if result not in (0, 2):
-            raise _problem_error(f"verification {record_id} passed: there is nothing to hand over",
-                                 [("id", "only a failed (0) or not verified (2) verification is handed over")])
+            raise _problem_error(
+                f"verification {record_id} passed: there is nothing to hand over",
+                [("id", "only a failed (0) or not verified (2) verification is handed over")],
+            )
         mark = self.outbox.mark_handed_over(record_id, self.operator.get())
         log.info("verification %d marked handed over to the police", record_id)
         self.events.publish("handover", {"id": record_id})
@@ -447,7 +530,7 @@ class DeskBackend:
             "platformText": platform_text,
             "operator": self.operator.get(),
             "states": states,
-            "time": dt.datetime.now(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S"),
+            "time": dt.datetime.now(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S"),
             "resultDisplayS": self.settings.local_api.result_display_s,
             "capture": self._capture(),
         }
@@ -458,7 +541,7 @@ class DeskBackend:
             capture = event.data.get("capture")
             if isinstance(capture, dict):
                 until = _parse_iso(capture.get("until"))
-                if capture.get("phase") == "retry" and until is not None and until > dt.datetime.now(dt.timezone.utc):
+                if capture.get("phase") == "retry" and until is not None and until > dt.datetime.now(dt.UTC):
                     return {"phase": "retry", "until": capture["until"]}
                 break
         return {"phase": "idle"}
@@ -480,7 +563,7 @@ class DeskBackend:
 def _reencoded_photos(payload: dict[str, Any]) -> dict[str, Any]:
     """``payload`` with every photo decoded and encoded again: the new JPEG carries no metadata
     segment (EXIF, GPS, XMP, comments) of the original."""
-    from agent.images import ImageError, decode_image, encode_jpeg
+    from core.images import ImageError, decode_image, encode_jpeg
 
     out = dict(payload)
     problems = []
@@ -496,8 +579,9 @@ def _reencoded_photos(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def reason_zh(result: int | None, score: Any, reason: Any, *, relayed: bool = False,
-              threshold: float) -> tuple[str | None, str | None]:
+def reason_zh(
+    result: int | None, score: Any, reason: Any, *, relayed: bool = False, threshold: float
+) -> tuple[str | None, str | None]:
     """(Chinese reason for the desk, the original technical line) for a result other than passed.
 
     ``reason`` is the face session's line (the record's ``meta["reason"]``); ``relayed``: the
@@ -564,14 +648,14 @@ def _as_int(value: Any) -> int | None:
 
 def _local_time(epoch: float) -> str:
     """China time as the platform writes it: yyyy-MM-dd HH:mm:ss."""
-    return dt.datetime.fromtimestamp(float(epoch), SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(float(epoch), CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _iso(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, int | float):
-        return dt.datetime.fromtimestamp(value, SHANGHAI).isoformat(timespec="seconds")
+        return dt.datetime.fromtimestamp(value, CHINA_TZ).isoformat(timespec="seconds")
     if isinstance(value, dt.datetime):
         return value.isoformat(timespec="seconds")
     return str(value)

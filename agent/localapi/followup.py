@@ -16,17 +16,29 @@ from collections.abc import Collection
 from typing import Any
 
 from agent.localapi.backend import RESULT_TEXT, _as_int, _local_time, reason_zh
-from agent.privacy import mask_card_no, mask_name
+from core.privacy import mask_card_no, mask_name
 
 FOLLOW_UP_RESULTS = (0, 2)
 """faceResult values that need follow-up: 0 failed, 2 not verified."""
 SCAN_BATCH = 200
-STATE_TEXT = {"pending": "待上传", "sending": "上传中", "sent": "已上传", "rejected": "平台拒收", "held": "暂存（待补全）"}
+STATE_TEXT = {
+    "pending": "待上传",
+    "sending": "上传中",
+    "sent": "已上传",
+    "rejected": "平台拒收",
+    "held": "暂存（待补全）",
+}
 """The upload state in the desk's words."""
 
 
-def follow_ups(outbox: Any, *, threshold: float, results: Collection[int] = FOLLOW_UP_RESULTS,
-               since: dt.datetime | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def follow_ups(
+    outbox: Any,
+    *,
+    threshold: float,
+    results: Collection[int] = FOLLOW_UP_RESULTS,
+    since: dt.datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
     """Verifications with a faceResult in ``results``, committed at or after ``since``, newest first.
 
     Each item: ``id``, ``verifyTime``, ``name`` and ``cardNo`` (masked), ``result``, ``resultText``,
@@ -57,8 +69,13 @@ def follow_ups(outbox: Any, *, threshold: float, results: Collection[int] = FOLL
 def _item(row: Any, data: dict[str, Any], mark: Any, threshold: float) -> dict[str, Any]:
     result = _as_int(data.get("faceResult"))
     meta = row.meta or {}
-    reason, detail = reason_zh(result, data.get("faceScore"), meta.get("reason"),
-                               relayed=meta.get("source") == "local_api", threshold=threshold)
+    reason, detail = reason_zh(
+        result,
+        data.get("faceScore"),
+        meta.get("reason"),
+        relayed=meta.get("source") == "local_api",
+        threshold=threshold,
+    )
     return {
         "id": row.id,
         "verifyTime": data.get("verifyTime") or _local_time(row.created_at),

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from agent.config import LocalApiSettings
-from agent.errors import LocalApiError
+from core.errors import LocalApiError
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,14 @@ class LocalApiServer:
             self._port = self._sock.getsockname()[1]
         self._app = create_app(self.backend, self.settings)
         config = uvicorn.Config(
-            self._app, log_config=None, access_log=False,  # our own request log never shows a query string
-            lifespan="off", timeout_graceful_shutdown=3, server_header=False,
-            h11_max_incomplete_event_size=64 * 1024, http=_peer_cred_protocol(),
+            self._app,
+            log_config=None,
+            access_log=False,  # our own request log never shows a query string
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+            server_header=False,
+            h11_max_incomplete_event_size=64 * 1024,
+            http=_peer_cred_protocol(),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="local-api", daemon=True)
@@ -107,7 +112,8 @@ class LocalApiServer:
             raise LocalApiError(
                 f"the local API cannot listen on {self.settings.listen}: {exc.strerror or exc}",
                 hint="another program holds the port: change [local_api] listen, or stop the other program "
-                     "(ss -ltnp shows it)") from exc
+                "(ss -ltnp shows it)",
+            ) from exc
         return sock
 
     def _bind_unix(self) -> socket.socket:
@@ -119,14 +125,18 @@ class LocalApiServer:
         try:
             gid = grp.getgrnam(self.settings.socket_group).gr_gid if self.settings.socket_group else -1
         except KeyError as exc:
-            raise LocalApiError(f"[local_api] socket_group {self.settings.socket_group!r} is not a group here",
-                                hint="create the group (groupadd) or fix socket_group") from exc
+            raise LocalApiError(
+                f"[local_api] socket_group {self.settings.socket_group!r} is not a group here",
+                hint="create the group (groupadd) or fix socket_group",
+            ) from exc
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists() or path.is_symlink():
                 if not stat.S_ISSOCK(path.lstat().st_mode):
-                    raise LocalApiError(f"the local API cannot listen on {where}: {path} exists and is not a socket",
-                                        hint="remove that file or choose another path")
+                    raise LocalApiError(
+                        f"the local API cannot listen on {where}: {path} exists and is not a socket",
+                        hint="remove that file or choose another path",
+                    )
                 path.unlink()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             old_umask = os.umask(0o177)  # no moment in which others may connect
@@ -139,15 +149,16 @@ class LocalApiServer:
             sock.listen(64)
             sock.setblocking(False)
         except OSError as exc:
-            raise LocalApiError(f"the local API cannot listen on {where}: {exc.strerror or exc}",
-                                hint="check the directory's owner and permissions (systemd: RuntimeDirectory=fvagent)"
-                                ) from exc
+            raise LocalApiError(
+                f"the local API cannot listen on {where}: {exc.strerror or exc}",
+                hint="check the directory's owner and permissions (systemd: RuntimeDirectory=fvagent)",
+            ) from exc
         return sock
 
     def _run(self) -> None:
         try:
             self._server.run(sockets=[self._sock])
-        except BaseException as exc:  # noqa: BLE001 - uvicorn reports startup failure with SystemExit
+        except BaseException as exc:
             self._error = exc
             log.error("local API stopped: %r", exc)
 

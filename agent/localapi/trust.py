@@ -82,9 +82,11 @@ def own_origin(headers: Any) -> str | None:
     return f"http://{host}" if host else None
 
 
-CREDENTIAL_HINT = ("send 'Authorization: Bearer <token>' with [local_api] token (or token_file, or the systemd "
-                   "credential token), or call over listen = \"unix:PATH\" as a user in [local_api] allowed_uids "
-                   "or allowed_gids")
+CREDENTIAL_HINT = (
+    "send 'Authorization: Bearer <token>' with [local_api] token (or token_file, or the systemd "
+    'credential token), or call over listen = "unix:PATH" as a user in [local_api] allowed_uids '
+    "or allowed_gids"
+)
 
 
 class Access:
@@ -114,8 +116,11 @@ class Access:
             return "full"
         if self.token and hmac.compare_digest(given.encode(), self.token.encode()):
             return "api"
-        raise Denied(401, "the bearer token is not recognised",
-                     hint="use [local_api] token (or full_data_token) from the agent's configuration")
+        raise Denied(
+            401,
+            "the bearer token is not recognised",
+            hint="use [local_api] token (or full_data_token) from the agent's configuration",
+        )
 
     def scope(self, request: Request) -> Scope:
         """The caller's scope for reads (header or cookie token). Raises ``Denied`` for a token that
@@ -145,10 +150,16 @@ class Access:
         if self.token is None:
             if scope == "local":
                 return scope
-            raise Denied(403, "this API answers only this machine, addressed as 127.0.0.1 or localhost",
-                         hint="call it on the terminal itself; for other machines set [local_api] token and listen")
-        raise Denied(401, "this endpoint needs 'Authorization: Bearer <token>'",
-                     hint="the token is [local_api] token in the agent's configuration")
+            raise Denied(
+                403,
+                "this API answers only this machine, addressed as 127.0.0.1 or localhost",
+                hint="call it on the terminal itself; for other machines set [local_api] token and listen",
+            )
+        raise Denied(
+            401,
+            "this endpoint needs 'Authorization: Bearer <token>'",
+            hint="the token is [local_api] token in the agent's configuration",
+        )
 
     def require_ui(self, request: Request) -> Scope:
         """For /ui reads: a local caller (the terminal's screen) or any valid token."""
@@ -169,20 +180,26 @@ class Access:
             _, uid, gid = cred
             if uid in self.allowed_uids or gid in self.allowed_gids:
                 return "peer"
-            raise Denied(403, f"this Unix-socket peer (uid {uid}, gid {gid}) may not make changes",
-                         hint="add its uid to [local_api] allowed_uids or its group to allowed_gids")
+            raise Denied(
+                403,
+                f"this Unix-socket peer (uid {uid}, gid {gid}) may not make changes",
+                hint="add its uid to [local_api] allowed_uids or its group to allowed_gids",
+            )
         if self.token is None:
-            raise Denied(403, "this call changes something and needs a credential, which is not configured",
-                         hint=CREDENTIAL_HINT)
-        raise Denied(401, "this call changes something and needs 'Authorization: Bearer <token>'",
-                     hint=CREDENTIAL_HINT)
+            raise Denied(
+                403, "this call changes something and needs a credential, which is not configured", hint=CREDENTIAL_HINT
+            )
+        raise Denied(401, "this call changes something and needs 'Authorization: Bearer <token>'", hint=CREDENTIAL_HINT)
 
     def require_page_origin(self, request: Request) -> Scope:
         """The operator page's own change: its own origin in Origin, from a caller its reads accept."""
         origin = (request.headers.get("origin") or "").rstrip("/").lower()
         if not origin:
-            raise Denied(403, "this call is the operator page's own and must come from the page (no Origin header)",
-                         hint="use the page, or the /v1 API with the token")
+            raise Denied(
+                403,
+                "this call is the operator page's own and must come from the page (no Origin header)",
+                hint="use the page, or the /v1 API with the token",
+            )
         if not self.origin_allowed(request):
             raise Denied(403, f"origin {origin} is not the operator page's")
         return self.require_ui(request)
@@ -254,21 +271,33 @@ class BrowserGuard:
         request = Request(scope)
         if not self.access.origin_allowed(request):
             origin = request.headers.get("origin", "")
-            await _refuse(send, 403, f"requests from origin {origin} are refused: this API serves only its own page",
-                          "add the origin to [local_api] allowed_origins if it is a trusted local application")
+            await _refuse(
+                send,
+                403,
+                f"requests from origin {origin} are refused: this API serves only its own page",
+                "add the origin to [local_api] allowed_origins if it is a trusted local application",
+            )
             return
         if scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
         ctype = request.headers.get("content-type", "")
         if not _is_json(ctype):
-            await _refuse(send, 415, f"the body must be application/json, not {ctype.split(';')[0].strip() or 'empty'}",
-                          "send Content-Type: application/json")
+            await _refuse(
+                send,
+                415,
+                f"the body must be application/json, not {ctype.split(';')[0].strip() or 'empty'}",
+                "send Content-Type: application/json",
+            )
             return
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _refuse(send, 413, f"the body is larger than {self.max_body_bytes} bytes",
-                          "photos must be JPEG of at most 3 MB each")
+            await _refuse(
+                send,
+                413,
+                f"the body is larger than {self.max_body_bytes} bytes",
+                "photos must be JPEG of at most 3 MB each",
+            )
             return
         body = bytearray()
         more = True
@@ -279,13 +308,21 @@ class BrowserGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_body_bytes:
-                await _refuse(send, 413, f"the body is larger than {self.max_body_bytes} bytes",
-                              "photos must be JPEG of at most 3 MB each")
+                await _refuse(
+                    send,
+                    413,
+                    f"the body is larger than {self.max_body_bytes} bytes",
+                    "photos must be JPEG of at most 3 MB each",
+                )
                 return
         data = bytes(body)
         if json_depth(data) > MAX_JSON_DEPTH:
-            await _refuse(send, 400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep",
-                          "a verification is one flat JSON object")
+            await _refuse(
+                send,
+                400,
+                f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep",
+                "a verification is one flat JSON object",
+            )
             return
         replayed = False
 
@@ -301,7 +338,16 @@ class BrowserGuard:
 
 async def _refuse(send: Any, status: int, message: str, hint: str | None) -> None:
     body = json.dumps({"error": message, "hint": hint, "problems": []}, ensure_ascii=False).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"x-content-type-options", b"nosniff"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -3,7 +3,7 @@
 It serves ``POST /machine/info``, ``POST /verification/pregnant_woman/first``, the access-token
 endpoint of seed 003 (``GET /auth/accesstoken/create``) and the OAuth2 endpoint of seed 004
 (``POST /connect/token``); verifies the five headers, the HMAC-SM3 signature and sendTime with the
-agent's own ``Conventions``; decrypts SM4 bodies; validates every field with ``agent.records``;
+agent's own ``Conventions``; decrypts SM4 bodies; validates every field with ``core.records``;
 answers 00000 / A2301 / B2301; signs its responses; keeps what it accepted in its own SQLite; and
 injects faults on demand. See docs/mock-platform.md.
 
@@ -27,7 +27,16 @@ from agent.mock_platform.config import (
 from agent.mock_platform.server import MockPlatform
 
 __all__ = [
-    "DEMO_APP_KEY", "DEMO_APP_SECRET", "DEMO_CLIENT_ID", "DEMO_CLIENT_SECRET", "DEMO_ORG_APP_ID",
-    "DEMO_ORG_APP_SECRET", "DEMO_TICKET", "Faults", "MockPlatform", "MockPlatformConfig",
-    "platform_section", "platform_settings",
+    "DEMO_APP_KEY",
+    "DEMO_APP_SECRET",
+    "DEMO_CLIENT_ID",
+    "DEMO_CLIENT_SECRET",
+    "DEMO_ORG_APP_ID",
+    "DEMO_ORG_APP_SECRET",
+    "DEMO_TICKET",
+    "Faults",
+    "MockPlatform",
+    "MockPlatformConfig",
+    "platform_section",
+    "platform_settings",
 ]

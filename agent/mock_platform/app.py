@@ -39,7 +39,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
-from agent.errors import CryptoError, PlatformError, RecordError
 from agent.mock_platform.config import (
     PATH_ACCESS_TOKEN,
     PATH_OAUTH2_TOKEN,
@@ -49,9 +48,12 @@ from agent.mock_platform.config import (
     MockPlatformConfig,
 )
 from agent.mock_platform.store import MockStore
-from agent.privacy import mask_card_no
-from agent.records import parse_registration, parse_verification
-from agent.uplink.client import DEVICE_DISABLED, DEVICE_NOT_REGISTERED, SIGNATURE_REFUSED, TIMESTAMP_EXPIRED
+from agent.uplink.client import (
+    DEVICE_DISABLED,
+    DEVICE_NOT_REGISTERED,
+    SIGNATURE_REFUSED,
+    TIMESTAMP_EXPIRED,
+)
 from agent.uplink.conventions import (
     HEADER_AUTHORIZATION,
     HEADER_ORG_APP_ID,
@@ -60,6 +62,9 @@ from agent.uplink.conventions import (
     HEADER_TIME,
     Conventions,
 )
+from core.errors import CryptoError, PlatformError, RecordError
+from core.privacy import mask_card_no
+from core.records import parse_registration, parse_verification
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +73,22 @@ PARAMETER_ERROR = "A2301"
 ALREADY_REGISTERED = "B2301"
 
 _REQUIRED_HEADERS = (HEADER_SIGN, HEADER_TIME, HEADER_REQUEST_ID, HEADER_ORG_APP_ID)
-_HTML_PAGE = (b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>"
-              b"<h1>502 Bad Gateway</h1><p>The upstream server is temporarily unavailable.</p>"
-              b"<hr><center>nginx</center></body></html>")
+_HTML_PAGE = (
+    b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>"
+    b"<h1>502 Bad Gateway</h1><p>The upstream server is temporarily unavailable.</p>"
+    b"<hr><center>nginx</center></body></html>"
+)
 
 
 def endpoint_of(path: str) -> str | None:
     """``register``, ``verification``, ``token``, ``oauth2`` or None, by the path's suffix."""
     path = path.rstrip("/")
-    for suffix, name in ((PATH_REGISTER, "register"), (PATH_VERIFICATION, "verification"),
-                         (PATH_ACCESS_TOKEN, "token"), (PATH_OAUTH2_TOKEN, "oauth2")):
+    for suffix, name in (
+        (PATH_REGISTER, "register"),
+        (PATH_VERIFICATION, "verification"),
+        (PATH_ACCESS_TOKEN, "token"),
+        (PATH_OAUTH2_TOKEN, "oauth2"),
+    ):
         if path.endswith(suffix):
             return name
     return None
@@ -148,13 +159,34 @@ class MockState:
 
     # -- answers -------------------------------------------------------------------------------
 
-    def envelope(self, http_status: int, code: int, msg: str, request_id: str | None, *, path: str,
-                 exception_code: str | None = None) -> Response:
+    def envelope(
+        self,
+        http_status: int,
+        code: int,
+        msg: str,
+        request_id: str | None,
+        *,
+        path: str,
+        exception_code: str | None = None,
+    ) -> Response:
         """The spec's envelope, signed, and the request logged."""
-        body = {"code": code, "msg": msg, "exceptionCode": exception_code, "requestId": request_id,
-                "returnTime": int(self.now() * 1000), "data": None}
-        self.store.log_request(at=time.time(), path=path, request_id=request_id, http_status=http_status,
-                               code=code, exception_code=exception_code, msg=msg)
+        body = {
+            "code": code,
+            "msg": msg,
+            "exceptionCode": exception_code,
+            "requestId": request_id,
+            "returnTime": int(self.now() * 1000),
+            "data": None,
+        }
+        self.store.log_request(
+            at=time.time(),
+            path=path,
+            request_id=request_id,
+            http_status=http_status,
+            code=code,
+            exception_code=exception_code,
+            msg=msg,
+        )
         return JSONResponse(body, status_code=http_status, headers=self.sign_headers())
 
     def sign_headers(self) -> dict[str, str]:
@@ -180,17 +212,27 @@ class MockState:
         try:
             sent_at = self.conventions.parse_send_time(send_time)
         except PlatformError:
-            raise _Denied(403, f"{HEADER_TIME} {send_time!r} is not a sendTime in the format "
-                               f"{self.conventions.settings.send_time_format!r}", SIGNATURE_REFUSED) from None
+            raise _Denied(
+                403,
+                f"{HEADER_TIME} {send_time!r} is not a sendTime in the format "
+                f"{self.conventions.settings.send_time_format!r}",
+                SIGNATURE_REFUSED,
+            ) from None
         skew = sent_at - self.now()
         tolerance = self.conventions.settings.clock_skew_tolerance_s
         if abs(skew) > tolerance + 1.0:  # +1: date formats have one-second resolution
-            raise _Denied(403, f"{HEADER_TIME} 时间戳过期 is {abs(skew):.0f} s "
-                               f"{'ahead of' if skew > 0 else 'behind'} the platform's clock (tolerance {tolerance:.0f} s)",
-                          TIMESTAMP_EXPIRED)
+            raise _Denied(
+                403,
+                f"{HEADER_TIME} 时间戳过期 is {abs(skew):.0f} s "
+                f"{'ahead of' if skew > 0 else 'behind'} the platform's clock (tolerance {tolerance:.0f} s)",
+                TIMESTAMP_EXPIRED,
+            )
         if not self.conventions.verify_sign(send_time, headers[HEADER_SIGN]):
-            raise _Denied(403, f"签名验证失败 {HEADER_SIGN} does not verify (check orgAppSecret and the sign conventions)",
-                          SIGNATURE_REFUSED)
+            raise _Denied(
+                403,
+                f"签名验证失败 {HEADER_SIGN} does not verify (check orgAppSecret and the sign conventions)",
+                SIGNATURE_REFUSED,
+            )
         if len(headers[HEADER_REQUEST_ID]) > 64:
             raise _Denied(403, f"{HEADER_REQUEST_ID} longer than 64 characters")
         self.check_authorization(headers.get(HEADER_AUTHORIZATION) or "")
@@ -221,8 +263,11 @@ class MockState:
         try:
             payload, text, encrypted = self.conventions.open_request_body(body)
         except CryptoError as exc:
-            raise _Denied(403, f"解密失败 the body's data is not SM4 under orgAppSecret ({exc.message}); "
-                               "check the secret and [platform.conventions]") from None
+            raise _Denied(
+                403,
+                f"解密失败 the body's data is not SM4 under orgAppSecret ({exc.message}); "
+                "check the secret and [platform.conventions]",
+            ) from None
         except (UnicodeDecodeError, ValueError):
             # Decrypted, but not JSON inside: the key is right only by accident, or the data is garbage.
             obj = json.loads(body.decode("utf-8"))  # ValueError when the outer body is not JSON either
@@ -241,30 +286,51 @@ class MockState:
         try:
             body = await request.body()
         except ClientDisconnect:  # the client gave up (its timeout, e.g. under the latency fault)
-            self.store.log_request(at=time.time(), path=path, request_id=rid, http_status=None, code=None,
-                                   exception_code=None, msg="client went away before sending the whole body")
+            self.store.log_request(
+                at=time.time(),
+                path=path,
+                request_id=rid,
+                http_status=None,
+                code=None,
+                exception_code=None,
+                msg="client went away before sending the whole body",
+            )
             return Response(status_code=400)
         try:
             self.check_headers(request.headers)
             payload, text, encrypted = self.open_body(body)
         except _Denied as exc:
             log.info("request %s: %s refused (HTTP %d): %s", rid, path, exc.http_status, exc.msg)
-            return self.envelope(exc.http_status, exc.http_status, exc.msg, rid, path=path,
-                                 exception_code=exc.exception_code)
+            return self.envelope(
+                exc.http_status, exc.http_status, exc.msg, rid, path=path, exception_code=exc.exception_code
+            )
         except (UnicodeDecodeError, ValueError):
-            return self.envelope(200, 400, "参数错误 parameter error: body: must be a JSON object", rid, path=path,
-                                 exception_code=PARAMETER_ERROR)
+            return self.envelope(
+                200,
+                400,
+                "参数错误 parameter error: body: must be a JSON object",
+                rid,
+                path=path,
+                exception_code=PARAMETER_ERROR,
+            )
         if not isinstance(payload, dict):
-            return self.envelope(200, 400, "参数错误 parameter error: body: must be a JSON object", rid, path=path,
-                                 exception_code=PARAMETER_ERROR)
+            return self.envelope(
+                200,
+                400,
+                "参数错误 parameter error: body: must be a JSON object",
+                rid,
+                path=path,
+                exception_code=PARAMETER_ERROR,
+            )
         if endpoint == "register":
             return self._register(payload, rid, path)
         return self._verification(payload, text, rid, path, encrypted=encrypted)
 
     def _parameter_error(self, problems: list[tuple[str, str]], rid: str | None, path: str) -> Response:
         listed = "; ".join(f"{field}: {rule}" for field, rule in problems)
-        return self.envelope(200, 400, f"参数错误 parameter error: {listed}", rid, path=path,
-                             exception_code=PARAMETER_ERROR)
+        return self.envelope(
+            200, 400, f"参数错误 parameter error: {listed}", rid, path=path, exception_code=PARAMETER_ERROR
+        )
 
     def _register(self, payload: dict[str, Any], rid: str | None, path: str) -> Response:
         try:
@@ -272,13 +338,20 @@ class MockState:
         except RecordError as exc:
             return self._parameter_error(exc.problems, rid, path)
         if not self.store.register(payload, rid or ""):
-            return self.envelope(200, 409, f"设备已登记 device already registered: {payload['machineCode']}", rid,
-                                 path=path, exception_code=ALREADY_REGISTERED)
+            return self.envelope(
+                200,
+                409,
+                f"设备已登记 device already registered: {payload['machineCode']}",
+                rid,
+                path=path,
+                exception_code=ALREADY_REGISTERED,
+            )
         log.info("request %s: device %s registered", rid, payload["machineCode"])
         return self.envelope(200, 200, "成功", rid, path=path, exception_code=OK)
 
-    def _verification(self, payload: dict[str, Any], text: str, rid: str | None, path: str, *,
-                      encrypted: bool) -> Response:
+    def _verification(
+        self, payload: dict[str, Any], text: str, rid: str | None, path: str, *, encrypted: bool
+    ) -> Response:
         try:
             parse_verification(payload, long_term_end=self.conventions.settings.long_term_end_date)
         except RecordError as exc:
@@ -286,18 +359,36 @@ class MockState:
         if self.config.require_registration:
             device = self.store.registration(str(payload["machineCode"]))
             if device is None:
-                return self.envelope(200, 400, "设备未登记 machineCode: device not registered (POST /machine/info "
-                                     "first)", rid, path=path, exception_code=DEVICE_NOT_REGISTERED)
+                return self.envelope(
+                    200,
+                    400,
+                    "设备未登记 machineCode: device not registered (POST /machine/info first)",
+                    rid,
+                    path=path,
+                    exception_code=DEVICE_NOT_REGISTERED,
+                )
             if device["deviceNo"] != str(payload["deviceNo"]):
-                return self._parameter_error([("deviceNo", "does not match the device registered under "
-                                               "this machineCode")], rid, path)
+                return self._parameter_error(
+                    [("deviceNo", "does not match the device registered under this machineCode")], rid, path
+                )
             if device["status"] != 0:
-                return self.envelope(200, 400, "设备已停用 machineCode: the device is registered as disabled "
-                                     "(status 1)", rid, path=path, exception_code=DEVICE_DISABLED)
-        self.store.add_verification(payload, rid or "", encrypted=encrypted,
-                                    store_images=self.config.store_images, text=text)
-        log.info("request %s: verification of %s at %s stored", rid, mask_card_no(str(payload["cardNo"])),
-                 payload["verifyTime"])
+                return self.envelope(
+                    200,
+                    400,
+                    "设备已停用 machineCode: the device is registered as disabled (status 1)",
+                    rid,
+                    path=path,
+                    exception_code=DEVICE_DISABLED,
+                )
+        self.store.add_verification(
+            payload, rid or "", encrypted=encrypted, store_images=self.config.store_images, text=text
+        )
+        log.info(
+            "request %s: verification of %s at %s stored",
+            rid,
+            mask_card_no(str(payload["cardNo"])),
+            payload["verifyTime"],
+        )
         return self.envelope(200, 200, "成功", rid, path=path, exception_code=OK)
 
     async def access_token(self, request: Request) -> Response:
@@ -307,12 +398,15 @@ class MockState:
             return self._token_reply(path, 405, {"code": 405, "msg": "use GET", "data": None})
         key = request.query_params.get(self.config.token_key_param, "")
         secret = request.query_params.get(self.config.token_secret_param, "")
-        if not (secrets.compare_digest(key.encode(), self.config.app_key.encode())
-                and secrets.compare_digest(secret.encode(), self.config.app_secret.encode())):
+        if not (
+            secrets.compare_digest(key.encode(), self.config.app_key.encode())
+            and secrets.compare_digest(secret.encode(), self.config.app_secret.encode())
+        ):
             return self._token_reply(path, 401, {"code": 401, "msg": "appKey 或 appSecret 错误", "data": None})
         token, lifetime = self.issue_token("token")
-        return self._token_reply(path, 200, {"code": 200, "msg": "成功",
-                                             "data": {"access_token": token, "expires_in": int(lifetime)}})
+        return self._token_reply(
+            path, 200, {"code": 200, "msg": "成功", "data": {"access_token": token, "expires_in": int(lifetime)}}
+        )
 
     async def oauth2_token(self, request: Request) -> Response:
         """Seed 004: POST /connect/token, form grant_type=client_credentials, client_id, client_secret."""
@@ -324,8 +418,10 @@ class MockState:
         if field.get("grant_type") != "client_credentials":
             return self._token_reply(path, 400, {"error": "unsupported_grant_type"})
         cid, csecret = field.get("client_id", ""), field.get("client_secret", "")
-        if not (secrets.compare_digest(cid.encode(), self.config.client_id.encode())
-                and secrets.compare_digest(csecret.encode(), self.config.client_secret.encode())):
+        if not (
+            secrets.compare_digest(cid.encode(), self.config.client_id.encode())
+            and secrets.compare_digest(csecret.encode(), self.config.client_secret.encode())
+        ):
             return self._token_reply(path, 400, {"error": "invalid_client"})
         token, lifetime = self.issue_token("oauth2")
         reply: dict[str, Any] = {"access_token": token, "expires_in": int(lifetime), "token_type": "Bearer"}
@@ -335,9 +431,15 @@ class MockState:
 
     def _token_reply(self, path: str, status: int, body: dict[str, Any]) -> Response:
         msg = str(body.get("msg") or body.get("error") or "token issued")
-        self.store.log_request(at=time.time(), path=path, request_id=None, http_status=status,
-                               code=body.get("code") if isinstance(body.get("code"), int) else None,
-                               exception_code=None, msg=msg)
+        self.store.log_request(
+            at=time.time(),
+            path=path,
+            request_id=None,
+            http_status=status,
+            code=body.get("code") if isinstance(body.get("code"), int) else None,
+            exception_code=None,
+            msg=msg,
+        )
         return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
 
@@ -345,8 +447,10 @@ class MockState:
 # Faults, in front of the application
 
 
-ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
-                   Awaitable[None]]
+ASGIApp = Callable[
+    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+    Awaitable[None],
+]
 
 
 class FaultGate:
@@ -371,9 +475,15 @@ class FaultGate:
             await response(scope, receive, send)
         elif business and faults.drop_connection:  # the body is read, no answer goes back
             await _read_body(receive)
-            self.state.store.log_request(at=time.time(), path=scope["path"], request_id=_request_id(scope),
-                                         http_status=None, code=None, exception_code=None,
-                                         msg="fault: connection dropped")
+            self.state.store.log_request(
+                at=time.time(),
+                path=scope["path"],
+                request_id=_request_id(scope),
+                http_status=None,
+                code=None,
+                exception_code=None,
+                msg="fault: connection dropped",
+            )
             await _abort(send)
         elif business and faults.truncated_reply:
             await self.app(scope, receive, _truncating(send))
@@ -389,10 +499,19 @@ class FaultGate:
         if faults.drop_connection:  # handled by the caller; it wins over the faults below
             return None
         if faults.html_error:
+
             def html(rid: str | None, path: str) -> Response:
-                state.store.log_request(at=time.time(), path=path, request_id=rid, http_status=200, code=None,
-                                        exception_code=None, msg="fault: HTML error page")
+                state.store.log_request(
+                    at=time.time(),
+                    path=path,
+                    request_id=rid,
+                    http_status=200,
+                    code=None,
+                    exception_code=None,
+                    msg="fault: HTML error page",
+                )
                 return Response(_HTML_PAGE, status_code=200, media_type="text/html")
+
             return html
         if faults.status_5xx is not None:
             status = faults.status_5xx
@@ -404,11 +523,13 @@ class FaultGate:
                 resp = state.envelope(429, 429, "fault: too many requests (请求过于频繁)", rid, path=path)
                 resp.headers["Retry-After"] = str(int(after)) if float(after).is_integer() else f"{after:g}"
                 return resp
+
             return throttled
         if faults.error_rate and state.roll(faults.error_rate):
             status = faults.error_status
-            return lambda rid, path: state.envelope(status, status, f"fault: random error (HTTP {status})", rid,
-                                                    path=path)
+            return lambda rid, path: state.envelope(
+                status, status, f"fault: random error (HTTP {status})", rid, path=path
+            )
         return None
 
 
@@ -486,8 +607,9 @@ def build_app(state: MockState) -> ASGIApp:
             state.set_faults(Faults.model_validate({**state.faults.model_dump(), **changes}))
         except ValidationError as exc:
             errors = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-            return JSONResponse({"error": "bad fault settings", "problems": errors,
-                                 "known": list(Faults.model_fields)}, status_code=422)
+            return JSONResponse(
+                {"error": "bad fault settings", "problems": errors, "known": list(Faults.model_fields)}, status_code=422
+            )
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         log.warning("mock platform faults now: %s", _active(state.faults))
@@ -516,8 +638,11 @@ def build_app(state: MockState) -> ASGIApp:
 
     @app.get("/_mock/stats")
     async def stats() -> dict[str, Any]:
-        return {**state.store.stats(), "faults": _active(state.faults),
-                "now": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        return {
+            **state.store.stats(),
+            "faults": _active(state.faults),
+            "now": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def platform(request: Request, path: str) -> Response:

@@ -110,11 +110,15 @@ def platform_section(config: MockPlatformConfig, url: str, **overrides: Any) -> 
     if config.auth_kind == "static":
         auth["ticket"] = config.ticket
     elif config.auth_kind == "token":
-        auth.update(token_url=url + PATH_ACCESS_TOKEN, app_key=config.app_key, app_secret=config.app_secret,
-                    token_key_param=config.token_key_param, token_secret_param=config.token_secret_param)
+        auth.update(
+            token_url=url + PATH_ACCESS_TOKEN,
+            app_key=config.app_key,
+            app_secret=config.app_secret,
+            token_key_param=config.token_key_param,
+            token_secret_param=config.token_secret_param,
+        )
     else:
-        auth.update(token_url=url + PATH_OAUTH2_TOKEN, client_id=config.client_id,
-                    client_secret=config.client_secret)
+        auth.update(token_url=url + PATH_OAUTH2_TOKEN, client_id=config.client_id, client_secret=config.client_secret)
     section: dict[str, Any] = {
         "base_url": url,
         "org_app_id": config.org_app_id,

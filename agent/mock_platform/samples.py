@@ -12,7 +12,7 @@ import datetime as dt
 import functools
 from typing import Any
 
-from agent import codes
+from core import codes
 
 
 def synthetic_card_no(n: int) -> str:
@@ -27,22 +27,33 @@ def small_jpeg_b64() -> str:
     """A 32x32 generated JPEG as base64 (the real JPEG magic and structure, no face)."""
     import numpy as np
 
-    from agent.images import encode_jpeg
+    from core.images import encode_jpeg
 
     ramp = np.linspace(0, 255, 32 * 32 * 3, dtype=np.float64).reshape(32, 32, 3).astype(np.uint8)
     return base64.b64encode(encode_jpeg(ramp, quality=80)).decode("ascii")
 
 
-def sample_registration(*, machine_code: str = "MOCK0001", device_no: str = "SN-MOCK-0001",
-                        status: int = 0) -> dict[str, Any]:
+def sample_registration(
+    *, machine_code: str = "MOCK0001", device_no: str = "SN-MOCK-0001", status: int = 0
+) -> dict[str, Any]:
     """A POST /machine/info body."""
-    return {"deptId": "D-OB-01", "deptName": "妇产科", "machineManufacturer": "演示厂商", "machineMode": "DEMO-R3",
-            "purchaseTime": "2024-01-02", "machineCode": machine_code, "deviceNo": device_no, "status": status,
-            "registerUser": "设备管理员", "registerTime": "2024-06-11T15:39:15.072"}
+    return {
+        "deptId": "D-OB-01",
+        "deptName": "妇产科",
+        "machineManufacturer": "演示厂商",
+        "machineMode": "DEMO-R3",
+        "purchaseTime": "2024-01-02",
+        "machineCode": machine_code,
+        "deviceNo": device_no,
+        "status": status,
+        "registerUser": "设备管理员",
+        "registerTime": "2024-06-11T15:39:15.072",
+    }
 
 
-def sample_verification(n: int = 0, *, machine_code: str = "MOCK0001", device_no: str = "SN-MOCK-0001",
-                        **overrides: Any) -> dict[str, Any]:
+def sample_verification(
+    n: int = 0, *, machine_code: str = "MOCK0001", device_no: str = "SN-MOCK-0001", **overrides: Any
+) -> dict[str, Any]:
     """A POST /verification/pregnant_woman/first body for synthetic person ``n``; ``overrides``
     replace fields (to break one on purpose)."""
     number = synthetic_card_no(n)
@@ -50,12 +61,28 @@ def sample_verification(n: int = 0, *, machine_code: str = "MOCK0001", device_no
     moment = dt.datetime(2024, 6, 11, 8, 0, 0) + dt.timedelta(seconds=n)
     img = small_jpeg_b64()
     payload: dict[str, Any] = {
-        "realName": "黎示例", "cardType": 0, "cardNo": number, "sexCode": "2", "sexName": "女",
-        "nationalCode": "01", "nationalName": "汉", "operationUser": "演示护士", "birthday": birth.isoformat(),
-        "address": "广西壮族自治区南宁市示例区演示路1号", "police": "南宁市公安局示例分局",
-        "cardStartDate": "2016-05-01", "cardEndDate": "2036-05-01", "headImg": img, "cameraImg": img,
-        "faceScore": 0.86, "faceResult": 1, "verifyDate": moment.date().isoformat(),
-        "verifyTime": moment.strftime("%Y-%m-%d %H:%M:%S"), "certTimeoutStatus": 0,
-        "deviceNo": device_no, "machineCode": machine_code}
+        "realName": "黎示例",
+        "cardType": 0,
+        "cardNo": number,
+        "sexCode": "2",
+        "sexName": "女",
+        "nationalCode": "01",
+        "nationalName": "汉",
+        "operationUser": "演示护士",
+        "birthday": birth.isoformat(),
+        "address": "广西壮族自治区南宁市示例区演示路1号",
+        "police": "南宁市公安局示例分局",
+        "cardStartDate": "2016-05-01",
+        "cardEndDate": "2036-05-01",
+        "headImg": img,
+        "cameraImg": img,
+        "faceScore": 0.86,
+        "faceResult": 1,
+        "verifyDate": moment.date().isoformat(),
+        "verifyTime": moment.strftime("%Y-%m-%d %H:%M:%S"),
+        "certTimeoutStatus": 0,
+        "deviceNo": device_no,
+        "machineCode": machine_code,
+    }
     payload.update(overrides)
     return payload

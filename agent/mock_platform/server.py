@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import PlatformSettings
-from agent.errors import PlatformError
 from agent.mock_platform.app import MockState, build_app
-from agent.mock_platform.config import Faults, MockPlatformConfig, platform_section, platform_settings
+from agent.mock_platform.config import (
+    Faults,
+    MockPlatformConfig,
+    platform_section,
+    platform_settings,
+)
 from agent.mock_platform.store import MockStore
+from core.errors import PlatformError
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +95,28 @@ class MockPlatform:
             sock.bind((self.config.host, port))
         except OSError as exc:
             sock.close()
-            raise PlatformError(f"the mock platform cannot listen on {self.config.host}:{port}: {exc}",
-                                hint="choose another --port, or stop what is using it") from exc
+            raise PlatformError(
+                f"the mock platform cannot listen on {self.config.host}:{port}: {exc}",
+                hint="choose another --port, or stop what is using it",
+            ) from exc
         sock.listen(128)
         self._port = int(sock.getsockname()[1])
-        uv_config = uvicorn.Config(build_app(self.state), log_level="warning", access_log=False, lifespan="off",
-                                   proxy_headers=False, server_header=False, timeout_graceful_shutdown=1,
-                                   http="h11", loop="asyncio")
+        uv_config = uvicorn.Config(
+            build_app(self.state),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=1,
+            http="h11",
+            loop="asyncio",
+        )
         server = uvicorn.Server(uv_config)
         self._server = server
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                                        name=f"mock-platform-{self._port}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"mock-platform-{self._port}", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not server.started:
@@ -163,8 +179,9 @@ class MockPlatform:
 
     def delivered(self) -> collections.Counter[tuple[str, str, str]]:
         """How many times each natural key (machineCode, cardNo, verifyTime) was accepted."""
-        return collections.Counter((str(r["machineCode"]), str(r["cardNo"]), str(r["verifyTime"]))
-                                   for r in self.store.verifications())
+        return collections.Counter(
+            (str(r["machineCode"]), str(r["cardNo"]), str(r["verifyTime"])) for r in self.store.verifications()
+        )
 
     def requests(self, path_suffix: str | None = None) -> list[dict[str, Any]]:
         """Every request seen (faulted ones included): ``at`` (epoch s), ``path``, ``request_id``,

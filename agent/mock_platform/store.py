@@ -70,12 +70,23 @@ class MockStore:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def log_request(self, *, at: float, path: str, request_id: str | None, http_status: int | None,
-                    code: int | None, exception_code: str | None, msg: str) -> None:
+    def log_request(
+        self,
+        *,
+        at: float,
+        path: str,
+        request_id: str | None,
+        http_status: int | None,
+        code: int | None,
+        exception_code: str | None,
+        msg: str,
+    ) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO requests (at, path, request_id, http_status, code, exception_code, msg) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (at, path, request_id, http_status, code, exception_code, msg))
+            self._db.execute(
+                "INSERT INTO requests (at, path, request_id, http_status, code, exception_code, msg) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (at, path, request_id, http_status, code, exception_code, msg),
+            )
 
     def register(self, payload: dict[str, Any], request_id: str) -> bool:
         """Store a registration; False when the machineCode is registered already (B2301)."""
@@ -83,18 +94,33 @@ class MockStore:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO registrations (machine_code, device_no, status, payload, at, request_id) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (str(payload["machineCode"]), str(payload["deviceNo"]), int(payload["status"]),
-                 json.dumps(payload, ensure_ascii=False), time.time(), request_id))
+                (
+                    str(payload["machineCode"]),
+                    str(payload["deviceNo"]),
+                    int(payload["status"]),
+                    json.dumps(payload, ensure_ascii=False),
+                    time.time(),
+                    request_id,
+                ),
+            )
             return cur.rowcount == 1
 
     def registration(self, machine_code: str) -> dict[str, Any] | None:
         with self._lock:
-            row = self._db.execute("SELECT device_no, status FROM registrations WHERE machine_code = ?",
-                                   (machine_code,)).fetchone()
+            row = self._db.execute(
+                "SELECT device_no, status FROM registrations WHERE machine_code = ?", (machine_code,)
+            ).fetchone()
         return None if row is None else {"deviceNo": row[0], "status": row[1]}
 
-    def add_verification(self, payload: dict[str, Any], request_id: str, *, encrypted: bool,
-                         store_images: bool = True, text: str | None = None) -> None:
+    def add_verification(
+        self,
+        payload: dict[str, Any],
+        request_id: str,
+        *,
+        encrypted: bool,
+        store_images: bool = True,
+        text: str | None = None,
+    ) -> None:
         """Keep an accepted record. ``text``: the JSON the payload was parsed from, stored as is when
         the images are kept (serializing 250 KB again would cost more than the rest of the insert)."""
         if not store_images:
@@ -105,8 +131,16 @@ class MockStore:
             self._db.execute(
                 "INSERT INTO verifications (machine_code, card_no, verify_time, payload, encrypted, at, request_id) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (str(payload["machineCode"]), str(payload["cardNo"]), str(payload["verifyTime"]),
-                 text, int(encrypted), time.time(), request_id))
+                (
+                    str(payload["machineCode"]),
+                    str(payload["cardNo"]),
+                    str(payload["verifyTime"]),
+                    text,
+                    int(encrypted),
+                    time.time(),
+                    request_id,
+                ),
+            )
 
     def clear(self) -> None:
         """Forget everything (tests sharing one server between cases)."""
@@ -117,15 +151,26 @@ class MockStore:
 
     def verifications(self, *, include_images: bool = False) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute("SELECT id, at, request_id, encrypted, payload FROM verifications ORDER BY id").fetchall()
+            rows = self._db.execute(
+                "SELECT id, at, request_id, encrypted, payload FROM verifications ORDER BY id"
+            ).fetchall()
         out = []
         for rid, at, request_id, encrypted, payload_text in rows:
             payload = json.loads(payload_text)
             if not include_images:
                 payload = _without_images(payload)
-            out.append({"id": rid, "received_at": at, "request_id": request_id, "encrypted": bool(encrypted),
-                        "machineCode": payload.get("machineCode"), "cardNo": payload.get("cardNo"),
-                        "verifyTime": payload.get("verifyTime"), "payload": payload})
+            out.append(
+                {
+                    "id": rid,
+                    "received_at": at,
+                    "request_id": request_id,
+                    "encrypted": bool(encrypted),
+                    "machineCode": payload.get("machineCode"),
+                    "cardNo": payload.get("cardNo"),
+                    "verifyTime": payload.get("verifyTime"),
+                    "payload": payload,
+                }
+            )
         return out
 
     def registrations(self) -> list[dict[str, Any]]:
@@ -134,8 +179,16 @@ class MockStore:
         out = []
         for at, request_id, payload_text in rows:
             payload = json.loads(payload_text)
-            out.append({"received_at": at, "request_id": request_id, "machineCode": payload.get("machineCode"),
-                        "deviceNo": payload.get("deviceNo"), "status": payload.get("status"), "payload": payload})
+            out.append(
+                {
+                    "received_at": at,
+                    "request_id": request_id,
+                    "machineCode": payload.get("machineCode"),
+                    "deviceNo": payload.get("deviceNo"),
+                    "status": payload.get("status"),
+                    "payload": payload,
+                }
+            )
         return out
 
     def requests(self, path: str | None = None) -> list[dict[str, Any]]:
@@ -154,28 +207,44 @@ class MockStore:
             db = self._db
             total = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
             by_path = dict(db.execute("SELECT path, COUNT(*) FROM requests GROUP BY path").fetchall())
-            by_answer = {f"{status}/{exc or '-'}": n for status, exc, n in db.execute(
-                "SELECT http_status, exception_code, COUNT(*) FROM requests GROUP BY http_status, exception_code")}
+            by_answer = {
+                f"{status}/{exc or '-'}": n
+                for status, exc, n in db.execute(
+                    "SELECT http_status, exception_code, COUNT(*) FROM requests GROUP BY http_status, exception_code"
+                )
+            }
             first_last = db.execute("SELECT MIN(at), MAX(at) FROM requests").fetchone()
-            rid_dupes = db.execute("SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM requests "
-                                   "WHERE request_id IS NOT NULL GROUP BY request_id HAVING n > 1)").fetchone()[0]
+            rid_dupes = db.execute(
+                "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM requests "
+                "WHERE request_id IS NOT NULL GROUP BY request_id HAVING n > 1)"
+            ).fetchone()[0]
             verifications = db.execute("SELECT COUNT(*) FROM verifications").fetchone()[0]
-            distinct = db.execute("SELECT COUNT(*) FROM (SELECT 1 FROM verifications "
-                                  "GROUP BY machine_code, card_no, verify_time)").fetchone()[0]
+            distinct = db.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM verifications GROUP BY machine_code, card_no, verify_time)"
+            ).fetchone()[0]
             registrations = db.execute("SELECT COUNT(*) FROM registrations").fetchone()[0]
         span = (first_last[1] - first_last[0]) if total > 1 else 0.0
-        return {"requests": total, "by_path": by_path, "by_answer": by_answer,
-                "first_request_at": first_last[0], "last_request_at": first_last[1],
-                "request_rate_rps": (total - 1) / span if span > 0 else None,
-                "repeated_request_ids": rid_dupes, "registrations": registrations,
-                "verifications": verifications, "distinct_verifications": distinct,
-                "duplicate_verifications": verifications - distinct}
+        return {
+            "requests": total,
+            "by_path": by_path,
+            "by_answer": by_answer,
+            "first_request_at": first_last[0],
+            "last_request_at": first_last[1],
+            "request_rate_rps": (total - 1) / span if span > 0 else None,
+            "repeated_request_ids": rid_dupes,
+            "registrations": registrations,
+            "verifications": verifications,
+            "distinct_verifications": distinct,
+            "duplicate_verifications": verifications - distinct,
+        }
 
     def duplicates(self) -> dict[tuple[str, str, str], int]:
         """Natural keys (machineCode, cardNo, verifyTime) stored more than once, with their counts."""
         with self._lock:
-            rows = self._db.execute("SELECT machine_code, card_no, verify_time, COUNT(*) FROM verifications "
-                                    "GROUP BY machine_code, card_no, verify_time HAVING COUNT(*) > 1").fetchall()
+            rows = self._db.execute(
+                "SELECT machine_code, card_no, verify_time, COUNT(*) FROM verifications "
+                "GROUP BY machine_code, card_no, verify_time HAVING COUNT(*) > 1"
+            ).fetchall()
         return {(m, c, v): n for m, c, v, n in rows}
 
 

@@ -5,10 +5,23 @@ done; ``Uploader`` drains it to the platform; ``housekeeping(outbox, now)`` appl
 the size budget. docs/outbox.md is the guide.
 """
 
-from agent.errors import KeyFileError, OutboxCorrupt, OutboxError, StorageFull
 from agent.outbox.retention import housekeeping
 from agent.outbox.store import Attempt, Claim, Handover, Outbox, Row
 from agent.outbox.uploader import RateLimiter, Uploader, full_jitter
+from core.errors import KeyFileError, OutboxCorrupt, OutboxError, StorageFull
 
-__all__ = ["Attempt", "Claim", "Handover", "KeyFileError", "Outbox", "OutboxCorrupt", "OutboxError", "RateLimiter", "Row",
-           "StorageFull", "Uploader", "full_jitter", "housekeeping"]
+__all__ = [
+    "Attempt",
+    "Claim",
+    "Handover",
+    "KeyFileError",
+    "Outbox",
+    "OutboxCorrupt",
+    "OutboxError",
+    "RateLimiter",
+    "Row",
+    "StorageFull",
+    "Uploader",
+    "full_jitter",
+    "housekeeping",
+]

@@ -15,12 +15,12 @@ import os
 import sqlite3
 from pathlib import Path
 
-from agent.config import StorageSettings
-from agent.errors import OutboxError
 from agent.audit import signing
+from agent.config import StorageSettings
 from agent.outbox.keys import create_secret_file, load_key
 from agent.outbox.rotation import retired_path
 from agent.outbox.store import DB_NAME, Outbox
+from core.errors import OutboxError
 
 KEY_NAME = "outbox.key"
 
@@ -46,8 +46,9 @@ def backup(storage: StorageSettings, dest: Path) -> Backup:
     database, key_path = dest / DB_NAME, dest / KEY_NAME
     for path in (database, key_path):
         if path.exists():
-            raise OutboxError(f"{path} exists already; a backup is never written over another",
-                              hint="give a new, empty directory")
+            raise OutboxError(
+                f"{path} exists already; a backup is never written over another", hint="give a new, empty directory"
+            )
     key = load_key(storage, may_create=False)
     try:
         create_secret_file(key_path, (key.key.hex() + "\n").encode("ascii"))
@@ -64,8 +65,9 @@ def backup(storage: StorageSettings, dest: Path) -> Backup:
         finally:
             src.close()
     except (OSError, sqlite3.Error) as exc:
-        raise OutboxError(f"the backup to {dest} failed: {exc}",
-                          hint="check the free space and permissions of the destination") from exc
+        raise OutboxError(
+            f"the backup to {dest} failed: {exc}", hint="check the free space and permissions of the destination"
+        ) from exc
     _copy_private(retired_path(storage), dest / retired_path(StorageSettings(dir=dest, key_file=key_path)).name)
     _copy_private(signing.key_file(storage.dir), dest / signing.KEY_FILE)
     copy = Outbox.open(StorageSettings(dir=dest, key_file=key_path), create=False, readonly=True)
@@ -84,5 +86,7 @@ def _copy_private(source: Path, target: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise OutboxError(f"cannot copy {source} into the backup: {exc.strerror}",
-                          hint="run the backup as the service user or root, into a new directory") from exc
+        raise OutboxError(
+            f"cannot copy {source} into the backup: {exc.strerror}",
+            hint="run the backup as the service user or root, into a new directory",
+        ) from exc

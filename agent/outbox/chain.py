@@ -42,8 +42,15 @@ START_CHECK_EVENTS = 1000
 """The daemon checks this many of the newest events at start (the whole chain: ``fvagent audit verify``)."""
 UPGRADE_NOTE = "chained from upgrade"
 _KEY_LABEL = b"fvagent:audit-chain:v1"
-_RESULT_KINDS = {"accepted": "sent", "rejected": "rejected", "local": "rejected", "retryable": "deferred",
-                 "blocked": "deferred", "clock": "deferred", "unregistered": "deferred"}
+_RESULT_KINDS = {
+    "accepted": "sent",
+    "rejected": "rejected",
+    "local": "rejected",
+    "retryable": "deferred",
+    "blocked": "deferred",
+    "clock": "deferred",
+    "unregistered": "deferred",
+}
 
 
 def chain_key(outbox_key: bytes) -> bytes:
@@ -74,11 +81,22 @@ def blob_seal_id(conn: sqlite3.Connection, column: str, record_id: int, size: in
     return f"{size}:{nonce.hex()}:{tag.hex()}"
 
 
-def fixed_digest(uid: str, created_at: float, simulated: Any, idempotency_key: str | None, card_index: bytes | None,
-                 meta: str | None) -> str:
+def fixed_digest(
+    uid: str, created_at: float, simulated: Any, idempotency_key: str | None, card_index: bytes | None, meta: str | None
+) -> str:
     """SM3 of the columns a record keeps from its commit to its purge."""
-    return sm3(canonical([uid, float(created_at), int(bool(simulated)), idempotency_key,
-                          bytes(card_index).hex() if card_index is not None else None, meta]).encode("utf-8")).hex()
+    return sm3(
+        canonical(
+            [
+                uid,
+                float(created_at),
+                int(bool(simulated)),
+                idempotency_key,
+                bytes(card_index).hex() if card_index is not None else None,
+                meta,
+            ]
+        ).encode("utf-8")
+    ).hex()
 
 
 def _mac(ckey: bytes, what: str, seq: int, digest: bytes) -> str:
@@ -133,8 +151,9 @@ def read_checkpoint(conn: sqlite3.Connection) -> dict[str, Any] | None:
 
 
 # -- writing -----------------------------------------------------------------------------------------
-def append(conn: sqlite3.Connection, ckey: bytes, kind: str, record_id: int | None, at: float,
-           body: dict[str, Any]) -> Head:
+def append(
+    conn: sqlite3.Connection, ckey: bytes, kind: str, record_id: int | None, at: float, body: dict[str, Any]
+) -> Head:
     """Append one event inside the caller's write transaction and move the signed head to it.
 
     A stored head whose signature does not check is extended with an empty signature, never signed
@@ -157,8 +176,10 @@ def append(conn: sqlite3.Connection, ckey: bytes, kind: str, record_id: int | No
     text = canonical(body)
     seq += 1
     digest = event_digest(prev, seq, record_id, kind, at, text)
-    conn.execute("INSERT INTO chain (seq, record_id, kind, at, body, digest) VALUES (?, ?, ?, ?, ?, ?)",
-                 (seq, record_id, kind, at, text, digest))
+    conn.execute(
+        "INSERT INTO chain (seq, record_id, kind, at, body, digest) VALUES (?, ?, ?, ?, ?, ?)",
+        (seq, record_id, kind, at, text, digest),
+    )
     new = Head(seq, digest, _mac(ckey, "head", seq, digest) if valid else "")
     _meta_put(conn, "chain.head", new.doc())
     return new
@@ -166,14 +187,20 @@ def append(conn: sqlite3.Connection, ckey: bytes, kind: str, record_id: int | No
 
 def commit_body(conn: sqlite3.Connection, record_id: int, *, upgrade: bool = False) -> tuple[float, dict[str, Any]]:
     """(created_at, body) of a record's commit event, read from the row just written."""
-    t = conn.execute("SELECT r.uid, r.created_at, r.simulated, r.idempotency_key, r.card_index, r.meta, r.state, "
-                     "r.held_reason, p.data, length(p.photos), length(p.raw_wlt), r.attempts, r.request_id, r.sent_at, "
-                     "r.photos_erased_at FROM records r LEFT JOIN payloads p ON p.record_id = r.id WHERE r.id = ?",
-                     (record_id,)).fetchone()
+    t = conn.execute(
+        "SELECT r.uid, r.created_at, r.simulated, r.idempotency_key, r.card_index, r.meta, r.state, "
+        "r.held_reason, p.data, length(p.photos), length(p.raw_wlt), r.attempts, r.request_id, r.sent_at, "
+        "r.photos_erased_at FROM records r LEFT JOIN payloads p ON p.record_id = r.id WHERE r.id = ?",
+        (record_id,),
+    ).fetchone()
     body: dict[str, Any] = {
-        "fixed": fixed_digest(t[0], t[1], t[2], t[3], t[4], t[5]), "state": t[6], "held_reason": t[7],
+        "fixed": fixed_digest(t[0], t[1], t[2], t[3], t[4], t[5]),
+        "state": t[6],
+        "held_reason": t[7],
         "data": sm3(bytes(t[8])).hex() if t[8] is not None else None,
-        "photos": blob_seal_id(conn, "photos", record_id, t[9]), "wlt": blob_seal_id(conn, "raw_wlt", record_id, t[10])}
+        "photos": blob_seal_id(conn, "photos", record_id, t[9]),
+        "wlt": blob_seal_id(conn, "raw_wlt", record_id, t[10]),
+    }
     if upgrade:
         body.update(note=UPGRADE_NOTE, attempts=t[11], request_id=t[12], sent_at=t[13], photos_erased_at=t[14])
     return float(t[1]), body
@@ -191,14 +218,38 @@ def on_attempt(conn: sqlite3.Connection, ckey: bytes, record_id: int, attempt: i
     return append(conn, ckey, "attempt", record_id, at, {"attempt": int(attempt)})
 
 
-def on_result(conn: sqlite3.Connection, ckey: bytes, record_id: int, attempt: int, outcome: str, at: float, *,
-              request_id: str | None, return_time_ms: int | None, http_status: int | None,
-              exception_code: str | None, message: str) -> Head:
+def on_result(
+    conn: sqlite3.Connection,
+    ckey: bytes,
+    record_id: int,
+    attempt: int,
+    outcome: str,
+    at: float,
+    *,
+    request_id: str | None,
+    return_time_ms: int | None,
+    http_status: int | None,
+    exception_code: str | None,
+    message: str,
+) -> Head:
     """The end of an attempt: sent (with the platform's requestId and returnTime), rejected (with the
     reason) or deferred (a retry later)."""
-    return append(conn, ckey, _RESULT_KINDS[outcome], record_id, at, {
-        "attempt": int(attempt), "outcome": outcome, "request_id": request_id, "return_time_ms": return_time_ms,
-        "http_status": http_status, "exception_code": exception_code, "message": message[:500]})
+    return append(
+        conn,
+        ckey,
+        _RESULT_KINDS[outcome],
+        record_id,
+        at,
+        {
+            "attempt": int(attempt),
+            "outcome": outcome,
+            "request_id": request_id,
+            "return_time_ms": return_time_ms,
+            "http_status": http_status,
+            "exception_code": exception_code,
+            "message": message[:500],
+        },
+    )
 
 
 def on_attempt_undone(conn: sqlite3.Connection, ckey: bytes, record_id: int, at: float) -> Head:
@@ -228,15 +279,26 @@ def on_handover(conn: sqlite3.Connection, ckey: bytes, record_id: int, at: float
 
 def on_released(conn: sqlite3.Connection, ckey: bytes, record_id: int, at: float) -> Head:
     """A held record was completed: new sealed payload, now pending."""
-    t = conn.execute("SELECT data, length(photos), length(raw_wlt) FROM payloads WHERE record_id = ?",
-                     (record_id,)).fetchone()
-    return append(conn, ckey, "released", record_id, at, {
-        "data": sm3(bytes(t[0])).hex(), "photos": blob_seal_id(conn, "photos", record_id, t[1]),
-        "wlt": blob_seal_id(conn, "raw_wlt", record_id, t[2])})
+    t = conn.execute(
+        "SELECT data, length(photos), length(raw_wlt) FROM payloads WHERE record_id = ?", (record_id,)
+    ).fetchone()
+    return append(
+        conn,
+        ckey,
+        "released",
+        record_id,
+        at,
+        {
+            "data": sm3(bytes(t[0])).hex(),
+            "photos": blob_seal_id(conn, "photos", record_id, t[1]),
+            "wlt": blob_seal_id(conn, "raw_wlt", record_id, t[2]),
+        },
+    )
 
 
-def on_resolved(conn: sqlite3.Connection, ckey: bytes, record_id: int, at: float, request_id: str,
-                message: str) -> Head:
+def on_resolved(
+    conn: sqlite3.Connection, ckey: bytes, record_id: int, at: float, request_id: str, message: str
+) -> Head:
     return append(conn, ckey, "resolved", record_id, at, {"request_id": request_id, "message": message[:500]})
 
 
@@ -257,7 +319,7 @@ def on_purged(conn: sqlite3.Connection, ckey: bytes, record_ids: Iterable[int], 
 
 
 def _prune(conn: sqlite3.Connection, ckey: bytes, at: float) -> None:
-    oldest, = conn.execute("SELECT MIN(chain_seq) FROM records").fetchone()
+    (oldest,) = conn.execute("SELECT MIN(chain_seq) FROM records").fetchone()
     head = read_head(conn)
     if head is None:
         return
@@ -266,13 +328,20 @@ def _prune(conn: sqlite3.Connection, ckey: bytes, at: float) -> None:
     checkpoint = read_checkpoint(conn) or {"seq": 0, "records": 0, "events": 0, "last_record_id": 0}
     if cut <= int(checkpoint["seq"]):
         return
-    digest, = conn.execute("SELECT digest FROM chain WHERE seq = ?", (cut,)).fetchone()
+    (digest,) = conn.execute("SELECT digest FROM chain WHERE seq = ?", (cut,)).fetchone()
     events, records, last_id = conn.execute(
         "SELECT COUNT(*), SUM(kind IN ('committed', 'upgraded')), MAX(CASE WHEN kind IN ('committed', 'upgraded') "
-        "THEN record_id END) FROM chain WHERE seq <= ?", (cut,)).fetchone()
-    new = {"seq": cut, "digest": bytes(digest).hex(), "events": int(checkpoint["events"]) + int(events),
-           "records": int(checkpoint["records"]) + int(records or 0),
-           "last_record_id": max(int(checkpoint["last_record_id"]), int(last_id or 0)), "at": at}
+        "THEN record_id END) FROM chain WHERE seq <= ?",
+        (cut,),
+    ).fetchone()
+    new = {
+        "seq": cut,
+        "digest": bytes(digest).hex(),
+        "events": int(checkpoint["events"]) + int(events),
+        "records": int(checkpoint["records"]) + int(records or 0),
+        "last_record_id": max(int(checkpoint["last_record_id"]), int(last_id or 0)),
+        "at": at,
+    }
     new["mac"] = checkpoint_mac(ckey, new)
     conn.execute("DELETE FROM chain WHERE seq <= ?", (cut,))
     _meta_put(conn, "chain.checkpoint", new)
@@ -336,7 +405,7 @@ def read_head_file(path: Path, ckey: bytes | None = None) -> Head | None:
     heads = []
     for offset in _SLOT_OFFSETS:
         try:
-            head = _head_from(json.loads(data[offset:offset + _SLOT_BYTES].decode("ascii").strip()))
+            head = _head_from(json.loads(data[offset : offset + _SLOT_BYTES].decode("ascii").strip()))
         except (UnicodeDecodeError, ValueError):
             head = None
         if head is not None:
@@ -365,7 +434,7 @@ def write_head_file(path: Path, head: Head, ckey: bytes, lock_fd: int, *, force:
                 return
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            for offset in (_SLOT_OFFSETS if force else (_SLOT_OFFSETS[head.seq % 2],)):
+            for offset in _SLOT_OFFSETS if force else (_SLOT_OFFSETS[head.seq % 2],):
                 os.pwrite(fd, record, offset)
             if force:
                 os.fsync(fd)

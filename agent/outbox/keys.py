@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent.config import StorageSettings, credential_path, read_secret_file
 from agent.crypto import CryptoError, hmac_sm3, sm4_gcm_open, sm4_gcm_seal
-from agent.errors import KeyFileError, SecretError, StorageFull
+from core.errors import KeyFileError, SecretError, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,11 @@ def _parse(text: str, where: str) -> bytes:
     except ValueError:
         key = b""
     if len(key) != KEY_BYTES:
-        raise KeyFileError(f"the outbox data key in {where} is not 32 hexadecimal characters",
-                           hint="restore the original key file from your backup; never replace it with a new one "
-                                "while the outbox holds data")
+        raise KeyFileError(
+            f"the outbox data key in {where} is not 32 hexadecimal characters",
+            hint="restore the original key file from your backup; never replace it with a new one "
+            "while the outbox holds data",
+        )
     return key
 
 
@@ -99,27 +101,34 @@ def load_key(storage: StorageSettings, *, may_create: bool) -> DataKey:
     except SecretError as exc:
         raise KeyFileError(exc.message, hint=exc.hint) from exc
     if text is not None:
-        return DataKey(_parse(text, f"systemd credential {CREDENTIAL_NAME!r}"), f"systemd credential {CREDENTIAL_NAME!r}")
+        return DataKey(
+            _parse(text, f"systemd credential {CREDENTIAL_NAME!r}"), f"systemd credential {CREDENTIAL_NAME!r}"
+        )
     path = key_path(storage)
     if not path.exists():
         if not may_create:
             raise KeyFileError(
                 f"the outbox data key {path} is missing, but the outbox database holds data sealed under it",
                 hint=f"restore {path} from your backup (or set [storage] key_file / the systemd credential "
-                     f"{CREDENTIAL_NAME}); fvagent will not make a new key for existing data")
+                f"{CREDENTIAL_NAME}); fvagent will not make a new key for existing data",
+            )
         return DataKey(_create(path), f"file {path}")
     warning = None
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             # Refusing to start would block the desk; the key is already exposed either way. Loud, not fatal.
-            warning = (f"the outbox data key {path} is readable by group or others (mode {mode:04o}): "
-                       f"fix with chmod 600 {path}, and consider the key seen")
+            warning = (
+                f"the outbox data key {path} is readable by group or others (mode {mode:04o}): "
+                f"fix with chmod 600 {path}, and consider the key seen"
+            )
             log.error("%s", warning)
         text = read_secret_file(path, key="storage.key_file", check_mode=False)
     except OSError as exc:
-        raise KeyFileError(f"cannot read the outbox data key {path}: {exc.strerror}",
-                           hint="check the owner and permissions of the key file") from exc
+        raise KeyFileError(
+            f"cannot read the outbox data key {path}: {exc.strerror}",
+            hint="check the owner and permissions of the key file",
+        ) from exc
     except SecretError as exc:
         raise KeyFileError(exc.message, hint=exc.hint) from exc
     return DataKey(_parse(text, str(path)), f"file {path}", warning)
@@ -144,7 +153,8 @@ def key_for_check(storage: StorageSettings, check_value: bytes, path: Path) -> D
         problem = KeyFileError(
             f"the outbox data key ({key.source}) is not the key the outbox {path} was sealed with",
             hint="restore the original key file (or credential outbox_key) from your backup; the service sets "
-                 "this outbox aside and starts a new one meanwhile, and merges it when the key is back")
+            "this outbox aside and starts a new one meanwhile, and merges it when the key is back",
+        )
     except KeyFileError as exc:
         problem = exc
     for interim in sorted(Path(storage.dir).glob(INTERIM_PREFIX + "*"), reverse=True):
@@ -196,9 +206,13 @@ def _create(path: Path) -> bytes:
             return _parse(read_secret_file(path, key="storage.key_file"), str(path))
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
-            raise StorageFull(f"no room on the disk to write the outbox data key {path}",
-                              hint="free disk space in the state directory") from exc
-        raise KeyFileError(f"cannot write the outbox data key {path}: {exc.strerror}",
-                           hint="check the owner and permissions of the state directory") from exc
+            raise StorageFull(
+                f"no room on the disk to write the outbox data key {path}",
+                hint="free disk space in the state directory",
+            ) from exc
+        raise KeyFileError(
+            f"cannot write the outbox data key {path}: {exc.strerror}",
+            hint="check the owner and permissions of the state directory",
+        ) from exc
     log.warning("made a new outbox data key %s (0600): back it up; without it the queued records cannot be read", path)
     return key

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.config import StorageSettings
-from agent.errors import KeyFileError, OutboxCorrupt, OutboxError
 from agent.outbox import incidents
 from agent.outbox.keys import DataKey, key_path, load_key, new_interim_path
 from agent.outbox.salvage import SalvageReport, salvage
 from agent.outbox.store import DB_NAME, Outbox, rename_aside
+from core.errors import KeyFileError, OutboxCorrupt, OutboxError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,12 @@ def open_for_service(storage: StorageSettings, *, clock: Callable[[], float] = t
         aside = _set_aside(path, AWAITING_KEY)
         interim = new_interim_path(storage)
         outbox = Outbox.open(storage.model_copy(update={"key_file": interim}), check=True, clock=clock)
-        alert = (f"outbox: the data key did not open the outbox ({exc.message}); it is kept untouched as "
-                 f"{aside.name}, its records wait for the key; a NEW outbox runs under the interim key {interim.name} "
-                 f"(back it up). Put the original key back at {key_path(storage)} and restart, or run "
-                 f"fvagent outbox merge {aside}")
+        alert = (
+            f"outbox: the data key did not open the outbox ({exc.message}); it is kept untouched as "
+            f"{aside.name}, its records wait for the key; a NEW outbox runs under the interim key {interim.name} "
+            f"(back it up). Put the original key back at {key_path(storage)} and restart, or run "
+            f"fvagent outbox merge {aside}"
+        )
         log.critical("%s", alert)
         incidents.record(outbox, "key", alert, copy=str(aside))
     merge_waiting(outbox, storage)
@@ -67,11 +69,20 @@ def salvage_damaged(outbox: Outbox, kept: Path, reason: str) -> SalvageReport | 
         counts = report.summary() if report else ""
     except OutboxError as exc:
         report, counts = None, f"nothing could be salvaged ({exc.message})"
-    alert = (f"outbox: the database was damaged and is kept as {kept.name}: {counts}; "
-             "run fvagent outbox ack-damage once noted")
+    alert = (
+        f"outbox: the database was damaged and is kept as {kept.name}: {counts}; "
+        "run fvagent outbox ack-damage once noted"
+    )
     log.error("%s", alert)
-    incidents.record(outbox, "damaged", alert, copy=str(kept), reason=reason,
-                     salvaged=len(report.salvaged) if report else 0, lost=report.lost if report else [])
+    incidents.record(
+        outbox,
+        "damaged",
+        alert,
+        copy=str(kept),
+        reason=reason,
+        salvaged=len(report.salvaged) if report else 0,
+        lost=report.lost if report else [],
+    )
     return report
 
 
@@ -84,10 +95,22 @@ def merge(outbox: Outbox, old: Path, key: DataKey) -> SalvageReport:
     remaining = [i for i in incidents.current(outbox) if not (i.get("kind") == "key" and i.get("copy") == str(old))]
     outbox.set_state(incidents.STATE_NAME, remaining or None)
     if report.lost:
-        incidents.record(outbox, "damaged", f"outbox: merged {old.name} (kept as {done.name}): {report.summary()}; "
-                         "run fvagent outbox ack-damage once noted", copy=str(done), lost=report.lost)
-    log.warning("merged %s into %s: %s; kept as %s; the outbox stays sealed under %s: back it up", old,
-                outbox.path, report.summary(), done.name, outbox.key_source)
+        incidents.record(
+            outbox,
+            "damaged",
+            f"outbox: merged {old.name} (kept as {done.name}): {report.summary()}; "
+            "run fvagent outbox ack-damage once noted",
+            copy=str(done),
+            lost=report.lost,
+        )
+    log.warning(
+        "merged %s into %s: %s; kept as %s; the outbox stays sealed under %s: back it up",
+        old,
+        outbox.path,
+        report.summary(),
+        done.name,
+        outbox.key_source,
+    )
     return report
 
 

@@ -44,12 +44,16 @@ def platform_fingerprint(keyed: _Fingerprinter, platform: Any) -> str:
 
 def device_fingerprint(keyed: _Fingerprinter, device: Any, platform: Any) -> str:
     """Changes when ``[device]`` changes, or the device is pointed at another platform or org app id."""
-    return keyed.fingerprint(b"device\x00" + settings_bytes(device, getattr(platform, "base_url", None),
-                                                            getattr(platform, "org_app_id", None)))
+    return keyed.fingerprint(
+        b"device\x00"
+        + settings_bytes(device, getattr(platform, "base_url", None), getattr(platform, "org_app_id", None))
+    )
 
 
 def platform_identity_fingerprint(keyed: _Fingerprinter, platform: Any) -> str:
     """Names the platform itself (its URL and our org app id), not how we talk to it: what it is
     known to do (sign its replies) stays known across changes of conventions or credentials."""
-    return keyed.fingerprint(b"platform-identity\x00" + settings_bytes(getattr(platform, "base_url", None),
-                                                                       getattr(platform, "org_app_id", None)))
+    return keyed.fingerprint(
+        b"platform-identity\x00"
+        + settings_bytes(getattr(platform, "base_url", None), getattr(platform, "org_app_id", None))
+    )

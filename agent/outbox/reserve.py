@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.errors import StorageFull
+from core.errors import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,12 @@ class Reserve:
         # later (with no room for the database to grow) it could no longer be folded.
         if self._fold_wal is not None:
             self._fold_wal()
-        log.error("the disk of %s is full (%d KiB free): the outbox reserve is released so records can still be "
-                  "sent and erased; capture waits until space is freed", self.path.parent, free // 1024)
+        log.error(
+            "the disk of %s is full (%d KiB free): the outbox reserve is released so records can still be "
+            "sent and erased; capture waits until space is freed",
+            self.path.parent,
+            free // 1024,
+        )
 
     def before_capture(self) -> None:
         """Called before a capture write: refuse it while a released reserve cannot be made again.
@@ -114,10 +118,11 @@ class Reserve:
         if self.ensure():
             self.released = False
             return
-        raise StorageFull(f"the disk is full: {self.path.parent} has no room for the drain's reserve, so the "
-                          "verification is not stored",
-                          hint="free disk space; records are still sent meanwhile, and photos erased after the "
-                               "retention delay")
+        raise StorageFull(
+            f"the disk is full: {self.path.parent} has no room for the drain's reserve, so the "
+            "verification is not stored",
+            hint="free disk space; records are still sent meanwhile, and photos erased after the retention delay",
+        )
 
 
 def _free_bytes(directory: Path) -> int:

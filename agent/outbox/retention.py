@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import OutboxError, StorageFull
 from agent.outbox import chain
+from core.errors import OutboxError, StorageFull
 
 if TYPE_CHECKING:
     from agent.outbox.store import Outbox
@@ -51,8 +51,9 @@ def latest_seen(outbox: Outbox) -> float | None:
         created = conn.execute("SELECT created_at FROM records ORDER BY id DESC LIMIT 1").fetchone()
         sent = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
     mark = outbox.get_state(_MARK)
-    times = [t for t in (created[0] if created else None, sent[0] if sent else None, mark)
-             if isinstance(t, int | float)]
+    times = [
+        t for t in (created[0] if created else None, sent[0] if sent else None, mark) if isinstance(t, int | float)
+    ]
     return max(times) if times else None
 
 
@@ -62,10 +63,12 @@ def clock_alert(outbox: Outbox, now: float, uptime_s: float) -> str | None:
     if seen is None or now <= seen + uptime_s + CLOCK_SLACK_S:
         return None
     ahead = now - seen - uptime_s
-    return (f"storage: the clock is {ahead / 3600:.1f} h past the latest time the outbox has seen plus the uptime "
-            f"({time.strftime('%Y-%m-%d %H:%M', time.localtime(seen))} + {uptime_s / 3600:.1f} h): no photo is "
-            "erased and no record deleted by it. Check the clock (timedatectl; NTP); the first capture or "
-            "delivery at the right time lets housekeeping go on")
+    return (
+        f"storage: the clock is {ahead / 3600:.1f} h past the latest time the outbox has seen plus the uptime "
+        f"({time.strftime('%Y-%m-%d %H:%M', time.localtime(seen))} + {uptime_s / 3600:.1f} h): no photo is "
+        "erased and no record deleted by it. Check the clock (timedatectl; NTP); the first capture or "
+        "delivery at the right time lets housekeeping go on"
+    )
 
 
 def _on_full_disk(work: Callable[[], None], outbox: Outbox) -> None:
@@ -97,8 +100,11 @@ def _erase_photos_once(outbox: Outbox, ids: list[int], now: float) -> None:
     marks = ",".join("?" * len(ids))
     with outbox._write("erase photos of sent records", drain=True) as conn:
         conn.execute(f"UPDATE payloads SET photos = NULL, raw_wlt = NULL WHERE record_id IN ({marks})", ids)
-        conn.execute(f"UPDATE records SET photos_erased_at = ?, bytes = (SELECT length(data) FROM payloads "
-                     f"WHERE payloads.record_id = records.id) WHERE id IN ({marks})", (now, *ids))
+        conn.execute(
+            f"UPDATE records SET photos_erased_at = ?, bytes = (SELECT length(data) FROM payloads "
+            f"WHERE payloads.record_id = records.id) WHERE id IN ({marks})",
+            (now, *ids),
+        )
         outbox._chained(chain.on_photos_erased(conn, outbox._chain_key, ids, now))
 
 
@@ -122,8 +128,10 @@ def _ids(outbox: Outbox, sql: str, args: tuple[Any, ...]) -> list[int]:
         return [int(r[0]) for r in conn.execute(sql, (*args, BATCH)).fetchall()]
 
 
-_WITH_PHOTOS = ("SELECT r.id FROM records r JOIN payloads p ON p.record_id = r.id WHERE r.state = 'sent' "
-                "AND (p.photos IS NOT NULL OR p.raw_wlt IS NOT NULL)")
+_WITH_PHOTOS = (
+    "SELECT r.id FROM records r JOIN payloads p ON p.record_id = r.id WHERE r.state = 'sent' "
+    "AND (p.photos IS NOT NULL OR p.raw_wlt IS NOT NULL)"
+)
 
 
 def _total(outbox: Outbox) -> int:
@@ -141,9 +149,11 @@ def budget_alert(held_bytes: int, max_bytes: int) -> str | None:
     """The one-line storage alert when the outbox holds more than ``storage.max_bytes``, else None."""
     if held_bytes <= max_bytes:
         return None
-    return (f"storage: the outbox holds {held_bytes / 2**20:.1f} MiB, over storage.max_bytes "
-            f"({max_bytes / 2**20:.1f} MiB), and unsent records are never evicted: restore "
-            "the upload (see the platform state) or raise max_bytes")
+    return (
+        f"storage: the outbox holds {held_bytes / 2**20:.1f} MiB, over storage.max_bytes "
+        f"({max_bytes / 2**20:.1f} MiB), and unsent records are never evicted: restore "
+        "the upload (see the platform state) or raise max_bytes"
+    )
 
 
 def unsent_alert(oldest_unsent_at: float | None, days: float, now: float) -> str | None:
@@ -151,16 +161,20 @@ def unsent_alert(oldest_unsent_at: float | None, days: float, now: float) -> str
     if oldest_unsent_at is None or now - oldest_unsent_at < days * DAY_S:
         return None
     age = (now - oldest_unsent_at) / DAY_S
-    return (f"storage: a rejected or held record is {age:.0f} days old (over storage.unsent_alert_days, {days:g}): "
-            "it was never delivered; resolve it (fvagent queue ls --state rejected / --state held)")
+    return (
+        f"storage: a rejected or held record is {age:.0f} days old (over storage.unsent_alert_days, {days:g}): "
+        "it was never delivered; resolve it (fvagent queue ls --state rejected / --state held)"
+    )
 
 
 def damaged_alert(copies: list[Any]) -> str | None:
     """The alert for damaged databases kept in the state directory, else None."""
     if not copies:
         return None
-    return (f"storage: {len(copies)} damaged outbox copy(ies) kept in the state directory ({copies[-1].name}"
-            f"{' ...' if len(copies) > 1 else ''}): recover what they hold, then move them away")
+    return (
+        f"storage: {len(copies)} damaged outbox copy(ies) kept in the state directory ({copies[-1].name}"
+        f"{' ...' if len(copies) > 1 else ''}): recover what they hold, then move them away"
+    )
 
 
 def housekeeping(outbox: Outbox, now: float | None = None, *, uptime_s: float | None = None) -> dict[str, Any]:
@@ -185,15 +199,20 @@ def housekeeping(outbox: Outbox, now: float | None = None, *, uptime_s: float | 
         log.error("%s", clock_problem)
 
     erase_before = now - storage.keep_sent_days * DAY_S
-    while clock_problem is None and (ids := _ids(
-            outbox, _WITH_PHOTOS + " AND r.sent_at < ? ORDER BY r.sent_at LIMIT ?", (erase_before,))):
+    while clock_problem is None and (
+        ids := _ids(outbox, _WITH_PHOTOS + " AND r.sent_at < ? ORDER BY r.sent_at LIMIT ?", (erase_before,))
+    ):
         _erase_photos(outbox, ids, now)
         result["photos_erased"] += len(ids)
 
     delete_before = now - storage.keep_sent_rows_days * DAY_S
-    while clock_problem is None and (ids := _ids(
-            outbox, "SELECT id FROM records WHERE state = 'sent' AND sent_at < ? ORDER BY sent_at LIMIT ?",
-            (delete_before,))):
+    while clock_problem is None and (
+        ids := _ids(
+            outbox,
+            "SELECT id FROM records WHERE state = 'sent' AND sent_at < ? ORDER BY sent_at LIMIT ?",
+            (delete_before,),
+        )
+    ):
         _delete_rows(outbox, ids, now)
         result["rows_deleted"] += len(ids)
 
@@ -203,8 +222,9 @@ def housekeeping(outbox: Outbox, now: float | None = None, *, uptime_s: float | 
         _erase_photos(outbox, ids, now)
         result["evicted_photos"] += len(ids)
         total = _total(outbox)
-    while total > storage.max_bytes and (ids := _ids(
-            outbox, "SELECT id FROM records WHERE state = 'sent' ORDER BY sent_at LIMIT ?", ())):
+    while total > storage.max_bytes and (
+        ids := _ids(outbox, "SELECT id FROM records WHERE state = 'sent' ORDER BY sent_at LIMIT ?", ())
+    ):
         _delete_rows(outbox, ids, now)
         result["evicted_rows"] += len(ids)
         total = _total(outbox)
@@ -237,4 +257,3 @@ def _vacuum(outbox: Outbox) -> None:
 def _vacuum_step(outbox: Outbox) -> None:
     with outbox._write("return free space", drain=True) as conn:
         conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
-

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from agent.config import StorageSettings, read_secret_file
 from agent.crypto import hmac_sm3
-from agent.errors import KeyFileError, OutboxError, SecretError
 from agent.outbox import chain
 from agent.outbox.keys import CREDENTIAL_NAME, KEY_BYTES, DataKey, key_path
+from core.errors import KeyFileError, OutboxError, SecretError
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,10 @@ def load_retired(storage: StorageSettings) -> dict[str, DataKey]:
             if len(parts) != 2 or len(key.key) != KEY_BYTES or key_id(key) != parts[0]:
                 raise ValueError(line)
         except (IndexError, ValueError) as exc:
-            raise KeyFileError(f"{path}, line {number}: not '<key id> <32 hex characters>' of a retired key",
-                               hint="restore the file from your backup; records sealed under that key cannot "
-                                    "be read without it") from exc
+            raise KeyFileError(
+                f"{path}, line {number}: not '<key id> <32 hex characters>' of a retired key",
+                hint="restore the file from your backup; records sealed under that key cannot be read without it",
+            ) from exc
         keys[parts[0]] = key
     return keys
 
@@ -118,23 +119,27 @@ def rotate_key(storage: StorageSettings) -> Rotation:
 
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).is_file():
-        raise KeyFileError(f"the outbox key comes from the systemd credential {CREDENTIAL_NAME!r}: fvagent cannot "
-                           "replace it", hint="run rotate-key without the credential, on the key file, then "
-                                              "encrypt the new key file as the credential again (docs/operations.md)")
+        raise KeyFileError(
+            f"the outbox key comes from the systemd credential {CREDENTIAL_NAME!r}: fvagent cannot replace it",
+            hint="run rotate-key without the credential, on the key file, then "
+            "encrypt the new key file as the credential again (docs/operations.md)",
+        )
     _finish_interrupted(storage)
     outbox = Outbox.open(storage, create=False)
     try:
         try:
             fcntl.flock(outbox._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            raise OutboxError("the outbox is in use by another fvagent process: the key cannot be rotated now",
-                              hint="stop the service first (systemctl stop fvagent), then start it again") from exc
+            raise OutboxError(
+                "the outbox is in use by another fvagent process: the key cannot be rotated now",
+                hint="stop the service first (systemctl stop fvagent), then start it again",
+            ) from exc
         old = outbox._key
         new = DataKey(secrets.token_bytes(KEY_BYTES), f"file {key_path(storage)}")
         old_id, new_id = key_id(old), key_id(new)
         with outbox._read("read the outbox") as conn:
             used = {r[0] for r in conn.execute("SELECT DISTINCT key_id FROM records WHERE key_id IS NOT NULL")}
-            under_old, = conn.execute("SELECT COUNT(*) FROM records WHERE key_id IS NULL").fetchone()
+            (under_old,) = conn.execute("SELECT COUNT(*) FROM records WHERE key_id IS NULL").fetchone()
         retired = {kid: key for kid, key in outbox._retired.items() if kid in used}
         retired[old_id] = old
         _write_secret(retired_path(storage), "".join(f"{kid} {key.key.hex()}\n" for kid, key in retired.items()))
@@ -147,14 +152,22 @@ def rotate_key(storage: StorageSettings) -> Rotation:
             try:
                 chain.resign(conn, old_ckey, new_ckey)
             except ValueError as exc:
-                raise OutboxError(f"the key is not rotated: {exc}",
-                                  hint="run `fvagent audit verify` and resolve that first") from exc
-            head = chain.append(conn, new_ckey, "key_rotated", None, outbox._clock(),
-                                {"old_key": old_id, "new_key": new_id, "records_under_old": int(under_old)})
+                raise OutboxError(
+                    f"the key is not rotated: {exc}", hint="run `fvagent audit verify` and resolve that first"
+                ) from exc
+            head = chain.append(
+                conn,
+                new_ckey,
+                "key_rotated",
+                None,
+                outbox._clock(),
+                {"old_key": old_id, "new_key": new_id, "records_under_old": int(under_old)},
+            )
         os.replace(new_path, key_path(storage))
         chain.write_head_file(chain.head_file(storage.dir), head, new_ckey, outbox._lock_fd, force=True)
     finally:
         outbox.close()
-    log.warning("outbox key rotated (%s -> %s): back up %s and %s", old_id, new_id, key_path(storage),
-                retired_path(storage))
+    log.warning(
+        "outbox key rotated (%s -> %s): back up %s and %s", old_id, new_id, key_path(storage), retired_path(storage)
+    )
     return Rotation(old_id, new_id, int(under_old), len(retired))

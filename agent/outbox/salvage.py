@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.crypto import CryptoError
-from agent.errors import KeyFileError, OutboxError, StorageFull
 from agent.outbox import chain
 from agent.outbox.keys import DataKey
 from agent.outbox.store import Outbox, _aad
+from core.errors import KeyFileError, OutboxError, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,9 @@ def salvage(source: str | Path, into: Outbox, *, source_key: DataKey | None = No
     except OSError as exc:
         if isinstance(exc, StorageFull):
             raise
-        raise OutboxError(f"cannot salvage {source}: {exc}", hint="free disk space beside the outbox and retry") \
-            from exc
+        raise OutboxError(
+            f"cannot salvage {source}: {exc}", hint="free disk space beside the outbox and retry"
+        ) from exc
 
 
 def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox, *, reseal: bool) -> SalvageReport:
@@ -136,8 +137,10 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
             raise OutboxError(f"{source} is not an fvagent outbox ({exc})") from exc
         check = None  # the meta page is damaged: each blob's tag still proves the key
     if check is not None and not key.matches(bytes(check[0])):
-        raise KeyFileError(f"{source} was sealed under another data key than {key.source}",
-                           hint="give its original key: fvagent outbox merge FILE --key KEYFILE")
+        raise KeyFileError(
+            f"{source} was sealed under another data key than {key.source}",
+            hint="give its original key: fvagent outbox merge FILE --key KEYFILE",
+        )
     with into._read("read the outbox") as dest:
         # chain_seq is the record's place in the new outbox's chain, set by its "salvaged" event
         record_cols = [c for c in _columns(conn, "records") if c in set(_columns(dest, "records")) and c != "chain_seq"]
@@ -152,8 +155,9 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
     for record_id in _record_ids(conn):
         try:
             row = conn.execute(f"SELECT {', '.join(record_cols)} FROM records WHERE id = ?", (record_id,)).fetchone()
-            blobs = conn.execute(f"SELECT {', '.join(payload_cols)} FROM payloads WHERE record_id = ?",
-                                 (record_id,)).fetchone()
+            blobs = conn.execute(
+                f"SELECT {', '.join(payload_cols)} FROM payloads WHERE record_id = ?", (record_id,)
+            ).fetchone()
         except sqlite3.DatabaseError as exc:
             log.warning("salvage: record %d does not read: %s", record_id, exc)
             lost.append(record_id)
@@ -167,9 +171,13 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
             lost.append(record_id)
             continue
         try:
-            attempts = [dict(zip(attempt_cols, t, strict=True)) for t in conn.execute(
-                f"SELECT {', '.join(attempt_cols)} FROM attempts WHERE record_id = ? ORDER BY attempt, id",
-                (record_id,)).fetchall()]
+            attempts = [
+                dict(zip(attempt_cols, t, strict=True))
+                for t in conn.execute(
+                    f"SELECT {', '.join(attempt_cols)} FROM attempts WHERE record_id = ? ORDER BY attempt, id",
+                    (record_id,),
+                ).fetchall()
+            ]
         except sqlite3.DatabaseError:
             attempts = []  # the record itself is whole: its attempt history is what was lost
             log.warning("salvage: record %d: its attempts do not read; the record is kept without them", record_id)
@@ -219,8 +227,9 @@ def _opens(key: DataKey, record: dict[str, Any], payload: dict[str, Any], reseal
                 payload[column] = reseal_into._key.seal(plain, _aad(uid, part))
                 if part == "data":
                     card_no = json.loads(plain).get("cardNo")
-                    record["card_index"] = (reseal_into._key.card_index(card_no)
-                                            if isinstance(card_no, str) and card_no else None)
+                    record["card_index"] = (
+                        reseal_into._key.card_index(card_no) if isinstance(card_no, str) and card_no else None
+                    )
     except (CryptoError, ValueError):
         return False
     return True
@@ -229,8 +238,15 @@ def _opens(key: DataKey, record: dict[str, Any], payload: dict[str, Any], reseal
 _TAKEN = -1
 
 
-def _insert(into: Outbox, record: dict[str, Any], payload: dict[str, Any], attempts: list[dict[str, Any]], *,
-            renumber: bool, source: Path) -> int | None:
+def _insert(
+    into: Outbox,
+    record: dict[str, Any],
+    payload: dict[str, Any],
+    attempts: list[dict[str, Any]],
+    *,
+    renumber: bool,
+    source: Path,
+) -> int | None:
     """Insert one salvaged record under its id; None when its uid is there already. When the id is
     used by another record: ``_TAKEN``, or with ``renumber`` a new id. The record enters the audit
     chain with a ``salvaged`` event that names ``source`` and the state it was found in."""
@@ -246,16 +262,19 @@ def _insert(into: Outbox, record: dict[str, Any], payload: dict[str, Any], attem
         if key is not None and conn.execute("SELECT 1 FROM records WHERE idempotency_key = ?", (key,)).fetchone():
             record = {**record, "idempotency_key": None}  # the same capture was committed again meanwhile
         cols = list(record)
-        cur = conn.execute(f"INSERT INTO records ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                           [record[c] for c in cols])
+        cur = conn.execute(
+            f"INSERT INTO records ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [record[c] for c in cols]
+        )
         new_id = int(cur.lastrowid or 0)
         body = {**payload, "record_id": new_id}
-        conn.execute(f"INSERT INTO payloads ({', '.join(body)}) VALUES ({', '.join('?' * len(body))})",
-                     list(body.values()))
+        conn.execute(
+            f"INSERT INTO payloads ({', '.join(body)}) VALUES ({', '.join('?' * len(body))})", list(body.values())
+        )
         for attempt in attempts:
             row = {**attempt, "record_id": new_id}
-            conn.execute(f"INSERT INTO attempts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                         list(row.values()))
+            conn.execute(
+                f"INSERT INTO attempts ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+            )
         at, event = chain.commit_body(conn, new_id, upgrade=True)
         event.update(note=f"salvaged from {source.name}", salvaged_id=original_id)
         head = chain.append(conn, into._chain_key, "salvaged", new_id, at, event)

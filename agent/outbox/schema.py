@@ -58,10 +58,23 @@ def _v2(db: sqlite_utils.Database) -> None:
     records.create_index(["idempotency_key"], index_name="records_idempotency", unique=True)
     records.create_index(["card_index", "created_at"], index_name="records_card")
     records.create_index(["state", "sent_at"], index_name="records_sent")
-    db.create_table("attempts", {
-        "id": int, "record_id": int, "attempt": int, "request_id": str, "started_at": float,
-        "finished_at": float, "outcome": str, "http_status": int, "exception_code": str, "message": str,
-    }, pk="id", not_null={"record_id", "attempt", "started_at"})
+    db.create_table(
+        "attempts",
+        {
+            "id": int,
+            "record_id": int,
+            "attempt": int,
+            "request_id": str,
+            "started_at": float,
+            "finished_at": float,
+            "outcome": str,
+            "http_status": int,
+            "exception_code": str,
+            "message": str,
+        },
+        pk="id",
+        not_null={"record_id", "attempt", "started_at"},
+    )
     db.table("attempts").create_index(["record_id", "attempt"], index_name="attempts_record")
     db.table("attempts").create_index(["request_id"], index_name="attempts_request")
 

@@ -34,10 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import StorageSettings
-from agent.errors import CryptoError, KeyFileError, OutboxCorrupt, OutboxError, StorageFull
 from agent.outbox import chain, rotation, schema
 from agent.outbox.keys import DataKey, key_for_check, load_key
 from agent.outbox.reserve import Reserve
+from core.errors import (
+    CryptoError,
+    KeyFileError,
+    OutboxCorrupt,
+    OutboxError,
+    StorageFull,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +121,11 @@ class Attempt:
     message: str | None
 
 
-_ROW_COLUMNS = ("r.id, r.state, r.created_at, r.updated_at, r.attempts, r.next_attempt_at, r.last_error, "
-                "r.last_outcome, r.request_id, r.sent_at, r.simulated, r.held_reason, r.meta, r.bytes, "
-                "p.photos IS NOT NULL, r.photos_erased_at, r.idempotency_key")
+_ROW_COLUMNS = (
+    "r.id, r.state, r.created_at, r.updated_at, r.attempts, r.next_attempt_at, r.last_error, "
+    "r.last_outcome, r.request_id, r.sent_at, r.simulated, r.held_reason, r.meta, r.bytes, "
+    "p.photos IS NOT NULL, r.photos_erased_at, r.idempotency_key"
+)
 _ROW_FROM = "records r LEFT JOIN payloads p ON p.record_id = r.id"
 
 
@@ -126,10 +134,25 @@ def _row(t: tuple[Any, ...]) -> Row:
         meta = json.loads(t[12]) if t[12] else {}
     except ValueError:
         meta = {}
-    return Row(id=t[0], state=t[1], created_at=t[2], updated_at=t[3], attempts=t[4], next_attempt_at=t[5],
-               last_error=t[6], last_outcome=t[7], request_id=t[8], sent_at=t[9], simulated=bool(t[10]),
-               held_reason=t[11], meta=meta if isinstance(meta, dict) else {}, bytes=t[13],
-               has_photos=bool(t[14]), photos_erased_at=t[15], idempotency_key=t[16])
+    return Row(
+        id=t[0],
+        state=t[1],
+        created_at=t[2],
+        updated_at=t[3],
+        attempts=t[4],
+        next_attempt_at=t[5],
+        last_error=t[6],
+        last_outcome=t[7],
+        request_id=t[8],
+        sent_at=t[9],
+        simulated=bool(t[10]),
+        held_reason=t[11],
+        meta=meta if isinstance(meta, dict) else {},
+        bytes=t[13],
+        has_photos=bool(t[14]),
+        photos_erased_at=t[15],
+        idempotency_key=t[16],
+    )
 
 
 def _aad(uid: str, part: str) -> bytes:
@@ -165,12 +188,12 @@ def _unpack_photos(blob: bytes) -> dict[str, Any]:
     if not blob.startswith(_PHOTOS_MAGIC):
         return dict(json.loads(blob))  # rows written before the compact form
     size = int.from_bytes(blob[4:8], "big")
-    fields = json.loads(blob[8:8 + size])
+    fields = json.loads(blob[8 : 8 + size])
     out: dict[str, Any] = {}
     at = 8 + size
     view = memoryview(blob)
     for name, length, kind in fields:
-        part = view[at:at + length]
+        part = view[at : at + length]
         at += length
         out[name] = str(part, "utf-8") if kind == "str" else json.loads(bytes(part))
     return out
@@ -203,14 +226,24 @@ def _nearly_full(directory: Path) -> bool:
 
 def _is_corrupt(exc: BaseException) -> bool:
     return _errcode(exc) in _CORRUPT_CODES or any(
-        text in str(exc) for text in ("malformed", "not a database", "file is encrypted"))
+        text in str(exc) for text in ("malformed", "not a database", "file is encrypted")
+    )
 
 
 class Outbox:
     """The outbox. Build it with ``Outbox.open(storage_settings)``; ``close()`` when done."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, storage: StorageSettings, key: DataKey, lock_fd: int,
-                 clock: Callable[[], float], *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        storage: StorageSettings,
+        key: DataKey,
+        lock_fd: int,
+        clock: Callable[[], float],
+        *,
+        readonly: bool = False,
+    ) -> None:
         self._conn = conn
         self.readonly = readonly
         """Opened by a read-only command: nothing here writes, moves or checkpoints the file."""
@@ -256,8 +289,15 @@ class Outbox:
 
     # -- opening -----------------------------------------------------------------------------------
     @classmethod
-    def open(cls, storage: StorageSettings, *, check: bool = False, create: bool = True,
-             clock: Callable[[], float] = time.time, readonly: bool = False) -> Outbox:
+    def open(
+        cls,
+        storage: StorageSettings,
+        *,
+        check: bool = False,
+        create: bool = True,
+        clock: Callable[[], float] = time.time,
+        readonly: bool = False,
+    ) -> Outbox:
         """Open (or create) the outbox in ``storage.dir``.
 
         Creates the state directory (0700) and, on first start, the 0600 key file; reads the key
@@ -279,23 +319,29 @@ class Outbox:
         if readonly:
             return cls._open_readonly(storage, directory / DB_NAME, clock)
         if not create and not (directory / DB_NAME).exists():
-            raise OutboxError(f"there is no outbox in {directory} yet",
-                              hint="the service creates it (and its key) at its first start; check [storage] dir")
+            raise OutboxError(
+                f"there is no outbox in {directory} yet",
+                hint="the service creates it (and its key) at its first start; check [storage] dir",
+            )
         try:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise StorageFull(f"no room to create the state directory {directory}") from exc
-            raise OutboxError(f"cannot create the state directory {directory}: {exc.strerror}",
-                              hint="create it and give it to the service user, or fix [storage] dir") from exc
+            raise OutboxError(
+                f"cannot create the state directory {directory}: {exc.strerror}",
+                hint="create it and give it to the service user, or fix [storage] dir",
+            ) from exc
         path = directory / DB_NAME
         try:
             lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise StorageFull(f"no room in {directory}") from exc
-            raise OutboxError(f"cannot open {directory / LOCK_NAME}: {exc.strerror}",
-                              hint=f"check the owner and permissions of {directory}") from exc
+            raise OutboxError(
+                f"cannot open {directory / LOCK_NAME}: {exc.strerror}",
+                hint=f"check the owner and permissions of {directory}",
+            ) from exc
         fcntl.flock(lock_fd, fcntl.LOCK_SH)  # held while open: a damaged file in use is not moved
         conn: sqlite3.Connection | None = None
         try:
@@ -304,15 +350,18 @@ class Outbox:
                 raise _Damaged(problem)
             new = not path.exists() or path.stat().st_size == 0
             try:
-                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                       timeout=BUSY_TIMEOUT_MS / 1000)
+                conn = sqlite3.connect(
+                    path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+                )
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 if new:
                     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only possible before the first table
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
-                    raise OutboxError(f"the outbox {path} cannot use WAL (journal_mode {mode})",
-                                      hint="put [storage] dir on a local file system")
+                    raise OutboxError(
+                        f"the outbox {path} cannot use WAL (journal_mode {mode})",
+                        hint="put [storage] dir on a local file system",
+                    )
                 conn.execute("PRAGMA synchronous = FULL")
                 conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
                 conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
@@ -334,10 +383,12 @@ class Outbox:
                 if _is_corrupt(exc):
                     raise _Damaged(str(exc)) from exc
                 if _is_full(exc):
-                    raise StorageFull(f"no room on the disk for the outbox {path}",
-                                      hint="free disk space in the state directory") from exc
-                raise OutboxError(f"cannot open the outbox {path}: {exc}",
-                                  hint=f"check the owner and permissions of {directory}") from exc
+                    raise StorageFull(
+                        f"no room on the disk for the outbox {path}", hint="free disk space in the state directory"
+                    ) from exc
+                raise OutboxError(
+                    f"cannot open the outbox {path}: {exc}", hint=f"check the owner and permissions of {directory}"
+                ) from exc
         except _Damaged as damaged:
             if conn is not None:
                 conn.close()
@@ -360,10 +411,14 @@ class Outbox:
     @classmethod
     def _open_readonly(cls, storage: StorageSettings, path: Path, clock: Callable[[], float]) -> Outbox:
         if not path.exists():
-            raise OutboxError(f"there is no outbox {path}",
-                              hint="the service creates it (and its key) at its first start; check [storage] dir")
-        damaged_hint = ("the service salvages it at its next start (fvagent outbox salvage FILE does it by hand); "
-                        "nothing was changed")
+            raise OutboxError(
+                f"there is no outbox {path}",
+                hint="the service creates it (and its key) at its first start; check [storage] dir",
+            )
+        damaged_hint = (
+            "the service salvages it at its next start (fvagent outbox salvage FILE does it by hand); "
+            "nothing was changed"
+        )
         problem = _header_problem(path)
         if problem:
             raise OutboxCorrupt(f"the outbox database {path} is damaged ({problem})", hint=damaged_hint)
@@ -371,24 +426,35 @@ class Outbox:
         lock_fd = os.open(lock_path if lock_path.exists() else path, os.O_RDONLY)
         conn: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             found = schema.version(conn)
             if found != schema.CURRENT:
-                raise OutboxError(f"the outbox {path} has schema {found}, this fvagent reads {schema.CURRENT}",
-                                  hint="start the service once (it upgrades the file), or run the fvagent that wrote it")
+                raise OutboxError(
+                    f"the outbox {path} has schema {found}, this fvagent reads {schema.CURRENT}",
+                    hint="start the service once (it upgrades the file), or run the fvagent that wrote it",
+                )
             stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
-            key = (key_for_check(storage, bytes(stored[0]), path) if stored is not None
-                   else load_key(storage, may_create=False))
+            key = (
+                key_for_check(storage, bytes(stored[0]), path)
+                if stored is not None
+                else load_key(storage, may_create=False)
+            )
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
             os.close(lock_fd)
             if _is_corrupt(exc):
                 raise OutboxCorrupt(f"the outbox database {path} is damaged ({exc})", hint=damaged_hint) from exc
-            raise OutboxError(f"cannot read the outbox {path}: {exc}",
-                              hint=f"check the owner and permissions of {path.parent}") from exc
+            raise OutboxError(
+                f"cannot read the outbox {path}: {exc}", hint=f"check the owner and permissions of {path.parent}"
+            ) from exc
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -409,8 +475,10 @@ class Outbox:
             return key_for_check(storage, bytes(stored[0]), path)
         has_rows = conn.execute("SELECT EXISTS(SELECT 1 FROM records)").fetchone()[0]
         if has_rows:
-            raise KeyFileError(f"the outbox {path} holds records but no key check value",
-                               hint="the file was altered; keep it and ask for support")
+            raise KeyFileError(
+                f"the outbox {path} holds records but no key check value",
+                hint="the file was altered; keep it and ask for support",
+            )
         key = load_key(storage, may_create=True)
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -421,8 +489,10 @@ class Outbox:
             raise
         stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
         if not key.matches(bytes(stored[0])):  # another process stored its key's check value first
-            raise KeyFileError(f"the outbox {path} was just initialised with a different key",
-                               hint="two fvagent processes use different key files: make them agree")
+            raise KeyFileError(
+                f"the outbox {path} was just initialised with a different key",
+                hint="two fvagent processes use different key files: make them agree",
+            )
         return key
 
     def _checkpoint_loop(self) -> None:
@@ -440,8 +510,9 @@ class Outbox:
                     if wal.stat().st_size < CHECKPOINT_BYTES:
                         continue
                     if conn is None:
-                        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                               timeout=BUSY_TIMEOUT_MS / 1000)
+                        conn = sqlite3.connect(
+                            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+                        )
                         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                         conn.execute("PRAGMA synchronous = FULL")
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -508,12 +579,15 @@ class Outbox:
     def _translate(self, exc: sqlite3.Error, what: str) -> OutboxError:
         if _is_full(exc) or (_errcode(exc) == _IOERR and _nearly_full(self.path.parent)):
             # A write (of the -shm, say) that failed on a full disk comes back as an I/O error.
-            return StorageFull(f"the disk is full: cannot {what}; nothing stored was changed",
-                               hint=f"free disk space on the file system of {self.storage.dir}")
+            return StorageFull(
+                f"the disk is full: cannot {what}; nothing stored was changed",
+                hint=f"free disk space on the file system of {self.storage.dir}",
+            )
         if _is_corrupt(exc):
-            return OutboxCorrupt(f"the outbox {self.path} is damaged ({exc}): cannot {what}",
-                                 hint="restart fvagent: the damaged file is then moved aside and a new outbox "
-                                      "started")
+            return OutboxCorrupt(
+                f"the outbox {self.path} is damaged ({exc}): cannot {what}",
+                hint="restart fvagent: the damaged file is then moved aside and a new outbox started",
+            )
         return OutboxError(f"cannot {what}: {exc}", hint="see `fvagent status`; the database may be locked")
 
     def _meta_get(self, conn: sqlite3.Connection, key: str) -> Any:
@@ -549,13 +623,19 @@ class Outbox:
             n = chain.upgrade(conn, self._chain_key, self._clock())
             conn.execute("DELETE FROM meta WHERE key = 'chain.upgrade'")
             self._chained(chain.read_head(conn))
-        log.warning("audit chain built for %d record(s) written before it existed (marked %r)", n,
-                    chain.UPGRADE_NOTE)
+        log.warning("audit chain built for %d record(s) written before it existed (marked %r)", n, chain.UPGRADE_NOTE)
 
     # -- capture -----------------------------------------------------------------------------------
-    def enqueue(self, payload: dict[str, Any], *, simulated: bool = False, held_reason: str | None = None,
-                raw_wlt: bytes | None = None, idempotency_key: str | None = None,
-                meta: dict[str, Any] | None = None) -> int:
+    def enqueue(
+        self,
+        payload: dict[str, Any],
+        *,
+        simulated: bool = False,
+        held_reason: str | None = None,
+        raw_wlt: bytes | None = None,
+        idempotency_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> int:
         """Commit one verification and return its id; durable (fsynced) before this returns.
 
         ``payload`` is the spec-named body (validated by the caller, unless ``held_reason`` says why
@@ -587,10 +667,13 @@ class Outbox:
             cur = conn.execute(
                 "INSERT INTO records (uid, created_at, updated_at, state, attempts, next_attempt_at, bytes, simulated,"
                 " held_reason, idempotency_key, card_index, meta) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, now, now, state, now, size, int(bool(simulated)), held_reason, idempotency_key, index, meta_text))
+                (uid, now, now, state, now, size, int(bool(simulated)), held_reason, idempotency_key, index, meta_text),
+            )
             record_id = int(cur.lastrowid or 0)
-            conn.execute("INSERT INTO payloads (record_id, data, photos, raw_wlt) VALUES (?, ?, ?, ?)",
-                         (record_id, sealed_data, sealed_photos, sealed_wlt))
+            conn.execute(
+                "INSERT INTO payloads (record_id, data, photos, raw_wlt) VALUES (?, ?, ?, ?)",
+                (record_id, sealed_data, sealed_photos, sealed_wlt),
+            )
             self._chained(chain.on_commit(conn, self._chain_key, record_id))
         if self.watermark is not None:
             self.watermark.note(record_id, 1)
@@ -617,8 +700,11 @@ class Outbox:
         Raises ``OutboxCorrupt`` when the sealed data does not open (altered on disk).
         """
         with self._read("read the outbox") as conn:
-            t = conn.execute(f"SELECT r.uid, p.data, {'p.photos' if photos else 'NULL'}, r.key_id FROM records r "
-                             "JOIN payloads p ON p.record_id = r.id WHERE r.id = ?", (int(record_id),)).fetchone()
+            t = conn.execute(
+                f"SELECT r.uid, p.data, {'p.photos' if photos else 'NULL'}, r.key_id FROM records r "
+                "JOIN payloads p ON p.record_id = r.id WHERE r.id = ?",
+                (int(record_id),),
+            ).fetchone()
         if t is None:
             return None
         uid, data, sealed_photos, key_id = t
@@ -628,15 +714,18 @@ class Outbox:
             if sealed_photos is not None:
                 payload.update(_unpack_photos(key.open(sealed_photos, _aad(uid, "photos"))))
         except (CryptoError, ValueError) as exc:
-            raise OutboxCorrupt(f"record {record_id}: its sealed data does not open (altered on disk)",
-                                record_id=record_id) from exc
+            raise OutboxCorrupt(
+                f"record {record_id}: its sealed data does not open (altered on disk)", record_id=record_id
+            ) from exc
         return payload
 
     def raw_wlt(self, record_id: int) -> bytes | None:
         """The sealed WLT photo kept with a held record, decrypted; ``None`` when there is none."""
         with self._read("read the outbox") as conn:
-            t = conn.execute("SELECT r.uid, p.raw_wlt, r.key_id FROM records r JOIN payloads p ON "
-                             "p.record_id = r.id WHERE r.id = ?", (int(record_id),)).fetchone()
+            t = conn.execute(
+                "SELECT r.uid, p.raw_wlt, r.key_id FROM records r JOIN payloads p ON p.record_id = r.id WHERE r.id = ?",
+                (int(record_id),),
+            ).fetchone()
         if t is None or t[1] is None:
             return None
         try:
@@ -650,13 +739,21 @@ class Outbox:
             return self._key
         key = self._retired.get(key_id)
         if key is None:
-            raise KeyFileError(f"record {record_id} is sealed under the retired key {key_id}, which is not in "
-                               f"{rotation.retired_path(self.storage)}",
-                               hint="restore that file from your backup")
+            raise KeyFileError(
+                f"record {record_id} is sealed under the retired key {key_id}, which is not in "
+                f"{rotation.retired_path(self.storage)}",
+                hint="restore that file from your backup",
+            )
         return key
 
-    def find(self, card_no: str | None = None, since: dt.datetime | None = None, limit: int = 50, *,
-             before_id: int | None = None) -> list[Row]:
+    def find(
+        self,
+        card_no: str | None = None,
+        since: dt.datetime | None = None,
+        limit: int = 50,
+        *,
+        before_id: int | None = None,
+    ) -> list[Row]:
         """Rows newest first, of one card number when given (through the blind index), created at or
         after ``since`` (a naive datetime is local time), with ids below ``before_id`` (to page on)."""
         where, args = [], []
@@ -693,9 +790,11 @@ class Outbox:
     def attempts(self, record_id: int) -> list[Attempt]:
         """Every upload attempt of ``record_id``, first to last, with its request id."""
         with self._read("read the attempts") as conn:
-            rows = conn.execute("SELECT record_id, attempt, request_id, started_at, finished_at, outcome, http_status,"
-                                " exception_code, message FROM attempts WHERE record_id = ? ORDER BY attempt, id",
-                                (int(record_id),)).fetchall()
+            rows = conn.execute(
+                "SELECT record_id, attempt, request_id, started_at, finished_at, outcome, http_status,"
+                " exception_code, message FROM attempts WHERE record_id = ? ORDER BY attempt, id",
+                (int(record_id),),
+            ).fetchall()
         return [Attempt(*r) for r in rows]
 
     def stats(self) -> dict[str, Any]:
@@ -706,15 +805,20 @@ class Outbox:
         data no longer opens)."""
         with self._read("count the outbox") as conn:
             counts = dict(conn.execute("SELECT state, COUNT(*) FROM records GROUP BY state").fetchall())
-            simulated, = conn.execute("SELECT COUNT(*) FROM records WHERE state = 'held' AND held_reason = ?",
-                                      (SIMULATED_HELD_REASON,)).fetchone()
-            oldest, = conn.execute("SELECT MIN(created_at) FROM records WHERE state IN ('pending', 'sending')").fetchone()
-            size, = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()
-            last_sent, = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
-            oldest_unsent, = conn.execute("SELECT MIN(created_at) FROM records WHERE state IN ('rejected', 'held')"
-                                          ).fetchone()
-            unsealable, = conn.execute("SELECT COUNT(*) FROM records WHERE state = 'rejected' "
-                                       "AND last_outcome = 'local'").fetchone()
+            (simulated,) = conn.execute(
+                "SELECT COUNT(*) FROM records WHERE state = 'held' AND held_reason = ?", (SIMULATED_HELD_REASON,)
+            ).fetchone()
+            (oldest,) = conn.execute(
+                "SELECT MIN(created_at) FROM records WHERE state IN ('pending', 'sending')"
+            ).fetchone()
+            (size,) = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()
+            (last_sent,) = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
+            (oldest_unsent,) = conn.execute(
+                "SELECT MIN(created_at) FROM records WHERE state IN ('rejected', 'held')"
+            ).fetchone()
+            (unsealable,) = conn.execute(
+                "SELECT COUNT(*) FROM records WHERE state = 'rejected' AND last_outcome = 'local'"
+            ).fetchone()
         out: dict[str, Any] = {state: int(counts.get(state, 0)) for state in schema.STATES}
         out["total"] = sum(int(v) for v in counts.values())
         out["oldest_pending_age_s"] = round(max(0.0, self._clock() - oldest), 1) if oldest is not None else None
@@ -730,8 +834,11 @@ class Outbox:
     def count_unsent(self, *, source: str) -> int:
         """Records from ``source`` (``meta.source``: ``reader``, ``local_api``) not yet sent or rejected."""
         with self._read("count the unsent records") as conn:
-            n, = conn.execute("SELECT COUNT(*) FROM records WHERE state IN ('pending', 'sending', 'held')"
-                              " AND json_extract(meta, '$.source') = ?", (source,)).fetchone()
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM records WHERE state IN ('pending', 'sending', 'held')"
+                " AND json_extract(meta, '$.source') = ?",
+                (source,),
+            ).fetchone()
         return int(n)
 
     def hold_simulated(self) -> int:
@@ -739,9 +846,11 @@ class Outbox:
         must never get one, whenever it was captured. Returns how many."""
         now = self._clock()
         with self._write("hold the simulated records") as conn:
-            ids = [int(i) for i, in conn.execute("SELECT id FROM records WHERE simulated = 1 AND state = 'pending'")]
-            conn.executemany("UPDATE records SET state = 'held', held_reason = ?, updated_at = ? WHERE id = ?",
-                             [(SIMULATED_HELD_REASON, now, i) for i in ids])
+            ids = [int(i) for (i,) in conn.execute("SELECT id FROM records WHERE simulated = 1 AND state = 'pending'")]
+            conn.executemany(
+                "UPDATE records SET state = 'held', held_reason = ?, updated_at = ? WHERE id = ?",
+                [(SIMULATED_HELD_REASON, now, i) for i in ids],
+            )
             self._chained(chain.on_held(conn, self._chain_key, ids, now, SIMULATED_HELD_REASON))
         return len(ids)
 
@@ -756,12 +865,16 @@ class Outbox:
             if t is None:
                 raise OutboxError(f"no record with id {record_id}", record_id=record_id)
             if t[0] not in ("rejected", "pending"):
-                why = {"sent": "it was already accepted by the platform",
-                       "sending": "it is being sent right now",
-                       "held": "it is held (see its held reason); it is released when complete"}[t[0]]
+                why = {
+                    "sent": "it was already accepted by the platform",
+                    "sending": "it is being sent right now",
+                    "held": "it is held (see its held reason); it is released when complete",
+                }[t[0]]
                 raise OutboxError(f"record {record_id} cannot be retried: {why}", record_id=record_id)
-            conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                         (self._clock(), self._clock(), int(record_id)))
+            conn.execute(
+                "UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                (self._clock(), self._clock(), int(record_id)),
+            )
             self._chained(chain.on_requeued(conn, self._chain_key, [int(record_id)], self._clock(), "operator"))
         self.wakeup.set()
 
@@ -775,9 +888,11 @@ class Outbox:
         """
         request_id = request_id.strip()
         if not request_id:
-            raise OutboxError(f"record {record_id} cannot be marked sent without the accepted request id",
-                              record_id=record_id,
-                              hint="give the requestId that `fvagent upload-file` printed for the accepted record")
+            raise OutboxError(
+                f"record {record_id} cannot be marked sent without the accepted request id",
+                record_id=record_id,
+                hint="give the requestId that `fvagent upload-file` printed for the accepted record",
+            )
         now = self._clock()
         with self._write("mark the record sent") as conn:
             t = conn.execute("SELECT state, attempts FROM records WHERE id = ?", (int(record_id),)).fetchone()
@@ -785,18 +900,24 @@ class Outbox:
                 raise OutboxError(f"no record with id {record_id}", record_id=record_id)
             state, attempts = t
             if state != "rejected":
-                why = {"sent": "it was already accepted by the platform",
-                       "sending": "it is being sent right now",
-                       "pending": "it is queued to be sent (not rejected); if it is rejected again, resolve it then",
-                       "held": "it is held (see its held reason) and was never sent"}[state]
+                why = {
+                    "sent": "it was already accepted by the platform",
+                    "sending": "it is being sent right now",
+                    "pending": "it is queued to be sent (not rejected); if it is rejected again, resolve it then",
+                    "held": "it is held (see its held reason) and was never sent",
+                }[state]
                 raise OutboxError(f"record {record_id} cannot be marked sent: {why}", record_id=record_id)
             # Counted as one more attempt, so `attempts` keeps matching the attempts rows.
-            conn.execute("INSERT INTO attempts (record_id, attempt, request_id, started_at, finished_at, outcome,"
-                         " message) VALUES (?, ?, ?, ?, ?, 'accepted', ?)",
-                         (int(record_id), int(attempts) + 1, request_id, now, now, message[:500]))
-            conn.execute("UPDATE records SET state = 'sent', attempts = attempts + 1, sent_at = ?, updated_at = ?,"
-                         " request_id = ?, last_outcome = 'accepted', last_error = NULL WHERE id = ?",
-                         (now, now, request_id, int(record_id)))
+            conn.execute(
+                "INSERT INTO attempts (record_id, attempt, request_id, started_at, finished_at, outcome,"
+                " message) VALUES (?, ?, ?, ?, ?, 'accepted', ?)",
+                (int(record_id), int(attempts) + 1, request_id, now, now, message[:500]),
+            )
+            conn.execute(
+                "UPDATE records SET state = 'sent', attempts = attempts + 1, sent_at = ?, updated_at = ?,"
+                " request_id = ?, last_outcome = 'accepted', last_error = NULL WHERE id = ?",
+                (now, now, request_id, int(record_id)),
+            )
             self._chained(chain.on_resolved(conn, self._chain_key, int(record_id), now, request_id, message))
 
     # -- hand-over marks (the desk's follow-up of failed verifications) ----------------------------
@@ -812,8 +933,10 @@ class Outbox:
             if t is None:
                 raise OutboxError(f"no record with id {record_id}", record_id=record_id)
             sealed = self._key.seal(operator.encode("utf-8"), _aad(t[0], "handover"))
-            cur = conn.execute("INSERT OR IGNORE INTO handovers (record_id, at, operator) VALUES (?, ?, ?)",
-                               (int(record_id), now, sealed))
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO handovers (record_id, at, operator) VALUES (?, ?, ?)",
+                (int(record_id), now, sealed),
+            )
             if cur.rowcount:
                 self._chained(chain.on_handover(conn, self._chain_key, int(record_id), now, sealed))
         found = self.handovers([record_id]).get(int(record_id))
@@ -828,15 +951,19 @@ class Outbox:
             return {}
         marks = ",".join("?" * len(ids))
         with self._read("read the hand-over marks") as conn:
-            rows = conn.execute(f"SELECT h.record_id, h.at, h.operator, r.uid FROM handovers h JOIN records r "
-                                f"ON r.id = h.record_id WHERE h.record_id IN ({marks})", ids).fetchall()
+            rows = conn.execute(
+                f"SELECT h.record_id, h.at, h.operator, r.uid FROM handovers h JOIN records r "
+                f"ON r.id = h.record_id WHERE h.record_id IN ({marks})",
+                ids,
+            ).fetchall()
         out = {}
         for record_id, at, sealed, uid in rows:
             try:
                 operator = self._key.open(sealed, _aad(uid, "handover")).decode("utf-8")
             except (CryptoError, UnicodeDecodeError) as exc:
-                raise OutboxCorrupt(f"record {record_id}: its hand-over mark does not open (altered on disk)",
-                                    record_id=record_id) from exc
+                raise OutboxCorrupt(
+                    f"record {record_id}: its hand-over mark does not open (altered on disk)", record_id=record_id
+                ) from exc
             out[int(record_id)] = Handover(record_id=int(record_id), at=float(at), operator=operator)
         return out
 
@@ -846,8 +973,10 @@ class Outbox:
         with self._write("retry the rejected records") as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM records WHERE state = 'rejected'")]
             self._chained(chain.on_requeued(conn, self._chain_key, ids, now, "operator"))
-            n = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ? "
-                             "WHERE state = 'rejected'", (now, now)).rowcount
+            n = conn.execute(
+                "UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE state = 'rejected'",
+                (now, now),
+            ).rowcount
         self.wakeup.set()
         return int(n)
 
@@ -866,13 +995,19 @@ class Outbox:
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError as exc:
-            raise OutboxError(f"{target} exists: choose a new file name", hint="export never overwrites a file") from exc
+            raise OutboxError(
+                f"{target} exists: choose a new file name", hint="export never overwrites a file"
+            ) from exc
         except OSError as exc:
             raise OutboxError(f"cannot create {target}: {exc.strerror}") from exc
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for row in reversed(rows):
-                doc = {"id": row.id, "createdAt": dt.datetime.fromtimestamp(row.created_at).astimezone().isoformat(),
-                       "attempts": row.attempts, "lastError": row.last_error}
+                doc = {
+                    "id": row.id,
+                    "createdAt": dt.datetime.fromtimestamp(row.created_at).astimezone().isoformat(),
+                    "attempts": row.attempts,
+                    "lastError": row.last_error,
+                }
                 try:
                     doc["record"] = self.payload(row.id)
                 except OutboxCorrupt as exc:
@@ -884,8 +1019,9 @@ class Outbox:
             os.fsync(fh.fileno())
         return len(rows)
 
-    def release_held(self, complete: Callable[[dict[str, Any], bytes | None], dict[str, Any] | None],
-                     *, limit: int = 100) -> int:
+    def release_held(
+        self, complete: Callable[[dict[str, Any], bytes | None], dict[str, Any] | None], *, limit: int = 100
+    ) -> int:
         """Offer each held record (oldest first) to ``complete(payload, raw_wlt)``; a returned payload
         replaces the stored one and the record becomes pending; ``None`` keeps it held. An exception
         from ``complete`` keeps that record held (logged). Returns how many were released."""
@@ -923,13 +1059,16 @@ class Outbox:
         card_no = payload.get("cardNo")
         index = self._key.card_index(card_no) if isinstance(card_no, str) and card_no else None
         with self._write("update the held record") as conn:
-            n = conn.execute("UPDATE records SET state = 'pending', held_reason = NULL, next_attempt_at = ?,"
-                             " updated_at = ?, card_index = ?, bytes = ?, key_id = NULL WHERE id = ? AND state = ?",
-                             (now, now, index, len(sealed_data) + len(sealed_photos or b""), record_id,
-                              from_state)).rowcount
+            n = conn.execute(
+                "UPDATE records SET state = 'pending', held_reason = NULL, next_attempt_at = ?,"
+                " updated_at = ?, card_index = ?, bytes = ?, key_id = NULL WHERE id = ? AND state = ?",
+                (now, now, index, len(sealed_data) + len(sealed_photos or b""), record_id, from_state),
+            ).rowcount
             if n:
-                conn.execute("UPDATE payloads SET data = ?, photos = ?, raw_wlt = NULL WHERE record_id = ?",
-                             (sealed_data, sealed_photos, record_id))
+                conn.execute(
+                    "UPDATE payloads SET data = ?, photos = ?, raw_wlt = NULL WHERE record_id = ?",
+                    (sealed_data, sealed_photos, record_id),
+                )
                 self._chained(chain.on_released(conn, self._chain_key, record_id, now))
         return bool(n)
 
@@ -941,13 +1080,22 @@ class Outbox:
         with self._write("requeue interrupted records", drain=True) as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM records WHERE state = 'sending'")]
             self._chained(chain.on_requeued(conn, self._chain_key, ids, now, "interrupted"))
-            n = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
-                             " last_outcome = 'interrupted' WHERE state = 'sending'", (now, now)).rowcount
-            conn.execute("UPDATE attempts SET outcome = 'interrupted', finished_at = ?,"
-                         " message = 'the process stopped during this attempt' WHERE outcome IS NULL", (now,))
+            n = conn.execute(
+                "UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
+                " last_outcome = 'interrupted' WHERE state = 'sending'",
+                (now, now),
+            ).rowcount
+            conn.execute(
+                "UPDATE attempts SET outcome = 'interrupted', finished_at = ?,"
+                " message = 'the process stopped during this attempt' WHERE outcome IS NULL",
+                (now,),
+            )
         if n:
-            log.warning("%d record(s) were being sent when fvagent stopped; they are queued again "
-                        "(the platform may receive them twice)", n)
+            log.warning(
+                "%d record(s) were being sent when fvagent stopped; they are queued again "
+                "(the platform may receive them twice)",
+                n,
+            )
         return int(n)
 
     def claim(self, limit: int, now: float | None = None, *, max_wait_s: float | None = None) -> list[Claim]:
@@ -959,18 +1107,27 @@ class Outbox:
         now = self._clock() if now is None else now
         with self._write("claim records to send", drain=True) as conn:
             if max_wait_s is not None:
-                conn.execute("UPDATE records SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
-                             (now, now + max_wait_s))
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM records WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-                (now, int(limit))).fetchall()]
+                conn.execute(
+                    "UPDATE records SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
+                    (now, now + max_wait_s),
+                )
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM records WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+                    (now, int(limit)),
+                ).fetchall()
+            ]
             claims = []
             for record_id in ids:
-                conn.execute("UPDATE records SET state = 'sending', attempts = attempts + 1, updated_at = ? "
-                             "WHERE id = ?", (now, record_id))
+                conn.execute(
+                    "UPDATE records SET state = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                    (now, record_id),
+                )
                 attempt = conn.execute("SELECT attempts FROM records WHERE id = ?", (record_id,)).fetchone()[0]
-                cur = conn.execute("INSERT INTO attempts (record_id, attempt, started_at) VALUES (?, ?, ?)",
-                                   (record_id, attempt, now))
+                cur = conn.execute(
+                    "INSERT INTO attempts (record_id, attempt, started_at) VALUES (?, ?, ?)", (record_id, attempt, now)
+                )
                 claims.append(Claim(record_id, int(attempt), int(cur.lastrowid or 0), now))
                 self._chained(chain.on_attempt(conn, self._chain_key, record_id, int(attempt), now))
         return claims
@@ -981,46 +1138,82 @@ class Outbox:
             t = conn.execute("SELECT MIN(next_attempt_at) FROM records WHERE state = 'pending'").fetchone()
         return t[0] if t else None
 
-    def finish(self, claim: Claim, outcome: str, *, message: str, request_id: str | None = None,
-               http_status: int | None = None, exception_code: str | None = None,
-               next_attempt_at: float | None = None, now: float | None = None,
-               return_time_ms: int | None = None) -> None:
+    def finish(
+        self,
+        claim: Claim,
+        outcome: str,
+        *,
+        message: str,
+        request_id: str | None = None,
+        http_status: int | None = None,
+        exception_code: str | None = None,
+        next_attempt_at: float | None = None,
+        now: float | None = None,
+        return_time_ms: int | None = None,
+    ) -> None:
         """Record the end of one attempt. ``outcome``: ``accepted`` (-> sent), ``rejected`` or
         ``local`` (-> rejected), ``retryable``, ``blocked``, ``clock`` or ``unregistered`` (-> pending, due at
         ``next_attempt_at``)."""
         now = self._clock() if now is None else now
         with self._write("record the upload result", drain=True) as conn:
-            conn.execute("UPDATE attempts SET request_id = ?, finished_at = ?, outcome = ?, http_status = ?,"
-                         " exception_code = ?, message = ? WHERE id = ?",
-                         (request_id, now, outcome, http_status, exception_code, message[:500], claim.attempt_row))
+            conn.execute(
+                "UPDATE attempts SET request_id = ?, finished_at = ?, outcome = ?, http_status = ?,"
+                " exception_code = ?, message = ? WHERE id = ?",
+                (request_id, now, outcome, http_status, exception_code, message[:500], claim.attempt_row),
+            )
             if outcome == "accepted":
-                cur = conn.execute("UPDATE records SET state = 'sent', sent_at = ?, updated_at = ?, request_id = ?,"
-                             " last_outcome = ?, last_error = NULL WHERE id = ? AND state = 'sending'",
-                             (now, now, request_id, outcome, claim.id))
+                cur = conn.execute(
+                    "UPDATE records SET state = 'sent', sent_at = ?, updated_at = ?, request_id = ?,"
+                    " last_outcome = ?, last_error = NULL WHERE id = ? AND state = 'sending'",
+                    (now, now, request_id, outcome, claim.id),
+                )
             elif outcome in ("rejected", "local"):
-                cur = conn.execute("UPDATE records SET state = 'rejected', updated_at = ?, request_id = ?,"
-                             " last_outcome = ?, last_error = ? WHERE id = ? AND state = 'sending'",
-                             (now, request_id, outcome, message[:500], claim.id))
+                cur = conn.execute(
+                    "UPDATE records SET state = 'rejected', updated_at = ?, request_id = ?,"
+                    " last_outcome = ?, last_error = ? WHERE id = ? AND state = 'sending'",
+                    (now, request_id, outcome, message[:500], claim.id),
+                )
             elif outcome in ("retryable", "blocked", "clock", "unregistered"):
-                cur = conn.execute("UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
-                             " request_id = COALESCE(?, request_id), last_outcome = ?, last_error = ?"
-                             " WHERE id = ? AND state = 'sending'",
-                             (now if next_attempt_at is None else next_attempt_at, now, request_id, outcome,
-                              message[:500], claim.id))
+                cur = conn.execute(
+                    "UPDATE records SET state = 'pending', next_attempt_at = ?, updated_at = ?,"
+                    " request_id = COALESCE(?, request_id), last_outcome = ?, last_error = ?"
+                    " WHERE id = ? AND state = 'sending'",
+                    (
+                        now if next_attempt_at is None else next_attempt_at,
+                        now,
+                        request_id,
+                        outcome,
+                        message[:500],
+                        claim.id,
+                    ),
+                )
             else:
                 raise ValueError(f"unknown outcome {outcome!r}")
             if cur.rowcount:
-                self._chained(chain.on_result(conn, self._chain_key, claim.id, claim.attempt, outcome, now,
-                                              request_id=request_id, return_time_ms=return_time_ms,
-                                              http_status=http_status, exception_code=exception_code,
-                                              message=message))
+                self._chained(
+                    chain.on_result(
+                        conn,
+                        self._chain_key,
+                        claim.id,
+                        claim.attempt,
+                        outcome,
+                        now,
+                        request_id=request_id,
+                        return_time_ms=return_time_ms,
+                        http_status=http_status,
+                        exception_code=exception_code,
+                        message=message,
+                    )
+                )
 
     def release(self, claim: Claim) -> None:
         """Give a claimed record back untried (the uploader was paused or stopped): its attempt is undone."""
         with self._write("release a claimed record", drain=True) as conn:
             conn.execute("DELETE FROM attempts WHERE id = ?", (claim.attempt_row,))
-            if conn.execute("UPDATE records SET state = 'pending', attempts = attempts - 1 WHERE id = ? AND "
-                            "state = 'sending'", (claim.id,)).rowcount:
+            if conn.execute(
+                "UPDATE records SET state = 'pending', attempts = attempts - 1 WHERE id = ? AND state = 'sending'",
+                (claim.id,),
+            ).rowcount:
                 self._chained(chain.on_attempt_undone(conn, self._chain_key, claim.id, self._clock()))
 
     # -- registration and pause state (kept in the database) ----------------------------------------
@@ -1138,20 +1331,25 @@ def _move_aside(path: Path, lock_fd: int, reason: str) -> OutboxCorrupt:
     except OSError:
         os.close(lock_fd)
         log.error("outbox %s is damaged (%s); another process has it open, so it was left in place", path, reason)
-        return OutboxCorrupt(f"the outbox database {path} is damaged ({reason}); another fvagent process has it open",
-                             hint="stop the fvagent service; its next start moves the damaged file aside "
-                                  "and starts a new outbox")
+        return OutboxCorrupt(
+            f"the outbox database {path} is damaged ({reason}); another fvagent process has it open",
+            hint="stop the fvagent service; its next start moves the damaged file aside and starts a new outbox",
+        )
     try:
         target = rename_aside(path, f"{path.name}.damaged-")
     except OSError as exc:
-        return OutboxCorrupt(f"the outbox database {path} is damaged ({reason}) and could not be moved aside: "
-                             f"{exc.strerror}", hint=f"move {path} away by hand, keep it for recovery")
+        return OutboxCorrupt(
+            f"the outbox database {path} is damaged ({reason}) and could not be moved aside: {exc.strerror}",
+            hint=f"move {path} away by hand, keep it for recovery",
+        )
     finally:
         os.close(lock_fd)
     log.error("outbox %s is damaged (%s): kept as %s; a new outbox starts on the next open", path, reason, target)
-    error = OutboxCorrupt(f"the outbox database {path} is damaged ({reason}); it was kept as {target}, not overwritten",
-                          hint=f"start fvagent again to begin a new outbox; keep {target.name} and the key file "
-                               "for recovery (the same key opens it)")
+    error = OutboxCorrupt(
+        f"the outbox database {path} is damaged ({reason}); it was kept as {target}, not overwritten",
+        hint=f"start fvagent again to begin a new outbox; keep {target.name} and the key file "
+        "for recovery (the same key opens it)",
+    )
     error.kept_as = target  # type: ignore[attr-defined]
     return error
 

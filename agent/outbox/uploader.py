@@ -38,12 +38,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.errors import OutboxCorrupt, OutboxError, PlatformDisabled, RecordError
-from agent.outbox.registration import device_fingerprint, platform_fingerprint, platform_identity_fingerprint
+from agent.outbox.registration import (
+    device_fingerprint,
+    platform_fingerprint,
+    platform_identity_fingerprint,
+)
 from agent.outbox.store import Claim, Outbox
-from agent.uplink.clock import PlatformClock
 from agent.repeats import Repeats
-from agent.uplink.outcome import Outcome, OutcomeKind
+from agent.uplink.clock import PlatformClock
+from core.errors import OutboxCorrupt, OutboxError, PlatformDisabled, RecordError
+from core.outcome import Outcome, OutcomeKind
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +124,17 @@ class Uploader:
 
     stuck_grace_s = STUCK_GRACE_S
 
-    def __init__(self, outbox: Outbox, client_factory: Callable[[Any], Any], platform_settings: Any,
-                 uploader_settings: Any, device_settings: Any, *, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        client_factory: Callable[[Any], Any],
+        platform_settings: Any,
+        uploader_settings: Any,
+        device_settings: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
         self.outbox = outbox
         self._client_factory = client_factory
         self._clock = clock
@@ -151,13 +163,15 @@ class Uploader:
         self.settings = uploader_settings
         self.device = device_settings
         self._limiter = RateLimiter(uploader_settings.max_rps)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=uploader_settings.concurrency,
-                                                           thread_name_prefix="uploader")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=uploader_settings.concurrency, thread_name_prefix="uploader"
+        )
         self._apply_settings()
 
     # -- configuration -----------------------------------------------------------------------------
-    def update_settings(self, *, platform_settings: Any = None, uploader_settings: Any = None,
-                        device_settings: Any = None) -> None:
+    def update_settings(
+        self, *, platform_settings: Any = None, uploader_settings: Any = None, device_settings: Any = None
+    ) -> None:
         """Apply reloaded settings. A new ``[platform]`` gets a new client and, when it differs from the
         configuration that was blocked, lifts the pause; a new ``[device]`` triggers registration."""
         with self._lock:
@@ -170,7 +184,8 @@ class Uploader:
                 if uploader_settings.concurrency != self.settings.concurrency:
                     old = self._pool
                     self._pool = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=uploader_settings.concurrency, thread_name_prefix="uploader")
+                        max_workers=uploader_settings.concurrency, thread_name_prefix="uploader"
+                    )
                     old.shutdown(wait=False)
                 self.settings = uploader_settings
             if device_settings is not None:
@@ -188,8 +203,9 @@ class Uploader:
         self._reg_retry_at = 0.0
         blocked = self.outbox.get_state("blocked")
         if isinstance(blocked, dict) and blocked.get("fingerprint") != self._platform_fp:
-            log.warning("the [platform] configuration changed since uploads were blocked (%s): resuming",
-                        blocked.get("reason"))
+            log.warning(
+                "the [platform] configuration changed since uploads were blocked (%s): resuming", blocked.get("reason")
+            )
             self.outbox.set_state("blocked", None)
             blocked = None
         self._blocked = blocked if isinstance(blocked, dict) else None
@@ -283,13 +299,24 @@ class Uploader:
         ``last_success``, ``last_error``, ``rate_rps``, ``backoff_until``, ``registration``."""
         o = self._observed
         clock = self.platform_clock.snapshot()
-        return {"state": o.state, "paused_reason": o.paused_reason, "blocked": self.blocked,
-                "clock": {**clock, "signs_with_platform_time": clock["offset_s"] is not None,
-                          "platform_signs_replies": self._signed_seen},
-                "blocked_reason": (self._blocked or {}).get("reason"), "last_success": o.last_success,
-                "last_error": o.last_error, "rate_rps": self.rate_rps, "backoff_until": o.backoff_until,
-                "max_rps": self.settings.max_rps, "concurrency": self.settings.concurrency,
-                "registration": dict(self._registration)}
+        return {
+            "state": o.state,
+            "paused_reason": o.paused_reason,
+            "blocked": self.blocked,
+            "clock": {
+                **clock,
+                "signs_with_platform_time": clock["offset_s"] is not None,
+                "platform_signs_replies": self._signed_seen,
+            },
+            "blocked_reason": (self._blocked or {}).get("reason"),
+            "last_success": o.last_success,
+            "last_error": o.last_error,
+            "rate_rps": self.rate_rps,
+            "backoff_until": o.backoff_until,
+            "max_rps": self.settings.max_rps,
+            "concurrency": self.settings.concurrency,
+            "registration": dict(self._registration),
+        }
 
     def _set(self, state: str, reason: str | None = None) -> None:
         self._observed.state = state
@@ -319,8 +346,11 @@ class Uploader:
             until = self._observed.backoff_until
             return min(poll, max(0.0, until - now)) if until is not None else poll
         if self.device.status == 1:
-            self._set("paused", "the device is disabled ([device] status = 1, 停用): uploads are held; "
-                                "set status = 0 and reload to send")
+            self._set(
+                "paused",
+                "the device is disabled ([device] status = 1, 停用): uploads are held; "
+                "set status = 0 and reload to send",
+            )
             return poll
         return None
 
@@ -348,7 +378,7 @@ class Uploader:
 
     def _register(self, now: float, *, refresh: bool) -> bool:
         """One registration request; True when the device may upload afterwards."""
-        from agent.records import registration_payload
+        from core.records import registration_payload
 
         try:
             payload = registration_payload(self.device)
@@ -370,10 +400,16 @@ class Uploader:
             outcome = Outcome(OutcomeKind.RETRYABLE, "", f"client error: {type(exc).__name__}: {exc}")
         self._note_signed(outcome)
         at = self._clock()
-        state = {"registered": outcome.accepted or (refresh and outcome.kind is OutcomeKind.RETRYABLE),
-                 "fingerprint": self._device_fp, "at": at if outcome.accepted else self._registration.get("at"),
-                 "last_attempt_at": at, "outcome": outcome.kind.value, "request_id": outcome.request_id,
-                 "message": outcome.message, "machine_code": self.device.machine_code}
+        state = {
+            "registered": outcome.accepted or (refresh and outcome.kind is OutcomeKind.RETRYABLE),
+            "fingerprint": self._device_fp,
+            "at": at if outcome.accepted else self._registration.get("at"),
+            "last_attempt_at": at,
+            "outcome": outcome.kind.value,
+            "request_id": outcome.request_id,
+            "message": outcome.message,
+            "machine_code": self.device.machine_code,
+        }
         if outcome.kind is OutcomeKind.ACCEPTED:
             log.info("device %s registered with the platform (%s)", self.device.machine_code, outcome.message)
             self._failures = 0
@@ -405,8 +441,9 @@ class Uploader:
         with self._lock:
             self._failures += 1
             with self._rng_lock:
-                delay = full_jitter(self._failures, self.settings.backoff_initial_s, self.settings.backoff_max_s,
-                                    self._rng)
+                delay = full_jitter(
+                    self._failures, self.settings.backoff_initial_s, self.settings.backoff_max_s, self._rng
+                )
             if outcome.retry_after_s is not None:
                 delay = max(delay, min(outcome.retry_after_s, self.settings.backoff_max_s))
             until = now + delay
@@ -454,8 +491,9 @@ class Uploader:
         try:
             self.outbox.finish(claim, kind, **details)
         except OutboxError as exc:
-            self._repeats.log(logging.ERROR, "a %s result cannot be stored yet (%s); kept in memory and retried",
-                              kind, exc)
+            self._repeats.log(
+                logging.ERROR, "a %s result cannot be stored yet (%s); kept in memory and retried", kind, exc
+            )
             with self._lock:
                 self._unrecorded.append((claim, kind, details))
             self._set("paused", f"outbox: {exc}")
@@ -475,9 +513,14 @@ class Uploader:
 
     def _apply(self, claim: Claim, outcome: Outcome) -> None:
         now = self._clock()
-        details = dict(request_id=outcome.request_id or None, http_status=outcome.http_status,
-                       exception_code=outcome.exception_code, message=outcome.message, now=now,
-                       return_time_ms=outcome.return_time_ms)
+        details = dict(
+            request_id=outcome.request_id or None,
+            http_status=outcome.http_status,
+            exception_code=outcome.exception_code,
+            message=outcome.message,
+            now=now,
+            return_time_ms=outcome.return_time_ms,
+        )
         kind = outcome.kind
         if kind is OutcomeKind.ACCEPTED:
             self._finish(claim, "accepted", **details)
@@ -487,22 +530,34 @@ class Uploader:
                 self._accepted_times.append(time.monotonic())
             self._observed.last_success = {"at": now, "id": claim.id, "request_id": outcome.request_id}
             return
-        self._observed.last_error = {"at": now, "id": claim.id, "outcome": kind.value, "message": outcome.message,
-                                     "request_id": outcome.request_id}
+        self._observed.last_error = {
+            "at": now,
+            "id": claim.id,
+            "outcome": kind.value,
+            "message": outcome.message,
+            "request_id": outcome.request_id,
+        }
         if len(self._logged_checks) > 10000:
             self._logged_checks.clear()
         if outcome.failed_check is not None and (claim.id, outcome.failed_check) not in self._logged_checks:
             self._logged_checks.add((claim.id, outcome.failed_check))
-            log.warning("record %d: the reply is not an acceptance (%s check): %s; retried (logged once per record)",
-                        claim.id, outcome.failed_check, outcome.message)
+            log.warning(
+                "record %d: the reply is not an acceptance (%s check): %s; retried (logged once per record)",
+                claim.id,
+                outcome.failed_check,
+                outcome.message,
+            )
         if kind is OutcomeKind.CLOCK:
             # Not the platform failing: the next attempt carries the corrected time, so no global backoff.
             self._finish(claim, "clock", next_attempt_at=now + self._record_delay(claim, outcome), **details)
             return
         if kind is OutcomeKind.UNREGISTERED:
             with self._lock:
-                self._registration = {**self._registration, "registered": False,
-                                      "message": f"the platform says: {outcome.message}"}
+                self._registration = {
+                    **self._registration,
+                    "registered": False,
+                    "message": f"the platform says: {outcome.message}",
+                }
                 self._reg_retry_at = 0.0
             self._finish(claim, "unregistered", next_attempt_at=now + self._record_delay(claim, outcome), **details)
             log.warning("record %d: %s", claim.id, outcome.message)
@@ -657,8 +712,11 @@ class Uploader:
             oldest = min(self._inflight.values(), default=None)
         stuck = oldest is not None and time.monotonic() - oldest > limit
         if stuck and not self._stuck_logged:
-            log.error("an upload has been running for more than %.0f s (past its deadline): the uploader is stuck; "
-                      "its heartbeat stops so the watchdog can restart the service", limit)
+            log.error(
+                "an upload has been running for more than %.0f s (past its deadline): the uploader is stuck; "
+                "its heartbeat stops so the watchdog can restart the service",
+                limit,
+            )
         self._stuck_logged = stuck
         return stuck
 
@@ -700,7 +758,9 @@ class Uploader:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise OutboxError(f"another fvagent process is already uploading from {self.outbox.path}",
-                                  hint="run one fvagent service per state directory") from exc
+                raise OutboxError(
+                    f"another fvagent process is already uploading from {self.outbox.path}",
+                    hint="run one fvagent service per state directory",
+                ) from exc
             raise
         self._sender_lock_fd = fd

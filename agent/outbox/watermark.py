@@ -44,8 +44,9 @@ class Watermark:
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:  # a full disk cannot even make it: the outbox works on without it
-            log.warning("cannot open the outbox watermark %s (%s): missing records will not be noticed", path,
-                        exc.strerror)
+            log.warning(
+                "cannot open the outbox watermark %s (%s): missing records will not be noticed", path, exc.strerror
+            )
         self._write()
 
     def note(self, record_id: int | None, delta: int) -> None:
@@ -104,11 +105,20 @@ def check_at_open(outbox: Outbox) -> None:
     max_id, count = held_counts(outbox)
     seen = read(path)
     if seen is not None and seen[0] == tag and (seen[1] > max_id or seen[2] > count):
-        alert = (f"outbox: records missing: it had committed records up to id {seen[1]} ({seen[2]} held), but "
-                 f"{outbox.path.name} now holds {count} up to id {max_id}; {max(seen[1] - max_id, seen[2] - count)} "
-                 "or more lost (a deleted -wal file, an old copy put back?): see docs/operations.md, then "
-                 "fvagent outbox ack-damage")
+        alert = (
+            f"outbox: records missing: it had committed records up to id {seen[1]} ({seen[2]} held), but "
+            f"{outbox.path.name} now holds {count} up to id {max_id}; {max(seen[1] - max_id, seen[2] - count)} "
+            "or more lost (a deleted -wal file, an old copy put back?): see docs/operations.md, then "
+            "fvagent outbox ack-damage"
+        )
         log.error("%s", alert)
-        incidents.record(outbox, "missing", alert, expected_max_id=seen[1], expected_count=seen[2],
-                         found_max_id=max_id, found_count=count)
+        incidents.record(
+            outbox,
+            "missing",
+            alert,
+            expected_max_id=seen[1],
+            expected_count=seen[2],
+            found_max_id=max_id,
+            found_count=count,
+        )
     outbox.watermark = Watermark(path, tag, max_id, count)

@@ -39,8 +39,14 @@ STEP_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 90.0
 
 
-def demo_config(workdir: Path, platform: str | dict[str, Any], images: dict[str, Any], *,
-                card_dir: Path | None = None, state_dir: Path | None = None) -> dict[str, Any]:
+def demo_config(
+    workdir: Path,
+    platform: str | dict[str, Any],
+    images: dict[str, Any],
+    *,
+    card_dir: Path | None = None,
+    state_dir: Path | None = None,
+) -> dict[str, Any]:
     """The configuration the demo runs with, as a TOML-ready document. ``platform`` is the
     ``[platform]`` table (the mock's ``platform_section``) or just a base URL (demo credentials)."""
     reader: dict[str, Any] = {"driver": "fake"}
@@ -52,9 +58,17 @@ def demo_config(workdir: Path, platform: str | dict[str, Any], images: dict[str,
         platform = platform_section(MockPlatformConfig(), platform)  # the mock's demo credentials
     platform = {**platform, "timeout_s": 3.0, "connect_timeout_s": 1.0}
     return {
-        "device": {"machine_code": "DEMO-TSR-0001", "device_no": "0001", "manufacturer": "演示厂商",
-                   "model": "DEMO-1", "purchase_date": "2024-06-01", "dept_id": "0601", "dept_name": "妇产科",
-                   "register_user": "演示管理员", "operator": "演示护士"},
+        "device": {
+            "machine_code": "DEMO-TSR-0001",
+            "device_no": "0001",
+            "manufacturer": "演示厂商",
+            "model": "DEMO-1",
+            "purchase_date": "2024-06-01",
+            "dept_id": "0601",
+            "dept_name": "妇产科",
+            "register_user": "演示管理员",
+            "operator": "演示护士",
+        },
         "platform": platform,
         "storage": {"dir": str(state_dir or workdir / "state")},
         # Recover from the outage within a second or two of the platform's return.
@@ -79,11 +93,19 @@ def write_sample_cards(card_dir: Path, photo: Path) -> list[Path]:
     card_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, person in enumerate(samples.PEOPLE):
-        doc = {"card_type": "0", "name": person.name, "sex_code": "2", "birth_date": person.birth.isoformat(),
-               "card_no": person.card_no, "valid_from": person.valid_from.isoformat(),
-               "valid_to": person.valid_to.isoformat() if person.valid_to else None,
-               "nation_code": person.nation_code, "address": person.address, "authority": person.authority,
-               "photo": str(photo)}
+        doc = {
+            "card_type": "0",
+            "name": person.name,
+            "sex_code": "2",
+            "birth_date": person.birth.isoformat(),
+            "card_no": person.card_no,
+            "valid_from": person.valid_from.isoformat(),
+            "valid_to": person.valid_to.isoformat() if person.valid_to else None,
+            "nation_code": person.nation_code,
+            "address": person.address,
+            "authority": person.authority,
+            "photo": str(photo),
+        }
         path = card_dir / f"card-{i + 1:02d}.json"
         path.write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
         written.append(path)
@@ -110,12 +132,14 @@ def write_demo_config(path: str | os.PathLike[str], *, workdir: str | None = Non
     from agent.cli import invocation
 
     fvagent = invocation(absolute=True)  # the file outlives the directory it was written from
-    header = (f"fvagent demo configuration (written by fvagent demo --write-config).\n"
-              f"Fake reader and camera over synthetic sample cards: every record is marked simulated.\n"
-              f"Start the mock platform it talks to, then the agent:\n"
-              f"  {fvagent} mock-platform --port {port} --db {data / 'mock-platform.db'} --config {target}\n"
-              f"  {fvagent} run --config {target}\n"
-              f"Or point [platform] at a platform's test endpoint to soak-test it.")
+    header = (
+        f"fvagent demo configuration (written by fvagent demo --write-config).\n"
+        f"Fake reader and camera over synthetic sample cards: every record is marked simulated.\n"
+        f"Start the mock platform it talks to, then the agent:\n"
+        f"  {fvagent} mock-platform --port {port} --db {data / 'mock-platform.db'} --config {target}\n"
+        f"  {fvagent} run --config {target}\n"
+        f"Or point [platform] at a platform's test endpoint to soak-test it."
+    )
     target.write_text(samples.toml_text(doc, header=header), encoding="utf-8")
     target.chmod(0o600)  # it holds the demo secret inline
     return target
@@ -252,18 +276,22 @@ class DemoResult:
     def table(self) -> str:
         lat = sorted(self.latencies)
         p50 = statistics.median(lat) if lat else 0.0
-        p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else 0.0
-        rows = [("captured", str(self.captured)),
-                ("queued during the outage", str(self.queued_during_outage)),
-                ("delivered", f"{self.delivered} of {self.captured}"),
-                ("rejected", str(sum(self.rejected.values())))]
+        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))] if lat else 0.0
+        rows = [
+            ("captured", str(self.captured)),
+            ("queued during the outage", str(self.queued_during_outage)),
+            ("delivered", f"{self.delivered} of {self.captured}"),
+            ("rejected", str(sum(self.rejected.values()))),
+        ]
         rows += [(f"  - {reason}", str(n)) for reason, n in sorted(self.rejected.items())]
         if self.not_delivered:
             rows.append(("not delivered", str(self.not_delivered)))
-        rows += [("faceResult 1 / 0 / 2", " / ".join(str(self.results.get(k, 0)) for k in (1, 0, 2))),
-                 ("verification latency p50", f"{p50 * 1000:.0f} ms"),
-                 ("verification latency p95", f"{p95 * 1000:.0f} ms"),
-                 ("demo run time", f"{self.elapsed_s:.1f} s")]
+        rows += [
+            ("faceResult 1 / 0 / 2", " / ".join(str(self.results.get(k, 0)) for k in (1, 0, 2))),
+            ("verification latency p50", f"{p50 * 1000:.0f} ms"),
+            ("verification latency p95", f"{p95 * 1000:.0f} ms"),
+            ("demo run time", f"{self.elapsed_s:.1f} s"),
+        ]
         width = max(len(k) for k, _ in rows)
         line = "+" + "-" * (width + 2) + "+" + "-" * 14 + "+"
         body = [f"| {k:<{width}} | {v:>12} |" for k, v in rows]
@@ -292,10 +320,14 @@ def run_demo(*, count: int = 36, workdir: str | None = None, out: Callable[[str]
     if result.ok:
         from agent.cli import invocation
 
-        out(f"OK: all {result.captured} captured verifications were delivered (checked in the mock platform's "
-            "database).")
-        out(f"Next: {invocation()} demo --write-config demo.toml writes this setup for `run`; "
-            f"{invocation()} --help lists every command.")
+        out(
+            f"OK: all {result.captured} captured verifications were delivered (checked in the mock platform's "
+            "database)."
+        )
+        out(
+            f"Next: {invocation()} demo --write-config demo.toml writes this setup for `run`; "
+            f"{invocation()} --help lists every command."
+        )
         return 0
     out("FAILED: not every captured verification was delivered (see the table).")
     return 1
@@ -303,14 +335,13 @@ def run_demo(*, count: int = 36, workdir: str | None = None, out: Callable[[str]
 
 def _run(base: Path, count: int, out: Callable[[str], None]) -> DemoResult:
     from agent.config import parse_config
-    from agent.privacy import mask_name
     from agent.service.notify import Notifier
     from agent.service.service import Service
+    from core.privacy import mask_name
     from drivers import registry
 
     t_start = time.monotonic()
-    out(f"fvagent demo: {count} verifications with synthetic sample cards, the mock platform goes down and "
-        "comes back")
+    out(f"fvagent demo: {count} verifications with synthetic sample cards, the mock platform goes down and comes back")
     out(f"  working directory: {base}")
     images = samples.write_images(base / "faces")
     card_photo = images["card"].read_bytes()
@@ -322,8 +353,9 @@ def _run(base: Path, count: int, out: Callable[[str], None]) -> DemoResult:
     no_face = registry.create("camera", "fake", {"images": [str(images["no_face"])], "fps": 15})
     camera = _switch_camera(faces, no_face)
     reader = _fed_reader()
-    service = Service(settings, reader=reader, camera=camera, notifier=Notifier(backend="socket", environ={}),
-                      start_local_api=False)
+    service = Service(
+        settings, reader=reader, camera=camera, notifier=Notifier(backend="socket", environ={}), start_local_api=False
+    )
     out("  loading the face engine and opening the outbox ...")
     service.start()
     result = DemoResult()
@@ -364,9 +396,11 @@ def _run(base: Path, count: int, out: Callable[[str], None]) -> DemoResult:
             queue = stats["pending"] + stats["sending"]
             text = "passed" if done.result == 1 else ("FAILED" if done.result == 0 else "not verified")
             reason = f" ({done.reason})" if done.result != 1 else ""
-            out(f"  [{i + 1:2}/{count}] {mask_name(person.name)} {done.card_no_masked} faceResult {done.result} "
+            out(
+                f"  [{i + 1:2}/{count}] {mask_name(person.name)} {done.card_no_masked} faceResult {done.result} "
                 f"{text}, score {done.score:.2f}, {done.latency_s * 1000:4.0f} ms{reason} | queue {queue}, "
-                f"delivered {stats['sent']}, platform {'up' if platform.up else 'DOWN'}")
+                f"delivered {stats['sent']}, platform {'up' if platform.up else 'DOWN'}"
+            )
         if not platform.up:
             platform.start()
         out("  waiting for the queue to drain ...")
@@ -396,4 +430,3 @@ def _run(base: Path, count: int, out: Callable[[str], None]) -> DemoResult:
         platform.stop()
     result.elapsed_s = time.monotonic() - t_start
     return result
-

@@ -41,8 +41,9 @@ class Check:
         return text
 
 
-def run_checks(config_path: str | os.PathLike[str], *, transport: Any = None,
-               on_check: Callable[[Check], None] | None = None) -> list[Check]:
+def run_checks(
+    config_path: str | os.PathLike[str], *, transport: Any = None, on_check: Callable[[Check], None] | None = None
+) -> list[Check]:
     """Run every check against the config at ``config_path``; ``on_check`` sees each as it finishes."""
     results: list[Check] = []
 
@@ -54,13 +55,19 @@ def run_checks(config_path: str | os.PathLike[str], *, transport: Any = None,
     settings = _check_config(Path(config_path), add)
     if settings is None:
         return results
-    from agent.service.status import read_status_file, status_path, _daemon_state
+    from agent.service.status import _daemon_state, read_status_file, status_path
 
     live = read_status_file(status_path(settings.storage.dir))
     daemon = _daemon_state(live, time.time())
     running_hw = (live or {}).get("hardware") if daemon["running"] else None
-    add(Check("daemon", OK if daemon["running"] else WARN, daemon["detail"],
-              None if daemon["running"] else "systemctl start fvagent (or fvagent run in a terminal)"))
+    add(
+        Check(
+            "daemon",
+            OK if daemon["running"] else WARN,
+            daemon["detail"],
+            None if daemon["running"] else "systemctl start fvagent (or fvagent run in a terminal)",
+        )
+    )
     _check_storage(settings, add)
     _check_outbox(settings, add)
     _check_audit(settings, add)
@@ -76,8 +83,13 @@ def run_checks(config_path: str | os.PathLike[str], *, transport: Any = None,
 
 
 def _check_config(path: Path, add: Callable[[Check], None]) -> Any:
-    from agent.config import config_warnings, deployment_problems, load_config, plain_http_warning
-    from agent.errors import ConfigError
+    from agent.config import (
+        config_warnings,
+        deployment_problems,
+        load_config,
+        plain_http_warning,
+    )
+    from core.errors import ConfigError
 
     try:
         # Driver sections are checked with their drivers below, so one missing driver does not
@@ -89,8 +101,14 @@ def _check_config(path: Path, add: Callable[[Check], None]) -> Any:
         return None
     unfit = deployment_problems(settings)
     if unfit:
-        add(Check("config", FAIL, f"{path}: " + "; ".join(f"{p}: {r}" for p, r in unfit),
-                  "fix the keys named; fvagent config check"))
+        add(
+            Check(
+                "config",
+                FAIL,
+                f"{path}: " + "; ".join(f"{p}: {r}" for p, r in unfit),
+                "fix the keys named; fvagent config check",
+            )
+        )
     else:
         add(Check("config", OK, f"{path} is valid"))
     insecure = plain_http_warning(settings)
@@ -101,8 +119,11 @@ def _check_config(path: Path, add: Callable[[Check], None]) -> Any:
     except OSError:
         mode = 0
     if mode & 0o002:
-        add(Check("config permissions", FAIL, f"{path} is writable by every user (mode {mode:04o})",
-                  f"chmod o-w {path}"))
+        add(
+            Check(
+                "config permissions", FAIL, f"{path} is writable by every user (mode {mode:04o})", f"chmod o-w {path}"
+            )
+        )
     warnings = config_warnings(settings)
     if warnings:
         for warning in warnings:
@@ -118,20 +139,38 @@ def _check_storage(settings: Any, add: Callable[[Check], None]) -> None:
     directory = Path(settings.storage.dir)
     probe = directory
     if not directory.is_dir():
-        add(Check("state directory", WARN, f"{directory} does not exist yet",
-                  "systemd creates it at the first start (StateDirectory=); for fvagent run: "
-                  f"install -d -o fvagent -m 0750 {directory}"))
+        add(
+            Check(
+                "state directory",
+                WARN,
+                f"{directory} does not exist yet",
+                "systemd creates it at the first start (StateDirectory=); for fvagent run: "
+                f"install -d -o fvagent -m 0750 {directory}",
+            )
+        )
         while not probe.is_dir() and probe != probe.parent:
             probe = probe.parent
     elif not os.access(directory, os.W_OK):
-        add(Check("state directory", FAIL, f"{directory} is not writable by this user",
-                  "run as the service user (sudo -u fvagent fvagent doctor) or fix the owner"))
+        add(
+            Check(
+                "state directory",
+                FAIL,
+                f"{directory} is not writable by this user",
+                "run as the service user (sudo -u fvagent fvagent doctor) or fix the owner",
+            )
+        )
     usage = shutil.disk_usage(probe)
     free_mb = usage.free / 2**20
     floor = settings.storage.min_free_bytes
     if usage.free < floor:
-        add(Check("free disk", FAIL, f"{free_mb:.0f} MiB free on {probe}, below storage.min_free_bytes",
-                  "free disk space; the outbox needs room to commit verifications"))
+        add(
+            Check(
+                "free disk",
+                FAIL,
+                f"{free_mb:.0f} MiB free on {probe}, below storage.min_free_bytes",
+                "free disk space; the outbox needs room to commit verifications",
+            )
+        )
     elif usage.free < 4 * floor:
         add(Check("free disk", WARN, f"{free_mb:.0f} MiB free on {probe}", "free disk space soon"))
     else:
@@ -192,8 +231,14 @@ def _check_audit(settings: Any, add: Callable[[Check], None]) -> None:
     directory = Path(settings.storage.dir)
     kept = damaged_copies(directory) if directory.is_dir() else []
     if kept:
-        add(Check("damaged copies", WARN, damaged_alert(kept) or "",
-                  "recover them with the same key (see docs/operations.md), then move them off the terminal"))
+        add(
+            Check(
+                "damaged copies",
+                WARN,
+                damaged_alert(kept) or "",
+                "recover them with the same key (see docs/operations.md), then move them off the terminal",
+            )
+        )
     if not (directory / DB_NAME).exists():
         return
     try:
@@ -209,9 +254,15 @@ def _check_audit(settings: Any, add: Callable[[Check], None]) -> None:
     if report.ok:
         add(Check("audit chain", OK, report.summary() + " (the whole chain: fvagent audit verify)"))
     else:
-        add(Check("audit chain", FAIL, report.summary(),
-                  "the outbox was changed outside fvagent: keep a copy of the state directory, run "
-                  "`fvagent audit verify` and report it"))
+        add(
+            Check(
+                "audit chain",
+                FAIL,
+                report.summary(),
+                "the outbox was changed outside fvagent: keep a copy of the state directory, run "
+                "`fvagent audit verify` and report it",
+            )
+        )
     old = unsent_alert(stats.get("oldest_unsent_at"), settings.storage.unsent_alert_days, time.time())
     if old:
         add(Check("unsent records", WARN, old, "fvagent queue export --rejected FILE, fix, fvagent upload-file"))
@@ -236,11 +287,23 @@ def _check_reader(settings: Any, add: Callable[[Check], None], running_hw: dict[
             driver.close()
     simulated = getattr(driver, "simulated", False)
     if result.ok:
-        add(Check(name, WARN if simulated else OK, result.detail + (" (SIMULATED)" if simulated else ""),
-                  "set [card_reader] driver to the real reader before go-live" if simulated else None))
+        add(
+            Check(
+                name,
+                WARN if simulated else OK,
+                result.detail + (" (SIMULATED)" if simulated else ""),
+                "set [card_reader] driver to the real reader before go-live" if simulated else None,
+            )
+        )
     else:
-        add(Check(name, FAIL, result.detail,
-                  "plug the reader in; check the port/VID:PID and that the fvagent user may open it (udev rule)"))
+        add(
+            Check(
+                name,
+                FAIL,
+                result.detail,
+                "plug the reader in; check the port/VID:PID and that the fvagent user may open it (udev rule)",
+            )
+        )
 
 
 def _check_camera(settings: Any, add: Callable[[Check], None], running_hw: dict[str, Any] | None) -> None:
@@ -257,16 +320,28 @@ def _check_camera(settings: Any, add: Callable[[Check], None], running_hw: dict[
         frame = camera.read_frame(FRAME_TIMEOUT_S)
         h, w = frame.shape[:2]
     except Exception as exc:
-        add(Check(name, FAIL, f"no frame: {exc}",
-                  getattr(exc, "hint", None) or "plug the camera in; check [camera] and that the fvagent user "
-                  "is in the video group"))
+        add(
+            Check(
+                name,
+                FAIL,
+                f"no frame: {exc}",
+                getattr(exc, "hint", None)
+                or "plug the camera in; check [camera] and that the fvagent user is in the video group",
+            )
+        )
         return
     finally:
         if camera is not None:
             camera.close()
     simulated = getattr(camera, "simulated", False)
-    add(Check(name, WARN if simulated else OK, f"one frame {w}x{h}" + (" (SIMULATED)" if simulated else ""),
-              "set [camera] driver to the real camera before go-live" if simulated else None))
+    add(
+        Check(
+            name,
+            WARN if simulated else OK,
+            f"one frame {w}x{h}" + (" (SIMULATED)" if simulated else ""),
+            "set [camera] driver to the real camera before go-live" if simulated else None,
+        )
+    )
 
 
 def _from_daemon(name: str, part: Any, add: Callable[[Check], None], fix: str) -> None:
@@ -274,8 +349,14 @@ def _from_daemon(name: str, part: Any, add: Callable[[Check], None], fix: str) -
     state = part.get("state", "unknown")
     detail = f"in use by the daemon: {state}" + (f" ({part.get('detail')})" if part.get("detail") else "")
     if state == "ok":
-        add(Check(name, WARN if part.get("simulated") else OK, detail,
-                  "use the real driver before go-live" if part.get("simulated") else None))
+        add(
+            Check(
+                name,
+                WARN if part.get("simulated") else OK,
+                detail,
+                "use the real driver before go-live" if part.get("simulated") else None,
+            )
+        )
     else:
         add(Check(name, FAIL, detail, fix))
 
@@ -291,8 +372,14 @@ def _check_face(settings: Any, add: Callable[[Check], None]) -> None:
         engine = load_engine(settings.face)
         engine.load()
     except Exception as exc:
-        add(Check("face model", FAIL, str(exc), getattr(exc, "hint", None) or
-                  "reinstall fvagent's venv (pip install face-recognition-models dlib-bin)"))
+        add(
+            Check(
+                "face model",
+                FAIL,
+                str(exc),
+                getattr(exc, "hint", None) or "reinstall fvagent's venv (pip install face-recognition-models dlib-bin)",
+            )
+        )
         return
     add(Check("face model", OK, f"{settings.face.engine} loaded in {time.monotonic() - started:.1f} s"))
 
@@ -303,8 +390,14 @@ def _check_decoder(settings: Any, add: Callable[[Check], None]) -> None:
         if settings.card_reader.driver == "fake":
             add(Check("WLT decoder", OK, "not needed: the fake reader gives JPEG photos"))
         else:
-            add(Check("WLT decoder", WARN, "none configured: records wait held until chip photos can be decoded",
-                      "set [card_reader] wlt_decoder to the vendor's library (docs/drivers.md)"))
+            add(
+                Check(
+                    "WLT decoder",
+                    WARN,
+                    "none configured: records wait held until chip photos can be decoded",
+                    "set [card_reader] wlt_decoder to the vendor's library (docs/drivers.md)",
+                )
+            )
         return
     if not Path(str(decoder)).is_file():
         add(Check("WLT decoder", FAIL, f"{decoder} does not exist", "give the full path of the vendor library"))
@@ -315,12 +408,18 @@ def _check_decoder(settings: Any, add: Callable[[Check], None]) -> None:
 def _check_platform(settings: Any, add: Callable[[Check], None], transport: Any) -> None:
     platform = settings.platform
     if not platform.enabled:
-        add(Check("platform", WARN, "[platform] enabled = false: capturing and queueing, sending nothing",
-                  "set enabled = true when the platform may be used, then systemctl reload fvagent"))
+        add(
+            Check(
+                "platform",
+                WARN,
+                "[platform] enabled = false: capturing and queueing, sending nothing",
+                "set enabled = true when the platform may be used, then systemctl reload fvagent",
+            )
+        )
         return
-    from agent.records import registration_payload
     from agent.uplink.client import PlatformClient
-    from agent.uplink.outcome import OutcomeKind
+    from core.outcome import OutcomeKind
+    from core.records import registration_payload
 
     try:
         with PlatformClient(platform, transport=transport) as client:
@@ -332,8 +431,14 @@ def _check_platform(settings: Any, add: Callable[[Check], None], transport: Any)
                 outcome = client.register_device(registration_payload(settings.device))
             learnt_offset = client.platform_clock.offset_s
     except Exception as exc:
-        add(Check("platform", FAIL, f"{platform.base_url}: {exc}", getattr(exc, "hint", None) or
-                  "check [platform] base_url and the network (VPN)"))
+        add(
+            Check(
+                "platform",
+                FAIL,
+                f"{platform.base_url}: {exc}",
+                getattr(exc, "hint", None) or "check [platform] base_url and the network (VPN)",
+            )
+        )
         return
     fixes = {
         OutcomeKind.BLOCKED: "check org_app_id, org_app_secret and [platform.auth]; the platform refused them",
@@ -341,24 +446,49 @@ def _check_platform(settings: Any, add: Callable[[Check], None], transport: Any)
         OutcomeKind.REJECTED: "check the [device] section against what the platform expects",
     }
     if outcome.kind is OutcomeKind.ACCEPTED:
-        add(Check("platform", OK, f"{platform.base_url} reachable, device registered ({outcome.message}, "
-                                  f"requestId {outcome.request_id})"))
+        add(
+            Check(
+                "platform",
+                OK,
+                f"{platform.base_url} reachable, device registered ({outcome.message}, requestId {outcome.request_id})",
+            )
+        )
     else:
-        add(Check("platform", FAIL, f"{platform.base_url}: {outcome.kind.value}: {outcome.message} "
-                                    f"(requestId {outcome.request_id})", fixes.get(outcome.kind)))
+        add(
+            Check(
+                "platform",
+                FAIL,
+                f"{platform.base_url}: {outcome.kind.value}: {outcome.message} (requestId {outcome.request_id})",
+                fixes.get(outcome.kind),
+            )
+        )
     max_offset = settings.device.max_clock_offset_s
-    clock_fix = ("set the time: timedatectl set-ntp true (and check timedatectl status says "
-                 "'System clock synchronized: yes'), or timedatectl set-time 'YYYY-MM-DD HH:MM:SS'")
+    clock_fix = (
+        "set the time: timedatectl set-ntp true (and check timedatectl status says "
+        "'System clock synchronized: yes'), or timedatectl set-time 'YYYY-MM-DD HH:MM:SS'"
+    )
     if first_try_clock and learnt_offset is not None:
-        add(Check("clock", FAIL, f"{abs(learnt_offset):.0f} s {'behind' if learnt_offset > 0 else 'ahead of'} the "
-                                 f"platform's clock: it answered 时间戳过期 (limit [device] max_clock_offset_s = "
-                                 f"{max_offset:g} s); the daemon signs with the platform's time meanwhile",
-                  clock_fix))
+        add(
+            Check(
+                "clock",
+                FAIL,
+                f"{abs(learnt_offset):.0f} s {'behind' if learnt_offset > 0 else 'ahead of'} the "
+                f"platform's clock: it answered 时间戳过期 (limit [device] max_clock_offset_s = "
+                f"{max_offset:g} s); the daemon signs with the platform's time meanwhile",
+                clock_fix,
+            )
+        )
         return
     if outcome.return_time_ms is None:
         if outcome.kind is OutcomeKind.ACCEPTED:
-            add(Check("clock", WARN, "the platform sent no returnTime; skew not measured",
-                      "make sure NTP runs (timedatectl)"))
+            add(
+                Check(
+                    "clock",
+                    WARN,
+                    "the platform sent no returnTime; skew not measured",
+                    "make sure NTP runs (timedatectl)",
+                )
+            )
         return
     midpoint = (sent_at + received_at) / 2
     skew = midpoint - outcome.return_time_ms / 1000.0

@@ -29,9 +29,16 @@ class DriverSlot:
     supervisor reads ``state()``.
     """
 
-    def __init__(self, kind: str, factory: Callable[[], Any], *, label: str,
-                 clock: Callable[[], float] = time.monotonic,
-                 backoff_initial_s: float = BACKOFF_INITIAL_S, backoff_max_s: float = BACKOFF_MAX_S) -> None:
+    def __init__(
+        self,
+        kind: str,
+        factory: Callable[[], Any],
+        *,
+        label: str,
+        clock: Callable[[], float] = time.monotonic,
+        backoff_initial_s: float = BACKOFF_INITIAL_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+    ) -> None:
         self.kind = kind
         self.label = label
         self._factory = factory
@@ -100,11 +107,19 @@ class DriverSlot:
         with self._lock:
             if self._error is not None:
                 retry_in = max(0.0, self._next_try - self._clock())
-                return {"state": "fault", "detail": f"{self._error}; retrying in {retry_in:.0f} s",
-                        "since": self._since, "failures": self.failures}
+                return {
+                    "state": "fault",
+                    "detail": f"{self._error}; retrying in {retry_in:.0f} s",
+                    "since": self._since,
+                    "failures": self.failures,
+                }
             if self._driver is not None and self._driver.is_open:
-                return {"state": "ok", "detail": self._describe(), "since": self._since,
-                        "simulated": bool(getattr(self._driver, "simulated", False))}
+                return {
+                    "state": "ok",
+                    "detail": self._describe(),
+                    "since": self._since,
+                    "simulated": bool(getattr(self._driver, "simulated", False)),
+                }
             return {"state": "closed", "detail": f"{self.label} not opened yet"}
 
     @property

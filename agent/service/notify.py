@@ -41,8 +41,9 @@ class Notifier:
     level, then at debug, because a missing supervisor must never stop the daemon.
     """
 
-    def __init__(self, socket_path: str | None = None, *, backend: str = "auto",
-                 environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, socket_path: str | None = None, *, backend: str = "auto", environ: dict[str, str] | None = None
+    ) -> None:
         env = os.environ if environ is None else environ
         self.socket_path = socket_path if socket_path is not None else env.get("NOTIFY_SOCKET") or None
         self._lock = threading.Lock()

@@ -13,7 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from agent.errors import FvagentError
+from core.errors import FvagentError
 
 LOCK_FILE = "daemon.lock"
 
@@ -35,8 +35,10 @@ class DaemonLock:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise FvagentError(f"cannot open the daemon lock {self.path}: {exc.strerror}",
-                               hint=f"check the owner and permissions of {self.path.parent} ([storage] dir)") from exc
+            raise FvagentError(
+                f"cannot open the daemon lock {self.path}: {exc.strerror}",
+                hint=f"check the owner and permissions of {self.path.parent} ([storage] dir)",
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -45,9 +47,10 @@ class DaemonLock:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise FvagentError(f"cannot lock {self.path}: {exc.strerror}") from exc
             pid = int(owner) if owner.isdigit() else None
-            raise AlreadyRunning(f"already running (pid {pid if pid is not None else 'unknown'}) on {self.path.parent}",
-                                 hint="one daemon per state directory: systemctl status fvagent; stop it first",
-                                 ) from None
+            raise AlreadyRunning(
+                f"already running (pid {pid if pid is not None else 'unknown'}) on {self.path.parent}",
+                hint="one daemon per state directory: systemctl status fvagent; stop it first",
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

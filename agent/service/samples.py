@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.codes import resident_id_check_digit
-from agent.errors import FvagentError
+from core.codes import resident_id_check_digit
+from core.errors import FvagentError
 
 CARD_SIZE = (102, 126)
 FRAME_SIZE = (640, 480)
@@ -52,18 +52,73 @@ class Person:
 
 
 PEOPLE = (
-    Person("韦秀兰", "450102", dt.date(1994, 3, 12), "024", "27", "广西南宁市兴宁区示例路1号",
-           "南宁市公安局兴宁分局", dt.date(2015, 6, 1), dt.date(2035, 6, 1)),
-    Person("黄丽萍", "450203", dt.date(1991, 11, 5), "046", "27", "广西柳州市鱼峰区样本街22号",
-           "柳州市公安局鱼峰分局", dt.date(2012, 2, 20), dt.date(2032, 2, 20)),
-    Person("覃美玲", "450305", dt.date(1997, 7, 30), "008", "27", "广西桂林市七星区演示巷8号",
-           "桂林市公安局七星分局", dt.date(2019, 9, 9), dt.date(2029, 9, 9)),
-    Person("陈小燕", "450103", dt.date(1988, 1, 18), "062", "01", "广西南宁市青秀区虚构大道300号",
-           "南宁市公安局青秀分局", dt.date(2008, 4, 1), dt.date(2028, 4, 1)),
-    Person("蒙春花", "450802", dt.date(1975, 5, 2), "040", "27", "广西贵港市港北区测试村5组",
-           "贵港市公安局港北分局", dt.date(2016, 3, 3), None),
-    Person("李晓梅", "450521", dt.date(1999, 12, 24), "086", "01", "广西北海市合浦县样例镇3号",
-           "合浦县公安局", dt.date(2020, 1, 10), dt.date(2030, 1, 10), sees_face=False),
+    Person(
+        "韦秀兰",
+        "450102",
+        dt.date(1994, 3, 12),
+        "024",
+        "27",
+        "广西南宁市兴宁区示例路1号",
+        "南宁市公安局兴宁分局",
+        dt.date(2015, 6, 1),
+        dt.date(2035, 6, 1),
+    ),
+    Person(
+        "黄丽萍",
+        "450203",
+        dt.date(1991, 11, 5),
+        "046",
+        "27",
+        "广西柳州市鱼峰区样本街22号",
+        "柳州市公安局鱼峰分局",
+        dt.date(2012, 2, 20),
+        dt.date(2032, 2, 20),
+    ),
+    Person(
+        "覃美玲",
+        "450305",
+        dt.date(1997, 7, 30),
+        "008",
+        "27",
+        "广西桂林市七星区演示巷8号",
+        "桂林市公安局七星分局",
+        dt.date(2019, 9, 9),
+        dt.date(2029, 9, 9),
+    ),
+    Person(
+        "陈小燕",
+        "450103",
+        dt.date(1988, 1, 18),
+        "062",
+        "01",
+        "广西南宁市青秀区虚构大道300号",
+        "南宁市公安局青秀分局",
+        dt.date(2008, 4, 1),
+        dt.date(2028, 4, 1),
+    ),
+    Person(
+        "蒙春花",
+        "450802",
+        dt.date(1975, 5, 2),
+        "040",
+        "27",
+        "广西贵港市港北区测试村5组",
+        "贵港市公安局港北分局",
+        dt.date(2016, 3, 3),
+        None,
+    ),
+    Person(
+        "李晓梅",
+        "450521",
+        dt.date(1999, 12, 24),
+        "086",
+        "01",
+        "广西北海市合浦县样例镇3号",
+        "合浦县公安局",
+        dt.date(2020, 1, 10),
+        dt.date(2030, 1, 10),
+        sees_face=False,
+    ),
 )
 
 
@@ -72,8 +127,10 @@ def astronaut_rgb() -> np.ndarray:
     try:
         from skimage import data
     except ImportError as exc:
-        raise FvagentError("the demo's face image comes from scikit-image, which is not installed",
-                           hint="pip install 'fvagent[demo]' (make demo does it)") from exc
+        raise FvagentError(
+            "the demo's face image comes from scikit-image, which is not installed",
+            hint="pip install 'fvagent[demo]' (make demo does it)",
+        ) from exc
     return np.asarray(data.astronaut())
 
 
@@ -85,7 +142,7 @@ def card_photo_jpeg(rgb: np.ndarray | None = None) -> bytes:
     """The card photo: ID framing around the face, 102x126, JPEG."""
     from agent.face.calibration import card_crop
     from agent.face.engine import DetectedFace
-    from agent.images import encode_jpeg
+    from core.images import encode_jpeg
 
     bgr = _bgr(astronaut_rgb() if rgb is None else rgb)
     left, top, right, bottom = ASTRONAUT_FACE
@@ -118,12 +175,22 @@ def no_face_frame(rgb: np.ndarray | None = None) -> np.ndarray:
 
 def sample_card(person: Person, photo_jpeg: bytes | None, **overrides: Any) -> Any:
     """An ``IdCard`` for ``person`` as a fake reader yields it (marked simulated)."""
-    from drivers.base import IdCard
+    from core.card import IdCard
 
     fields: dict[str, Any] = dict(
-        card_type="0", name=person.name, sex_code="2", birth_date=person.birth, card_no=person.card_no,
-        valid_from=person.valid_from, valid_to=person.valid_to, nation_code=person.nation_code,
-        address=person.address, authority=person.authority, photo_jpeg=photo_jpeg, simulated=True)
+        card_type="0",
+        name=person.name,
+        sex_code="2",
+        birth_date=person.birth,
+        card_no=person.card_no,
+        valid_from=person.valid_from,
+        valid_to=person.valid_to,
+        nation_code=person.nation_code,
+        address=person.address,
+        authority=person.authority,
+        photo_jpeg=photo_jpeg,
+        simulated=True,
+    )
     fields.update(overrides)
     return IdCard(**fields)
 
@@ -133,7 +200,7 @@ def write_images(directory: Path) -> dict[str, Any]:
 
     Returns ``{"card": Path, "live": [Path, ...], "no_face": Path}``.
     """
-    from agent.images import encode_jpeg
+    from core.images import encode_jpeg
 
     directory.mkdir(parents=True, exist_ok=True)
     rgb = astronaut_rgb()

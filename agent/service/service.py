@@ -32,13 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.errors import CardReadError, ConfigError, DriverError, FvagentError, ProtocolError
 from agent.events import EventBus, OperatorState
 from agent.metrics import CountingClient, Metrics
 from agent.service.hardware import DriverSlot
 from agent.service.notify import Notifier
 from agent.service.status import collect_status, iso, status_path, write_status_file
 from agent.service.verification import Verification, Verifier, complete_held
+from core.errors import (
+    CardReadError,
+    ConfigError,
+    DriverError,
+    FvagentError,
+    ProtocolError,
+)
 from drivers.card_reader import decode_wlt_to_jpeg
 
 log = logging.getLogger(__name__)
@@ -95,10 +101,20 @@ class Service:
     ``transport`` (httpx transport for the platform client).
     """
 
-    def __init__(self, settings: Any, *, config_path: str | os.PathLike[str] | None = None,
-                 notifier: Notifier | None = None, reader: Any = None, camera: Any = None, engine: Any = None,
-                 transport: Any = None, events: EventBus | None = None,
-                 heartbeat_max_age_s: float | None = None, start_local_api: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        config_path: str | os.PathLike[str] | None = None,
+        notifier: Notifier | None = None,
+        reader: Any = None,
+        camera: Any = None,
+        engine: Any = None,
+        transport: Any = None,
+        events: EventBus | None = None,
+        heartbeat_max_age_s: float | None = None,
+        start_local_api: bool = True,
+    ) -> None:
         self.settings = settings
         self.config_path = Path(config_path) if config_path is not None else getattr(settings, "source", None)
         self.notifier = notifier or Notifier()
@@ -202,14 +218,18 @@ class Service:
         reader_override, camera_override = self._reader_override, self._camera_override
         self.reader_slot = DriverSlot(
             "card_reader",
-            (lambda: reader_override) if reader_override is not None
+            (lambda: reader_override)
+            if reader_override is not None
             else (lambda: registry.create("card_reader", s.card_reader.driver, s.card_reader.options)),
-            label=f"card reader ({s.card_reader.driver})")
+            label=f"card reader ({s.card_reader.driver})",
+        )
         self.camera_slot = DriverSlot(
             "camera",
-            (lambda: camera_override) if camera_override is not None
+            (lambda: camera_override)
+            if camera_override is not None
             else (lambda: registry.create("camera", s.camera.driver, s.camera.options)),
-            label=f"camera ({s.camera.driver})")
+            label=f"camera ({s.camera.driver})",
+        )
         self.reader_slot.get()
         self.camera_slot.get()
 
@@ -245,10 +265,18 @@ class Service:
         assert self.camera_slot is not None and self.operator is not None
         camera_slot, operator = self.camera_slot, self.operator
         return Verifier(
-            self.settings, self.outbox, camera=camera_slot.get, camera_fault=camera_slot.fault,
-            engine=lambda: self._engine, engine_error=lambda: self._engine_error,
-            operator=operator.get, decoder=self._decoder(), events=self.events, stopping=self.stopping,
-            clock_offset=self._clock_offset)
+            self.settings,
+            self.outbox,
+            camera=camera_slot.get,
+            camera_fault=camera_slot.fault,
+            engine=lambda: self._engine,
+            engine_error=lambda: self._engine_error,
+            operator=operator.get,
+            decoder=self._decoder(),
+            events=self.events,
+            stopping=self.stopping,
+            clock_offset=self._clock_offset,
+        )
 
     def _housekeeping_now(self) -> float:
         """Retention judges by the earlier of the local and the platform-corrected clock, so a local
@@ -273,8 +301,9 @@ class Service:
         self.uploader = Uploader(self.outbox, self._client_factory, s.platform, s.uploader, s.device)
         self._uploader_stop = threading.Event()
         self._uploader_heartbeat.beat()  # a fresh start, whatever an earlier uploader left
-        self._uploader_thread = threading.Thread(target=self._run_uploader, args=(self.uploader, self._uploader_stop),
-                                                 name="uploader", daemon=True)
+        self._uploader_thread = threading.Thread(
+            target=self._run_uploader, args=(self.uploader, self._uploader_stop), name="uploader", daemon=True
+        )
         self._uploader_thread.start()
 
     def _run_uploader(self, uploader: Any, stop: threading.Event) -> None:
@@ -294,12 +323,13 @@ class Service:
                 log.warning("uploader did not stop within %.0f s", timeout_s)
 
     def _start_api(self) -> None:
-        from agent.errors import LocalApiError
         from agent.localapi import DeskBackend, LocalApiServer
+        from core.errors import LocalApiError
 
         assert self.operator is not None
-        backend = DeskBackend(self.settings, self.outbox, self.events, self.operator,
-                              status_provider=self.status, metrics=self.metrics)
+        backend = DeskBackend(
+            self.settings, self.outbox, self.events, self.operator, status_provider=self.status, metrics=self.metrics
+        )
         server = LocalApiServer(self.settings.local_api, backend)
         try:
             server.start()
@@ -354,7 +384,8 @@ class Service:
         if self.outbox is not None:  # else the state directory itself is the problem
             self._write_status()
         still_running = any(loop.thread.is_alive() for loop in self._loops.values()) or (
-            self._uploader_thread is not None and self._uploader_thread.is_alive())
+            self._uploader_thread is not None and self._uploader_thread.is_alive()
+        )
         if self.outbox is not None and not still_running:  # else: a commit or request may still use it
             try:
                 self.outbox.close()
@@ -445,8 +476,9 @@ class Service:
         stale = self.stale_loops()
         if stale:
             if stale != self._stalled:
-                log.error("loop(s) %s stalled: not pinging the watchdog (systemd will restart the service)",
-                          ", ".join(stale))
+                log.error(
+                    "loop(s) %s stalled: not pinging the watchdog (systemd will restart the service)", ", ".join(stale)
+                )
                 self._stalled = stale
             return
         if self._stalled:
@@ -460,8 +492,11 @@ class Service:
     def stale_loops(self) -> list[str]:
         """The loops that stopped beating (hung) or ended (crashed): the watchdog pings stop for them."""
         stale = [loop.name for loop in self._loops.values() if not loop.heartbeat.fresh or not loop.thread.is_alive()]
-        if self._uploader_thread is not None and not self.stopping.is_set() and (
-                not self._uploader_thread.is_alive() or not self._uploader_heartbeat.fresh):
+        if (
+            self._uploader_thread is not None
+            and not self.stopping.is_set()
+            and (not self._uploader_thread.is_alive() or not self._uploader_heartbeat.fresh)
+        ):
             stale.append("uploader")
         return stale
 
@@ -542,10 +577,12 @@ class Service:
         decoder = verifier.decoder
         settings = self.settings
 
-        def complete(payload: dict[str, Any], raw_wlt: bytes | None, meta: dict[str, Any] | None = None
-                     ) -> dict[str, Any]:
-            return complete_held(payload, raw_wlt, settings=settings, decoder=decoder,
-                                 engine=lambda: self._engine, meta=meta)
+        def complete(
+            payload: dict[str, Any], raw_wlt: bytes | None, meta: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
+            return complete_held(
+                payload, raw_wlt, settings=settings, decoder=decoder, engine=lambda: self._engine, meta=meta
+            )
 
         try:
             released = int(self.outbox.release_held(complete) or 0)
@@ -570,8 +607,9 @@ class Service:
         self.notifier.reloading()
         try:
             # Injected drivers (tests, the demo) stand in for the configured ones: do not load those.
-            new = load_config(self.config_path, validate_drivers=self._reader_override is None
-                              and self._camera_override is None)
+            new = load_config(
+                self.config_path, validate_drivers=self._reader_override is None and self._camera_override is None
+            )
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", str(exc).replace("\n", "; "))
             self._alerts = [f"last reload refused: {exc.message}"]
@@ -585,15 +623,19 @@ class Service:
         setup_logging(new.logging)
         with self._verify_lock:  # between two verifications
             self.settings = new
-            changed = {name for name in ("card_reader", "camera", "face", "platform", "uploader", "device",
-                                         "local_api") if getattr(new, name) != getattr(old, name)}
+            changed = {
+                name
+                for name in ("card_reader", "camera", "face", "platform", "uploader", "device", "local_api")
+                if getattr(new, name) != getattr(old, name)
+            }
             if "card_reader" in changed or "camera" in changed:
                 for slot in (self.reader_slot, self.camera_slot):
                     if slot is not None:
                         slot.close()
                 self._open_hardware()
-            if "face" in changed and (new.face.engine != old.face.engine or new.face.mode != old.face.mode
-                                      or self._engine is None):
+            if "face" in changed and (
+                new.face.engine != old.face.engine or new.face.mode != old.face.mode or self._engine is None
+            ):
                 self._load_engine()
             if self.operator is not None:
                 self.operator.default = new.device.operator
@@ -604,8 +646,9 @@ class Service:
         if "platform" in changed:
             self._hold_simulated()
         if changed & {"platform", "uploader", "device"} and self.uploader is not None:
-            self.uploader.update_settings(platform_settings=new.platform, uploader_settings=new.uploader,
-                                          device_settings=new.device)
+            self.uploader.update_settings(
+                platform_settings=new.platform, uploader_settings=new.uploader, device_settings=new.device
+            )
         if "local_api" in changed and self._start_local_api:
             if self.local_api is not None:
                 self.local_api.stop(2.0)
@@ -614,7 +657,9 @@ class Service:
                 self._start_api()
         if self.verifier is not None and self.verifier.decoder is not None:
             self._held_release_due = True
-        log.info("configuration reloaded from %s (changed: %s)", self.config_path, ", ".join(sorted(changed)) or "nothing")
+        log.info(
+            "configuration reloaded from %s (changed: %s)", self.config_path, ", ".join(sorted(changed)) or "nothing"
+        )
         self._write_status()
         self.notifier.ready(self.status_line())
         return True
@@ -635,9 +680,11 @@ class Service:
         else:
             hardware["face_engine"] = {"state": "fault", "detail": self._engine_error or "not loaded"}
         decoder = self.settings.card_reader.options.get("wlt_decoder")
-        hardware["wlt_decoder"] = ({"state": "ok", "detail": str(decoder)} if decoder and self.verifier
-                                   and self.verifier.decoder else
-                                   {"state": "off", "detail": "none configured: chip photos are held until one is"})
+        hardware["wlt_decoder"] = (
+            {"state": "ok", "detail": str(decoder)}
+            if decoder and self.verifier and self.verifier.decoder
+            else {"state": "off", "detail": "none configured: chip photos are held until one is"}
+        )
         alerts = list(self._alerts)
         if self._audit_alert:
             alerts.append(self._audit_alert)
@@ -650,16 +697,25 @@ class Service:
         if clock_alert:
             alerts.append(clock_alert)
         return {
-            "pid": os.getpid(), "version": __version__, "state": self._state,
-            "started_at": self.started_at, "updated_at": time.time(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "state": self._state,
+            "started_at": self.started_at,
+            "updated_at": time.time(),
             "config": str(self.config_path) if self.config_path else None,
-            "platform": platform, "uploader": uploader, "hardware": hardware,
+            "platform": platform,
+            "uploader": uploader,
+            "hardware": hardware,
             "last_verification": self.last_verification.summary() if self.last_verification else None,
             "verifications": self.verifications,
-            "local_api": {"url": self.local_api.url if self.local_api is not None else None,
-                          "error": self._local_api_error},
-            "loops": {loop.name: {"alive": loop.thread.is_alive(), "heartbeat_age_s": round(loop.heartbeat.age_s, 1)}
-                      for loop in self._loops.values()},
+            "local_api": {
+                "url": self.local_api.url if self.local_api is not None else None,
+                "error": self._local_api_error,
+            },
+            "loops": {
+                loop.name: {"alive": loop.thread.is_alive(), "heartbeat_age_s": round(loop.heartbeat.age_s, 1)}
+                for loop in self._loops.values()
+            },
             "alerts": alerts,
         }
 
@@ -696,8 +752,13 @@ class Service:
             state = "down"
         else:
             state = "unknown"
-        platform = {"reachable": reachable, "state": state, "blocked": bool(snap.get("blocked")),
-                    "blocked_reason": snap.get("blocked_reason"), "checked_at": iso(at) if at else None}
+        platform = {
+            "reachable": reachable,
+            "state": state,
+            "blocked": bool(snap.get("blocked")),
+            "blocked_reason": snap.get("blocked_reason"),
+            "checked_at": iso(at) if at else None,
+        }
         uploader = {k: _jsonable(v) for k, v in snap.items() if k != "registration"}
         for key in ("last_success", "last_error"):
             value = snap.get(key)
@@ -726,8 +787,11 @@ class Service:
         platform, uploader = self._uploader_state()
         last = uploader.get("last_success")
         last_at = last.get("at") if isinstance(last, dict) else None
-        parts = [f"queue {depth}", f"last upload {str(last_at)[11:19] if last_at else 'none'}",
-                 f"platform {platform['state']}"]
+        parts = [
+            f"queue {depth}",
+            f"last upload {str(last_at)[11:19] if last_at else 'none'}",
+            f"platform {platform['state']}",
+        ]
         for name, slot in (("reader", self.reader_slot), ("camera", self.camera_slot)):
             if slot is not None:
                 parts.append(f"{name} {slot.state()['state']}")
@@ -749,10 +813,12 @@ def clock_offset_alert(offset_s: float | None, max_offset_s: float) -> str | Non
     if offset_s is None or abs(offset_s) <= max_offset_s:
         return None
     way = "behind" if offset_s > 0 else "ahead of"
-    return (f"the local clock is {abs(offset_s):.0f} s {way} the platform's (more than [device] "
-            f"max_clock_offset_s = {max_offset_s:g}): uploads are signed with the platform's time and new "
-            "verifications keep the offset beside their verifyTime; fix the clock: timedatectl set-ntp true "
-            "(check with timedatectl status), or timedatectl set-time")
+    return (
+        f"the local clock is {abs(offset_s):.0f} s {way} the platform's (more than [device] "
+        f"max_clock_offset_s = {max_offset_s:g}): uploads are signed with the platform's time and new "
+        "verifications keep the offset beside their verifyTime; fix the clock: timedatectl set-ntp true "
+        "(check with timedatectl status), or timedatectl set-time"
+    )
 
 
 def _jsonable(value: Any) -> Any:

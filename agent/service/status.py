@@ -24,6 +24,7 @@ from typing import Any
 
 from agent import __version__
 from agent.outbox.retention import budget_alert, unsent_alert
+from core.clock import CHINA_TZ
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ STATUS_FILE = "status.json"
 STALE_AFTER_S = 30.0
 """A status file older than this, from a live pid, means the daemon is not responding."""
 QUEUE_STATES = ("pending", "sending", "sent", "rejected", "held")
-SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 
 def status_path(storage_dir: Path | str) -> Path:
@@ -119,7 +119,7 @@ def iso(epoch: float | None) -> str | None:
     """Epoch seconds as ISO local (China) time, or None."""
     if epoch is None:
         return None
-    return dt.datetime.fromtimestamp(float(epoch), SHANGHAI).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(float(epoch), CHINA_TZ).isoformat(timespec="seconds")
 
 
 def _daemon_state(live: dict[str, Any] | None, now: float) -> dict[str, Any]:
@@ -129,15 +129,22 @@ def _daemon_state(live: dict[str, Any] | None, now: float) -> dict[str, Any]:
     updated = float(live.get("updated_at") or 0)
     age = max(0.0, now - updated)
     state = live.get("state", "unknown")
-    base = {"pid": pid, "state": state, "started_at": iso(live.get("started_at")),
-            "updated_at": iso(updated) if updated else None, "status_age_s": round(age, 1),
-            "version": live.get("version")}
+    base = {
+        "pid": pid,
+        "state": state,
+        "started_at": iso(live.get("started_at")),
+        "updated_at": iso(updated) if updated else None,
+        "status_age_s": round(age, 1),
+        "version": live.get("version"),
+    }
     if state == "stopped" or not pid_alive(pid):
-        return {**base, "running": False,
-                "detail": f"daemon not running (last seen {iso(updated) or 'never'})"}
+        return {**base, "running": False, "detail": f"daemon not running (last seen {iso(updated) or 'never'})"}
     if age > STALE_AFTER_S:
-        return {**base, "running": False,
-                "detail": f"daemon not responding: pid {pid} alive but its status is {age:.0f} s old"}
+        return {
+            **base,
+            "running": False,
+            "detail": f"daemon not responding: pid {pid} alive but its status is {age:.0f} s old",
+        }
     return {**base, "running": True, "detail": f"running since {iso(live.get('started_at'))} (pid {pid})"}
 
 
@@ -178,7 +185,6 @@ def outbox_alerts(outbox: Any) -> list[str]:
     """The outbox's own alerts: incidents not yet acknowledged (damage salvaged, records missing, an
     outbox waiting for its key) and a key file others can read."""
     from agent.outbox import incidents
-
     from agent.outbox.retention import refused_alert
 
     found = list(incidents.alerts(outbox)) if hasattr(outbox, "get_state") else []
@@ -208,8 +214,9 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, Any] | None = None,
-                   now: float | None = None) -> dict[str, Any]:
+def collect_status(
+    settings: Any, *, outbox: Any | None = None, live: dict[str, Any] | None = None, now: float | None = None
+) -> dict[str, Any]:
     """The status document (``fvagent status --json``, GET /v1/status).
 
     ``outbox``: an open outbox to read (the daemon's own); default: open the configured one for
@@ -261,26 +268,35 @@ def collect_status(settings: Any, *, outbox: Any | None = None, live: dict[str, 
     if queue_error:
         alerts.append(f"outbox unreadable: {queue_error}")
     if platform.get("blocked"):
-        alerts.append(f"uploads paused: {platform.get('blocked_reason') or 'the platform refused our credentials'}"
-                      " (fix [platform] and reload)")
+        alerts.append(
+            f"uploads paused: {platform.get('blocked_reason') or 'the platform refused our credentials'}"
+            " (fix [platform] and reload)"
+        )
     for name, part in hardware.items():
         if isinstance(part, dict) and part.get("state") in ("fault", "degraded", "missing"):
             alerts.append(f"{name}: {part.get('detail') or part.get('state')}")
     simulated = int(queue.get("held_simulated") or 0)
     if simulated:
-        alerts.append(f"{simulated} simulated record(s) held: not sent to a production platform "
-                      "(fake [card_reader]/[camera] driver; [platform] environment)")
+        alerts.append(
+            f"{simulated} simulated record(s) held: not sent to a production platform "
+            "(fake [card_reader]/[camera] driver; [platform] environment)"
+        )
     if queue["held"] > simulated:
-        alerts.append(f"{queue['held'] - simulated} record(s) held: card photos wait for a WLT decoder "
-                      "([card_reader] wlt_decoder)")
+        alerts.append(
+            f"{queue['held'] - simulated} record(s) held: card photos wait for a WLT decoder "
+            "([card_reader] wlt_decoder)"
+        )
     alerts.extend(extra_alerts)
     unsealable = int(stats.get("unsealable", 0) or 0)
     if unsealable:
-        alerts.append(f"{unsealable} record(s) whose sealed data no longer opens here (damaged on disk, never "
-                      "sent): fvagent queue ls --state rejected; see docs/outbox.md")
+        alerts.append(
+            f"{unsealable} record(s) whose sealed data no longer opens here (damaged on disk, never "
+            "sent): fvagent queue ls --state rejected; see docs/outbox.md"
+        )
     if queue["rejected"] > unsealable:
-        alerts.append(f"{queue['rejected'] - unsealable} record(s) rejected by the platform: "
-                      "fvagent queue ls --state rejected")
+        alerts.append(
+            f"{queue['rejected'] - unsealable} record(s) rejected by the platform: fvagent queue ls --state rejected"
+        )
     if storage.get("alert"):
         alerts.append(storage["alert"])
     if queue.get("over_budget"):
@@ -322,8 +338,10 @@ def _storage(settings: Any) -> dict[str, Any]:
         return {"dir": str(directory), "alert": f"storage: cannot read {directory}: {exc.strerror}"}
     out: dict[str, Any] = {"dir": str(directory), "free_bytes": usage.free, "total_bytes": usage.total}
     if usage.free < settings.storage.min_free_bytes:
-        out["alert"] = (f"storage: only {usage.free // 2**20} MiB free on {directory} "
-                        f"(below storage.min_free_bytes); free disk space")
+        out["alert"] = (
+            f"storage: only {usage.free // 2**20} MiB free on {directory} "
+            f"(below storage.min_free_bytes); free disk space"
+        )
     return out
 
 
@@ -343,20 +361,27 @@ def format_status(doc: dict[str, Any]) -> str:
     p = doc["platform"]
     reach = {True: "reachable", False: "unreachable", None: "not checked yet"}.get(p.get("reachable"), "?")
     state = p.get("state")
-    lines.append(f"platform:     {p['base_url']} — {state}" + ("" if state == "disabled" else f", {reach}")
-                 + (" — UPLOADS PAUSED" if p.get("blocked") else ""))
+    lines.append(
+        f"platform:     {p['base_url']} — {state}"
+        + ("" if state == "disabled" else f", {reach}")
+        + (" — UPLOADS PAUSED" if p.get("blocked") else "")
+    )
     clock = doc.get("clock")
     if isinstance(clock, dict) and clock.get("offset_s") is not None:
-        lines.append(f"clock:        platform {clock['offset_s']:+.1f} s from ours (learnt from its replies; "
-                     "requests are signed with the platform's time)")
+        lines.append(
+            f"clock:        platform {clock['offset_s']:+.1f} s from ours (learnt from its replies; "
+            "requests are signed with the platform's time)"
+        )
     for name, part in doc["hardware"].items():
         if isinstance(part, dict):
             detail = part.get("detail")
             lines.append(f"{name + ':':13} {part.get('state', '?')}" + (f" ({detail})" if detail else ""))
     lv = doc.get("last_verification")
     if lv:
-        lines.append(f"last verification: #{lv.get('id')} at {lv.get('at')}, faceResult {lv.get('result')}"
-                     + (f" ({lv.get('reason')})" if lv.get("reason") else ""))
+        lines.append(
+            f"last verification: #{lv.get('id')} at {lv.get('at')}, faceResult {lv.get('result')}"
+            + (f" ({lv.get('reason')})" if lv.get("reason") else "")
+        )
     if doc["alerts"]:
         lines.append("alerts:")
         lines.extend(f"  - {a}" for a in doc["alerts"])
@@ -389,5 +414,8 @@ def _registration_text(reg: Any) -> str:
     when = iso(at) if isinstance(at, int | float) else at
     if reg.get("registered"):
         return f"registered at {when}" + (f" (requestId {reg['request_id']})" if reg.get("request_id") else "")
-    return "not registered" + (f": {reg.get('outcome')}: {reg.get('message')}" if reg.get("outcome")
-                               else f" ({reg.get('message') or 'no attempt yet'})")
+    return "not registered" + (
+        f": {reg.get('outcome')}: {reg.get('message')}"
+        if reg.get("outcome")
+        else f" ({reg.get('message') or 'no attempt yet'})"
+    )

@@ -27,14 +27,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.errors import FvagentError, RecordError
 from agent.events import STATUS, VERIFICATION, EventBus
-from agent.face import FaceOutcome, reconcile_both, relay_outcome, score_frames, score_live
+from agent.face import (
+    FaceOutcome,
+    reconcile_both,
+    relay_outcome,
+    score_frames,
+    score_live,
+)
 from agent.face.scoring import RESULT_NOT_VERIFIED
-from agent.images import ImageError, decode_image, normalize_jpeg
-from agent.privacy import mask_card_no, mask_name
 from agent.outbox.store import SIMULATED_HELD_REASON
-from agent.records import build_verification, parse_verification
+from core.clock import china_isoformat
+from core.errors import FvagentError, RecordError
+from core.images import ImageError, decode_image, normalize_jpeg
+from core.privacy import mask_card_no, mask_name
+from core.records import build_verification, parse_verification
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,7 @@ def placeholder_jpeg() -> bytes:
     if _placeholder is None:
         import numpy as np
 
-        from agent.images import encode_jpeg
+        from core.images import encode_jpeg
 
         _placeholder = encode_jpeg(np.full((240, 320, 3), 128, dtype=np.uint8))
     return _placeholder
@@ -80,13 +87,22 @@ class Verification:
     error: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.outbox_id, "at": _iso(self.at), "result": self.result, "score": self.score,
-                "reason": self.reason, "held": self.held_reason, "card": self.card_no_masked,
-                "latency_s": round(self.latency_s, 3), "simulated": self.simulated, "error": self.error}
+        return {
+            "id": self.outbox_id,
+            "at": _iso(self.at),
+            "result": self.result,
+            "score": self.score,
+            "reason": self.reason,
+            "held": self.held_reason,
+            "card": self.card_no_masked,
+            "latency_s": round(self.latency_s, 3),
+            "simulated": self.simulated,
+            "error": self.error,
+        }
 
 
 def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone(dt.timedelta(hours=8))).isoformat(timespec="seconds")
+    return china_isoformat(epoch)
 
 
 class Verifier:
@@ -108,13 +124,22 @@ class Verifier:
             the local verifyTime.
     """
 
-    def __init__(self, settings: Any, outbox: Any, *, camera: Callable[[], Any | None],
-                 camera_fault: Callable[[str], None] | None = None,
-                 engine: Callable[[], Any | None], engine_error: Callable[[], str | None] | None = None,
-                 operator: Callable[[], str], decoder: Callable[[bytes], bytes] | None = None,
-                 events: EventBus | None = None, stopping: threading.Event | None = None,
-                 now: Callable[[], dt.datetime] | None = None,
-                 clock_offset: Callable[[], float | None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        outbox: Any,
+        *,
+        camera: Callable[[], Any | None],
+        camera_fault: Callable[[str], None] | None = None,
+        engine: Callable[[], Any | None],
+        engine_error: Callable[[], str | None] | None = None,
+        operator: Callable[[], str],
+        decoder: Callable[[bytes], bytes] | None = None,
+        events: EventBus | None = None,
+        stopping: threading.Event | None = None,
+        now: Callable[[], dt.datetime] | None = None,
+        clock_offset: Callable[[], float | None] | None = None,
+    ) -> None:
         self.settings = settings
         self._clock_offset = clock_offset or (lambda: None)
         self.outbox = outbox
@@ -154,47 +179,98 @@ class Verifier:
         payload: dict[str, Any] | None = None
         try:
             record = build_verification(
-                card, head_jpeg=head or placeholder_jpeg(), camera_jpeg=camera_jpeg, face_score=outcome.score,
-                face_result=outcome.result, operator=self._operator(), verified_at=self._now(),
-                device=settings.device, long_term_end=settings.platform.conventions.long_term_end_date)
+                card,
+                head_jpeg=head or placeholder_jpeg(),
+                camera_jpeg=camera_jpeg,
+                face_score=outcome.score,
+                face_result=outcome.result,
+                operator=self._operator(),
+                verified_at=self._now(),
+                device=settings.device,
+                long_term_end=settings.platform.conventions.long_term_end_date,
+            )
             payload = record.to_payload()
         except RecordError as exc:
             # Keep what was read: held (never sent) with the reason, for a technician to export and fix.
             held_reason = f"{HELD_INVALID}: " + "; ".join(f"{f}: {r}" for f, r in exc.problems)[:400]
-            log.error("card %s cannot make a valid record (%s); stored held",
-                      mask_card_no(getattr(card, "card_no", "")), held_reason)
+            log.error(
+                "card %s cannot make a valid record (%s); stored held",
+                mask_card_no(getattr(card, "card_no", "")),
+                held_reason,
+            )
             payload = _raw_payload(card, settings, self._operator(), self._now(), outcome, head, camera_jpeg)
         if simulated and settings.platform.environment == "production":
             held_reason = SIMULATED_HELD_REASON  # over any other reason: completing it must not release it
-        elif head is None and held_reason is not None and "headImg" in payload and not held_reason.startswith(HELD_INVALID):
+        elif (
+            head is None
+            and held_reason is not None
+            and "headImg" in payload
+            and not held_reason.startswith(HELD_INVALID)
+        ):
             del payload["headImg"]  # completed from the WLT when a decoder comes
         meta["face_result_pending"] = held_reason is not None and head is None and settings.face.mode != "relay"
         try:
-            outbox_id = int(self.outbox.enqueue(
-                payload, simulated=simulated, held_reason=held_reason,
-                raw_wlt=getattr(card, "photo_wlt", None) if held_reason else None, meta=meta))
+            outbox_id = int(
+                self.outbox.enqueue(
+                    payload,
+                    simulated=simulated,
+                    held_reason=held_reason,
+                    raw_wlt=getattr(card, "photo_wlt", None) if held_reason else None,
+                    meta=meta,
+                )
+            )
             error = None
         except FvagentError as exc:
             outbox_id, error = None, str(exc)
             log.error("verification of card %s could not be stored: %s", mask_card_no(card.card_no), exc)
         latency = time.monotonic() - t0
         done = Verification(
-            outbox_id=outbox_id, result=outcome.result, score=outcome.score, reason=outcome.reason,
-            held_reason=held_reason, card_no_masked=mask_card_no(card.card_no), name_masked=mask_name(card.name),
-            simulated=simulated, latency_s=latency, at=time.time(), error=error)
+            outbox_id=outbox_id,
+            result=outcome.result,
+            score=outcome.score,
+            reason=outcome.reason,
+            held_reason=held_reason,
+            card_no_masked=mask_card_no(card.card_no),
+            name_masked=mask_name(card.name),
+            simulated=simulated,
+            latency_s=latency,
+            at=time.time(),
+            error=error,
+        )
         if outbox_id is not None:
-            log.info("verification %d committed: card %s, faceResult %d, score %.2f%s (%s) in %.2f s",
-                     outbox_id, done.card_no_masked, outcome.result, outcome.score,
-                     ", held" if held_reason else "", outcome.reason, latency,
-                     extra={"FVAGENT_EVENT": "verification", "FVAGENT_OUTBOX_ID": outbox_id,
-                            "FVAGENT_FACE_RESULT": outcome.result})
+            log.info(
+                "verification %d committed: card %s, faceResult %d, score %.2f%s (%s) in %.2f s",
+                outbox_id,
+                done.card_no_masked,
+                outcome.result,
+                outcome.score,
+                ", held" if held_reason else "",
+                outcome.reason,
+                latency,
+                extra={
+                    "FVAGENT_EVENT": "verification",
+                    "FVAGENT_OUTBOX_ID": outbox_id,
+                    "FVAGENT_FACE_RESULT": outcome.result,
+                },
+            )
         if self.events is not None:
             try:
-                self.events.publish(VERIFICATION, {
-                    "id": outbox_id, "reason": outcome.reason if outcome.result != 1 else None,
-                    "result": outcome.result, "score": outcome.score, "name": done.name_masked,
-                    "cardNo": done.card_no_masked, "held": held_reason, "simulated": simulated,
-                    "error": error, "source": "reader", "latency_s": round(latency, 3)})
+                self.events.publish(
+                    VERIFICATION,
+                    {
+                        "id": outbox_id,
+                        "reason": outcome.reason if outcome.result != 1 else None,
+                        "result": outcome.result,
+                        "score": outcome.score,
+                        "name": done.name_masked,
+                        "cardNo": done.card_no_masked,
+                        "held": held_reason,
+                        "simulated": simulated,
+                        "error": error,
+                        "source": "reader",
+                        "latency_s": round(latency, 3),
+                    },
+                )
             except Exception:  # the page is a convenience; the record is already safe
                 log.debug("publishing the verification event failed", exc_info=True)
         return done
@@ -234,8 +310,9 @@ class Verifier:
         engine_outcome = self._compute(camera, head)
         if terminal is not None and face.mode == "both":
             if getattr(card, "terminal_score", None) is None:
-                return dataclasses.replace(engine_outcome, reason=f"{engine_outcome.reason}; "
-                                           "the terminal sent no score"), simulated
+                return dataclasses.replace(
+                    engine_outcome, reason=f"{engine_outcome.reason}; the terminal sent no score"
+                ), simulated
             return reconcile_both(terminal, engine_outcome), simulated
         return engine_outcome, simulated
 
@@ -248,16 +325,16 @@ class Verifier:
         except RecordError as exc:
             rules = "; ".join(f"{f}: {r}" for f, r in exc.problems)
             log.warning("terminal's face values refused: %s", rules)
-            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, f"the terminal's face values are invalid ({rules})",
-                               source="terminal")
+            return FaceOutcome(
+                0.0, RESULT_NOT_VERIFIED, f"the terminal's face values are invalid ({rules})", source="terminal"
+            )
 
     def _compute(self, camera: Any | None, head: bytes | None) -> FaceOutcome:
         engine = self._engine()
         if engine is None:
             reason = f"face engine unavailable: {self._engine_error() or 'not loaded'}"
             frame = self._one_frame(camera) if camera is not None else None
-            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, reason, best_frame_jpeg=frame,
-                               head_jpeg=head)
+            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, reason, best_frame_jpeg=frame, head_jpeg=head)
         if camera is None:
             return FaceOutcome(0.0, RESULT_NOT_VERIFIED, "camera unavailable", head_jpeg=head)
         stopping = self._stopping
@@ -289,7 +366,7 @@ class Verifier:
 
     def _one_frame(self, camera: Any) -> bytes | None:
         """One frame as JPEG for cameraImg (relay mode, or when the engine is unavailable)."""
-        from agent.images import encode_jpeg
+        from core.images import encode_jpeg
 
         try:
             return encode_jpeg(camera.read_frame(RELAY_FRAME_TIMEOUT_S))
@@ -300,23 +377,38 @@ class Verifier:
             return None
 
 
-def _raw_payload(card: Any, settings: Any, operator: str, now: dt.datetime, outcome: FaceOutcome,
-                 head: bytes | None, camera_jpeg: bytes) -> dict[str, Any]:
+def _raw_payload(
+    card: Any,
+    settings: Any,
+    operator: str,
+    now: dt.datetime,
+    outcome: FaceOutcome,
+    head: bytes | None,
+    camera_jpeg: bytes,
+) -> dict[str, Any]:
     """The record's fields as read, unvalidated: what a held-invalid row keeps for a technician."""
-    from agent.records import platform_local
+    from core.clock import platform_local
 
     local = platform_local(now)
     data: dict[str, Any] = {
         "realName": card.name or (getattr(card, "english_name", None) or ""),
-        "cardType": card.card_type, "cardNo": card.card_no, "sexCode": card.sex_code,
-        "nationalCode": card.nation_code, "operationUser": operator,
-        "birthday": _date(card.birth_date), "address": card.address, "police": card.authority,
+        "cardType": card.card_type,
+        "cardNo": card.card_no,
+        "sexCode": card.sex_code,
+        "nationalCode": card.nation_code,
+        "operationUser": operator,
+        "birthday": _date(card.birth_date),
+        "address": card.address,
+        "police": card.authority,
         "cardStartDate": _date(card.valid_from),
         "cardEndDate": _date(card.valid_to) if card.valid_to else settings.platform.conventions.long_term_end_date,
         "cameraImg": base64.b64encode(camera_jpeg).decode("ascii"),
-        "faceScore": outcome.score, "faceResult": outcome.result,
-        "verifyDate": local.date().isoformat(), "verifyTime": local.strftime("%Y-%m-%d %H:%M:%S"),
-        "deviceNo": settings.device.device_no, "machineCode": settings.device.machine_code,
+        "faceScore": outcome.score,
+        "faceResult": outcome.result,
+        "verifyDate": local.date().isoformat(),
+        "verifyTime": local.strftime("%Y-%m-%d %H:%M:%S"),
+        "deviceNo": settings.device.device_no,
+        "machineCode": settings.device.machine_code,
     }
     if head:
         data["headImg"] = base64.b64encode(head).decode("ascii")
@@ -327,9 +419,15 @@ def _date(value: Any) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
-def complete_held(payload: dict[str, Any], raw_wlt: bytes | None, *, settings: Any,
-                  decoder: Callable[[bytes], bytes], engine: Callable[[], Any | None],
-                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def complete_held(
+    payload: dict[str, Any],
+    raw_wlt: bytes | None,
+    *,
+    settings: Any,
+    decoder: Callable[[bytes], bytes],
+    engine: Callable[[], Any | None],
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Complete a record held for its card photo: decode the WLT into headImg and, in compute mode,
     score the stored live photo against it (the face result was pending). Returns the validated
     payload. Raises ``RecordError``/``FvagentError`` when it cannot be completed (it stays held).

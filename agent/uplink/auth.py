@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from agent.config import AuthSettings
-from agent.errors import AuthError
+from core.errors import AuthError
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +142,20 @@ class _TokenAuth(AuthProvider):
         if status == 429 or status >= 500:
             raise AuthError(f"token endpoint {url} answered HTTP {status}", retryable=True, http_status=status)
         if status >= 400:
-            raise AuthError(f"token endpoint {url} refused the credentials (HTTP {status}{_oauth_error(resp)})",
-                            retryable=False, http_status=status,
-                            hint="check [platform.auth] " + ("client_id/client_secret" if self.kind == "oauth2"
-                                                             else "app_key/app_secret"))
+            raise AuthError(
+                f"token endpoint {url} refused the credentials (HTTP {status}{_oauth_error(resp)})",
+                retryable=False,
+                http_status=status,
+                hint="check [platform.auth] "
+                + ("client_id/client_secret" if self.kind == "oauth2" else "app_key/app_secret"),
+            )
         if status >= 300:
-            raise AuthError(f"token endpoint {url} answered HTTP {status} (a redirect)", retryable=False,
-                            http_status=status, hint="check [platform.auth] token_url")
+            raise AuthError(
+                f"token endpoint {url} answered HTTP {status} (a redirect)",
+                retryable=False,
+                http_status=status,
+                hint="check [platform.auth] token_url",
+            )
         try:
             body = resp.json()
         except ValueError as exc:
@@ -159,11 +166,16 @@ class _TokenAuth(AuthProvider):
         if not isinstance(token, str) or not token:
             code, msg = body.get("code"), body.get("msg") or body.get("message") or body.get("error_description")
             if code not in (None, 0, 200, "0", "200"):
-                raise AuthError(f"token endpoint {url} refused: code {code}: {msg}", retryable=False,
-                                hint="check [platform.auth] credentials")
-            raise AuthError(f"token endpoint {url} reply has no {self.settings.token_field!r} "
-                           "([platform.auth] token_field)", retryable=False,
-                            hint="set [platform.auth] token_field to the field that holds the token")
+                raise AuthError(
+                    f"token endpoint {url} refused: code {code}: {msg}",
+                    retryable=False,
+                    hint="check [platform.auth] credentials",
+                )
+            raise AuthError(
+                f"token endpoint {url} reply has no {self.settings.token_field!r} ([platform.auth] token_field)",
+                retryable=False,
+                hint="set [platform.auth] token_field to the field that holds the token",
+            )
         lifetime = _lookup(body, self.settings.token_expires_field)
         try:
             lifetime_s = float(lifetime) if lifetime is not None else self.settings.token_lifetime_s
@@ -195,16 +207,21 @@ class OAuth2ClientCredentials(_TokenAuth):
     def _fetch(self) -> tuple[str, float]:
         s = self.settings
         assert s.token_url and s.client_id and s.client_secret
-        form = {"grant_type": "client_credentials", "client_id": s.client_id,
-                "client_secret": s.client_secret.get_secret_value()}
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": s.client_id,
+            "client_secret": s.client_secret.get_secret_value(),
+        }
         if s.scope:
             form["scope"] = s.scope
-        return self._exchange(self._client.build_request("POST", s.token_url, data=form,
-                                                         headers={"Accept": "application/json"}))
+        return self._exchange(
+            self._client.build_request("POST", s.token_url, data=form, headers={"Accept": "application/json"})
+        )
 
 
-def make_provider(settings: AuthSettings, *, client: httpx.Client,
-                  clock: Callable[[], float] = time.time) -> AuthProvider:
+def make_provider(
+    settings: AuthSettings, *, client: httpx.Client, clock: Callable[[], float] = time.time
+) -> AuthProvider:
     """The provider for ``[platform.auth]``; token kinds use ``client`` (its transport and TLS settings)."""
     if settings.kind == "static":
         assert settings.ticket is not None  # AuthSettings validates this

@@ -2,7 +2,7 @@
 
 ``PlatformClient(platform_settings)`` sends signed (optionally SM4-encrypted) JSON with httpx, one
 synchronous request per call, safe to share between the uploader's threads. It never raises for
-network or platform trouble: every call returns an ``Outcome`` (see ``agent.uplink.outcome``). It
+network or platform trouble: every call returns an ``Outcome`` (see ``core.outcome``). It
 raises only for programming or local errors: ``PlatformDisabled`` when the upstream switch is off,
 ``CryptoError`` at construction when encryption is on and the secret is not an SM4 key under the
 configured rule.
@@ -64,12 +64,12 @@ import httpx
 
 from agent import __version__
 from agent.config import PlatformSettings
-from agent.errors import AuthError, CryptoError, PlatformDisabled, PlatformError
 from agent.uplink.auth import AuthProvider, make_provider
 from agent.uplink.clock import PlatformClock
 from agent.uplink.conventions import HEADER_SIGN, HEADER_TIME, Conventions
-from agent.uplink.outcome import Outcome, OutcomeKind
 from agent.uplink.transport import DeadlineTransport, deadline
+from core.errors import AuthError, CryptoError, PlatformDisabled, PlatformError
+from core.outcome import Outcome, OutcomeKind
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,15 @@ class PlatformClient:
     outbox and stores it when an outcome says ``signed``.
     """
 
-    def __init__(self, platform: PlatformSettings, *, transport: httpx.BaseTransport | None = None,
-                 clock: Callable[[], float] = time.time, auth: AuthProvider | None = None,
-                 platform_clock: PlatformClock | None = None) -> None:
+    def __init__(
+        self,
+        platform: PlatformSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+        auth: AuthProvider | None = None,
+        platform_clock: PlatformClock | None = None,
+    ) -> None:
         self.platform = platform
         self.conventions = Conventions.from_platform(platform)
         if platform.encrypt:
@@ -143,8 +149,12 @@ class PlatformClient:
         if transport is None:
             transport = DeadlineTransport(build_ssl_context(platform))
         self._transport = transport
-        self._http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False,
-                                  headers={"User-Agent": f"fvagent/{__version__}"})
+        self._http = httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,
+            headers={"User-Agent": f"fvagent/{__version__}"},
+        )
         self.auth = auth if auth is not None else make_provider(platform.auth, client=self._http, clock=clock)
 
     def __enter__(self) -> PlatformClient:
@@ -181,8 +191,10 @@ class PlatformClient:
 
     def _call(self, path: str, payload: dict[str, Any], *, registration: bool) -> Outcome:
         if not self.platform.enabled:
-            raise PlatformDisabled("the platform is switched off ([platform] enabled = false): nothing is sent",
-                                   hint="set [platform] enabled = true to send; records stay queued meanwhile")
+            raise PlatformDisabled(
+                "the platform is switched off ([platform] enabled = false): nothing is sent",
+                hint="set [platform] enabled = true to send; records stay queued meanwhile",
+            )
         if not isinstance(payload, dict):
             raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
         outcome, credential = self._attempt(path, payload, registration=registration)
@@ -200,8 +212,15 @@ class PlatformClient:
             credential = self.auth.authorization()
         except AuthError as exc:
             kind = OutcomeKind.RETRYABLE if getattr(exc, "retryable", False) else OutcomeKind.BLOCKED
-            return self._done(path, Outcome(kind, request_id, f"cannot get the Authorization: {exc.message}",
-                                            http_status=getattr(exc, "http_status", None))), None
+            return self._done(
+                path,
+                Outcome(
+                    kind,
+                    request_id,
+                    f"cannot get the Authorization: {exc.message}",
+                    http_status=getattr(exc, "http_status", None),
+                ),
+            ), None
         send_time = self.conventions.send_time(self.platform_clock.now() - SEND_TIME_LEAD_S)
         try:
             body = self.conventions.request_body(payload, encrypt=self.platform.encrypt)
@@ -225,22 +244,30 @@ class PlatformClient:
                 finally:
                     resp.close()
         except _ReplyTooLarge:
-            return failed(OutcomeKind.RETRYABLE, f"reply body larger than {MAX_REPLY_BYTES // 1024} KiB: "
-                          "abandoned (not the platform's envelope)")
+            return failed(
+                OutcomeKind.RETRYABLE,
+                f"reply body larger than {MAX_REPLY_BYTES // 1024} KiB: abandoned (not the platform's envelope)",
+            )
         except httpx.TimeoutException as exc:
-            return failed(OutcomeKind.RETRYABLE, f"timed out: no whole reply within [platform] timeout_s = "
-                          f"{self.platform.timeout_s:g} s ({type(exc).__name__})")
+            return failed(
+                OutcomeKind.RETRYABLE,
+                f"timed out: no whole reply within [platform] timeout_s = "
+                f"{self.platform.timeout_s:g} s ({type(exc).__name__})",
+            )
         except httpx.TransportError as exc:
             return failed(OutcomeKind.RETRYABLE, f"network error: {type(exc).__name__}: {str(exc) or 'no detail'}")
         except httpx.RequestError as exc:  # e.g. DecodingError: a body that claims gzip but is not
             return failed(OutcomeKind.RETRYABLE, f"unreadable reply: {type(exc).__name__}: {exc}")
         except UnicodeEncodeError as exc:
-            return failed(OutcomeKind.BLOCKED, f"a header value is not ASCII ({exc.reason}): check [platform] "
-                          "org_app_id and the [platform.auth] credential")
-        reply_check = _ReplyCheck(request_id, self.conventions.sign(send_time), send_time, sent_at,
-                                  self.platform_clock.local())
-        outcome, token_rejected = self._classify(resp, reply, reply_check, registration=registration,
-                                                 personal=personal)
+            return failed(
+                OutcomeKind.BLOCKED,
+                f"a header value is not ASCII ({exc.reason}): check [platform] "
+                "org_app_id and the [platform.auth] credential",
+            )
+        reply_check = _ReplyCheck(
+            request_id, self.conventions.sign(send_time), send_time, sent_at, self.platform_clock.local()
+        )
+        outcome, token_rejected = self._classify(resp, reply, reply_check, registration=registration, personal=personal)
         return self._done(path, outcome), (credential if token_rejected else None)
 
     def _done(self, path: str, outcome: Outcome) -> Outcome:
@@ -250,19 +277,32 @@ class PlatformClient:
         facts = [f"HTTP {outcome.http_status}" if outcome.http_status is not None else "no HTTP reply"]
         facts += [f"code {outcome.code}"] if outcome.code is not None else []
         facts += [f"exceptionCode {outcome.exception_code}"] if outcome.exception_code is not None else []
-        log.log(level, "request %s: POST %s -> %s (%s): %s", outcome.request_id, path, outcome.kind.value,
-                ", ".join(facts), outcome.message)
+        log.log(
+            level,
+            "request %s: POST %s -> %s (%s): %s",
+            outcome.request_id,
+            path,
+            outcome.kind.value,
+            ", ".join(facts),
+            outcome.message,
+        )
         return outcome
 
-    def _classify(self, resp: httpx.Response, reply: bytes, ours: _ReplyCheck, *, registration: bool,
-                  personal: tuple[str, ...] = ()) -> tuple[Outcome, bool]:
+    def _classify(
+        self,
+        resp: httpx.Response,
+        reply: bytes,
+        ours: _ReplyCheck,
+        *,
+        registration: bool,
+        personal: tuple[str, ...] = (),
+    ) -> tuple[Outcome, bool]:
         """The outcome of one HTTP response (its body ``reply``), and whether it says our token was rejected."""
         status = resp.status_code
         signed = False
 
         def out(kind: OutcomeKind, message: str, **kw: Any) -> Outcome:
-            return Outcome(kind, ours.request_id, message, http_status=status, signed=signed, personal=personal,
-                           **kw)
+            return Outcome(kind, ours.request_id, message, http_status=status, signed=signed, personal=personal, **kw)
 
         retry_after = _retry_after(resp.headers.get("Retry-After"), self._clock())
         envelope, unreadable = _envelope(reply)
@@ -270,65 +310,101 @@ class PlatformClient:
         sign_problem, signed = self._check_response_sign(resp, ours)
         identified = sign_problem is None and envelope is not None and envelope.get("requestId") == ours.request_id
         reply_time = self._reply_time(resp, envelope)
-        exception_code = None if envelope is None or envelope.get("exceptionCode") is None \
-            else str(envelope.get("exceptionCode"))
+        exception_code = (
+            None if envelope is None or envelope.get("exceptionCode") is None else str(envelope.get("exceptionCode"))
+        )
         code = _int_or_none(envelope.get("code")) if envelope is not None else None
         msg = str(envelope.get("msg") or envelope.get("message") or "") if envelope is not None else ""
         platform_rid = envelope.get("requestId") if envelope is not None else None
-        details = dict(code=code, exception_code=exception_code,
-                       platform_request_id=str(platform_rid) if platform_rid is not None else None,
-                       return_time_ms=_int_or_none(envelope.get("returnTime")) if envelope is not None else None)
+        details = dict(
+            code=code,
+            exception_code=exception_code,
+            platform_request_id=str(platform_rid) if platform_rid is not None else None,
+            return_time_ms=_int_or_none(envelope.get("returnTime")) if envelope is not None else None,
+        )
         # 2. the clock: a timestamp-expired reply teaches the platform's time, whatever its HTTP status
         expired = exception_code == TIMESTAMP_EXPIRED
         fresh = reply_time is not None and self.platform_clock.is_fresh(reply_time, ours.received_at)
         if identified and reply_time is not None:
             self.platform_clock.observe(reply_time, ours.sent_at, ours.received_at, expired=expired)
         if expired and identified:
-            return out(OutcomeKind.CLOCK, f"{TIMESTAMP_EXPIRED} timestamp expired (时间戳过期): {msg or '(no message)'}; "
-                       f"retried with the platform's time (offset {self._offset_text()})", **details), False
+            return out(
+                OutcomeKind.CLOCK,
+                f"{TIMESTAMP_EXPIRED} timestamp expired (时间戳过期): {msg or '(no message)'}; "
+                f"retried with the platform's time (offset {self._offset_text()})",
+                **details,
+            ), False
         # 3. the HTTP status
         if status in (401, 403):
-            return out(OutcomeKind.BLOCKED, f"HTTP {status}: the platform refused our credentials"
-                       f"{_short_text(reply)}; check [platform] org_app_id/org_app_secret and [platform.auth]",
-                       **details), status == 401 or code == 401
+            return out(
+                OutcomeKind.BLOCKED,
+                f"HTTP {status}: the platform refused our credentials"
+                f"{_short_text(reply)}; check [platform] org_app_id/org_app_secret and [platform.auth]",
+                **details,
+            ), status == 401 or code == 401
         if status == 429 or status == 408 or status >= 500:
-            return out(OutcomeKind.RETRYABLE, f"HTTP {status}{_short_text(reply)}", retry_after_s=retry_after,
-                       **details), False
+            return out(
+                OutcomeKind.RETRYABLE, f"HTTP {status}{_short_text(reply)}", retry_after_s=retry_after, **details
+            ), False
         if not 200 <= status < 300 and envelope is None:
             if status in (400, 409, 413, 422):
-                return out(OutcomeKind.REJECTED, f"HTTP {status}: the platform refused this request body"
-                           f"{_short_text(reply)}"), False
+                return out(
+                    OutcomeKind.REJECTED, f"HTTP {status}: the platform refused this request body{_short_text(reply)}"
+                ), False
             return out(OutcomeKind.BLOCKED, f"HTTP {status}{_short_text(reply)}: check [platform] base_url"), False
         # 4. the acceptance checks, in order
         if sign_problem:
             return out(OutcomeKind.RETRYABLE, sign_problem, failed_check="signature", **details), False
         if envelope is None:
-            what = unreadable or ("empty" if not reply else "not the platform's JSON envelope (truncated, or an error page?)")
+            what = unreadable or (
+                "empty" if not reply else "not the platform's JSON envelope (truncated, or an error page?)"
+            )
             return out(OutcomeKind.RETRYABLE, f"unreadable reply: {what}"), False
         if code is None:
-            return out(OutcomeKind.RETRYABLE, f"unreadable reply: envelope without a numeric code: "
-                       f"{msg or '(no message)'}", **details), False
+            return out(
+                OutcomeKind.RETRYABLE,
+                f"unreadable reply: envelope without a numeric code: {msg or '(no message)'}",
+                **details,
+            ), False
         if platform_rid != ours.request_id:
-            return out(OutcomeKind.RETRYABLE, f"the reply's requestId {str(platform_rid)[:40]!r} is not ours "
-                       f"({ours.request_id}): not an answer to this request", failed_check="request_id",
-                       **details), False
+            return out(
+                OutcomeKind.RETRYABLE,
+                f"the reply's requestId {str(platform_rid)[:40]!r} is not ours "
+                f"({ours.request_id}): not an answer to this request",
+                failed_check="request_id",
+                **details,
+            ), False
         if reply_time is None:
-            return out(OutcomeKind.RETRYABLE, "the reply carries no time (no hmpt-portal-time, no returnTime): "
-                       "its freshness cannot be checked", failed_check="reply_time", **details), False
+            return out(
+                OutcomeKind.RETRYABLE,
+                "the reply carries no time (no hmpt-portal-time, no returnTime): its freshness cannot be checked",
+                failed_check="reply_time",
+                **details,
+            ), False
         if not fresh:
             when = dt.datetime.fromtimestamp(reply_time, dt.UTC).isoformat(timespec="seconds")
-            return out(OutcomeKind.RETRYABLE, f"stale reply: its time {when} is more than "
-                       f"{self.platform_clock.tolerance_s:g} s from our platform-corrected clock "
-                       "([platform.conventions] max_reply_skew_s)", failed_check="reply_time", **details), False
+            return out(
+                OutcomeKind.RETRYABLE,
+                f"stale reply: its time {when} is more than "
+                f"{self.platform_clock.tolerance_s:g} s from our platform-corrected clock "
+                "([platform.conventions] max_reply_skew_s)",
+                failed_check="reply_time",
+                **details,
+            ), False
         note = self._decrypt_note(ours.request_id, envelope.get("data"))
         text = (msg or "(no message)") + note
         # 5. code, then exceptionCode
         success = (code == 200 and exception_code in (None, "", OK_EXCEPTION_CODE)) or (
-            registration and exception_code == ALREADY_REGISTERED)
+            registration and exception_code == ALREADY_REGISTERED
+        )
         if success and not 200 <= status < 300:
-            return out(OutcomeKind.RETRYABLE, f"HTTP {status} whose body says success: a non-2xx reply is never "
-                       "an acceptance (check [platform] base_url if this persists)", failed_check="status",
-                       **details), False
+            return out(
+                OutcomeKind.RETRYABLE,
+                f"HTTP {status} whose body says success: a non-2xx reply is never "
+                "an acceptance (check [platform] base_url if this persists)",
+                failed_check="status",
+                **details,
+            ), False
         if code == 200 and exception_code in (None, "", OK_EXCEPTION_CODE):
             return out(OutcomeKind.ACCEPTED, text, **details), False
         if registration and exception_code == ALREADY_REGISTERED:
@@ -336,16 +412,25 @@ class PlatformClient:
         if exception_code == PARAMETER_ERROR:
             return out(OutcomeKind.REJECTED, f"{PARAMETER_ERROR} parameter error: {text}", **details), False
         if exception_code in (DEVICE_NOT_REGISTERED, DEVICE_DISABLED) and not registration:
-            return out(OutcomeKind.UNREGISTERED, f"{exception_code} {PLATFORM_CODES[exception_code]}: {text}; "
-                       "registering again, then retrying", **details), False
+            return out(
+                OutcomeKind.UNREGISTERED,
+                f"{exception_code} {PLATFORM_CODES[exception_code]}: {text}; registering again, then retrying",
+                **details,
+            ), False
         if exception_code == SIGNATURE_REFUSED or code in (401, 403):
-            return out(OutcomeKind.BLOCKED, f"credentials refused (code {code}, exceptionCode {exception_code}): "
-                       f"{text}; check [platform] org_app_id/org_app_secret and [platform.auth]", **details), code == 401
+            return out(
+                OutcomeKind.BLOCKED,
+                f"credentials refused (code {code}, exceptionCode {exception_code}): "
+                f"{text}; check [platform] org_app_id/org_app_secret and [platform.auth]",
+                **details,
+            ), code == 401
         if code == 429 or code >= 500:
-            return out(OutcomeKind.RETRYABLE, f"platform error (code {code}): {text}", retry_after_s=retry_after,
-                       **details), False
-        return out(OutcomeKind.REJECTED, f"refused (code {code}, exceptionCode {exception_code}): {text}",
-                   **details), False
+            return out(
+                OutcomeKind.RETRYABLE, f"platform error (code {code}): {text}", retry_after_s=retry_after, **details
+            ), False
+        return out(
+            OutcomeKind.REJECTED, f"refused (code {code}, exceptionCode {exception_code}): {text}", **details
+        ), False
 
     def _reply_time(self, resp: httpx.Response, envelope: dict[str, Any] | None) -> float | None:
         """The reply's time in epoch seconds: its hmpt-portal-time when present (and in our
@@ -372,15 +457,20 @@ class PlatformClient:
         if mode == "off":
             return None, False
         sign, send_time = resp.headers.get(HEADER_SIGN), resp.headers.get(HEADER_TIME)
-        echoed = sign is not None and send_time is not None and (
-            send_time.strip() == ours.send_time or sign.strip().lower() == ours.sign.lower())
+        echoed = (
+            sign is not None
+            and send_time is not None
+            and (send_time.strip() == ours.send_time or sign.strip().lower() == ours.sign.lower())
+        )
         if (sign is None and send_time is None) or echoed:
             what = "our own request's signature sent back" if echoed else "no signature"
             if mode == "required":
-                return f"the reply carries {what} (verify_response_sign = \"required\")", False
+                return f'the reply carries {what} (verify_response_sign = "required")', False
             if mode == "after-first" and self.expect_signed:
-                return (f"the reply carries {what}, from a platform that signs its replies "
-                        "(verify_response_sign = \"after-first\"): not believed"), False
+                return (
+                    f"the reply carries {what}, from a platform that signs its replies "
+                    '(verify_response_sign = "after-first"): not believed'
+                ), False
             return None, False
         if sign is None or send_time is None or not self.conventions.verify_sign(send_time, sign):
             return "bad response signature: the reply may not come from the platform", False

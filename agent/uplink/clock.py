@@ -44,8 +44,13 @@ class PlatformClock:
     ``tolerance_s`` is ``[platform.conventions] max_reply_skew_s``.
     """
 
-    def __init__(self, tolerance_s: float, *, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        tolerance_s: float,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.tolerance_s = tolerance_s
         self._clock = clock
         self._monotonic = monotonic
@@ -73,15 +78,18 @@ class PlatformClock:
         known before this reply)."""
         return abs(platform_time_s - (received_at_local + (self._offset or 0.0))) <= self.tolerance_s + 1.0
 
-    def observe(self, platform_time_s: float, sent_at_local: float, received_at_local: float, *,
-                expired: bool = False) -> None:
+    def observe(
+        self, platform_time_s: float, sent_at_local: float, received_at_local: float, *, expired: bool = False
+    ) -> None:
         """Learn from one identity-checked reply's time; ``expired``: the reply said our request's
         time was out of its tolerance (timestamp expired)."""
         if platform_time_s < EARLIEST_PLATFORM_TIME:
             if not self._refused_early:
                 self._refused_early = True
-                log.warning("a reply claims the platform's time is %s, before the interface existed: not learnt",
-                            dt.datetime.fromtimestamp(platform_time_s, dt.UTC).isoformat(timespec="seconds"))
+                log.warning(
+                    "a reply claims the platform's time is %s, before the interface existed: not learnt",
+                    dt.datetime.fromtimestamp(platform_time_s, dt.UTC).isoformat(timespec="seconds"),
+                )
             return
         sample = platform_time_s - (sent_at_local + received_at_local) / 2.0
         mono = self._monotonic()
@@ -102,8 +110,12 @@ class PlatformClock:
     def _step(self, sample: float, at: float, why: str) -> None:
         old = self._offset
         self._offset, self._measured_at, self._candidate = sample, at, None
-        log.warning("the platform's clock is %+.0f s from ours (was %s): %s; requests are signed with the "
-                    "platform's time", sample, "unknown" if old is None else f"{old:+.0f} s", why)
+        log.warning(
+            "the platform's clock is %+.0f s from ours (was %s): %s; requests are signed with the platform's time",
+            sample,
+            "unknown" if old is None else f"{old:+.0f} s",
+            why,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """``offset_s`` (platform minus local, rounded) and ``measured_at`` (local epoch seconds)."""

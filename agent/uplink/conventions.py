@@ -21,7 +21,8 @@ from typing import Any
 
 from agent import crypto
 from agent.config import ConventionSettings, PlatformSettings
-from agent.errors import CryptoError, PlatformError
+from core.clock import CHINA_TZ
+from core.errors import CryptoError, PlatformError
 
 HEADER_SIGN = "hmpt-portal-sign"
 HEADER_TIME = "hmpt-portal-time"
@@ -31,11 +32,12 @@ HEADER_AUTHORIZATION = "Authorization"
 
 # Asia/Shanghai has been UTC+8 without daylight saving since 1991; a fixed offset needs no tzdata
 # and is right whatever zone the device is set to.
-SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 
 _DATE_FORMATS = {"yyyyMMddHHmmss": "%Y%m%d%H%M%S", "yyyy-MM-dd HH:mm:ss": "%Y-%m-%d %H:%M:%S"}
-_DATE_PATTERNS = {"yyyyMMddHHmmss": re.compile(r"\d{14}"),
-                  "yyyy-MM-dd HH:mm:ss": re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")}
+_DATE_PATTERNS = {
+    "yyyyMMddHHmmss": re.compile(r"\d{14}"),
+    "yyyy-MM-dd HH:mm:ss": re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"),
+}
 _HEX = re.compile(r"[0-9a-fA-F]*")
 _SIGN_LEN = 32
 """HMAC-SM3 output length in bytes."""
@@ -64,8 +66,10 @@ class Conventions:
 
     def __repr__(self) -> str:
         s = self.settings
-        return (f"Conventions(send_time_format={s.send_time_format!r}, sign_output={s.sign_output!r}, "
-                f"sm4_key_mode={s.sm4_key_mode!r}, cipher_encoding={s.cipher_encoding!r}, org_app_id={self.org_app_id!r})")
+        return (
+            f"Conventions(send_time_format={s.send_time_format!r}, sign_output={s.sign_output!r}, "
+            f"sm4_key_mode={s.sm4_key_mode!r}, cipher_encoding={s.cipher_encoding!r}, org_app_id={self.org_app_id!r})"
+        )
 
     # ---------------------------------------------------------------------------------------------
     # sendTime
@@ -77,7 +81,7 @@ class Conventions:
             return str(int(now_epoch_s * 1000))
         if fmt == "epoch_s":
             return str(int(now_epoch_s))
-        return dt.datetime.fromtimestamp(now_epoch_s, SHANGHAI).strftime(_DATE_FORMATS[fmt])
+        return dt.datetime.fromtimestamp(now_epoch_s, CHINA_TZ).strftime(_DATE_FORMATS[fmt])
 
     def parse_send_time(self, s: str) -> float:
         """Epoch seconds of a sendTime in this convention's format; ``PlatformError`` when it is not one."""
@@ -94,10 +98,12 @@ class Conventions:
                 return float(int(text))
             if not _DATE_PATTERNS[fmt].fullmatch(text):
                 raise ValueError
-            return dt.datetime.strptime(text, _DATE_FORMATS[fmt]).replace(tzinfo=SHANGHAI).timestamp()
+            return dt.datetime.strptime(text, _DATE_FORMATS[fmt]).replace(tzinfo=CHINA_TZ).timestamp()
         except ValueError:
-            raise PlatformError(f"{HEADER_TIME} {s!r} is not a sendTime in the format {fmt!r}",
-                                hint="check [platform.conventions] send_time_format") from None
+            raise PlatformError(
+                f"{HEADER_TIME} {s!r} is not a sendTime in the format {fmt!r}",
+                hint="check [platform.conventions] send_time_format",
+            ) from None
 
     def clock_ok(self, send_time: str, now_epoch_s: float) -> bool:
         """Whether ``send_time`` parses and lies within ``clock_skew_tolerance_s`` of ``now_epoch_s``."""
@@ -115,9 +121,11 @@ class Conventions:
         if self.settings.sign_key_encoding == "utf8":
             return self._secret.encode("utf-8")
         if len(self._secret) % 2 or not _HEX.fullmatch(self._secret):
-            raise CryptoError("platform.org_app_secret is not a hex string, but "
-                              "platform.conventions.sign_key_encoding = \"hex\" needs one",
-                              hint='set sign_key_encoding = "utf8", or check the secret')
+            raise CryptoError(
+                "platform.org_app_secret is not a hex string, but "
+                'platform.conventions.sign_key_encoding = "hex" needs one',
+                hint='set sign_key_encoding = "utf8", or check the secret',
+            )
         return bytes.fromhex(self._secret)
 
     def sign_bytes(self, send_time: str) -> bytes:
@@ -171,24 +179,32 @@ class Conventions:
                 return raw
             if is_hex32:
                 return bytes.fromhex(secret)
-            raise CryptoError(f"{where}: platform.org_app_secret is {len(raw)} bytes, neither 16 bytes "
-                              "nor 32 hex characters, so it is not an SM4 key",
-                              hint="set sm4_key_mode to first16, sm3_trunc16 or nhsa_derive "
-                                   "(run `fvagent probe` to see which matches the platform's sample)")
+            raise CryptoError(
+                f"{where}: platform.org_app_secret is {len(raw)} bytes, neither 16 bytes "
+                "nor 32 hex characters, so it is not an SM4 key",
+                hint="set sm4_key_mode to first16, sm3_trunc16 or nhsa_derive "
+                "(run `fvagent probe` to see which matches the platform's sample)",
+            )
         if mode == "raw16":
             if len(raw) != 16:
-                raise CryptoError(f"{where} needs a secret of exactly 16 bytes, it is {len(raw)}",
-                                  hint="check platform.org_app_secret or choose another sm4_key_mode")
+                raise CryptoError(
+                    f"{where} needs a secret of exactly 16 bytes, it is {len(raw)}",
+                    hint="check platform.org_app_secret or choose another sm4_key_mode",
+                )
             return raw
         if mode == "hex32":
             if not is_hex32:
-                raise CryptoError(f"{where} needs a secret of 32 hex characters",
-                                  hint="check platform.org_app_secret or choose another sm4_key_mode")
+                raise CryptoError(
+                    f"{where} needs a secret of 32 hex characters",
+                    hint="check platform.org_app_secret or choose another sm4_key_mode",
+                )
             return bytes.fromhex(secret)
         if mode == "first16":
             if len(raw) < 16:
-                raise CryptoError(f"{where} needs a secret of at least 16 bytes, it is {len(raw)}",
-                                  hint="check platform.org_app_secret or choose another sm4_key_mode")
+                raise CryptoError(
+                    f"{where} needs a secret of at least 16 bytes, it is {len(raw)}",
+                    hint="check platform.org_app_secret or choose another sm4_key_mode",
+                )
             return raw[:16]
         if mode == "sm3_trunc16":
             return crypto.sm3(raw)[:16]
@@ -197,9 +213,11 @@ class Conventions:
             # SM4-ECB/PKCS#7(key = orgAppId[:16], data = secret), as NHSA-lineage clients do.
             app_key = self.org_app_id[:16].encode("utf-8")
             if len(app_key) != 16:
-                raise CryptoError(f"{where} needs an orgAppId of at least 16 characters "
-                                  f"(platform.org_app_id has {len(self.org_app_id)})",
-                                  hint="choose another sm4_key_mode")
+                raise CryptoError(
+                    f"{where} needs an orgAppId of at least 16 characters "
+                    f"(platform.org_app_id has {len(self.org_app_id)})",
+                    hint="choose another sm4_key_mode",
+                )
             return crypto.sm4_ecb_encrypt(app_key, raw).hex().upper()[:16].encode("ascii")
         raise CryptoError(f"unknown platform.conventions.sm4_key_mode {mode!r}")
 
@@ -221,8 +239,9 @@ class Conventions:
                 raise ValueError
             return bytes.fromhex(text.strip())
         except (ValueError, binascii.Error):
-            raise CryptoError(f"SM4 data is not {enc} text",
-                              hint="check [platform.conventions] cipher_encoding") from None
+            raise CryptoError(
+                f"SM4 data is not {enc} text", hint="check [platform.conventions] cipher_encoding"
+            ) from None
 
     def encrypt_data(self, plaintext: bytes) -> str:
         """SM4-ECB(plaintext) with the derived key and padding, encoded per ``cipher_encoding``."""
@@ -256,8 +275,10 @@ class Conventions:
             try:
                 return plain.decode("utf-8")
             except UnicodeDecodeError:
-                raise CryptoError("decrypted response data is not UTF-8: wrong key or conventions",
-                                  hint="check [platform.conventions] sm4_key_mode") from None
+                raise CryptoError(
+                    "decrypted response data is not UTF-8: wrong key or conventions",
+                    hint="check [platform.conventions] sm4_key_mode",
+                ) from None
 
     # ---------------------------------------------------------------------------------------------
     # Bodies and headers

@@ -66,8 +66,9 @@ class _Stream(httpcore.NetworkStream):
     def close(self) -> None:
         self._inner.close()
 
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
         return _Stream(self._inner.start_tls(ssl_context, server_hostname, _left(timeout)), self._backend)
 
     def get_extra_info(self, info: str) -> Any:
@@ -96,12 +97,19 @@ class _Backend(httpcore.NetworkBackend):
         for stream in streams:
             stream.shutdown()
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
         return _Stream(self._inner.connect_tcp(host, port, _left(timeout), local_address, socket_options), self)
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
         return _Stream(self._inner.connect_unix_socket(path, _left(timeout), socket_options), self)
 
     def sleep(self, seconds: float) -> None:
@@ -116,9 +124,13 @@ class DeadlineTransport(httpx.HTTPTransport):
         self._backend = _Backend()
         # httpx offers no way to hand its pool a network backend: build the same pool with ours.
         old = self._pool
-        self._pool = httpcore.ConnectionPool(ssl_context=old._ssl_context, max_connections=100,
-                                             max_keepalive_connections=20, keepalive_expiry=5.0,
-                                             network_backend=self._backend)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=old._ssl_context,
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=self._backend,
+        )
         old.close()
 
     def abort(self) -> None:

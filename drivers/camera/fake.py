@@ -26,8 +26,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from agent.errors import DeviceNotFound, DriverError
-from agent.images import ImageError, decode_image
+from core.errors import DeviceNotFound, DriverError
+from core.images import ImageError, decode_image
 from drivers.base import Camera, DriverSettings, ProbeResult
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,11 @@ class FakeCamera(Camera):
     def probe(self) -> ProbeResult:
         result = super().probe()
         if result.ok:
-            return ProbeResult(True, f"{self.describe()}: SIMULATED camera, {len(self._frames)} frame(s)",
-                               {"simulated": True, "frames": len(self._frames)})
+            return ProbeResult(
+                True,
+                f"{self.describe()}: SIMULATED camera, {len(self._frames)} frame(s)",
+                {"simulated": True, "frames": len(self._frames)},
+            )
         return result
 
     # -- frames ---------------------------------------------------------------------------------
@@ -186,8 +189,11 @@ def _expand(paths: list[str], device: str) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise DeviceNotFound(f"fake camera: image {p} does not exist", device=device,
-                                 hint="fix [camera] images: files or folders of JPEG/PNG/BMP images")
+            raise DeviceNotFound(
+                f"fake camera: image {p} does not exist",
+                device=device,
+                hint="fix [camera] images: files or folders of JPEG/PNG/BMP images",
+            )
     return out
 
 
@@ -214,8 +220,11 @@ def _read_video(path: Path, device: str) -> list[np.ndarray]:
     finally:
         cap.release()
     if not frames:
-        raise DriverError(f"fake camera: video {path} has no readable frames", device=device,
-                          hint="write it as MJPG in .avi, or any codec this OpenCV build reads")
+        raise DriverError(
+            f"fake camera: video {path} has no readable frames",
+            device=device,
+            hint="write it as MJPG in .avi, or any codec this OpenCV build reads",
+        )
     return frames
 
 
@@ -230,5 +239,5 @@ def _on_canvas(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         frame = np.asarray(Image.fromarray(frame[:, :, ::-1]).resize((w, h), Image.Resampling.BILINEAR))[:, :, ::-1]
     canvas = np.full((height, width, 3), 128, dtype=np.uint8)
     top, left = (height - h) // 2, (width - w) // 2
-    canvas[top:top + h, left:left + w] = frame
+    canvas[top : top + h, left : left + w] = frame
     return canvas

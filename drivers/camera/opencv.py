@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 
-from agent.errors import DeviceNotFound, DriverError, DriverNotFound
+from core.errors import DeviceNotFound, DriverError, DriverNotFound
 from drivers.base import Camera, DriverSettings, ProbeResult
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,11 @@ class OpenCVCamera(Camera):
             if ok and frame is not None:
                 return frame
             self._lose("read failed right after reopening")
-            raise DeviceNotFound("camera delivers no frames after reopening", device=self.describe(),
-                                 hint="check the cable and that no other program holds the camera")
+            raise DeviceNotFound(
+                "camera delivers no frames after reopening",
+                device=self.describe(),
+                hint="check the cable and that no other program holds the camera",
+            )
 
     def _lose(self, why: str) -> None:
         cap, self._cap = self._cap, None
@@ -164,8 +167,9 @@ class OpenCVCamera(Camera):
     def _reopen_or_raise(self) -> None:
         now = time.monotonic()
         if now < self._next_reopen:
-            raise DeviceNotFound(f"camera is gone; next reopen attempt in {self._next_reopen - now:.1f} s",
-                                 device=self.describe())
+            raise DeviceNotFound(
+                f"camera is gone; next reopen attempt in {self._next_reopen - now:.1f} s", device=self.describe()
+            )
         try:
             self._cap = self._connect()
         except DeviceNotFound:
@@ -185,21 +189,30 @@ class OpenCVCamera(Camera):
         try:
             import cv2
         except ImportError as exc:  # pragma: no cover - a dependency of fvagent
-            raise DriverNotFound("the opencv camera needs OpenCV", device=self.describe(),
-                                 hint="pip install opencv-python-headless") from exc
+            raise DriverNotFound(
+                "the opencv camera needs OpenCV", device=self.describe(), hint="pip install opencv-python-headless"
+            ) from exc
         s = self.settings
-        backend = {"auto": cv2.CAP_ANY, "v4l2": cv2.CAP_V4L2, "ffmpeg": cv2.CAP_FFMPEG,
-                   "gstreamer": cv2.CAP_GSTREAMER}[s.backend]
+        backend = {"auto": cv2.CAP_ANY, "v4l2": cv2.CAP_V4L2, "ffmpeg": cv2.CAP_FFMPEG, "gstreamer": cv2.CAP_GSTREAMER}[
+            s.backend
+        ]
         params: list[int] = []
         if isinstance(s.device, str) and "://" in s.device:
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(s.open_timeout_s * 1000),
-                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(s.read_timeout_s * 1000)]
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                int(s.open_timeout_s * 1000),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                int(s.read_timeout_s * 1000),
+            ]
         cap = cv2.VideoCapture(s.device, backend, params) if params else cv2.VideoCapture(s.device, backend)
         if not cap.isOpened():
             cap.release()
-            raise DeviceNotFound(f"cannot open {self.describe()}", device=self.describe(),
-                                 hint="check the cable and `ls /dev/video*`; the service user needs the "
-                                      "'video' group; a stream URL must be reachable")
+            raise DeviceNotFound(
+                f"cannot open {self.describe()}",
+                device=self.describe(),
+                hint="check the cable and `ls /dev/video*`; the service user needs the "
+                "'video' group; a stream URL must be reachable",
+            )
         if s.fourcc:
             cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*s.fourcc))
         if s.width:

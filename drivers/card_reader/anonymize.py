@@ -13,7 +13,7 @@ valid check character, so ``fvagent card decode`` decodes the result.
 
 from __future__ import annotations
 
-from agent.codes import resident_id_check_digit
+from core.codes import resident_id_check_digit
 from drivers.card_reader import codec
 
 SYNTHETIC_BIRTH = "19900101"
@@ -35,38 +35,38 @@ def anonymize_answer(raw: bytes) -> bytes:
     header (the rest is zeroed)."""
     raw = bytes(raw)
     start = codec.ENVELOPE_HEAD_LEN if codec.is_envelope(raw) else 0
-    if raw[start:start + 5] != codec.PREAMBLE or len(raw) < start + codec.HEADER_LEN:
+    if raw[start : start + 5] != codec.PREAMBLE or len(raw) < start + codec.HEADER_LEN:
         return bytes(len(raw))  # nothing recognisable: nothing of it may leave
-    declared = codec.frame_length(raw[start:start + codec.HEADER_LEN])
+    declared = codec.frame_length(raw[start : start + codec.HEADER_LEN])
     end = start + declared  # where the frame ends (the envelope's sum, then any tail, follow)
-    frame = bytearray(raw[start:min(end, len(raw))])
+    frame = bytearray(raw[start : min(end, len(raw))])
     data_len = declared - codec.STATUS_HEADER_LEN - 1
     if data_len <= 0:
         return raw
     with_fp = data_len in (6 + 1280, 6 + 1280 + 512, 6 + 1280 + 1024)
     text_at = codec.STATUS_HEADER_LEN + (6 if with_fp else 4)
     if data_len in (4 + 1280,) or with_fp:
-        text = bytes(frame[text_at:text_at + codec.TEXT_LEN])
+        text = bytes(frame[text_at : text_at + codec.TEXT_LEN])
         if len(text) == codec.TEXT_LEN:
-            frame[text_at:text_at + codec.TEXT_LEN] = anonymize_text(text)
+            frame[text_at : text_at + codec.TEXT_LEN] = anonymize_text(text)
         else:
             frame[text_at:] = bytes(len(frame) - text_at)
         photo_at = text_at + codec.TEXT_LEN
-        photo = frame[photo_at:photo_at + codec.WLT_LEN]
+        photo = frame[photo_at : photo_at + codec.WLT_LEN]
         from drivers.card_reader.simulator import SYNTHETIC_WLT
 
-        frame[photo_at:photo_at + len(photo)] = SYNTHETIC_WLT[:len(photo)]
+        frame[photo_at : photo_at + len(photo)] = SYNTHETIC_WLT[: len(photo)]
         fp_at = photo_at + codec.WLT_LEN
-        frame[fp_at:declared - 1] = bytes(max(0, min(len(frame), declared - 1) - fp_at))
+        frame[fp_at : declared - 1] = bytes(max(0, min(len(frame), declared - 1) - fp_at))
     else:
-        frame[codec.STATUS_HEADER_LEN:] = bytes(len(frame) - codec.STATUS_HEADER_LEN)
+        frame[codec.STATUS_HEADER_LEN :] = bytes(len(frame) - codec.STATUS_HEADER_LEN)
     if len(frame) == declared:  # a whole frame: its CHK stays right, or wrong by the same difference
         old = raw[start:end]
         frame[-1] = codec.checksum(bytes(frame[5:-1])) ^ codec.checksum(old[5:-1]) ^ old[-1]
     out = bytearray(raw[:start]) + frame
-    rest = raw[start + len(frame):]
+    rest = raw[start + len(frame) :]
     if start and rest:  # the envelope's sum: right, or wrong by the same difference
-        old_sum, new_sum = sum(raw[1:start + len(frame)]), sum(out[1:])
+        old_sum, new_sum = sum(raw[1 : start + len(frame)]), sum(out[1:])
         out.append((rest[0] - old_sum + new_sum) & 0xFF)
         rest = rest[1:]
     out += rest[:MAX_KEPT_TRAILING] + bytes(max(0, len(rest) - MAX_KEPT_TRAILING))
@@ -75,16 +75,16 @@ def anonymize_answer(raw: bytes) -> bytes:
 
 def _put(buf: bytearray, off: int, length: int, value: str) -> None:
     """Write ``value`` into the field, padded the way the card padded it (spaces or zeros)."""
-    last = bytes(buf[off + length - 2:off + length])
+    last = bytes(buf[off + length - 2 : off + length])
     pad = last if last in (b" \x00", b"\x00\x00") else b" \x00"
     raw = value.encode("utf-16-le")[:length]
-    buf[off:off + length] = raw + pad * ((length - len(raw)) // 2)
+    buf[off : off + length] = raw + pad * ((length - len(raw)) // 2)
 
 
 def _used(text: bytes, off: int, length: int) -> int:
     """How many characters of the field the card used (its value without the padding)."""
-    value = text[off:off + length]
-    chars = [value[i:i + 2] for i in range(0, len(value), 2)]
+    value = text[off : off + length]
+    chars = [value[i : i + 2] for i in range(0, len(value), 2)]
     while chars and chars[-1] in (b" \x00", b"\x00\x00"):
         chars.pop()
     return len(chars)
@@ -96,13 +96,13 @@ def _same_length(text: bytes, off: int, length: int, filler: str) -> str:
 
 
 def _date_field(buf: bytearray, off: int, value: str) -> None:
-    if bytes(buf[off:off + 4]) == codec.LONG_TERM_BYTES:
+    if bytes(buf[off : off + 4]) == codec.LONG_TERM_BYTES:
         return  # 长期 says nothing about the person and is what the decoder must handle
     _put(buf, off, 16, value)
 
 
 def _sex_digit(number: str, position: int) -> str:
-    ch = number[position:position + 1]
+    ch = number[position : position + 1]
     return "1" if ch.isdigit() and int(ch) % 2 else "2"
 
 
@@ -110,7 +110,7 @@ def anonymize_text(text: bytes) -> bytes:
     """The 256-byte text block with the personal fields of its layout (by the marker at 248)
     replaced; an unknown marker keeps only the marker."""
     buf = bytearray(text)
-    marker = bytes(text[codec.CARD_TYPE_OFFSET:codec.CARD_TYPE_OFFSET + 2])
+    marker = bytes(text[codec.CARD_TYPE_OFFSET : codec.CARD_TYPE_OFFSET + 2])
     old_no = text[122:158].decode("utf-16-le", "replace").strip()
     if marker in (b" \x00", b"\x00\x00", b"J\x00"):
         _put(buf, 0, 30, _same_length(text, 0, 30, _CHINESE))
@@ -128,8 +128,12 @@ def anonymize_text(text: bytes) -> bytes:
     elif marker == b"I\x00":
         _put(buf, 0, 120, _same_length(text, 0, 120, _ENGLISH))
         nationality = text[152:158].decode("utf-16-le", "replace")[:3]
-        body = (nationality if nationality.isascii() and nationality.isalpha() else "XXX") + "0000" + \
-            SYNTHETIC_BIRTH[2:] + _sex_digit(old_no, 13)
+        body = (
+            (nationality if nationality.isascii() and nationality.isalpha() else "XXX")
+            + "0000"
+            + SYNTHETIC_BIRTH[2:]
+            + _sex_digit(old_no, 13)
+        )
         _put(buf, 122, 30, body + codec.mrz_check_digit(body.upper()))
         _put(buf, 158, 30, _same_length(text, 158, 30, _CHINESE))
         _date_field(buf, 188, SYNTHETIC_VALID_FROM)
@@ -148,8 +152,8 @@ def anonymize_text(text: bytes) -> bytes:
         _date_field(buf, 204, SYNTHETIC_VALID_TO)
         _put(buf, 220, 22, _same_length(text, 220, 22, _ENGLISH))
         if _used(text, 250, 6):
-            _put(buf, 250, 6, "015"[:_used(text, 250, 6)])
+            _put(buf, 250, 6, "015"[: _used(text, 250, 6)])
     else:
-        buf[:codec.CARD_TYPE_OFFSET] = b" \x00" * (codec.CARD_TYPE_OFFSET // 2)
-        buf[codec.CARD_TYPE_OFFSET + 2:] = b" \x00" * ((codec.TEXT_LEN - codec.CARD_TYPE_OFFSET - 2) // 2)
+        buf[: codec.CARD_TYPE_OFFSET] = b" \x00" * (codec.CARD_TYPE_OFFSET // 2)
+        buf[codec.CARD_TYPE_OFFSET + 2 :] = b" \x00" * ((codec.TEXT_LEN - codec.CARD_TYPE_OFFSET - 2) // 2)
     return bytes(buf)

@@ -21,9 +21,9 @@ import datetime as dt
 import logging
 from functools import reduce
 
-from agent import codes
-from agent.errors import CardReadError, ProtocolError
-from drivers.base import LONG_TERM, IdCard
+from core import codes
+from core.card import LONG_TERM, IdCard
+from core.errors import CardReadError, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def frame_hex(frame: bytes) -> str:
     if frame[:5] == PREAMBLE:
         shown = frame[:STATUS_HEADER_LEN]
     elif is_envelope(frame):
-        shown = frame[:ENVELOPE_HEAD_LEN + STATUS_HEADER_LEN]
+        shown = frame[: ENVELOPE_HEAD_LEN + STATUS_HEADER_LEN]
     else:
         return f"({len(frame)} bytes, no frame header)"
     if len(frame) <= len(shown) + 1:  # a status answer without data: header and CHK are all of it
@@ -156,29 +156,36 @@ class Response:
     def raise_for_status(self, expected: int = SW_OK) -> Response:
         """Raise ``CardReadError`` unless SW3 is ``expected``."""
         if self.sw3 != expected:
-            raise CardReadError(f"SAM status 0x{self.sw3:02X}: {self.meaning}", sw3=f"0x{self.sw3:02X}",
-                                meaning=self.meaning)
+            raise CardReadError(
+                f"SAM status 0x{self.sw3:02X}: {self.meaning}", sw3=f"0x{self.sw3:02X}", meaning=self.meaning
+            )
         return self
 
 
 def frame_length(header: bytes) -> int:
     """Total frame length from its first 7 bytes. Raises ``ProtocolError`` on a bad preamble/length."""
     if len(header) < HEADER_LEN:
-        raise ProtocolError(f"frame too short: {len(header)} bytes, the header alone is {HEADER_LEN}",
-                            frame_hex=frame_hex(header))
+        raise ProtocolError(
+            f"frame too short: {len(header)} bytes, the header alone is {HEADER_LEN}", frame_hex=frame_hex(header)
+        )
     if header[:5] != PREAMBLE:
         raise ProtocolError("bad preamble: expected AA AA AA 96 69", frame_hex=frame_hex(header))
     length = int.from_bytes(header[5:7], "big")
     if length < 1 or length > MAX_LEN:
-        raise ProtocolError(f"bad length field {length} (0x{length:04X}): must be 1..{MAX_LEN}",
-                            frame_hex=frame_hex(header))
+        raise ProtocolError(
+            f"bad length field {length} (0x{length:04X}): must be 1..{MAX_LEN}", frame_hex=frame_hex(header)
+        )
     return length + HEADER_LEN
 
 
 def is_envelope(data: bytes) -> bool:
     """True when ``data`` starts with a module envelope: AA LEN(2) TYPE(2), then the SAM preamble."""
-    return (len(data) >= ENVELOPE_HEAD_LEN + 5 and data[0] == ENVELOPE_START and data[:5] != PREAMBLE
-            and data[ENVELOPE_HEAD_LEN:ENVELOPE_HEAD_LEN + 5] == PREAMBLE)
+    return (
+        len(data) >= ENVELOPE_HEAD_LEN + 5
+        and data[0] == ENVELOPE_START
+        and data[:5] != PREAMBLE
+        and data[ENVELOPE_HEAD_LEN : ENVELOPE_HEAD_LEN + 5] == PREAMBLE
+    )
 
 
 def unit_length(data: bytes) -> int | None:
@@ -196,8 +203,9 @@ def unit_length(data: bytes) -> int | None:
             return None
         if is_envelope(data):
             return 3 + _envelope_length(data)
-    raise ProtocolError("bad preamble: expected AA AA AA 96 69 (or a module envelope AA LEN TYPE around it)",
-                        frame_hex=frame_hex(data))
+    raise ProtocolError(
+        "bad preamble: expected AA AA AA 96 69 (or a module envelope AA LEN TYPE around it)", frame_hex=frame_hex(data)
+    )
 
 
 def _envelope_length(data: bytes) -> int:
@@ -222,24 +230,29 @@ def unwrap_frame(data: bytes) -> bytes:
     data = bytes(data)
     total = unit_length(data)
     if total is None:
-        raise ProtocolError(f"frame too short: {len(data)} bytes, the header alone is {HEADER_LEN}",
-                            frame_hex=frame_hex(data))
+        raise ProtocolError(
+            f"frame too short: {len(data)} bytes, the header alone is {HEADER_LEN}", frame_hex=frame_hex(data)
+        )
     if len(data) > total:
         log.debug("ignored %d bytes after the %d-byte answer (declared length)", len(data) - total, total)
         data = data[:total]
     if not is_envelope(data):
         return data
     if len(data) < total:
-        raise ProtocolError(f"truncated module envelope: its length field says {total} bytes, got {len(data)}",
-                            frame_hex=frame_hex(data))
+        raise ProtocolError(
+            f"truncated module envelope: its length field says {total} bytes, got {len(data)}",
+            frame_hex=frame_hex(data),
+        )
     if not _envelope_sum_ok(data):
-        raise ProtocolError(f"module envelope: bad sum 0x{data[-1]:02X} (sum of the bytes mod 256)",
-                            frame_hex=frame_hex(data))
+        raise ProtocolError(
+            f"module envelope: bad sum 0x{data[-1]:02X} (sum of the bytes mod 256)", frame_hex=frame_hex(data)
+        )
     frame = data[ENVELOPE_HEAD_LEN:-1]
     declared = frame_length(frame[:HEADER_LEN])
     if declared != len(frame):
-        raise ProtocolError(f"module envelope holds {len(frame)} bytes, the frame inside declares {declared}",
-                            frame_hex=frame_hex(data))
+        raise ProtocolError(
+            f"module envelope holds {len(frame)} bytes, the frame inside declares {declared}", frame_hex=frame_hex(data)
+        )
     log.debug("unwrapped a module envelope (type %s) around a %d-byte frame", data[3:5].hex(" "), len(frame))
     return frame
 
@@ -254,15 +267,19 @@ def _parse(frame: bytes, min_body: int, what: str) -> bytes:
     frame = unwrap_frame(frame)
     total = frame_length(frame)
     if len(frame) < total:
-        raise ProtocolError(f"truncated {what}: length field says {total} bytes, got {len(frame)}",
-                            frame_hex=frame_hex(frame))
+        raise ProtocolError(
+            f"truncated {what}: length field says {total} bytes, got {len(frame)}", frame_hex=frame_hex(frame)
+        )
     if checksum(frame[5:]) != 0:
-        raise ProtocolError(f"bad checksum: CHK is 0x{frame[-1]:02X}, computed 0x{checksum(frame[5:-1]):02X}",
-                            frame_hex=frame_hex(frame))
+        raise ProtocolError(
+            f"bad checksum: CHK is 0x{frame[-1]:02X}, computed 0x{checksum(frame[5:-1]):02X}",
+            frame_hex=frame_hex(frame),
+        )
     body = frame[7:-1]
     if len(body) < min_body:
-        raise ProtocolError(f"{what} body too short: {len(body)} bytes, need at least {min_body}",
-                            frame_hex=frame_hex(frame))
+        raise ProtocolError(
+            f"{what} body too short: {len(body)} bytes, need at least {min_body}", frame_hex=frame_hex(frame)
+        )
     return body
 
 
@@ -282,11 +299,12 @@ def sam_id_string(data: bytes) -> str:
     """The printed SAM id from the 16 data bytes of 12 FF."""
     if len(data) != 16:
         raise ProtocolError(f"SAM id must be 16 bytes, got {len(data)}", frame_hex=frame_hex(data))
-    u = [int.from_bytes(data[i:i + 4], "little") for i in (4, 8, 12)]
+    u = [int.from_bytes(data[i : i + 4], "little") for i in (4, 8, 12)]
     return f"{data[0]:02d}.{data[2]:02d}-{u[0]}-{u[1]:010d}-{u[2]:010d}"
 
 
 # -- read payload -----------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class ReadPayload:
@@ -299,8 +317,7 @@ def split_read_data(data: bytes, *, with_fingerprint: bool) -> ReadPayload:
     """Split the DATA of a 30 01 / 30 10 response into text, WLT and fingerprint."""
     head = 6 if with_fingerprint else 4
     if len(data) < head:
-        raise ProtocolError(f"read data too short for its length header: {len(data)} bytes",
-                            frame_hex=frame_hex(data))
+        raise ProtocolError(f"read data too short for its length header: {len(data)} bytes", frame_hex=frame_hex(data))
     text_len = int.from_bytes(data[0:2], "big")
     photo_len = int.from_bytes(data[2:4], "big")
     fp_len = int.from_bytes(data[4:6], "big") if with_fingerprint else 0
@@ -309,14 +326,15 @@ def split_read_data(data: bytes, *, with_fingerprint: bool) -> ReadPayload:
     if photo_len != WLT_LEN:
         raise ProtocolError(f"photo length is {photo_len}, must be {WLT_LEN}", frame_hex=data[:head].hex(" "))
     if with_fingerprint and fp_len not in (0, 512, 1024):
-        raise ProtocolError(f"fingerprint length is {fp_len}, must be 0, 512 or 1024",
-                            frame_hex=data[:head].hex(" "))
+        raise ProtocolError(f"fingerprint length is {fp_len}, must be 0, 512 or 1024", frame_hex=data[:head].hex(" "))
     if len(data) != head + text_len + photo_len + fp_len:
-        raise ProtocolError(f"read data is {len(data)} bytes, its header says {head + text_len + photo_len + fp_len}",
-                            frame_hex=data[:head].hex(" "))
-    text = data[head:head + text_len]
-    wlt = data[head + text_len:head + text_len + photo_len]
-    fp = data[head + text_len + photo_len:] if fp_len else None
+        raise ProtocolError(
+            f"read data is {len(data)} bytes, its header says {head + text_len + photo_len + fp_len}",
+            frame_hex=data[:head].hex(" "),
+        )
+    text = data[head : head + text_len]
+    wlt = data[head + text_len : head + text_len + photo_len]
+    fp = data[head + text_len + photo_len :] if fp_len else None
     return ReadPayload(text, wlt, fp)
 
 
@@ -330,8 +348,9 @@ def build_read_data(text: bytes, wlt: bytes, fingerprint: bytes | None = None) -
 
 # -- text block -------------------------------------------------------------------------------------
 
+
 def _field(text: bytes, off: int, length: int, name: str, *, strip: bool = True) -> str:
-    raw = text[off:off + length]
+    raw = text[off : off + length]
     try:
         value = raw.decode("utf-16-le")
         return value.rstrip(" \x00") if strip else value
@@ -349,7 +368,7 @@ def _date(value: str, name: str, text: bytes) -> dt.date:
 
 
 def _valid_to(text: bytes, off: int) -> dt.date | None:
-    if text[off:off + 4] == LONG_TERM_BYTES:
+    if text[off : off + 4] == LONG_TERM_BYTES:
         return None
     value = _field(text, off, 16, "valid_to")
     if value == LONG_TERM:
@@ -376,47 +395,77 @@ def decode_text(text: bytes) -> IdCard:
         card_no = f(122, 36, "card_no")
         birth = _date(f(36, 16, "birth_date"), "birth_date", text)
         fields = dict(
-            name=f(0, 30, "name"), sex_code=f(30, 2, "sex"), birth_date=birth, address=f(52, 70, "address"),
-            card_no=card_no, authority=f(158, 30, "authority"),
-            valid_from=_date(f(188, 16, "valid_from"), "valid_from", text), valid_to=_valid_to(text, 204))
+            name=f(0, 30, "name"),
+            sex_code=f(30, 2, "sex"),
+            birth_date=birth,
+            address=f(52, 70, "address"),
+            card_no=card_no,
+            authority=f(158, 30, "authority"),
+            valid_from=_date(f(188, 16, "valid_from"), "valid_from", text),
+            valid_to=_valid_to(text, 204),
+        )
         if marker == "":
             nation = f(32, 4, "nation")
             if nation not in codes.NATIONS:
                 # The code itself is named (a technician needs it to extend the table); it is two
                 # characters of a code list, never free text.
-                raise ProtocolError(f"unknown nation code {ascii(nation)}: not in the GB 3304 table (01-56, 97, 98)",
-                                    field="nation")
+                raise ProtocolError(
+                    f"unknown nation code {nation!a}: not in the GB 3304 table (01-56, 97, 98)", field="nation"
+                )
             card = IdCard(card_type="0", nation_code=nation, **fields)  # type: ignore[arg-type]
         else:
-            card = IdCard(card_type="1", pass_no=f(220, 18, "pass_no") or None,
-                          issue_count=f(238, 4, "issue_count") or None, **fields)  # type: ignore[arg-type]
+            card = IdCard(
+                card_type="1",
+                pass_no=f(220, 18, "pass_no") or None,
+                issue_count=f(238, 4, "issue_count") or None,
+                **fields,
+            )  # type: ignore[arg-type]
         _check_number(card_no, birth)
     elif marker == "I":
         card = IdCard(
-            card_type="2", english_name=f(0, 120, "english_name"), sex_code=f(120, 2, "sex"),
-            card_no=f(122, 30, "card_no"), nationality=f(152, 6, "nationality"), name=f(158, 30, "name"),
-            valid_from=_date(f(188, 16, "valid_from"), "valid_from", text), valid_to=_valid_to(text, 204),
-            birth_date=_date(f(220, 16, "birth_date"), "birth_date", text), card_version=f(236, 4, "card_version"),
-            authority=f(240, 8, "issuing_office"))
+            card_type="2",
+            english_name=f(0, 120, "english_name"),
+            sex_code=f(120, 2, "sex"),
+            card_no=f(122, 30, "card_no"),
+            nationality=f(152, 6, "nationality"),
+            name=f(158, 30, "name"),
+            valid_from=_date(f(188, 16, "valid_from"), "valid_from", text),
+            valid_to=_valid_to(text, 204),
+            birth_date=_date(f(220, 16, "birth_date"), "birth_date", text),
+            card_version=f(236, 4, "card_version"),
+            authority=f(240, 8, "issuing_office"),
+        )
         if len(card.card_no) != 15:
-            raise ProtocolError(f"foreign permanent resident number must be 15 characters, got {len(card.card_no)}",
-                                field="card_no")
+            raise ProtocolError(
+                f"foreign permanent resident number must be 15 characters, got {len(card.card_no)}", field="card_no"
+            )
     elif marker == "Y":  # 2023 card; layout from a single source (documented in docs/drivers.md)
         birth = _date(f(36, 16, "birth_date"), "birth_date", text)
         card_no = f(122, 36, "card_no")
         nationality, link = f(242, 6, "nationality"), f(250, 6, "old_number_link")
         card = IdCard(
-            card_type="2", name=f(0, 30, "name"), sex_code=f(30, 2, "sex"), issue_count=f(32, 4, "renewal") or None,
-            birth_date=birth, english_name=_y_english_name(text),
-            card_no=card_no, valid_from=_date(f(188, 16, "valid_from"), "valid_from", text),
-            valid_to=_valid_to(text, 204), nationality=nationality,
-            pass_no=link or None, card_version="Y", y_field_158=f(158, 30, "field_158") or None,
-            old_card_no=old_foreign_number(card_no, nationality, link))
+            card_type="2",
+            name=f(0, 30, "name"),
+            sex_code=f(30, 2, "sex"),
+            issue_count=f(32, 4, "renewal") or None,
+            birth_date=birth,
+            english_name=_y_english_name(text),
+            card_no=card_no,
+            valid_from=_date(f(188, 16, "valid_from"), "valid_from", text),
+            valid_to=_valid_to(text, 204),
+            nationality=nationality,
+            pass_no=link or None,
+            card_version="Y",
+            y_field_158=f(158, 30, "field_158") or None,
+            old_card_no=old_foreign_number(card_no, nationality, link),
+        )
         if len(card_no) != 18:
             raise ProtocolError(f"card number must be 18 characters, got {len(card_no)}", field="card_no")
     else:
-        raise ProtocolError(f"unknown card type marker {marker!r} at offset {CARD_TYPE_OFFSET}",
-                            frame_hex=text[CARD_TYPE_OFFSET:CARD_TYPE_OFFSET + 2].hex(" "))
+        raise ProtocolError(
+            f"unknown card type marker {marker!r} at offset {CARD_TYPE_OFFSET}",
+            frame_hex=text[CARD_TYPE_OFFSET : CARD_TYPE_OFFSET + 2].hex(" "),
+        )
     if card.sex_code not in codes.SEX_NAMES:
         raise ProtocolError("unknown sex code: not a GB/T 2261.1 code (0, 1, 2, 9)", field="sex")
     return card
@@ -448,11 +497,22 @@ def old_foreign_number(card_no: str, nationality: str, link: str) -> str | None:
     informational and never stops a read (logged at debug, without the values)."""
     if not link:
         return None
-    if not (len(card_no) == 18 and card_no[:17].isascii() and card_no[:17].isdigit()
-            and len(nationality) == 3 and nationality.isascii() and nationality.isalpha() and nationality.isupper()
-            and len(link) == 3 and link.isascii() and link.isdigit()):
-        log.debug("old number not rebuilt: the link must be 3 digits, the nationality 3 capital letters "
-                  "and the number 17 digits and a check character")
+    if not (
+        len(card_no) == 18
+        and card_no[:17].isascii()
+        and card_no[:17].isdigit()
+        and len(nationality) == 3
+        and nationality.isascii()
+        and nationality.isalpha()
+        and nationality.isupper()
+        and len(link) == 3
+        and link.isascii()
+        and link.isdigit()
+    ):
+        log.debug(
+            "old number not rebuilt: the link must be 3 digits, the nationality 3 capital letters "
+            "and the number 17 digits and a check character"
+        )
         return None
     body = nationality + card_no[1:3] + link[0:2] + card_no[8:14] + link[2]
     return body + mrz_check_digit(body)
@@ -476,7 +536,7 @@ def _put(buf: bytearray, off: int, length: int, value: str) -> None:
     raw = value.encode("utf-16-le")
     if len(raw) > length:
         raise ValueError(f"value too long for the {length}-byte field at {off}")
-    buf[off:off + length] = raw + " ".encode("utf-16-le") * ((length - len(raw)) // 2)
+    buf[off : off + length] = raw + " ".encode("utf-16-le") * ((length - len(raw)) // 2)
 
 
 def _d(value: dt.date | None) -> str:

@@ -22,10 +22,17 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.errors import CardReadError, ConfigError, DeviceNotFound, DeviceTimeout, ProtocolError
-from drivers.base import CardReader, CardReaderSettings, DriverSettings, IdCard
+from core.card import IdCard
+from core.errors import (
+    CardReadError,
+    ConfigError,
+    DeviceNotFound,
+    DeviceTimeout,
+    ProtocolError,
+)
+from drivers.base import CardReader, CardReaderSettings, DriverSettings
 from drivers.card_reader import codec
 
 log = logging.getLogger(__name__)
@@ -46,11 +53,11 @@ class Fault(BaseModel):
 class FakeCardReaderSettings(CardReaderSettings):
     fixtures_dir: str | None = None
     """Directory of card fixtures (default: the shipped samples)."""
-    sequence: list[str] = []
+    sequence: list[str] = Field(default_factory=list)
     """Fixture stems in the order to present them (default: all, sorted by name)."""
     cycle_interval_s: float | None = None
     """Present the next card every so many seconds, cycling forever (soak tests); None: each once."""
-    faults: list[Fault] = []
+    faults: list[Fault] = Field(default_factory=list)
     """Faults injected at given tap numbers."""
 
     @field_validator("cycle_interval_s")
@@ -69,8 +76,9 @@ def _date(value: Any, key: str, path: Path) -> dt.date | None:
     try:
         return dt.date.fromisoformat(str(value))
     except ValueError:
-        raise ConfigError(f"card fixture {path.name}: {key} must be YYYY-MM-DD",
-                          problems=[(key, "must be an ISO date YYYY-MM-DD")]) from None
+        raise ConfigError(
+            f"card fixture {path.name}: {key} must be YYYY-MM-DD", problems=[(key, "must be an ISO date YYYY-MM-DD")]
+        ) from None
 
 
 def load_fixture(path: Path) -> IdCard:
@@ -90,8 +98,10 @@ def load_fixture(path: Path) -> IdCard:
     wlt = doc.pop("photo_wlt", None)
     unknown = set(doc) - fields
     if unknown:
-        raise ConfigError(f"card fixture {path.name}: unknown keys {sorted(unknown)}",
-                          problems=[(k, "unknown key") for k in sorted(unknown)])
+        raise ConfigError(
+            f"card fixture {path.name}: unknown keys {sorted(unknown)}",
+            problems=[(k, "unknown key") for k in sorted(unknown)],
+        )
     for key in ("birth_date", "valid_from", "valid_to"):
         if key in doc:
             doc[key] = _date(doc[key], key, path)
@@ -113,8 +123,10 @@ def load_fixtures(directory: Path, sequence: list[str] | None = None) -> list[Id
     if sequence:
         missing = [s for s in sequence if s not in files]
         if missing:
-            raise ConfigError(f"sequence names fixtures not in {directory}: {missing}",
-                              problems=[("sequence", f"no fixture {m!r}") for m in missing])
+            raise ConfigError(
+                f"sequence names fixtures not in {directory}: {missing}",
+                problems=[("sequence", f"no fixture {m!r}") for m in missing],
+            )
         return [load_fixture(files[s]) for s in sequence]
     return [load_fixture(p) for p in files.values()]
 
@@ -150,8 +162,11 @@ class FakeCardReader(CardReader):
             self._unplugged = False
         directory = Path(self.settings.fixtures_dir) if self.settings.fixtures_dir else SAMPLES_DIR
         if not directory.is_dir():
-            raise DeviceNotFound(f"fake reader fixtures directory not found: {directory}", device=str(directory),
-                                 hint="set [card_reader] fixtures_dir to a directory of card fixtures")
+            raise DeviceNotFound(
+                f"fake reader fixtures directory not found: {directory}",
+                device=str(directory),
+                hint="set [card_reader] fixtures_dir to a directory of card fixtures",
+            )
         if not self._cards:
             self._cards = load_fixtures(directory, self.settings.sequence or None)
             if self.settings.cycle_interval_s is None:
@@ -188,7 +203,10 @@ class FakeCardReader(CardReader):
             frame = bytes.fromhex("aaaaaa966900040000909b")
             raise ProtocolError("bad checksum: CHK is 0x9B, computed 0x94 (injected)", frame_hex=frame.hex(" "))
         if kind == "pulled":
-            raise CardReadError(f"SAM status 0x41: {codec.status_meaning(0x41)} (injected: card pulled)",
-                                sw3="0x41", meaning=codec.status_meaning(0x41))
+            raise CardReadError(
+                f"SAM status 0x41: {codec.status_meaning(0x41)} (injected: card pulled)",
+                sw3="0x41",
+                meaning=codec.status_meaning(0x41),
+            )
         self._unplugged = True
         raise DeviceNotFound("fake reader unplugged (injected)", device=self.describe())

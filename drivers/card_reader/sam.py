@@ -24,9 +24,16 @@ from typing import Any, ClassVar
 
 from pydantic import field_validator
 
-from agent.errors import CardReadError, DeviceNotFound, DeviceTimeout, DriverError, ProtocolError
-from agent.privacy import mask_card_no
-from drivers.base import CardReader, CardReaderSettings, DriverSettings, IdCard, ProbeResult
+from core.card import IdCard
+from core.errors import (
+    CardReadError,
+    DeviceNotFound,
+    DeviceTimeout,
+    DriverError,
+    ProtocolError,
+)
+from core.privacy import mask_card_no
+from drivers.base import CardReader, CardReaderSettings, DriverSettings, ProbeResult
 from drivers.card_reader import codec
 
 log = logging.getLogger(__name__)
@@ -123,17 +130,28 @@ class _SamReader(CardReader):
             try:
                 found = self.exchange(codec.FIND_CARD)
             except ProtocolError as exc:
-                raise DriverError(f"reader answered find-card with a bad frame: {exc.message}",
-                                  device=self.describe(), frame_hex=exc.frame_hex) from exc
+                raise DriverError(
+                    f"reader answered find-card with a bad frame: {exc.message}",
+                    device=self.describe(),
+                    frame_hex=exc.frame_hex,
+                ) from exc
             if found.sw3 != SW_GARBLED_COMMAND:
                 break
-            log.debug("%s: SAM answered find-card with 0x10 (attempt %d of %d): sending it again",
-                      self.name, attempt, FIND_ATTEMPTS)
+            log.debug(
+                "%s: SAM answered find-card with 0x10 (attempt %d of %d): sending it again",
+                self.name,
+                attempt,
+                FIND_ATTEMPTS,
+            )
         if found.sw3 not in (codec.SW_FIND_OK, codec.SW_NO_CARD, codec.SW_SELECT_FAILED):
-            raise DriverError(f"SAM status 0x{found.sw3:02X} on find-card: {found.meaning}", device=self.describe(),
-                              sw3=f"0x{found.sw3:02X}", meaning=found.meaning,
-                              hint="the reader is reopened with backoff; if this persists, power-cycle the reader "
-                                   "or have its SAM module checked")
+            raise DriverError(
+                f"SAM status 0x{found.sw3:02X} on find-card: {found.meaning}",
+                device=self.describe(),
+                sw3=f"0x{found.sw3:02X}",
+                meaning=found.meaning,
+                hint="the reader is reopened with backoff; if this persists, power-cycle the reader "
+                "or have its SAM module checked",
+            )
         return found
 
     def _decode_photo(self, card: IdCard) -> IdCard:
@@ -161,8 +179,11 @@ class _SamReader(CardReader):
         except (DeviceNotFound, DeviceTimeout, ProtocolError, CardReadError) as exc:
             return ProbeResult(False, str(exc))
         ok = status.sw3 == codec.SW_OK
-        return ProbeResult(ok, f"{self.describe()}: SAM {sam_id}, status {status.meaning}",
-                           {"sam_id": sam_id, "sw3": f"0x{status.sw3:02X}"})
+        return ProbeResult(
+            ok,
+            f"{self.describe()}: SAM {sam_id}, status {status.meaning}",
+            {"sam_id": sam_id, "sw3": f"0x{status.sw3:02X}"},
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,8 +229,11 @@ class SamSerialReader(_SamReader):
         else:
             ports = sorted(p for pattern in AUTO_PORT_PATTERNS for p in glob.glob(pattern))
             if not ports:
-                raise DeviceNotFound("no serial port found (/dev/ttyUSB*, /dev/ttyACM*)", device="auto",
-                                     hint="plug the reader in, or set [card_reader] port")
+                raise DeviceNotFound(
+                    "no serial port found (/dev/ttyUSB*, /dev/ttyACM*)",
+                    device="auto",
+                    hint="plug the reader in, or set [card_reader] port",
+                )
         rates = [self.settings.baudrate] if self.settings.baudrate else list(BAUD_RATES)
         errors = []
         for port in ports:
@@ -232,18 +256,25 @@ class SamSerialReader(_SamReader):
                 except (DeviceTimeout, ProtocolError) as exc:
                     errors.append(f"{port}@{rate}: {exc}")
                 self._disconnect()
-        raise DeviceNotFound("no SAM reader answered on " + ", ".join(ports), device=",".join(ports),
-                             hint="check the cable and the port; tried " + "; ".join(errors[-3:]))
+        raise DeviceNotFound(
+            "no SAM reader answered on " + ", ".join(ports),
+            device=",".join(ports),
+            hint="check the cable and the port; tried " + "; ".join(errors[-3:]),
+        )
 
     def _connect(self, port: str, rate: int) -> None:
         import serial
 
         try:
-            self._serial = serial.serial_for_url(port, baudrate=rate, bytesize=8, parity="N", stopbits=1,
-                                                 timeout=0.05, write_timeout=1.0)
+            self._serial = serial.serial_for_url(
+                port, baudrate=rate, bytesize=8, parity="N", stopbits=1, timeout=0.05, write_timeout=1.0
+            )
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise DeviceNotFound(f"cannot open serial port {port}: {exc}", device=port,
-                                 hint="check the port name and that fvagent may open it (dialout group / udev rule)") from exc
+            raise DeviceNotFound(
+                f"cannot open serial port {port}: {exc}",
+                device=port,
+                hint="check the port name and that fvagent may open it (dialout group / udev rule)",
+            ) from exc
         self.port, self.baudrate = port, rate
 
     def _disconnect(self) -> None:
@@ -259,8 +290,11 @@ class SamSerialReader(_SamReader):
 
     def _gone(self, exc: BaseException) -> DeviceNotFound:
         self._disconnect()
-        return DeviceNotFound(f"serial reader gone: {exc}", device=self.port,
-                              hint="check the cable; the reader is reopened when it comes back")
+        return DeviceNotFound(
+            f"serial reader gone: {exc}",
+            device=self.port,
+            hint="check the cable; the reader is reopened when it comes back",
+        )
 
     def _send(self, frame: bytes) -> None:
         import serial
@@ -283,8 +317,11 @@ class SamSerialReader(_SamReader):
         buf = bytearray(got)
         while len(buf) < n:
             if time.monotonic() > deadline:
-                raise DeviceTimeout(f"reader did not answer: {len(buf)} of {n} bytes received", device=self.port,
-                                    frame_hex=codec.frame_hex(bytes(buf)) if buf else None)
+                raise DeviceTimeout(
+                    f"reader did not answer: {len(buf)} of {n} bytes received",
+                    device=self.port,
+                    frame_hex=codec.frame_hex(bytes(buf)) if buf else None,
+                )
             try:
                 chunk = self._serial.read(n - len(buf))
             except (serial.SerialException, OSError, _TermiosError, TypeError, AttributeError) as exc:
@@ -317,7 +354,7 @@ class SamSerialReader(_SamReader):
             tail = self._serial.read(min(self._serial.in_waiting, CAPTURE_PREFIX_MAX))
         except Exception:  # the capture is best effort; the read itself succeeded
             tail = b""
-        head = self._skipped[-codec.ENVELOPE_HEAD_LEN:]
+        head = self._skipped[-codec.ENVELOPE_HEAD_LEN :]
         prefix = head if codec.is_envelope(head + frame) else b""  # line noise is no part of the answer
         return prefix + frame + bytes(tail)
 
@@ -356,8 +393,9 @@ class SamUsbReader(_SamReader):
     Settings: ClassVar[type[DriverSettings]] = SamUsbSettings
     settings: SamUsbSettings
 
-    def __init__(self, settings: DriverSettings | None = None, *, name: str | None = None,
-                 usb_device: Any = None) -> None:
+    def __init__(
+        self, settings: DriverSettings | None = None, *, name: str | None = None, usb_device: Any = None
+    ) -> None:
         super().__init__(settings, name=name or "sam-usb")
         self._injected = usb_device
         self._dev: Any = None
@@ -377,11 +415,15 @@ class SamUsbReader(_SamReader):
             try:
                 dev = usb.core.find(idVendor=int(s.vid, 16), idProduct=int(s.pid, 16))
             except usb.core.NoBackendError as exc:
-                raise DeviceNotFound("no libusb backend", device=self.describe(),
-                                     hint="install libusb-1.0 (apt install libusb-1.0-0)") from exc
+                raise DeviceNotFound(
+                    "no libusb backend", device=self.describe(), hint="install libusb-1.0 (apt install libusb-1.0-0)"
+                ) from exc
             if dev is None:
-                raise DeviceNotFound(f"no USB device {s.vid}:{s.pid}", device=self.describe(),
-                                     hint="check the cable, lsusb, and [card_reader] vid/pid")
+                raise DeviceNotFound(
+                    f"no USB device {s.vid}:{s.pid}",
+                    device=self.describe(),
+                    hint="check the cable, lsusb, and [card_reader] vid/pid",
+                )
         self._ep_out, self._ep_in = s.endpoint_out, s.endpoint_in
         if self._ep_out is None or self._ep_in is None:
             self._ep_out, self._ep_in = self._find_endpoints(dev)
@@ -397,10 +439,17 @@ class SamUsbReader(_SamReader):
         intf = dev.get_active_configuration()[(self.settings.interface, 0)]
 
         def find(direction: int) -> int:
-            ep = usb.util.find_descriptor(intf, custom_match=lambda e: usb.util.endpoint_direction(
-                e.bEndpointAddress) == direction and usb.util.endpoint_type(e.bmAttributes) == usb.util.ENDPOINT_TYPE_BULK)
+            ep = usb.util.find_descriptor(
+                intf,
+                custom_match=lambda e: (
+                    usb.util.endpoint_direction(e.bEndpointAddress) == direction
+                    and usb.util.endpoint_type(e.bmAttributes) == usb.util.ENDPOINT_TYPE_BULK
+                ),
+            )
             if ep is None:
-                raise DeviceNotFound(f"interface {self.settings.interface} has no bulk endpoint", device=self.describe())
+                raise DeviceNotFound(
+                    f"interface {self.settings.interface} has no bulk endpoint", device=self.describe()
+                )
             return int(ep.bEndpointAddress)
 
         return find(usb.util.ENDPOINT_OUT), find(usb.util.ENDPOINT_IN)
@@ -419,8 +468,11 @@ class SamUsbReader(_SamReader):
         errno = getattr(exc, "errno", None)
         if errno in (110, 60) or "timeout" in str(exc).lower():  # ETIMEDOUT (Linux, macOS)
             return DeviceTimeout(f"USB reader did not answer: {exc}", device=self.describe())
-        return DeviceNotFound(f"USB reader gone: {exc}", device=self.describe(),
-                              hint="check the cable; the reader is reopened when it comes back")
+        return DeviceNotFound(
+            f"USB reader gone: {exc}",
+            device=self.describe(),
+            hint="check the cable; the reader is reopened when it comes back",
+        )
 
     def _send(self, frame: bytes) -> None:
         if self._dev is None:
@@ -439,8 +491,9 @@ class SamUsbReader(_SamReader):
         while need is None or len(buf) < need:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
-                raise DeviceTimeout(f"USB reader did not answer: {len(buf)} of {need or codec.HEADER_LEN} bytes",
-                                    device=self.describe())
+                raise DeviceTimeout(
+                    f"USB reader did not answer: {len(buf)} of {need or codec.HEADER_LEN} bytes", device=self.describe()
+                )
             try:
                 chunk = self._dev.read(self._ep_in, max(self.settings.packet_size, 4096), left_ms)
             except Exception as exc:

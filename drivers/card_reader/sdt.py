@@ -26,9 +26,16 @@ from typing import Any, ClassVar
 
 from pydantic import field_validator
 
-from agent.errors import CardReadError, DeviceNotFound, DeviceTimeout, DriverError, ProtocolError
-from agent.privacy import mask_card_no
-from drivers.base import CardReader, CardReaderSettings, DriverSettings, IdCard, ProbeResult
+from core.card import IdCard
+from core.errors import (
+    CardReadError,
+    DeviceNotFound,
+    DeviceTimeout,
+    DriverError,
+    ProtocolError,
+)
+from core.privacy import mask_card_no
+from drivers.base import CardReader, CardReaderSettings, DriverSettings, ProbeResult
 from drivers.card_reader import codec
 
 log = logging.getLogger(__name__)
@@ -53,8 +60,17 @@ UNPACK_BUFFER = 65536
 APPENDED_ADDRESS_LEN = 70
 """One appended address (追加住址): 35 UCS-2 characters; a card holds up to four."""
 
-ELF_MACHINES = {3: "x86 (i386)", 8: "mips", 20: "powerpc", 21: "ppc64", 40: "arm (32-bit)", 62: "x86_64",
-                183: "aarch64 (arm64)", 243: "riscv", 258: "loongarch"}
+ELF_MACHINES = {
+    3: "x86 (i386)",
+    8: "mips",
+    20: "powerpc",
+    21: "ppc64",
+    40: "arm (32-bit)",
+    62: "x86_64",
+    183: "aarch64 (arm64)",
+    243: "riscv",
+    258: "loongarch",
+}
 
 
 def status_meaning(code: int) -> str:
@@ -62,6 +78,7 @@ def status_meaning(code: int) -> str:
 
 
 # -- the library file ---------------------------------------------------------------------------------
+
 
 def elf_architecture(path: str | Path) -> tuple[int, int]:
     """``(EI_CLASS, e_machine)`` of an ELF file (1 = 32-bit, 2 = 64-bit). Raises ``ValueError``
@@ -96,8 +113,10 @@ def check_library(path: str) -> None:
     except (OSError, ValueError):  # not an ELF platform: let the loader decide
         return
     if lib_arch != own_arch:
-        raise ValueError(f"{path} is built for {_arch_name(*lib_arch)}, but this machine runs "
-                         f"{_arch_name(*own_arch)}: install the vendor's build for this architecture")
+        raise ValueError(
+            f"{path} is built for {_arch_name(*lib_arch)}, but this machine runs "
+            f"{_arch_name(*own_arch)}: install the vendor's build for this architecture"
+        )
 
 
 class SdtSettings(CardReaderSettings):
@@ -137,8 +156,11 @@ def _load(path: str) -> ctypes.CDLL:
         with _load_lock:
             return ctypes.CDLL(path)
     except (OSError, ValueError) as exc:
-        raise DeviceNotFound(f"cannot load the SDT library: {exc}", device=path,
-                             hint="set [card_reader] library to the vendor's .so for this machine") from exc
+        raise DeviceNotFound(
+            f"cannot load the SDT library: {exc}",
+            device=path,
+            hint="set [card_reader] library to the vendor's .so for this machine",
+        ) from exc
 
 
 def _declare(lib: ctypes.CDLL, name: str, *argtypes: Any) -> Any:
@@ -173,9 +195,12 @@ class SdtReader(CardReader):
         lib = _load(self.settings.library)
         missing = [n for n in REQUIRED if not hasattr(lib, n)]
         if missing:
-            raise DriverError(f"the SDT library lacks {', '.join(missing)}", device=self.settings.library,
-                              hint="this is not an SDT-API library; use the vendor's libsdtapi-style .so, "
-                                   "or a driver that speaks the reader's protocol (sam-serial, sam-usb)")
+            raise DriverError(
+                f"the SDT library lacks {', '.join(missing)}",
+                device=self.settings.library,
+                hint="this is not an SDT-API library; use the vendor's libsdtapi-style .so, "
+                "or a driver that speaks the reader's protocol (sam-serial, sam-usb)",
+            )
         port, buf, uint = ctypes.c_int, _BUF, _UINT
         fn = {
             "SDT_OpenPort": _declare(lib, "SDT_OpenPort", port),
@@ -189,14 +214,20 @@ class SdtReader(CardReader):
         if hasattr(lib, "SDT_GetSAMStatus"):
             fn["SDT_GetSAMStatus"] = _declare(lib, "SDT_GetSAMStatus", port, ctypes.c_int)
         photo_lib = _load(self.settings.photo_library) if self.settings.photo_library else lib
-        self._unpack = (_declare(photo_lib, "unpack", ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)
-                        if hasattr(photo_lib, "unpack") else None)
+        self._unpack = (
+            _declare(photo_lib, "unpack", ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)
+            if hasattr(photo_lib, "unpack")
+            else None
+        )
         rc = fn["SDT_OpenPort"](self.settings.port)
         if rc != codec.SW_OK:
-            raise DeviceNotFound(f"SDT_OpenPort({self.settings.port}) returned 0x{rc:02X}: {status_meaning(rc)}",
-                                 device=self.describe(), sw3=f"0x{rc:02X}",
-                                 hint="check the cable and [card_reader] port (1-16 serial, 1001-1016 USB), "
-                                      "and that fvagent may open the device (udev rule / dialout group)")
+            raise DeviceNotFound(
+                f"SDT_OpenPort({self.settings.port}) returned 0x{rc:02X}: {status_meaning(rc)}",
+                device=self.describe(),
+                sw3=f"0x{rc:02X}",
+                hint="check the cable and [card_reader] port (1-16 serial, 1001-1016 USB), "
+                "and that fvagent may open the device (udev rule / dialout group)",
+            )
         self._fn = fn
 
     def _close(self) -> None:
@@ -217,8 +248,13 @@ class SdtReader(CardReader):
             return DeviceTimeout(message, device=self.describe())
         if rc in (0x01, 0x05):
             return DeviceNotFound(message, device=self.describe(), hint="check the reader's cable and power")
-        return DriverError(message, device=self.describe(), sw3=f"0x{rc:02X}", meaning=status_meaning(rc),
-                           hint="the reader is reopened with backoff; if this persists, power-cycle the reader")
+        return DriverError(
+            message,
+            device=self.describe(),
+            sw3=f"0x{rc:02X}",
+            meaning=status_meaning(rc),
+            hint="the reader is reopened with backoff; if this persists, power-cycle the reader",
+        )
 
     def _find(self) -> bool:
         iin = (ctypes.c_ubyte * 16)()  # 4 bytes on the wire; some SDKs write 8
@@ -249,8 +285,11 @@ class SdtReader(CardReader):
         if rc != codec.SW_OK:
             raise self._card_error("SDT_ReadBaseMsg", rc)
         if (text_len.value, photo_len.value) != (codec.TEXT_LEN, codec.WLT_LEN):
-            raise ProtocolError(f"SDT_ReadBaseMsg returned {text_len.value} text and {photo_len.value} photo bytes, "
-                                f"must be {codec.TEXT_LEN} and {codec.WLT_LEN}", device=self.describe())
+            raise ProtocolError(
+                f"SDT_ReadBaseMsg returned {text_len.value} text and {photo_len.value} photo bytes, "
+                f"must be {codec.TEXT_LEN} and {codec.WLT_LEN}",
+                device=self.describe(),
+            )
         if self.keep_raw_answer:  # no frame crosses the library: rebuild the SAM's answer
             self.raw_answer = codec.build_response(codec.SW_OK, codec.build_read_data(bytes(text), bytes(photo)))
         card = codec.decode_text(bytes(text))
@@ -262,8 +301,9 @@ class SdtReader(CardReader):
     def _card_error(self, name: str, rc: int) -> DriverError:
         if rc in SDK_STATUS:
             return self._fault(name, rc)
-        return CardReadError(f"{name} returned 0x{rc:02X}: {status_meaning(rc)}", sw3=f"0x{rc:02X}",
-                             meaning=status_meaning(rc))
+        return CardReadError(
+            f"{name} returned 0x{rc:02X}: {status_meaning(rc)}", sw3=f"0x{rc:02X}", meaning=status_meaning(rc)
+        )
 
     def _appended_address(self) -> str | None:
         """The newest address added to the card after issue (追加住址), when the library reads it."""
@@ -273,13 +313,19 @@ class SdtReader(CardReader):
         rc = self._call("SDT_ReadNewAppMsg", buf, ctypes.byref(length), 0)
         if rc != codec.SW_OK:  # 0x91 (none) is the usual answer; the base read stands either way
             if rc != SW_NO_APPENDED_ADDRESS:
-                log.warning("%s: appended address not read: SDT_ReadNewAppMsg returned 0x%02X: %s",
-                            self.name, rc, status_meaning(rc))
+                log.warning(
+                    "%s: appended address not read: SDT_ReadNewAppMsg returned 0x%02X: %s",
+                    self.name,
+                    rc,
+                    status_meaning(rc),
+                )
             return None
-        raw = bytes(buf)[:min(length.value, APPENDED_ADDRESS_LEN * 4)]
+        raw = bytes(buf)[: min(length.value, APPENDED_ADDRESS_LEN * 4)]
         try:
-            parts = [raw[i:i + APPENDED_ADDRESS_LEN].decode("utf-16-le").strip(" \x00")
-                     for i in range(0, len(raw) - len(raw) % 2, APPENDED_ADDRESS_LEN)]
+            parts = [
+                raw[i : i + APPENDED_ADDRESS_LEN].decode("utf-16-le").strip(" \x00")
+                for i in range(0, len(raw) - len(raw) % 2, APPENDED_ADDRESS_LEN)
+            ]
         except UnicodeDecodeError:
             log.warning("%s: appended address not read: not valid UCS-2", self.name)
             return None
@@ -296,8 +342,9 @@ class SdtReader(CardReader):
             from drivers.card_reader.wlt import WltDecodeError, decode_wlt_to_jpeg
 
             try:
-                return dataclasses.replace(card, photo_jpeg=decode_wlt_to_jpeg(card.photo_wlt,
-                                                                               self.settings.wlt_decoder))
+                return dataclasses.replace(
+                    card, photo_jpeg=decode_wlt_to_jpeg(card.photo_wlt, self.settings.wlt_decoder)
+                )
             except WltDecodeError as exc:  # keep the raw WLT: the record waits held, nothing is lost
                 log.warning("%s: card photo kept undecoded: %s", self.name, exc)
         return card
@@ -307,14 +354,18 @@ class SdtReader(CardReader):
         BMP (starts with "BM") or the raw 102x126 BGR pixels, depending on the vendor build."""
         import numpy as np
 
-        from agent.images import ImageError, decode_image, encode_jpeg
+        from core.images import ImageError, decode_image, encode_jpeg
         from drivers.card_reader.wlt import BGR_LEN, HEIGHT, WIDTH
 
         out = ctypes.create_string_buffer(UNPACK_BUFFER)
         rc = self._unpack(bytes(wlt), ctypes.addressof(out), self.settings.unpack_arg)
         if rc != UNPACK_OK:
-            log.warning("%s: card photo kept undecoded: unpack() returned %d (unpack_arg %d)", self.name, rc,
-                        self.settings.unpack_arg)
+            log.warning(
+                "%s: card photo kept undecoded: unpack() returned %d (unpack_arg %d)",
+                self.name,
+                rc,
+                self.settings.unpack_arg,
+            )
             return None
         raw = out.raw
         try:
@@ -336,6 +387,6 @@ class SdtReader(CardReader):
                 rc = self._call("SDT_GetSAMStatus", 0)
         except DriverError as exc:
             return ProbeResult(False, str(exc))
-        return ProbeResult(rc == codec.SW_OK, f"{self.describe()}: SAM status 0x{rc:02X} {status_meaning(rc)}",
-                           {"sw3": f"0x{rc:02X}"})
-
+        return ProbeResult(
+            rc == codec.SW_OK, f"{self.describe()}: SAM status 0x{rc:02X} {status_meaning(rc)}", {"sw3": f"0x{rc:02X}"}
+        )

@@ -24,23 +24,30 @@ import threading
 import tty
 from pathlib import Path
 
-from drivers.base import IdCard
+from core.card import IdCard
 from drivers.card_reader import codec
 
 log = logging.getLogger(__name__)
 
-SAM_ID_DATA = bytes([5, 0, 1, 0]) + (20260101).to_bytes(4, "little") + (1234).to_bytes(4, "little") + \
-    (5678).to_bytes(4, "little")
+SAM_ID_DATA = (
+    bytes([5, 0, 1, 0]) + (20260101).to_bytes(4, "little") + (1234).to_bytes(4, "little") + (5678).to_bytes(4, "little")
+)
 SYNTHETIC_WLT = b"WLf\x00~\x002\x00\x00\xff\x85" + bytes(range(256)) * 3 + bytes(1024 - 11 - 768)
 """A 1024-byte stand-in for a card photo (the magic of real WLT data, then filler)."""
 
-_SPEEDS = {115200: termios.B115200, 57600: termios.B57600, 38400: termios.B38400, 19200: termios.B19200,
-           9600: termios.B9600}
+_SPEEDS = {
+    115200: termios.B115200,
+    57600: termios.B57600,
+    38400: termios.B38400,
+    19200: termios.B19200,
+    9600: termios.B9600,
+}
 
 
 class SamSimulator:
-    def __init__(self, port: Path, *, baudrate: int | None = None, envelope: bool = False,
-                 trailing: bytes = b"") -> None:
+    def __init__(
+        self, port: Path, *, baudrate: int | None = None, envelope: bool = False, trailing: bytes = b""
+    ) -> None:
         self.port = Path(port)
         self.baudrate = baudrate
         self.envelope = envelope
@@ -145,7 +152,7 @@ class SamSimulator:
                 if len(buf) < codec.HEADER_LEN:
                     break
                 try:
-                    total = codec.frame_length(buf[:codec.HEADER_LEN])
+                    total = codec.frame_length(buf[: codec.HEADER_LEN])
                 except Exception:
                     buf = buf[1:]
                     continue

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.errors import DriverError
+from core.errors import DriverError
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +42,24 @@ def _load(path: str | Path) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
     lib = _cache.get(key)
     if lib is None:
         if not Path(key).is_file():
-            raise WltDecodeError(f"WLT decoder library not found: {key}",
-                                 hint="set [card_reader] wlt_decoder to the vendor shim's .so (docs/drivers.md)")
+            raise WltDecodeError(
+                f"WLT decoder library not found: {key}",
+                hint="set [card_reader] wlt_decoder to the vendor shim's .so (docs/drivers.md)",
+            )
         try:
             lib = ctypes.CDLL(key)
         except OSError as exc:
-            raise WltDecodeError(f"cannot load WLT decoder {key}: {exc}",
-                                 hint="is it built for this machine's architecture?") from exc
+            raise WltDecodeError(
+                f"cannot load WLT decoder {key}: {exc}", hint="is it built for this machine's architecture?"
+            ) from exc
         _cache[key] = lib
     try:
         fn = getattr(lib, SYMBOL)
     except AttributeError:
-        raise WltDecodeError(f"WLT decoder {key} has no function {SYMBOL}",
-                             hint="the shim must export int fvagent_wlt_decode(...) (docs/drivers.md)") from None
+        raise WltDecodeError(
+            f"WLT decoder {key} has no function {SYMBOL}",
+            hint="the shim must export int fvagent_wlt_decode(...) (docs/drivers.md)",
+        ) from None
     fn.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
     fn.restype = ctypes.c_int
     return fn
@@ -73,6 +78,6 @@ def decode_wlt_to_bgr(wlt: bytes, decoder_path: str | Path) -> np.ndarray:
 
 def decode_wlt_to_jpeg(wlt: bytes, decoder_path: str | Path) -> bytes:
     """Decode ``wlt`` and return the photo as JPEG (the record's headImg). Raises ``WltDecodeError``."""
-    from agent.images import encode_jpeg
+    from core.images import encode_jpeg
 
     return encode_jpeg(decode_wlt_to_bgr(wlt, decoder_path))

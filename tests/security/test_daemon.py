@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from agent.config import parse_config
-from agent.errors import ConfigError
 from agent.mock_platform import MockPlatform
 from agent.service import samples
+from core.errors import ConfigError
 from tests.test_localapi import API_TOKEN, open_outbox, verification_body
 from tests.waiting import daemon_api_url, wait_for
 
@@ -44,11 +44,18 @@ def mock() -> Iterator[MockPlatform]:
 def agent_doc(tmp_path: Path, mock: MockPlatform, *, environment: str) -> dict[str, Any]:
     """Fake reader and camera, relay mode (no face engine to load), relay ingest on, the mock platform."""
     return {
-        "device": {"machine_code": "SEC-TSR-0001", "device_no": "0001", "manufacturer": "测试厂商", "model": "T-1",
-                   "purchase_date": "2024-06-01", "dept_id": "0601", "dept_name": "妇产科",
-                   "register_user": "测试员", "operator": "测试护士"},
-        "platform": {**mock.platform_section(), "environment": environment, "timeout_s": 3.0,
-                     "connect_timeout_s": 1.0},
+        "device": {
+            "machine_code": "SEC-TSR-0001",
+            "device_no": "0001",
+            "manufacturer": "测试厂商",
+            "model": "T-1",
+            "purchase_date": "2024-06-01",
+            "dept_id": "0601",
+            "dept_name": "妇产科",
+            "register_user": "测试员",
+            "operator": "测试护士",
+        },
+        "platform": {**mock.platform_section(), "environment": environment, "timeout_s": 3.0, "connect_timeout_s": 1.0},
         "storage": {"dir": str(tmp_path / "state")},
         "uploader": {"backoff_initial_s": 0.05, "backoff_max_s": 0.3, "poll_interval_s": 0.05, "max_rps": 100.0},
         "card_reader": {"driver": "fake", "poll_interval_s": 0.05},
@@ -102,8 +109,9 @@ def test_fake_driver_records_are_held_never_sent_to_a_production_platform(tmp_pa
         outbox.close()
 
 
-def test_simulated_records_queued_in_test_are_held_once_the_platform_is_production(tmp_path: Path,
-                                                                                   mock: MockPlatform) -> None:
+def test_simulated_records_queued_in_test_are_held_once_the_platform_is_production(
+    tmp_path: Path, mock: MockPlatform
+) -> None:
     from agent.service.service import Service
 
     test_settings = parse_config(agent_doc(tmp_path, mock, environment="test"))
@@ -111,8 +119,12 @@ def test_simulated_records_queued_in_test_are_held_once_the_platform_is_producti
     payload = {"cardNo": "450103199203150247", "realName": "测试"}
     queued = outbox.enqueue(payload, simulated=True)
     outbox.close()
-    production = parse_config({**agent_doc(tmp_path, mock, environment="production"),
-                               "card_reader": {"driver": "fake", "sequence": ["01-resident"], "poll_interval_s": 5.0}})
+    production = parse_config(
+        {
+            **agent_doc(tmp_path, mock, environment="production"),
+            "card_reader": {"driver": "fake", "sequence": ["01-resident"], "poll_interval_s": 5.0},
+        }
+    )
     service = Service(production, start_local_api=False)
     service.start()
     try:
@@ -134,16 +146,23 @@ def test_a_second_fvagent_run_exits_2_and_the_first_keeps_working(tmp_path: Path
     config.chmod(0o600)
     status_file = tmp_path / "state" / "status.json"
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], cwd=ROOT,
-                             stdout=log, stderr=subprocess.STDOUT)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
-        url = wait_for(lambda: daemon_api_url(first, status_file, tmp_path / "first.log"), 60,
-                       "the first daemon running")
+        url = wait_for(
+            lambda: daemon_api_url(first, status_file, tmp_path / "first.log"), 60, "the first daemon running"
+        )
         wait_for(lambda: len(delivered_cards(mock)) >= FAKE_CARDS, 30, "the first daemon's fake cards delivered")
         outbox = open_outbox(parse_config(agent_doc(tmp_path, mock, environment="test")))
         before = outbox.stats()["total"]
-        second = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(config)], cwd=ROOT,
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 2, second.stderr
         assert f"already running (pid {first.pid})" in second.stderr
         assert outbox.stats()["total"] == before  # its reader loop never ran: no duplicate verification
@@ -163,16 +182,26 @@ def test_a_second_fvagent_run_exits_2_and_the_first_keeps_working(tmp_path: Path
 
 
 def _check(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", "config", "check", str(path), *extra], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "config", "check", str(path), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_config_check_fails_on_the_examples_placeholders(tmp_path: Path) -> None:
     """A technician who copies the example and fills in nothing does not get "valid"."""
     done = _check(EXAMPLE)
     assert done.returncode == 2
-    for key in ("device.machine_code", "platform.org_app_id", "platform.org_app_secret", "platform.auth.ticket",
-                "platform.base_url"):
+    for key in (
+        "device.machine_code",
+        "platform.org_app_id",
+        "platform.org_app_secret",
+        "platform.auth.ticket",
+        "platform.base_url",
+    ):
         assert f"  {key}: " in done.stderr, key
     assert "change-me-16byte" not in done.stderr  # a secret's value is never echoed
 
@@ -181,9 +210,14 @@ def test_the_example_installs_the_real_drivers_and_fakes_fail_in_production(tmp_
     text = EXAMPLE.read_text(encoding="utf-8")
     assert 'driver = "sam-serial"' in text and 'driver = "opencv"' in text
     assert all(line.lstrip().startswith("#") for line in text.splitlines() if 'driver = "fake"' in line)
-    filled = (text.replace("change-me-machine-code", "GX-TSR-450103-0007").replace("change-me-serial", "0007")
-              .replace("change-me-org-app-id", "HMPT450000000001").replace("change-me-16byte", "Gx7#kP2!mQ9zR4tW")
-              .replace("change-me-esb-ticket", "esb-0123456789").replace("gfe.example.gov.cn", "gfe.gxwjw.test"))
+    filled = (
+        text.replace("change-me-machine-code", "GX-TSR-450103-0007")
+        .replace("change-me-serial", "0007")
+        .replace("change-me-org-app-id", "HMPT450000000001")
+        .replace("change-me-16byte", "Gx7#kP2!mQ9zR4tW")
+        .replace("change-me-esb-ticket", "esb-0123456789")
+        .replace("gfe.example.gov.cn", "gfe.gxwjw.test")
+    )
     real = tmp_path / "real.toml"
     real.write_text(filled, encoding="utf-8")
     real.chmod(0o600)
@@ -195,8 +229,12 @@ def test_the_example_installs_the_real_drivers_and_fakes_fail_in_production(tmp_
     assert done.returncode == 2
     assert "card_reader.driver: " in done.stderr and 'environment = "test"' in done.stderr
     test_env = tmp_path / "test.toml"
-    test_env.write_text(filled.replace('driver = "sam-serial"', 'driver = "fake"').replace(
-        "\n[platform]\n", '\n[platform]\nenvironment = "test"\n', 1), encoding="utf-8")
+    test_env.write_text(
+        filled.replace('driver = "sam-serial"', 'driver = "fake"').replace(
+            "\n[platform]\n", '\n[platform]\nenvironment = "test"\n', 1
+        ),
+        encoding="utf-8",
+    )
     test_env.chmod(0o600)
     assert _check(test_env, "--no-drivers").returncode == 0
 

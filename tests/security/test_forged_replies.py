@@ -42,15 +42,17 @@ def forged(tmp_path: Path) -> Iterator[Any]:
 
     class Env:
         server = platform
-        settings = agent_config(tmp_path / "fvagent.toml", url=platform.url, state_dir=tmp_path / "state",
-                                timeout_s=3.0)
+        settings = agent_config(
+            tmp_path / "fvagent.toml", url=platform.url, state_dir=tmp_path / "state", timeout_s=3.0
+        )
         outbox = Outbox.open(settings.storage)
 
         def drain(self, rounds: int = 3) -> Uploader:
             """The daemon's uploader, several rounds (as the retries would), against the forged server."""
             s = self.settings
-            up = Uploader(self.outbox, lambda p: PlatformClient(p), s.platform, s.uploader, s.device,
-                          rng=random.Random(3))
+            up = Uploader(
+                self.outbox, lambda p: PlatformClient(p), s.platform, s.uploader, s.device, rng=random.Random(3)
+            )
             try:
                 for _ in range(rounds):
                     up.drain_once()
@@ -77,24 +79,29 @@ def _forged_case(answer: Callable[[Request], Any]) -> Callable[[Any], None]:
         env.server.upload = answer
         env.drain()
         _not_sent(env, record_id)
+
     return run
 
 
 FORGERIES: dict[str, Callable[[Request], Any]] = {
     # a redirect (a captive portal, a hostile box) whose body says success
-    "302 with code 200": lambda req: http_reply(302, envelope(req.request_id),
-                                                {"Location": "http://127.0.0.1:9/login", **signed_headers()}),
+    "302 with code 200": lambda req: http_reply(
+        302, envelope(req.request_id), {"Location": "http://127.0.0.1:9/login", **signed_headers()}
+    ),
     "404 with code 200": lambda req: http_reply(404, envelope(req.request_id), signed_headers()),
     # registration was signed: this platform signs, so an unsigned success is not believed
     "unsigned after signed": lambda req: http_reply(200, envelope(req.request_id)),
     "wrong requestId": lambda req: http_reply(200, envelope(other_request_id()), signed_headers()),
     # the signature covers orgAppId + time only: our own headers sent back "verify"
     "our request's signature copied back": lambda req: http_reply(
-        200, envelope(req.request_id), {"hmpt-portal-sign": req.headers["hmpt-portal-sign"],
-                                        "hmpt-portal-time": req.headers["hmpt-portal-time"]}),
+        200,
+        envelope(req.request_id),
+        {"hmpt-portal-sign": req.headers["hmpt-portal-sign"], "hmpt-portal-time": req.headers["hmpt-portal-time"]},
+    ),
     # a genuinely signed reply captured in 2017, replayed
-    "stale sendTime from 2017": lambda req: http_reply(200, envelope(req.request_id, return_time_s=STALE_2017),
-                                                       signed_headers(STALE_2017)),
+    "stale sendTime from 2017": lambda req: http_reply(
+        200, envelope(req.request_id, return_time_s=STALE_2017), signed_headers(STALE_2017)
+    ),
 }
 
 
@@ -115,11 +122,16 @@ def test_a_50_mb_reply_is_abandoned_and_memory_stays_bounded(forged: Any) -> Non
 
         def write(conn: socket.socket) -> None:
             size = len(head) + 50 * len(pad) + 2
-            conn.sendall(http_reply(200, b"", signed_headers(), length=False).replace(
-                b"\r\n\r\n", f"\r\nContent-Length: {size}\r\n\r\n".encode()) + head)
+            conn.sendall(
+                http_reply(200, b"", signed_headers(), length=False).replace(
+                    b"\r\n\r\n", f"\r\nContent-Length: {size}\r\n\r\n".encode()
+                )
+                + head
+            )
             for _ in range(50):
                 conn.sendall(pad)
             conn.sendall(b'"}')
+
         return write
 
     def fifty_mb_unannounced(req: Request) -> Callable[[socket.socket], None]:
@@ -130,6 +142,7 @@ def test_a_50_mb_reply_is_abandoned_and_memory_stays_bounded(forged: Any) -> Non
             for _ in range(50):
                 conn.sendall(pad)
             conn.sendall(b'"}')
+
         return write
 
     before = _rss()
@@ -147,8 +160,7 @@ def test_a_one_byte_per_second_trickle_is_abandoned_at_the_whole_request_deadlin
     forged.server.upload = lambda req: (http_reply(200, envelope(req.request_id), signed_headers()), 1.0)
     record_id = forged.outbox.enqueue(record(1))
     s = forged.settings
-    up = Uploader(forged.outbox, lambda p: PlatformClient(p), s.platform, s.uploader, s.device,
-                  rng=random.Random(3))
+    up = Uploader(forged.outbox, lambda p: PlatformClient(p), s.platform, s.uploader, s.device, rng=random.Random(3))
     done = threading.Event()
     started = time.monotonic()
 
@@ -171,8 +183,9 @@ def test_a_one_byte_per_second_trickle_is_abandoned_at_the_whole_request_deadlin
 
 def test_nested_json_in_a_reply_is_refused_without_a_crash(forged: Any, caplog: pytest.LogCaptureFixture) -> None:
     deep = b"[" * 30000 + b"]" * 30000  # 60 KB: under the size cap, far deeper than the parser's stack
-    forged.server.upload = lambda req: http_reply(200, b'{"code":200,"requestId":"%s","x":%s}' % (
-        req.request_id.encode(), deep), signed_headers())
+    forged.server.upload = lambda req: http_reply(
+        200, b'{"code":200,"requestId":"%s","x":%s}' % (req.request_id.encode(), deep), signed_headers()
+    )
     record_id = forged.outbox.enqueue(record(1))
     forged.drain(rounds=1)
     _not_sent(forged, record_id)

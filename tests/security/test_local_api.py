@@ -25,8 +25,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_localapi import (API_TOKEN, Agent, client, make_settings, open_outbox, synthetic_jpeg,
-                                verification_body)
+from tests.test_localapi import (
+    API_TOKEN,
+    Agent,
+    client,
+    make_settings,
+    open_outbox,
+    synthetic_jpeg,
+    verification_body,
+)
 from tests.waiting import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -72,11 +79,18 @@ def test_a_local_process_without_the_token_cannot_relay_or_change_the_operator(t
         "auth = {'Authorization': 'Bearer ' + token} if token else {}\n"
         "a = httpx.post(url + '/v1/verifications', json=body, headers=auth, timeout=10)\n"
         "b = httpx.put(url + '/v1/operator', json={'operator': '冒充者'}, headers=auth, timeout=10)\n"
-        "print(a.status_code, b.status_code)\n")
+        "print(a.status_code, b.status_code)\n"
+    )
 
     def local_process(agent: Agent, token: str) -> list[str]:
-        done = subprocess.run([sys.executable, "-c", script, agent.url, token], input=json.dumps(verification_body()),
-                              capture_output=True, text=True, timeout=60, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", script, agent.url, token],
+            input=json.dumps(verification_body()),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return done.stdout.split()
 
     with Agent(make_settings(tmp_path / "open", token=None)) as agent:
@@ -112,8 +126,9 @@ def test_unix_socket_peers_are_checked_with_so_peercred(tmp_path: Path) -> None:
         settings = make_settings(tmp_path, token=None, listen=f"unix:{sock}", allowed_uids=allowed)
         with Agent(settings) as agent:
             assert (sock.stat().st_mode & 0o777) == 0o660
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost",
-                              timeout=10) as c:
+            with httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://localhost", timeout=10
+            ) as c:
                 r = c.post("/v1/verifications", json=verification_body(seed=expected))
                 assert r.status_code == expected, r.text
                 if expected == 403:
@@ -127,8 +142,15 @@ def test_unix_socket_peers_are_checked_with_so_peercred(tmp_path: Path) -> None:
 # -- 10.2: browser-proof ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers", [{}, {"Content-Type": "text/plain"}, {"Content-Type": "multipart/form-data; b=x"},
-                                     {"Content-Type": "application/x-www-form-urlencoded"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "multipart/form-data; b=x"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    ],
+)
 def test_a_body_that_is_not_declared_json_is_415(relay_agent: Agent, headers: dict[str, str]) -> None:
     content = json.dumps(verification_body()).encode()
     with httpx.Client(base_url=relay_agent.url, timeout=10) as c:
@@ -149,8 +171,10 @@ def test_a_foreign_origin_is_403_even_with_the_token(relay_agent: Agent) -> None
 
 
 def test_allowed_origins_opens_exactly_those(tmp_path: Path) -> None:
-    with Agent(make_settings(tmp_path, allowed_origins=["http://127.0.0.1:8080"])) as agent, \
-            client(agent, API_TOKEN) as c:
+    with (
+        Agent(make_settings(tmp_path, allowed_origins=["http://127.0.0.1:8080"])) as agent,
+        client(agent, API_TOKEN) as c,
+    ):
         ok = c.post("/v1/verifications", json=verification_body(), headers={"Origin": "http://127.0.0.1:8080"})
         other = c.post("/v1/verifications", json=verification_body(seed=2), headers={"Origin": "http://127.0.0.1:8081"})
     assert ok.status_code == 202 and other.status_code == 403
@@ -161,8 +185,11 @@ def test_the_page_operator_control_needs_the_pages_own_origin(relay_agent: Agent
     with client(relay_agent) as c:
         no_origin = c.put("/ui/operator", json={"operator": "冒充者"})
         foreign = c.put("/ui/operator", json={"operator": "冒充者"}, headers={"Origin": "http://127.0.0.1:1"})
-        rebound = c.put("/ui/operator", json={"operator": "冒充者"},
-                        headers={"Origin": "http://evil.example:8787", "Host": "evil.example:8787"})
+        rebound = c.put(
+            "/ui/operator",
+            json={"operator": "冒充者"},
+            headers={"Origin": "http://evil.example:8787", "Host": "evil.example:8787"},
+        )
         assert (no_origin.status_code, foreign.status_code) == (403, 403)
         assert rebound.status_code == 401  # a rebound DNS name is not this terminal's screen
         assert relay_agent.operator.get() == "默认员"
@@ -201,7 +228,7 @@ def _browser_attack(relay_agent: Agent, sync_playwright: Any, chromium_args: lis
     html = ATTACK_PAGE % {"target": json.dumps(relay_agent.url), "body": json.dumps(json.dumps(verification_body()))}
 
     class Page(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             data = html.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -241,7 +268,9 @@ def test_a_backdated_or_future_verify_time_is_422_with_the_rule(relay_agent: Age
             assert r.status_code == 422
             (problem,) = [p for p in r.json()["problems"] if p["field"] == "verifyTime"]
             assert "max_clock_skew_s" in problem["rule"] and "600" in problem["rule"]
-        assert c.post("/v1/verifications", json=verification_body(when=now - dt.timedelta(minutes=9))).status_code == 202
+        assert (
+            c.post("/v1/verifications", json=verification_body(when=now - dt.timedelta(minutes=9))).status_code == 202
+        )
     assert records(relay_agent) == 1
 
 
@@ -257,8 +286,10 @@ def test_relay_flood_is_429_after_the_rate_limit(tmp_path: Path) -> None:
 def test_a_retry_of_a_stored_post_gets_its_first_id_past_the_limits(tmp_path: Path) -> None:
     """A terminal that lost the 202 posts again with the same Idempotency-Key: it is answered with
     the record it already has, even once the rate limit or the unsent cap would refuse a new one."""
-    with Agent(make_settings(tmp_path, max_relay_per_min=2, max_unsent_relayed=2)) as agent, \
-            client(agent, API_TOKEN) as c:
+    with (
+        Agent(make_settings(tmp_path, max_relay_per_min=2, max_unsent_relayed=2)) as agent,
+        client(agent, API_TOKEN) as c,
+    ):
         key = {"Idempotency-Key": "term-7-retry"}
         first = c.post("/v1/verifications", json=verification_body(seed=1), headers=key)
         c.post("/v1/verifications", json=verification_body(seed=2))
@@ -312,15 +343,18 @@ def test_deeply_nested_json_is_400(relay_agent: Agent) -> None:
     deep = b'{"realName": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     with client(relay_agent, API_TOKEN) as c:
         relay = c.post("/v1/verifications", content=deep, headers={"Content-Type": "application/json"})
-        operator = c.put("/v1/operator", content=b'{"operator": ' + b"[" * 5000 + b"]" * 5000 + b"}",
-                         headers={"Content-Type": "application/json"})
+        operator = c.put(
+            "/v1/operator",
+            content=b'{"operator": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            headers={"Content-Type": "application/json"},
+        )
     assert relay.status_code == 400 and "nested" in relay.json()["error"]
     assert operator.status_code == 400
     assert records(relay_agent) == 0
 
 
 def test_an_image_of_more_than_40_megapixels_is_refused(relay_agent: Agent) -> None:
-    from agent.images import ImageError, decode_image
+    from core.images import ImageError, decode_image
 
     out = io.BytesIO()
     Image.fromarray(np.full((5001, 8000), 128, dtype=np.uint8)).save(out, format="JPEG", quality=20)
@@ -345,8 +379,9 @@ def test_page_photos_only_for_the_last_ten_minutes_and_v1_photos_only_with_full_
     agent = Agent(make_settings(tmp_path))
     agent.outbox.close()
     agent.outbox = Outbox.open(agent.settings.storage, clock=lambda: time.time() - age[0])
-    agent.backend = DeskBackend(agent.settings, agent.outbox, agent.events, agent.operator,
-                                status_provider=lambda: {}, status_ttl_s=0)
+    agent.backend = DeskBackend(
+        agent.settings, agent.outbox, agent.events, agent.operator, status_provider=dict, status_ttl_s=0
+    )
     agent.server = LocalApiServer(agent.settings.local_api, agent.backend)
     with agent, client(agent, API_TOKEN) as writer, client(agent) as screen:
         fresh = writer.post("/v1/verifications", json=verification_body(seed=1)).json()["id"]

@@ -20,15 +20,19 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     arch = platform.machine()
     if arch not in ("x86_64", "aarch64"):
         pytest.skip(f"release bundles are built for x86_64 and aarch64, not {arch}")
-    python = "%d.%d" % sys.version_info[:2]
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
     dist = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run([sys.executable, str(ROOT / "deploy" / "release.py"), "--arch", arch, "--python", python,
-                           "--dist", str(dist)], capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "release.py"), "--arch", arch, "--python", python, "--dist", str(dist)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    tarball, = dist.glob(f"fvagent-*-linux-{arch}.tar.gz")
+    (tarball,) = dist.glob(f"fvagent-*-linux-{arch}.tar.gz")
     unpacked = tmp_path_factory.mktemp("bundle")
     with tarfile.open(tarball) as tar:
         tar.extractall(unpacked, filter="data")
-    root, = unpacked.iterdir()
+    (root,) = unpacked.iterdir()
     root.chmod(0o755)
     return root

@@ -16,8 +16,11 @@ from agent.service.samples import toml_text
 demo, service, mock, token = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 doc = tomllib.loads(demo.read_text(encoding="utf-8"))
 shutil.copy2(demo, mock)
-secrets = {"org_app_secret": doc["platform"].pop("org_app_secret"),
-           "ticket": doc["platform"]["auth"].pop("ticket"), "token": token}
+secrets = {
+    "org_app_secret": doc["platform"].pop("org_app_secret"),
+    "ticket": doc["platform"]["auth"].pop("ticket"),
+    "token": token,
+}
 doc["storage"]["dir"] = "/var/lib/fvagent"
 doc["local_api"]["token"] = None
 doc["local_api"].pop("token")

@@ -86,8 +86,11 @@ def unavailable() -> str | None:
             return f"{tool} is not installed"
     if not SYSTEMD.exists():
         return f"{SYSTEMD} is not installed (deploy/system-deps.sh test installs systemd)"
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount", "--net", "--cgroup", "--mount-proc", "true"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount", "--net", "--cgroup", "--mount-proc", "true"],
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode:
         return f"cannot make private namespaces here: {probe.stderr.strip()}"
     if "overlay" not in Path("/proc/filesystems").read_text():
@@ -151,9 +154,20 @@ class NamespacedSystemd:
         join = "".join(f'echo $$ > "{f}"; ' for f in procs_files)
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            ["sh", "-c", join + 'exec unshare --pid --fork --mount --net --cgroup --propagation private '
-             '--mount-proc sh "$0" "$@"', str(boot), str(w), *specs],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                "sh",
+                "-c",
+                join + "exec unshare --pid --fork --mount --net --cgroup --propagation private "
+                '--mount-proc sh "$0" "$@"',
+                str(boot),
+                str(w),
+                *specs,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -196,15 +210,38 @@ class NamespacedSystemd:
                 _remove_cgroup(cgroup)
 
     # -- inside -----------------------------------------------------------------------------------
-    def run(self, argv: list[str], *, check: bool = True, timeout: float = 120, input: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: list[str],
+        *,
+        check: bool = True,
+        timeout: float = 120,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the booted system (its namespaces, its root), as root."""
         assert self.pid is not None, "systemd is not running"
-        base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SYSTEMD_COLORS": "0",
-                "SYSTEMD_PAGER": ""}
-        proc = subprocess.run(["nsenter", "--target", str(self.pid), "--pid", "--mount", "--net", "--cgroup",
-                               "--", "env", "-i", *(f"{k}={v}" for k, v in {**base, **(env or {})}.items()), *argv],
-                              capture_output=True, text=True, timeout=timeout, input=input)
+        base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
+        proc = subprocess.run(
+            [
+                "nsenter",
+                "--target",
+                str(self.pid),
+                "--pid",
+                "--mount",
+                "--net",
+                "--cgroup",
+                "--",
+                "env",
+                "-i",
+                *(f"{k}={v}" for k, v in {**base, **(env or {})}.items()),
+                *argv,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
         if check and proc.returncode:
             raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc

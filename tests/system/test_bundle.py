@@ -22,13 +22,26 @@ OFFLINE_UNAVAILABLE = offline_unavailable()
 
 def test_bundle_is_complete_and_checksummed(bundle: Path) -> None:
     info = dict(line.split("=", 1) for line in (bundle / "bundle.txt").read_text().splitlines())
-    assert info["pythons"].split() == ["%d.%d" % sys.version_info[:2]]
+    assert info["pythons"].split() == [f"{sys.version_info[0]}.{sys.version_info[1]}"]
     wheels = sorted(p.name for p in (bundle / "wheels").glob("*.whl"))
-    for name in ("fvagent-", "dlib_bin-", "opencv_python_headless-", "cryptography-", "numpy-", "prometheus_client-",
-                 "face_recognition_models-", "scikit_image-"):
+    for name in (
+        "fvagent-",
+        "dlib_bin-",
+        "opencv_python_headless-",
+        "cryptography-",
+        "numpy-",
+        "prometheus_client-",
+        "face_recognition_models-",
+        "scikit_image-",
+    ):
         assert any(w.startswith(name) for w in wheels), f"{name}* missing from the wheel house"
-    for rel in ("deploy/install.sh", "deploy/fvagent.service", "deploy/monitoring/fvagent-alerts.yml",
-                "docs/operations.md", "CHANGELOG.md"):
+    for rel in (
+        "deploy/install.sh",
+        "deploy/fvagent.service",
+        "deploy/monitoring/fvagent-alerts.yml",
+        "docs/operations.md",
+        "CHANGELOG.md",
+    ):
         assert (bundle / rel).is_file(), rel
     listed = {}
     for line in (bundle / "SHA256SUMS").read_text().splitlines():
@@ -46,16 +59,27 @@ def test_install_offline_into_a_fresh_prefix_then_doctor_and_demo(bundle: Path, 
     prefix = "/opt/fvagent-test"
     # No network: a fresh network namespace has only a loopback that is down; the proxy variables
     # would catch a pip that still tried; the host's pip configuration is not read.
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DESTDIR": str(root), "FVAGENT_PREFIX": prefix,
-           "FVAGENT_PYTHON": sys.executable,
-           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "LANG": "C.UTF-8"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DESTDIR": str(root),
+        "FVAGENT_PREFIX": prefix,
+        "FVAGENT_PYTHON": sys.executable,
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "LANG": "C.UTF-8",
+    }
     started = time.monotonic()
-    proc = subprocess.run(["unshare", "--net", "sh", str(bundle / "deploy" / "install.sh"), "--demo"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        ["unshare", "--net", "sh", str(bundle / "deploy" / "install.sh"), "--demo"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     seconds = time.monotonic() - started
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    python = "%d.%d" % sys.version_info[:2]
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert f"covers Python {python}" in out and "offline" in out
     assert "Downloading" not in out and "Collecting" not in out
     print(f"offline bundle install into a fresh prefix: {seconds:.1f} s")
@@ -67,19 +91,34 @@ def test_install_offline_into_a_fresh_prefix_then_doctor_and_demo(bundle: Path, 
     work = tmp_path / "demo"
     config = work / "demo.toml"
     run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": str(tmp_path)}
-    wrote = subprocess.run([str(fvagent), "demo", "--write-config", str(config), "--dir", str(work)],
-                           capture_output=True, text=True, timeout=120, env=run_env)
+    wrote = subprocess.run(
+        [str(fvagent), "demo", "--write-config", str(config), "--dir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=run_env,
+    )
     assert wrote.returncode == 0, wrote.stdout + wrote.stderr
-    doctor = subprocess.run([str(fvagent), "doctor", "--config", str(config)], capture_output=True, text=True,
-                            timeout=180, env=run_env)
+    doctor = subprocess.run(
+        [str(fvagent), "doctor", "--config", str(config)], capture_output=True, text=True, timeout=180, env=run_env
+    )
     # The demo's platform is not started here: doctor reports it unreachable, the rest passes or
     # warns (fake drivers, no daemon yet); the installed face engine and its models load.
     said = doctor.stdout + doctor.stderr
     assert "Traceback" not in said
-    assert re.search(r"^OK +config: ", doctor.stdout, re.M) and re.search(r"^OK +face model: dlib loaded", doctor.stdout, re.M), said
-    assert re.search(r"^\d+ checks: 1 failed", doctor.stdout, re.M) and re.search(r"^FAIL +platform: ", doctor.stdout, re.M), said
-    demo = subprocess.run([str(fvagent), "demo", "--count", "6", "--dir", str(tmp_path / "demo-run")],
-                          capture_output=True, text=True, timeout=300, env=run_env)
+    assert re.search(r"^OK +config: ", doctor.stdout, re.M) and re.search(
+        r"^OK +face model: dlib loaded", doctor.stdout, re.M
+    ), said
+    assert re.search(r"^\d+ checks: 1 failed", doctor.stdout, re.M) and re.search(
+        r"^FAIL +platform: ", doctor.stdout, re.M
+    ), said
+    demo = subprocess.run(
+        [str(fvagent), "demo", "--count", "6", "--dir", str(tmp_path / "demo-run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=run_env,
+    )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "delivered" in demo.stdout
 
@@ -88,8 +127,14 @@ def test_install_refuses_a_python_the_bundle_does_not_cover(bundle: Path, tmp_pa
     fake = tmp_path / "python9"
     fake.write_text("#!/bin/sh\necho 3.9\n")
     fake.chmod(0o755)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DESTDIR": str(tmp_path / "root"), "FVAGENT_PYTHON": str(fake)}
-    proc = subprocess.run(["sh", str(bundle / "deploy" / "install.sh")], capture_output=True, text=True, timeout=60, env=env)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DESTDIR": str(tmp_path / "root"),
+        "FVAGENT_PYTHON": str(fake),
+    }
+    proc = subprocess.run(
+        ["sh", str(bundle / "deploy" / "install.sh")], capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 1
     assert "Python 3.9; this bundle covers Python" in proc.stderr and "FVAGENT_PYTHON" in proc.stderr
     assert not (tmp_path / "root" / "opt").exists() or not any((tmp_path / "root" / "opt").rglob("venv"))

@@ -24,8 +24,10 @@ pytestmark = [pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no namespaced
 FVAGENT = "/opt/fvagent/venv/bin/fvagent"
 PYTHON = "/opt/fvagent/venv/bin/python"
 TOKEN = "systest-api-token-0123456789abcdef"
-CLI_CREDENTIALS = ("--property=LoadCredential=org_app_secret:fvagent.org_app_secret",
-                   "--property=LoadCredential=ticket:fvagent.ticket")
+CLI_CREDENTIALS = (
+    "--property=LoadCredential=org_app_secret:fvagent.org_app_secret",
+    "--property=LoadCredential=ticket:fvagent.ticket",
+)
 WATCHDOG_S = 6
 TEST_DROP_IN = f"""# The system test's own timings: a short watchdog, quick restarts.
 [Service]
@@ -56,8 +58,21 @@ def until(condition: Any, timeout_s: float, what: str) -> Any:
 
 def queue(ns: NamespacedSystemd) -> dict[str, Any]:
     # The secrets live in /etc/credstore only: a command-line fvagent gets them the service's way.
-    out = ns.run(["systemd-run", "--quiet", "--pipe", "--wait", *CLI_CREDENTIALS, FVAGENT, "queue", "stats", "--json",
-                  "--config", "/etc/fvagent/fvagent.toml"]).stdout
+    out = ns.run(
+        [
+            "systemd-run",
+            "--quiet",
+            "--pipe",
+            "--wait",
+            *CLI_CREDENTIALS,
+            FVAGENT,
+            "queue",
+            "stats",
+            "--json",
+            "--config",
+            "/etc/fvagent/fvagent.toml",
+        ]
+    ).stdout
     return dict(json.loads(out))
 
 
@@ -80,17 +95,53 @@ def test_the_unit_under_a_real_systemd(system: NamespacedSystemd) -> None:
     out = ns.run(["sh", "/srv/systest/bundle/deploy/install.sh", "--demo"], timeout=600).stdout
     assert "from the bundle, offline" in out
     ns.run(["sh", "-c", f"{FVAGENT} demo --write-config /var/lib/fvagent-demo/demo.toml --dir /var/lib/fvagent-demo"])
-    ns.run([PYTHON, "/srv/systest/make_config.py", "/var/lib/fvagent-demo/demo.toml", "/etc/fvagent/fvagent.toml",
-            "/etc/fvagent-mock.toml", TOKEN])
+    ns.run(
+        [
+            PYTHON,
+            "/srv/systest/make_config.py",
+            "/var/lib/fvagent-demo/demo.toml",
+            "/etc/fvagent/fvagent.toml",
+            "/etc/fvagent-mock.toml",
+            TOKEN,
+        ]
+    )
     config = ns.run(["cat", "/etc/fvagent/fvagent.toml"]).stdout
     assert "org_app_secret" not in config and "ticket =" not in config  # secrets come as credentials only
-    ns.run(["sh", "-c", "mkdir -p /etc/systemd/system/fvagent.service.d && cat > "
-            "/etc/systemd/system/fvagent.service.d/90-systest.conf"], input=TEST_DROP_IN)
+    ns.run(
+        [
+            "sh",
+            "-c",
+            "mkdir -p /etc/systemd/system/fvagent.service.d && cat > "
+            "/etc/systemd/system/fvagent.service.d/90-systest.conf",
+        ],
+        input=TEST_DROP_IN,
+    )
     ns.run(["systemctl", "daemon-reload"])
-    ns.run(["systemd-run", "--unit=fvagent-mock", "--property=StateDirectory=fvagent-mock", FVAGENT, "mock-platform",
-            "--port", "8600", "--db", "/var/lib/fvagent-mock/mock.db", "--config", "/etc/fvagent-mock.toml"])
-    until(lambda: ns.run([PYTHON, "-c", "import socket; socket.create_connection(('127.0.0.1', 8600), 1)"],
-                            check=False).returncode == 0, 60, "the mock platform listening")
+    ns.run(
+        [
+            "systemd-run",
+            "--unit=fvagent-mock",
+            "--property=StateDirectory=fvagent-mock",
+            FVAGENT,
+            "mock-platform",
+            "--port",
+            "8600",
+            "--db",
+            "/var/lib/fvagent-mock/mock.db",
+            "--config",
+            "/etc/fvagent-mock.toml",
+        ]
+    )
+    until(
+        lambda: (
+            ns.run(
+                [PYTHON, "-c", "import socket; socket.create_connection(('127.0.0.1', 8600), 1)"], check=False
+            ).returncode
+            == 0
+        ),
+        60,
+        "the mock platform listening",
+    )
 
     # READY: Type=notify makes `systemctl start` return only once READY=1 came.
     ns.run(["systemctl", "start", "fvagent"], timeout=150)
@@ -101,12 +152,16 @@ def test_the_unit_under_a_real_systemd(system: NamespacedSystemd) -> None:
 
     # Records flow to the platform; /metrics answers with the token that came as a credential.
     until(lambda: queue(ns)["sent"] >= 3, 90, "three records accepted by the mock platform")
-    scrape = ("import httpx, sys; r = httpx.get('http://127.0.0.1:8787/metrics', headers={'Authorization': "
-              f"'Bearer {TOKEN}'}}); print(r.status_code); print(r.text)")
+    scrape = (
+        "import httpx, sys; r = httpx.get('http://127.0.0.1:8787/metrics', headers={'Authorization': "
+        f"'Bearer {TOKEN}'}}); print(r.status_code); print(r.text)"
+    )
     metrics = ns.run([PYTHON, "-c", scrape]).stdout
     assert metrics.startswith("200") and 'fvagent_outbox_records{state="sent"}' in metrics
     assert 'fvagent_uploads_total{outcome="accepted"}' in metrics
-    status = ns.run([PYTHON, "-c", "import httpx; print(httpx.get('http://127.0.0.1:8787/metrics').status_code)"]).stdout
+    status = ns.run(
+        [PYTHON, "-c", "import httpx; print(httpx.get('http://127.0.0.1:8787/metrics').status_code)"]
+    ).stdout
     assert status.strip() == "401"
 
     # SIGKILL: systemd restarts it; every record made before is still there and gets delivered.
@@ -114,13 +169,28 @@ def test_the_unit_under_a_real_systemd(system: NamespacedSystemd) -> None:
     first_pid = main_pid(ns)
     rss_kb = int(ns.run(["sh", "-c", f"grep VmHWM /proc/{first_pid}/status | tr -dc 0-9"]).stdout)
     ns.run(["systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", "fvagent"])
-    restarted = until(lambda: (p := active(ns)) and int(p["MainPID"]) != first_pid and p, 60,
-                         "fvagent restarted after SIGKILL")
+    restarted = until(
+        lambda: (p := active(ns)) and int(p["MainPID"]) != first_pid and p, 60, "fvagent restarted after SIGKILL"
+    )
     assert int(restarted["NRestarts"]) >= 1
-    until(lambda: (q := queue(ns))["total"] >= before["total"] + 1 and q["pending"] == 0 and q["sending"] == 0
-             and q["sent"] == q["total"], 90, "every record, old and new, accepted after the restart")
-    delivered = ns.run([PYTHON, "-c", "import sqlite3; print(sqlite3.connect('/var/lib/fvagent-mock/mock.db')"
-                        ".execute('SELECT COUNT(*) FROM verifications').fetchone()[0])"]).stdout
+    until(
+        lambda: (
+            (q := queue(ns))["total"] >= before["total"] + 1
+            and q["pending"] == 0
+            and q["sending"] == 0
+            and q["sent"] == q["total"]
+        ),
+        90,
+        "every record, old and new, accepted after the restart",
+    )
+    delivered = ns.run(
+        [
+            PYTHON,
+            "-c",
+            "import sqlite3; print(sqlite3.connect('/var/lib/fvagent-mock/mock.db')"
+            ".execute('SELECT COUNT(*) FROM verifications').fetchone()[0])",
+        ]
+    ).stdout
     assert int(delivered) >= before["sent"]
 
     # SIGHUP reload: the same process, the configuration read again.
@@ -131,8 +201,11 @@ def test_the_unit_under_a_real_systemd(system: NamespacedSystemd) -> None:
 
     # The watchdog: a stopped process sends no WATCHDOG=1; systemd kills it and starts a new one.
     ns.run(["kill", "-STOP", str(pid)])
-    until(lambda: (p := active(ns)) and int(p["MainPID"]) != pid and p, WATCHDOG_S + 60,
-             "a new fvagent after the watchdog fired")
+    until(
+        lambda: (p := active(ns)) and int(p["MainPID"]) != pid and p,
+        WATCHDOG_S + 60,
+        "a new fvagent after the watchdog fired",
+    )
     systemd_log = ns.run(["journalctl", "--no-pager", "-o", "cat", "_PID=1"], check=False).stdout
     assert "fvagent.service: Watchdog timeout" in systemd_log
 

@@ -30,9 +30,7 @@ def mask_name(name: str | None) -> str:
 # residence permits have the same shape (81/82/83 prefix); old 15-digit resident IDs; old foreign
 # permanent resident cards: 3 letters + 12 digits. Bounded by non-alphanumerics so longer numbers
 # (timestamps, hex digests) are left alone.
-_ID_NUMBER = re.compile(
-    r"(?<![0-9A-Za-z])(?:\d{17}[0-9Xx]|\d{15}|[A-Z]{3}\d{12})(?![0-9A-Za-z])"
-)
+_ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])(?:\d{17}[0-9Xx]|\d{15}|[A-Z]{3}\d{12})(?![0-9A-Za-z])")
 
 
 def mask_id_numbers(text: str) -> str:
@@ -44,7 +42,8 @@ def mask_id_numbers(text: str) -> str:
 # up to the next separator: masked even when it is not the record's own value.
 _QUOTED_PERSONAL = re.compile(
     r"(?P<key>realName|姓名|名字|address|地址|住址)(?P<sep>\s*[:：=]?\s*[\"'“‘「]?)"
-    r"(?P<value>[^\s,，;；。:：\"'”’」)）\]]+)")
+    r"(?P<value>[^\s,，;；。:：\"'”’」)）\]]+)"
+)
 
 
 def mask_personal(text: str, known: tuple[str, ...] = ()) -> str:

@@ -20,24 +20,58 @@ import datetime as dt
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
-from agent import codes
-from agent.errors import RecordError
-from agent.images import JPEG_MAGIC, MAX_IMAGE_BYTES
-from agent.privacy import mask_card_no
+from core import codes
+from core.clock import CHINA_TZ, platform_local
+from core.errors import RecordError
+from core.images import JPEG_MAGIC, MAX_IMAGE_BYTES
+from core.privacy import mask_card_no
 
 if TYPE_CHECKING:
-    from agent.config import DeviceSettings
-    from drivers.base import IdCard
+    from core.card import IdCard
 
 LONG_TERM_END = "长期"
 """Default cardEndDate of a long-term card ([platform.conventions] long_term_end_date)."""
 
-CHINA_TZ = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
-"""The platform's clock: China has one zone and no daylight saving time."""
+
+class DeviceIdentity(Protocol):
+    """What a payload needs to know of this device: the ``[device]`` settings satisfy it."""
+
+    @property
+    def machine_code(self) -> str: ...
+    @property
+    def device_no(self) -> str: ...
+
+
+class DeviceDescription(DeviceIdentity, Protocol):
+    """The whole ``[device]`` table, as POST /machine/info sends it."""
+
+    @property
+    def manufacturer(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def purchase_date(self) -> dt.date: ...
+    @property
+    def dept_id(self) -> str: ...
+    @property
+    def dept_name(self) -> str: ...
+    @property
+    def register_user(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
@@ -46,13 +80,6 @@ _MAX_B64_CHARS = 4 * math.ceil(MAX_IMAGE_BYTES / 3)
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 Check = Callable[[Any, ValidationInfo], Any]
-
-
-def platform_local(moment: dt.datetime) -> dt.datetime:
-    """``moment`` as naive local time in China (UTC+8); a naive datetime is taken as already local."""
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(CHINA_TZ).replace(tzinfo=None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,6 +116,7 @@ def _varchar(n: int, *, allow_empty: bool = False) -> Check:
         if len(s) > n:
             raise ValueError(f"at most {n} characters (varchar({n})), got {len(s)}; shorten it at the source")
         return s
+
     return check
 
 
@@ -145,6 +173,7 @@ def _small_code(choices: tuple[int, ...], *, numeric_string: bool) -> Check:
         if v not in choices:
             raise ValueError(f"must be one of {listed}")
         return v
+
     return check
 
 
@@ -181,8 +210,7 @@ def _jpeg_base64(v: Any, info: ValidationInfo) -> str:
         raise ValueError(f"image larger than 3 MB ({MAX_IMAGE_BYTES} bytes); re-encode it smaller")
     size = standard_base64_size(s)
     if size is None:
-        raise ValueError("must be standard base64 (A-Z a-z 0-9 + / with = padding, no line breaks "
-                         "or data: prefix)")
+        raise ValueError("must be standard base64 (A-Z a-z 0-9 + / with = padding, no line breaks or data: prefix)")
     if size > MAX_IMAGE_BYTES:
         raise ValueError(f"image of {size} bytes is larger than 3 MB ({MAX_IMAGE_BYTES} bytes)")
     if not base64.b64decode(s[:4]).startswith(JPEG_MAGIC):  # the first group holds the first 3 bytes
@@ -240,6 +268,7 @@ def _iso_local(v: Any, info: ValidationInfo) -> str:
 def _optional(check: Check) -> Check:
     def optional(v: Any, info: ValidationInfo) -> Any:
         return None if v is None else check(v, info)
+
     return optional
 
 
@@ -300,8 +329,10 @@ class VerificationRecord(_Record):
         return self
 
     def __repr__(self) -> str:
-        return (f"VerificationRecord(cardType={self.cardType}, cardNo={mask_card_no(self.cardNo)}, "
-                f"verifyTime={self.verifyTime!r}, faceResult={self.faceResult}, machineCode={self.machineCode!r})")
+        return (
+            f"VerificationRecord(cardType={self.cardType}, cardNo={mask_card_no(self.cardNo)}, "
+            f"verifyTime={self.verifyTime!r}, faceResult={self.faceResult}, machineCode={self.machineCode!r})"
+        )
 
     __str__ = __repr__
 
@@ -338,7 +369,9 @@ def _verification_cross_problems(values: Mapping[str, Any], long_term_end: str) 
     if v("nationalCode") is not None and v("nationalName") is not None:
         expected = codes.NATIONS[v("nationalCode")]
         if v("nationalName") != expected and codes.NATION_ALIASES.get(v("nationalName")) != v("nationalCode"):
-            problems.append(("nationalName", f"must be {expected!r} for nationalCode {v('nationalCode')!r} (GB/T 3304)"))
+            problems.append(
+                ("nationalName", f"must be {expected!r} for nationalCode {v('nationalCode')!r} (GB/T 3304)")
+            )
 
     if v("cardType") == codes.CARD_RESIDENT_ID and v("cardNo") is not None:
         id_problems = codes.validate_resident_id(v("cardNo"))
@@ -361,8 +394,11 @@ def _verification_cross_problems(values: Mapping[str, Any], long_term_end: str) 
     if end is not None and verify_date is not None and v("certTimeoutStatus") is not None:
         expired = end_date is not None and end_date < verify_date
         if v("certTimeoutStatus") != int(expired):
-            rule = ("must be 1: cardEndDate is before verifyDate (the card had expired)" if expired
-                    else "must be 0: the card was valid on verifyDate")
+            rule = (
+                "must be 1: cardEndDate is before verifyDate (the card had expired)"
+                if expired
+                else "must be 0: the card was valid on verifyDate"
+            )
             problems.append(("certTimeoutStatus", rule))
     return problems
 
@@ -381,12 +417,14 @@ _ADAPTERS: dict[type[BaseModel], dict[str, TypeAdapter[Any]]] = {
 }
 
 
-def _validate_fields(model: type[BaseModel], data: Any, context: dict[str, Any],
-                     what: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def _validate_fields(
+    model: type[BaseModel], data: Any, context: dict[str, Any], what: str
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Validate each field on its own: the values that passed, and a problem for every one that did not."""
     if not isinstance(data, Mapping):
-        raise RecordError(f"a {what} must be a JSON object, got {_json_kind(data)}",
-                          problems=[("(record)", "must be a JSON object")])
+        raise RecordError(
+            f"a {what} must be a JSON object, got {_json_kind(data)}", problems=[("(record)", "must be a JSON object")]
+        )
     values: dict[str, Any] = {}
     problems: list[tuple[str, str]] = []
     for name, field in model.model_fields.items():
@@ -413,8 +451,11 @@ def _message(err: Mapping[str, Any]) -> str:
 
 
 def _raise(what: str, problems: list[tuple[str, str]]) -> NoReturn:
-    raise RecordError(f"{what} breaks the platform spec: {len(problems)} problem(s)", problems=problems,
-                      hint="fix each field named above; nothing was sent")
+    raise RecordError(
+        f"{what} breaks the platform spec: {len(problems)} problem(s)",
+        problems=problems,
+        hint="fix each field named above; nothing was sent",
+    )
 
 
 def parse_verification(data: Mapping[str, Any], *, long_term_end: str = LONG_TERM_END) -> VerificationRecord:
@@ -442,7 +483,7 @@ def parse_registration(data: Mapping[str, Any]) -> DeviceRegistration:
     return DeviceRegistration.model_validate(values)
 
 
-def registration_payload(device: DeviceSettings, *, now: dt.datetime | None = None) -> dict[str, Any]:
+def registration_payload(device: DeviceDescription, *, now: dt.datetime | None = None) -> dict[str, Any]:
     """The body of POST /machine/info for the ``[device]`` settings, stamped with ``registerTime``.
 
     ``now`` defaults to the current time; it is sent as China local time (ISO, milliseconds).
@@ -468,10 +509,21 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def build_verification(card: IdCard, *, head_jpeg: bytes, camera_jpeg: bytes, face_score: float,
-                       face_result: int, operator: str, verified_at: dt.datetime, device: DeviceSettings,
-                       long_term_end: str = LONG_TERM_END, finger_jpeg: bytes | None = None,
-                       finger_score: float | None = None, finger_result: int | None = None) -> VerificationRecord:
+def build_verification(
+    card: IdCard,
+    *,
+    head_jpeg: bytes,
+    camera_jpeg: bytes,
+    face_score: float,
+    face_result: int,
+    operator: str,
+    verified_at: dt.datetime,
+    device: DeviceIdentity,
+    long_term_end: str = LONG_TERM_END,
+    finger_jpeg: bytes | None = None,
+    finger_score: float | None = None,
+    finger_result: int | None = None,
+) -> VerificationRecord:
     """Build the record of one verification from the card read and the face check.
 
     - names come from the code tables (``sexName`` from ``sex_code``, ``nationalName`` from
@@ -523,8 +575,10 @@ def build_verification(card: IdCard, *, head_jpeg: bytes, camera_jpeg: bytes, fa
         return parse_verification(data, long_term_end=long_term_end)
     except RecordError as exc:
         # A name derived from an unknown code adds nothing to the code's own problem.
-        derived = {"sexName": card.sex_code not in codes.SEX_NAMES,
-                   "nationalName": data["nationalCode"] not in codes.NATIONS}
+        derived = {
+            "sexName": card.sex_code not in codes.SEX_NAMES,
+            "nationalName": data["nationalCode"] not in codes.NATIONS,
+        }
         _raise("verification record", [(f, r) for f, r in exc.problems if not derived.get(f)])
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from agent.privacy import mask_personal
+from core.privacy import mask_personal
 
 
-class OutcomeKind(str, enum.Enum):
+class OutcomeKind(enum.StrEnum):
     ACCEPTED = "accepted"
     """The platform took it (B2301 on registration counts: already registered)."""
     REJECTED = "rejected"

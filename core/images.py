@@ -9,9 +9,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from agent.errors import FvagentError
+from core.errors import FvagentError
 
 MAX_IMAGE_BYTES = 3 * 1024 * 1024
 """The platform's limit for headImg, cameraImg and fingerCollectImg."""
@@ -24,23 +25,29 @@ class ImageError(FvagentError, ValueError):
     """Bytes that should be an image are not one we can decode, or cannot be made small enough."""
 
 
+Frame = npt.NDArray[np.uint8]
+"""One image as cameras, OpenCV and the face engine pass it: BGR, uint8, height x width x 3."""
+
+
 METADATA_KEYS = ("exif", "xmp")
 """Pillow's names for the metadata a record must not carry (camera serials, GPS, timestamps)."""
 
 
-def decode_image(data: bytes, *, what: str = "image") -> np.ndarray:
+def decode_image(data: bytes, *, what: str = "image") -> Frame:
     """Decode JPEG/PNG/BMP bytes into a BGR uint8 array. Raises ``ImageError`` naming ``what``."""
     return _decode(data, what)[0]
 
 
-def _decode(data: bytes, what: str) -> tuple[np.ndarray, bool]:
+def _decode(data: bytes, what: str) -> tuple[Frame, bool]:
     """(BGR array, whether the image carries EXIF or XMP metadata)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise ImageError(f"{what} is {img.width}x{img.height} pixels, more than the "
-                                 f"{MAX_IMAGE_PIXELS // 1_000_000} Mpx decoded here; send a smaller image "
-                                 "(the platform takes at most 3 MB)")
+                raise ImageError(
+                    f"{what} is {img.width}x{img.height} pixels, more than the "
+                    f"{MAX_IMAGE_PIXELS // 1_000_000} Mpx decoded here; send a smaller image "
+                    "(the platform takes at most 3 MB)"
+                )
             # Pillow reads every header segment, wherever EXIF sits: a byte search of the first
             # kilobytes misses EXIF placed after a large APPn segment
             has_metadata = any(img.info.get(key) for key in METADATA_KEYS)
@@ -52,7 +59,7 @@ def _decode(data: bytes, what: str) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(rgb[:, :, ::-1]), has_metadata
 
 
-def encode_jpeg(bgr: np.ndarray, *, max_bytes: int = MAX_IMAGE_BYTES, quality: int = 90) -> bytes:
+def encode_jpeg(bgr: Frame, *, max_bytes: int = MAX_IMAGE_BYTES, quality: int = 90) -> bytes:
     """Encode a BGR (or grey) frame as JPEG without metadata, stepping quality down to fit ``max_bytes``.
 
     Raises ``ImageError`` when even quality 20 does not fit.
@@ -69,8 +76,7 @@ def encode_jpeg(bgr: np.ndarray, *, max_bytes: int = MAX_IMAGE_BYTES, quality: i
         if len(data) <= max_bytes:
             return data
         if q <= 20:
-            raise ImageError(f"JPEG of {img.width}x{img.height} is {len(data)} bytes at quality {q}; "
-                             f"limit {max_bytes}")
+            raise ImageError(f"JPEG of {img.width}x{img.height} is {len(data)} bytes at quality {q}; limit {max_bytes}")
         q -= 10
 
 

@@ -1,0 +1,56 @@
+"""What each part of the pipeline needs from the next, as Protocols.
+
+A part takes the narrowest of these instead of a concrete class, so tests hand in a fake and the
+type checker proves that the real one fits. The real implementations: ``RecordSink`` is
+``agent.outbox.Outbox``, ``PlatformClient`` is ``agent.uplink.client.PlatformClient``,
+``CameraSource`` is any ``drivers.base.Camera``; a clock is ``core.clock.Clock``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from core.images import Frame
+from core.outcome import Outcome
+
+
+class RecordSink(Protocol):
+    """Where a verification is committed: durable before ``enqueue`` returns its id."""
+
+    def enqueue(
+        self,
+        payload: dict[str, Any],
+        *,
+        simulated: bool = False,
+        held_reason: str | None = None,
+        raw_wlt: bytes | None = None,
+        idempotency_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> int: ...
+
+
+class PlatformClient(Protocol):
+    """The platform's two calls, each answered with an ``Outcome`` (never an exception)."""
+
+    def register_device(self, payload: Mapping[str, Any]) -> Outcome: ...
+
+    def upload_verification(self, payload: Mapping[str, Any]) -> Outcome: ...
+
+    def abort(self) -> None:
+        """Cut the requests in flight (at stop); they end as retryable outcomes."""
+
+    def close(self) -> None: ...
+
+
+class CameraSource(Protocol):
+    """A camera as the face session uses it."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def open(self) -> None: ...
+
+    def read_frame(self, timeout_s: float) -> Frame:
+        """The next BGR frame; raises ``DeviceTimeout`` when none comes in ``timeout_s``."""
+        ...
