@@ -609,7 +609,7 @@ class Settings(_Section):
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret shown as ``********``."""
-        return _masked(self.model_dump(mode="python", exclude={"source"}))
+        return {key: _masked(value) for key, value in self.model_dump(mode="python", exclude={"source"}).items()}
 
 
 def _masked(value: Any) -> Any:

@@ -160,7 +160,7 @@ def resident_id_birth_date(number: str) -> dt.date | None:
         return None
 
 
-def validate_resident_id(number: str) -> list[str]:
+def validate_resident_id(number: object) -> list[str]:
     """Every problem with an 18-character resident ID number (GB 11643); empty when it is valid.
 
     Checks: 18 characters, 17 digits then a digit or upper-case X, the birth date inside it is a real

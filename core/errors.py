@@ -33,9 +33,16 @@ class _ProblemsError(FvagentError):
     """An error about several named things at once: ``problems`` lists ``(name, rule)`` pairs, and
     ``str()`` shows the message and then one indented line per problem."""
 
-    def __init__(self, message: str, *, problems: list[tuple[str, str]] | None = None, **kw: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: list[tuple[str, str]] | None = None,
+        hint: str | None = None,
+        **context: object,
+    ) -> None:
         self.problems = list(problems or [])
-        super().__init__(message, **kw)
+        super().__init__(message, hint=hint, **context)
 
     def __str__(self) -> str:
         if not self.problems:
@@ -106,6 +113,8 @@ class DeviceTimeout(DriverError, TimeoutError):
 
 class ProtocolError(DriverError):
     """A frame from the device breaks the protocol. ``frame_hex`` holds the frame's header (never its body)."""
+
+    frame_hex: str | None = None
 
 
 class CardReadError(DriverError):

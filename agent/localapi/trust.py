@@ -27,9 +27,11 @@ import hmac
 import ipaddress
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from fastapi import Request
+from starlette import types as asgi
 
 from agent.config import LocalApiSettings
 
@@ -69,11 +71,14 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def peer_cred(scope: dict[str, Any]) -> tuple[int, int, int] | None:
+def peer_cred(scope: Mapping[str, Any]) -> tuple[int, int, int] | None:
     """(pid, uid, gid) of the Unix-socket peer, or ``None`` on TCP."""
     state = scope.get("state") or {}
     value = state.get(PEER_CRED_KEY) if isinstance(state, dict) else None
-    return tuple(value) if value is not None else None  # type: ignore[return-value]
+    if value is None:
+        return None
+    pid, uid, gid = value
+    return int(pid), int(uid), int(gid)
 
 
 def own_origin(headers: Any) -> str | None:
@@ -259,12 +264,12 @@ class BrowserGuard:
     (415), within ``max_body_bytes`` (413), nested at most ``MAX_JSON_DEPTH`` (400)). The body is read
     here and replayed to the route, so the limits hold for routes that parse it themselves too."""
 
-    def __init__(self, app: Any, *, access: Access, max_body_bytes: int) -> None:
+    def __init__(self, app: asgi.ASGIApp, *, access: Access, max_body_bytes: int) -> None:
         self.app = app
         self.access = access
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -326,7 +331,7 @@ class BrowserGuard:
             return
         replayed = False
 
-        async def replay() -> dict[str, Any]:
+        async def replay() -> asgi.Message:
             nonlocal replayed
             if not replayed:
                 replayed = True

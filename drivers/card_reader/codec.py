@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import logging
 from functools import reduce
+from typing import TypedDict
 
 from core import codes
 from core.card import LONG_TERM, IdCard
@@ -381,6 +382,19 @@ def card_marker(text: bytes) -> str:
     return _field(text, CARD_TYPE_OFFSET, 2, "card type marker").strip()
 
 
+class _MainlandFields(TypedDict):
+    """The fields the resident card and the HK/Macau/Taiwan residence permit (J) share at the same offsets."""
+
+    name: str
+    sex_code: str
+    birth_date: dt.date
+    address: str
+    card_no: str
+    authority: str
+    valid_from: dt.date
+    valid_to: dt.date | None
+
+
 def decode_text(text: bytes) -> IdCard:
     """Decode the 256-byte text block into an ``IdCard`` (resident, I, J and Y layouts).
 
@@ -390,20 +404,23 @@ def decode_text(text: bytes) -> IdCard:
     if len(text) != TEXT_LEN:
         raise ProtocolError(f"text block is {len(text)} bytes, must be {TEXT_LEN}")
     marker = card_marker(text)
-    f = lambda off, n, name: _field(text, off, n, name)  # noqa: E731
+
+    def f(off: int, length: int, name: str) -> str:
+        return _field(text, off, length, name)
+
     if marker in ("", "J"):
         card_no = f(122, 36, "card_no")
         birth = _date(f(36, 16, "birth_date"), "birth_date", text)
-        fields = dict(
-            name=f(0, 30, "name"),
-            sex_code=f(30, 2, "sex"),
-            birth_date=birth,
-            address=f(52, 70, "address"),
-            card_no=card_no,
-            authority=f(158, 30, "authority"),
-            valid_from=_date(f(188, 16, "valid_from"), "valid_from", text),
-            valid_to=_valid_to(text, 204),
-        )
+        fields: _MainlandFields = {
+            "name": f(0, 30, "name"),
+            "sex_code": f(30, 2, "sex"),
+            "birth_date": birth,
+            "address": f(52, 70, "address"),
+            "card_no": card_no,
+            "authority": f(158, 30, "authority"),
+            "valid_from": _date(f(188, 16, "valid_from"), "valid_from", text),
+            "valid_to": _valid_to(text, 204),
+        }
         if marker == "":
             nation = f(32, 4, "nation")
             if nation not in codes.NATIONS:
@@ -412,14 +429,14 @@ def decode_text(text: bytes) -> IdCard:
                 raise ProtocolError(
                     f"unknown nation code {nation!a}: not in the GB 3304 table (01-56, 97, 98)", field="nation"
                 )
-            card = IdCard(card_type="0", nation_code=nation, **fields)  # type: ignore[arg-type]
+            card = IdCard(card_type="0", nation_code=nation, **fields)
         else:
             card = IdCard(
                 card_type="1",
                 pass_no=f(220, 18, "pass_no") or None,
                 issue_count=f(238, 4, "issue_count") or None,
                 **fields,
-            )  # type: ignore[arg-type]
+            )
         _check_number(card_no, birth)
     elif marker == "I":
         card = IdCard(
