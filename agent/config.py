@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from core.errors import ConfigError, SecretError
+from drivers import registry
 
 DEFAULT_CONFIG_PATH = Path("/etc/fvagent/fvagent.toml")
 
@@ -729,8 +730,6 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_dr
         for err in exc.errors():
             problems.extend(p for p in _problems_from(err) if p[0] not in failed_secrets)
     if settings is not None and validate_drivers:
-        from drivers import registry  # late: drivers import core.errors
-
         for kind, section_name in (("card_reader", "card_reader"), ("camera", "camera")):
             section_obj: DriverSection = getattr(settings, section_name)
             try:
@@ -831,8 +830,6 @@ def plain_http_warning(settings: Settings) -> str | None:
 
 
 def _is_simulated_driver(kind: str, name: str) -> bool:
-    from drivers import registry  # late: drivers import core.errors
-
     try:
         return bool(getattr(registry.load_class(kind, name), "simulated", False))
     except Exception:  # not installed: parse_config reports that; a name is all we have
