@@ -73,7 +73,7 @@ def _fill(box: Outbox) -> dict[str, int]:
     box.release(claims[ids["undone"]])
     box.resolve(ids["resolved"], request_id="R-4", message="resent by hand")
     box.retry(ids["rejected"])
-    assert box.release_held(lambda payload, wlt: {**payload, "headImg": payload["cameraImg"]}) == 1
+    assert box.release_held(lambda payload, wlt, meta: {**payload, "headImg": payload["cameraImg"]}) == 1
     return ids
 
 

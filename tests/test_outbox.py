@@ -559,18 +559,23 @@ def test_export_goes_on_past_a_record_altered_on_disk(
 
 def test_release_held_completes_and_queues(outbox: Outbox) -> None:
     incomplete = {k: v for k, v in record(1).items() if k != "headImg"}
-    held = outbox.enqueue(incomplete, held_reason="no WLT decoder", raw_wlt=b"WLT" * 10)
+    held = outbox.enqueue(
+        incomplete, held_reason="no WLT decoder", raw_wlt=b"WLT" * 10, meta={"source": "reader", "reason": "r1"}
+    )
     keep = outbox.enqueue(incomplete, held_reason="no WLT decoder", raw_wlt=b"XYZ")
     seen: list[bytes | None] = []
+    metas: list[dict] = []
 
-    def complete(payload: dict, wlt: bytes | None) -> dict | None:
+    def complete(payload: dict, wlt: bytes | None, meta: dict) -> dict | None:
         seen.append(wlt)
+        metas.append(meta)
         if wlt == b"XYZ":
             return None
         return {**payload, "headImg": record(1)["headImg"]}
 
     assert outbox.release_held(complete) == 1
     assert seen == [b"WLT" * 10, b"XYZ"]
+    assert metas == [{"source": "reader", "reason": "r1"}, {}]  # each record's stored meta, for its guards
     assert outbox.get(held).state == "pending" and outbox.payload(held) == record(1)  # type: ignore[union-attr]
     assert outbox.raw_wlt(held) is None
     assert outbox.get(keep).state == "held"  # type: ignore[union-attr]

@@ -1020,11 +1020,15 @@ class Outbox:
         return len(rows)
 
     def release_held(
-        self, complete: Callable[[dict[str, Any], bytes | None], dict[str, Any] | None], *, limit: int = 100
+        self,
+        complete: Callable[[dict[str, Any], bytes | None, dict[str, Any]], dict[str, Any] | None],
+        *,
+        limit: int = 100,
     ) -> int:
-        """Offer each held record (oldest first) to ``complete(payload, raw_wlt)``; a returned payload
-        replaces the stored one and the record becomes pending; ``None`` keeps it held. An exception
-        from ``complete`` keeps that record held (logged). Returns how many were released."""
+        """Offer each held record (oldest first) to ``complete(payload, raw_wlt, meta)``, ``meta`` being
+        the row's stored meta (its guards: ``face_result_pending``, ``camera_placeholder``); a returned
+        payload replaces the stored one and the record becomes pending; ``None`` keeps it held. An
+        exception from ``complete`` keeps that record held (logged). Returns how many were released."""
         released = 0
         for row in reversed(self.list("held", limit=limit)):
             if row.held_reason == SIMULATED_HELD_REASON:
@@ -1033,7 +1037,7 @@ class Outbox:
             if payload is None:
                 continue
             try:
-                done = complete(payload, self.raw_wlt(row.id))
+                done = complete(payload, self.raw_wlt(row.id), dict(row.meta))
             except Exception:
                 log.warning("record %d stays held: completing it failed", row.id, exc_info=True)
                 continue

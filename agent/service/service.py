@@ -577,9 +577,7 @@ class Service:
         decoder = verifier.decoder
         settings = self.settings
 
-        def complete(
-            payload: dict[str, Any], raw_wlt: bytes | None, meta: dict[str, Any] | None = None
-        ) -> dict[str, Any]:
+        def complete(payload: dict[str, Any], raw_wlt: bytes | None, meta: dict[str, Any]) -> dict[str, Any]:
             return complete_held(
                 payload, raw_wlt, settings=settings, decoder=decoder, engine=lambda: self._engine, meta=meta
             )
