@@ -70,10 +70,8 @@ def _release(outbox: Outbox, settings: Settings, engine: RecordingEngine, engine
         engine_asked.append(True)
         return engine
 
-    # Shaped as the service's completer: meta is optional there, so a store that drops it goes unnoticed.
-    def complete(
-        payload: dict[str, Any], raw_wlt: bytes | None, meta: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    # meta optional: a store that dropped it would still call this, and the guards below must notice.
+    def complete(payload: dict[str, Any], raw_wlt: bytes | None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         return complete_held(
             payload, raw_wlt, settings=settings, decoder=lambda _wlt: jpeg(5, 64), engine=engine_now, meta=meta
         )
