@@ -41,7 +41,7 @@ def test_open_sets_wal_full_sync_and_current_schema(outbox: Outbox) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT
     conn.close()
-    assert outbox._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert outbox.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 def test_enqueue_is_committed_before_it_returns(outbox: Outbox) -> None:
@@ -76,7 +76,7 @@ def test_find_by_card_number_through_the_blind_index(outbox: Outbox) -> None:
     assert outbox.find(card_no(1), since=dt.datetime.now() + dt.timedelta(hours=1)) == []
     # the index is keyed: not a plain digest of the number
     stored = sqlite3.connect(outbox.path).execute("SELECT card_index FROM records WHERE id = ?", (a,)).fetchone()[0]
-    assert stored == outbox._key.card_index(card_no(1)) and len(stored) == 16
+    assert stored == outbox.keys.current.card_index(card_no(1)) and len(stored) == 16
     assert DataKey(b"\x01" * 16, "other").card_index(card_no(1)) != stored
 
 
@@ -299,7 +299,7 @@ def _make_v1(tmp_path: Path) -> tuple[Path, bytes]:
 def test_forward_migration_from_v1_keeps_every_record(tmp_path: Path) -> None:
     db, _ = _make_v1(tmp_path)
     with Outbox.open(storage(tmp_path), check=True) as box:
-        assert schema.version(box._conn) == schema.CURRENT
+        assert schema.version(box.db.conn) == schema.CURRENT
         assert box.payload(1) == record(1) and box.payload(2) == record(2)
         assert box.get(2).state == "sent" and box.get(2).request_id == "r-old"  # type: ignore[union-attr]
         stats = box.stats()
@@ -695,10 +695,10 @@ def test_freed_space_goes_back_to_the_file_system(tmp_path: Path) -> None:
             box.enqueue({**record(n), "headImg": "A" * 200_000})
         for claim in box.claim(20):
             box.finish(claim, "accepted", message="ok", request_id="r")
-        box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        box.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         before = box.path.stat().st_size
         assert housekeeping(box, time.time() + 3 * 86400, uptime_s=UP_ALL_ALONG)["rows_deleted"] == 20
-        box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        box.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         assert box.path.stat().st_size < before / 10
         assert box.integrity_check() == ["ok"]
     finally:
