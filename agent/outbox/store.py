@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 from agent.config import StorageSettings
 from agent.outbox import chain, rotation
 from agent.outbox.db import DB_NAME, LOCK_NAME, Database, damaged_copies, open_readonly, open_writable, rename_aside
+from agent.outbox.handovers import Handover, Handovers
 from agent.outbox.keys import DataKey, key_for_check, load_key
 from agent.outbox.queue import (
     SIMULATED_HELD_REASON,
     Attempt,
     Claim,
-    Handover,
     HeldCompleter,
     OutboxStats,
     Queue,
@@ -95,6 +95,7 @@ class Outbox:
             on_deleted=self._note_deleted,
         )
         self.settings_store = SettingsStore(db)
+        self.handover_marks = Handovers(db, keys, clock)
 
     def __repr__(self) -> str:
         return f"Outbox(path={str(self.path)!r}, key={self.keys.current.source!r})"
@@ -326,10 +327,10 @@ class Outbox:
         self.queue.resolve(record_id, request_id=request_id, message=message)
 
     def mark_handed_over(self, record_id: int, operator: str) -> Handover:
-        return self.queue.mark_handed_over(record_id, operator)
+        return self.handover_marks.mark_handed_over(record_id, operator)
 
     def handovers(self, record_ids: Iterable[int]) -> dict[int, Handover]:
-        return self.queue.handovers(record_ids)
+        return self.handover_marks.handovers(record_ids)
 
     def export_rejected(self, path: str | os.PathLike[str]) -> int:
         """See ``agent.outbox.rejected_export.export_rejected``."""
