@@ -19,6 +19,7 @@ from agent.config import StorageSettings
 from agent.outbox import Outbox, housekeeping, schema
 from agent.outbox.keys import DataKey
 from core.errors import KeyFileError, OutboxCorrupt, OutboxError
+from core.outcome import OutcomeKind
 from tests.test_outbox_support import card_no, record, storage
 
 
@@ -615,6 +616,20 @@ def test_retention_erases_sent_photos_then_rows(tmp_path: Path) -> None:
         assert box.housekeeping(now[0] + 31 * 86400, uptime_s=UP_ALL_ALONG)["rows_deleted"] == 1
         assert box.get(sent) is None and box.get(pending) is not None
         assert box.integrity_check() == ["ok"]
+    finally:
+        box.close()
+
+
+def test_retention_goes_by_the_outbox_clock(tmp_path: Path) -> None:
+    # Years ahead of the machine's clock: by time.time() the record would be sent in the future.
+    now = [time.time() + 3 * 365 * 86400]
+    box = Outbox.open(storage(tmp_path, keep_sent_days=7), clock=lambda: now[0])
+    try:
+        sent = box.enqueue(record(1))
+        box.finish(box.claim(1)[0], OutcomeKind.ACCEPTED, message="ok", request_id="r")
+        now[0] += 8 * 86400
+        assert box.housekeeping(uptime_s=UP_ALL_ALONG)["photos_erased"] == 1
+        assert not box.get(sent).has_photos  # type: ignore[union-attr]
     finally:
         box.close()
 
