@@ -555,7 +555,9 @@ def test_an_outbox_of_the_previous_release_is_chained_in_place(tmp_path: Path) -
         assert "4 of them chained from upgrade" in report.summary()
         rows = box.db.conn.execute("SELECT id, state, request_id, attempts FROM records ORDER BY id").fetchall()
         assert rows == before
-        notes = [json.loads(b)["note"] for (b,) in box.db.conn.execute("SELECT body FROM chain WHERE kind = 'upgraded'")]
+        notes = [
+            json.loads(b)["note"] for (b,) in box.db.conn.execute("SELECT body FROM chain WHERE kind = 'upgraded'")
+        ]
         assert notes == [chain.UPGRADE_NOTE] * 4
         assert box.payload(1)["machineCode"] == "TS0001"
         # Life goes on after the upgrade: the pending record is sent, the chain still verifies.
