@@ -11,12 +11,13 @@ gmssl is only the test oracle: it is about 500x slower and its unpadding checks 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from core.errors import CryptoError
+from core.errors import CryptoError as CryptoError  # re-exported: callers catch it from here
 
 BLOCK = 16
 """SM4 block and key size in bytes."""
@@ -157,7 +158,7 @@ def self_test() -> None:
 
     The agent runs this at start: a ``cryptography`` built against a distro OpenSSL may lack SM4.
     """
-    checks = [
+    checks: list[tuple[str, Callable[[], bool]]] = [
         ("SM3 'abc' (GB/T 32905)", lambda: sm3(b"abc") == SM3_ABC),
         ("SM3 'abcd'x16 (GB/T 32905)", lambda: sm3(b"abcd" * 16) == SM3_ABCD16),
         ("SM4 one block (GB/T 32907)", lambda: sm4_ecb_encrypt(SM4_KEY, SM4_KEY, padding="none") == SM4_ONE_BLOCK),

@@ -27,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from agent.events import VERIFICATION, EventBus
+from core.stored import RecordState
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,8 @@ def _gauge(name: str, doc: str, value: Any, labels: dict[str, str] | None = None
 def _queue_family(doc: dict[str, Any]) -> Iterator[Metric]:
     queue = doc.get("queue") or {}
     records = GaugeMetricFamily("fvagent_outbox_records", "Records in the outbox, by state", labels=["state"])
-    for state in ("pending", "sending", "held", "sent", "rejected"):
-        records.add_metric([state], float(queue.get(state, 0) or 0))
+    for state in (RecordState.PENDING, RecordState.SENDING, RecordState.HELD, RecordState.SENT, RecordState.REJECTED):
+        records.add_metric([state.value], float(queue.get(state.value, 0) or 0))
     yield records
     yield from _gauge(
         "fvagent_outbox_readable", "1 when the outbox could be read for this scrape", 0 if queue.get("error") else 1

@@ -55,7 +55,7 @@ def purge_seconds(workdir: Path, n: int, images: list[tuple[str, str]], secure: 
 
     with Outbox.open(StorageSettings(dir=workdir, max_bytes=8 * 1024**3)) as box:
         if not secure:
-            box._conn.execute("PRAGMA secure_delete = OFF")
+            box.db.conn.execute("PRAGMA secure_delete = OFF")
         fill(box, n, images)
         start = time.perf_counter()
         result = box.housekeeping(time.time() + 100 * DAY_S)

@@ -73,7 +73,7 @@ def _fill(box: Outbox) -> dict[str, int]:
     box.release(claims[ids["undone"]])
     box.resolve(ids["resolved"], request_id="R-4", message="resent by hand")
     box.retry(ids["rejected"])
-    assert box.release_held(lambda payload, wlt: {**payload, "headImg": payload["cameraImg"]}) == 1
+    assert box.release_held(lambda payload, wlt, meta: {**payload, "headImg": payload["cameraImg"]}) == 1
     return ids
 
 
@@ -548,14 +548,16 @@ def test_an_outbox_of_the_previous_release_is_chained_in_place(tmp_path: Path) -
     before = conn.execute("SELECT id, state, request_id, attempts FROM records ORDER BY id").fetchall()
     conn.close()
     with Outbox.open(storage(tmp_path)) as box:
-        assert schema.version(box._conn) == schema.CURRENT
+        assert schema.version(box.db.conn) == schema.CURRENT
         report = verify_outbox(box)
         assert report.ok, report.problems
         assert report.records == 4 and report.upgraded == 4
         assert "4 of them chained from upgrade" in report.summary()
-        rows = box._conn.execute("SELECT id, state, request_id, attempts FROM records ORDER BY id").fetchall()
+        rows = box.db.conn.execute("SELECT id, state, request_id, attempts FROM records ORDER BY id").fetchall()
         assert rows == before
-        notes = [json.loads(b)["note"] for (b,) in box._conn.execute("SELECT body FROM chain WHERE kind = 'upgraded'")]
+        notes = [
+            json.loads(b)["note"] for (b,) in box.db.conn.execute("SELECT body FROM chain WHERE kind = 'upgraded'")
+        ]
         assert notes == [chain.UPGRADE_NOTE] * 4
         assert box.payload(1)["machineCode"] == "TS0001"
         # Life goes on after the upgrade: the pending record is sent, the chain still verifies.
@@ -564,7 +566,7 @@ def test_an_outbox_of_the_previous_release_is_chained_in_place(tmp_path: Path) -
         assert verify_outbox(box).ok
     with Outbox.open(storage(tmp_path)) as box:  # opened again: nothing chained twice
         assert verify_outbox(box).upgraded == 4
-        assert box._conn.execute("SELECT COUNT(*) FROM chain WHERE kind = 'upgraded'").fetchone()[0] == 4
+        assert box.db.conn.execute("SELECT COUNT(*) FROM chain WHERE kind = 'upgraded'").fetchone()[0] == 4
     # A row slipped in afterwards is never taken for an upgraded one.
     conn = sqlite3.connect(state / "outbox.db")
     conn.execute("INSERT INTO records (uid, created_at, state, next_attempt_at) VALUES ('x', 1, 'sent', 1)")
@@ -599,13 +601,13 @@ def test_rotate_key_new_records_under_the_new_key_old_ones_readable_until_purged
         assert box.payload(old_pending) == record(2)
         assert [r.id for r in box.find(record(2)["cardNo"])] == [old_pending]
         new = box.enqueue(record(3))
-        assert box._conn.execute("SELECT key_id FROM records WHERE id = ?", (new,)).fetchone() == (None,)
+        assert box.db.conn.execute("SELECT key_id FROM records WHERE id = ?", (new,)).fetchone() == (None,)
         assert box.payload(new) == record(3) and [r.id for r in box.find(record(3)["cardNo"])] == [new]
         report = verify_outbox(box)
         assert report.ok, report.problems
         # The old key opens nothing new: the new record is sealed under the new key only.
         old = DataKey(bytes.fromhex(old_key.strip()), "old")
-        uid, data = box._conn.execute(
+        uid, data = box.db.conn.execute(
             "SELECT r.uid, p.data FROM records r JOIN payloads p ON p.record_id = r.id WHERE r.id = ?", (new,)
         ).fetchone()
         with pytest.raises(CryptoError):
@@ -710,20 +712,20 @@ def test_the_uploader_s_real_path_leaves_a_chain_that_verifies(tmp_path: Path) -
         assert box.stats()["sent"] == 3 and box.stats()["rejected"] == 1
         report = verify_outbox(box)
         assert report.ok, report.problems
-        sent = [json.loads(b) for (b,) in box._conn.execute("SELECT body FROM chain WHERE kind = 'sent'")]
+        sent = [json.loads(b) for (b,) in box.db.conn.execute("SELECT body FROM chain WHERE kind = 'sent'")]
         assert all(s["request_id"] and s["return_time_ms"] for s in sent)
-        kinds = {k for (k,) in box._conn.execute("SELECT kind FROM chain")}
+        kinds = {k for (k,) in box.db.conn.execute("SELECT kind FROM chain")}
         assert {"deferred", "rejected", "sent"} <= kinds
 
 
 def test_a_torn_slot_of_the_head_file_leaves_the_other(outbox: Outbox) -> None:
     _fill(outbox)
     path = chain.head_file(outbox.storage.dir)
-    newest = chain.read_head_file(path, outbox._chain_key)
+    newest = chain.read_head_file(path, outbox.keys.chain_key)
     assert newest is not None and newest.seq > 1
     with open(path, "r+b") as fh:  # a power cut in the middle of writing the newest slot
         fh.seek(0 if newest.seq % 2 == 0 else 4096)
         fh.write(b"\x00" * 100)
-    older = chain.read_head_file(path, outbox._chain_key)
+    older = chain.read_head_file(path, outbox.keys.chain_key)
     assert older is not None and older.seq == newest.seq - 1
     assert verify_outbox(outbox).ok  # a head file that lags is allowed

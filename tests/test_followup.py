@@ -48,7 +48,7 @@ def test_a_deleted_record_takes_its_mark_with_it(tmp_path: Path) -> None:
     with Outbox.open(storage(tmp_path)) as box:
         rid = box.enqueue(_face(2, 0, 0.2))
         box.mark_handed_over(rid, "黄护士")
-        with box._write("test: delete") as conn:  # what retention does to an old sent row
+        with box.db.write("test: delete") as conn:  # what retention does to an old sent row
             conn.execute("DELETE FROM payloads WHERE record_id = ?", (rid,))
             conn.execute("DELETE FROM records WHERE id = ?", (rid,))
         assert box.handovers([rid]) == {}
@@ -61,7 +61,7 @@ def test_schema_2_outbox_gains_the_handovers_table(tmp_path: Path) -> None:
     schema.migrate(conn, target=2)
     conn.close()
     with Outbox.open(storage(tmp_path)) as box:
-        assert schema.version(box._conn) == schema.CURRENT == 4
+        assert schema.version(box.db.conn) == schema.CURRENT == 4
         rid = box.enqueue(_face(3, 2, 0.0))
         assert box.mark_handed_over(rid, "黄护士").operator == "黄护士"
 

@@ -19,6 +19,7 @@ from agent.config import StorageSettings
 from agent.outbox import Outbox, housekeeping, schema
 from agent.outbox.keys import DataKey
 from core.errors import KeyFileError, OutboxCorrupt, OutboxError
+from core.outcome import OutcomeKind
 from tests.test_outbox_support import card_no, record, storage
 
 
@@ -41,7 +42,7 @@ def test_open_sets_wal_full_sync_and_current_schema(outbox: Outbox) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT
     conn.close()
-    assert outbox._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert outbox.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 def test_enqueue_is_committed_before_it_returns(outbox: Outbox) -> None:
@@ -76,7 +77,7 @@ def test_find_by_card_number_through_the_blind_index(outbox: Outbox) -> None:
     assert outbox.find(card_no(1), since=dt.datetime.now() + dt.timedelta(hours=1)) == []
     # the index is keyed: not a plain digest of the number
     stored = sqlite3.connect(outbox.path).execute("SELECT card_index FROM records WHERE id = ?", (a,)).fetchone()[0]
-    assert stored == outbox._key.card_index(card_no(1)) and len(stored) == 16
+    assert stored == outbox.keys.current.card_index(card_no(1)) and len(stored) == 16
     assert DataKey(b"\x01" * 16, "other").card_index(card_no(1)) != stored
 
 
@@ -299,7 +300,7 @@ def _make_v1(tmp_path: Path) -> tuple[Path, bytes]:
 def test_forward_migration_from_v1_keeps_every_record(tmp_path: Path) -> None:
     db, _ = _make_v1(tmp_path)
     with Outbox.open(storage(tmp_path), check=True) as box:
-        assert schema.version(box._conn) == schema.CURRENT
+        assert schema.version(box.db.conn) == schema.CURRENT
         assert box.payload(1) == record(1) and box.payload(2) == record(2)
         assert box.get(2).state == "sent" and box.get(2).request_id == "r-old"  # type: ignore[union-attr]
         stats = box.stats()
@@ -559,18 +560,23 @@ def test_export_goes_on_past_a_record_altered_on_disk(
 
 def test_release_held_completes_and_queues(outbox: Outbox) -> None:
     incomplete = {k: v for k, v in record(1).items() if k != "headImg"}
-    held = outbox.enqueue(incomplete, held_reason="no WLT decoder", raw_wlt=b"WLT" * 10)
+    held = outbox.enqueue(
+        incomplete, held_reason="no WLT decoder", raw_wlt=b"WLT" * 10, meta={"source": "reader", "reason": "r1"}
+    )
     keep = outbox.enqueue(incomplete, held_reason="no WLT decoder", raw_wlt=b"XYZ")
     seen: list[bytes | None] = []
+    metas: list[dict] = []
 
-    def complete(payload: dict, wlt: bytes | None) -> dict | None:
+    def complete(payload: dict, wlt: bytes | None, meta: dict) -> dict | None:
         seen.append(wlt)
+        metas.append(meta)
         if wlt == b"XYZ":
             return None
         return {**payload, "headImg": record(1)["headImg"]}
 
     assert outbox.release_held(complete) == 1
     assert seen == [b"WLT" * 10, b"XYZ"]
+    assert metas == [{"source": "reader", "reason": "r1"}, {}]  # each record's stored meta, for its guards
     assert outbox.get(held).state == "pending" and outbox.payload(held) == record(1)  # type: ignore[union-attr]
     assert outbox.raw_wlt(held) is None
     assert outbox.get(keep).state == "held"  # type: ignore[union-attr]
@@ -610,6 +616,20 @@ def test_retention_erases_sent_photos_then_rows(tmp_path: Path) -> None:
         assert box.housekeeping(now[0] + 31 * 86400, uptime_s=UP_ALL_ALONG)["rows_deleted"] == 1
         assert box.get(sent) is None and box.get(pending) is not None
         assert box.integrity_check() == ["ok"]
+    finally:
+        box.close()
+
+
+def test_retention_goes_by_the_outbox_clock(tmp_path: Path) -> None:
+    # Years ahead of the machine's clock: by time.time() the record would be sent in the future.
+    now = [time.time() + 3 * 365 * 86400]
+    box = Outbox.open(storage(tmp_path, keep_sent_days=7), clock=lambda: now[0])
+    try:
+        sent = box.enqueue(record(1))
+        box.finish(box.claim(1)[0], OutcomeKind.ACCEPTED, message="ok", request_id="r")
+        now[0] += 8 * 86400
+        assert box.housekeeping(uptime_s=UP_ALL_ALONG)["photos_erased"] == 1
+        assert not box.get(sent).has_photos  # type: ignore[union-attr]
     finally:
         box.close()
 
@@ -690,10 +710,10 @@ def test_freed_space_goes_back_to_the_file_system(tmp_path: Path) -> None:
             box.enqueue({**record(n), "headImg": "A" * 200_000})
         for claim in box.claim(20):
             box.finish(claim, "accepted", message="ok", request_id="r")
-        box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        box.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         before = box.path.stat().st_size
         assert housekeeping(box, time.time() + 3 * 86400, uptime_s=UP_ALL_ALONG)["rows_deleted"] == 20
-        box._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        box.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         assert box.path.stat().st_size < before / 10
         assert box.integrity_check() == ["ok"]
     finally:

@@ -186,7 +186,7 @@ def test_a_record_whose_sealed_data_does_not_open_is_named_a_local_failure(
     cfg, settings = _settings(tmp_path, platform.url)
     with Outbox.open(settings.storage) as box:
         rid = box.enqueue(record(1))
-        box._conn.execute("UPDATE payloads SET data = zeroblob(64) WHERE record_id = ?", (rid,))
+        box.db.conn.execute("UPDATE payloads SET data = zeroblob(64) WHERE record_id = ?", (rid,))
         uploader = Uploader(box, PlatformClient, settings.platform, settings.uploader, settings.device)
         try:
             uploader.drain_once()
@@ -205,7 +205,7 @@ from agent.config import StorageSettings
 from agent.outbox import Outbox
 from tests.test_outbox_support import record
 box = Outbox.open(StorageSettings(dir=sys.argv[1]))
-box._stop_checkpoints.set()  # keep the commits in the WAL, as between two checkpoints
+box.db.stop_checkpoints()  # keep the commits in the WAL, as between two checkpoints
 for n in range(int(sys.argv[2])):
     box.enqueue(record(n))
 print("committed", flush=True)

@@ -21,7 +21,7 @@ import hmac
 import json
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes
 
@@ -30,6 +30,9 @@ from agent.audit.verify import verify_outbox
 from agent.outbox import chain
 from core.errors import AuditError, OutboxCorrupt
 from core.privacy import mask_record
+
+if TYPE_CHECKING:
+    from agent.outbox.store import Outbox, Row
 
 FORMAT = "fvagent-audit-export/1"
 
@@ -61,7 +64,7 @@ class _Writer:
 
 
 def export(
-    outbox: Any,
+    outbox: Outbox,
     path: str | os.PathLike[str],
     *,
     since: dt.datetime,
@@ -83,36 +86,24 @@ def export(
     count = 0
     with os.fdopen(fd, "wb") as fh:
         out = _Writer(fh)
-        with outbox._read("export the audit") as conn:
-            conn.execute("BEGIN")
-            try:
-                head = chain.read_head(conn)
-                checkpoint = chain.read_checkpoint(conn)
-                out.write(
-                    {
-                        "type": "header",
-                        "format": FORMAT,
-                        "machineCode": machine_code,
-                        "createdAt": _iso(outbox._clock()),
-                        "since": since.isoformat(),
-                        "until": until.isoformat() if until else None,
-                        "full": full,
-                        "chainHead": {"seq": head.seq, "digest": head.digest.hex()} if head else None,
-                        "chainCheck": check.summary(),
-                        "publicKey": key.public_key,
-                    }
-                )
-                args: list[Any] = [since.timestamp()]
-                sql = (
-                    "SELECT id, created_at, state, attempts, request_id, sent_at, simulated, meta, "
-                    "photos_erased_at FROM records WHERE created_at >= ?"
-                )
-                if until is not None:
-                    sql += " AND created_at < ?"
-                    args.append(until.timestamp())
-                rows = conn.execute(sql + " ORDER BY id", args).fetchall()
-            finally:
-                conn.execute("ROLLBACK")
+        with outbox.db.snapshot("export the audit") as conn:  # the head and the rows of one moment
+            head = chain.read_head(conn)
+            checkpoint = chain.read_checkpoint(conn)
+            rows = outbox.created_between(since.timestamp(), until.timestamp() if until is not None else None)
+        out.write(
+            {
+                "type": "header",
+                "format": FORMAT,
+                "machineCode": machine_code,
+                "createdAt": _iso(outbox.clock()),
+                "since": since.isoformat(),
+                "until": until.isoformat() if until else None,
+                "full": full,
+                "chainHead": {"seq": head.seq, "digest": head.digest.hex()} if head else None,
+                "chainCheck": check.summary(),
+                "publicKey": key.public_key,
+            }
+        )
         for row in rows:
             out.write(_record_line(outbox, row, full, checkpoint))
             count += 1
@@ -137,19 +128,19 @@ def export(
     return count
 
 
-def _record_line(outbox: Any, row: tuple[Any, ...], full: bool, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
-    record_id = int(row[0])
+def _record_line(outbox: Outbox, row: Row, full: bool, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+    record_id = row.id
     doc: dict[str, Any] = {
         "type": "record",
         "id": record_id,
-        "createdAt": _iso(row[1]),
-        "state": row[2],
-        "attempts": row[3],
-        "requestId": row[4],
-        "sentAt": _iso(row[5]),
-        "simulated": bool(row[6]),
-        "meta": json.loads(row[7]) if row[7] else {},
-        "photosErasedAt": _iso(row[8]),
+        "createdAt": _iso(row.created_at),
+        "state": str(row.state),
+        "attempts": row.attempts,
+        "requestId": row.request_id,
+        "sentAt": _iso(row.sent_at),
+        "simulated": row.simulated,
+        "meta": row.meta,
+        "photosErasedAt": _iso(row.photos_erased_at),
     }
     try:
         payload = outbox.payload(record_id) or {}
@@ -157,7 +148,7 @@ def _record_line(outbox: Any, row: tuple[Any, ...], full: bool, checkpoint: dict
     except OutboxCorrupt as exc:
         doc["record"], doc["error"] = None, exc.message
     events = []
-    with outbox._read("export the audit") as conn:
+    with outbox.db.read("export the audit") as conn:
         for seq, kind, at, body, digest in conn.execute(
             "SELECT seq, kind, at, body, digest FROM chain WHERE record_id = ? ORDER BY seq", (record_id,)
         ):

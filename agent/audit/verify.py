@@ -12,24 +12,28 @@ import dataclasses
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.crypto import sm3
 from agent.outbox import chain
+from core.stored import RecordState
+
+if TYPE_CHECKING:
+    from agent.outbox.store import Outbox
 
 _COMMITS = ("committed", "upgraded", "salvaged")
 _COMPARED = ("state", "attempts", "request_id", "sent_at", "photos_erased_at", "held_reason")
-_FROM = {
-    "attempt": ("pending",),
-    "sent": ("sending",),
-    "rejected": ("sending",),
-    "deferred": ("sending",),
-    "attempt_undone": ("sending",),
-    "held": ("pending",),
-    "released": ("held",),
-    "resolved": ("rejected",),
-    "photos_erased": ("sent",),
-    "purged": ("sent",),
+_FROM: dict[str, tuple[RecordState, ...]] = {
+    "attempt": (RecordState.PENDING,),
+    "sent": (RecordState.SENDING,),
+    "rejected": (RecordState.SENDING,),
+    "deferred": (RecordState.SENDING,),
+    "attempt_undone": (RecordState.SENDING,),
+    "held": (RecordState.PENDING,),
+    "released": (RecordState.HELD,),
+    "resolved": (RecordState.REJECTED,),
+    "photos_erased": (RecordState.SENT,),
+    "purged": (RecordState.SENT,),
 }
 """The state each event starts from: the agent writes it only then, so any other means the row's
 state was changed by hand before the agent acted on it."""
@@ -227,6 +231,11 @@ def verify_tail(
     return report
 
 
+def _shown(value: object) -> str:
+    """``repr`` for a problem line; a state shows as its stored text (``'sent'``)."""
+    return repr(value.value if isinstance(value, RecordState) else value)
+
+
 def _replay(report: Report, expected: dict[int, dict[str, Any]], row: tuple[Any, ...], last_purged_id: int) -> None:
     seq, record_id, kind, at, text, _ = row
     if record_id is None:
@@ -256,43 +265,50 @@ def _replay(report: Report, expected: dict[int, dict[str, Any]], row: tuple[Any,
         }
         expected[record_id] = exp
         return
-    exp = expected.get(record_id)
-    if exp is None:
+    found = expected.get(record_id)
+    if found is None:
         if record_id > last_purged_id:
             report.problems.append(f"event {seq} ({kind}) concerns record {record_id}, which was never committed")
         return  # a record whose commit is summed up in the checkpoint
-    allowed = _FROM.get(kind)
+    exp = found
+    allowed: tuple[RecordState, ...] | None = _FROM.get(kind)
     if kind == "requeued":
-        allowed = ("sending",) if body.get("why") == "interrupted" else ("rejected", "pending")
+        allowed = (
+            (RecordState.SENDING,) if body.get("why") == "interrupted" else (RecordState.REJECTED, RecordState.PENDING)
+        )
     if allowed is not None and exp["state"] not in allowed and not exp["purged"]:
         report.problems.append(
-            f"event {seq} ({kind}) found record {record_id} {exp['state']!r} by its events, "
-            f"not {' or '.join(map(repr, allowed))}: its state was changed outside the agent "
+            f"event {seq} ({kind}) found record {record_id} {_shown(exp['state'])} by its events, "
+            f"not {' or '.join(map(_shown, allowed))}: its state was changed outside the agent "
             "before the agent acted on it"
         )
     tries = exp["tries"]
     if tries is not None:
         _replay_attempts(tries, kind, body, exp["attempts"])
     if kind == "attempt":
-        exp.update(state="sending", attempts=exp["attempts"] + 1)
+        exp.update(state=RecordState.SENDING, attempts=exp["attempts"] + 1)
     elif kind == "sent":
-        exp.update(state="sent", request_id=body.get("request_id"), sent_at=at)
+        exp.update(state=RecordState.SENT, request_id=body.get("request_id"), sent_at=at)
     elif kind == "rejected":
-        exp.update(state="rejected", request_id=body.get("request_id"))
+        exp.update(state=RecordState.REJECTED, request_id=body.get("request_id"))
     elif kind == "deferred":
-        exp.update(state="pending", request_id=body.get("request_id") or exp["request_id"])
+        exp.update(state=RecordState.PENDING, request_id=body.get("request_id") or exp["request_id"])
     elif kind == "attempt_undone":
-        exp.update(state="pending", attempts=exp["attempts"] - 1)
+        exp.update(state=RecordState.PENDING, attempts=exp["attempts"] - 1)
     elif kind == "requeued":
-        exp.update(state="pending")
+        exp.update(state=RecordState.PENDING)
     elif kind == "held":
-        exp.update(state="held", held_reason=body.get("reason"))
+        exp.update(state=RecordState.HELD, held_reason=body.get("reason"))
     elif kind == "released":
         exp.update(
-            state="pending", held_reason=None, data=body.get("data"), photos=body.get("photos"), wlt=body.get("wlt")
+            state=RecordState.PENDING,
+            held_reason=None,
+            data=body.get("data"),
+            photos=body.get("photos"),
+            wlt=body.get("wlt"),
         )
     elif kind == "resolved":
-        exp.update(state="sent", attempts=exp["attempts"] + 1, request_id=body.get("request_id"), sent_at=at)
+        exp.update(state=RecordState.SENT, attempts=exp["attempts"] + 1, request_id=body.get("request_id"), sent_at=at)
     elif kind == "photos_erased":
         exp.update(photos=None, wlt=None, photos_erased_at=at)
     elif kind == "purged":
@@ -342,8 +358,8 @@ def _compare_rows(conn: sqlite3.Connection, report: Report, expected: dict[int, 
             if actual[name] != exp[name]:
                 what = "state changed outside the agent" if name == "state" else "changed outside the agent"
                 report.problems.append(
-                    f"record {record_id}: {name} is {actual[name]!r} in the database but "
-                    f"{exp[name]!r} by its events: {what}"
+                    f"record {record_id}: {name} is {_shown(actual[name])} in the database but "
+                    f"{_shown(exp[name])} by its events: {what}"
                 )
         if chain.fixed_digest(t[7], t[8], t[9], t[10], t[11], t[12]) != exp["fixed"]:
             report.problems.append(
@@ -373,9 +389,9 @@ def _compare_rows(conn: sqlite3.Connection, report: Report, expected: dict[int, 
             )
 
 
-def verify_outbox(outbox: Any, *, full: bool = True) -> Report:
+def verify_outbox(outbox: Outbox, *, full: bool = True) -> Report:
     """``verify_chain`` (or ``verify_tail`` when not ``full``) on an open ``Outbox``."""
-    with outbox._read("verify the audit chain") as conn:
+    with outbox.db.read("verify the audit chain") as conn:
         if full:
-            return verify_chain(conn, outbox._key.key, outbox.storage.dir)
-        return verify_tail(conn, outbox._key.key, outbox.storage.dir)
+            return verify_chain(conn, outbox.keys.current.key, Path(outbox.storage.dir))
+        return verify_tail(conn, outbox.keys.current.key, Path(outbox.storage.dir))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli import add_config_arg, config_path
+from core.stored import RecordState
 
 EXIT_CODES = {"accepted": 0, "rejected": 3, "blocked": 4, "retryable": 5, "clock": 5, "unregistered": 5}
 EXIT_DISABLED = 6
@@ -273,7 +274,9 @@ def _resolve_matches(
     key = natural_key(payload)
     resolved: list[int] = []
     failed: list[tuple[int, str]] = []
-    candidates = [row for row in outbox.find(card_no=payload["cardNo"], limit=1_000_000) if row.state == "rejected"]
+    candidates = [
+        row for row in outbox.find(card_no=payload["cardNo"], limit=1_000_000) if row.state == RecordState.REJECTED
+    ]
     for row in reversed(candidates):  # oldest first
         try:
             original = outbox.payload(row.id)

@@ -23,8 +23,9 @@ from typing import Any
 
 from agent.cli import add_config_arg, config_path
 from core.clock import CHINA_TZ
+from core.stored import RecordState
 
-STATES = ("pending", "sending", "sent", "rejected", "held")
+STATES = tuple(state.value for state in RecordState)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -138,7 +139,7 @@ def _row_doc(row: Any) -> dict[str, Any]:
         "state": row.state,
         "created_at": _when(row.created_at),
         "attempts": row.attempts,
-        "next_attempt_at": _when(row.next_attempt_at) if row.state == "pending" else None,
+        "next_attempt_at": _when(row.next_attempt_at) if row.state == RecordState.PENDING else None,
         "sent_at": _when(row.sent_at) if row.sent_at else None,
         "last_outcome": row.last_outcome,
         "last_error": row.last_error,

@@ -33,6 +33,7 @@ from agent.events import (
 from core.clock import CHINA_TZ
 from core.errors import RecordError, StorageFull
 from core.privacy import mask_card_no, mask_name
+from core.stored import RecordState
 
 log = logging.getLogger(__name__)
 
@@ -521,11 +522,11 @@ class DeskBackend:
                 row = None
             if row is not None:
                 states[str(record_id)] = str(_row_get(row, "state"))
-        queue = int(stats.get("pending", 0) or 0) + int(stats.get("sending", 0) or 0) + int(stats.get("held", 0) or 0)
+        queue = sum(int(stats.get(state, 0) or 0) for state in RecordState if state.unsent)
         platform, platform_text = _platform_state(doc, self.settings)
         return {
             "queueDepth": queue,
-            "queue": {k: stats.get(k, 0) for k in ("pending", "sending", "sent", "rejected", "held")},
+            "queue": {state.value: stats.get(state, 0) for state in RecordState},
             "platform": platform,
             "platformText": platform_text,
             "operator": self.operator.get(),

@@ -17,16 +17,17 @@ from typing import Any
 
 from agent.localapi.backend import RESULT_TEXT, _as_int, _local_time, reason_zh
 from core.privacy import mask_card_no, mask_name
+from core.stored import RecordState
 
 FOLLOW_UP_RESULTS = (0, 2)
 """faceResult values that need follow-up: 0 failed, 2 not verified."""
 SCAN_BATCH = 200
 STATE_TEXT = {
-    "pending": "待上传",
-    "sending": "上传中",
-    "sent": "已上传",
-    "rejected": "平台拒收",
-    "held": "暂存（待补全）",
+    RecordState.PENDING: "待上传",
+    RecordState.SENDING: "上传中",
+    RecordState.SENT: "已上传",
+    RecordState.REJECTED: "平台拒收",
+    RecordState.HELD: "暂存（待补全）",
 }
 """The upload state in the desk's words."""
 

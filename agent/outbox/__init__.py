@@ -6,7 +6,7 @@ the size budget. docs/outbox.md is the guide.
 """
 
 from agent.outbox.retention import housekeeping
-from agent.outbox.store import Attempt, Claim, Handover, Outbox, Row
+from agent.outbox.store import Attempt, Claim, Handover, Outbox, OutboxStats, Row
 from agent.outbox.uploader import RateLimiter, Uploader, full_jitter
 from core.errors import KeyFileError, OutboxCorrupt, OutboxError, StorageFull
 
@@ -18,6 +18,7 @@ __all__ = [
     "Outbox",
     "OutboxCorrupt",
     "OutboxError",
+    "OutboxStats",
     "RateLimiter",
     "Row",
     "StorageFull",

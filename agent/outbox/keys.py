@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from agent.config import StorageSettings, credential_path, read_secret_file
-from agent.crypto import CryptoError, hmac_sm3, sm4_gcm_open, sm4_gcm_seal
-from core.errors import KeyFileError, SecretError, StorageFull
+from agent.crypto import hmac_sm3, sm4_gcm_open, sm4_gcm_seal
+from core.errors import CryptoError, KeyFileError, SecretError, StorageFull
 
 log = logging.getLogger(__name__)
 

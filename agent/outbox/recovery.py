@@ -19,10 +19,11 @@ from pathlib import Path
 
 from agent.config import StorageSettings
 from agent.outbox import incidents
+from agent.outbox.db import OutboxQuarantined
 from agent.outbox.keys import DataKey, key_path, load_key, new_interim_path
 from agent.outbox.salvage import SalvageReport, salvage
 from agent.outbox.store import DB_NAME, Outbox, rename_aside
-from core.errors import KeyFileError, OutboxCorrupt, OutboxError
+from core.errors import KeyFileError, OutboxError
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,9 @@ def open_for_service(storage: StorageSettings, *, clock: Callable[[], float] = t
     process holds open."""
     try:
         outbox = Outbox.open(storage, check=True, clock=clock)
-    except OutboxCorrupt as exc:
-        kept = getattr(exc, "kept_as", None)
-        if kept is None:
-            raise
+    except OutboxQuarantined as exc:  # moved aside: a new outbox starts, and takes what still reads
         outbox = Outbox.open(storage, check=True, clock=clock)
-        salvage_damaged(outbox, Path(kept), exc.message)
+        salvage_damaged(outbox, exc.kept_as, exc.message)
     except KeyFileError as exc:
         path = Path(storage.dir) / DB_NAME
         if not path.exists():

@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
-from agent.outbox import chain
 from core.errors import OutboxError, StorageFull
 
 if TYPE_CHECKING:
@@ -40,6 +40,19 @@ _MARK = "housekeeping_clock"
 _REFUSED = "housekeeping_refused"
 
 
+class HousekeepingResult(TypedDict):
+    """What one housekeeping pass did, and the size it left."""
+
+    photos_erased: int
+    rows_deleted: int
+    evicted_photos: int
+    evicted_rows: int
+    bytes: int
+    max_bytes: int
+    alert: str | None
+    """A one-line storage alert, or None."""
+
+
 def boot_uptime_s() -> float:
     """Seconds since the machine booted (suspend included): time that really passed."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -47,12 +60,11 @@ def boot_uptime_s() -> float:
 
 def latest_seen(outbox: Outbox) -> float | None:
     """The latest wall-clock time the outbox has recorded: last capture, last delivery, last allowed pass."""
-    with outbox._read("read the outbox") as conn:
-        created = conn.execute("SELECT created_at FROM records ORDER BY id DESC LIMIT 1").fetchone()
-        sent = conn.execute("SELECT MAX(sent_at) FROM records WHERE state = 'sent'").fetchone()
     mark = outbox.get_state(_MARK)
     times = [
-        t for t in (created[0] if created else None, sent[0] if sent else None, mark) if isinstance(t, int | float)
+        float(t)
+        for t in (outbox.queue.last_created_at(), outbox.queue.last_sent_at(), mark)
+        if isinstance(t, int | float)
     ]
     return max(times) if times else None
 
@@ -97,15 +109,7 @@ def _erase_photos(outbox: Outbox, ids: list[int], now: float) -> None:
 
 
 def _erase_photos_once(outbox: Outbox, ids: list[int], now: float) -> None:
-    marks = ",".join("?" * len(ids))
-    with outbox._write("erase photos of sent records", drain=True) as conn:
-        conn.execute(f"UPDATE payloads SET photos = NULL, raw_wlt = NULL WHERE record_id IN ({marks})", ids)
-        conn.execute(
-            f"UPDATE records SET photos_erased_at = ?, bytes = (SELECT length(data) FROM payloads "
-            f"WHERE payloads.record_id = records.id) WHERE id IN ({marks})",
-            (now, *ids),
-        )
-        outbox._chained(chain.on_photos_erased(conn, outbox._chain_key, ids, now))
+    outbox.queue.erase_photos(ids, now)
 
 
 def _delete_rows(outbox: Outbox, ids: list[int], now: float) -> None:
@@ -113,30 +117,7 @@ def _delete_rows(outbox: Outbox, ids: list[int], now: float) -> None:
 
 
 def _delete_rows_once(outbox: Outbox, ids: list[int], now: float) -> None:
-    marks = ",".join("?" * len(ids))
-    with outbox._write("delete old sent records", drain=True) as conn:
-        conn.execute(f"DELETE FROM attempts WHERE record_id IN ({marks})", ids)
-        conn.execute(f"DELETE FROM payloads WHERE record_id IN ({marks})", ids)
-        deleted = conn.execute(f"DELETE FROM records WHERE id IN ({marks}) AND state = 'sent'", ids).rowcount
-        outbox._chained(chain.on_purged(conn, outbox._chain_key, ids, now))
-    if outbox.watermark is not None:
-        outbox.watermark.note(None, -int(deleted))
-
-
-def _ids(outbox: Outbox, sql: str, args: tuple[Any, ...]) -> list[int]:
-    with outbox._read("read the outbox") as conn:
-        return [int(r[0]) for r in conn.execute(sql, (*args, BATCH)).fetchall()]
-
-
-_WITH_PHOTOS = (
-    "SELECT r.id FROM records r JOIN payloads p ON p.record_id = r.id WHERE r.state = 'sent' "
-    "AND (p.photos IS NOT NULL OR p.raw_wlt IS NOT NULL)"
-)
-
-
-def _total(outbox: Outbox) -> int:
-    with outbox._read("measure the outbox") as conn:
-        return int(conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM records").fetchone()[0])
+    outbox.queue.delete_sent(ids, now)
 
 
 def refused_alert(outbox: Outbox) -> str | None:
@@ -167,7 +148,7 @@ def unsent_alert(oldest_unsent_at: float | None, days: float, now: float) -> str
     )
 
 
-def damaged_alert(copies: list[Any]) -> str | None:
+def damaged_alert(copies: list[Path]) -> str | None:
     """The alert for damaged databases kept in the state directory, else None."""
     if not copies:
         return None
@@ -177,17 +158,15 @@ def damaged_alert(copies: list[Any]) -> str | None:
     )
 
 
-def housekeeping(outbox: Outbox, now: float | None = None, *, uptime_s: float | None = None) -> dict[str, Any]:
+def housekeeping(outbox: Outbox, now: float | None = None, *, uptime_s: float | None = None) -> HousekeepingResult:
     """Apply retention and the size budget once. The daemon calls it every few minutes.
 
     ``uptime_s``: how long the machine has been up (default: since boot); it bounds how far the
-    clock may have moved since the outbox last saw it. Returns ``{"photos_erased", "rows_deleted",
-    "evicted_photos", "evicted_rows", "bytes", "max_bytes", "alert"}``; ``alert`` is a one-line
-    storage alert or ``None``.
+    clock may have moved since the outbox last saw it. ``now`` defaults to the outbox's clock.
     """
     storage = outbox.storage
-    now = time.time() if now is None else now
-    result: dict[str, Any] = {"photos_erased": 0, "rows_deleted": 0, "evicted_photos": 0, "evicted_rows": 0}
+    now = outbox.clock() if now is None else now
+    done = {"photos_erased": 0, "rows_deleted": 0, "evicted_photos": 0, "evicted_rows": 0}
     clock_problem = clock_alert(outbox, now, boot_uptime_s() if uptime_s is None else uptime_s)
     try:
         outbox.set_state(_REFUSED, clock_problem)
@@ -198,62 +177,48 @@ def housekeeping(outbox: Outbox, now: float | None = None, *, uptime_s: float | 
     if clock_problem is not None:
         log.error("%s", clock_problem)
 
-    erase_before = now - storage.keep_sent_days * DAY_S
-    while clock_problem is None and (
-        ids := _ids(outbox, _WITH_PHOTOS + " AND r.sent_at < ? ORDER BY r.sent_at LIMIT ?", (erase_before,))
-    ):
-        _erase_photos(outbox, ids, now)
-        result["photos_erased"] += len(ids)
-
-    delete_before = now - storage.keep_sent_rows_days * DAY_S
-    while clock_problem is None and (
-        ids := _ids(
-            outbox,
-            "SELECT id FROM records WHERE state = 'sent' AND sent_at < ? ORDER BY sent_at LIMIT ?",
-            (delete_before,),
-        )
-    ):
-        _delete_rows(outbox, ids, now)
-        result["rows_deleted"] += len(ids)
+    if clock_problem is None:
+        erase_before = now - storage.keep_sent_days * DAY_S
+        while ids := outbox.queue.sent_with_photos(BATCH, sent_before=erase_before):
+            _erase_photos(outbox, ids, now)
+            done["photos_erased"] += len(ids)
+        delete_before = now - storage.keep_sent_rows_days * DAY_S
+        while ids := outbox.queue.sent(BATCH, sent_before=delete_before):
+            _delete_rows(outbox, ids, now)
+            done["rows_deleted"] += len(ids)
 
     # The budget: sent photos first, then sent rows, oldest first. Never anything unsent.
-    total = _total(outbox)
-    while total > storage.max_bytes and (ids := _ids(outbox, _WITH_PHOTOS + " ORDER BY r.sent_at LIMIT ?", ())):
+    total = outbox.queue.held_bytes()
+    while total > storage.max_bytes and (ids := outbox.queue.sent_with_photos(BATCH)):
         _erase_photos(outbox, ids, now)
-        result["evicted_photos"] += len(ids)
-        total = _total(outbox)
-    while total > storage.max_bytes and (
-        ids := _ids(outbox, "SELECT id FROM records WHERE state = 'sent' ORDER BY sent_at LIMIT ?", ())
-    ):
+        done["evicted_photos"] += len(ids)
+        total = outbox.queue.held_bytes()
+    while total > storage.max_bytes and (ids := outbox.queue.sent(BATCH)):
         _delete_rows(outbox, ids, now)
-        result["evicted_rows"] += len(ids)
-        total = _total(outbox)
+        done["evicted_rows"] += len(ids)
+        total = outbox.queue.held_bytes()
 
-    if any(result.values()):
+    if any(done.values()):
         _vacuum(outbox)
         if outbox.reserve is not None and outbox.reserve.released:
             outbox.fold_wal()  # the disk was full: the WAL's room too goes back, so capture can resume
-        log.info("outbox housekeeping: %s", ", ".join(f"{k} {v}" for k, v in result.items() if v))
-    result["bytes"] = total
-    result["max_bytes"] = storage.max_bytes
-    result["alert"] = clock_problem
+        log.info("outbox housekeeping: %s", ", ".join(f"{k} {v}" for k, v in done.items() if v))
+    alert: str | None = clock_problem
     if total > storage.max_bytes:
-        result["alert"] = budget_alert(total, storage.max_bytes)
-        log.warning("%s", result["alert"])
-    return result
+        alert = budget_alert(total, storage.max_bytes)
+        log.warning("%s", alert)
+    return HousekeepingResult(
+        photos_erased=done["photos_erased"],
+        rows_deleted=done["rows_deleted"],
+        evicted_photos=done["evicted_photos"],
+        evicted_rows=done["evicted_rows"],
+        bytes=total,
+        max_bytes=storage.max_bytes,
+        alert=alert,
+    )
 
 
 def _vacuum(outbox: Outbox) -> None:
     """Give free pages back to the file system, a few MB per transaction."""
-    while True:
-        with outbox._read("measure the outbox") as conn:
-            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-            auto = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
-        if free == 0 or auto != 2:  # 2 = incremental; older files made without it keep their pages
-            return
-        _on_full_disk(lambda: _vacuum_step(outbox), outbox)
-
-
-def _vacuum_step(outbox: Outbox) -> None:
-    with outbox._write("return free space", drain=True) as conn:
-        conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+    while outbox.db.free_pages():
+        _on_full_disk(lambda: outbox.db.return_free_pages(VACUUM_PAGES), outbox)

@@ -128,25 +128,25 @@ def rotate_key(storage: StorageSettings) -> Rotation:
     outbox = Outbox.open(storage, create=False)
     try:
         try:
-            fcntl.flock(outbox._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(outbox.db.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             raise OutboxError(
                 "the outbox is in use by another fvagent process: the key cannot be rotated now",
                 hint="stop the service first (systemctl stop fvagent), then start it again",
             ) from exc
-        old = outbox._key
+        old = outbox.keys.current
         new = DataKey(secrets.token_bytes(KEY_BYTES), f"file {key_path(storage)}")
         old_id, new_id = key_id(old), key_id(new)
-        with outbox._read("read the outbox") as conn:
+        with outbox.db.read("read the outbox") as conn:
             used = {r[0] for r in conn.execute("SELECT DISTINCT key_id FROM records WHERE key_id IS NOT NULL")}
             (under_old,) = conn.execute("SELECT COUNT(*) FROM records WHERE key_id IS NULL").fetchone()
-        retired = {kid: key for kid, key in outbox._retired.items() if kid in used}
+        retired = {kid: key for kid, key in outbox.keys.retired.items() if kid in used}
         retired[old_id] = old
         _write_secret(retired_path(storage), "".join(f"{kid} {key.key.hex()}\n" for kid, key in retired.items()))
         new_path = key_path(storage).with_name(key_path(storage).name + ".new")
         _write_secret(new_path, new.key.hex() + "\n")
         old_ckey, new_ckey = chain.chain_key(old.key), chain.chain_key(new.key)
-        with outbox._write("rotate the outbox key") as conn:
+        with outbox.db.write("rotate the outbox key") as conn:
             conn.execute("UPDATE records SET key_id = ? WHERE key_id IS NULL", (old_id,))
             conn.execute("UPDATE meta SET value = ? WHERE key = 'key_check'", (new.check_value(),))
             try:
@@ -160,11 +160,11 @@ def rotate_key(storage: StorageSettings) -> Rotation:
                 new_ckey,
                 "key_rotated",
                 None,
-                outbox._clock(),
+                outbox.clock(),
                 {"old_key": old_id, "new_key": new_id, "records_under_old": int(under_old)},
             )
         os.replace(new_path, key_path(storage))
-        chain.write_head_file(chain.head_file(storage.dir), head, new_ckey, outbox._lock_fd, force=True)
+        chain.write_head_file(chain.head_file(storage.dir), head, new_ckey, outbox.db.lock_fd, force=True)
     finally:
         outbox.close()
     log.warning(

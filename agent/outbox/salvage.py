@@ -28,11 +28,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.crypto import CryptoError
 from agent.outbox import chain
 from agent.outbox.keys import DataKey
-from agent.outbox.store import Outbox, _aad
-from core.errors import KeyFileError, OutboxError, StorageFull
+from agent.outbox.queue import INTERRUPTED_OUTCOME
+from agent.outbox.sealing import aad
+from agent.outbox.store import Outbox
+from core.errors import CryptoError, KeyFileError, OutboxError, StorageFull
+from core.stored import RecordState
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ def salvage(source: str | Path, into: Outbox, *, source_key: DataKey | None = No
     source = Path(source)
     if not source.is_file():
         raise OutboxError(f"{source} is not a file", hint="give the path of a damaged or set-aside outbox copy")
-    key = source_key or into._key
+    key = source_key or into.keys.current
     try:
         with tempfile.TemporaryDirectory(prefix=".salvage-", dir=into.path.parent) as tmp:
             copy = _copy_source(source, Path(tmp))
@@ -141,7 +143,7 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
             f"{source} was sealed under another data key than {key.source}",
             hint="give its original key: fvagent outbox merge FILE --key KEYFILE",
         )
-    with into._read("read the outbox") as dest:
+    with into.db.read("read the outbox") as dest:
         # chain_seq is the record's place in the new outbox's chain, set by its "salvaged" event
         record_cols = [c for c in _columns(conn, "records") if c in set(_columns(dest, "records")) and c != "chain_seq"]
         payload_cols = [c for c in _columns(conn, "payloads") if c in set(_columns(dest, "payloads"))]
@@ -181,8 +183,8 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
         except sqlite3.DatabaseError:
             attempts = []  # the record itself is whole: its attempt history is what was lost
             log.warning("salvage: record %d: its attempts do not read; the record is kept without them", record_id)
-        if record.get("state") == "sending":
-            record["state"], record["last_outcome"] = "pending", "interrupted"
+        if record.get("state") == RecordState.SENDING:
+            record["state"], record["last_outcome"] = RecordState.PENDING, INTERRUPTED_OUTCOME
         new_id = _insert(into, record, payload, attempts, renumber=False, source=source)
         if new_id == _TAKEN:
             taken.append((record, payload, attempts))
@@ -191,7 +193,7 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
             present.append(record_id)
             continue
         salvaged.append(record_id)
-        pending += record.get("state") in ("pending", "held")
+        pending += record.get("state") in (RecordState.PENDING, RecordState.HELD)
     # Records whose id is used by another record get new ids last, so they take no id another keeps.
     for record, payload, attempts in taken:
         new_id = _insert(into, record, payload, attempts, renumber=True, source=source)
@@ -200,7 +202,7 @@ def _salvage(conn: sqlite3.Connection, source: Path, key: DataKey, into: Outbox,
             continue
         renumbered[record["id"]] = new_id
         salvaged.append(record["id"])
-        pending += record.get("state") in ("pending", "held")
+        pending += record.get("state") in (RecordState.PENDING, RecordState.HELD)
     salvaged.sort()
     if salvaged and into.watermark is not None:
         into.watermark.note(max([renumbered.get(i, i) for i in salvaged]), len(salvaged))
@@ -222,13 +224,13 @@ def _opens(key: DataKey, record: dict[str, Any], payload: dict[str, Any], reseal
             blob = payload.get(column)
             if blob is None:
                 continue
-            plain = key.open(bytes(blob), _aad(uid, part))
+            plain = key.open(bytes(blob), aad(uid, part))
             if reseal_into is not None:
-                payload[column] = reseal_into._key.seal(plain, _aad(uid, part))
+                payload[column] = reseal_into.keys.current.seal(plain, aad(uid, part))
                 if part == "data":
                     card_no = json.loads(plain).get("cardNo")
                     record["card_index"] = (
-                        reseal_into._key.card_index(card_no) if isinstance(card_no, str) and card_no else None
+                        reseal_into.keys.current.card_index(card_no) if isinstance(card_no, str) and card_no else None
                     )
     except (CryptoError, ValueError):
         return False
@@ -251,7 +253,7 @@ def _insert(
     used by another record: ``_TAKEN``, or with ``renumber`` a new id. The record enters the audit
     chain with a ``salvaged`` event that names ``source`` and the state it was found in."""
     original_id = record.get("id")
-    with into._write("store a salvaged record") as conn:
+    with into.db.write("store a salvaged record") as conn:
         if conn.execute("SELECT 1 FROM records WHERE uid = ?", (record["uid"],)).fetchone():
             return None
         if conn.execute("SELECT 1 FROM records WHERE id = ?", (record["id"],)).fetchone():
@@ -277,7 +279,7 @@ def _insert(
             )
         at, event = chain.commit_body(conn, new_id, upgrade=True)
         event.update(note=f"salvaged from {source.name}", salvaged_id=original_id)
-        head = chain.append(conn, into._chain_key, "salvaged", new_id, at, event)
+        head = chain.append(conn, into.keys.chain_key, "salvaged", new_id, at, event)
         conn.execute("UPDATE records SET chain_seq = ? WHERE id = ?", (head.seq, new_id))
-        into._chained(head)
+        into.db.chained(head)
     return new_id

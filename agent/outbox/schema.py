@@ -13,7 +13,10 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-STATES = ("pending", "sending", "sent", "rejected", "held")
+from core.stored import RecordState
+
+STATES = tuple(RecordState)
+"""Every state a record can be in (``core.stored.RecordState``)."""
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -40,7 +43,7 @@ def _v1(db: sqlite_utils.Database) -> None:
             data BLOB NOT NULL,
             photos BLOB
         )""")
-    db["records"].create_index(["state", "next_attempt_at", "id"], index_name="records_due")
+    db.table("records").create_index(["state", "next_attempt_at", "id"], index_name="records_due")
     db.create_table("meta", {"key": str, "value": bytes}, pk="key")
 
 
@@ -103,7 +106,7 @@ def _v4(db: sqlite_utils.Database) -> None:
             body TEXT NOT NULL,
             digest BLOB NOT NULL
         )""")
-    db["chain"].create_index(["record_id", "seq"], index_name="chain_record")
+    db.table("chain").create_index(["record_id", "seq"], index_name="chain_record")
     records = db.table("records")
     records.add_column("chain_seq", int)
     records.add_column("key_id", str)

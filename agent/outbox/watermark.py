@@ -82,14 +82,14 @@ def read(path: Path) -> tuple[str, int, int] | None:
 
 
 def _tag(outbox: Outbox) -> str:
-    with outbox._read("read the outbox") as conn:
+    with outbox.db.read("read the outbox") as conn:
         t = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
     return hashlib.sha256(bytes(t[0]) if t else b"").hexdigest()[:16]
 
 
 def held_counts(outbox: Outbox) -> tuple[int, int]:
     """(highest id ever given, records held) as the database says."""
-    with outbox._read("count the outbox") as conn:
+    with outbox.db.read("count the outbox") as conn:
         seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         count, top = conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM records").fetchone()
     return max(int(seq[0]) if seq else 0, int(top)), int(count)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.service import samples
+from core.stored import RecordState
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +416,7 @@ def _run(base: Path, count: int, out: Callable[[str], None]) -> DemoResult:
                 last_print = time.monotonic()
             time.sleep(0.1)
         stats = service.outbox.stats()
-        for row in service.outbox.list("rejected", limit=1000):
+        for row in service.outbox.list(RecordState.REJECTED, limit=1000):
             reason = row.last_error or "rejected"
             result.rejected[reason] = result.rejected.get(reason, 0) + 1
         delivered_keys = platform.delivered()

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.stored import RecordState
+
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 FRAME_TIMEOUT_S = 5.0
 
@@ -212,7 +214,7 @@ def _check_outbox(settings: Any, add: Callable[[Check], None]) -> None:
             outbox.close()
         except Exception:
             pass
-    counts = ", ".join(f"{stats.get(k, 0)} {k}" for k in ("pending", "sending", "sent", "rejected", "held"))
+    counts = ", ".join(f"{stats.get(k, 0)} {k}" for k in RecordState)
     if problem:
         add(Check("outbox", FAIL, f"integrity check: {problem}", "stop the service and keep a copy of the database"))
     elif stats.get("rejected"):

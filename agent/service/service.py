@@ -45,6 +45,7 @@ from core.errors import (
     FvagentError,
     ProtocolError,
 )
+from core.stored import RecordState
 from drivers.card_reader import decode_wlt_to_jpeg
 
 log = logging.getLogger(__name__)
@@ -577,9 +578,7 @@ class Service:
         decoder = verifier.decoder
         settings = self.settings
 
-        def complete(
-            payload: dict[str, Any], raw_wlt: bytes | None, meta: dict[str, Any] | None = None
-        ) -> dict[str, Any]:
+        def complete(payload: dict[str, Any], raw_wlt: bytes | None, meta: dict[str, Any]) -> dict[str, Any]:
             return complete_held(
                 payload, raw_wlt, settings=settings, decoder=decoder, engine=lambda: self._engine, meta=meta
             )
@@ -783,7 +782,7 @@ class Service:
             stats = dict(self.outbox.stats()) if self.outbox is not None else {}
         except Exception:
             stats = {}
-        depth = sum(int(stats.get(k, 0) or 0) for k in ("pending", "sending", "held"))
+        depth = sum(int(stats.get(state, 0) or 0) for state in RecordState if state.unsent)
         platform, uploader = self._uploader_state()
         last = uploader.get("last_success")
         last_at = last.get("at") if isinstance(last, dict) else None

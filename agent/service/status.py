@@ -25,13 +25,14 @@ from typing import Any
 from agent import __version__
 from agent.outbox.retention import budget_alert, unsent_alert
 from core.clock import CHINA_TZ
+from core.stored import RecordState
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
 STALE_AFTER_S = 30.0
 """A status file older than this, from a live pid, means the daemon is not responding."""
-QUEUE_STATES = ("pending", "sending", "sent", "rejected", "held")
+QUEUE_STATES = tuple(state.value for state in RecordState)
 
 
 def status_path(storage_dir: Path | str) -> Path:

@@ -431,6 +431,10 @@ def complete_held(
     """Complete a record held for its card photo: decode the WLT into headImg and, in compute mode,
     score the stored live photo against it (the face result was pending). Returns the validated
     payload. Raises ``RecordError``/``FvagentError`` when it cannot be completed (it stays held).
+
+    ``meta`` is the row's stored meta. A row written before ``face_result_pending`` existed counts as
+    pending in compute mode (what every held record then was), and one without ``camera_placeholder``
+    as having a real camera image (the key was written from the start whenever it was a placeholder).
     """
     if not raw_wlt:
         raise RecordError("held record has no raw WLT photo to decode", problems=[("headImg", "no WLT kept")])
