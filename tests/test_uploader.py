@@ -16,8 +16,10 @@ import httpx
 import pytest
 
 from agent.config import Settings, load_config
-from agent.outbox import Outbox, RateLimiter, Uploader, full_jitter
+from agent.delivery import RateLimiter, Uploader
+from agent.outbox import Outbox
 from agent.uplink.client import PlatformClient
+from core.backoff import full_jitter
 from core.errors import OutboxError, StorageFull
 from tests.test_outbox_support import record, write_config
 

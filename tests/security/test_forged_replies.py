@@ -19,7 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from agent.outbox import Outbox, Uploader
+from agent.delivery import Uploader
+from agent.outbox import Outbox
 from agent.uplink.client import PlatformClient
 from tests.forged_platform import (
     ForgedPlatform,
