@@ -4,6 +4,6 @@
 ``Uploader`` is the daemon's upload loop (docs/outbox.md); ``RateLimiter`` its request-rate cap.
 """
 
-from agent.delivery.uploader import RateLimiter, Uploader
+from agent.delivery.uploader import RateLimiter, Step, Uploader, UploaderSnapshot, UploaderState
 
-__all__ = ["RateLimiter", "Uploader"]
+__all__ = ["RateLimiter", "Step", "Uploader", "UploaderSnapshot", "UploaderState"]

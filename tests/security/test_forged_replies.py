@@ -167,6 +167,7 @@ def test_a_one_byte_per_second_trickle_is_abandoned_at_the_whole_request_deadlin
 
     def one_round() -> None:
         up.step()
+        up.wait_for_requests()
         done.set()
 
     threading.Thread(target=one_round, daemon=True).start()
