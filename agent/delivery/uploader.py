@@ -64,6 +64,10 @@ lookup, which no socket timeout bounds): the uploader stops beating its heartbea
 STOP_WAIT_S = 3.0
 """At stop, how long aborted requests get to record their outcome before the uploader returns."""
 SIGNED_STATE = "signed_replies"
+CLOCK_STEP_MARGIN_S = 5.0
+"""A retry time more than ``backoff_max_s`` plus this ahead was set by a wrong wall clock (it is due at
+once). The margin covers a result stored while a claim waited to write: its retry time counts from
+a slightly later now than the claim's, which is no clock step."""
 
 ClientFactory = Callable[[PlatformSettings], PlatformClient]
 """Makes the platform client for a ``[platform]`` configuration (again after each reload)."""
@@ -748,7 +752,8 @@ class Uploader:
     def _claim(self, free: int) -> list[Claim]:
         # While the platform is failing, probe with one record at a time.
         limit = 1 if self._failing else free
-        return self.outbox.claim(limit, self._clock(), max_wait_s=self.settings.backoff_max_s)
+        max_wait_s = self.settings.backoff_max_s + CLOCK_STEP_MARGIN_S
+        return self.outbox.claim(limit, self._clock(), max_wait_s=max_wait_s)
 
     # -- the loop: one round, repeated by run() and driven by the tests -----------------------------
     def recover(self) -> int:
