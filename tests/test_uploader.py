@@ -19,7 +19,7 @@ from agent.config import Settings, load_config
 from agent.delivery import RateLimiter, Uploader
 from agent.outbox import Outbox
 from agent.uplink.client import PlatformClient
-from core.backoff import full_jitter
+from core.backoff import Backoff, full_jitter
 from core.errors import OutboxError, StorageFull
 from tests.test_outbox_support import record, write_config
 from tests.waiting import wait_for
@@ -370,6 +370,21 @@ def test_full_jitter_bounds() -> None:
         values = [full_jitter(attempt, 2.0, 300.0, rng) for _ in range(200)]
         assert all(0 <= v <= ceiling for v in values)
         assert max(values) > ceiling * 0.8 and min(values) < ceiling * 0.2  # the whole range (full jitter)
+
+
+def test_the_uploaders_backoff_counts_an_episode_and_draws_each_delay_on_the_curve() -> None:
+    # core.backoff.Backoff as the uploader uses it: failed() for the global backoff, delay(attempt)
+    # for a record's own, succeeded() when the platform answers again.
+    backoff = Backoff(2.0, 300.0, jitter=random.Random(3))
+    ceilings = [min(300.0, 2.0 * 2 ** (n - 1)) for n in range(1, 11)]
+    assert all(0 <= backoff.failed() <= ceiling for ceiling in ceilings) and backoff.failures == 10
+    assert all(0 <= backoff.delay(9) <= 300.0 for _ in range(100)) and backoff.failures == 10  # no count
+    backoff.succeeded()
+    assert backoff.failures == 0 and backoff.failed() <= 2.0
+    plain = Backoff(0.5, 3.0)  # no jitter: the curve itself
+    assert [plain.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    with pytest.raises(ValueError, match="initial_s <= max_s"):
+        Backoff(5.0, 1.0)
 
 
 def test_rate_limiter_spaces_requests_evenly() -> None:
