@@ -27,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from agent.events import VERIFICATION, EventBus
+from agent.uplink.clock import PlatformClock
 from core.stored import RecordState
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,25 @@ class CountingClient:
             raise
         self._metrics.count_upload(getattr(outcome.kind, "value", str(outcome.kind)))
         return outcome
+
+    # What the uploader hands each client it makes must reach the wrapped one: ``__getattr__`` only
+    # forwards reads, so a plain assignment would land on this wrapper and change nothing.
+    @property
+    def platform_clock(self) -> PlatformClock:
+        clock: PlatformClock = self._client.platform_clock
+        return clock
+
+    @platform_clock.setter
+    def platform_clock(self, clock: PlatformClock) -> None:
+        self._client.platform_clock = clock
+
+    @property
+    def expect_signed(self) -> bool:
+        return bool(self._client.expect_signed)
+
+    @expect_signed.setter
+    def expect_signed(self, value: bool) -> None:
+        self._client.expect_signed = value
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)

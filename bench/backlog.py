@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from agent.config import load_config
-    from agent.outbox import Outbox, Uploader
+    from agent.delivery import Uploader
+    from agent.outbox import Outbox
     from agent.uplink.client import PlatformClient
     from tests.test_outbox_support import record
 

@@ -8,7 +8,6 @@ type checker proves that the real one fits. The real implementations: ``RecordSi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from core.images import Frame
@@ -31,11 +30,12 @@ class RecordSink(Protocol):
 
 
 class PlatformClient(Protocol):
-    """The platform's two calls, each answered with an ``Outcome`` (never an exception)."""
+    """The platform's two calls, each answered with an ``Outcome`` (never an exception for the
+    network). A payload is the JSON object as sent (a dict: the real client refuses anything else)."""
 
-    def register_device(self, payload: Mapping[str, Any]) -> Outcome: ...
+    def register_device(self, payload: dict[str, Any]) -> Outcome: ...
 
-    def upload_verification(self, payload: Mapping[str, Any]) -> Outcome: ...
+    def upload_verification(self, payload: dict[str, Any]) -> Outcome: ...
 
     def abort(self) -> None:
         """Cut the requests in flight (at stop); they end as retryable outcomes."""

@@ -672,7 +672,7 @@ def test_the_uploader_s_real_path_leaves_a_chain_that_verifies(tmp_path: Path) -
     import httpx
 
     from agent.config import load_config
-    from agent.outbox import Uploader
+    from agent.delivery import Uploader
     from agent.uplink.client import PlatformClient
     from tests.test_uploader import FakePlatform  # the same platform double
 

@@ -142,7 +142,8 @@ time_t time(time_t *out) {
 _WORKER = """
 import signal, sys, threading, time
 from agent.config import load_config
-from agent.outbox import Outbox, Uploader
+from agent.outbox import Outbox
+from agent.delivery import Uploader
 from agent.uplink.client import PlatformClient
 from tests.test_outbox_support import record
 settings = load_config(sys.argv[1], validate_drivers=False)

@@ -30,7 +30,8 @@ import pytest
 from agent import mock_platform
 from agent.audit.verify import verify_outbox
 from agent.config import Settings, load_config
-from agent.outbox import Outbox, Uploader
+from agent.delivery import Uploader
+from agent.outbox import Outbox
 from agent.uplink.client import PlatformClient
 from core.errors import StorageFull
 from core.records import natural_key

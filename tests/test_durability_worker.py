@@ -29,7 +29,8 @@ import time
 
 def _worker(cmd: dict) -> None:
     from agent.config import load_config
-    from agent.outbox import Outbox, Uploader
+    from agent.delivery import Uploader
+    from agent.outbox import Outbox
     from agent.uplink.client import PlatformClient
     from tests.test_outbox_support import record
 

@@ -18,7 +18,8 @@ import pytest
 
 from agent import mock_platform
 from agent.config import load_config
-from agent.outbox import Outbox, Uploader, housekeeping
+from agent.delivery import Uploader
+from agent.outbox import Outbox, housekeeping
 from agent.outbox.reserve import RESERVE_BYTES, RESERVE_NAME
 from agent.service.status import collect_status, status_path, write_status_file
 from agent.uplink.client import PlatformClient

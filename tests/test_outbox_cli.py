@@ -169,8 +169,8 @@ def test_whole_path_a_record_the_platform_rejects_is_fixed_resent_and_no_longer_
 ) -> None:
     """Rejected by the platform -> export -> fix -> upload-file accepted: the outbox row is sent,
     status stops alerting, and `retry --rejected` sends nothing (the uncorrected record stays home)."""
+    from agent.delivery import Uploader
     from agent.mock_platform import MockPlatform, MockPlatformConfig
-    from agent.outbox import Uploader
     from agent.uplink.client import PlatformClient
 
     config = MockPlatformConfig(

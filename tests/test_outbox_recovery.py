@@ -26,7 +26,8 @@ from agent import mock_platform
 from agent.audit.verify import verify_outbox
 from agent.cli import main as cli_main
 from agent.config import Settings, load_config
-from agent.outbox import Outbox, Uploader, incidents
+from agent.delivery import Uploader
+from agent.outbox import Outbox, incidents
 from agent.outbox.recovery import open_for_service
 from agent.uplink.client import PlatformClient
 from core.errors import OutboxCorrupt

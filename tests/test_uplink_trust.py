@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from agent.config import ConventionSettings, Settings, load_config
+from agent.delivery import Uploader
 from agent.mock_platform import MockPlatform, MockPlatformConfig
-from agent.outbox import Outbox, Uploader
+from agent.outbox import Outbox
 from agent.service.service import clock_offset_alert
 from agent.uplink.client import PlatformClient
 from agent.uplink.clock import PlatformClock
@@ -165,6 +166,33 @@ def test_after_first_an_unsigned_reply_is_refused_also_after_a_restart(env: Any)
     assert up.snapshot()["clock"]["platform_signs_replies"] is True
 
 
+def test_through_the_daemons_counting_client_too_the_clock_and_after_first_reach_the_real_client(env: Any) -> None:
+    # The service hands the uploader a CountingClient around each PlatformClient: what the uploader
+    # gives its client (the shared platform clock, "this platform signs") must pass the wrapper.
+    from agent.events import EventBus
+    from agent.metrics import CountingClient, Metrics
+
+    metrics = Metrics(EventBus(), dict)
+    made: list[PlatformClient] = []
+
+    def counting(platform: Any) -> CountingClient:
+        made.append(PlatformClient(platform, transport=httpx.MockTransport(env.platform)))
+        return CountingClient(made[-1], metrics)
+
+    s = env.settings
+    up = Uploader(env.outbox, counting, s.platform, s.uploader, s.device, rng=random.Random(1))
+    env.made.append(up)
+    first = env.outbox.enqueue(record(1))
+    up.drain_once()  # signed replies
+    assert env.outbox.get(first).state == "sent"
+    assert made[-1].platform_clock is up.platform_clock and made[-1].expect_signed
+    env.platform.sign = False  # a forger without the secret
+    second = env.outbox.enqueue(record(2))
+    _drain(up, 2)
+    row = env.outbox.get(second)
+    assert row.state == "pending" and "after-first" in (row.last_error or "")
+
+
 def test_a_platform_that_never_signs_is_served_under_after_first(env: Any) -> None:
     env.platform.sign = False
     record_id = env.outbox.enqueue(record(1))
@@ -288,6 +316,9 @@ def test_a_request_stuck_past_its_deadline_stops_the_heartbeat(env: Any) -> None
         def upload_verification(self, payload: dict[str, Any]) -> Any:
             release.wait(30)
             raise RuntimeError("released")
+
+        def abort(self) -> None:
+            pass  # what hangs here is no connection an abort could cut
 
         def close(self) -> None:
             pass

@@ -16,10 +16,13 @@ import httpx
 import pytest
 
 from agent.config import Settings, load_config
-from agent.outbox import Outbox, RateLimiter, Uploader, full_jitter
+from agent.delivery import RateLimiter, Uploader
+from agent.outbox import Outbox
 from agent.uplink.client import PlatformClient
+from core.backoff import Backoff, full_jitter
 from core.errors import OutboxError, StorageFull
 from tests.test_outbox_support import record, write_config
+from tests.waiting import wait_for
 
 Reply = Callable[[httpx.Request, dict[str, Any]], httpx.Response | None]
 
@@ -239,13 +242,13 @@ def test_a_failing_platform_is_probed_one_record_at_a_time(env: Any) -> None:
     rounds: list[int] = []
     deadline = time.monotonic() + 20
     while len(rounds) < 4 and time.monotonic() < deadline:
-        if n := up.step():
+        if n := up.step().sent:
             rounds.append(n)
         time.sleep(0.005)
     assert 1 <= rounds[0] <= concurrency and rounds[1:] == [1, 1, 1]  # found out; then one probe per round
     failing["on"] = False
     while env.outbox.stats()["sent"] < 8 and time.monotonic() < deadline:
-        if n := up.step():
+        if n := up.step().sent:
             rounds.append(n)
         time.sleep(0.005)
     assert env.outbox.stats()["sent"] == 8
@@ -369,6 +372,21 @@ def test_full_jitter_bounds() -> None:
         assert max(values) > ceiling * 0.8 and min(values) < ceiling * 0.2  # the whole range (full jitter)
 
 
+def test_the_uploaders_backoff_counts_an_episode_and_draws_each_delay_on_the_curve() -> None:
+    # core.backoff.Backoff as the uploader uses it: failed() for the global backoff, delay(attempt)
+    # for a record's own, succeeded() when the platform answers again.
+    backoff = Backoff(2.0, 300.0, jitter=random.Random(3))
+    ceilings = [min(300.0, 2.0 * 2 ** (n - 1)) for n in range(1, 11)]
+    assert all(0 <= backoff.failed() <= ceiling for ceiling in ceilings) and backoff.failures == 10
+    assert all(0 <= backoff.delay(9) <= 300.0 for _ in range(100)) and backoff.failures == 10  # no count
+    backoff.succeeded()
+    assert backoff.failures == 0 and backoff.failed() <= 2.0
+    plain = Backoff(0.5, 3.0)  # no jitter: the curve itself
+    assert [plain.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    with pytest.raises(ValueError, match="initial_s <= max_s"):
+        Backoff(5.0, 1.0)
+
+
 def test_rate_limiter_spaces_requests_evenly() -> None:
     limiter = RateLimiter(20.0)
     stamps = []
@@ -400,6 +418,87 @@ def test_run_loop_drains_new_records_and_stops(env: Any) -> None:
         stop.set()
         thread.join(10)
     assert not thread.is_alive() and up.snapshot()["state"] == "stopped"
+
+
+class FakeTime:
+    """The uploader's clocks, moved only by the uploader's own timed waits: minutes of backoff pass
+    in a moment of real time, so a test can run the production loop through them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wall_start = time.time()
+        self._passed = 0.0
+
+    def time(self) -> float:
+        with self._lock:
+            return self._wall_start + self._passed
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._passed
+
+    def wait(self, event: threading.Event, timeout_s: float) -> bool:
+        if event.wait(0.001):  # a moment of real time lets the workers run
+            return True
+        with self._lock:
+            self._passed += timeout_s
+        return event.is_set()
+
+
+def test_the_run_loop_rides_out_a_failing_platform_and_delivers_each_record_exactly_once(tmp_path: Path) -> None:
+    # run() itself, on a fake clock: the backoff (20 s doubling to 60 s) would take minutes of real time.
+    settings = _settings(tmp_path, backoff_initial_s=20.0, backoff_max_s=60.0)
+    platform = FakePlatform()
+    lock = threading.Lock()
+    failures_left = [5]
+    accepted: list[str] = []
+
+    def rule(req: httpx.Request, body: dict[str, Any]) -> httpx.Response | None:
+        if "/first" not in req.url.path:
+            return None
+        with lock:
+            if failures_left[0] > 0:
+                failures_left[0] -= 1
+                return httpx.Response(503)
+            accepted.append(body["cardNo"])
+        return None
+
+    platform.rule = rule
+    with Outbox.open(settings.storage) as box:
+        ids = [box.enqueue(record(n)) for n in range(6)]
+        fake = FakeTime()  # from now on: the records are due
+        platform.clock = fake.time
+        up = Uploader(
+            box,
+            lambda p: PlatformClient(p, transport=httpx.MockTransport(platform)),
+            settings.platform,
+            settings.uploader,
+            settings.device,
+            clock=fake.time,
+            monotonic=fake.monotonic,
+            wait_event=fake.wait,
+            rng=random.Random(7),
+        )
+        backoff_until: list[float] = []
+
+        def heartbeat() -> None:
+            if (until := up.snapshot()["backoff_until"]) is not None:
+                backoff_until.append(until)
+
+        stop = threading.Event()
+        thread = threading.Thread(target=up.run, args=(stop,), kwargs={"heartbeat": heartbeat})
+        thread.start()
+        try:
+            wait_for(lambda: box.stats()["sent"] == 6, 60, "every record to be delivered")
+        finally:
+            stop.set()
+            thread.join(10)
+        assert not thread.is_alive() and up.snapshot()["state"] == "stopped"
+        assert failures_left == [0] and backoff_until and fake.time() > max(backoff_until)  # backed off, waited it out
+        assert sorted(accepted) == sorted(record(n)["cardNo"] for n in range(6))  # each once, none twice
+        outcomes = [a.outcome for i in ids for a in box.attempts(i)]
+        assert outcomes.count("accepted") == 6 and outcomes.count("retryable") == 5
+        assert [row.state for row in map(box.get, ids) if row is not None] == ["sent"] * 6
 
 
 def test_run_requeues_records_a_crash_left_in_sending(env: Any) -> None:
@@ -446,7 +545,8 @@ def test_a_result_that_cannot_be_stored_is_kept_and_stored_later_not_resent(tmp_
         try:
             rid = box.enqueue(record(1))
             box.full = 1
-            assert up.step() == 1
+            assert up.step().sent == 1
+            assert up.wait_for_requests(10)
             assert len(platform.uploads()) == 1
             assert box.get(rid).state == "sending"  # type: ignore[union-attr]  # accepted, not yet written
             assert up.snapshot()["state"] == "paused" and "disk is full" in up.snapshot()["paused_reason"]

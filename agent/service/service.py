@@ -296,7 +296,7 @@ class Service:
         return CountingClient(PlatformClient(platform_settings, transport=self._transport), self.metrics)
 
     def _start_uploader(self) -> None:
-        from agent.outbox import Uploader
+        from agent.delivery import Uploader
 
         s = self.settings
         self.uploader = Uploader(self.outbox, self._client_factory, s.platform, s.uploader, s.device)

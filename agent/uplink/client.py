@@ -58,7 +58,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -68,6 +68,7 @@ from agent.uplink.auth import AuthProvider, make_provider
 from agent.uplink.clock import PlatformClock
 from agent.uplink.conventions import HEADER_SIGN, HEADER_TIME, Conventions
 from agent.uplink.transport import DeadlineTransport, deadline
+from core import protocols
 from core.errors import AuthError, CryptoError, PlatformDisabled, PlatformError
 from core.outcome import Outcome, OutcomeKind
 
@@ -483,6 +484,10 @@ class PlatformClient:
             log.warning("request %s: the response data could not be decrypted: %s", request_id, exc)
             return f" [response data not decryptable: {exc.message}; check [platform.conventions]]"
         return ""
+
+
+if TYPE_CHECKING:  # the type checker proves here that this is a client the uploader can take
+    _fits: type[protocols.PlatformClient] = PlatformClient
 
 
 class _ReplyCheck:

@@ -38,7 +38,7 @@ def deadline(seconds: float) -> Iterator[float]:
 
 
 def _left(timeout: float | None) -> float | None:
-    at = getattr(_local, "deadline", None)
+    at: float | None = getattr(_local, "deadline", None)  # threading.local attributes are untyped
     if at is None:
         return timeout
     left = max(0.0, at - time.monotonic())

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 
+from core.backoff import Backoff
 from core.errors import DeviceNotFound, DriverError, DriverNotFound
 from drivers.base import Camera, DriverSettings, ProbeResult
 
@@ -97,7 +98,11 @@ class OpenCVCamera(Camera):
         super().__init__(settings, name=name or "opencv")
         self.settings: OpenCVCameraSettings
         self._cap: Any = None
-        self._backoff_s = self.settings.reopen_backoff_initial_s
+        # A maximum below the first pause (the settings allow it) keeps every pause at the first.
+        self._reopen_backoff = Backoff(
+            self.settings.reopen_backoff_initial_s,
+            max(self.settings.reopen_backoff_initial_s, self.settings.reopen_backoff_max_s),
+        )
         self._next_reopen = 0.0
         self._lost_logged = False
         self.reopens = 0
@@ -116,7 +121,7 @@ class OpenCVCamera(Camera):
     # -- lifecycle ------------------------------------------------------------------------------
     def _open(self) -> None:
         self._cap = self._connect()
-        self._backoff_s = self.settings.reopen_backoff_initial_s
+        self._reopen_backoff.succeeded()
         self._lost_logged = False
 
     def _close(self) -> None:
@@ -173,15 +178,14 @@ class OpenCVCamera(Camera):
         try:
             self._cap = self._connect()
         except DeviceNotFound:
-            self._next_reopen = time.monotonic() + self._backoff_s
-            self._backoff_s = min(self._backoff_s * 2, self.settings.reopen_backoff_max_s)
+            self._next_reopen = time.monotonic() + self._reopen_backoff.failed()
             log.debug("%s: reopen failed; next attempt in %.1f s", self.describe(), self._next_reopen - now)
             raise
         self.reopens += 1
         if self._lost_logged:
             log.info("%s: camera reopened", self.describe())
         self._lost_logged = False
-        self._backoff_s = self.settings.reopen_backoff_initial_s
+        self._reopen_backoff.succeeded()
         self._next_reopen = 0.0
 
     def _connect(self) -> Any:

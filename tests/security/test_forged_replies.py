@@ -19,7 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from agent.outbox import Outbox, Uploader
+from agent.delivery import Uploader
+from agent.outbox import Outbox
 from agent.uplink.client import PlatformClient
 from tests.forged_platform import (
     ForgedPlatform,
@@ -166,6 +167,7 @@ def test_a_one_byte_per_second_trickle_is_abandoned_at_the_whole_request_deadlin
 
     def one_round() -> None:
         up.step()
+        up.wait_for_requests()
         done.set()
 
     threading.Thread(target=one_round, daemon=True).start()
