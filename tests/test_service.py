@@ -430,6 +430,8 @@ def test_stop_cuts_a_capture_short_and_still_records(run_service: Any, tmp_path:
 
     with Outbox.open(service.settings.storage) as outbox:
         assert outbox.stats()["total"] == 1
+        row = outbox.get(service.last_verification.outbox_id)
+        assert row is not None and row.meta["reason_code"] == "capture_stopped"  # the page says the stop was why
 
 
 def test_status_without_daemon_says_so(tmp_path: Path, images: dict[str, Any]) -> None:
