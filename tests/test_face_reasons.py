@@ -109,7 +109,7 @@ class RecordingSink:
         return len(self.metas)
 
 
-def test_the_verifier_stores_and_announces_the_code(tmp_path: Path, images: dict[str, Any]) -> None:  # noqa: F811
+def test_the_verifier_stores_and_announces_the_code(tmp_path: Path, images: dict[str, Any]) -> None:
     doc = config_doc(tmp_path, images, face={"mode": "compute"})
     settings = load_config(write_config(tmp_path / "c.toml", doc), validate_drivers=False)
     sink, events = RecordingSink(), EventBus()
