@@ -16,21 +16,26 @@ personal data they refer to, so the errors are safe to log.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from core import codes
 from core.clock import CHINA_TZ, platform_local
@@ -43,6 +48,10 @@ if TYPE_CHECKING:
 
 LONG_TERM_END = "长期"
 """Default cardEndDate of a long-term card ([platform.conventions] long_term_end_date)."""
+OPERATOR_MAX_LEN = 10
+"""operationUser is varchar(10) in the platform spec."""
+OPERATOR_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+"""The operator rule as a JSON Schema pattern: not all blank, no control characters."""
 
 
 class DeviceIdentity(Protocol):
@@ -80,6 +89,7 @@ _MAX_B64_CHARS = 4 * math.ceil(MAX_IMAGE_BYTES / 3)
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 Check = Callable[[Any, ValidationInfo], Any]
+TextCheck = Callable[[Any, ValidationInfo], str]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,7 +118,7 @@ def _string(v: Any) -> str:
     return v
 
 
-def _varchar(n: int, *, allow_empty: bool = False) -> Check:
+def _varchar(n: int, *, allow_empty: bool = False) -> TextCheck:
     def check(v: Any, info: ValidationInfo) -> str:
         s = _string(v)
         if not s and not allow_empty:
@@ -118,6 +128,40 @@ def _varchar(n: int, *, allow_empty: bool = False) -> Check:
         return s
 
     return check
+
+
+def _has_control_characters(s: str) -> bool:
+    # Cs: a lone surrogate could not be written as UTF-8
+    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in s)
+
+
+def _operation_user(v: Any, info: ValidationInfo) -> str:
+    s = _varchar(OPERATOR_MAX_LEN)(v, info)
+    if not s.strip():
+        raise ValueError("must not be blank")
+    if _has_control_characters(s):
+        raise ValueError("must not contain control characters")
+    return s
+
+
+def validate_operator(name: object) -> str:
+    """Return ``name`` stripped, or raise ``ValueError`` saying what is wrong with it.
+
+    The operationUser rule: 1..10 characters (the spec's varchar(10)), not all blank, without
+    control characters or lone surrogates (which could not be written as UTF-8).
+    """
+    if not isinstance(name, str):
+        raise ValueError("operator must be a string")
+    value = name.strip()
+    if not value:
+        raise ValueError("operator must not be empty")
+    if len(value) > OPERATOR_MAX_LEN:
+        raise ValueError(
+            f"operator must be at most {OPERATOR_MAX_LEN} characters (operationUser is varchar({OPERATOR_MAX_LEN}))"
+        )
+    if _has_control_characters(value):
+        raise ValueError("operator must not contain control characters")
+    return value
 
 
 def _date(v: Any, info: ValidationInfo) -> str:
@@ -272,8 +316,46 @@ def _optional(check: Check) -> Check:
     return optional
 
 
-def _rule(check: Check) -> BeforeValidator:
-    return BeforeValidator(check)
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    """One field's rule: the check pydantic runs on the raw JSON value, and the JSON Schema that
+    describes it, so the local API's request schema is generated from the same place."""
+
+    check: Check
+    schema: dict[str, Any]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.with_info_before_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return dict(self.schema)
+
+
+def _rule(check: Check, schema: Mapping[str, Any]) -> _Rule:
+    return _Rule(check, dict(schema))
+
+
+def _varchar_schema(n: int, *, allow_empty: bool = False) -> dict[str, Any]:
+    return {"type": "string", "maxLength": n} if allow_empty else {"type": "string", "minLength": 1, "maxLength": n}
+
+
+def _code_schema(choices: tuple[int, ...], *, numeric_string: bool) -> dict[str, Any]:
+    if numeric_string:
+        return {"type": ["integer", "string"], "enum": [*choices, *map(str, choices)]}
+    return {"type": "integer", "enum": list(choices)}
+
+
+_DATE_SCHEMA = {"type": "string", "pattern": "^" + _DATE.pattern + "$"}
+_DATETIME_SCHEMA = {"type": "string", "pattern": "^" + _DATETIME.pattern + "$"}
+_JPEG_SCHEMA = {
+    "type": "string",
+    "minLength": 4,
+    "maxLength": _MAX_B64_CHARS,
+    "description": "JPEG of at most 3 MB, base64",
+}
+_SCORE_SCHEMA = {"type": "number", "minimum": 0, "maximum": 1}
+_CARD_TYPES = tuple(codes.CARD_TYPES)
+_RESULTS = (0, 1, 2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,31 +377,53 @@ class VerificationRecord(_Record):
     Its ``repr`` masks the card number and leaves out names and images.
     """
 
-    realName: Annotated[str, _rule(_varchar(10))]
-    cardType: Annotated[int, _rule(_small_code(tuple(codes.CARD_TYPES), numeric_string=True))]
-    cardNo: Annotated[str, _rule(_varchar(18))]
-    sexCode: Annotated[str, _rule(_sex_code)]
-    sexName: Annotated[str, _rule(_sex_name)]
-    nationalCode: Annotated[str, _rule(_nation_code)]
-    nationalName: Annotated[str, _rule(_nation_name)]
-    operationUser: Annotated[str, _rule(_varchar(10))]
-    birthday: Annotated[str, _rule(_date)]
-    address: Annotated[str, _rule(_varchar(100, allow_empty=True))]
-    police: Annotated[str, _rule(_varchar(100, allow_empty=True))]
-    cardStartDate: Annotated[str, _rule(_date)]
-    cardEndDate: Annotated[str, _rule(_card_end_date)]
-    headImg: Annotated[str, _rule(_jpeg_base64)]
-    cameraImg: Annotated[str, _rule(_jpeg_base64)]
-    faceScore: Annotated[float, _rule(_score)]
-    faceResult: Annotated[int, _rule(_small_code((0, 1, 2), numeric_string=True))]
-    verifyDate: Annotated[str, _rule(_date)]
-    verifyTime: Annotated[str, _rule(_datetime19)]
-    certTimeoutStatus: Annotated[int, _rule(_small_code((0, 1), numeric_string=False))]
-    deviceNo: Annotated[str, _rule(_varchar(50))]
-    machineCode: Annotated[str, _rule(_varchar(50))]
-    fingerCollectImg: Annotated[str | None, _rule(_optional(_jpeg_base64))] = None
-    fingerScore: Annotated[float | None, _rule(_optional(_score))] = None
-    fingerResult: Annotated[int | None, _rule(_optional(_small_code((0, 1, 2), numeric_string=False)))] = None
+    realName: Annotated[str, _rule(_varchar(10), _varchar_schema(10))]
+    cardType: Annotated[
+        int,
+        _rule(
+            _small_code(_CARD_TYPES, numeric_string=True),
+            _code_schema(_CARD_TYPES, numeric_string=True),
+        ),
+    ]
+    cardNo: Annotated[str, _rule(_varchar(18), _varchar_schema(18))]
+    sexCode: Annotated[str, _rule(_sex_code, {"type": "string", "enum": list(codes.SEX_NAMES)})]
+    sexName: Annotated[str, _rule(_sex_name, {"type": "string", "enum": list(codes.SEX_NAMES.values())})]
+    nationalCode: Annotated[str, _rule(_nation_code, {"type": "string", "enum": list(codes.NATIONS)})]
+    nationalName: Annotated[
+        str,
+        _rule(_nation_name, {"type": "string", "enum": [*codes.NATIONS.values(), *codes.NATION_ALIASES]}),
+    ]
+    operationUser: Annotated[
+        str, _rule(_operation_user, {**_varchar_schema(OPERATOR_MAX_LEN), "pattern": OPERATOR_PATTERN})
+    ]
+    birthday: Annotated[str, _rule(_date, _DATE_SCHEMA)]
+    address: Annotated[str, _rule(_varchar(100, allow_empty=True), _varchar_schema(100, allow_empty=True))]
+    police: Annotated[str, _rule(_varchar(100, allow_empty=True), _varchar_schema(100, allow_empty=True))]
+    cardStartDate: Annotated[str, _rule(_date, _DATE_SCHEMA)]
+    # yyyy-MM-dd or the configured long-term text ([platform.conventions] long_term_end_date, <= 10)
+    cardEndDate: Annotated[str, _rule(_card_end_date, _varchar_schema(10))]
+    headImg: Annotated[str, _rule(_jpeg_base64, _JPEG_SCHEMA)]
+    cameraImg: Annotated[str, _rule(_jpeg_base64, _JPEG_SCHEMA)]
+    faceScore: Annotated[float, _rule(_score, _SCORE_SCHEMA)]
+    faceResult: Annotated[
+        int, _rule(_small_code(_RESULTS, numeric_string=True), _code_schema(_RESULTS, numeric_string=True))
+    ]
+    verifyDate: Annotated[str, _rule(_date, _DATE_SCHEMA)]
+    verifyTime: Annotated[str, _rule(_datetime19, _DATETIME_SCHEMA)]
+    certTimeoutStatus: Annotated[
+        int, _rule(_small_code((0, 1), numeric_string=False), _code_schema((0, 1), numeric_string=False))
+    ]
+    deviceNo: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    machineCode: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    fingerCollectImg: Annotated[str | None, _rule(_optional(_jpeg_base64), _JPEG_SCHEMA)] = None
+    fingerScore: Annotated[float | None, _rule(_optional(_score), _SCORE_SCHEMA)] = None
+    fingerResult: Annotated[
+        int | None,
+        _rule(
+            _optional(_small_code(_RESULTS, numeric_string=False)),
+            _code_schema(_RESULTS, numeric_string=False),
+        ),
+    ] = None
 
     @model_validator(mode="after")
     def _cross_field_rules(self, info: ValidationInfo) -> VerificationRecord:
@@ -344,56 +448,67 @@ class DeviceRegistration(_Record):
     local time); on input it may be absent.
     """
 
-    deptId: Annotated[str, _rule(_varchar(50))]
-    deptName: Annotated[str, _rule(_varchar(50))]
-    machineManufacturer: Annotated[str, _rule(_varchar(50))]
-    machineMode: Annotated[str, _rule(_varchar(50))]
-    purchaseTime: Annotated[str, _rule(_date)]
-    machineCode: Annotated[str, _rule(_varchar(50))]
-    deviceNo: Annotated[str, _rule(_varchar(50))]
-    status: Annotated[int, _rule(_small_code((0, 1), numeric_string=False))]
-    registerUser: Annotated[str, _rule(_varchar(50))]
-    registerTime: Annotated[str | None, _rule(_optional(_iso_local))] = None
+    deptId: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    deptName: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    machineManufacturer: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    machineMode: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    purchaseTime: Annotated[str, _rule(_date, _DATE_SCHEMA)]
+    machineCode: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    deviceNo: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    status: Annotated[int, _rule(_small_code((0, 1), numeric_string=False), _code_schema((0, 1), numeric_string=False))]
+    registerUser: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    registerTime: Annotated[
+        str | None,
+        _rule(_optional(_iso_local), {"type": "string", "pattern": "^" + _ISO_LOCAL.pattern + "$"}),
+    ] = None
+
+
+def _text(values: Mapping[str, Any], name: str) -> str | None:
+    """A field that passed its own rule as text, or None when it is absent (or failed)."""
+    value = values.get(name)
+    return value if isinstance(value, str) else None
 
 
 def _verification_cross_problems(values: Mapping[str, Any], long_term_end: str) -> list[tuple[str, str]]:
     """Rules between fields, over the fields that are valid on their own (absent ones are skipped)."""
     problems: list[tuple[str, str]] = []
-    v = values.get
+    sex_code, sex_name = _text(values, "sexCode"), _text(values, "sexName")
+    nation_code, nation_name = _text(values, "nationalCode"), _text(values, "nationalName")
+    card_no, birthday = _text(values, "cardNo"), _text(values, "birthday")
+    verify_day, verify_time = _text(values, "verifyDate"), _text(values, "verifyTime")
+    start, end = _text(values, "cardStartDate"), _text(values, "cardEndDate")
+    cert_timeout = values.get("certTimeoutStatus")
 
-    if v("sexCode") is not None and v("sexName") is not None:
-        expected = codes.SEX_NAMES[v("sexCode")]
-        if v("sexName") != expected:
-            problems.append(("sexName", f"must be {expected!r} for sexCode {v('sexCode')!r} (GB/T 2261.1)"))
+    if sex_code is not None and sex_name is not None:
+        expected = codes.SEX_NAMES[sex_code]
+        if sex_name != expected:
+            problems.append(("sexName", f"must be {expected!r} for sexCode {sex_code!r} (GB/T 2261.1)"))
 
-    if v("nationalCode") is not None and v("nationalName") is not None:
-        expected = codes.NATIONS[v("nationalCode")]
-        if v("nationalName") != expected and codes.NATION_ALIASES.get(v("nationalName")) != v("nationalCode"):
-            problems.append(
-                ("nationalName", f"must be {expected!r} for nationalCode {v('nationalCode')!r} (GB/T 3304)")
-            )
+    if nation_code is not None and nation_name is not None:
+        expected = codes.NATIONS[nation_code]
+        if nation_name != expected and codes.NATION_ALIASES.get(nation_name) != nation_code:
+            problems.append(("nationalName", f"must be {expected!r} for nationalCode {nation_code!r} (GB/T 3304)"))
 
-    if v("cardType") == codes.CARD_RESIDENT_ID and v("cardNo") is not None:
-        id_problems = codes.validate_resident_id(v("cardNo"))
+    if values.get("cardType") == codes.CARD_RESIDENT_ID and card_no is not None:
+        id_problems = codes.validate_resident_id(card_no)
         problems += [("cardNo", f"cardType 0: {p}") for p in id_problems]
-        if not id_problems and v("birthday") is not None:
-            inside = codes.resident_id_birth_date(v("cardNo"))
-            if inside is not None and v("birthday") != inside.isoformat():
+        if not id_problems and birthday is not None:
+            inside = codes.resident_id_birth_date(card_no)
+            if inside is not None and birthday != inside.isoformat():
                 problems.append(("birthday", "must equal the birth date inside cardNo (characters 7-14)"))
 
-    verify_date = dt.date.fromisoformat(v("verifyDate")) if v("verifyDate") is not None else None
-    if verify_date is not None and v("verifyTime") is not None and v("verifyTime")[:10] != v("verifyDate"):
+    verify_date = dt.date.fromisoformat(verify_day) if verify_day is not None else None
+    if verify_date is not None and verify_time is not None and verify_time[:10] != verify_day:
         problems.append(("verifyDate", "must be the date part of verifyTime"))
-    if verify_date is not None and v("birthday") is not None and dt.date.fromisoformat(v("birthday")) > verify_date:
+    if verify_date is not None and birthday is not None and dt.date.fromisoformat(birthday) > verify_date:
         problems.append(("birthday", "must not be after verifyDate"))
 
-    end = v("cardEndDate")
     end_date = dt.date.fromisoformat(end) if end is not None and end != long_term_end else None
-    if end_date is not None and v("cardStartDate") is not None and dt.date.fromisoformat(v("cardStartDate")) > end_date:
+    if end_date is not None and start is not None and dt.date.fromisoformat(start) > end_date:
         problems.append(("cardEndDate", "must not be before cardStartDate"))
-    if end is not None and verify_date is not None and v("certTimeoutStatus") is not None:
+    if end is not None and verify_date is not None and cert_timeout is not None:
         expired = end_date is not None and end_date < verify_date
-        if v("certTimeoutStatus") != int(expired):
+        if cert_timeout != int(expired):
             rule = (
                 "must be 1: cardEndDate is before verifyDate (the card had expired)"
                 if expired
@@ -408,7 +523,12 @@ def _verification_cross_problems(values: Mapping[str, Any], long_term_end: str) 
 
 
 def _field_adapters(model: type[BaseModel]) -> dict[str, TypeAdapter[Any]]:
-    return {name: TypeAdapter(Annotated[f.annotation, *f.metadata]) for name, f in model.model_fields.items()}
+    adapters: dict[str, TypeAdapter[Any]] = {}
+    for name, field in model.model_fields.items():
+        # a type built at run time: mypy cannot see it as a type form, pydantic takes it as one
+        annotated: Any = Annotated[field.annotation, *field.metadata]
+        adapters[name] = TypeAdapter(annotated)
+    return adapters
 
 
 _ADAPTERS: dict[type[BaseModel], dict[str, TypeAdapter[Any]]] = {

@@ -28,12 +28,12 @@ from agent.events import (
     Event,
     EventBus,
     OperatorState,
-    validate_operator,
 )
 from agent.face.reasons import REASON_ZH, UNKNOWN_REASON_ZH, FaceReason, parse_reason
 from core.clock import CHINA_TZ
 from core.errors import RecordError, StorageFull
 from core.privacy import mask_card_no, mask_name
+from core.records import validate_operator
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +410,10 @@ class DeskBackend:
         )
         error = data.get("error")
         held = (view or {}).get("heldReason") or data.get("held")
+        photos: dict[str, str | None] = {"head": None, "camera": None}
+        if view is not None:
+            record_id = view["id"]
+            photos = {k: (f"/ui/photos/{record_id}/{k}" if has else None) for k, has in view["hasPhotos"].items()}
         return {
             "id": view["id"] if view else None,
             "seq": event.seq,
@@ -429,10 +433,7 @@ class DeskBackend:
             "errorDetail": str(error) if error and not view else None,
             "simulated": bool((view or {}).get("simulated") or data.get("simulated")),
             "source": source,
-            "photos": {
-                k: (f"/ui/photos/{view['id']}/{k}" if has else None)
-                for k, has in (view["hasPhotos"] if view else {"head": False, "camera": False}).items()
-            },
+            "photos": photos,
             # how much longer the page shows it as the current result (a replayed old one: 0)
             "currentForS": round(max(0.0, self.settings.local_api.result_display_s - (time.time() - event.time)), 1),
             "handover": self._handover(view["id"]) if view and result in (0, 2) else None,
