@@ -629,22 +629,30 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def verification_fields(
-    card: IdCard,
-    *,
-    head_jpeg: bytes | None,
-    camera_jpeg: bytes,
-    face_score: float,
-    face_result: int,
-    operator: str,
-    verified_at: dt.datetime,
-    device: DeviceIdentity,
-    long_term_end: str = LONG_TERM_END,
-    finger_jpeg: bytes | None = None,
-    finger_score: float | None = None,
-    finger_result: int | None = None,
-) -> dict[str, Any]:
-    """The platform fields of one verification, mapped from the card read and the face check, unvalidated.
+@dataclasses.dataclass(frozen=True)
+class VerificationCapture:
+    """What one verification captured, before it becomes platform fields: the card read, the photos,
+    the face check, who and when, and this device. Its ``repr`` shows no personal data."""
+
+    card: IdCard
+    head_jpeg: bytes | None = dataclasses.field(repr=False)
+    """The card photo (headImg); ``None`` while it waits for a WLT decoder (headImg left out)."""
+    camera_jpeg: bytes = dataclasses.field(repr=False)
+    face_score: float
+    face_result: int
+    operator: str = dataclasses.field(repr=False)
+    verified_at: dt.datetime
+    """The verification's time; a naive value is taken as China local time already."""
+    device: DeviceIdentity
+    long_term_end: str = LONG_TERM_END
+    """The configured cardEndDate of a long-term card ([platform.conventions] long_term_end_date)."""
+    finger_jpeg: bytes | None = dataclasses.field(default=None, repr=False)
+    finger_score: float | None = None
+    finger_result: int | None = None
+
+
+def verification_fields(capture: VerificationCapture) -> dict[str, Any]:
+    """The platform fields of one verification, mapped from what it captured, unvalidated.
 
     The one card -> payload mapping: ``build_verification`` validates it into a record, and a card
     that cannot make a valid record is kept held with exactly these fields for a technician to fix.
@@ -653,13 +661,13 @@ def verification_fields(
       ``nation_code``); a card without a nation (HK/Macau/Taiwan and foreign cards) is sent as
       97 其他, since the platform requires a GB/T 3304 code and the card has none;
     - ``realName`` is the Chinese name, or the English name when the card has no Chinese one;
-    - ``verifyDate``/``verifyTime`` are ``verified_at`` in China local time (a naive value is taken
-      as local already);
+    - ``verifyDate``/``verifyTime`` are ``verified_at`` in China local time;
     - ``cardEndDate`` is ``long_term_end`` for a long-term card; ``certTimeoutStatus`` is 1 when
       the card's last valid day is before the verify date, else 0;
     - ``headImg`` is left out when ``head_jpeg`` is None (a held record completed later).
     """
-    local = platform_local(verified_at)
+    card = capture.card
+    local = platform_local(capture.verified_at)
     verify_date = local.date()
     expired = card.valid_to is not None and card.valid_to < verify_date
     nation_code = card.nation_code or codes.NATION_OTHER
@@ -671,73 +679,45 @@ def verification_fields(
         "sexName": codes.SEX_NAMES.get(card.sex_code, ""),
         "nationalCode": nation_code,
         "nationalName": codes.NATIONS.get(nation_code, ""),
-        "operationUser": operator,
+        "operationUser": capture.operator,
         "birthday": card.birth_date.isoformat(),
         "address": card.address,
         "police": card.authority,
         "cardStartDate": card.valid_from.isoformat(),
-        "cardEndDate": card.valid_to.isoformat() if card.valid_to is not None else long_term_end,
-        "cameraImg": _b64(camera_jpeg),
-        "faceScore": face_score,
-        "faceResult": face_result,
+        "cardEndDate": card.valid_to.isoformat() if card.valid_to is not None else capture.long_term_end,
+        "cameraImg": _b64(capture.camera_jpeg),
+        "faceScore": capture.face_score,
+        "faceResult": capture.face_result,
         "verifyDate": verify_date.isoformat(),
         "verifyTime": local.strftime("%Y-%m-%d %H:%M:%S"),
         "certTimeoutStatus": int(expired),
-        "deviceNo": device.device_no,
-        "machineCode": device.machine_code,
+        "deviceNo": capture.device.device_no,
+        "machineCode": capture.device.machine_code,
     }
-    if head_jpeg is not None:
-        data["headImg"] = _b64(head_jpeg)
-    if finger_jpeg is not None:
-        data["fingerCollectImg"] = _b64(finger_jpeg)
-    if finger_score is not None:
-        data["fingerScore"] = finger_score
-    if finger_result is not None:
-        data["fingerResult"] = finger_result
+    if capture.head_jpeg is not None:
+        data["headImg"] = _b64(capture.head_jpeg)
+    if capture.finger_jpeg is not None:
+        data["fingerCollectImg"] = _b64(capture.finger_jpeg)
+    if capture.finger_score is not None:
+        data["fingerScore"] = capture.finger_score
+    if capture.finger_result is not None:
+        data["fingerResult"] = capture.finger_result
     return data
 
 
-def build_verification(
-    card: IdCard,
-    *,
-    head_jpeg: bytes,
-    camera_jpeg: bytes,
-    face_score: float,
-    face_result: int,
-    operator: str,
-    verified_at: dt.datetime,
-    device: DeviceIdentity,
-    long_term_end: str = LONG_TERM_END,
-    finger_jpeg: bytes | None = None,
-    finger_score: float | None = None,
-    finger_result: int | None = None,
-) -> VerificationRecord:
-    """Build the record of one verification from the card read and the face check
-    (``verification_fields``, validated).
+def build_verification(capture: VerificationCapture) -> VerificationRecord:
+    """Build the record of one verification from what it captured (``verification_fields``, validated).
 
     Raises ``RecordError`` listing every field that breaks the spec (e.g. a name longer than 10
-    characters): nothing is truncated to make it fit.
+    characters, or no ``head_jpeg``): nothing is truncated to make it fit.
     """
-    data = verification_fields(
-        card,
-        head_jpeg=head_jpeg,
-        camera_jpeg=camera_jpeg,
-        face_score=face_score,
-        face_result=face_result,
-        operator=operator,
-        verified_at=verified_at,
-        device=device,
-        long_term_end=long_term_end,
-        finger_jpeg=finger_jpeg,
-        finger_score=finger_score,
-        finger_result=finger_result,
-    )
+    data = verification_fields(capture)
     try:
-        return parse_verification(data, long_term_end=long_term_end)
+        return parse_verification(data, long_term_end=capture.long_term_end)
     except RecordError as exc:
         # A name derived from an unknown code adds nothing to the code's own problem.
         derived = {
-            "sexName": card.sex_code not in codes.SEX_NAMES,
+            "sexName": capture.card.sex_code not in codes.SEX_NAMES,
             "nationalName": data["nationalCode"] not in codes.NATIONS,
         }
         _raise("verification record", [(f, r) for f, r in exc.problems if not derived.get(f)])

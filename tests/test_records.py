@@ -27,6 +27,7 @@ from core.images import MAX_IMAGE_BYTES, encode_jpeg
 from core.records import (
     OPERATOR_PATTERN,
     DeviceRegistration,
+    VerificationCapture,
     VerificationRecord,
     build_verification,
     natural_key,
@@ -802,7 +803,7 @@ def build(c: IdCard | None = None, **over: Any) -> VerificationRecord:
         verified_at=dt.datetime(2024, 6, 11, 17, 33, 55),
         device=device(),
     )
-    return build_verification(c or card(), **(kw | over))
+    return build_verification(VerificationCapture(c or card(), **(kw | over)))
 
 
 def test_build_from_a_resident_card() -> None:

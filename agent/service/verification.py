@@ -47,7 +47,7 @@ from core.errors import FvagentError, RecordError
 from core.images import ImageError, decode_image, encode_jpeg, normalize_jpeg
 from core.privacy import mask_card_no, mask_name
 from core.protocols import CameraSource, RecordSink
-from core.records import build_verification, parse_verification, verification_fields
+from core.records import VerificationCapture, build_verification, parse_verification, verification_fields
 
 log = logging.getLogger(__name__)
 
@@ -185,20 +185,19 @@ class Verifier:
             # verifyTime stays the local clock's (what the desk saw); the offset says how to read it.
             meta["clock_offset_s"] = round(offset, 1)
         simulated = card.simulated or camera_simulated
-        payload: dict[str, Any] | None = None
+        capture = VerificationCapture(
+            card,
+            head_jpeg=head or placeholder_jpeg(),
+            camera_jpeg=camera_jpeg,
+            face_score=outcome.score,
+            face_result=outcome.result,
+            operator=self._operator(),
+            verified_at=self._now(),
+            device=settings.device,
+            long_term_end=settings.platform.conventions.long_term_end_date,
+        )
         try:
-            record = build_verification(
-                card,
-                head_jpeg=head or placeholder_jpeg(),
-                camera_jpeg=camera_jpeg,
-                face_score=outcome.score,
-                face_result=outcome.result,
-                operator=self._operator(),
-                verified_at=self._now(),
-                device=settings.device,
-                long_term_end=settings.platform.conventions.long_term_end_date,
-            )
-            payload = record.to_payload()
+            payload = build_verification(capture).to_payload()
         except RecordError as exc:
             # Keep what was read: held (never sent) with the reason, for a technician to export and fix.
             held_reason = f"{HELD_INVALID}: " + "; ".join(f"{f}: {r}" for f, r in exc.problems)[:400]
@@ -207,17 +206,7 @@ class Verifier:
                 mask_card_no(card.card_no),
                 held_reason,
             )
-            payload = verification_fields(
-                card,
-                head_jpeg=head,
-                camera_jpeg=camera_jpeg,
-                face_score=outcome.score,
-                face_result=outcome.result,
-                operator=self._operator(),
-                verified_at=self._now(),
-                device=settings.device,
-                long_term_end=settings.platform.conventions.long_term_end_date,
-            )
+            payload = verification_fields(dataclasses.replace(capture, head_jpeg=head))
         if simulated and settings.platform.environment == "production":
             held_reason = SIMULATED_HELD_REASON  # over any other reason: completing it must not release it
         elif (
