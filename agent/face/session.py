@@ -331,7 +331,7 @@ class Scorer:
             liveness=self.challenge.reason if self.challenge is not None else None,
         )
         if self.card.reason is not None:
-            code = self.card.code or FaceReason.NO_CARD_PHOTO
+            code = self.card.code or FaceReason.NO_CARD_PHOTO  # encode_card always sets both
             return FaceOutcome(0.0, RESULT_NOT_VERIFIED, self.card.reason, code, **common)
         if self.best_distance is None:
             if camera_error is not None:
