@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from core.errors import ConfigError, SecretError
+from core.records import OPERATOR_MAX_LEN
 from drivers import registry
 
 DEFAULT_CONFIG_PATH = Path("/etc/fvagent/fvagent.toml")
@@ -204,7 +205,7 @@ class DeviceSettings(_Section):
     """Department name, e.g. 妇产科 (deptName)."""
     register_user: str = Field(min_length=1, max_length=50)
     """Who registers the device (registerUser)."""
-    operator: str = Field(min_length=1, max_length=10)
+    operator: str = Field(min_length=1, max_length=OPERATOR_MAX_LEN)
     """Default operationUser for verifications until the desk sets another."""
     status: Literal[0, 1] = 0
     """0 enabled, 1 disabled (停用), as sent at registration; 1 also holds every upload."""

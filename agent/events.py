@@ -22,11 +22,11 @@ import logging
 import os
 import threading
 import time
-import unicodedata
 from pathlib import Path
 from typing import Any
 
 from core.privacy import mask_name
+from core.records import validate_operator
 
 log = logging.getLogger(__name__)
 
@@ -220,26 +220,6 @@ class EventBus:
 # The desk's operator
 
 OPERATOR_FILE = "operator.json"
-OPERATOR_MAX_LEN = 10
-"""operationUser is varchar(10) in the platform spec."""
-
-
-def validate_operator(name: object) -> str:
-    """Return ``name`` stripped, or raise ``ValueError`` saying what is wrong with it.
-
-    An operator is 1..10 characters (the spec's varchar(10)) without control characters or lone
-    surrogates (which could not be written as UTF-8).
-    """
-    if not isinstance(name, str):
-        raise ValueError("operator must be a string")
-    value = name.strip()
-    if not value:
-        raise ValueError("operator must not be empty")
-    if len(value) > OPERATOR_MAX_LEN:
-        raise ValueError(f"operator must be at most {OPERATOR_MAX_LEN} characters (operationUser is varchar(10))")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        raise ValueError("operator must not contain control characters")
-    return value
 
 
 class OperatorState:

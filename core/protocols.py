@@ -49,6 +49,11 @@ class CameraSource(Protocol):
     @property
     def is_open(self) -> bool: ...
 
+    @property
+    def simulated(self) -> bool:
+        """True for a fake camera: every record it takes part in is marked simulated."""
+        ...
+
     def open(self) -> None: ...
 
     def read_frame(self, timeout_s: float) -> Frame:

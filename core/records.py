@@ -16,21 +16,26 @@ personal data they refer to, so the errors are safe to log.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from core import codes
 from core.clock import CHINA_TZ, platform_local
@@ -43,6 +48,10 @@ if TYPE_CHECKING:
 
 LONG_TERM_END = "长期"
 """Default cardEndDate of a long-term card ([platform.conventions] long_term_end_date)."""
+OPERATOR_MAX_LEN = 10
+"""operationUser is varchar(10) in the platform spec."""
+OPERATOR_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+"""The operator rule as a JSON Schema pattern: not all blank, no control characters."""
 
 
 class DeviceIdentity(Protocol):
@@ -80,6 +89,7 @@ _MAX_B64_CHARS = 4 * math.ceil(MAX_IMAGE_BYTES / 3)
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 Check = Callable[[Any, ValidationInfo], Any]
+TextCheck = Callable[[Any, ValidationInfo], str]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,7 +118,7 @@ def _string(v: Any) -> str:
     return v
 
 
-def _varchar(n: int, *, allow_empty: bool = False) -> Check:
+def _varchar(n: int, *, allow_empty: bool = False) -> TextCheck:
     def check(v: Any, info: ValidationInfo) -> str:
         s = _string(v)
         if not s and not allow_empty:
@@ -118,6 +128,40 @@ def _varchar(n: int, *, allow_empty: bool = False) -> Check:
         return s
 
     return check
+
+
+def _has_control_characters(s: str) -> bool:
+    # Cs: a lone surrogate could not be written as UTF-8
+    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in s)
+
+
+def _operation_user(v: Any, info: ValidationInfo) -> str:
+    s = _varchar(OPERATOR_MAX_LEN)(v, info)
+    if not s.strip():
+        raise ValueError("must not be blank")
+    if _has_control_characters(s):
+        raise ValueError("must not contain control characters")
+    return s
+
+
+def validate_operator(name: object) -> str:
+    """Return ``name`` stripped, or raise ``ValueError`` saying what is wrong with it.
+
+    The operationUser rule: 1..10 characters (the spec's varchar(10)), not all blank, without
+    control characters or lone surrogates (which could not be written as UTF-8).
+    """
+    if not isinstance(name, str):
+        raise ValueError("operator must be a string")
+    value = name.strip()
+    if not value:
+        raise ValueError("operator must not be empty")
+    if len(value) > OPERATOR_MAX_LEN:
+        raise ValueError(
+            f"operator must be at most {OPERATOR_MAX_LEN} characters (operationUser is varchar({OPERATOR_MAX_LEN}))"
+        )
+    if _has_control_characters(value):
+        raise ValueError("operator must not contain control characters")
+    return value
 
 
 def _date(v: Any, info: ValidationInfo) -> str:
@@ -272,8 +316,46 @@ def _optional(check: Check) -> Check:
     return optional
 
 
-def _rule(check: Check) -> BeforeValidator:
-    return BeforeValidator(check)
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    """One field's rule: the check pydantic runs on the raw JSON value, and the JSON Schema that
+    describes it, so the local API's request schema is generated from the same place."""
+
+    check: Check
+    schema: dict[str, Any]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.with_info_before_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return dict(self.schema)
+
+
+def _rule(check: Check, schema: Mapping[str, Any]) -> _Rule:
+    return _Rule(check, dict(schema))
+
+
+def _varchar_schema(n: int, *, allow_empty: bool = False) -> dict[str, Any]:
+    return {"type": "string", "maxLength": n} if allow_empty else {"type": "string", "minLength": 1, "maxLength": n}
+
+
+def _code_schema(choices: tuple[int, ...], *, numeric_string: bool) -> dict[str, Any]:
+    if numeric_string:
+        return {"type": ["integer", "string"], "enum": [*choices, *map(str, choices)]}
+    return {"type": "integer", "enum": list(choices)}
+
+
+_DATE_SCHEMA = {"type": "string", "pattern": "^" + _DATE.pattern + "$"}
+_DATETIME_SCHEMA = {"type": "string", "pattern": "^" + _DATETIME.pattern + "$"}
+_JPEG_SCHEMA = {
+    "type": "string",
+    "minLength": 4,
+    "maxLength": _MAX_B64_CHARS,
+    "description": "JPEG of at most 3 MB, base64",
+}
+_SCORE_SCHEMA = {"type": "number", "minimum": 0, "maximum": 1}
+_CARD_TYPES = tuple(codes.CARD_TYPES)
+_RESULTS = (0, 1, 2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,31 +377,53 @@ class VerificationRecord(_Record):
     Its ``repr`` masks the card number and leaves out names and images.
     """
 
-    realName: Annotated[str, _rule(_varchar(10))]
-    cardType: Annotated[int, _rule(_small_code(tuple(codes.CARD_TYPES), numeric_string=True))]
-    cardNo: Annotated[str, _rule(_varchar(18))]
-    sexCode: Annotated[str, _rule(_sex_code)]
-    sexName: Annotated[str, _rule(_sex_name)]
-    nationalCode: Annotated[str, _rule(_nation_code)]
-    nationalName: Annotated[str, _rule(_nation_name)]
-    operationUser: Annotated[str, _rule(_varchar(10))]
-    birthday: Annotated[str, _rule(_date)]
-    address: Annotated[str, _rule(_varchar(100, allow_empty=True))]
-    police: Annotated[str, _rule(_varchar(100, allow_empty=True))]
-    cardStartDate: Annotated[str, _rule(_date)]
-    cardEndDate: Annotated[str, _rule(_card_end_date)]
-    headImg: Annotated[str, _rule(_jpeg_base64)]
-    cameraImg: Annotated[str, _rule(_jpeg_base64)]
-    faceScore: Annotated[float, _rule(_score)]
-    faceResult: Annotated[int, _rule(_small_code((0, 1, 2), numeric_string=True))]
-    verifyDate: Annotated[str, _rule(_date)]
-    verifyTime: Annotated[str, _rule(_datetime19)]
-    certTimeoutStatus: Annotated[int, _rule(_small_code((0, 1), numeric_string=False))]
-    deviceNo: Annotated[str, _rule(_varchar(50))]
-    machineCode: Annotated[str, _rule(_varchar(50))]
-    fingerCollectImg: Annotated[str | None, _rule(_optional(_jpeg_base64))] = None
-    fingerScore: Annotated[float | None, _rule(_optional(_score))] = None
-    fingerResult: Annotated[int | None, _rule(_optional(_small_code((0, 1, 2), numeric_string=False)))] = None
+    realName: Annotated[str, _rule(_varchar(10), _varchar_schema(10))]
+    cardType: Annotated[
+        int,
+        _rule(
+            _small_code(_CARD_TYPES, numeric_string=True),
+            _code_schema(_CARD_TYPES, numeric_string=True),
+        ),
+    ]
+    cardNo: Annotated[str, _rule(_varchar(18), _varchar_schema(18))]
+    sexCode: Annotated[str, _rule(_sex_code, {"type": "string", "enum": list(codes.SEX_NAMES)})]
+    sexName: Annotated[str, _rule(_sex_name, {"type": "string", "enum": list(codes.SEX_NAMES.values())})]
+    nationalCode: Annotated[str, _rule(_nation_code, {"type": "string", "enum": list(codes.NATIONS)})]
+    nationalName: Annotated[
+        str,
+        _rule(_nation_name, {"type": "string", "enum": [*codes.NATIONS.values(), *codes.NATION_ALIASES]}),
+    ]
+    operationUser: Annotated[
+        str, _rule(_operation_user, {**_varchar_schema(OPERATOR_MAX_LEN), "pattern": OPERATOR_PATTERN})
+    ]
+    birthday: Annotated[str, _rule(_date, _DATE_SCHEMA)]
+    address: Annotated[str, _rule(_varchar(100, allow_empty=True), _varchar_schema(100, allow_empty=True))]
+    police: Annotated[str, _rule(_varchar(100, allow_empty=True), _varchar_schema(100, allow_empty=True))]
+    cardStartDate: Annotated[str, _rule(_date, _DATE_SCHEMA)]
+    # yyyy-MM-dd or the configured long-term text ([platform.conventions] long_term_end_date, <= 10)
+    cardEndDate: Annotated[str, _rule(_card_end_date, _varchar_schema(10))]
+    headImg: Annotated[str, _rule(_jpeg_base64, _JPEG_SCHEMA)]
+    cameraImg: Annotated[str, _rule(_jpeg_base64, _JPEG_SCHEMA)]
+    faceScore: Annotated[float, _rule(_score, _SCORE_SCHEMA)]
+    faceResult: Annotated[
+        int, _rule(_small_code(_RESULTS, numeric_string=True), _code_schema(_RESULTS, numeric_string=True))
+    ]
+    verifyDate: Annotated[str, _rule(_date, _DATE_SCHEMA)]
+    verifyTime: Annotated[str, _rule(_datetime19, _DATETIME_SCHEMA)]
+    certTimeoutStatus: Annotated[
+        int, _rule(_small_code((0, 1), numeric_string=False), _code_schema((0, 1), numeric_string=False))
+    ]
+    deviceNo: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    machineCode: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    fingerCollectImg: Annotated[str | None, _rule(_optional(_jpeg_base64), _JPEG_SCHEMA)] = None
+    fingerScore: Annotated[float | None, _rule(_optional(_score), _SCORE_SCHEMA)] = None
+    fingerResult: Annotated[
+        int | None,
+        _rule(
+            _optional(_small_code(_RESULTS, numeric_string=False)),
+            _code_schema(_RESULTS, numeric_string=False),
+        ),
+    ] = None
 
     @model_validator(mode="after")
     def _cross_field_rules(self, info: ValidationInfo) -> VerificationRecord:
@@ -344,56 +448,67 @@ class DeviceRegistration(_Record):
     local time); on input it may be absent.
     """
 
-    deptId: Annotated[str, _rule(_varchar(50))]
-    deptName: Annotated[str, _rule(_varchar(50))]
-    machineManufacturer: Annotated[str, _rule(_varchar(50))]
-    machineMode: Annotated[str, _rule(_varchar(50))]
-    purchaseTime: Annotated[str, _rule(_date)]
-    machineCode: Annotated[str, _rule(_varchar(50))]
-    deviceNo: Annotated[str, _rule(_varchar(50))]
-    status: Annotated[int, _rule(_small_code((0, 1), numeric_string=False))]
-    registerUser: Annotated[str, _rule(_varchar(50))]
-    registerTime: Annotated[str | None, _rule(_optional(_iso_local))] = None
+    deptId: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    deptName: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    machineManufacturer: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    machineMode: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    purchaseTime: Annotated[str, _rule(_date, _DATE_SCHEMA)]
+    machineCode: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    deviceNo: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    status: Annotated[int, _rule(_small_code((0, 1), numeric_string=False), _code_schema((0, 1), numeric_string=False))]
+    registerUser: Annotated[str, _rule(_varchar(50), _varchar_schema(50))]
+    registerTime: Annotated[
+        str | None,
+        _rule(_optional(_iso_local), {"type": "string", "pattern": "^" + _ISO_LOCAL.pattern + "$"}),
+    ] = None
+
+
+def _text(values: Mapping[str, Any], name: str) -> str | None:
+    """A field that passed its own rule as text, or None when it is absent (or failed)."""
+    value = values.get(name)
+    return value if isinstance(value, str) else None
 
 
 def _verification_cross_problems(values: Mapping[str, Any], long_term_end: str) -> list[tuple[str, str]]:
     """Rules between fields, over the fields that are valid on their own (absent ones are skipped)."""
     problems: list[tuple[str, str]] = []
-    v = values.get
+    sex_code, sex_name = _text(values, "sexCode"), _text(values, "sexName")
+    nation_code, nation_name = _text(values, "nationalCode"), _text(values, "nationalName")
+    card_no, birthday = _text(values, "cardNo"), _text(values, "birthday")
+    verify_day, verify_time = _text(values, "verifyDate"), _text(values, "verifyTime")
+    start, end = _text(values, "cardStartDate"), _text(values, "cardEndDate")
+    cert_timeout = values.get("certTimeoutStatus")
 
-    if v("sexCode") is not None and v("sexName") is not None:
-        expected = codes.SEX_NAMES[v("sexCode")]
-        if v("sexName") != expected:
-            problems.append(("sexName", f"must be {expected!r} for sexCode {v('sexCode')!r} (GB/T 2261.1)"))
+    if sex_code is not None and sex_name is not None:
+        expected = codes.SEX_NAMES[sex_code]
+        if sex_name != expected:
+            problems.append(("sexName", f"must be {expected!r} for sexCode {sex_code!r} (GB/T 2261.1)"))
 
-    if v("nationalCode") is not None and v("nationalName") is not None:
-        expected = codes.NATIONS[v("nationalCode")]
-        if v("nationalName") != expected and codes.NATION_ALIASES.get(v("nationalName")) != v("nationalCode"):
-            problems.append(
-                ("nationalName", f"must be {expected!r} for nationalCode {v('nationalCode')!r} (GB/T 3304)")
-            )
+    if nation_code is not None and nation_name is not None:
+        expected = codes.NATIONS[nation_code]
+        if nation_name != expected and codes.NATION_ALIASES.get(nation_name) != nation_code:
+            problems.append(("nationalName", f"must be {expected!r} for nationalCode {nation_code!r} (GB/T 3304)"))
 
-    if v("cardType") == codes.CARD_RESIDENT_ID and v("cardNo") is not None:
-        id_problems = codes.validate_resident_id(v("cardNo"))
+    if values.get("cardType") == codes.CARD_RESIDENT_ID and card_no is not None:
+        id_problems = codes.validate_resident_id(card_no)
         problems += [("cardNo", f"cardType 0: {p}") for p in id_problems]
-        if not id_problems and v("birthday") is not None:
-            inside = codes.resident_id_birth_date(v("cardNo"))
-            if inside is not None and v("birthday") != inside.isoformat():
+        if not id_problems and birthday is not None:
+            inside = codes.resident_id_birth_date(card_no)
+            if inside is not None and birthday != inside.isoformat():
                 problems.append(("birthday", "must equal the birth date inside cardNo (characters 7-14)"))
 
-    verify_date = dt.date.fromisoformat(v("verifyDate")) if v("verifyDate") is not None else None
-    if verify_date is not None and v("verifyTime") is not None and v("verifyTime")[:10] != v("verifyDate"):
+    verify_date = dt.date.fromisoformat(verify_day) if verify_day is not None else None
+    if verify_date is not None and verify_time is not None and verify_time[:10] != verify_day:
         problems.append(("verifyDate", "must be the date part of verifyTime"))
-    if verify_date is not None and v("birthday") is not None and dt.date.fromisoformat(v("birthday")) > verify_date:
+    if verify_date is not None and birthday is not None and dt.date.fromisoformat(birthday) > verify_date:
         problems.append(("birthday", "must not be after verifyDate"))
 
-    end = v("cardEndDate")
     end_date = dt.date.fromisoformat(end) if end is not None and end != long_term_end else None
-    if end_date is not None and v("cardStartDate") is not None and dt.date.fromisoformat(v("cardStartDate")) > end_date:
+    if end_date is not None and start is not None and dt.date.fromisoformat(start) > end_date:
         problems.append(("cardEndDate", "must not be before cardStartDate"))
-    if end is not None and verify_date is not None and v("certTimeoutStatus") is not None:
+    if end is not None and verify_date is not None and cert_timeout is not None:
         expired = end_date is not None and end_date < verify_date
-        if v("certTimeoutStatus") != int(expired):
+        if cert_timeout != int(expired):
             rule = (
                 "must be 1: cardEndDate is before verifyDate (the card had expired)"
                 if expired
@@ -408,7 +523,12 @@ def _verification_cross_problems(values: Mapping[str, Any], long_term_end: str) 
 
 
 def _field_adapters(model: type[BaseModel]) -> dict[str, TypeAdapter[Any]]:
-    return {name: TypeAdapter(Annotated[f.annotation, *f.metadata]) for name, f in model.model_fields.items()}
+    adapters: dict[str, TypeAdapter[Any]] = {}
+    for name, field in model.model_fields.items():
+        # a type built at run time: mypy cannot see it as a type form, pydantic takes it as one
+        annotated: Any = Annotated[field.annotation, *field.metadata]
+        adapters[name] = TypeAdapter(annotated)
+    return adapters
 
 
 _ADAPTERS: dict[type[BaseModel], dict[str, TypeAdapter[Any]]] = {
@@ -509,74 +629,95 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def build_verification(
-    card: IdCard,
-    *,
-    head_jpeg: bytes,
-    camera_jpeg: bytes,
-    face_score: float,
-    face_result: int,
-    operator: str,
-    verified_at: dt.datetime,
-    device: DeviceIdentity,
-    long_term_end: str = LONG_TERM_END,
-    finger_jpeg: bytes | None = None,
-    finger_score: float | None = None,
-    finger_result: int | None = None,
-) -> VerificationRecord:
-    """Build the record of one verification from the card read and the face check.
+@dataclasses.dataclass(frozen=True)
+class VerificationCapture:
+    """What one verification captured, before it becomes platform fields: the card read, the photos,
+    the face check, who and when, and this device. Its ``repr`` shows no personal data."""
+
+    card: IdCard
+    head_jpeg: bytes | None = dataclasses.field(repr=False)
+    """The card photo (headImg); ``None`` while it waits for a WLT decoder (headImg left out)."""
+    camera_jpeg: bytes = dataclasses.field(repr=False)
+    face_score: float
+    face_result: int
+    operator: str = dataclasses.field(repr=False)
+    verified_at: dt.datetime
+    """The verification's time; a naive value is taken as China local time already."""
+    device: DeviceIdentity
+    long_term_end: str = LONG_TERM_END
+    """The configured cardEndDate of a long-term card ([platform.conventions] long_term_end_date)."""
+    finger_jpeg: bytes | None = dataclasses.field(default=None, repr=False)
+    finger_score: float | None = None
+    finger_result: int | None = None
+
+
+def verification_fields(capture: VerificationCapture) -> dict[str, Any]:
+    """The platform fields of one verification, mapped from what it captured, unvalidated.
+
+    The one card -> payload mapping: ``build_verification`` validates it into a record, and a card
+    that cannot make a valid record is kept held with exactly these fields for a technician to fix.
 
     - names come from the code tables (``sexName`` from ``sex_code``, ``nationalName`` from
       ``nation_code``); a card without a nation (HK/Macau/Taiwan and foreign cards) is sent as
       97 其他, since the platform requires a GB/T 3304 code and the card has none;
     - ``realName`` is the Chinese name, or the English name when the card has no Chinese one;
-    - ``verifyDate``/``verifyTime`` are ``verified_at`` in China local time (a naive value is taken
-      as local already);
+    - ``verifyDate``/``verifyTime`` are ``verified_at`` in China local time;
     - ``cardEndDate`` is ``long_term_end`` for a long-term card; ``certTimeoutStatus`` is 1 when
-      the card's last valid day is before the verify date, else 0.
-
-    Raises ``RecordError`` listing every field that breaks the spec (e.g. a name longer than 10
-    characters): nothing is truncated to make it fit.
+      the card's last valid day is before the verify date, else 0;
+    - ``headImg`` is left out when ``head_jpeg`` is None (a held record completed later).
     """
-    local = platform_local(verified_at)
+    card = capture.card
+    local = platform_local(capture.verified_at)
     verify_date = local.date()
     expired = card.valid_to is not None and card.valid_to < verify_date
+    nation_code = card.nation_code or codes.NATION_OTHER
     data: dict[str, Any] = {
         "realName": card.name or (card.english_name or ""),
         "cardType": card.card_type,
         "cardNo": card.card_no,
         "sexCode": card.sex_code,
         "sexName": codes.SEX_NAMES.get(card.sex_code, ""),
-        "nationalCode": card.nation_code or codes.NATION_OTHER,
-        "nationalName": codes.NATIONS.get(card.nation_code or codes.NATION_OTHER, ""),
-        "operationUser": operator,
+        "nationalCode": nation_code,
+        "nationalName": codes.NATIONS.get(nation_code, ""),
+        "operationUser": capture.operator,
         "birthday": card.birth_date.isoformat(),
         "address": card.address,
         "police": card.authority,
         "cardStartDate": card.valid_from.isoformat(),
-        "cardEndDate": card.valid_to.isoformat() if card.valid_to is not None else long_term_end,
-        "headImg": _b64(head_jpeg),
-        "cameraImg": _b64(camera_jpeg),
-        "faceScore": face_score,
-        "faceResult": face_result,
+        "cardEndDate": card.valid_to.isoformat() if card.valid_to is not None else capture.long_term_end,
+        "cameraImg": _b64(capture.camera_jpeg),
+        "faceScore": capture.face_score,
+        "faceResult": capture.face_result,
         "verifyDate": verify_date.isoformat(),
         "verifyTime": local.strftime("%Y-%m-%d %H:%M:%S"),
         "certTimeoutStatus": int(expired),
-        "deviceNo": device.device_no,
-        "machineCode": device.machine_code,
+        "deviceNo": capture.device.device_no,
+        "machineCode": capture.device.machine_code,
     }
-    if finger_jpeg is not None:
-        data["fingerCollectImg"] = _b64(finger_jpeg)
-    if finger_score is not None:
-        data["fingerScore"] = finger_score
-    if finger_result is not None:
-        data["fingerResult"] = finger_result
+    if capture.head_jpeg is not None:
+        data["headImg"] = _b64(capture.head_jpeg)
+    if capture.finger_jpeg is not None:
+        data["fingerCollectImg"] = _b64(capture.finger_jpeg)
+    if capture.finger_score is not None:
+        data["fingerScore"] = capture.finger_score
+    if capture.finger_result is not None:
+        data["fingerResult"] = capture.finger_result
+    return data
+
+
+def build_verification(capture: VerificationCapture) -> VerificationRecord:
+    """Build the record of one verification from what it captured (``verification_fields``, validated).
+
+    Raises ``RecordError`` listing every field that breaks the spec (e.g. a name longer than 10
+    characters, or no ``head_jpeg``): nothing is truncated to make it fit.
+    """
+    data = verification_fields(capture)
     try:
-        return parse_verification(data, long_term_end=long_term_end)
+        return parse_verification(data, long_term_end=capture.long_term_end)
     except RecordError as exc:
         # A name derived from an unknown code adds nothing to the code's own problem.
         derived = {
-            "sexName": card.sex_code not in codes.SEX_NAMES,
+            "sexName": capture.card.sex_code not in codes.SEX_NAMES,
             "nationalName": data["nationalCode"] not in codes.NATIONS,
         }
         _raise("verification record", [(f, r) for f, r in exc.problems if not derived.get(f)])

@@ -57,6 +57,9 @@ class RecordMeta(BaseModel):
     """Always stored: ``count_unsent(source=)`` selects on it."""
     reason: str | None = None
     """The face session's line for the log (English); the page uses ``reason_code``."""
+    reason_code: str | None = None
+    """The face outcome's code (``agent.face.reasons.FaceReason``), which the page shows in Chinese;
+    absent in rows written before codes existed, which the page shows with a default text."""
     face_source: str | None = None
     """"engine" (computed here) or "terminal" (relayed)."""
     engine_score: float | None = None

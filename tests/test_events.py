@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from agent.events import EventBus, OperatorState, validate_operator
+from agent.events import EventBus, OperatorState
+from core.records import validate_operator
 
 
 def test_publish_reaches_every_subscriber_in_order() -> None:

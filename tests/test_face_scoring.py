@@ -23,6 +23,7 @@ from agent.face import (
     DetectedFace,
     FaceEngine,
     FaceOutcome,
+    FaceReason,
     distance_to_score,
     quality,
     reconcile_both,
@@ -179,7 +180,7 @@ def jpeg_with_exif() -> bytes:
 def test_relay_accepts_consistent_values(score: Any, result: Any) -> None:
     out = relay_outcome(score, result)
     assert out.source == "terminal" and out.result == int(result) and out.score == float(score)
-    assert out.reason == "relayed from the terminal"
+    assert out.reason == "relayed from the terminal" and out.code is FaceReason.RELAYED
 
 
 @pytest.mark.parametrize(
@@ -214,19 +215,28 @@ def test_relay_images_become_exif_free_and_bad_ones_are_named() -> None:
 
 def test_both_mode_keeps_the_terminals_values_and_logs_disagreement(caplog: pytest.LogCaptureFixture) -> None:
     terminal = relay_outcome(0.91, 1)
-    engine = FaceOutcome(0.02, 0, "no match", 0.71, best_frame_jpeg=b"\xff\xd8\xffjpeg", frames_seen=8, elapsed_s=1.2)
+    engine = FaceOutcome(
+        0.02,
+        0,
+        "no match",
+        FaceReason.NO_MATCH,
+        0.71,
+        best_frame_jpeg=b"\xff\xd8\xffjpeg",
+        frames_seen=8,
+        elapsed_s=1.2,
+    )
     with caplog.at_level(logging.WARNING, logger="agent.face.relay"):
         out = reconcile_both(terminal, engine)
     assert (out.score, out.result, out.source) == (0.91, 1, "terminal")
     assert (out.engine_score, out.engine_result, out.disagrees) == (0.02, 0, True)
     assert out.best_frame_jpeg == b"\xff\xd8\xffjpeg" and out.frames_seen == 8
-    assert "engine disagrees" in out.reason
+    assert "engine disagrees" in out.reason and out.code is FaceReason.RELAYED
     assert any("engine result 0" in r.getMessage() for r in caplog.records)
 
     caplog.clear()
-    agree = reconcile_both(terminal, FaceOutcome(0.97, 1, "match", 0.3))
+    agree = reconcile_both(terminal, FaceOutcome(0.97, 1, "match", FaceReason.MATCH, 0.3))
     assert not agree.disagrees and "engine agrees" in agree.reason and not caplog.records
-    unsure = reconcile_both(terminal, FaceOutcome(0.0, 2, "no usable frame"))
+    unsure = reconcile_both(terminal, FaceOutcome(0.0, 2, "no usable frame", FaceReason.NO_USABLE_FRAME))
     assert not unsure.disagrees and "could not verify" in unsure.reason
 
 
@@ -309,7 +319,7 @@ def test_clear_pass_stops_early(tmp_path: Path) -> None:
     assert FACE.liveness == "off" and out.liveness is None and not prompts  # liveness is off by default
     assert out.result == 1 and out.distance == pytest.approx(0.02) and out.score >= FACE.early_stop_score
     assert out.frames_seen == 2 and out.best_frame_index == 1  # stopped at the clear pass
-    assert out.reason.startswith("match")
+    assert out.reason.startswith("match") and out.code is FaceReason.MATCH
     assert cam.is_open  # opened for us when closed; the caller closes it
     best = decode_image(out.best_frame_jpeg or b"")
     assert best.shape == (240, 320, 3) and b"Exif" not in (out.best_frame_jpeg or b"")
@@ -325,6 +335,7 @@ def test_no_match_compares_up_to_the_limit_and_keeps_the_best(tmp_path: Path) ->
         out = score_live(engine, cam, CARD, face)
     assert out.result == 0 and out.distance == pytest.approx(0.65) and out.frames_seen == 3
     assert "no match" in out.reason and out.best_frame_index == 1 and out.retry is None  # under the grey zone
+    assert out.code is FaceReason.NO_MATCH
     assert engine.encodings == 1 + 1 + 3  # the card, its mirror (no clear pass), each compared frame once
 
 
@@ -405,22 +416,29 @@ def test_no_usable_frame_is_result_2_with_the_reasons(tmp_path: Path) -> None:
     assert out.result == 2 and out.score == 0.0 and out.distance is None
     assert "no usable frame" in out.reason and "face too small" in out.reason and "face too dark" in out.reason
     assert out.rejects == {"face too small": 4, "face too dark": 3}
+    assert out.code is FaceReason.FACE_TOO_SMALL  # the first quality reason the desk can act on
     assert out.best_frame_jpeg is not None  # the last frame seen, for cameraImg
 
 
 @pytest.mark.parametrize(
-    ("card", "reason"),
+    ("card", "reason", "code"),
     [
-        (None, "no card photo"),
-        (b"\x00garbage", "card photo is not a decodable image"),
-        (png(make_frame(faces=0, size=60, shape=(126, 102))), "no face found on the card photo"),
+        (None, "no card photo", FaceReason.NO_CARD_PHOTO),
+        (b"\x00garbage", "card photo is not a decodable image", FaceReason.CARD_PHOTO_UNREADABLE),
+        (
+            png(make_frame(faces=0, size=60, shape=(126, 102))),
+            "no face found on the card photo",
+            FaceReason.NO_FACE_ON_CARD,
+        ),
     ],
 )
-def test_bad_card_photo_is_result_2_but_a_frame_is_kept(card: bytes | None, reason: str, tmp_path: Path) -> None:
+def test_bad_card_photo_is_result_2_but_a_frame_is_kept(
+    card: bytes | None, reason: str, code: FaceReason, tmp_path: Path
+) -> None:
     cam = fake_camera([make_frame(faces=0), make_frame(value=31)], tmp_path)
     with cam:
         out = score_live(StubEngine(), cam, card, FACE)
-    assert (out.result, out.reason) == (2, reason)
+    assert (out.result, out.reason, out.code) == (2, reason, code)
     assert out.frames_seen == 2 and out.best_frame_jpeg is not None  # stopped at the first good frame
     assert (out.head_jpeg is not None) == (reason == "no face found on the card photo")
 
@@ -431,6 +449,7 @@ def test_camera_that_disappears_ends_with_result_2(tmp_path: Path) -> None:
         out = score_live(StubEngine(), cam, CARD, FACE)
     assert out.result == 2 and out.camera_error is not None and "disappeared" in out.camera_error
     assert out.reason.startswith("camera error") and out.frames_seen == 1
+    assert out.code is FaceReason.CAMERA_ERROR
 
 
 def test_camera_that_cannot_open_ends_with_result_2(tmp_path: Path) -> None:
@@ -445,6 +464,7 @@ def test_camera_without_frames_respects_the_capture_timeout(tmp_path: Path) -> N
     with cam:
         out = score_live(StubEngine(), cam, CARD, settings(capture_timeout_s=0.4))
     assert out.result == 2 and out.frames_seen == 0 and "no frame" in out.reason
+    assert out.code is FaceReason.NO_FRAME
     assert 0.35 <= out.elapsed_s < 2.0
 
 
@@ -457,13 +477,15 @@ def test_engine_failures_never_escape(tmp_path: Path) -> None:
     with fake_camera([make_frame(value=31)], tmp_path) as cam2:
         out2 = score_live(StubEngine(fail_on=77), cam2, broken_card, FACE)
     assert out2.result == 2 and "engine failed on the card photo" in out2.reason
+    assert out2.code is FaceReason.CARD_ENGINE_FAILED
 
 
 def test_broken_frames_are_counted_not_fatal() -> None:
     frames: list[Any] = [np.zeros((4, 4), dtype=np.uint8), "nonsense", make_frame(value=30)]
     out = score_frames(StubEngine(), frames, CARD, FACE)
     assert out.result == 1 and out.rejects == {"bad frame": 2} and out.best_frame_index == 2
-    assert score_frames(StubEngine(), [], CARD, FACE).reason == "no live image given"
+    nothing = score_frames(StubEngine(), [], CARD, FACE)
+    assert (nothing.reason, nothing.code) == ("no live image given", FaceReason.NO_LIVE_IMAGE)
 
 
 def test_liveness_on_passes_with_a_turn_and_fails_without(tmp_path: Path) -> None:
@@ -477,6 +499,7 @@ def test_liveness_on_passes_with_a_turn_and_fails_without(tmp_path: Path) -> Non
     with fake_camera(turn, tmp_path) as cam:
         out = score_live(StubEngine(), cam, CARD, face, rng=_rng_for("right"))
     assert out.result == 0 and "wrong way" in out.reason and out.score > 0.9  # the face matched
+    assert out.code is FaceReason.LIVENESS_FAILED
 
 
 def _rng_for(direction: str) -> random.Random:

@@ -79,9 +79,17 @@ def filled(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     with Outbox.open(storage(tmp_path), clock=lambda: yesterday.timestamp()) as old:
         ids["old"] = old.enqueue(_face(10, 0, 0.3), meta={"source": "reader", "reason": "no match (distance 0.61)"})
     with Outbox.open(storage(tmp_path)) as box:
-        ids["failed"] = box.enqueue(_face(11, 0, 0.42), meta={"source": "reader", "reason": "no match (distance 0.58)"})
+        ids["failed"] = box.enqueue(
+            _face(11, 0, 0.42),
+            meta={"source": "reader", "reason": "no match (distance 0.58)", "reason_code": "no_match"},
+        )
         ids["not_verified"] = box.enqueue(
-            _face(12, 2, 0.0), meta={"source": "reader", "reason": "no usable frame in 5.0 s: face too small (42 px)"}
+            _face(12, 2, 0.0),
+            meta={
+                "source": "reader",
+                "reason": "no usable frame in 5.0 s: face too small (42 px)",
+                "reason_code": "face_too_small",
+            },
         )
         ids["passed"] = box.enqueue(_face(13, 1, 0.91), meta={"source": "reader", "reason": None})
         ids["relayed"] = box.enqueue(_face(14, 0, 0.35), meta={"source": "local_api"})

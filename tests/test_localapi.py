@@ -530,7 +530,12 @@ def test_feed_item_speaks_chinese_and_shows_unsaved_captures(agent: Agent) -> No
     reader_event = Event(
         1,
         "verification",
-        {"id": record_id, "source": "reader", "reason": "no match: best distance 0.612 over 3 frame(s), score 0.42"},
+        {
+            "id": record_id,
+            "source": "reader",
+            "reason": "no match: best distance 0.612 over 3 frame(s), score 0.42",
+            "reasonCode": "no_match",
+        },
         time.time(),
     )
     item = agent.backend.feed_item(reader_event)
@@ -541,7 +546,12 @@ def test_feed_item_speaks_chinese_and_shows_unsaved_captures(agent: Agent) -> No
         Event(
             2,
             "verification",
-            {"id": record_id, "source": "reader", "reason": "no usable frame in 5.0 s (12 frames: no face 12)"},
+            {
+                "id": record_id,
+                "source": "reader",
+                "reason": "no usable frame in 5.0 s (12 frames: no face 12)",
+                "reasonCode": "no_face_live",
+            },
             time.time(),
         )
     )

@@ -109,3 +109,37 @@ def test_schema_lists_every_endpoint_of_the_issue(api_schema: Any, running: Agen
     post = doc["paths"]["/v1/verifications"]["post"]
     assert {"202", "401", "422"} <= set(post["responses"])
     assert any(p["name"] == "Idempotency-Key" for p in post["parameters"])
+
+
+def test_the_relay_schema_is_generated_from_the_record_model(running: Agent) -> None:
+    import httpx
+
+    from agent.localapi.app import RELAY_DEFAULTED_FIELDS, verification_body_schema
+    from core.records import VerificationRecord
+
+    doc = httpx.get(running.url + "/openapi.json").json()
+    served = doc["paths"]["/v1/verifications"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert served == verification_body_schema()
+    model = VerificationRecord.model_json_schema()
+    for name, rule in model["properties"].items():  # every field rule as the model states it (no null default)
+        assert served["properties"][name] == {k: v for k, v in rule.items() if k != "default"}, name
+    assert set(model["required"]) - set(served["required"]) == set(RELAY_DEFAULTED_FIELDS)
+    assert served["additionalProperties"] is False
+    assert (
+        served["properties"]["operationUser"]["maxLength"] == 10 and "pattern" in served["properties"]["operationUser"]
+    )
+    assert served["properties"]["sexCode"]["enum"] == ["0", "1", "2", "9"]
+
+
+def test_a_field_rule_changed_in_the_model_appears_in_the_schema() -> None:
+    from typing import Annotated
+
+    from pydantic import create_model
+
+    from agent.localapi.app import verification_body_schema
+    from core.records import VerificationRecord, _rule, _varchar, _varchar_schema
+
+    longer = Annotated[str, _rule(_varchar(12), _varchar_schema(12))]
+    changed = create_model("Changed", __base__=VerificationRecord, realName=(longer, ...))
+    assert verification_body_schema()["properties"]["realName"]["maxLength"] == 10
+    assert verification_body_schema(changed)["properties"]["realName"]["maxLength"] == 12

@@ -25,7 +25,9 @@ from core.card import IdCard
 from core.errors import RecordError
 from core.images import MAX_IMAGE_BYTES, encode_jpeg
 from core.records import (
+    OPERATOR_PATTERN,
     DeviceRegistration,
+    VerificationCapture,
     VerificationRecord,
     build_verification,
     natural_key,
@@ -33,6 +35,7 @@ from core.records import (
     parse_verification,
     registration_payload,
     standard_base64_size,
+    validate_operator,
 )
 
 
@@ -256,6 +259,28 @@ def test_card_no_limit_is_18() -> None:
 @pytest.mark.parametrize("field", ["realName", "operationUser", "deviceNo", "machineCode", "cardNo"])
 def test_empty_strings_refused(field: str) -> None:
     refused(field, "", contains="must not be empty")
+
+
+@pytest.mark.parametrize(
+    ("value", "contains"), [("   ", "must not be blank"), ("王\u0007护士", "must not contain control characters")]
+)
+def test_operation_user_follows_the_operator_rule(value: str, contains: str) -> None:
+    refused("operationUser", value, contains=contains)
+    with pytest.raises(ValueError, match="operator must"):
+        validate_operator(value)
+
+
+def test_the_operator_pattern_agrees_with_the_operator_rule() -> None:
+    import re
+
+    for name in ("王护士", " 王护士 ", "一二三四五六七八九十", "a b", "   ", "王\u0007护士", ""):
+        try:
+            validate_operator(name)
+            ok = True
+        except ValueError:
+            ok = False
+        assert ok == bool(re.search(OPERATOR_PATTERN, name)), name
+    assert accepted("operationUser", " 王护士 ").operationUser == " 王护士 "  # nothing rewritten
 
 
 @pytest.mark.parametrize("field", ["address", "police"])
@@ -778,7 +803,7 @@ def build(c: IdCard | None = None, **over: Any) -> VerificationRecord:
         verified_at=dt.datetime(2024, 6, 11, 17, 33, 55),
         device=device(),
     )
-    return build_verification(c or card(), **(kw | over))
+    return build_verification(VerificationCapture(c or card(), **(kw | over)))
 
 
 def test_build_from_a_resident_card() -> None:

@@ -410,7 +410,10 @@ def test_card_data_breaking_the_spec_is_kept_held(run_service: Any) -> None:
     reader.present(card(0, name="张" * 11, terminal_score=0.9, terminal_result=1))
     row = wait_for(lambda: service.outbox.list("held", limit=1), what="held row")[0]
     assert row.held_reason.startswith(HELD_INVALID) and "realName" in row.held_reason
-    assert service.outbox.payload(row.id)["realName"] == "张" * 11  # kept as read, for a technician
+    held = service.outbox.payload(row.id)
+    assert held["realName"] == "张" * 11  # kept as read, for a technician
+    # mapped like a valid record (core.records.verification_fields): only the rules were not met
+    assert held["sexName"] and held["nationalName"] and held["certTimeoutStatus"] in (0, 1)
 
 
 def test_stop_cuts_a_capture_short_and_still_records(run_service: Any, tmp_path: Path, images: dict[str, Any]) -> None:
@@ -430,6 +433,8 @@ def test_stop_cuts_a_capture_short_and_still_records(run_service: Any, tmp_path:
 
     with Outbox.open(service.settings.storage) as outbox:
         assert outbox.stats()["total"] == 1
+        row = outbox.get(service.last_verification.outbox_id)
+        assert row is not None and row.meta["reason_code"] == "capture_stopped"  # the page says the stop was why
 
 
 def test_status_without_daemon_says_so(tmp_path: Path, images: dict[str, Any]) -> None:

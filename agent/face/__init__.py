@@ -9,6 +9,7 @@ For the daemon:
 - ``relay_outcome(score, result, *, reason, best_frame_jpeg, head_jpeg) -> FaceOutcome``: relay mode;
   raises ``RecordError`` on values that break the rules in ``agent.face.relay``.
 - ``reconcile_both(terminal_outcome, engine_outcome) -> FaceOutcome``: mode "both".
+- ``FaceReason``: why an outcome is what it is (``FaceOutcome.code``); ``REASON_ZH`` its Chinese.
 
 Nothing here imports dlib or cv2 at import time.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agent.face.engine import DetectedFace, FaceEngine
+from agent.face.reasons import REASON_ZH, FaceReason
 from agent.face.relay import reconcile_both, relay_outcome
 from agent.face.scoring import (
     RESULT_FAILED,
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from agent.config import FaceSettings
 
 __all__ = [
+    "REASON_ZH",
     "RESULT_FAILED",
     "RESULT_NOT_VERIFIED",
     "RESULT_PASSED",
@@ -49,6 +52,7 @@ __all__ = [
     "DetectedFace",
     "FaceEngine",
     "FaceOutcome",
+    "FaceReason",
     "FaceRetry",
     "Scorer",
     "distance_to_score",

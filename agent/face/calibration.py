@@ -81,7 +81,7 @@ def far_upper_95(errors: int, trials: int) -> float:
     if trials == 0 or errors == trials:
         return 1.0
     if errors == 0:
-        return 1.0 - 0.05 ** (1.0 / trials)
+        return 1.0 - math.pow(0.05, 1.0 / trials)
     # the p at which seeing <= errors has probability 5 %: P(X <= k | n, p) falls as p grows
     lo, hi = errors / trials, 1.0
     for _ in range(100):
@@ -405,9 +405,11 @@ class Calibration:
         of the held-out impostor pairs on average; the largest when none does or ``people`` are too few
         (under 4) to split."""
         for factor in SAFETY_FACTORS:
-            folds = self._folds(
-                lambda half, f=factor: self._quantile(target_far / f, half), people, INNER_SPLITS, INNER_SEED
-            )
+
+            def choose(half: frozenset[str], factor: float = factor) -> float:
+                return self._quantile(target_far / factor, half)
+
+            folds = self._folds(choose, people, INNER_SPLITS, INNER_SEED)
             if folds and np.mean([fold.far for fold in folds]) <= target_far:
                 return factor
         return SAFETY_FACTORS[-1]

@@ -17,6 +17,8 @@ import random
 
 import numpy as np
 
+from agent.face.reasons import FaceReason
+
 PROMPTS = {
     "left": "请向左转头 (turn your head to the left)",
     "right": "请向右转头 (turn your head to the right)",
@@ -69,6 +71,11 @@ class HeadTurnChallenge:
         self.wrong_turn = max(self.wrong_turn, -turn)
         if turn >= self.min_turn:
             self.passed = True
+
+    @property
+    def failure_code(self) -> FaceReason:
+        """Why the challenge was not met, as a code (meaningless once ``passed``)."""
+        return FaceReason.LIVENESS_NO_FACE if self.baseline is None else FaceReason.LIVENESS_FAILED
 
     @property
     def reason(self) -> str:

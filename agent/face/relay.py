@@ -19,6 +19,7 @@ import logging
 import math
 from typing import Any
 
+from agent.face.reasons import FaceReason
 from agent.face.scoring import RESULT_FAILED, RESULT_NOT_VERIFIED, RESULT_PASSED
 from agent.face.session import FaceOutcome
 from core.errors import RecordError
@@ -76,9 +77,9 @@ def relay_outcome(
         elif code == RESULT_FAILED and number == 1.0:
             problems.append(("faceScore", "a failed result (faceResult 0) cannot have score 1"))
     images: dict[str, bytes | None] = {}
-    for field, key, data in (("cameraImg", "best_frame_jpeg", best_frame_jpeg), ("headImg", "head_jpeg", head_jpeg)):
+    for field, data in (("cameraImg", best_frame_jpeg), ("headImg", head_jpeg)):
         try:
-            images[key] = normalize_jpeg(data, what=field) if data else None
+            images[field] = normalize_jpeg(data, what=field) if data else None
         except ImageError as exc:
             problems.append((field, str(exc)))
     if problems:
@@ -88,7 +89,15 @@ def relay_outcome(
             hint="faceScore is a fraction in [0, 1]; faceResult 0, 1 or 2; images JPEG",
         )
     assert number is not None and code is not None
-    return FaceOutcome(round(number, 4), code, reason or "relayed from the terminal", source="terminal", **images)
+    return FaceOutcome(
+        round(number, 4),
+        code,
+        reason or "relayed from the terminal",
+        FaceReason.RELAYED,
+        source="terminal",
+        best_frame_jpeg=images["cameraImg"],
+        head_jpeg=images["headImg"],
+    )
 
 
 def reconcile_both(terminal: FaceOutcome, engine: FaceOutcome) -> FaceOutcome:

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -27,6 +27,7 @@ from PIL import Image
 from agent.face import quality
 from agent.face.engine import DetectedFace, FaceEngine
 from agent.face.liveness import HeadTurnChallenge
+from agent.face.reasons import FaceReason
 from agent.face.scoring import (
     RESULT_FAILED,
     RESULT_NOT_VERIFIED,
@@ -38,7 +39,7 @@ from core.images import ImageError, decode_image, encode_jpeg, normalize_jpeg
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
-    from drivers.base import Camera
+    from core.protocols import CameraSource
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,15 @@ CARD_UPSAMPLES = (0, 1, 2)
 """A 102x126 card photo's face is ~60 px, under the HOG window: upsample until one is found."""
 FRAME_POLL_S = 1.0
 """Longest single wait for a frame, so the capture deadline is checked at least this often."""
+QUALITY_CODES: tuple[tuple[str, FaceReason], ...] = (
+    (quality.SEVERAL_FACES, FaceReason.SEVERAL_FACES),
+    (quality.TOO_SMALL, FaceReason.FACE_TOO_SMALL),
+    (quality.BLURRED, FaceReason.FACE_BLURRED),
+    (quality.TOO_DARK, FaceReason.FACE_TOO_DARK),
+    (quality.TOO_BRIGHT, FaceReason.FACE_TOO_BRIGHT),
+    (quality.NO_FACE, FaceReason.NO_FACE_LIVE),
+)
+"""Frame reject reasons and their codes; when several rejected frames, the first listed names the capture."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +65,18 @@ class FaceOutcome:
     """The face part of one verification record.
 
     ``score`` in [0, 1] (faceScore), ``result`` 0 failed / 1 passed / 2 not verified (faceResult),
-    ``reason`` one line for the operator and the log. ``best_frame_jpeg`` is the cameraImg (the
-    best frame, or the last frame seen when none was usable; ``None`` only when the camera gave no
-    frame at all), ``head_jpeg`` the headImg (the card photo as JPEG); both EXIF-free and <= 3 MB.
+    ``reason`` one line for the log, ``code`` the same as a ``FaceReason`` for the page.
+    ``best_frame_jpeg`` is the cameraImg (the best frame, or the last frame seen when none was
+    usable; ``None`` only when the camera gave no frame at all), ``head_jpeg`` the headImg (the card
+    photo as JPEG); both EXIF-free and <= 3 MB.
     """
 
     score: float
     result: int
     reason: str
+    """The English line for the log (it quotes distances, frame counts, driver errors)."""
+    code: FaceReason
+    """Why, as a code: what the record meta and the operator page carry."""
     distance: float | None = None
     best_frame_jpeg: bytes | None = dataclasses.field(default=None, repr=False)
     head_jpeg: bytes | None = dataclasses.field(default=None, repr=False)
@@ -88,6 +102,18 @@ class FaceOutcome:
     """Set when the best score fell in the grey zone and more frames were read (``[face] retry_band``)."""
 
 
+class _Common(TypedDict):
+    """What every outcome of one capture shares, whatever its verdict."""
+
+    best_frame_jpeg: bytes | None
+    head_jpeg: bytes | None
+    frames_seen: int
+    elapsed_s: float
+    camera_error: str | None
+    rejects: dict[str, int]
+    liveness: str | None
+
+
 @dataclasses.dataclass(frozen=True)
 class FaceRetry:
     """The grey zone's retry: the best score before it and how many more frames were compared."""
@@ -104,6 +130,8 @@ class CardEncoding:
     head_jpeg: bytes | None
     reason: str | None
     """Why the card cannot be compared (None when ``descriptor`` is set)."""
+    code: FaceReason | None = None
+    """``reason`` as a code."""
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)
     """The card photo's working image and its face, for ``refined`` (None without a descriptor)."""
     face: DetectedFace | None = dataclasses.field(default=None, repr=False)
@@ -126,17 +154,19 @@ class CardEncoding:
 def encode_card(engine: FaceEngine, card_photo: bytes | None) -> CardEncoding:
     """Decode the card photo, find its face (upsampling as needed) and encode it; never raises."""
     if not card_photo:
-        return CardEncoding(None, None, "no card photo")
+        return CardEncoding(None, None, "no card photo", FaceReason.NO_CARD_PHOTO)
     try:
         bgr = decode_image(card_photo, what="card photo")
         head = normalize_jpeg(card_photo, what="card photo")
     except ImageError:
-        return CardEncoding(None, None, "card photo is not a decodable image")
+        return CardEncoding(None, None, "card photo is not a decodable image", FaceReason.CARD_PHOTO_UNREADABLE)
     try:
         return encode_card_image(engine, bgr, head)
     except Exception as exc:  # an engine failure must not block the desk
         log.warning("face engine failed on the card photo: %s", type(exc).__name__, exc_info=True)
-        return CardEncoding(None, head, f"face engine failed on the card photo ({type(exc).__name__})")
+        return CardEncoding(
+            None, head, f"face engine failed on the card photo ({type(exc).__name__})", FaceReason.CARD_ENGINE_FAILED
+        )
 
 
 def encode_card_image(engine: FaceEngine, bgr: np.ndarray, head_jpeg: bytes | None = None) -> CardEncoding:
@@ -145,8 +175,8 @@ def encode_card_image(engine: FaceEngine, bgr: np.ndarray, head_jpeg: bytes | No
     for upsample in CARD_UPSAMPLES:
         faces = engine.detect(bgr, upsample=upsample)
         if faces:
-            return CardEncoding(engine.encode(bgr, faces[0]), head_jpeg, None, bgr, faces[0])
-    return CardEncoding(None, head_jpeg, "no face found on the card photo")
+            return CardEncoding(engine.encode(bgr, faces[0]), head_jpeg, None, image=bgr, face=faces[0])
+    return CardEncoding(None, head_jpeg, "no face found on the card photo", FaceReason.NO_FACE_ON_CARD)
 
 
 def working_image(bgr: np.ndarray, max_side: int = MAX_WORKING_SIDE) -> np.ndarray:
@@ -236,15 +266,18 @@ class Scorer:
         return self._done()
 
     def _compare(self, work: np.ndarray, face: DetectedFace) -> float:
-        assert self.card.descriptor is not None
+        descriptor = self.card.descriptor
+        assert descriptor is not None
         live = self.engine.encode(work, face)
-        distance = self.engine.distance(live, self.card.descriptor)
+        distance = self.engine.distance(live, descriptor)
         if self._score(distance) < self.face.early_stop_score and self.card.image is not None:
             # Not a clear pass: now the card's mirrored encoding is worth its time (a clear pass,
             # most genuine verifications, never pays for it). Frames compared earlier were clear
             # passes, so only this one is compared again.
             self.card = self.card.refined(self.engine)
-            distance = self.engine.distance(live, self.card.descriptor)
+            refined = self.card.descriptor
+            assert refined is not None  # refining keeps a descriptor
+            distance = self.engine.distance(live, refined)
         return distance
 
     def _done(self) -> bool:
@@ -288,7 +321,7 @@ class Scorer:
                 best_jpeg = encode_jpeg(frame)
             except ImageError:
                 log.warning("best frame could not be encoded within the size limit")
-        common = dict(
+        common = _Common(
             best_frame_jpeg=best_jpeg,
             head_jpeg=self.card.head_jpeg,
             frames_seen=self.frames_seen,
@@ -298,15 +331,20 @@ class Scorer:
             liveness=self.challenge.reason if self.challenge is not None else None,
         )
         if self.card.reason is not None:
-            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, self.card.reason, **common)  # type: ignore[arg-type]
+            code = self.card.code or FaceReason.NO_CARD_PHOTO  # encode_card always sets both
+            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, self.card.reason, code, **common)
         if self.best_distance is None:
             if camera_error is not None:
-                reason = f"camera error: {camera_error}"
+                reason, code = f"camera error: {camera_error}", FaceReason.CAMERA_ERROR
             elif self.frames_seen == 0:
-                reason = no_frame_reason or f"camera delivered no frame in {elapsed:.1f} s"
+                if no_frame_reason is not None:
+                    reason, code = no_frame_reason, FaceReason.NO_LIVE_IMAGE
+                else:
+                    reason, code = f"camera delivered no frame in {elapsed:.1f} s", FaceReason.NO_FRAME
             else:
                 reason = f"no usable frame in {elapsed:.1f} s ({self.frames_seen} frames: {self._reject_summary()})"
-            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, reason, **common)  # type: ignore[arg-type]
+                code = self._reject_code()
+            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, reason, code, **common)
         distance = round(self.best_distance, 4)
         score = self._score(distance)
         result = result_for_score(score, self.face.threshold)
@@ -315,21 +353,32 @@ class Scorer:
                 f"no match: best distance {distance:.3f} over {self.compared} frame(s), "
                 f"score {score:.2f} < threshold {self.face.threshold:.2f}"
             )
+            code = FaceReason.NO_MATCH
         else:
-            reason = f"match: distance {distance:.3f}, score {score:.2f}"
+            reason, code = f"match: distance {distance:.3f}, score {score:.2f}", FaceReason.MATCH
         if self.retry_from_score is not None:
             reason += (
                 f" (grey zone: score {self.retry_from_score:.2f} at first, "
                 f"{self.compared - self.compared_before_retry} more frame(s) compared)"
             )
         if self.challenge is not None and not self.challenge.passed:
-            result, reason = RESULT_FAILED, self.challenge.reason
+            result, reason, code = RESULT_FAILED, self.challenge.reason, self.challenge.failure_code
         retry = (
             None
             if self.retry_from_score is None
             else FaceRetry(self.retry_from_score, self.compared - self.compared_before_retry)
         )
-        return FaceOutcome(score, result, reason, distance, best_frame_index=self.best_index, retry=retry, **common)  # type: ignore[arg-type]
+        return FaceOutcome(
+            score, result, reason, code, distance, best_frame_index=self.best_index, retry=retry, **common
+        )
+
+    def _reject_code(self) -> FaceReason:
+        """The code of a capture without a usable frame: the first quality reason, in the order the
+        desk can act on, that rejected any frame."""
+        for why, code in QUALITY_CODES:
+            if self.rejects[why]:
+                return code
+        return FaceReason.NO_USABLE_FRAME
 
     def _reject_summary(self) -> str:
         return ", ".join(f"{why} x{n}" for why, n in self.rejects.most_common()) or "none compared"
@@ -351,7 +400,7 @@ def _challenge(
 
 def score_live(
     engine: FaceEngine,
-    camera: Camera,
+    camera: CameraSource,
     card_photo_jpeg: bytes | None,
     face: FaceSettings,
     *,
@@ -403,7 +452,7 @@ def score_live(
     return scorer.finish(camera_error)
 
 
-def _read_until(camera: Camera, scorer: Scorer, deadline: float, clock: Callable[[], float]) -> None:
+def _read_until(camera: CameraSource, scorer: Scorer, deadline: float, clock: Callable[[], float]) -> None:
     """Offer frames to ``scorer`` until it has enough or ``deadline``; driver errors propagate."""
     while (remaining := deadline - clock()) > 0:
         try:

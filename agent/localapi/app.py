@@ -26,6 +26,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -54,6 +55,7 @@ from agent.localapi.trust import (
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from core.clock import CHINA_TZ
 from core.errors import OutboxError, RecordError, StorageFull
+from core.records import OPERATOR_MAX_LEN, OPERATOR_PATTERN, VerificationRecord
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +110,13 @@ class VerificationList(BaseModel):
     items: list[VerificationOut]
 
 
-OPERATOR_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-"""1..10 characters, not all blank, no control characters (agent.events.validate_operator)."""
-
-
 class OperatorIn(BaseModel):
+    # the operationUser rule (core.records.validate_operator), as the OpenAPI document states it
     operator: str = Field(
         min_length=1,
-        max_length=10,
+        max_length=OPERATOR_MAX_LEN,
         pattern=OPERATOR_PATTERN,
-        description="operationUser for the following verifications, 1..10 characters",
+        description=f"operationUser for the following verifications, 1..{OPERATOR_MAX_LEN} characters",
     )
 
 
@@ -125,66 +124,32 @@ class OperatorOut(BaseModel):
     operator: str
 
 
-_DATE = {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
-_JPEG_B64 = {"type": "string", "minLength": 4, "description": "JPEG of at most 3 MB, base64"}
-VERIFICATION_BODY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "A verification with the platform spec's field names (the JSON `fvagent upload-file` "
-    "takes), validated exactly like a captured record: GB 11643 check digit, code tables, "
-    "JPEG images, cross-field rules. operationUser defaults to the current operator; "
-    "deviceNo and machineCode default to this device's and must match it when given.",
-    "properties": {
-        "realName": {"type": "string", "minLength": 1, "maxLength": 10},
-        "cardType": {"type": ["integer", "string"], "enum": [0, 1, 2, 9, "0", "1", "2", "9"]},
-        "cardNo": {"type": "string", "minLength": 1, "maxLength": 18},
-        "sexCode": {"type": "string", "enum": ["0", "1", "2", "9"]},
-        "sexName": {"type": "string", "enum": ["未知", "男", "女", "未说明"]},
-        "nationalCode": {"type": "string", "pattern": "^[0-9]{2}$"},
-        "nationalName": {"type": "string", "minLength": 1, "maxLength": 10},
-        "operationUser": {"type": "string", "minLength": 1, "maxLength": 10},
-        "birthday": _DATE,
-        "address": {"type": "string", "maxLength": 100},
-        "police": {"type": "string", "maxLength": 100},
-        "cardStartDate": _DATE,
-        "cardEndDate": {"type": "string", "minLength": 1, "maxLength": 10},
-        "headImg": _JPEG_B64,
-        "cameraImg": _JPEG_B64,
-        "faceScore": {"type": "number", "minimum": 0, "maximum": 1},
-        "faceResult": {"type": ["integer", "string"], "enum": [0, 1, 2, "0", "1", "2"]},
-        "verifyDate": _DATE,
-        "verifyTime": {"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$"},
-        "certTimeoutStatus": {"type": "integer", "enum": [0, 1]},
-        "deviceNo": {"type": "string", "minLength": 1, "maxLength": 50},
-        "machineCode": {"type": "string", "minLength": 1, "maxLength": 50},
-        "fingerCollectImg": _JPEG_B64,
-        "fingerScore": {"type": "number", "minimum": 0, "maximum": 1},
-        "fingerResult": {"type": "integer", "enum": [0, 1, 2]},
-    },
-    "required": [
-        "realName",
-        "cardType",
-        "cardNo",
-        "sexCode",
-        "sexName",
-        "nationalCode",
-        "nationalName",
-        "birthday",
-        "address",
-        "police",
-        "cardStartDate",
-        "cardEndDate",
-        "headImg",
-        "cameraImg",
-        "faceScore",
-        "faceResult",
-        "verifyDate",
-        "verifyTime",
-        "certTimeoutStatus",
-    ],
-    "additionalProperties": False,
-}
+RELAY_DEFAULTED_FIELDS = ("operationUser", "deviceNo", "machineCode")
+"""Fields a relayed verification may leave out: the current operator and this device's own."""
 
-ERRORS = {
+
+def verification_body_schema(model: type[VerificationRecord] = VerificationRecord) -> dict[str, Any]:
+    """The relay POST's request schema: ``model``'s own JSON Schema (every field rule carries its
+    pattern, length or enum), with the fields the relay fills in no longer required and no null
+    defaults."""
+    schema = model.model_json_schema()
+    for rule in schema["properties"].values():
+        # an optional field is left out rather than sent as null (the OpenAPI document drops null defaults)
+        if rule.get("default", ...) is None:
+            del rule["default"]
+    schema["required"] = [name for name in schema.get("required", []) if name not in RELAY_DEFAULTED_FIELDS]
+    schema["description"] = (
+        "A verification with the platform spec's field names (the JSON `fvagent upload-file` "
+        "takes), validated exactly like a captured record: GB 11643 check digit, code tables, "
+        "JPEG images, cross-field rules. operationUser defaults to the current operator; "
+        "deviceNo and machineCode default to this device's and must match it when given."
+    )
+    return schema
+
+
+VERIFICATION_BODY_SCHEMA = verification_body_schema()
+
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing or unknown bearer token"},
     403: {
         "model": ErrorOut,
@@ -254,7 +219,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     page_html = resources.files("agent.localapi").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @app.middleware("http")
-    async def _log_requests(request: Request, call_next: Any) -> Response:
+    async def _log_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.monotonic()
         response = await call_next(request)
         # path only: query strings can hold a card number

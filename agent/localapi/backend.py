@@ -28,11 +28,12 @@ from agent.events import (
     Event,
     EventBus,
     OperatorState,
-    validate_operator,
 )
+from agent.face.reasons import REASON_ZH, UNKNOWN_REASON_ZH, FaceReason, parse_reason
 from core.clock import CHINA_TZ
 from core.errors import RecordError, StorageFull
 from core.privacy import mask_card_no, mask_name
+from core.records import validate_operator
 from core.stored import RecordState
 
 log = logging.getLogger(__name__)
@@ -86,27 +87,6 @@ FULL_FIELDS = (
 """Record fields a full-data caller sees; photos only when asked for."""
 
 RESULT_TEXT = {0: "未通过", 1: "通过", 2: "未核验"}
-DEFAULT_REASON = {0: "人证比对未通过", 2: "未完成人脸比对"}
-QUALITY_ZH: tuple[tuple[str, str], ...] = (
-    ("more than one face", "画面中有多张人脸"),
-    ("face too small", "人脸过小，请靠近摄像头"),
-    ("face blurred", "人脸模糊，请保持不动"),
-    ("face too dark", "光线过暗"),
-    ("face too bright", "光线过亮或逆光"),
-    ("no face", "未检测到人脸"),
-)
-REASON_ZH: tuple[tuple[str, str], ...] = (
-    # (a phrase of the face session's reason, what the desk reads); first match wins
-    ("liveness failed", "活体检测未通过"),
-    ("liveness: no face", "活体检测时未检测到人脸"),
-    ("no match", "人证比对不一致"),
-    ("camera error", "摄像头故障，未能采集现场照片"),
-    ("camera delivered no frame", "摄像头无画面"),
-    *QUALITY_ZH,
-    ("card photo", "证件照片不可用"),
-    ("no live image", "没有现场照片"),
-    ("service stopping", "服务停止，采集中断"),
-)
 
 
 class NotFound(LookupError):
@@ -421,9 +401,20 @@ class DeskBackend:
         result = _as_int(rec.get("faceResult", data.get("result")))
         score = rec.get("faceScore", data.get("score"))
         source = data.get("source") or (view or {}).get("source")
-        reason_text, detail = self._reason(result, score, data.get("reason"), relayed=source == "local_api")
+        reason_text, detail = reason_zh(
+            result,
+            score,
+            parse_reason(data.get("reasonCode")),
+            data.get("reason"),
+            relayed=source == "local_api",
+            threshold=self.settings.face.threshold,
+        )
         error = data.get("error")
         held = (view or {}).get("heldReason") or data.get("held")
+        photos: dict[str, str | None] = {"head": None, "camera": None}
+        if view is not None:
+            record_id = view["id"]
+            photos = {k: (f"/ui/photos/{record_id}/{k}" if has else None) for k, has in view["hasPhotos"].items()}
         return {
             "id": view["id"] if view else None,
             "seq": event.seq,
@@ -443,19 +434,11 @@ class DeskBackend:
             "errorDetail": str(error) if error and not view else None,
             "simulated": bool((view or {}).get("simulated") or data.get("simulated")),
             "source": source,
-            "photos": {
-                k: (f"/ui/photos/{view['id']}/{k}" if has else None)
-                for k, has in (view["hasPhotos"] if view else {"head": False, "camera": False}).items()
-            },
+            "photos": photos,
             # how much longer the page shows it as the current result (a replayed old one: 0)
             "currentForS": round(max(0.0, self.settings.local_api.result_display_s - (time.time() - event.time)), 1),
             "handover": self._handover(view["id"]) if view and result in (0, 2) else None,
         }
-
-    def _reason(
-        self, result: int | None, score: Any, reason: Any, *, relayed: bool = False
-    ) -> tuple[str | None, str | None]:
-        return reason_zh(result, score, reason, relayed=relayed, threshold=self.settings.face.threshold)
 
     # -- the follow-up list and hand-over marks ----------------------------------------------------
     def follow_ups(self, *, since: dt.datetime | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -581,30 +564,36 @@ def _reencoded_photos(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def reason_zh(
-    result: int | None, score: Any, reason: Any, *, relayed: bool = False, threshold: float
+    result: int | None,
+    score: object,
+    code: FaceReason | None,
+    detail: object,
+    *,
+    relayed: bool = False,
+    threshold: float,
 ) -> tuple[str | None, str | None]:
     """(Chinese reason for the desk, the original technical line) for a result other than passed.
 
-    ``reason`` is the face session's line (the record's ``meta["reason"]``); ``relayed``: the
-    terminal scored the face itself; ``threshold`` the ``[face] threshold`` quoted with a low score.
+    ``code`` is the face outcome's code (the record's ``meta["reason_code"]``, the event's
+    ``reasonCode``); ``None`` for an older record without one or a code this version does not know,
+    which reads as the result's plain default. ``detail`` is the English line, passed through for the
+    technician. ``relayed``: the terminal scored the face itself; ``threshold`` the ``[face]
+    threshold`` quoted with a low score.
     """
     if result == 1:
         return None, None
-    detail = str(reason) if reason else None
-    lowered = (detail or "").lower()
+    line = str(detail) if detail else None
     score_text = _score_text(score)
-    if relayed or "relayed from the terminal" in lowered:
-        zh = "终端比对未通过" if result == 0 else "终端未完成人脸比对"
-        return (f"{zh}（分数 {score_text}）" if result == 0 and score_text else zh), detail
-    zh = next((words for needle, words in REASON_ZH if needle in lowered), None)
-    if "no usable frame" in lowered:  # say why the frames were not usable, when the line tells
-        why = next((words for needle, words in QUALITY_ZH if needle in lowered), None)
-        zh = "未采集到合格的人脸画面" + (f"（{why}）" if why else "")
-    if result == 0 and score_text and (zh is None or "no match" in lowered):
-        zh = f"{zh or '人证比对不一致'}（分数 {score_text}，阈值 {threshold:.2f}）"
-    if zh is None and result is not None:
-        zh = DEFAULT_REASON.get(result)
-    return zh, detail
+    if relayed or code is FaceReason.RELAYED:
+        if result == 0:
+            zh = REASON_ZH[FaceReason.RELAYED]
+            return (f"{zh}（分数 {score_text}）" if score_text else zh), line
+        return REASON_ZH[FaceReason.TERMINAL_NO_RESULT], line
+    if result == 0 and score_text and code in (None, FaceReason.NO_MATCH):
+        return f"{REASON_ZH[FaceReason.NO_MATCH]}（分数 {score_text}，阈值 {threshold:.2f}）", line
+    if code is not None:
+        return REASON_ZH[code], line
+    return (UNKNOWN_REASON_ZH.get(result) if result is not None else None), line
 
 
 def _parse_iso(value: Any) -> dt.datetime | None:

@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Collection
 from typing import Any
 
+from agent.face.reasons import parse_reason
 from agent.localapi.backend import RESULT_TEXT, _as_int, _local_time, reason_zh
 from core.privacy import mask_card_no, mask_name
 from core.stored import RecordState
@@ -73,6 +74,7 @@ def _item(row: Any, data: dict[str, Any], mark: Any, threshold: float) -> dict[s
     reason, detail = reason_zh(
         result,
         data.get("faceScore"),
+        parse_reason(meta.get("reason_code")),
         meta.get("reason"),
         relayed=meta.get("source") == "local_api",
         threshold=threshold,

@@ -27,21 +27,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from agent.config import Settings
 from agent.events import STATUS, VERIFICATION, EventBus
 from agent.face import (
     FaceOutcome,
+    FaceReason,
     reconcile_both,
     relay_outcome,
     score_frames,
     score_live,
 )
+from agent.face.engine import FaceEngine
+from agent.face.reasons import CAPTURE_CODES
 from agent.face.scoring import RESULT_NOT_VERIFIED
 from agent.outbox.store import SIMULATED_HELD_REASON
+from core.card import IdCard
 from core.clock import china_isoformat
 from core.errors import FvagentError, RecordError
-from core.images import ImageError, decode_image, normalize_jpeg
+from core.images import ImageError, decode_image, encode_jpeg, normalize_jpeg
 from core.privacy import mask_card_no, mask_name
-from core.records import build_verification, parse_verification
+from core.protocols import CameraSource, RecordSink
+from core.records import VerificationCapture, build_verification, parse_verification, verification_fields
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +66,6 @@ def placeholder_jpeg() -> bytes:
     global _placeholder
     if _placeholder is None:
         import numpy as np
-
-        from core.images import encode_jpeg
 
         _placeholder = encode_jpeg(np.full((240, 320, 3), 128, dtype=np.uint8))
     return _placeholder
@@ -126,12 +130,12 @@ class Verifier:
 
     def __init__(
         self,
-        settings: Any,
-        outbox: Any,
+        settings: Settings,
+        outbox: RecordSink,
         *,
-        camera: Callable[[], Any | None],
+        camera: Callable[[], CameraSource | None],
         camera_fault: Callable[[str], None] | None = None,
-        engine: Callable[[], Any | None],
+        engine: Callable[[], FaceEngine | None],
         engine_error: Callable[[], str | None] | None = None,
         operator: Callable[[], str],
         decoder: Callable[[bytes], bytes] | None = None,
@@ -154,7 +158,7 @@ class Verifier:
         self._now = now or (lambda: dt.datetime.now().astimezone())
 
     # -- the whole verification -------------------------------------------------------------------
-    def verify(self, card: Any, *, read_at: float | None = None) -> Verification:
+    def verify(self, card: IdCard, *, read_at: float | None = None) -> Verification:
         """Verify ``card`` (an ``IdCard`` just read) and commit the record. Never raises for hardware,
         scoring or record problems; ``OutboxError`` is caught too and reported in ``error``."""
         t0 = time.monotonic() if read_at is None else read_at
@@ -162,7 +166,12 @@ class Verifier:
         head, held_reason = self._card_photo(card)
         outcome, camera_simulated = self._face(card, head)
         camera_jpeg = outcome.best_frame_jpeg
-        meta: dict[str, Any] = {"source": "reader", "reason": outcome.reason, "face_source": outcome.source}
+        meta: dict[str, Any] = {
+            "source": "reader",
+            "reason": outcome.reason,
+            "reason_code": outcome.code.value,
+            "face_source": outcome.source,
+        }
         if outcome.engine_score is not None:
             meta["engine_score"] = outcome.engine_score
             meta["engine_result"] = outcome.engine_result
@@ -175,30 +184,29 @@ class Verifier:
         if offset is not None and abs(offset) > settings.device.max_clock_offset_s:
             # verifyTime stays the local clock's (what the desk saw); the offset says how to read it.
             meta["clock_offset_s"] = round(offset, 1)
-        simulated = bool(getattr(card, "simulated", False) or camera_simulated)
-        payload: dict[str, Any] | None = None
+        simulated = card.simulated or camera_simulated
+        capture = VerificationCapture(
+            card,
+            head_jpeg=head or placeholder_jpeg(),
+            camera_jpeg=camera_jpeg,
+            face_score=outcome.score,
+            face_result=outcome.result,
+            operator=self._operator(),
+            verified_at=self._now(),
+            device=settings.device,
+            long_term_end=settings.platform.conventions.long_term_end_date,
+        )
         try:
-            record = build_verification(
-                card,
-                head_jpeg=head or placeholder_jpeg(),
-                camera_jpeg=camera_jpeg,
-                face_score=outcome.score,
-                face_result=outcome.result,
-                operator=self._operator(),
-                verified_at=self._now(),
-                device=settings.device,
-                long_term_end=settings.platform.conventions.long_term_end_date,
-            )
-            payload = record.to_payload()
+            payload = build_verification(capture).to_payload()
         except RecordError as exc:
             # Keep what was read: held (never sent) with the reason, for a technician to export and fix.
             held_reason = f"{HELD_INVALID}: " + "; ".join(f"{f}: {r}" for f, r in exc.problems)[:400]
             log.error(
                 "card %s cannot make a valid record (%s); stored held",
-                mask_card_no(getattr(card, "card_no", "")),
+                mask_card_no(card.card_no),
                 held_reason,
             )
-            payload = _raw_payload(card, settings, self._operator(), self._now(), outcome, head, camera_jpeg)
+            payload = verification_fields(dataclasses.replace(capture, head_jpeg=head))
         if simulated and settings.platform.environment == "production":
             held_reason = SIMULATED_HELD_REASON  # over any other reason: completing it must not release it
         elif (
@@ -210,14 +218,12 @@ class Verifier:
             del payload["headImg"]  # completed from the WLT when a decoder comes
         meta["face_result_pending"] = held_reason is not None and head is None and settings.face.mode != "relay"
         try:
-            outbox_id = int(
-                self.outbox.enqueue(
-                    payload,
-                    simulated=simulated,
-                    held_reason=held_reason,
-                    raw_wlt=getattr(card, "photo_wlt", None) if held_reason else None,
-                    meta=meta,
-                )
+            outbox_id = self.outbox.enqueue(
+                payload,
+                simulated=simulated,
+                held_reason=held_reason,
+                raw_wlt=card.photo_wlt if held_reason else None,
+                meta=meta,
             )
             error = None
         except FvagentError as exc:
@@ -260,6 +266,7 @@ class Verifier:
                     {
                         "id": outbox_id,
                         "reason": outcome.reason if outcome.result != 1 else None,
+                        "reasonCode": outcome.code.value,
                         "result": outcome.result,
                         "score": outcome.score,
                         "name": done.name_masked,
@@ -276,7 +283,7 @@ class Verifier:
         return done
 
     # -- the card photo ---------------------------------------------------------------------------
-    def _card_photo(self, card: Any) -> tuple[bytes | None, str | None]:
+    def _card_photo(self, card: IdCard) -> tuple[bytes | None, str | None]:
         """(JPEG of the card photo, held reason)."""
         if card.photo_jpeg:
             try:
@@ -294,11 +301,11 @@ class Verifier:
         return None, HELD_NO_PHOTO
 
     # -- the face ---------------------------------------------------------------------------------
-    def _face(self, card: Any, head: bytes | None) -> tuple[FaceOutcome, bool]:
+    def _face(self, card: IdCard, head: bytes | None) -> tuple[FaceOutcome, bool]:
         """(the face outcome, whether a simulated camera took part)."""
         face = self.settings.face
         camera = self._camera()
-        simulated = bool(camera is not None and getattr(camera, "simulated", False))
+        simulated = camera is not None and camera.simulated
         terminal: FaceOutcome | None = None
         if face.mode in ("relay", "both"):
             terminal = self._terminal(card)
@@ -309,34 +316,48 @@ class Verifier:
             return terminal, simulated
         engine_outcome = self._compute(camera, head)
         if terminal is not None and face.mode == "both":
-            if getattr(card, "terminal_score", None) is None:
+            if card.terminal_score is None:
                 return dataclasses.replace(
                     engine_outcome, reason=f"{engine_outcome.reason}; the terminal sent no score"
                 ), simulated
             return reconcile_both(terminal, engine_outcome), simulated
         return engine_outcome, simulated
 
-    def _terminal(self, card: Any) -> FaceOutcome:
-        score, result = getattr(card, "terminal_score", None), getattr(card, "terminal_result", None)
+    def _terminal(self, card: IdCard) -> FaceOutcome:
+        score, result = card.terminal_score, card.terminal_result
         if score is None and result is None:
-            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, "the terminal reported no face score", source="terminal")
+            return FaceOutcome(
+                0.0,
+                RESULT_NOT_VERIFIED,
+                "the terminal reported no face score",
+                FaceReason.TERMINAL_NO_RESULT,
+                source="terminal",
+            )
         try:
             return relay_outcome(score, result)
         except RecordError as exc:
             rules = "; ".join(f"{f}: {r}" for f, r in exc.problems)
             log.warning("terminal's face values refused: %s", rules)
             return FaceOutcome(
-                0.0, RESULT_NOT_VERIFIED, f"the terminal's face values are invalid ({rules})", source="terminal"
+                0.0,
+                RESULT_NOT_VERIFIED,
+                f"the terminal's face values are invalid ({rules})",
+                FaceReason.TERMINAL_INVALID,
+                source="terminal",
             )
 
-    def _compute(self, camera: Any | None, head: bytes | None) -> FaceOutcome:
+    def _compute(self, camera: CameraSource | None, head: bytes | None) -> FaceOutcome:
         engine = self._engine()
         if engine is None:
             reason = f"face engine unavailable: {self._engine_error() or 'not loaded'}"
             frame = self._one_frame(camera) if camera is not None else None
-            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, reason, best_frame_jpeg=frame, head_jpeg=head)
+            return FaceOutcome(
+                0.0, RESULT_NOT_VERIFIED, reason, FaceReason.ENGINE_UNAVAILABLE, best_frame_jpeg=frame, head_jpeg=head
+            )
         if camera is None:
-            return FaceOutcome(0.0, RESULT_NOT_VERIFIED, "camera unavailable", head_jpeg=head)
+            return FaceOutcome(
+                0.0, RESULT_NOT_VERIFIED, "camera unavailable", FaceReason.CAMERA_UNAVAILABLE, head_jpeg=head
+            )
         stopping = self._stopping
 
         def clock() -> float:  # a stop request ends the capture at once, with what was seen so far
@@ -346,7 +367,11 @@ class Verifier:
         if outcome.retry is not None:
             self._publish_capture({"phase": "idle"})
         if stopping.is_set():
-            outcome = dataclasses.replace(outcome, reason=f"{outcome.reason} (capture cut short: service stopping)")
+            # no usable frame because the stop ended the capture: the stop is the reason the desk reads
+            code = FaceReason.CAPTURE_STOPPED if outcome.code in CAPTURE_CODES else outcome.code
+            outcome = dataclasses.replace(
+                outcome, reason=f"{outcome.reason} (capture cut short: service stopping)", code=code
+            )
         if outcome.camera_error:
             self._camera_fault(outcome.camera_error)
         return outcome
@@ -364,10 +389,8 @@ class Verifier:
         except Exception:  # the page is a convenience; the capture goes on
             log.debug("publishing the capture state failed", exc_info=True)
 
-    def _one_frame(self, camera: Any) -> bytes | None:
+    def _one_frame(self, camera: CameraSource) -> bytes | None:
         """One frame as JPEG for cameraImg (relay mode, or when the engine is unavailable)."""
-        from core.images import encode_jpeg
-
         try:
             return encode_jpeg(camera.read_frame(RELAY_FRAME_TIMEOUT_S))
         except Exception as exc:
@@ -377,55 +400,13 @@ class Verifier:
             return None
 
 
-def _raw_payload(
-    card: Any,
-    settings: Any,
-    operator: str,
-    now: dt.datetime,
-    outcome: FaceOutcome,
-    head: bytes | None,
-    camera_jpeg: bytes,
-) -> dict[str, Any]:
-    """The record's fields as read, unvalidated: what a held-invalid row keeps for a technician."""
-    from core.clock import platform_local
-
-    local = platform_local(now)
-    data: dict[str, Any] = {
-        "realName": card.name or (getattr(card, "english_name", None) or ""),
-        "cardType": card.card_type,
-        "cardNo": card.card_no,
-        "sexCode": card.sex_code,
-        "nationalCode": card.nation_code,
-        "operationUser": operator,
-        "birthday": _date(card.birth_date),
-        "address": card.address,
-        "police": card.authority,
-        "cardStartDate": _date(card.valid_from),
-        "cardEndDate": _date(card.valid_to) if card.valid_to else settings.platform.conventions.long_term_end_date,
-        "cameraImg": base64.b64encode(camera_jpeg).decode("ascii"),
-        "faceScore": outcome.score,
-        "faceResult": outcome.result,
-        "verifyDate": local.date().isoformat(),
-        "verifyTime": local.strftime("%Y-%m-%d %H:%M:%S"),
-        "deviceNo": settings.device.device_no,
-        "machineCode": settings.device.machine_code,
-    }
-    if head:
-        data["headImg"] = base64.b64encode(head).decode("ascii")
-    return data
-
-
-def _date(value: Any) -> str:
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
 def complete_held(
     payload: dict[str, Any],
     raw_wlt: bytes | None,
     *,
-    settings: Any,
+    settings: Settings,
     decoder: Callable[[bytes], bytes],
-    engine: Callable[[], Any | None],
+    engine: Callable[[], FaceEngine | None],
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Complete a record held for its card photo: decode the WLT into headImg and, in compute mode,
