@@ -31,13 +31,14 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.mock_platform.config import (
     PATH_ACCESS_TOKEN,
@@ -290,9 +291,6 @@ class MockState:
                 at=time.time(),
                 path=path,
                 request_id=rid,
-                http_status=None,
-                code=None,
-                exception_code=None,
                 msg="client went away before sending the whole body",
             )
             return Response(status_code=400)
@@ -437,7 +435,6 @@ class MockState:
             request_id=None,
             http_status=status,
             code=body.get("code") if isinstance(body.get("code"), int) else None,
-            exception_code=None,
             msg=msg,
         )
         return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
@@ -447,12 +444,6 @@ class MockState:
 # Faults, in front of the application
 
 
-ASGIApp = Callable[
-    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
-    Awaitable[None],
-]
-
-
 class FaultGate:
     """ASGI middleware that applies the active ``Faults`` before a request reaches the endpoints."""
 
@@ -460,7 +451,7 @@ class FaultGate:
         self.app = app
         self.state = state
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith("/_mock"):
             await self.app(scope, receive, send)
             return
@@ -479,9 +470,6 @@ class FaultGate:
                 at=time.time(),
                 path=scope["path"],
                 request_id=_request_id(scope),
-                http_status=None,
-                code=None,
-                exception_code=None,
                 msg="fault: connection dropped",
             )
             await _abort(send)
@@ -506,8 +494,6 @@ class FaultGate:
                     path=path,
                     request_id=rid,
                     http_status=200,
-                    code=None,
-                    exception_code=None,
                     msg="fault: HTML error page",
                 )
                 return Response(_HTML_PAGE, status_code=200, media_type="text/html")
@@ -533,7 +519,7 @@ class FaultGate:
         return None
 
 
-def _request_id(scope: dict[str, Any]) -> str | None:
+def _request_id(scope: Scope) -> str | None:
     wanted = HEADER_REQUEST_ID.encode("latin-1")
     for name, value in scope.get("headers", []):
         if name.lower() == wanted:
@@ -541,12 +527,12 @@ def _request_id(scope: dict[str, Any]) -> str | None:
     return None
 
 
-def _truncating(send: Any) -> Any:
+def _truncating(send: Send) -> Send:
     """A ``send`` that passes the response start and half of the body, then aborts the connection
     and ignores whatever the application sends after that."""
     state = {"cut": False}
 
-    async def cut_send(message: dict[str, Any]) -> None:
+    async def cut_send(message: Message) -> None:
         if state["cut"]:
             return
         if message["type"] == "http.response.body":
@@ -560,7 +546,7 @@ def _truncating(send: Any) -> Any:
     return cut_send
 
 
-async def _read_body(receive: Any) -> bytes:
+async def _read_body(receive: Receive) -> bytes:
     chunks = []
     while True:
         message = await receive()
@@ -572,7 +558,7 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
-async def _abort(send: Any) -> None:
+async def _abort(send: Send) -> None:
     """Close the TCP connection without an answer. uvicorn hands each request's ``send`` as a bound
     method of its request cycle, which holds the transport; with another server, fall back to a
     response cut short (the client sees the same: a connection closed mid-reply)."""
