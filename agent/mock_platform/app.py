@@ -303,14 +303,7 @@ class MockState:
                 exc.http_status, exc.http_status, exc.msg, rid, path=path, exception_code=exc.exception_code
             )
         except (UnicodeDecodeError, ValueError):
-            return self.envelope(
-                200,
-                400,
-                "参数错误 parameter error: body: must be a JSON object",
-                rid,
-                path=path,
-                exception_code=PARAMETER_ERROR,
-            )
+            payload = None  # not JSON: refused below like any body that is not an object
         if not isinstance(payload, dict):
             return self.envelope(
                 200,
