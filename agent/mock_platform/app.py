@@ -31,7 +31,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -202,7 +202,7 @@ class MockState:
 
     # -- checks --------------------------------------------------------------------------------
 
-    def check_headers(self, headers: Any) -> None:
+    def check_headers(self, headers: Mapping[str, str]) -> None:
         """The five headers, in the order a gateway checks them; raises ``_Denied``."""
         missing = [h for h in _REQUIRED_HEADERS if not headers.get(h)]
         if missing:
@@ -255,7 +255,7 @@ class MockState:
         if not self.token_valid(token.strip(), kind):
             raise _Denied(401, "令牌无效或已过期 the access token is unknown or expired")
 
-    def open_body(self, body: bytes) -> tuple[Any, str, bool]:
+    def open_body(self, body: bytes) -> tuple[object, str, bool]:
         """The payload, its JSON text as received (decrypted) and whether it came encrypted;
         ``_Denied`` for a body the key cannot open, ``ValueError`` for a body that is not JSON."""
         if not self.config.encrypt:

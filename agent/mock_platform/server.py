@@ -121,7 +121,7 @@ class MockPlatform:
 
     # -- what tests and the demo use -----------------------------------------------------------
 
-    def set_faults(self, faults: Faults | None = None, **changes: Any) -> Faults:
+    def set_faults(self, faults: Faults | None = None, **changes: object) -> Faults:
         """Replace the faults (``faults``), or change some (``set_faults(down=True)``); returns them.
         ``set_faults(Faults())`` clears every fault."""
         base = faults if faults is not None else self.state.faults
@@ -179,11 +179,11 @@ class MockPlatform:
         """Natural keys accepted more than once, with their counts."""
         return self.store.duplicates()
 
-    def platform_section(self, **overrides: Any) -> dict[str, Any]:
+    def platform_section(self, **overrides: object) -> dict[str, Any]:
         """The agent's ``[platform]`` table for this mock (see ``config.platform_section``)."""
         return platform_section(self.config, self.url, **overrides)
 
-    def platform_settings(self, **overrides: Any) -> PlatformSettings:
+    def platform_settings(self, **overrides: object) -> PlatformSettings:
         """``PlatformSettings`` for an agent talking to this mock."""
         return platform_settings(self.config, self.url, **overrides)
 
