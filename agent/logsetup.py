@@ -10,9 +10,9 @@
 - stderr otherwise (under systemd without the journal module, the journal still captures stderr).
 
 Whatever the destination, ``MaskingFilter`` is a safety net for privacy: any ID number that slipped
-into a message, its arguments or a traceback is shown masked (``4502**********0516``) by
-``core.privacy.mask_id_numbers``. Code must still mask names and numbers itself; this only catches
-mistakes.
+into a message, its arguments, a traceback or a ``FVAGENT_*`` field is shown masked
+(``4502**********0516``) by ``core.privacy.mask_id_numbers``, once per text. Code must still mask
+names and numbers itself; this only catches mistakes.
 """
 
 from __future__ import annotations
@@ -21,9 +21,17 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
+# The ID-number rule alone, not mask_personal: its name rule would also mask the word after any
+# "address" in ordinary log text ("appended address not read").
 from core.privacy import mask_id_numbers
+
+if TYPE_CHECKING:
+    from agent.config import LoggingSettings
+
+JournalSender = Callable[..., object]
+"""``systemd.journal.send``'s shape: ``send(message, **fields)``."""
 
 FIELD_PREFIX = "FVAGENT_"
 """``extra`` keys with this prefix become journald fields."""
@@ -32,10 +40,13 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
 
 
 class MaskingFilter(logging.Filter):
-    """Masks ID numbers in the formatted message, and in ``FVAGENT_*`` extras, in place.
+    """Masks ID numbers, once, in everything a handler can show of a record, in place: the message,
+    the traceback and stack, and the ``FVAGENT_*`` extras.
 
     The message is formatted here (``msg % args``) and the arguments dropped, so no handler can
     show an unmasked argument (systemd's JournalHandler, for one, would log ``args`` as a field).
+    The traceback is formatted here too (``exc_text``, which formatters reuse), and the extras
+    become strings (journald fields are text), so the formatter and the handler mask nothing again.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -45,26 +56,32 @@ class MaskingFilter(logging.Filter):
             message = f"{record.msg!r} % {record.args!r}"
         record.msg = mask_id_numbers(message)
         record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_id_numbers(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_id_numbers(record.stack_info)
         for key, value in list(record.__dict__.items()):
-            if key.startswith(FIELD_PREFIX) and isinstance(value, str):
-                setattr(record, key, mask_id_numbers(value))
+            if key.startswith(FIELD_PREFIX) and value is not None:
+                setattr(record, key, mask_id_numbers(str(value)))
         return True
 
 
-class MaskingFormatter(logging.Formatter):
-    """A formatter whose whole output (tracebacks included) passes through ``mask_id_numbers``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return mask_id_numbers(super().format(record))
+_TRACEBACKS = logging.Formatter()
+"""Formats tracebacks for ``MaskingFilter`` the way every ``logging.Formatter`` does."""
 
 
 class JournalHandler(logging.Handler):
-    """Sends records to journald with structured fields through ``sender`` (``systemd.journal.send``)."""
+    """Sends records to journald with structured fields through ``sender`` (``systemd.journal.send``).
 
-    def __init__(self, sender: Callable[..., Any] | None = None, *, identifier: str = "fvagent") -> None:
+    It masks nothing itself: ``setup_logging`` gives it the ``MaskingFilter``, which masks the
+    message and the ``FVAGENT_*`` fields before ``emit`` sees them."""
+
+    def __init__(self, sender: JournalSender | None = None, *, identifier: str = "fvagent") -> None:
         super().__init__()
         if sender is None:
-            from systemd import journal  # type: ignore[import-not-found,unused-ignore]
+            from systemd import journal
 
             sender = journal.send
         self._send = sender
@@ -73,7 +90,7 @@ class JournalHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = self.format(record)
-            fields: dict[str, Any] = {
+            fields: dict[str, str] = {
                 "PRIORITY": str(_PRIORITY.get(record.levelno, 6)),
                 "SYSLOG_IDENTIFIER": self.identifier,
                 "LOGGER": record.name,
@@ -81,7 +98,7 @@ class JournalHandler(logging.Handler):
             }
             for key, value in record.__dict__.items():
                 if key.startswith(FIELD_PREFIX) and value is not None:
-                    fields[key] = mask_id_numbers(str(value))
+                    fields[key] = str(value)
             self._send(message, CODE_FILE=record.pathname, CODE_LINE=record.lineno, CODE_FUNC=record.funcName, **fields)
         except Exception:
             self.handleError(record)
@@ -90,7 +107,7 @@ class JournalHandler(logging.Handler):
 def journald_available() -> bool:
     """True when systemd-python's journal module can be imported."""
     try:
-        from systemd import journal  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+        from systemd import journal  # noqa: F401
     except ImportError:
         return False
     return True
@@ -111,7 +128,10 @@ def stderr_is_journal(stream: TextIO | None = None, environ: dict[str, str] | No
 
 
 def setup_logging(
-    settings: Any = None, *, stream: TextIO | None = None, journal_sender: Callable[..., Any] | None = None
+    settings: LoggingSettings | None = None,
+    *,
+    stream: TextIO | None = None,
+    journal_sender: JournalSender | None = None,
 ) -> logging.Handler:
     """Install fvagent's one root handler (replacing the previous one) and return it.
 
@@ -119,8 +139,8 @@ def setup_logging(
     ``journald = "on"`` without systemd-python logs to stderr and says so once. Calling it again
     (SIGHUP reload) swaps the handler and level.
     """
-    level = getattr(settings, "level", "INFO")
-    mode = getattr(settings, "journald", "off")
+    level = settings.level if settings is not None else "INFO"
+    mode = settings.journald if settings is not None else "off"
     stream = stream or sys.stderr
     use_journal = False
     warn_missing = False
@@ -132,7 +152,7 @@ def setup_logging(
     handler: logging.Handler
     if use_journal:
         handler = JournalHandler(journal_sender)
-        handler.setFormatter(MaskingFormatter("%(message)s"))
+        handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(stream)
         # Under systemd without the journal module, journald adds its own timestamp and name.
@@ -141,7 +161,7 @@ def setup_logging(
             if stderr_is_journal(stream)
             else "%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        handler.setFormatter(MaskingFormatter(fmt))
+        handler.setFormatter(logging.Formatter(fmt))
     handler.addFilter(MaskingFilter())
     handler.set_name("fvagent")
     root = logging.getLogger()
@@ -150,7 +170,7 @@ def setup_logging(
             root.removeHandler(old)
             old.close()
     root.addHandler(handler)
-    root.setLevel(getattr(logging, str(level), logging.INFO))
+    root.setLevel(logging.getLevelNamesMapping()[level])
     # Libraries that chatter at INFO about every request.
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

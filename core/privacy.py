@@ -1,7 +1,9 @@
 """Masking of personal data for logs, the CLI and the operator page.
 
 ID numbers, names and photos never appear unmasked outside the outbox. These helpers are the one
-place that decides how a masked value looks.
+place that decides how a masked value looks. Free text has one rule for ID numbers,
+``mask_id_numbers`` (the log safety net applies it alone), and ``mask_personal`` adds the names
+and addresses a platform's message may quote to it.
 """
 
 from __future__ import annotations

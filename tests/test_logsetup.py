@@ -102,6 +102,31 @@ def test_journald_structured_fields_masked() -> None:
     assert CARD_NO not in repr(recorder.sent)
 
 
+def test_each_text_is_masked_exactly_once_and_reads_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.logsetup
+
+    masked: list[str] = []
+
+    def counting_mask(text: str) -> str:
+        masked.append(text)
+        return mask_id_numbers(text)
+
+    monkeypatch.setattr(agent.logsetup, "mask_id_numbers", counting_mask)
+    stream = io.StringIO()
+    setup_logging(LoggingSettings(level="INFO", journald="off"), stream=stream)
+    logging.getLogger("fvagent.test").info("card %s verified", CARD_NO)
+    assert masked == [f"card {CARD_NO} verified"]  # the formatter does not mask it a second time
+    assert stream.getvalue().rstrip("\n").endswith(f"INFO fvagent.test: card {MASKED} verified")
+
+    masked.clear()
+    recorder = Recorder()
+    setup_logging(LoggingSettings(level="INFO", journald="on"), journal_sender=recorder)
+    logging.getLogger("fvagent.test").warning("card %s refused", CARD_NO, extra={"FVAGENT_CARD": CARD_NO})
+    assert sorted(masked) == sorted([f"card {CARD_NO} refused", CARD_NO])  # the message and the field, once each
+    ((message, fields),) = recorder.sent
+    assert message == f"card {MASKED} refused" and fields["FVAGENT_CARD"] == MASKED
+
+
 def test_auto_uses_journal_only_when_stderr_is_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = Recorder()
     with open(tmp_path / "stream", "w") as stream:

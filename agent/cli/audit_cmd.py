@@ -14,68 +14,44 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.cli import add_config_arg, config_path
+from agent.cli import Subparsers, add_command, add_group, load_settings, open_outbox
+
+if TYPE_CHECKING:
+    from agent.config import Settings
 
 FULL_TOKEN_ENV = "FVAGENT_FULL_DATA_TOKEN"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    audit = sub.add_parser(
-        "audit",
-        help="verify the outbox's audit chain; signed exports for the hospital",
-        description="Verify the outbox's tamper-evident audit chain and make signed exports.",
-    )
-    asub = audit.add_subparsers(dest="audit_command", metavar="ACTION")
-    audit.set_defaults(func=lambda args: (audit.print_help(), 2)[1])
+def register(sub: Subparsers) -> None:
+    """verify the outbox's audit chain; signed exports for the hospital
 
-    verify = asub.add_parser("verify", help="walk the whole chain; exit 1 at the first broken link")
-    add_config_arg(verify)
-    verify.set_defaults(func=cmd_verify)
+    Verify the outbox's tamper-evident audit chain and make signed exports.
+    """
+    asub = add_group(sub, "audit", "ACTION", register)
+    add_command(asub, "verify", cmd_verify)
 
-    export = asub.add_parser(
-        "export",
-        help="records created in a period and their events, signed (JSON Lines, 0600)",
-        description="Write the verifications created in [--since, --until] with every event of each and the "
-        "chain digests, ending in a line signed with the device's SM2 key. Personal data is "
-        f"masked unless --full, which needs root or ${FULL_TOKEN_ENV} set to [local_api] "
-        "full_data_token.",
-    )
-    add_config_arg(export)
+    export = add_command(asub, "export", cmd_export)
     export.add_argument("--since", required=True, metavar="DATE", help="first day (YYYY-MM-DD, local) or ISO time")
     export.add_argument("--until", metavar="DATE", help="last day, included (default: up to now)")
     export.add_argument("--full", action="store_true", help="unmasked records with photos (root or the token)")
     export.add_argument("file", metavar="FILE", help="new file to write (never overwritten)")
-    export.set_defaults(func=cmd_export)
 
-    pubkey = asub.add_parser("pubkey", help="print the device's SM2 public key (130 hex characters)")
-    add_config_arg(pubkey)
-    pubkey.set_defaults(func=cmd_pubkey)
+    add_command(asub, "pubkey", cmd_pubkey)
 
-    check = asub.add_parser(
-        "verify-export",
-        help="check an export's signature and digests with the public key",
-        description="Check an export on any machine: no configuration and no outbox key "
-        "needed, only the public key the hospital filed for the terminal.",
-    )
+    check = add_command(asub, "verify-export", cmd_verify_export, config=False)
     check.add_argument("file", metavar="FILE", help="the export")
     check.add_argument(
         "--pubkey", required=True, metavar="KEY", help="the public key (130 hex characters) or a file holding it"
     )
-    check.set_defaults(func=cmd_verify_export)
-
-
-def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from agent.config import load_config
-
-    return load_config(config_path(args), validate_drivers=False)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """walk the whole chain; exit 1 at the first broken link"""
     from agent.audit.verify import verify_outbox
-    from agent.outbox import Outbox
 
-    with Outbox.open(_settings(args).storage, create=False, readonly=True) as outbox:  # it only looks
+    with open_outbox(load_settings(args), readonly=True) as outbox:  # it only looks
         report = verify_outbox(outbox)
     print(report.summary())
     for problem in report.problems[1:20]:
@@ -83,7 +59,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _may_see_full(settings) -> bool:  # type: ignore[no-untyped-def]
+def _may_see_full(settings: Settings) -> bool:
     import hmac
 
     if os.geteuid() == 0:
@@ -94,12 +70,17 @@ def _may_see_full(settings) -> bool:  # type: ignore[no-untyped-def]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """records created in a period and their events, signed (JSON Lines, 0600)
+
+    Write the verifications created in [--since, --until] with every event of each and the chain digests, ending
+    in a line signed with the device's SM2 key. Personal data is masked unless --full, which needs root or
+    $FVAGENT_FULL_DATA_TOKEN set to [local_api] full_data_token.
+    """
     from agent.audit import signing
     from agent.audit.export import export, parse_when
-    from agent.outbox import Outbox
     from core.errors import AuditError
 
-    settings = _settings(args)
+    settings = load_settings(args)
     if args.full and not _may_see_full(settings):
         raise AuditError(
             "--full exports personal data and photos: it needs root or the full-data token",
@@ -109,7 +90,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     since = parse_when(args.since)
     until = parse_when(args.until, end=True) if args.until else None
     key = signing.load(settings.storage.dir)
-    with Outbox.open(settings.storage, create=False, readonly=True) as outbox:
+    with open_outbox(settings, readonly=True) as outbox:
         n = export(
             outbox,
             args.file,
@@ -127,13 +108,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
+    """print the device's SM2 public key (130 hex characters)"""
     from agent.audit import signing
 
-    print(signing.load(_settings(args).storage.dir).public_key)
+    print(signing.load(load_settings(args).storage.dir).public_key)
     return 0
 
 
 def cmd_verify_export(args: argparse.Namespace) -> int:
+    """check an export's signature and digests with the public key
+
+    Check an export on any machine: no configuration and no outbox key needed, only the public key the hospital
+    filed for the terminal.
+    """
     from agent.audit.export import verify_export
 
     key = args.pubkey

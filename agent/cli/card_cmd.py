@@ -17,29 +17,30 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from agent.cli import Subparsers, add_command, add_group, config_path
 from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from core.card import IdCard
+    from drivers.base import CardReader
 
 _NOT_HEX = re.compile(r"[^0-9A-Fa-f\s:,]")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    card = sub.add_parser("card", help="ID-card reader tools")
-    csub = card.add_subparsers(dest="card_command", metavar="COMMAND")
-    card.set_defaults(func=lambda args: (card.print_help(), 2)[1])
-    dec = csub.add_parser("decode", help="decode a captured read response (raw or hex) into JSON")
+def register(sub: Subparsers) -> None:
+    """ID-card reader tools"""
+    csub = add_group(sub, "card", "COMMAND", register)
+    dec = add_command(csub, "decode", cmd_decode, config=False)
     dec.add_argument("file", type=Path, help="the captured frame: raw bytes, or hex text with any spacing")
     dec.add_argument("--show-personal", action="store_true", help="print the card number and name unmasked")
-    dec.set_defaults(func=cmd_decode)
-    from agent.cli import add_config_arg
 
-    cap = csub.add_parser("capture", help="record one real read as hex, personal data replaced by a synthetic identity")
-    add_config_arg(cap)
+    cap = add_command(csub, "capture", cmd_capture)
     cap.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write the hex capture")
     cap.add_argument(
         "--timeout", type=float, default=60.0, metavar="SECONDS", help="how long to wait for a card (default 60)"
     )
-    cap.set_defaults(func=cmd_capture)
 
 
 _SPY_RX = re.compile(r"^\S+ RX +[0-9A-Fa-f]{4}  (.{1,49})")
@@ -101,7 +102,7 @@ def frame_from_capture(data: bytes) -> bytes:
     return bytes.fromhex(digits)
 
 
-def card_json(card, *, show_personal: bool) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def card_json(card: IdCard, *, show_personal: bool) -> dict[str, object]:
     from core.privacy import mask_card_no, mask_name
 
     return {
@@ -131,6 +132,7 @@ def card_json(card, *, show_personal: bool) -> dict[str, object]:  # type: ignor
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    """decode a captured read response (raw or hex) into JSON"""
     from drivers.card_reader import codec
 
     try:
@@ -144,13 +146,14 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reader_from_config(path: str):  # type: ignore[no-untyped-def]
+def _reader_from_config(path: str) -> CardReader:
     """The configured card reader, from the [card_reader] section alone (a capture is taken before
     the platform is set up, too)."""
     import tomllib
 
     from agent.config import DriverSection
     from drivers import registry
+    from drivers.base import CardReader
 
     try:
         raw = tomllib.loads(Path(path).read_text("utf-8"))
@@ -162,6 +165,8 @@ def _reader_from_config(path: str):  # type: ignore[no-untyped-def]
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     section = DriverSection.model_validate(raw.get("card_reader", {}))
     reader = registry.create("card_reader", section.driver, section.options)
+    if not isinstance(reader, CardReader):  # a card_reader entry point that is not one
+        raise ConfigError(f"[card_reader] driver {section.driver!r} is not a card reader")
     if reader.simulated:
         raise ConfigError(
             f"[card_reader] driver {section.driver!r} is simulated: there is no real read to capture",
@@ -174,7 +179,7 @@ def _hex_lines(data: bytes) -> str:
     return "".join(data[i : i + 16].hex(" ").upper() + "\n" for i in range(0, len(data), 16))
 
 
-def _leaks(card, data: bytes) -> list[str]:  # type: ignore[no-untyped-def]
+def _leaks(card: IdCard, data: bytes) -> list[str]:
     """The personal fields of ``card`` whose bytes still appear in ``data`` (must be none)."""
     from drivers.card_reader.anonymize import SYNTHETIC_BIRTH
 
@@ -191,9 +196,9 @@ def _leaks(card, data: bytes) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    """record one real read as hex, personal data replaced by a synthetic identity"""
     import time
 
-    from agent.cli import config_path
     from core.errors import CardReadError, DriverError, ProtocolError
     from drivers.card_reader import codec
     from drivers.card_reader.anonymize import anonymize_answer

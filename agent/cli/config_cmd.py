@@ -12,22 +12,16 @@ import json
 import sys
 from typing import Any
 
-from agent.cli import add_config_arg, config_path
+from agent.cli import Subparsers, add_command, add_config_arg, add_group, config_path, print_error
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser(
-        "config", help="check the configuration file", description="Work with the configuration file."
-    )
-    config_sub = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda args: _no_subcommand(parser))
+def register(sub: Subparsers) -> None:
+    """check the configuration file
 
-    check = config_sub.add_parser(
-        "check",
-        help="validate the file and print the effective configuration, secrets masked",
-        description="Validate the configuration file. Prints the effective configuration (defaults filled "
-        "in, secrets masked) and exits 0, or prints every error as key.path: rule and exits 2.",
-    )
+    Work with the configuration file.
+    """
+    config_sub = add_group(sub, "config", "SUBCOMMAND", register)
+    check = add_command(config_sub, "check", cmd_check, config=False)
     check.add_argument("path", nargs="?", metavar="PATH", help="configuration file (same as --config)")
     add_config_arg(check)
     check.add_argument("--json", action="store_true", help="print the effective configuration as JSON")
@@ -36,15 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="do not ask the card-reader and camera drivers to check their own keys",
     )
-    check.set_defaults(func=cmd_check)
-
-
-def _no_subcommand(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """validate the file and print the effective configuration, secrets masked
+
+    Validate the configuration file. Prints the effective configuration (defaults filled in, secrets masked) and
+    exits 0, or prints every error as key.path: rule and exits 2.
+    """
     from agent.config import (
         config_warnings,
         deployment_problems,
@@ -54,7 +47,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from core.errors import ConfigError
 
     if args.path and args.config and args.path != args.config:
-        print(f"fvagent: error: two different files given: {args.path} and --config {args.config}", file=sys.stderr)
+        print_error(f"two different files given: {args.path} and --config {args.config}")
         return 2
     path = args.path or config_path(args)
     settings = load_config(path, validate_drivers=not args.no_drivers)  # ConfigError -> exit 2 in main

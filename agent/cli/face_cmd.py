@@ -9,43 +9,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.cli import add_config_arg, default_config_path
+from agent.cli import Subparsers, add_command, add_config_arg, add_group, default_config_path
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser(
-        "face", help="compare faces and calibrate the face threshold", description="Run the face engine on image files."
-    )
-    face_sub = parser.add_subparsers(dest="face_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda args: _no_subcommand(parser))
+def register(sub: Subparsers) -> None:
+    """compare faces and calibrate the face threshold
 
-    compare = face_sub.add_parser(
-        "compare",
-        help="score live images against a card photo; prints JSON",
-        description="Compare CARD_IMAGE (the card photo) with one or more live images, as a verification "
-        "compares it with camera frames: quality gates, the closest good image counts. Prints JSON "
-        '{"distance", "score", "result", "reason", ...}; result 1 passed, 0 failed, 2 not verified.',
-    )
+    Run the face engine on image files.
+    """
+    face_sub = add_group(sub, "face", "SUBCOMMAND", register)
+    compare = add_command(face_sub, "compare", cmd_compare, config=False)
     compare.add_argument("card", metavar="CARD_IMAGE", help="the card photo (JPEG/PNG/BMP)")
     compare.add_argument("live", metavar="LIVE_IMAGE", nargs="+", help="live image(s), e.g. camera snapshots")
     _common(compare)
-    compare.set_defaults(func=cmd_compare)
 
-    calibrate = face_sub.add_parser(
-        "calibrate",
-        help="FAR/FRR table over a folder of photos, one sub-folder per person",
-        description="Treat each photo in DIR (one sub-folder per person) in turn as the card and every other "
-        "photo as the live image; print the genuine/impostor distances and FAR/FRR at several "
-        "thresholds, the configured one included.",
-    )
+    calibrate = add_command(face_sub, "calibrate", cmd_calibrate, config=False)
     calibrate.add_argument("dir", metavar="DIR", help="folder with one sub-folder of photos per person")
     calibrate.add_argument(
         "--card-size",
@@ -68,10 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="false-accept rate to pick the operating point for, instead of [face] target_far (default 0.001)",
     )
     _common(calibrate)
-    calibrate.set_defaults(func=cmd_calibrate)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    """--config (after the positional arguments, so --help lists them as before) and --threshold."""
     add_config_arg(parser)
     parser.add_argument(
         "--threshold",
@@ -80,11 +65,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="SCORE",
         help="score threshold to apply instead of the configured one (0..1)",
     )
-
-
-def _no_subcommand(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def face_settings(args: argparse.Namespace) -> FaceSettings:
@@ -121,6 +101,12 @@ def _read(path: str, what: str) -> bytes:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """score live images against a card photo; prints JSON
+
+    Compare CARD_IMAGE (the card photo) with one or more live images, as a verification compares it with camera
+    frames: quality gates, the closest good image counts. Prints JSON {"distance", "score", "result", "reason",
+    ...}; result 1 passed, 0 failed, 2 not verified.
+    """
     from agent.face import load_engine, score_frames
     from core.images import ImageError, decode_image
 
@@ -151,6 +137,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    """FAR/FRR table over a folder of photos, one sub-folder per person
+
+    Treat each photo in DIR (one sub-folder per person) in turn as the card and every other photo as the live
+    image; print the genuine/impostor distances and FAR/FRR at several thresholds, the configured one included.
+    """
     from agent.face import load_engine
     from agent.face.calibration import calibrate, parse_card_size
 

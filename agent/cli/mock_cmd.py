@@ -14,19 +14,19 @@ import json
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from agent.cli import Subparsers, add_command
+
+if TYPE_CHECKING:
+    from agent.mock_platform import MockPlatformConfig
 
 DEFAULT_PORT = 8600
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "mock-platform",
-        help="run the mock provincial platform (bench tests, demo)",
-        description="Run a stand-in for the provincial platform: both business endpoints, both token "
-        "endpoints, signature/time/field checks exactly like the spec, SM4, A2301/B2301, "
-        "its own SQLite, fault injection. Loopback by default. See docs/mock-platform.md.",
-    )
+def register(sub: Subparsers) -> None:
+    # config=False: its own --config names the agent config to take the credentials from
+    p = add_command(sub, "mock-platform", cmd_mock_platform, config=False)
     p.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 = any free port)"
     )
@@ -97,10 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f.add_argument("--html-error", action="store_true", help="answer with an HTML error page")
     f.add_argument("--bad-response-sign", action="store_true", help="sign responses wrongly")
     f.add_argument("--reject-tokens", action="store_true", help="treat every token as expired")
-    p.set_defaults(func=cmd_mock_platform)
 
 
-def build_config(args: argparse.Namespace) -> tuple[Any, str | None]:
+def build_config(args: argparse.Namespace) -> tuple[MockPlatformConfig, str | None]:
     """The ``MockPlatformConfig`` for the command line, and the agent config it came from (if any)."""
     from agent.mock_platform import Faults, MockPlatformConfig
 
@@ -204,6 +203,12 @@ def agent_section_text(section: dict[str, Any], *, with_secrets: bool) -> str:
 
 
 def cmd_mock_platform(args: argparse.Namespace) -> int:
+    """run the mock provincial platform (bench tests, demo)
+
+    Run a stand-in for the provincial platform: both business endpoints, both token endpoints,
+    signature/time/field checks exactly like the spec, SM4, A2301/B2301, its own SQLite, fault injection.
+    Loopback by default. See docs/mock-platform.md.
+    """
     from agent.logsetup import setup_logging
     from agent.mock_platform import MockPlatform
 

@@ -20,47 +20,29 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.cli import add_config_arg, config_path
+from agent.cli import Subparsers, add_command, load_settings, masked_identity, open_outbox
 from core.stored import RecordState
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+    from agent.outbox import Outbox
+    from core.outcome import Outcome
 
 EXIT_CODES = {"accepted": 0, "rejected": 3, "blocked": 4, "retryable": 5, "clock": 5, "unregistered": 5}
 EXIT_DISABLED = 6
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    reg = sub.add_parser(
-        "register",
-        help="register this device with the platform now (POST /machine/info)",
-        description="Send this device's registration ([device] settings) to the platform and "
-        "print the outcome. Exit 0 only when accepted (B2301, already registered, "
-        "counts as accepted).",
-    )
-    add_config_arg(reg)
-    reg.set_defaults(func=cmd_register)
+def register(sub: Subparsers) -> None:
+    add_command(sub, "register", cmd_register)
 
-    up = sub.add_parser(
-        "upload-file",
-        help="validate one verification record (JSON) and send it",
-        description="Validate one verification record given as JSON with the platform's field "
-        "names, then send it (how a corrected rejected record is resent). Once "
-        "accepted, rejected outbox records with the same machineCode, cardNo and "
-        "verifyTime are marked sent. Exit 0 only when accepted.",
-    )
-    add_config_arg(up)
+    up = add_command(sub, "upload-file", cmd_upload_file)
     up.add_argument("record", metavar="RECORD.json", help="the verification record, spec field names")
-    up.set_defaults(func=cmd_upload_file)
 
-    probe = sub.add_parser(
-        "probe",
-        help="print the request under every open convention (sends nothing)",
-        description="Print, for a sample payload, the headers and body under the default "
-        "conventions and under each alternative of each open convention, to "
-        "match against the platform's own sample. Sends nothing.",
-    )
-    add_config_arg(probe)
+    probe = add_command(sub, "probe", cmd_probe)
     probe.add_argument(
         "--payload",
         metavar="FILE",
@@ -82,19 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "output) and the data under each (key mode, padding, encoding, ensure_ascii); "
         "grep it for the platform's sample value",
     )
-    probe.set_defaults(func=cmd_probe)
 
 
 # --------------------------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from agent.config import load_config
-
-    return load_config(config_path(args), validate_drivers=False)
-
-
-def _switched_off(settings: Any) -> bool:
+def _switched_off(settings: Settings) -> bool:
     if settings.platform.enabled:
         return False
     print(
@@ -107,7 +82,7 @@ def _switched_off(settings: Any) -> bool:
     return True
 
 
-def _send(settings: Any, what: str, payload: dict[str, Any]) -> Any:
+def _send(settings: Settings, what: str, payload: dict[str, Any]) -> Outcome:
     """Send one request now, print the outcome, and return it (an ``Outcome``)."""
     from agent import crypto
     from agent.uplink.client import PlatformClient
@@ -150,9 +125,14 @@ def _send(settings: Any, what: str, payload: dict[str, Any]) -> Any:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    """register this device with the platform now (POST /machine/info)
+
+    Send this device's registration ([device] settings) to the platform and print the outcome. Exit 0 only when
+    accepted (B2301, already registered, counts as accepted).
+    """
     from core.records import registration_payload
 
-    settings = _load(args)
+    settings = load_settings(args)
     if _switched_off(settings):
         return EXIT_DISABLED
     payload = registration_payload(settings.device)
@@ -188,11 +168,16 @@ def _read_json(path_text: str) -> Any:
 
 
 def cmd_upload_file(args: argparse.Namespace) -> int:
+    """validate one verification record (JSON) and send it
+
+    Validate one verification record given as JSON with the platform's field names, then send it (how a
+    corrected rejected record is resent). Once accepted, rejected outbox records with the same machineCode,
+    cardNo and verifyTime are marked sent. Exit 0 only when accepted.
+    """
     from core.errors import RecordError
-    from core.privacy import mask_card_no, mask_name
     from core.records import parse_verification
 
-    settings = _load(args)
+    settings = load_settings(args)
     data = _read_json(args.record)
     if not isinstance(data, dict):
         raise RecordError(
@@ -208,10 +193,7 @@ def cmd_upload_file(args: argparse.Namespace) -> int:
         )
     record = parse_verification(data, long_term_end=settings.platform.conventions.long_term_end_date)
     payload = record.to_payload()
-    print(
-        f"record valid: cardNo {mask_card_no(payload.get('cardNo'))}, realName {mask_name(payload.get('realName'))}, "
-        f"verifyTime {payload.get('verifyTime')}"
-    )
+    print(f"record valid: {masked_identity(payload)}")
     if _switched_off(settings):
         return EXIT_DISABLED
     outcome = _send(settings, "upload", payload)
@@ -223,18 +205,17 @@ def cmd_upload_file(args: argparse.Namespace) -> int:
 RESENT_BY_UPLOAD_FILE = "resent corrected by hand with `fvagent upload-file`; accepted"
 
 
-def _resolve_rejected_originals(settings: Any, payload: dict[str, Any], request_id: str) -> None:
+def _resolve_rejected_originals(settings: Settings, payload: dict[str, Any], request_id: str) -> None:
     """Mark sent the rejected outbox records this accepted upload corrects: those with the same
     natural key (machineCode, cardNo, verifyTime). The upload is already accepted, so nothing here
     may fail it: an outbox that cannot be read gets a warning and the exit code stays 0."""
-    from agent.outbox import Outbox
     from agent.outbox.store import DB_NAME
     from core.errors import FvagentError
 
     try:
         if not (Path(settings.storage.dir) / DB_NAME).exists():  # never create the outbox from here
             return
-        with Outbox.open(settings.storage, create=False) as outbox:
+        with open_outbox(settings) as outbox:
             resolved, failed, left = _resolve_matches(outbox, payload, request_id)
     except (FvagentError, OSError) as exc:
         print(
@@ -265,7 +246,7 @@ def _resolve_rejected_originals(settings: Any, payload: dict[str, Any], request_
 
 
 def _resolve_matches(
-    outbox: Any, payload: dict[str, Any], request_id: str
+    outbox: Outbox, payload: dict[str, Any], request_id: str
 ) -> tuple[list[int], list[tuple[int, str]], int]:
     """(ids marked sent, [(id, why not)] for matches that could not be, rejected records left)."""
     from core.errors import OutboxCorrupt, OutboxError
@@ -296,14 +277,14 @@ def _resolve_matches(
 # --------------------------------------------------------------------------------------------------
 # probe
 
-_ALTERNATIVES: dict[str, tuple[str, ...]] = {
+_ALTERNATIVES: dict[str, tuple[str | bool, ...]] = {
     "send_time_format": ("epoch_ms", "epoch_s", "yyyyMMddHHmmss", "yyyy-MM-dd HH:mm:ss"),
     "sign_key_encoding": ("utf8", "hex"),
     "sign_output": ("hex", "hex_upper", "base64"),
     "sm4_key_mode": ("auto", "raw16", "hex32", "first16", "sm3_trunc16", "nhsa_derive"),
     "padding": ("pkcs7", "none"),
     "cipher_encoding": ("base64", "hex_lower", "hex_upper"),
-    "json_ensure_ascii": (False, True),  # type: ignore[dict-item]
+    "json_ensure_ascii": (False, True),
 }
 _AFFECTS = {
     "send_time_format": ("time", "sign"),
@@ -317,10 +298,15 @@ _AFFECTS = {
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    """print the request under every open convention (sends nothing)
+
+    Print, for a sample payload, the headers and body under the default conventions and under each alternative
+    of each open convention, to match against the platform's own sample. Sends nothing.
+    """
     from agent.uplink.conventions import Conventions
     from core.records import registration_payload
 
-    settings = _load(args)
+    settings = load_settings(args)
     platform = settings.platform
     if args.payload:
         payload = _read_json(args.payload)
@@ -383,7 +369,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_all_combinations(render: Any, shorten: Any) -> None:
+def _print_all_combinations(render: Callable[[dict[str, Any]], dict[str, str]], shorten: Callable[[str], str]) -> None:
     """Signatures depend only on the time format, key encoding and output; the data only on the key
     rule, padding, encoding and JSON escaping: two tables cover every combination."""
     import itertools
@@ -404,7 +390,7 @@ def _print_all_combinations(render: Any, shorten: Any) -> None:
         print(f"   {mode} | {pad} | {enc} | {str(ascii_).lower()} | {shorten(r['data'])}")
 
 
-def _try(fn: Any) -> str:
+def _try(fn: Callable[[], object]) -> str:
     from core.errors import CryptoError
 
     try:

@@ -19,31 +19,28 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.cli import add_config_arg, config_path
+from agent.cli import Subparsers, add_command, add_group, load_settings, masked_identity, open_outbox
 from core.clock import CHINA_TZ
 from core.stored import RecordState
+
+if TYPE_CHECKING:
+    from agent.outbox import Attempt, Outbox, Row
 
 STATES = tuple(state.value for state in RecordState)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    queue = sub.add_parser(
-        "queue",
-        help="inspect and act on the outbox (works while the service runs)",
-        description="Inspect the local outbox and act on it. Works while the service runs.",
-    )
-    qsub = queue.add_subparsers(dest="queue_command", metavar="ACTION")
-    queue.set_defaults(func=lambda args: (queue.print_help(), 2)[1])
+def register(sub: Subparsers) -> None:
+    """inspect and act on the outbox (works while the service runs)
 
-    stats = qsub.add_parser("stats", help="count of records per state")
-    add_config_arg(stats)
+    Inspect the local outbox and act on it. Works while the service runs.
+    """
+    qsub = add_group(sub, "queue", "ACTION", register)
+    stats = add_command(qsub, "stats", cmd_stats)
     stats.add_argument("--json", action="store_true", help="print a JSON object (count per state and total)")
-    stats.set_defaults(func=cmd_stats)
 
-    ls = qsub.add_parser("ls", help="list records, newest first (no personal data)")
-    add_config_arg(ls)
+    ls = add_command(qsub, "ls", cmd_ls)
     ls.add_argument("--state", choices=STATES, help="only records in this state")
     ls.add_argument("-n", "--limit", type=int, default=50, help="at most this many (default 50)")
     ls.add_argument("--json", action="store_true", help="print JSON")
@@ -60,36 +57,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="DATE",
         help="with --result: only those since DATE (yyyy-mm-dd, or yyyy-mm-dd HH:MM:SS; China time)",
     )
-    ls.set_defaults(func=cmd_ls)
 
-    show = qsub.add_parser("show", help="one record, personal data masked, with its upload attempts")
-    add_config_arg(show)
+    show = add_command(qsub, "show", cmd_show)
     show.add_argument("id", type=int, help="the record's id (from `fvagent queue ls`)")
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(func=cmd_show)
 
-    retry = qsub.add_parser("retry", help="send a record again now (ID, or every rejected one)")
-    add_config_arg(retry)
+    retry = add_command(qsub, "retry", cmd_retry)
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("id", type=int, nargs="?", help="the record's id")
     which.add_argument("--rejected", action="store_true", help="every rejected record")
-    retry.set_defaults(func=cmd_retry)
 
-    export = qsub.add_parser("export", help="write the rejected records in full to FILE (to fix and resend)")
-    add_config_arg(export)
+    export = add_command(qsub, "export", cmd_export)
     export.add_argument("--rejected", action="store_true", required=True, help="export the rejected records")
     export.add_argument("file", metavar="FILE", help="new file to write (JSON Lines, mode 0600; never overwritten)")
-    export.set_defaults(func=cmd_export)
 
-    resolve = qsub.add_parser(
-        "resolve",
-        help="mark a rejected record sent: its corrected copy was accepted under REQUEST_ID",
-        description="Mark a rejected record sent, because a corrected copy of it was accepted by the platform "
-        "some other way (upload-file marks it by itself unless the fix changed machineCode, "
-        "cardNo or verifyTime). Status then stops alerting and `queue retry --rejected` "
-        "no longer sends the uncorrected record.",
-    )
-    add_config_arg(resolve)
+    resolve = add_command(qsub, "resolve", cmd_resolve)
     resolve.add_argument("id", type=int, help="the rejected record's id (from `fvagent queue ls --state rejected`)")
     resolve.add_argument(
         "--request-id",
@@ -97,16 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="RID",
         help="the requestId under which the platform accepted the corrected record",
     )
-    resolve.set_defaults(func=cmd_resolve)
 
 
-def _open(args: argparse.Namespace, *, readonly: bool = False) -> Any:
+def _open(args: argparse.Namespace, *, readonly: bool = False) -> Outbox:
     """The configured outbox; ``readonly`` for the commands that only look (never moves or writes it)."""
-    from agent.config import load_config
-    from agent.outbox import Outbox
-
-    settings = load_config(config_path(args), validate_drivers=False)
-    return Outbox.open(settings.storage, create=False, readonly=readonly)
+    return open_outbox(load_settings(args), readonly=readonly)
 
 
 def _when(epoch: float | None) -> str:
@@ -116,6 +93,7 @@ def _when(epoch: float | None) -> str:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    """count of records per state"""
     with _open(args, readonly=True) as outbox:
         stats = outbox.stats()
     if args.json:
@@ -133,7 +111,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row_doc(row: Any) -> dict[str, Any]:
+def _row_doc(row: Row) -> dict[str, Any]:
     return {
         "id": row.id,
         "state": row.state,
@@ -169,6 +147,7 @@ def _since(text: str) -> dt.datetime:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    """list records, newest first (no personal data)"""
     if args.result is not None or args.since is not None:
         return _ls_follow_ups(args)
     with _open(args, readonly=True) as outbox:
@@ -189,9 +168,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def _ls_follow_ups(args: argparse.Namespace) -> int:
     """`queue ls --result R [--since DATE]`: the follow-up list the desk shows the police (masked)."""
-    from agent.config import load_config
     from agent.localapi.followup import follow_ups
-    from agent.outbox import Outbox
     from core.errors import ConfigError
 
     if args.result is None:
@@ -201,8 +178,8 @@ def _ls_follow_ups(args: argparse.Namespace) -> int:
             "--state and --result cannot be combined",
             hint="the follow-up list shows each record's upload state already",
         )
-    settings = load_config(config_path(args), validate_drivers=False)
-    with Outbox.open(settings.storage, create=False, readonly=True) as outbox:
+    settings = load_settings(args)
+    with open_outbox(settings, readonly=True) as outbox:
         items = follow_ups(
             outbox, threshold=settings.face.threshold, results=args.result, since=args.since, limit=args.limit
         )
@@ -229,6 +206,7 @@ def _ls_follow_ups(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """one record, personal data masked, with its upload attempts"""
     from core.errors import OutboxError
     from core.privacy import mask_record
 
@@ -237,7 +215,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         if row is None:
             raise OutboxError(f"no record with id {args.id}", hint="see `fvagent queue ls`")
         payload = outbox.payload(args.id) or {}
-        attempts = outbox.attempts(args.id)
+        # annotated: Outbox's own method named list shadows the builtin in the store's annotations
+        attempts: list[Attempt] = outbox.attempts(args.id)
     record = mask_record(payload)
     photos = {
         k: f"{len(payload[k]) * 3 // 4} bytes" for k in ("headImg", "cameraImg", "fingerCollectImg") if payload.get(k)
@@ -297,6 +276,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    """send a record again now (ID, or every rejected one)"""
     with _open(args) as outbox:
         if args.rejected:
             n = outbox.retry_rejected()
@@ -308,6 +288,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """write the rejected records in full to FILE (to fix and resend)"""
     with _open(args, readonly=True) as outbox:
         n = outbox.export_rejected(args.file)
     if n == 0:
@@ -321,6 +302,12 @@ RESOLVED_BY_HAND = "resent corrected by hand; marked sent with `fvagent queue re
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
+    """mark a rejected record sent: its corrected copy was accepted under REQUEST_ID
+
+    Mark a rejected record sent, because a corrected copy of it was accepted by the platform some other way
+    (upload-file marks it by itself unless the fix changed machineCode, cardNo or verifyTime). Status then stops
+    alerting and `queue retry --rejected` no longer sends the uncorrected record.
+    """
     from core.errors import OutboxCorrupt
 
     with _open(args) as outbox:
@@ -334,11 +321,4 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def _masked_summary(payload: dict[str, Any]) -> str:
-    from core.privacy import mask_card_no, mask_name
-
-    if not payload:
-        return ""
-    return (
-        f": cardNo {mask_card_no(payload.get('cardNo'))}, realName {mask_name(payload.get('realName'))}, "
-        f"verifyTime {payload.get('verifyTime')}"
-    )
+    return f": {masked_identity(payload)}" if payload else ""

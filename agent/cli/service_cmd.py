@@ -14,63 +14,24 @@ import json
 import sys
 import time
 
-from agent.cli import add_config_arg, config_path
+from agent.cli import Subparsers, add_command, config_path, invocation, load_settings, print_error
 
 EXIT_NOT_RUNNING = 3
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    run = sub.add_parser(
-        "run",
-        help="run the agent in the foreground (what systemd runs)",
-        description="Run the daemon in the foreground: the verification, upload and "
-        "housekeeping loops and the local API. SIGTERM stops it cleanly, SIGHUP "
-        "reloads the configuration. Speaks the systemd notify protocol when "
-        "$NOTIFY_SOCKET is set.",
-    )
-    add_config_arg(run)
-    run.set_defaults(func=cmd_run)
+def register(sub: Subparsers) -> None:
+    add_command(sub, "run", cmd_run)
 
-    status = sub.add_parser(
-        "status",
-        help="queue, platform, hardware and the daemon's state",
-        description="Print the queue by state, last success and error, registration, "
-        "platform reachability and hardware state. Works whether the daemon "
-        "runs or not. Exit 0 while it runs, 3 when it does not.",
-    )
-    add_config_arg(status)
+    status = add_command(sub, "status", cmd_status)
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
-    status.set_defaults(func=cmd_status)
 
-    doctor = sub.add_parser(
-        "doctor",
-        help="check config, hardware, face model, platform, clock and disk",
-        description="Run every check and print one line each: OK, WARN or FAIL with the "
-        "fix. Exit 1 when any check fails.",
-    )
-    add_config_arg(doctor)
-    doctor.set_defaults(func=cmd_doctor)
+    add_command(sub, "doctor", cmd_doctor)
 
-    once = sub.add_parser(
-        "verify-once",
-        help="one real verification through the configured drivers",
-        description="Wait for a card on the configured reader, run one verification "
-        "(camera, face score), commit it to the outbox and print the result "
-        "(masked). For installers; stop the service first, it holds the devices.",
-    )
-    add_config_arg(once)
+    once = add_command(sub, "verify-once", cmd_verify_once)
     once.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds to wait for a card (60)")
     once.add_argument("--force", action="store_true", help="run even though the daemon seems to be running")
-    once.set_defaults(func=cmd_verify_once)
 
-    demo = sub.add_parser(
-        "demo",
-        help="the whole agent against a local mock platform, with an outage",
-        description="Start the mock platform and the agent with the fake reader and camera "
-        "over sample cards (synthetic identities, a public-domain face), run a few "
-        "dozen verifications, take the platform down and bring it back, then "
-        "print the table. Exit 0 only when every captured record was delivered.",
-    )
+    demo = add_command(sub, "demo", cmd_demo, config=False)
     demo.add_argument(
         "--write-config",
         metavar="FILE",
@@ -78,10 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     demo.add_argument("--count", type=int, default=36, help="verifications to run (36)")
     demo.add_argument("--dir", metavar="DIR", help="keep the demo's files here instead of a temporary directory")
-    demo.set_defaults(func=cmd_demo)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """run the agent in the foreground (what systemd runs)
+
+    Run the daemon in the foreground: the verification, upload and housekeeping loops and the local API. SIGTERM
+    stops it cleanly, SIGHUP reloads the configuration. Speaks the systemd notify protocol when $NOTIFY_SOCKET
+    is set.
+    """
     from agent.config import load_config
     from agent.logsetup import setup_logging
     from agent.service.runlock import AlreadyRunning, DaemonLock
@@ -95,8 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         lock = DaemonLock(settings.storage.dir)
         lock.acquire()  # before any driver or the outbox is opened
     except AlreadyRunning as exc:
-        print(f"fvagent: error: {exc}", file=sys.stderr)
-        print(f"fvagent: hint: {exc.hint}", file=sys.stderr)
+        print_error(str(exc), exc.hint)
         return 2
     try:
         code = Service(settings, config_path=path).run()
@@ -124,11 +89,14 @@ def _exit_if_threads_linger(code: int) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent.config import load_config
+    """queue, platform, hardware and the daemon's state
+
+    Print the queue by state, last success and error, registration, platform reachability and hardware state.
+    Works whether the daemon runs or not. Exit 0 while it runs, 3 when it does not.
+    """
     from agent.service.status import collect_status, format_status
 
-    settings = load_config(config_path(args), validate_drivers=False)
-    doc = collect_status(settings)
+    doc = collect_status(load_settings(args))
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
     else:
@@ -137,6 +105,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """check config, hardware, face model, platform, clock and disk
+
+    Run every check and print one line each: OK, WARN or FAIL with the fix. Exit 1 when any check fails.
+    """
     import logging
 
     from agent.logsetup import setup_logging
@@ -152,6 +124,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_once(args: argparse.Namespace) -> int:
+    """one real verification through the configured drivers
+
+    Wait for a card on the configured reader, run one verification (camera, face score), commit it to the outbox
+    and print the result (masked). For installers; stop the service first, it holds the devices.
+    """
     from agent.config import load_config
     from agent.logsetup import setup_logging
     from agent.service.service import Service
@@ -162,13 +139,9 @@ def cmd_verify_once(args: argparse.Namespace) -> int:
     setup_logging(settings.logging)
     daemon = _daemon_state(read_status_file(status_path(settings.storage.dir)), time.time())
     if daemon["running"] and not args.force:
-        print(
-            f"fvagent: error: the daemon is running ({daemon['detail']}) and holds the reader and camera",
-            file=sys.stderr,
-        )
-        print(
-            "fvagent: hint: systemctl stop fvagent, run verify-once, then systemctl start fvagent (or pass --force)",
-            file=sys.stderr,
+        print_error(
+            f"the daemon is running ({daemon['detail']}) and holds the reader and camera",
+            "systemctl stop fvagent, run verify-once, then systemctl start fvagent (or pass --force)",
         )
         return 1
     service = Service(settings, config_path=config_path(args), start_local_api=False)
@@ -187,7 +160,12 @@ def cmd_verify_once(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from agent.cli import invocation
+    """the whole agent against a local mock platform, with an outage
+
+    Start the mock platform and the agent with the fake reader and camera over sample cards (synthetic
+    identities, a public-domain face), run a few dozen verifications, take the platform down and bring it back,
+    then print the table. Exit 0 only when every captured record was delivered.
+    """
     from agent.service.demo import run_demo, write_demo_config
 
     if args.write_config:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import logging
 import os
 import socket
 import stat
 import struct
-import threading
-import time
-from typing import Any
+from typing import TYPE_CHECKING, cast
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agent.config import LocalApiSettings
+from agent.httpserver import ThreadedServer
+from agent.localapi.trust import PEER_CRED_KEY
 from core.errors import LocalApiError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from agent.localapi.backend import DeskBackend
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +37,12 @@ class LocalApiServer:
     (port 0 in ``listen`` picks a free port).
     """
 
-    def __init__(self, settings: LocalApiSettings, backend: Any) -> None:
+    def __init__(self, settings: LocalApiSettings, backend: DeskBackend) -> None:
         self.settings = settings
         self.backend = backend
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._app: Any = None
-        self._sock: socket.socket | None = None
+        self._server: ThreadedServer | None = None
+        self._app: FastAPI | None = None
         self._port: int | None = None
-        self._error: BaseException | None = None
 
     @property
     def url(self) -> str:
@@ -53,68 +59,45 @@ class LocalApiServer:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and bool(self._server and self._server.started)
+        return self._server is not None and self._server.running
 
     def start(self, timeout_s: float = 10.0) -> None:
-        if self._thread is not None:
+        if self._server is not None:
             return
-        import uvicorn
-
         from agent.localapi.app import create_app
 
         # uvicorn's access log prints query strings, which can hold a card number: never let it speak
         logging.getLogger("uvicorn.access").disabled = True
+        server = ThreadedServer(
+            name="the local API",
+            error=LocalApiError,
+            bind_hint="another program holds the port: change [local_api] listen, or stop the other program "
+            "(ss -ltnp shows it)",
+        )
         if self.settings.unix_path is not None:
-            self._sock = self._bind_unix()
-            self._port = 0
+            sock = self._bind_unix()
+            port = 0
         else:
-            self._sock = self._bind()
-            self._port = self._sock.getsockname()[1]
-        self._app = create_app(self.backend, self.settings)
+            sock = server.bind_tcp(self.settings.host, self.settings.port, backlog=64)
+            port = int(sock.getsockname()[1])
+        app = create_app(self.backend, self.settings)
         config = uvicorn.Config(
-            self._app,
+            app,
             log_config=None,
             access_log=False,  # our own request log never shows a query string
             lifespan="off",
             timeout_graceful_shutdown=3,
             server_header=False,
             h11_max_incomplete_event_size=64 * 1024,
-            http=_peer_cred_protocol(),
+            http=PeerCredH11Protocol,
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, name="local-api", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if not self._thread.is_alive():
-                self._cleanup()
-                raise LocalApiError(f"the local API stopped while starting on {self.settings.listen}: {self._error}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise LocalApiError(f"the local API did not start within {timeout_s:.0f} s on {self.settings.listen}")
-            time.sleep(0.02)
-        log.info("local API and operator page at %s", self.url)
-
-    def _bind(self) -> socket.socket:
-        host, port = self.settings.host, self.settings.port
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-            family, _, proto, _, addr = infos[0]
-            # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and without
-            # it every response waits ~40 ms for a delayed ACK (Nagle)
-            sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind(addr)
-            sock.listen(64)
-            sock.setblocking(False)
-        except OSError as exc:
-            raise LocalApiError(
-                f"the local API cannot listen on {self.settings.listen}: {exc.strerror or exc}",
-                hint="another program holds the port: change [local_api] listen, or stop the other program "
-                "(ss -ltnp shows it)",
-            ) from exc
-        return sock
+            server.start(config, sock, where=self.settings.listen, thread_name="local-api", timeout_s=timeout_s)
+        except LocalApiError:
+            self._remove_unix_socket()
+            raise
+        self._server, self._app, self._port = server, app, port
+        log.info("local API and operator page at %s", self.url)
 
     def _bind_unix(self) -> socket.socket:
         """The Unix socket of ``listen = "unix:PATH"``: mode 0660, group ``socket_group``; a stale
@@ -155,40 +138,22 @@ class LocalApiServer:
             ) from exc
         return sock
 
-    def _run(self) -> None:
-        try:
-            self._server.run(sockets=[self._sock])
-        except BaseException as exc:
-            self._error = exc
-            log.error("local API stopped: %r", exc)
-
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self._thread is None:
+        if self._server is None:
             return
         if self._app is not None:
-            self._app.state.shutdown.set()
-        self._server.should_exit = True
-        self._thread.join(timeout_s / 2)
-        if self._thread.is_alive():  # a client that will not let go: close the connections
-            self._server.force_exit = True
-            self._thread.join(timeout_s / 2)
-        if self._thread.is_alive():
-            log.warning("local API thread did not stop within %.0f s", timeout_s)
-        self._cleanup()
+            self._app.state.shutdown.set()  # ends the live feeds, which would hold their connections
+        self._server.stop(timeout_s)
+        self._remove_unix_socket()
+        self._server = None
+        self._app = None
 
-    def _cleanup(self) -> None:
-        if self._sock is not None:
+    def _remove_unix_socket(self) -> None:
+        if self.settings.unix_path is not None:
             try:
-                self._sock.close()
+                self.settings.unix_path.unlink()
             except OSError:
                 pass
-            if self.settings.unix_path is not None:
-                try:
-                    self.settings.unix_path.unlink()
-                except OSError:
-                    pass
-        self._sock = None
-        self._thread = None
 
     def __enter__(self) -> LocalApiServer:
         self.start()
@@ -198,21 +163,17 @@ class LocalApiServer:
         self.stop()
 
 
-def _peer_cred_protocol() -> type:
+class PeerCredH11Protocol(H11Protocol):
     """uvicorn's h11 protocol that records each Unix-socket connection's SO_PEERCRED (pid, uid, gid)
     in the request's ASGI ``state``, where ``agent.localapi.trust`` reads it. A TCP connection
     records nothing."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    from agent.localapi.trust import PEER_CRED_KEY
-
-    class PeerCredH11Protocol(H11Protocol):
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            sock = transport.get_extra_info("socket")
-            if sock is not None and sock.family == socket.AF_UNIX:
-                raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-                # per connection: the shared app_state must not carry one peer's identity to another
-                self.app_state = {**self.app_state, PEER_CRED_KEY: struct.unpack("3i", raw)}
-
-    return PeerCredH11Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio promises a BaseTransport; uvicorn's protocol narrows it to the socket Transport
+        # that a stream server always hands in
+        super().connection_made(cast(asyncio.Transport, transport))
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family == socket.AF_UNIX:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            # per connection: the shared app_state must not carry one peer's identity to another
+            self.app_state = {**self.app_state, PEER_CRED_KEY: struct.unpack("3i", raw)}

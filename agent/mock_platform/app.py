@@ -31,13 +31,14 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.mock_platform.config import (
     PATH_ACCESS_TOKEN,
@@ -201,7 +202,7 @@ class MockState:
 
     # -- checks --------------------------------------------------------------------------------
 
-    def check_headers(self, headers: Any) -> None:
+    def check_headers(self, headers: Mapping[str, str]) -> None:
         """The five headers, in the order a gateway checks them; raises ``_Denied``."""
         missing = [h for h in _REQUIRED_HEADERS if not headers.get(h)]
         if missing:
@@ -254,7 +255,7 @@ class MockState:
         if not self.token_valid(token.strip(), kind):
             raise _Denied(401, "令牌无效或已过期 the access token is unknown or expired")
 
-    def open_body(self, body: bytes) -> tuple[Any, str, bool]:
+    def open_body(self, body: bytes) -> tuple[object, str, bool]:
         """The payload, its JSON text as received (decrypted) and whether it came encrypted;
         ``_Denied`` for a body the key cannot open, ``ValueError`` for a body that is not JSON."""
         if not self.config.encrypt:
@@ -290,9 +291,6 @@ class MockState:
                 at=time.time(),
                 path=path,
                 request_id=rid,
-                http_status=None,
-                code=None,
-                exception_code=None,
                 msg="client went away before sending the whole body",
             )
             return Response(status_code=400)
@@ -305,14 +303,7 @@ class MockState:
                 exc.http_status, exc.http_status, exc.msg, rid, path=path, exception_code=exc.exception_code
             )
         except (UnicodeDecodeError, ValueError):
-            return self.envelope(
-                200,
-                400,
-                "参数错误 parameter error: body: must be a JSON object",
-                rid,
-                path=path,
-                exception_code=PARAMETER_ERROR,
-            )
+            payload = None  # not JSON: refused below like any body that is not an object
         if not isinstance(payload, dict):
             return self.envelope(
                 200,
@@ -437,7 +428,6 @@ class MockState:
             request_id=None,
             http_status=status,
             code=body.get("code") if isinstance(body.get("code"), int) else None,
-            exception_code=None,
             msg=msg,
         )
         return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
@@ -447,12 +437,6 @@ class MockState:
 # Faults, in front of the application
 
 
-ASGIApp = Callable[
-    [dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
-    Awaitable[None],
-]
-
-
 class FaultGate:
     """ASGI middleware that applies the active ``Faults`` before a request reaches the endpoints."""
 
@@ -460,7 +444,7 @@ class FaultGate:
         self.app = app
         self.state = state
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith("/_mock"):
             await self.app(scope, receive, send)
             return
@@ -479,9 +463,6 @@ class FaultGate:
                 at=time.time(),
                 path=scope["path"],
                 request_id=_request_id(scope),
-                http_status=None,
-                code=None,
-                exception_code=None,
                 msg="fault: connection dropped",
             )
             await _abort(send)
@@ -506,8 +487,6 @@ class FaultGate:
                     path=path,
                     request_id=rid,
                     http_status=200,
-                    code=None,
-                    exception_code=None,
                     msg="fault: HTML error page",
                 )
                 return Response(_HTML_PAGE, status_code=200, media_type="text/html")
@@ -533,7 +512,7 @@ class FaultGate:
         return None
 
 
-def _request_id(scope: dict[str, Any]) -> str | None:
+def _request_id(scope: Scope) -> str | None:
     wanted = HEADER_REQUEST_ID.encode("latin-1")
     for name, value in scope.get("headers", []):
         if name.lower() == wanted:
@@ -541,12 +520,12 @@ def _request_id(scope: dict[str, Any]) -> str | None:
     return None
 
 
-def _truncating(send: Any) -> Any:
+def _truncating(send: Send) -> Send:
     """A ``send`` that passes the response start and half of the body, then aborts the connection
     and ignores whatever the application sends after that."""
     state = {"cut": False}
 
-    async def cut_send(message: dict[str, Any]) -> None:
+    async def cut_send(message: Message) -> None:
         if state["cut"]:
             return
         if message["type"] == "http.response.body":
@@ -560,7 +539,7 @@ def _truncating(send: Any) -> Any:
     return cut_send
 
 
-async def _read_body(receive: Any) -> bytes:
+async def _read_body(receive: Receive) -> bytes:
     chunks = []
     while True:
         message = await receive()
@@ -572,7 +551,7 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
-async def _abort(send: Any) -> None:
+async def _abort(send: Send) -> None:
     """Close the TCP connection without an answer. uvicorn hands each request's ``send`` as a bound
     method of its request cycle, which holds the transport; with another server, fall back to a
     response cut short (the client sees the same: a connection closed mid-reply)."""

@@ -102,7 +102,7 @@ class MockPlatformConfig(BaseModel):
     use it (a platform, or a terminal, whose clock is off)."""
 
 
-def platform_section(config: MockPlatformConfig, url: str, **overrides: Any) -> dict[str, Any]:
+def platform_section(config: MockPlatformConfig, url: str, **overrides: object) -> dict[str, Any]:
     """The agent's ``[platform]`` table (with ``auth`` and ``conventions``) that talks to a mock
     platform at ``url`` configured by ``config``; ``overrides`` replace top-level keys
     (e.g. ``enabled=False``). Ready for TOML or ``PlatformSettings.model_validate``."""
@@ -133,6 +133,6 @@ def platform_section(config: MockPlatformConfig, url: str, **overrides: Any) -> 
     return section
 
 
-def platform_settings(config: MockPlatformConfig, url: str, **overrides: Any) -> PlatformSettings:
+def platform_settings(config: MockPlatformConfig, url: str, **overrides: object) -> PlatformSettings:
     """``PlatformSettings`` for an agent that talks to the mock platform at ``url``."""
     return PlatformSettings.model_validate(platform_section(config, url, **overrides))

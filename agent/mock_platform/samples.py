@@ -52,7 +52,7 @@ def sample_registration(
 
 
 def sample_verification(
-    n: int = 0, *, machine_code: str = "MOCK0001", device_no: str = "SN-MOCK-0001", **overrides: Any
+    n: int = 0, *, machine_code: str = "MOCK0001", device_no: str = "SN-MOCK-0001", **overrides: object
 ) -> dict[str, Any]:
     """A POST /verification/pregnant_woman/first body for synthetic person ``n``; ``overrides``
     replace fields (to break one on purpose)."""

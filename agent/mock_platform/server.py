@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import collections
 import logging
-import socket
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from agent.config import PlatformSettings
+from agent.httpserver import ThreadedServer
 from agent.mock_platform.app import MockState, build_app
 from agent.mock_platform.config import (
     Faults,
@@ -46,8 +46,7 @@ class MockPlatform:
         self.db_path = Path(db_path) if db_path is not None else None
         self.store = MockStore(self.db_path if self.db_path is not None else ":memory:")
         self.state = MockState(self.config, self.store)
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
         self._port: int | None = None
 
     def __repr__(self) -> str:
@@ -76,30 +75,20 @@ class MockPlatform:
     @property
     def running(self) -> bool:
         """Whether the server thread is serving."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._server is not None and self._server.running
 
     def start(self, timeout_s: float = 15.0) -> MockPlatform:
         """Bind, start serving in a thread, and return once it accepts connections."""
-        import uvicorn
-
-        if self._thread is not None:
+        if self._server is not None:
             return self
+        server = ThreadedServer(
+            name="the mock platform",
+            error=PlatformError,
+            bind_hint="choose another --port, or stop what is using it",
+        )
         # A restart of the same object binds the port it had, so the URL stays the same.
         port = self._port if self._port is not None else self.config.port
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
-        # and without it every answer (headers, then body) stalls ~40 ms on Nagle + delayed ACK.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.config.host, port))
-        except OSError as exc:
-            sock.close()
-            raise PlatformError(
-                f"the mock platform cannot listen on {self.config.host}:{port}: {exc}",
-                hint="choose another --port, or stop what is using it",
-            ) from exc
-        sock.listen(128)
+        sock = server.bind_tcp(self.config.host, port)
         self._port = int(sock.getsockname()[1])
         uv_config = uvicorn.Config(
             build_app(self.state),
@@ -112,20 +101,9 @@ class MockPlatform:
             http="h11",
             loop="asyncio",
         )
-        server = uvicorn.Server(uv_config)
+        where = f"{self.config.host}:{self._port}"
+        server.start(uv_config, sock, where=where, thread_name=f"mock-platform-{self._port}", timeout_s=timeout_s)
         self._server = server
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"mock-platform-{self._port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not server.started:
-            if not self._thread.is_alive():
-                raise PlatformError("the mock platform stopped while starting (see the log above)")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise PlatformError(f"the mock platform did not start within {timeout_s:.0f} s")
-            self._thread.join(0.005)  # waits on the thread, wakes early when it dies
         log.info("mock platform listening on %s", self.url)
         return self
 
@@ -133,10 +111,7 @@ class MockPlatform:
         """Stop serving; idempotent. What it stored stays readable (``records()``, ``stats()``)
         until ``close()``."""
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+            self._server.stop(timeout_s=10)
         self._server = None
 
     def close(self) -> None:
@@ -146,7 +121,7 @@ class MockPlatform:
 
     # -- what tests and the demo use -----------------------------------------------------------
 
-    def set_faults(self, faults: Faults | None = None, **changes: Any) -> Faults:
+    def set_faults(self, faults: Faults | None = None, **changes: object) -> Faults:
         """Replace the faults (``faults``), or change some (``set_faults(down=True)``); returns them.
         ``set_faults(Faults())`` clears every fault."""
         base = faults if faults is not None else self.state.faults
@@ -204,11 +179,11 @@ class MockPlatform:
         """Natural keys accepted more than once, with their counts."""
         return self.store.duplicates()
 
-    def platform_section(self, **overrides: Any) -> dict[str, Any]:
+    def platform_section(self, **overrides: object) -> dict[str, Any]:
         """The agent's ``[platform]`` table for this mock (see ``config.platform_section``)."""
         return platform_section(self.config, self.url, **overrides)
 
-    def platform_settings(self, **overrides: Any) -> PlatformSettings:
+    def platform_settings(self, **overrides: object) -> PlatformSettings:
         """``PlatformSettings`` for an agent talking to this mock."""
         return platform_settings(self.config, self.url, **overrides)
 

@@ -76,11 +76,12 @@ class MockStore:
         at: float,
         path: str,
         request_id: str | None,
-        http_status: int | None,
-        code: int | None,
-        exception_code: str | None,
         msg: str,
+        http_status: int | None = None,
+        code: int | None = None,
+        exception_code: str | None = None,
     ) -> None:
+        """One request seen; ``http_status`` None when no answer went back (a dropped connection)."""
         with self._lock:
             self._db.execute(
                 "INSERT INTO requests (at, path, request_id, http_status, code, exception_code, msg) "
