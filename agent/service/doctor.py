@@ -17,9 +17,13 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from agent.service.status import Part, PartState, daemon_status, outbox_alerts, read_live_status
+from core.errors import DriverError
+from drivers.base import Camera, Driver
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 FRAME_TIMEOUT_S = 5.0
@@ -55,17 +59,15 @@ def run_checks(
     settings = _check_config(Path(config_path), add)
     if settings is None:
         return results
-    from agent.service.status import _daemon_state, read_status_file, status_path
-
-    live = read_status_file(status_path(settings.storage.dir))
-    daemon = _daemon_state(live, time.time())
-    running_hw = (live or {}).get("hardware") if daemon["running"] else None
+    live = read_live_status(settings.storage.dir)
+    daemon = daemon_status(live, time.time())
+    running_hw = live.hardware if live is not None and daemon.running else None
     add(
         Check(
             "daemon",
-            OK if daemon["running"] else WARN,
-            daemon["detail"],
-            None if daemon["running"] else "systemctl start fvagent (or fvagent run in a terminal)",
+            OK if daemon.running else WARN,
+            daemon.detail,
+            None if daemon.running else "systemctl start fvagent (or fvagent run in a terminal)",
         )
     )
     _check_storage(settings, add)
@@ -194,8 +196,6 @@ def _check_outbox(settings: Any, add: Callable[[Check], None]) -> None:
         return
     try:
         stats = dict(outbox.stats())
-        from agent.service.status import outbox_alerts
-
         for alert in outbox_alerts(outbox):
             add(Check("outbox alert", FAIL, alert, "see docs/operations.md, damage and recovery"))
         integrity = getattr(outbox, "integrity_check", None)
@@ -268,7 +268,7 @@ def _check_audit(settings: Any, add: Callable[[Check], None]) -> None:
         add(Check("unsent records", WARN, old, "fvagent queue export --rejected FILE, fix, fvagent upload-file"))
 
 
-def _check_reader(settings: Any, add: Callable[[Check], None], running_hw: dict[str, Any] | None) -> None:
+def _check_reader(settings: Any, add: Callable[[Check], None], running_hw: Mapping[str, Part] | None) -> None:
     name = f"card reader ({settings.card_reader.driver})"
     if running_hw is not None:
         _from_daemon(name, running_hw.get("card_reader"), add, "check the cable and the udev rule")
@@ -306,16 +306,18 @@ def _check_reader(settings: Any, add: Callable[[Check], None], running_hw: dict[
         )
 
 
-def _check_camera(settings: Any, add: Callable[[Check], None], running_hw: dict[str, Any] | None) -> None:
+def _check_camera(settings: Any, add: Callable[[Check], None], running_hw: Mapping[str, Part] | None) -> None:
     name = f"camera ({settings.camera.driver})"
     if running_hw is not None:
         _from_daemon(name, running_hw.get("camera"), add, "check the cable and /dev/video* permissions")
         return
     from drivers import registry
 
-    camera = None
+    camera: Driver | None = None
     try:
         camera = registry.create("camera", settings.camera.driver, settings.camera.options)
+        if not isinstance(camera, Camera):  # the registry builds any kind; only a camera has frames
+            raise DriverError(f"{settings.camera.driver!r} is not a camera driver")
         camera.open()
         frame = camera.read_frame(FRAME_TIMEOUT_S)
         h, w = frame.shape[:2]
@@ -344,17 +346,16 @@ def _check_camera(settings: Any, add: Callable[[Check], None], running_hw: dict[
     )
 
 
-def _from_daemon(name: str, part: Any, add: Callable[[Check], None], fix: str) -> None:
-    part = part if isinstance(part, dict) else {}
-    state = part.get("state", "unknown")
-    detail = f"in use by the daemon: {state}" + (f" ({part.get('detail')})" if part.get("detail") else "")
-    if state == "ok":
+def _from_daemon(name: str, part: Part | None, add: Callable[[Check], None], fix: str) -> None:
+    part = part or Part(PartState.UNKNOWN)
+    detail = f"in use by the daemon: {part.state.value}" + (f" ({part.detail})" if part.detail else "")
+    if part.state is PartState.OK:
         add(
             Check(
                 name,
-                WARN if part.get("simulated") else OK,
+                WARN if part.simulated else OK,
                 detail,
-                "use the real driver before go-live" if part.get("simulated") else None,
+                "use the real driver before go-live" if part.simulated else None,
             )
         )
     else:

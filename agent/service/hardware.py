@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from agent.service.status import Part, PartState
+
 log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_S = 1.0
@@ -103,24 +105,16 @@ class DriverSlot:
         self._next_try = self._clock() + self._delay
         self._delay = min(self._max, self._delay * 2)
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> Part:
         with self._lock:
             if self._error is not None:
                 retry_in = max(0.0, self._next_try - self._clock())
-                return {
-                    "state": "fault",
-                    "detail": f"{self._error}; retrying in {retry_in:.0f} s",
-                    "since": self._since,
-                    "failures": self.failures,
-                }
+                detail = f"{self._error}; retrying in {retry_in:.0f} s"
+                return Part(PartState.FAULT, detail, since=self._since, failures=self.failures)
             if self._driver is not None and self._driver.is_open:
-                return {
-                    "state": "ok",
-                    "detail": self._describe(),
-                    "since": self._since,
-                    "simulated": bool(getattr(self._driver, "simulated", False)),
-                }
-            return {"state": "closed", "detail": f"{self.label} not opened yet"}
+                simulated = bool(getattr(self._driver, "simulated", False))
+                return Part(PartState.OK, self._describe(), since=self._since, simulated=simulated)
+            return Part(PartState.CLOSED, f"{self.label} not opened yet")
 
     @property
     def healthy(self) -> bool:
