@@ -14,17 +14,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 from agent.service.status import Part, PartState
+from drivers.base import Driver
 
 log = logging.getLogger(__name__)
+
+D = TypeVar("D", bound=Driver)
 
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 30.0
 
 
-class DriverSlot:
+class DriverSlot(Generic[D]):
     """One driver of ``kind`` built by ``factory()`` (e.g. ``registry.create(...)``), opened lazily.
 
     ``clock`` is injectable for tests. Thread-safe: the verification loop uses the driver while the
@@ -34,7 +37,7 @@ class DriverSlot:
     def __init__(
         self,
         kind: str,
-        factory: Callable[[], Any],
+        factory: Callable[[], D],
         *,
         label: str,
         clock: Callable[[], float] = time.monotonic,
@@ -48,7 +51,7 @@ class DriverSlot:
         self._initial = backoff_initial_s
         self._max = backoff_max_s
         self._lock = threading.RLock()
-        self._driver: Any = None
+        self._driver: D | None = None
         self._error: str | None = None
         self._since = time.time()
         self._next_try = 0.0
@@ -58,7 +61,7 @@ class DriverSlot:
         self.opens = 0
         """Successful opens since start."""
 
-    def get(self) -> Any | None:
+    def get(self) -> D | None:
         """The open driver, opening it now when due; ``None`` while it is faulty and not yet due."""
         with self._lock:
             if self._driver is not None and self._driver.is_open:
@@ -67,7 +70,7 @@ class DriverSlot:
                 return None
             return self._open()
 
-    def _open(self) -> Any | None:
+    def _open(self) -> D | None:
         try:
             if self._driver is None:
                 self._driver = self._factory()
@@ -122,6 +125,8 @@ class DriverSlot:
             return self._error is None
 
     def _describe(self) -> str:
+        if self._driver is None:
+            return self.label
         try:
             return str(self._driver.describe())
         except Exception:

@@ -74,7 +74,7 @@ from agent.service.supervision import (
 )
 from agent.service.verification import Verification, Verifier, complete_held
 from core.errors import ConfigError, LocalApiError
-from drivers.base import Driver
+from drivers.base import Camera, CardReader
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ class Service:
         *,
         config_path: str | os.PathLike[str] | None = None,
         notifier: Notifier | None = None,
-        reader: Driver | None = None,
-        camera: Driver | None = None,
+        reader: CardReader | None = None,
+        camera: Camera | None = None,
         engine: FaceEngine | None = None,
         transport: httpx.BaseTransport | None = None,
         events: EventBus | None = None,
@@ -135,8 +135,8 @@ class Service:
         self.outbox: Outbox | None = None
         self.uploader: Uploader | None = None
         self._uploader_thread = UploaderThread(Heartbeat("uploader", self._uploader_max_age()))
-        self.reader_slot: DriverSlot | None = None
-        self.camera_slot: DriverSlot | None = None
+        self.reader_slot: DriverSlot[CardReader] | None = None
+        self.camera_slot: DriverSlot[Camera] | None = None
         self._engine = wiring.EngineLoad(None)
         self.operator: OperatorState | None = None
         self.verifier: Verifier | None = None

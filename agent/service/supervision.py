@@ -28,6 +28,7 @@ from agent.service.hardware import DriverSlot
 from agent.service.notify import Notifier
 from core.card import IdCard
 from core.errors import CardReadError, DriverError, ProtocolError
+from drivers.base import CardReader
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,7 @@ def start_loop(name: str, target: Callable[[Heartbeat], None], max_age_s: float)
     return LoopThread(name, thread, heartbeat)
 
 
-class CardReader(Protocol):
-    """What a read needs from the card reader driver."""
-
-    def read_card(self, timeout_s: float) -> IdCard | None: ...
-
-
-def read_card(reader_slot: DriverSlot, timeout_s: float, pause: Callable[[float], object]) -> IdCard | None:
+def read_card(reader_slot: DriverSlot[CardReader], timeout_s: float, pause: Callable[[float], object]) -> IdCard | None:
     """One read of up to ``timeout_s``: the card, or ``None`` (no card, or a failure handled here).
 
     A card that could not be read (``CardReadError``, ``ProtocolError``) is the card's problem, not
@@ -106,7 +101,7 @@ def read_card(reader_slot: DriverSlot, timeout_s: float, pause: Callable[[float]
     stopped answering, or failed any other way, is a fault of its slot: it is reopened with backoff.
     ``pause`` is the stop event's ``wait``, so a stop cuts it short.
     """
-    reader: CardReader | None = reader_slot.get()
+    reader = reader_slot.get()
     if reader is None:
         pause(NO_READER_PAUSE_S)
         return None

@@ -26,30 +26,36 @@ from agent.outbox import Outbox, Uploader
 from agent.service.hardware import DriverSlot
 from agent.service.verification import Verifier
 from agent.uplink.client import PlatformClient
-from core.errors import FvagentError
+from core.errors import ConfigError, FvagentError
 from drivers import registry
-from drivers.base import Driver
+from drivers.base import Camera, CardReader
 from drivers.card_reader import decode_wlt_to_jpeg
 
 log = logging.getLogger(__name__)
 
 
 def driver_slots(
-    settings: Settings, *, reader: Driver | None = None, camera: Driver | None = None
-) -> tuple[DriverSlot, DriverSlot]:
+    settings: Settings, *, reader: CardReader | None = None, camera: Camera | None = None
+) -> tuple[DriverSlot[CardReader], DriverSlot[Camera]]:
     """(card reader slot, camera slot), each opened once now; a driver handed in stands in for the
     configured one (tests, the demo)."""
     reader_section, camera_section = settings.card_reader, settings.camera
 
-    def make_reader() -> Driver:
+    def make_reader() -> CardReader:
         if reader is not None:
             return reader
-        return registry.create("card_reader", reader_section.driver, reader_section.options)
+        driver = registry.create("card_reader", reader_section.driver, reader_section.options)
+        if not isinstance(driver, CardReader):  # the registry builds any kind: say which is wrong
+            raise ConfigError(f"[card_reader] driver {reader_section.driver!r} is not a card reader")
+        return driver
 
-    def make_camera() -> Driver:
+    def make_camera() -> Camera:
         if camera is not None:
             return camera
-        return registry.create("camera", camera_section.driver, camera_section.options)
+        driver = registry.create("camera", camera_section.driver, camera_section.options)
+        if not isinstance(driver, Camera):
+            raise ConfigError(f"[camera] driver {camera_section.driver!r} is not a camera")
+        return driver
 
     reader_slot = DriverSlot("card_reader", make_reader, label=f"card reader ({reader_section.driver})")
     camera_slot = DriverSlot("camera", make_camera, label=f"camera ({camera_section.driver})")
@@ -100,7 +106,7 @@ def build_verifier(
     settings: Settings,
     outbox: Outbox,
     *,
-    camera_slot: DriverSlot,
+    camera_slot: DriverSlot[Camera],
     engine: Callable[[], FaceEngine | None],
     engine_error: Callable[[], str | None],
     operator: OperatorState,
