@@ -18,7 +18,7 @@ import pytest
 from agent.config import ConventionSettings, Settings, load_config
 from agent.mock_platform import MockPlatform, MockPlatformConfig
 from agent.outbox import Outbox, Uploader
-from agent.service.service import clock_offset_alert
+from agent.service.status import clock_offset_alert
 from agent.uplink.client import PlatformClient
 from agent.uplink.clock import PlatformClock
 from agent.uplink.conventions import Conventions

@@ -53,6 +53,7 @@ from agent.service.status import (
     PartState,
     Status,
     build_status,
+    clock_offset_alert,
     platform_view,
     status_path,
     uploader_section,
@@ -576,17 +577,4 @@ class Service:
             log.warning("cannot write the status file: %s", exc)
 
 
-def clock_offset_alert(offset_s: float | None, max_offset_s: float) -> str | None:
-    """The alert for a local clock further than ``[device] max_clock_offset_s`` from the platform's."""
-    if offset_s is None or abs(offset_s) <= max_offset_s:
-        return None
-    way = "behind" if offset_s > 0 else "ahead of"
-    return (
-        f"the local clock is {abs(offset_s):.0f} s {way} the platform's (more than [device] "
-        f"max_clock_offset_s = {max_offset_s:g}): uploads are signed with the platform's time and new "
-        "verifications keep the offset beside their verifyTime; fix the clock: timedatectl set-ntp true "
-        "(check with timedatectl status), or timedatectl set-time"
-    )
-
-
-__all__ = ["CARD_RETRY_PAUSE_S", "Heartbeat", "Service", "clock_offset_alert"]
+__all__ = ["CARD_RETRY_PAUSE_S", "Heartbeat", "Service"]

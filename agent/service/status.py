@@ -259,6 +259,19 @@ def uploader_section(snapshot: Mapping[str, object], *, thread_alive: bool) -> J
     return section
 
 
+def clock_offset_alert(offset_s: float | None, max_offset_s: float) -> str | None:
+    """The alert for a local clock further than ``[device] max_clock_offset_s`` from the platform's."""
+    if offset_s is None or abs(offset_s) <= max_offset_s:
+        return None
+    way = "behind" if offset_s > 0 else "ahead of"
+    return (
+        f"the local clock is {abs(offset_s):.0f} s {way} the platform's (more than [device] "
+        f"max_clock_offset_s = {max_offset_s:g}): uploads are signed with the platform's time and new "
+        "verifications keep the offset beside their verifyTime; fix the clock: timedatectl set-ntp true "
+        "(check with timedatectl status), or timedatectl set-time"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopView:
     alive: bool

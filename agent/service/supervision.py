@@ -176,12 +176,17 @@ class Watchdog:
 
     def __init__(self, notifier: Notifier) -> None:
         self._notifier = notifier
-        self.interval_s = notifier.watchdog_interval_s
         self._stalled: list[str] = []
         self._last_ping = 0.0
 
+    @property
+    def interval_s(self) -> float | None:
+        """``$WATCHDOG_USEC`` as the notifier read it; ``None``: no watchdog, no pings."""
+        return self._notifier.watchdog_interval_s
+
     def tick(self, stale: list[str]) -> None:
-        if not self.interval_s:
+        interval = self.interval_s
+        if not interval:
             return
         if stale:
             if stale != self._stalled:
@@ -194,7 +199,7 @@ class Watchdog:
             log.warning("loop(s) %s running again: watchdog pings resume", ", ".join(self._stalled))
             self._stalled = []
         now = time.monotonic()
-        if now - self._last_ping >= self.interval_s / 2 - 0.05 or self._last_ping == 0.0:
+        if now - self._last_ping >= interval / 2 - 0.05 or self._last_ping == 0.0:
             self._notifier.watchdog()
             self._last_ping = now
 
