@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from agent import __version__
 from agent.config import Settings
@@ -90,7 +90,11 @@ class PartState(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-def _enum(cls: type[enum.StrEnum], value: object, default: enum.StrEnum) -> enum.StrEnum:
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def _enum(cls: type[E], value: object, default: E) -> E:
+    """``value`` as a member of ``cls``; ``default`` for what this version does not know."""
     try:
         return cls(str(value))
     except ValueError:
@@ -152,10 +156,12 @@ class Part:
 
     def to_json(self) -> JSONObject:
         out: JSONObject = {"state": self.state.value, "detail": self.detail}
-        for key in ("since", "failures", "simulated"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
+        if self.since is not None:
+            out["since"] = self.since
+        if self.failures is not None:
+            out["failures"] = self.failures
+        if self.simulated is not None:
+            out["simulated"] = self.simulated
         return out
 
     @classmethod
@@ -165,7 +171,7 @@ class Part:
         failures = doc.get("failures")
         simulated = doc.get("simulated")
         return cls(
-            PartState(_enum(PartState, doc.get("state"), PartState.UNKNOWN)),
+            _enum(PartState, doc.get("state"), PartState.UNKNOWN),
             _opt_str(doc.get("detail")),
             since=_opt_float(doc.get("since")),
             failures=failures if isinstance(failures, int) and not isinstance(failures, bool) else None,
@@ -201,7 +207,7 @@ class PlatformView:
             return cls(PlatformState.UNKNOWN)
         reachable = doc.get("reachable")
         return cls(
-            PlatformState(_enum(PlatformState, doc.get("state"), PlatformState.UNKNOWN)),
+            _enum(PlatformState, doc.get("state"), PlatformState.UNKNOWN),
             reachable=reachable if isinstance(reachable, bool) else None,
             blocked=bool(doc.get("blocked")),
             blocked_reason=_opt_str(doc.get("blocked_reason")),
@@ -331,7 +337,7 @@ class LiveStatus:
         return cls(
             pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
             version=str(doc.get("version") or "unknown"),
-            state=DaemonState(_enum(DaemonState, doc.get("state"), DaemonState.UNKNOWN)),
+            state=_enum(DaemonState, doc.get("state"), DaemonState.UNKNOWN),
             started_at=_opt_float(doc.get("started_at")) or 0.0,
             updated_at=_opt_float(doc.get("updated_at")) or 0.0,
             config=_opt_str(doc.get("config")),
@@ -536,11 +542,13 @@ class Status:
 # Building it
 
 
+@dataclasses.dataclass(frozen=True)
 class _OutboxRead:
-    """Queue counts and registration from the outbox (the daemon's own, or one opened to read)."""
+    """What status reads from the outbox: its ``stats()``, registration and alerts."""
 
-    def __init__(self, stats: Mapping[str, object], registration: JSON, alerts: list[str]) -> None:
-        self.stats, self.registration, self.alerts = stats, registration, alerts
+    stats: Mapping[str, object]
+    registration: JSON
+    alerts: list[str]
 
 
 def _read_outbox(settings: Settings, outbox: Outbox | None) -> tuple[_OutboxRead, str | None]:
@@ -578,9 +586,8 @@ def outbox_alerts(outbox: Outbox) -> list[str]:
     refused = refused_alert(outbox)
     if refused:
         found.append(refused)
-    warning = getattr(outbox, "key_warning", None)
-    if isinstance(warning, str):
-        found.append(f"outbox key: {warning}")
+    if outbox.key_warning:
+        found.append(f"outbox key: {outbox.key_warning}")
     return found
 
 
