@@ -5,7 +5,7 @@ Two kinds of figures, both in one ``CollectorRegistry`` per service:
 - counters this process keeps: uploads by outcome (counted at the platform client the uploader
   uses, ``CountingClient``) and verifications by faceResult with their latency (counted from the
   ``verification`` events on the service's ``EventBus``, drained at each scrape);
-- gauges read at scrape time from the status document (``Service.status()``, the same as
+- gauges read at scrape time from the status document (``Service.status().to_json()``, the same as
   ``fvagent status --json``): the outbox by state, the oldest pending record's age, the last
   delivery, the platform's state, each hardware part's state, free disk space, alerts.
 
@@ -47,7 +47,7 @@ EVENT_QUEUE = 10_000
 class Metrics:
     """The service's metrics. ``render()`` is the text a scrape returns.
 
-    ``status_provider`` returns the status document (``Service.status``); ``events`` is the bus the
+    ``status_provider`` returns the status document (``Service.status().to_json()``); ``events`` is the bus the
     verification loop and the local API publish on.
     """
 

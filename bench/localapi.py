@@ -32,6 +32,7 @@ from agent.config import parse_config  # noqa: E402
 from agent.events import EventBus, OperatorState  # noqa: E402
 from agent.localapi import DeskBackend, LocalApiServer  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
+from agent.service.status import collect_status  # noqa: E402
 from core import codes  # noqa: E402
 from core.images import encode_jpeg  # noqa: E402
 
@@ -115,7 +116,13 @@ def main() -> int:
         )
         outbox = Outbox.open(settings.storage)
         events = EventBus()
-        backend = DeskBackend(settings, outbox, events, OperatorState.for_settings(settings), status_provider=dict)
+        backend = DeskBackend(
+            settings,
+            outbox,
+            events,
+            OperatorState.for_settings(settings),
+            status_provider=lambda: collect_status(settings, outbox=outbox),
+        )
         server = LocalApiServer(settings.local_api, backend)
         server.start()
         head = base64.b64encode(jpeg(1, 320, 260)).decode()

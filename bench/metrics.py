@@ -39,8 +39,15 @@ def main() -> int:
         settings = bench_settings(tmp, token=TOKEN)
         outbox = Outbox.open(settings.storage)
         events = EventBus()
-        metrics = Metrics(events, lambda: collect_status(settings, outbox=outbox, live=None))
-        backend = DeskBackend(settings, outbox, events, OperatorState.for_settings(settings), metrics=metrics)
+        metrics = Metrics(events, lambda: collect_status(settings, outbox=outbox).to_json())
+        backend = DeskBackend(
+            settings,
+            outbox,
+            events,
+            OperatorState.for_settings(settings),
+            status_provider=lambda: collect_status(settings, outbox=outbox),
+            metrics=metrics,
+        )
         server = LocalApiServer(settings.local_api, backend)
         server.start()
         head = base64.b64encode(jpeg(1, 320, 260)).decode()

@@ -363,15 +363,15 @@ def test_audit_verify_command_exit_codes(tmp_path: Path, clock: Clock, capsys: p
 
 
 def test_the_daemon_check_at_start_alerts_and_keeps_capturing(tmp_path: Path, clock: Clock) -> None:
-    from agent.service.service import _audit_at_start
+    from agent.service.wiring import audit_at_start
 
     settings = storage(tmp_path)
     with Outbox.open(settings, clock=clock) as box:
         _fill(box)
-        assert _audit_at_start(box) is None
+        assert audit_at_start(box) is None
         assert signing.key_file(settings.dir).stat().st_mode & 0o777 == 0o600
         _sql(box, "DELETE FROM chain WHERE seq = (SELECT MAX(seq) FROM chain)")
-        alert = _audit_at_start(box)
+        alert = audit_at_start(box)
         assert alert is not None and alert.startswith("audit: tail truncated")
         assert box.enqueue(record(40)) > 0  # capture goes on
 
@@ -386,14 +386,14 @@ def test_status_and_doctor_show_old_unsent_records_and_damaged_copies(tmp_path: 
         ids = _fill(box)
         ids["held"] = box.enqueue(record(50), held_reason="waiting for a WLT decoder")  # _fill's was released
     now = clock.now + 31 * DAY_S
-    alerts = collect_status(config, now=now)["alerts"]
+    alerts = collect_status(config, now=now).alerts
     assert any("a rejected or held record is 31 days old" in a for a in alerts), alerts
-    assert not any("days old" in a for a in collect_status(config, now=clock.now + 29 * DAY_S)["alerts"])
+    assert not any("days old" in a for a in collect_status(config, now=clock.now + 29 * DAY_S).alerts)
     (config.storage.dir / "outbox.db.damaged-20260101T000000Z").write_bytes(b"x")
     (config.storage.dir / "outbox.db.damaged-20260101T000000Z-wal").write_bytes(b"x")
     # status carries a damage incident until `outbox ack-damage` (tests/test_outbox_recovery.py);
     # the copies left on the terminal are counted by doctor
-    assert not any("damaged outbox copy" in a for a in collect_status(config, now=now)["alerts"])
+    assert not any("damaged outbox copy" in a for a in collect_status(config, now=now).alerts)
     checks: list[Any] = []
     _check_audit(config, checks.append)
     names = {c.name: c for c in checks}

@@ -123,7 +123,7 @@ def test_a_bad_answer_to_find_is_a_reader_fault_shown_by_the_service_slot(sim, a
     assert not isinstance(info.value, (CardReadError, ProtocolError))
     slot.fault(info.value)
     state = slot.state()
-    assert state["state"] == "fault" and message.split(": ")[-1] in state["detail"]
+    assert state.state == "fault" and message.split(": ")[-1] in (state.detail or "")
     now[0] = 1.0
     reader = slot.get()  # the SAM answers again: the reader is back
     sim.present(CARDS[0])
@@ -181,7 +181,7 @@ def test_unplugged_reader_is_reopened_with_backoff_by_the_service_slot(sim):
     with pytest.raises(DeviceNotFound) as gone:
         reader.read_card(1.0)
     slot.fault(gone.value)
-    assert not reader.is_open and slot.state()["state"] == "fault"
+    assert not reader.is_open and slot.state().state == "fault"
     # Still unplugged: no attempt before it is due, each attempt fails, the pause doubles (1, 2, 4 s).
     for due in (101.0, 103.0):
         now[0] = due - 0.01

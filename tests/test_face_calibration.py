@@ -33,6 +33,7 @@ from agent.face.scoring import threshold_distance
 from agent.localapi.backend import DeskBackend
 from agent.outbox import Outbox
 from agent.service import samples
+from agent.service.status import collect_status
 from agent.service.verification import Verifier
 from tests.test_face_scoring import StubEngine, fake_camera, make_frame
 from tests.test_service import config_doc, write_config
@@ -272,7 +273,13 @@ def _verify(tmp_path: Path, values: list[int], **face: Any) -> tuple[Any, Outbox
         return original(kind, data)
 
     events.publish = publish  # type: ignore[method-assign]
-    backend = DeskBackend(settings, outbox, events, OperatorState(tmp_path / "op", "x"), status_provider=dict)
+    backend = DeskBackend(
+        settings,
+        outbox,
+        events,
+        OperatorState(tmp_path / "op", "x"),
+        status_provider=lambda: collect_status(settings, outbox=outbox),
+    )
     verifier = Verifier(
         settings, outbox, camera=lambda: camera, engine=lambda: engine, operator=lambda: "x", events=events
     )

@@ -104,7 +104,7 @@ def test_a_full_disk_is_drained_erased_after_the_delay_and_capture_resumes(
         write_status_file(
             status_file, {"pid": os.getpid(), "state": "running", "started_at": time.time(), "updated_at": time.time()}
         )
-        doc = collect_status(settings)
+        doc = collect_status(settings).to_json()
         assert doc["daemon"]["running"] is True, doc["daemon"]
         assert any("free on" in a and "free disk space" in a for a in doc["alerts"]), doc["alerts"]
 

@@ -7,9 +7,11 @@ shared by the other tests/test_localapi*.py files and the operator-page end-to-e
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -25,6 +27,7 @@ from agent.config import Settings, parse_config
 from agent.events import EventBus, OperatorState
 from agent.localapi.backend import DeskBackend
 from agent.localapi.server import LocalApiServer
+from agent.service.status import DaemonState, LiveStatus, PlatformState, PlatformView, Status, build_status
 from core import codes
 from core.errors import LocalApiError
 from core.images import encode_jpeg
@@ -145,19 +148,49 @@ def open_outbox(settings: Settings) -> Any:
     return Outbox.open(settings.storage)
 
 
+def running_daemon(platform: PlatformState) -> LiveStatus:
+    """A running daemon's live status, as if its uploader saw the platform in ``platform``."""
+    reachable = {PlatformState.OK: True, PlatformState.DOWN: False}.get(platform)
+    return LiveStatus(
+        pid=os.getpid(),
+        state=DaemonState.RUNNING,
+        started_at=time.time(),
+        updated_at=time.time(),
+        config=None,
+        platform=PlatformView(platform, reachable=reachable, blocked=platform is PlatformState.BLOCKED),
+        uploader={},
+        hardware={},
+        last_verification=None,
+        verifications=0,
+        local_api_url=None,
+        local_api_error=None,
+        loops={},
+        alerts=(),
+    )
+
+
 class Agent:
     """The pieces the service wires together: outbox, event bus, operator, backend, server."""
 
-    def __init__(self, settings: Settings, *, status: dict[str, Any] | None = None) -> None:
+    def __init__(self, settings: Settings, *, platform: PlatformState = PlatformState.OK) -> None:
         self.settings = settings
         self.outbox = open_outbox(settings)
         self.events = EventBus()
         self.operator = OperatorState.for_settings(settings)
-        self.status_doc = status if status is not None else {"platform": {"reachable": True}, "queue": {}}
+        self.live = running_daemon(platform)
+        """What the status says the daemon knows (a daemon in this process)."""
+        self.served: list[Status] = []
         self.backend = DeskBackend(
-            settings, self.outbox, self.events, self.operator, status_provider=lambda: self.status_doc, status_ttl_s=0
+            settings, self.outbox, self.events, self.operator, status_provider=self.status, status_ttl_s=0
         )
         self.server = LocalApiServer(settings.local_api, self.backend)
+
+    def status(self) -> Status:
+        status = build_status(
+            self.settings, outbox=self.outbox, live=dataclasses.replace(self.live, updated_at=time.time())
+        )
+        self.served.append(status)
+        return status
 
     def __enter__(self) -> Agent:
         self.server.start()
@@ -376,10 +409,11 @@ def test_full_data_token_unmasks(tokened: Agent) -> None:
 
 
 def test_status_is_the_status_document(agent: Agent) -> None:
-    agent.status_doc = {"platform": {"reachable": False}, "queue": {"pending": 3}, "marker": "x"}
+    agent.live = running_daemon(PlatformState.DOWN)
     with client(agent, API_TOKEN) as c:
         r = c.get("/v1/status")
-    assert r.status_code == 200 and r.json() == agent.status_doc
+    assert r.status_code == 200 and r.json() == agent.served[-1].to_json()
+    assert r.json()["platform"]["state"] == "down" and r.json()["platform"]["reachable"] is False
 
 
 def test_operator_put_changes_following_verifications(agent: Agent) -> None:

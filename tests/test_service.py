@@ -229,12 +229,13 @@ def test_relay_verification_is_committed_announced_and_delivered(run_service: An
     assert sent["operationUser"] == "测试" and sent["machineCode"] == "TEST-0001"
     assert base64.b64decode(sent["cameraImg"])[:2] == b"\xff\xd8"  # one camera frame for cameraImg
     wait_for(lambda: service.outbox.stats()["sent"] == 1, what="state sent")
-    doc = service.status()
+    status = service.status()
+    doc = status.to_json()
     assert doc["daemon"]["running"] and doc["queue"]["sent"] == 1
     assert doc["platform"]["reachable"] is True and doc["platform"]["state"] == "ok"
     assert doc["hardware"]["card_reader"]["state"] == "ok" and doc["hardware"]["face_engine"]["state"] == "off"
     assert doc["last_verification"]["id"] == data["id"]
-    text = format_status(doc)
+    text = format_status(status)
     assert "daemon:       running" in text and "1 sent" in text and person.card_no not in text
 
 
@@ -277,7 +278,7 @@ def test_a_bad_config_on_reload_keeps_the_running_one(
     assert service.reload() is False
     assert service.settings is before
     assert any("reload refused" in r.getMessage() for r in caplog.records)
-    assert any("last reload refused" in a for a in service.status()["alerts"])
+    assert any("last reload refused" in a for a in service.status().alerts)
     reader.present(card(2, terminal_score=0.8, terminal_result=1))
     wait_for(lambda: platform.uploads, what="an upload after the refused reload")
 
@@ -302,8 +303,8 @@ def test_a_hung_upload_loop_is_a_stalled_loop(run_service: Any) -> None:
     service.uploader._flush_unrecorded = lambda: hang.wait() and False
     try:
         wait_for(lambda: "uploader" in service.stale_loops(), what="the hung uploader reported stale")
-        assert service._uploader_thread.is_alive()
-        assert any("uploader" in a for a in service.status()["alerts"])
+        assert service._uploader_thread.alive
+        assert any("uploader" in a for a in service.status().alerts)
     finally:
         hang.set()
     wait_for(lambda: "uploader" not in service.stale_loops(), what="the uploader beating again")
@@ -312,8 +313,8 @@ def test_a_hung_upload_loop_is_a_stalled_loop(run_service: Any) -> None:
 def test_unplugged_reader_degrades_and_recovers(run_service: Any) -> None:
     service, reader, platform = run_service()
     reader.unplug()
-    wait_for(lambda: service.status()["hardware"]["card_reader"]["state"] == "fault", what="reader fault")
-    doc = service.status()
+    wait_for(lambda: service.status().hardware["card_reader"].state == "fault", what="reader fault")
+    doc = service.status().to_json()
     assert "unplugged" in doc["hardware"]["card_reader"]["detail"]
     assert any(a.startswith("card_reader:") for a in doc["alerts"])
     assert "reader fault" in service.status_line()
@@ -337,7 +338,7 @@ def test_camera_gone_still_records_result_2_with_a_placeholder(
     assert sent["faceResult"] == 2
     row = service.outbox.get(service.last_verification.outbox_id)
     assert row.meta.get("camera_placeholder") is True
-    assert service.status()["hardware"]["camera"]["state"] == "fault"
+    assert service.status().hardware["camera"].state == "fault"
 
 
 def test_platform_outage_queues_then_drains(run_service: Any) -> None:
@@ -351,7 +352,7 @@ def test_platform_outage_queues_then_drains(run_service: Any) -> None:
         ),
         what="three queued",
     )
-    wait_for(lambda: service.status()["platform"]["state"] == "down", what="platform down in status")
+    wait_for(lambda: service.status().platform.state == "down", what="platform down in status")
     platform.down = False
     wait_for(lambda: service.outbox.stats()["sent"] == 3, what="drained", timeout_s=20)
     assert len({u["cardNo"] for u in platform.uploads}) == 3
@@ -368,7 +369,7 @@ def test_card_without_decoded_photo_is_held_then_released(
     assert row.held_reason == HELD_NO_DECODER
     assert service.outbox.raw_wlt(row.id) == wlt
     assert "headImg" not in service.outbox.payload(row.id)
-    assert service.status()["queue"]["held"] == 1
+    assert service.status().to_json()["queue"]["held"] == 1
     assert not platform.uploads
 
     # A decoder arrives (here a stand-in that returns the card photo): the record is completed,
@@ -439,7 +440,7 @@ def test_stop_cuts_a_capture_short_and_still_records(run_service: Any, tmp_path:
 
 def test_status_without_daemon_says_so(tmp_path: Path, images: dict[str, Any]) -> None:
     settings = load_config(write_config(tmp_path / "c.toml", config_doc(tmp_path, images)), validate_drivers=False)
-    doc = collect_status(settings)
+    doc = collect_status(settings).to_json()
     assert doc["daemon"]["running"] is False and "daemon not running" in doc["daemon"]["detail"]
     assert doc["hardware"]["card_reader"]["detail"] == "daemon not running"
     assert doc["queue"]["total"] == 0 and "error" not in doc["queue"]
@@ -449,9 +450,9 @@ def test_status_without_daemon_says_so(tmp_path: Path, images: dict[str, Any]) -
 def test_status_file_reports_a_stopped_daemon(run_service: Any, tmp_path: Path) -> None:
     service, reader, platform = run_service()
     settings = service.settings
-    assert collect_status(settings)["daemon"]["running"] is True  # from the status file, another reader
+    assert collect_status(settings).running is True  # from the status file, another reader
     service.stop()
-    doc = collect_status(settings)
+    doc = collect_status(settings).to_json()
     assert doc["daemon"]["running"] is False and doc["daemon"]["state"] == "stopped"
 
 
@@ -495,7 +496,7 @@ def test_face_engine_unavailable_still_records_result_2(
     doc = config_doc(tmp_path, images, face={"mode": "compute", "engine": "no-such-engine"})
     service, reader, platform = run_service(doc)
     assert all(loop.thread.is_alive() for loop in service._loops.values())  # degraded, not crashed
-    engine = service.status()["hardware"]["face_engine"]
+    engine = service.status().to_json()["hardware"]["face_engine"]
     assert engine["state"] == "fault" and "no-such-engine" in engine["detail"]
     assert "face fault" in service.status_line()
     reader.present(card(0))
@@ -539,7 +540,7 @@ def test_driver_slot_reopens_with_doubling_backoff_and_logs_once(caplog: pytest.
     caplog.set_level(logging.DEBUG, logger="agent.service.hardware")
     assert slot.get() is None and driver.attempts == 1  # the first open fails
     state = slot.state()
-    assert state["state"] == "fault" and "unplugged" in state["detail"]
+    assert state.state == "fault" and "unplugged" in (state.detail or "")
     tried_at = [now[0]]
     while len(tried_at) < 6:  # poll as the loop does; a try happens only when due
         now[0] += 0.5
@@ -554,7 +555,7 @@ def test_driver_slot_reopens_with_doubling_backoff_and_logs_once(caplog: pytest.
 
     driver.broken = False
     now[0] += 4.0
-    assert slot.get() is driver and slot.healthy and slot.state()["state"] == "ok"
+    assert slot.get() is driver and slot.healthy and slot.state().state == "ok"
     assert any("recovered" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
     # a fault in use starts a new episode at the initial delay, with one new warning
     slot.fault(OSError("read failed"))
@@ -570,7 +571,7 @@ def test_a_local_clock_far_from_the_platforms_is_an_alert_and_kept_beside_each_v
     now = time.time()
     # the platform said 时间戳过期 with its time: 400 days behind ours
     service.uploader.platform_clock.observe(now - 400 * 86400, now, now, expired=True)
-    alerts = service.status()["alerts"]
+    alerts = service.status().alerts
     assert any("max_clock_offset_s" in a and "timedatectl" in a for a in alerts), alerts
     assert service._housekeeping_now() < time.time() - 399 * 86400  # retention never erases by the clock ahead
     reader.present(card(0, terminal_score=0.91, terminal_result=1))

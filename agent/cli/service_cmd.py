@@ -96,12 +96,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     """
     from agent.service.status import collect_status, format_status
 
-    doc = collect_status(load_settings(args))
+    status = collect_status(load_settings(args))
     if args.json:
-        print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
+        print(json.dumps(status.to_json(), ensure_ascii=False, indent=2))
     else:
-        print(format_status(doc))
-    return 0 if doc["daemon"]["running"] else EXIT_NOT_RUNNING
+        print(format_status(status))
+    return 0 if status.running else EXIT_NOT_RUNNING
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -132,15 +132,15 @@ def cmd_verify_once(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.logsetup import setup_logging
     from agent.service.service import Service
-    from agent.service.status import _daemon_state, read_status_file, status_path
+    from agent.service.status import daemon_status, read_live_status
 
     setup_logging(None)
     settings = load_config(config_path(args))
     setup_logging(settings.logging)
-    daemon = _daemon_state(read_status_file(status_path(settings.storage.dir)), time.time())
-    if daemon["running"] and not args.force:
+    daemon = daemon_status(read_live_status(settings.storage.dir), time.time())
+    if daemon.running and not args.force:
         print_error(
-            f"the daemon is running ({daemon['detail']}) and holds the reader and camera",
+            f"the daemon is running ({daemon.detail}) and holds the reader and camera",
             "systemctl stop fvagent, run verify-once, then systemctl start fvagent (or pass --force)",
         )
         return 1

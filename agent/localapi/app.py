@@ -407,7 +407,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
     async def get_status(request: Request) -> Any:
         access.require_api(request)
         _only_params(request)
-        return JSONResponse(await run_in_threadpool(backend.status))
+        return JSONResponse(await run_in_threadpool(lambda: backend.status().to_json()))
 
     @app.get("/v1/operator", response_model=OperatorOut, summary="The current operationUser", responses=ERRORS)
     async def get_operator(request: Request) -> Any:

@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from agent.events import (
     STATUS,
@@ -30,11 +30,15 @@ from agent.events import (
     OperatorState,
 )
 from agent.face.reasons import REASON_ZH, UNKNOWN_REASON_ZH, FaceReason, parse_reason
+from agent.service.status import PlatformState, Status
 from core.clock import CHINA_TZ
 from core.errors import RecordError, StorageFull
 from core.privacy import mask_card_no, mask_name
 from core.records import validate_operator
 from core.stored import RecordState
+
+StatusSource: TypeAlias = Callable[[], Status]
+"""Where the local API reads the agent's status: the service's ``status``, or ``collect_status``."""
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +124,9 @@ class DeskBackend:
         events: the ``EventBus`` the service publishes verifications on; relayed verifications
             accepted here are published on it too.
         operator: the desk's ``OperatorState``.
-        status_provider: returns the ``fvagent status --json`` document; default
-            ``agent.service.status.collect_status(settings)``. Results are cached ``status_ttl_s``.
+        status_provider: returns the agent's ``Status`` (the service's own, or
+            ``agent.service.status.collect_status(settings)`` for the outbox and status file).
+            Results are cached ``status_ttl_s``.
         clock: wall-clock seconds (``time.time``), for the relay's clock-skew and rate rules.
         metrics: the service's ``agent.metrics.Metrics`` for GET /metrics (None: not served).
     """
@@ -133,7 +138,7 @@ class DeskBackend:
         events: EventBus,
         operator: OperatorState,
         *,
-        status_provider: Callable[[], dict[str, Any]] | None = None,
+        status_provider: StatusSource,
         status_ttl_s: float = 2.0,
         clock: Callable[[], float] = time.time,
         metrics: Any = None,
@@ -149,7 +154,7 @@ class DeskBackend:
         self.metrics = metrics
         """The service's ``agent.metrics.Metrics`` (GET /metrics), or None: no /metrics."""
         self._status_ttl_s = status_ttl_s
-        self._status_cache: tuple[float, dict[str, Any]] | None = None
+        self._status_cache: tuple[float, Status] | None = None
         self._status_lock = threading.Lock()
         self._announced: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._announce_lock = threading.Lock()
@@ -469,20 +474,15 @@ class DeskBackend:
         return {"operator": mark.operator, "at": _local_time(mark.at)} if mark else None
 
     # -- status and operator ----------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """The ``fvagent status --json`` document (cached for ``status_ttl_s``)."""
+    def status(self) -> Status:
+        """The agent's status (cached for ``status_ttl_s``); its ``to_json()`` is GET /v1/status."""
         with self._status_lock:
             now = time.monotonic()
             if self._status_cache and now - self._status_cache[0] < self._status_ttl_s:
                 return self._status_cache[1]
-            if self._status_provider is not None:
-                doc = self._status_provider()
-            else:
-                from agent.service.status import collect_status
-
-                doc = collect_status(self.settings)
-            self._status_cache = (now, doc)
-            return doc
+            status = self._status_provider()
+            self._status_cache = (now, status)
+            return status
 
     def page_status(self) -> dict[str, Any]:
         """The small summary the operator page shows: queue depth, platform state, operator."""
@@ -492,10 +492,10 @@ class DeskBackend:
             log.debug("outbox stats failed", exc_info=True)
             stats = {}
         try:
-            doc = self.status()
+            platform = self.status().platform.state
         except Exception:
             log.debug("status failed", exc_info=True)
-            doc = {}
+            platform = PlatformState.UNKNOWN
         states: dict[str, str] = {}
         for event in self.events.recent(VERIFICATION, 10):  # so the page can follow each upload
             record_id = event.data.get("id")
@@ -506,12 +506,12 @@ class DeskBackend:
             if row is not None:
                 states[str(record_id)] = str(_row_get(row, "state"))
         queue = sum(int(stats.get(state, 0) or 0) for state in RecordState if state.unsent)
-        platform, platform_text = _platform_state(doc, self.settings)
+        page_platform = _page_platform(platform)
         return {
             "queueDepth": queue,
             "queue": {state.value: stats.get(state, 0) for state in RecordState},
-            "platform": platform,
-            "platformText": platform_text,
+            "platform": page_platform.value,
+            "platformText": PLATFORM_TEXT[page_platform],
             "operator": self.operator.get(),
             "states": states,
             "time": dt.datetime.now(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S"),
@@ -651,19 +651,16 @@ def _iso(value: Any) -> str | None:
     return str(value)
 
 
-def _platform_state(doc: dict[str, Any], settings: Any) -> tuple[str, str]:
-    """(state, Chinese text) from the status document: ok, down, blocked, disabled or unknown."""
-    if not getattr(settings.platform, "enabled", True):
-        return "disabled", "已关闭上传"
-    platform = doc.get("platform") if isinstance(doc, dict) else None
-    if not isinstance(platform, dict):
-        return "unknown", "平台状态未知"
-    if platform.get("blocked") or platform.get("state") == "blocked":
-        return "blocked", "上传已暂停（需检查配置）"
-    reachable = platform.get("reachable")
-    state = platform.get("state")
-    if reachable is True or state in ("ok", "up", "reachable"):
-        return "ok", "平台连接正常"
-    if reachable is False or state in ("down", "unreachable", "error"):
-        return "down", "平台连接中断，记录已保存待上传"
-    return "unknown", "平台状态未知"
+def _page_platform(state: PlatformState) -> PlatformState:
+    """The states the page shows: a daemon that is not running is a platform state not known."""
+    return PlatformState.UNKNOWN if state is PlatformState.NOT_RUNNING else state
+
+
+PLATFORM_TEXT: dict[PlatformState, str] = {
+    PlatformState.OK: "平台连接正常",
+    PlatformState.DOWN: "平台连接中断，记录已保存待上传",
+    PlatformState.BLOCKED: "上传已暂停（需检查配置）",
+    PlatformState.DISABLED: "已关闭上传",
+    PlatformState.UNKNOWN: "平台状态未知",
+}
+"""What the operator page says for each platform state."""

@@ -309,7 +309,7 @@ def run_demo(*, count: int = 36, workdir: str | None = None, out: Callable[[str]
         out("fvagent demo: --count must be at least 3")
         return 2
     keep = workdir is not None
-    base = Path(workdir).resolve() if keep else Path(tempfile.mkdtemp(prefix="fvagent-demo-"))
+    base = Path(workdir).resolve() if workdir is not None else Path(tempfile.mkdtemp(prefix="fvagent-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     try:
         result = _run(base, count, out)
@@ -359,6 +359,8 @@ def _run(base: Path, count: int, out: Callable[[str], None]) -> DemoResult:
     )
     out("  loading the face engine and opening the outbox ...")
     service.start()
+    outbox = service.outbox
+    assert outbox is not None  # start() opened it, or raised
     result = DemoResult()
     down_at, up_at = count // 3, (2 * count) // 3
     last_seen: dict[str, float] = {}
@@ -393,7 +395,7 @@ def _run(base: Path, count: int, out: Callable[[str], None]) -> DemoResult:
                 result.results[done.result] = result.results.get(done.result, 0) + 1
                 if not platform.up:
                     result.queued_during_outage += 1
-            stats = service.outbox.stats()
+            stats = outbox.stats()
             queue = stats["pending"] + stats["sending"]
             text = "passed" if done.result == 1 else ("FAILED" if done.result == 0 else "not verified")
             reason = f" ({done.reason})" if done.result != 1 else ""
@@ -408,21 +410,21 @@ def _run(base: Path, count: int, out: Callable[[str], None]) -> DemoResult:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         last_print = 0.0
         while time.monotonic() < deadline:
-            stats = service.outbox.stats()
+            stats = outbox.stats()
             if stats["pending"] + stats["sending"] == 0:
                 break
             if time.monotonic() - last_print > 1.0:
                 out(f"  ... {stats['pending'] + stats['sending']} waiting, {stats['sent']} delivered")
                 last_print = time.monotonic()
             time.sleep(0.1)
-        stats = service.outbox.stats()
-        for row in service.outbox.list(RecordState.REJECTED, limit=1000):
+        stats = outbox.stats()
+        for row in outbox.list(RecordState.REJECTED, limit=1000):
             reason = row.last_error or "rejected"
             result.rejected[reason] = result.rejected.get(reason, 0) + 1
         delivered_keys = platform.delivered()
         ours = set()
-        for row in service.outbox.list(None, limit=100000):
-            payload = service.outbox.payload(row.id) or {}
+        for row in outbox.list(None, limit=100000):
+            payload = outbox.payload(row.id) or {}
             ours.add((str(payload.get("machineCode")), str(payload.get("cardNo")), str(payload.get("verifyTime"))))
         result.delivered = min(stats["sent"], len(ours & delivered_keys))
         result.not_delivered = result.captured - result.delivered - sum(result.rejected.values())

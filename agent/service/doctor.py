@@ -17,11 +17,24 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
+import httpx
+
+from agent.audit.verify import verify_outbox
+from agent.config import Settings, config_warnings, deployment_problems, load_config, plain_http_warning
+from agent.outbox import Outbox
+from agent.outbox.retention import damaged_alert, unsent_alert
+from agent.outbox.store import DB_NAME, damaged_copies
+from agent.service.status import Part, PartState, daemon_status, outbox_alerts, read_live_status
+from agent.uplink.client import PlatformClient
+from core.errors import ConfigError, DriverError
+from core.outcome import OutcomeKind
+from core.records import registration_payload
 from core.stored import RecordState
+from drivers import registry
+from drivers.base import Camera, Driver
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 FRAME_TIMEOUT_S = 5.0
@@ -44,7 +57,10 @@ class Check:
 
 
 def run_checks(
-    config_path: str | os.PathLike[str], *, transport: Any = None, on_check: Callable[[Check], None] | None = None
+    config_path: str | os.PathLike[str],
+    *,
+    transport: httpx.BaseTransport | None = None,
+    on_check: Callable[[Check], None] | None = None,
 ) -> list[Check]:
     """Run every check against the config at ``config_path``; ``on_check`` sees each as it finishes."""
     results: list[Check] = []
@@ -57,17 +73,15 @@ def run_checks(
     settings = _check_config(Path(config_path), add)
     if settings is None:
         return results
-    from agent.service.status import _daemon_state, read_status_file, status_path
-
-    live = read_status_file(status_path(settings.storage.dir))
-    daemon = _daemon_state(live, time.time())
-    running_hw = (live or {}).get("hardware") if daemon["running"] else None
+    live = read_live_status(settings.storage.dir)
+    daemon = daemon_status(live, time.time())
+    running_hw = live.hardware if live is not None and daemon.running else None
     add(
         Check(
             "daemon",
-            OK if daemon["running"] else WARN,
-            daemon["detail"],
-            None if daemon["running"] else "systemctl start fvagent (or fvagent run in a terminal)",
+            OK if daemon.running else WARN,
+            daemon.detail,
+            None if daemon.running else "systemctl start fvagent (or fvagent run in a terminal)",
         )
     )
     _check_storage(settings, add)
@@ -84,15 +98,7 @@ def run_checks(
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_config(path: Path, add: Callable[[Check], None]) -> Any:
-    from agent.config import (
-        config_warnings,
-        deployment_problems,
-        load_config,
-        plain_http_warning,
-    )
-    from core.errors import ConfigError
-
+def _check_config(path: Path, add: Callable[[Check], None]) -> Settings | None:
     try:
         # Driver sections are checked with their drivers below, so one missing driver does not
         # hide every other check.
@@ -137,7 +143,7 @@ def _check_config(path: Path, add: Callable[[Check], None]) -> Any:
     return settings
 
 
-def _check_storage(settings: Any, add: Callable[[Check], None]) -> None:
+def _check_storage(settings: Settings, add: Callable[[Check], None]) -> None:
     directory = Path(settings.storage.dir)
     probe = directory
     if not directory.is_dir():
@@ -179,16 +185,12 @@ def _check_storage(settings: Any, add: Callable[[Check], None]) -> None:
         add(Check("free disk", OK, f"{free_mb:.0f} MiB free on {probe}"))
 
 
-def _check_outbox(settings: Any, add: Callable[[Check], None]) -> None:
-    from agent.outbox.store import DB_NAME
-
+def _check_outbox(settings: Settings, add: Callable[[Check], None]) -> None:
     if not (Path(settings.storage.dir) / DB_NAME).exists():
         # Never create it here: a key file made by root would lock the service user out.
         add(Check("outbox", OK, "none yet: the service creates it (and its key) at the first start"))
         return
     try:
-        from agent.outbox import Outbox
-
         outbox = Outbox.open(settings.storage, readonly=True)
     except Exception as exc:
         hint = getattr(exc, "hint", None) or "see docs/operations.md, troubleshooting"
@@ -196,8 +198,6 @@ def _check_outbox(settings: Any, add: Callable[[Check], None]) -> None:
         return
     try:
         stats = dict(outbox.stats())
-        from agent.service.status import outbox_alerts
-
         for alert in outbox_alerts(outbox):
             add(Check("outbox alert", FAIL, alert, "see docs/operations.md, damage and recovery"))
         integrity = getattr(outbox, "integrity_check", None)
@@ -225,11 +225,8 @@ def _check_outbox(settings: Any, add: Callable[[Check], None]) -> None:
         add(Check("outbox", OK, counts))
 
 
-def _check_audit(settings: Any, add: Callable[[Check], None]) -> None:
+def _check_audit(settings: Settings, add: Callable[[Check], None]) -> None:
     """The newest part of the audit chain, old unsent records, damaged copies kept aside."""
-    from agent.outbox.retention import damaged_alert, unsent_alert
-    from agent.outbox.store import DB_NAME, damaged_copies
-
     directory = Path(settings.storage.dir)
     kept = damaged_copies(directory) if directory.is_dir() else []
     if kept:
@@ -244,9 +241,6 @@ def _check_audit(settings: Any, add: Callable[[Check], None]) -> None:
     if not (directory / DB_NAME).exists():
         return
     try:
-        from agent.audit.verify import verify_outbox
-        from agent.outbox import Outbox
-
         with Outbox.open(settings.storage, readonly=True) as outbox:  # doctor only looks
             report = verify_outbox(outbox, full=False)
             stats = outbox.stats()
@@ -270,13 +264,11 @@ def _check_audit(settings: Any, add: Callable[[Check], None]) -> None:
         add(Check("unsent records", WARN, old, "fvagent queue export --rejected FILE, fix, fvagent upload-file"))
 
 
-def _check_reader(settings: Any, add: Callable[[Check], None], running_hw: dict[str, Any] | None) -> None:
+def _check_reader(settings: Settings, add: Callable[[Check], None], running_hw: Mapping[str, Part] | None) -> None:
     name = f"card reader ({settings.card_reader.driver})"
     if running_hw is not None:
         _from_daemon(name, running_hw.get("card_reader"), add, "check the cable and the udev rule")
         return
-    from drivers import registry
-
     driver = None
     try:
         driver = registry.create("card_reader", settings.card_reader.driver, settings.card_reader.options)
@@ -308,16 +300,16 @@ def _check_reader(settings: Any, add: Callable[[Check], None], running_hw: dict[
         )
 
 
-def _check_camera(settings: Any, add: Callable[[Check], None], running_hw: dict[str, Any] | None) -> None:
+def _check_camera(settings: Settings, add: Callable[[Check], None], running_hw: Mapping[str, Part] | None) -> None:
     name = f"camera ({settings.camera.driver})"
     if running_hw is not None:
         _from_daemon(name, running_hw.get("camera"), add, "check the cable and /dev/video* permissions")
         return
-    from drivers import registry
-
-    camera = None
+    camera: Driver | None = None
     try:
         camera = registry.create("camera", settings.camera.driver, settings.camera.options)
+        if not isinstance(camera, Camera):  # the registry builds any kind; only a camera has frames
+            raise DriverError(f"{settings.camera.driver!r} is not a camera driver")
         camera.open()
         frame = camera.read_frame(FRAME_TIMEOUT_S)
         h, w = frame.shape[:2]
@@ -346,24 +338,23 @@ def _check_camera(settings: Any, add: Callable[[Check], None], running_hw: dict[
     )
 
 
-def _from_daemon(name: str, part: Any, add: Callable[[Check], None], fix: str) -> None:
-    part = part if isinstance(part, dict) else {}
-    state = part.get("state", "unknown")
-    detail = f"in use by the daemon: {state}" + (f" ({part.get('detail')})" if part.get("detail") else "")
-    if state == "ok":
+def _from_daemon(name: str, part: Part | None, add: Callable[[Check], None], fix: str) -> None:
+    part = part or Part(PartState.UNKNOWN)
+    detail = f"in use by the daemon: {part.state.value}" + (f" ({part.detail})" if part.detail else "")
+    if part.state is PartState.OK:
         add(
             Check(
                 name,
-                WARN if part.get("simulated") else OK,
+                WARN if part.simulated else OK,
                 detail,
-                "use the real driver before go-live" if part.get("simulated") else None,
+                "use the real driver before go-live" if part.simulated else None,
             )
         )
     else:
         add(Check(name, FAIL, detail, fix))
 
 
-def _check_face(settings: Any, add: Callable[[Check], None]) -> None:
+def _check_face(settings: Settings, add: Callable[[Check], None]) -> None:
     if settings.face.mode == "relay":
         add(Check("face model", OK, "relay mode: the terminal computes the score"))
         return
@@ -386,7 +377,7 @@ def _check_face(settings: Any, add: Callable[[Check], None]) -> None:
     add(Check("face model", OK, f"{settings.face.engine} loaded in {time.monotonic() - started:.1f} s"))
 
 
-def _check_decoder(settings: Any, add: Callable[[Check], None]) -> None:
+def _check_decoder(settings: Settings, add: Callable[[Check], None]) -> None:
     decoder = settings.card_reader.options.get("wlt_decoder")
     if not decoder:
         if settings.card_reader.driver == "fake":
@@ -407,7 +398,7 @@ def _check_decoder(settings: Any, add: Callable[[Check], None]) -> None:
     add(Check("WLT decoder", OK, str(decoder)))
 
 
-def _check_platform(settings: Any, add: Callable[[Check], None], transport: Any) -> None:
+def _check_platform(settings: Settings, add: Callable[[Check], None], transport: httpx.BaseTransport | None) -> None:
     platform = settings.platform
     if not platform.enabled:
         add(
@@ -419,10 +410,6 @@ def _check_platform(settings: Any, add: Callable[[Check], None], transport: Any)
             )
         )
         return
-    from agent.uplink.client import PlatformClient
-    from core.outcome import OutcomeKind
-    from core.records import registration_payload
-
     try:
         with PlatformClient(platform, transport=transport) as client:
             sent_at = time.time()

@@ -14,15 +14,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
+
+from agent.service.status import Part, PartState
+from drivers.base import Driver
 
 log = logging.getLogger(__name__)
+
+D = TypeVar("D", bound=Driver)
 
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 30.0
 
 
-class DriverSlot:
+class DriverSlot(Generic[D]):
     """One driver of ``kind`` built by ``factory()`` (e.g. ``registry.create(...)``), opened lazily.
 
     ``clock`` is injectable for tests. Thread-safe: the verification loop uses the driver while the
@@ -32,7 +37,7 @@ class DriverSlot:
     def __init__(
         self,
         kind: str,
-        factory: Callable[[], Any],
+        factory: Callable[[], D],
         *,
         label: str,
         clock: Callable[[], float] = time.monotonic,
@@ -46,7 +51,7 @@ class DriverSlot:
         self._initial = backoff_initial_s
         self._max = backoff_max_s
         self._lock = threading.RLock()
-        self._driver: Any = None
+        self._driver: D | None = None
         self._error: str | None = None
         self._since = time.time()
         self._next_try = 0.0
@@ -56,7 +61,7 @@ class DriverSlot:
         self.opens = 0
         """Successful opens since start."""
 
-    def get(self) -> Any | None:
+    def get(self) -> D | None:
         """The open driver, opening it now when due; ``None`` while it is faulty and not yet due."""
         with self._lock:
             if self._driver is not None and self._driver.is_open:
@@ -65,7 +70,7 @@ class DriverSlot:
                 return None
             return self._open()
 
-    def _open(self) -> Any | None:
+    def _open(self) -> D | None:
         try:
             if self._driver is None:
                 self._driver = self._factory()
@@ -103,24 +108,16 @@ class DriverSlot:
         self._next_try = self._clock() + self._delay
         self._delay = min(self._max, self._delay * 2)
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> Part:
         with self._lock:
             if self._error is not None:
                 retry_in = max(0.0, self._next_try - self._clock())
-                return {
-                    "state": "fault",
-                    "detail": f"{self._error}; retrying in {retry_in:.0f} s",
-                    "since": self._since,
-                    "failures": self.failures,
-                }
+                detail = f"{self._error}; retrying in {retry_in:.0f} s"
+                return Part(PartState.FAULT, detail, since=self._since, failures=self.failures)
             if self._driver is not None and self._driver.is_open:
-                return {
-                    "state": "ok",
-                    "detail": self._describe(),
-                    "since": self._since,
-                    "simulated": bool(getattr(self._driver, "simulated", False)),
-                }
-            return {"state": "closed", "detail": f"{self.label} not opened yet"}
+                simulated = bool(getattr(self._driver, "simulated", False))
+                return Part(PartState.OK, self._describe(), since=self._since, simulated=simulated)
+            return Part(PartState.CLOSED, f"{self.label} not opened yet")
 
     @property
     def healthy(self) -> bool:
@@ -128,6 +125,8 @@ class DriverSlot:
             return self._error is None
 
     def _describe(self) -> str:
+        if self._driver is None:
+            return self.label
         try:
             return str(self._driver.describe())
         except Exception:

@@ -13,24 +13,26 @@ set, names the process systemd expects pings from.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-def _systemd_notify() -> Callable[[str], Any] | None:
+def _systemd_notify() -> Callable[[str], object] | None:
     """``systemd.daemon.notify`` when systemd-python is importable, else ``None``."""
     try:
-        from systemd import daemon  # type: ignore[import-not-found,unused-ignore]
+        # By name: systemd-python is an optional extra and ships no type hints.
+        daemon = importlib.import_module("systemd.daemon")
     except ImportError:
         return None
-    return daemon.notify  # type: ignore[no-any-return]
+    notify: Callable[[str], object] = daemon.notify
+    return notify
 
 
 class Notifier:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,9 @@ def astronaut_rgb() -> np.ndarray:
             "the demo's face image comes from scikit-image, which is not installed",
             hint="pip install 'fvagent[demo]' (make demo does it)",
         ) from exc
-    return np.asarray(data.astronaut())
+    # scikit-image ships no type hints: name the one function used with the type it has.
+    astronaut: Callable[[], np.ndarray] = data.astronaut
+    return np.asarray(astronaut())
 
 
 def _bgr(rgb: np.ndarray) -> np.ndarray:
@@ -146,7 +149,7 @@ def card_photo_jpeg(rgb: np.ndarray | None = None) -> bytes:
 
     bgr = _bgr(astronaut_rgb() if rgb is None else rgb)
     left, top, right, bottom = ASTRONAUT_FACE
-    face = DetectedFace(left=left, top=top, right=right, bottom=bottom, landmarks=None)  # type: ignore[arg-type]
+    face = DetectedFace(left=left, top=top, right=right, bottom=bottom, landmarks=None)
     return encode_jpeg(card_crop(bgr, face, CARD_SIZE), quality=92)
 
 

@@ -97,8 +97,8 @@ def test_fake_driver_records_are_held_never_sent_to_a_production_platform(tmp_pa
         service.stop()
     assert delivered_cards(mock) == {real["cardNo"]}  # not one invented person
     assert stats["held_simulated"] == FAKE_CARDS and stats["sent"] == 1
-    assert status["queue"]["held_simulated"] == FAKE_CARDS
-    assert any("simulated record(s) held" in alert for alert in status["alerts"])
+    assert status.queue.int_extra("held_simulated") == FAKE_CARDS
+    assert any("simulated record(s) held" in alert for alert in status.alerts)
     outbox = open_outbox(settings)
     try:
         held = outbox.list("held")

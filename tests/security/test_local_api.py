@@ -380,7 +380,7 @@ def test_page_photos_only_for_the_last_ten_minutes_and_v1_photos_only_with_full_
     agent.outbox.close()
     agent.outbox = Outbox.open(agent.settings.storage, clock=lambda: time.time() - age[0])
     agent.backend = DeskBackend(
-        agent.settings, agent.outbox, agent.events, agent.operator, status_provider=dict, status_ttl_s=0
+        agent.settings, agent.outbox, agent.events, agent.operator, status_provider=agent.status, status_ttl_s=0
     )
     agent.server = LocalApiServer(agent.settings.local_api, agent.backend)
     with agent, client(agent, API_TOKEN) as writer, client(agent) as screen:
