@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from agent.cli import Subparsers, add_command, add_group, load_settings, masked_identity, open_outbox
@@ -99,8 +100,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, ensure_ascii=False))
         return 0
+    counts: Mapping[str, object] = stats  # read by the state's name, which STATES holds
     for state in STATES:
-        print(f"{state:9} {stats[state]}")
+        print(f"{state:9} {counts[state]}")
     print(f"{'total':9} {stats['total']}")
     if stats.get("oldest_pending_age_s") is not None:
         print(f"oldest unsent: {stats['oldest_pending_age_s']:.0f} s old")

@@ -45,6 +45,7 @@ from agent.outbox.registration import (
     platform_fingerprint,
     platform_identity_fingerprint,
 )
+from agent.outbox.settings_store import RegistrationState
 from agent.outbox.store import Claim, Outbox
 from agent.repeats import Repeats
 from agent.uplink.clock import PlatformClock
@@ -545,7 +546,7 @@ class Uploader:
             outcome = Outcome(OutcomeKind.RETRYABLE, "", f"client error: {type(exc).__name__}: {exc}")
         self._note_signed(outcome)
         at = self._clock()
-        state = {
+        state: RegistrationState = {
             "registered": outcome.accepted or (refresh and outcome.kind is OutcomeKind.RETRYABLE),
             "fingerprint": self._device_fp,
             "at": at if outcome.accepted else self._registration.get("at"),
