@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.files import replace_private_file
 from core.privacy import mask_name
 from core.records import validate_operator
 
@@ -266,15 +267,8 @@ class OperatorState:
         value = validate_operator(name)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
             data = json.dumps({"operator": value, "set_at": time.time()}, ensure_ascii=False)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            replace_private_file(self.path, data.encode("utf-8"))
             self._value = value
         log.info("operator set to %s", mask_name(value))
         return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FVAGENT_SHARED", ROOT.parent / "shared"))
 FACES = SHARED / "data" / "faces"
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():  # type: ignore[no-untyped-def]
+    """A CLI command run in-process installs fvagent's root handler and sets the root level (doctor
+    sets ERROR); the next test must start from the logging it would have had alone."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if handler not in handlers and handler.get_name() == "fvagent":
+            root.removeHandler(handler)
+            handler.close()
 
 
 @pytest.fixture(scope="session")

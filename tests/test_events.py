@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 import threading
@@ -134,6 +135,7 @@ def test_operator_rejects_bad_names(tmp_path, bad) -> None:
 
 
 def test_corrupt_operator_file_falls_back_to_default(tmp_path, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.events")  # whatever level an earlier test left
     path = tmp_path / "operator.json"
     path.write_text("{not json", encoding="utf-8")
     assert OperatorState(path, "默认员").get() == "默认员"

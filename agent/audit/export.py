@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 
 from agent.audit import signing
 from agent.audit.verify import verify_outbox
+from agent.files import create_export_file
 from agent.outbox import chain
 from core.errors import AuditError, OutboxCorrupt
 from core.privacy import mask_record
@@ -77,12 +78,7 @@ def export(
     Returns how many records it holds."""
     target = Path(path)
     check = verify_outbox(outbox)
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise AuditError(f"{target} exists: choose a new file name", hint="export never overwrites a file") from exc
-    except OSError as exc:
-        raise AuditError(f"cannot create {target}: {exc.strerror}") from exc
+    fd = create_export_file(target, AuditError)
     count = 0
     with os.fdopen(fd, "wb") as fh:
         out = _Writer(fh)

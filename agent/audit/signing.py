@@ -18,7 +18,7 @@ from pathlib import Path
 from gmssl import sm2
 
 from agent.config import read_secret_file
-from agent.outbox.keys import create_secret_file
+from agent.files import create_secret_file
 from core.errors import AuditError, SecretError, StorageFull
 
 log = logging.getLogger(__name__)

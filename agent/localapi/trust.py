@@ -295,14 +295,14 @@ class BrowserGuard:
                 "send Content-Type: application/json",
             )
             return
+        too_large = (
+            413,
+            f"the body is larger than {self.max_body_bytes} bytes",
+            "photos must be JPEG of at most 3 MB each",
+        )
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _refuse(
-                send,
-                413,
-                f"the body is larger than {self.max_body_bytes} bytes",
-                "photos must be JPEG of at most 3 MB each",
-            )
+            await _refuse(send, *too_large)
             return
         body = bytearray()
         more = True
@@ -313,12 +313,7 @@ class BrowserGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_body_bytes:
-                await _refuse(
-                    send,
-                    413,
-                    f"the body is larger than {self.max_body_bytes} bytes",
-                    "photos must be JPEG of at most 3 MB each",
-                )
+                await _refuse(send, *too_large)
                 return
         data = bytes(body)
         if json_depth(data) > MAX_JSON_DEPTH:
@@ -341,7 +336,7 @@ class BrowserGuard:
         await self.app(scope, replay, send)
 
 
-async def _refuse(send: Any, status: int, message: str, hint: str | None) -> None:
+async def _refuse(send: asgi.Send, status: int, message: str, hint: str | None) -> None:
     body = json.dumps({"error": message, "hint": hint, "problems": []}, ensure_ascii=False).encode()
     await send(
         {

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from agent.audit import signing
 from agent.config import StorageSettings
-from agent.outbox.keys import create_secret_file, load_key
+from agent.files import create_secret_file
+from agent.outbox.keys import load_key
 from agent.outbox.rotation import retired_path
 from agent.outbox.store import DB_NAME, Outbox
 from core.errors import OutboxError

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import secrets
 import stat
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from agent.config import StorageSettings, credential_path, read_secret_file
 from agent.crypto import hmac_sm3, sm4_gcm_open, sm4_gcm_seal
+from agent.files import create_secret_file
 from core.errors import CryptoError, KeyFileError, SecretError, StorageFull
 
 log = logging.getLogger(__name__)
@@ -166,36 +166,6 @@ def key_for_check(storage: StorageSettings, check_value: bytes, path: Path) -> D
         if key.matches(check_value):
             return key
     raise problem
-
-
-def create_secret_file(path: Path, data: bytes) -> bool:
-    """Write ``data`` as the new file ``path`` (0600, fsynced with its directory), never over an
-    existing one. Returns False when ``path`` exists already (another process made it first: theirs
-    is kept). Raises ``OSError``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # link() never replaces: the first writer wins
-        except FileExistsError:
-            return False
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return True
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def _create(path: Path) -> bytes:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.files import create_export_file
 from core.errors import OutboxCorrupt, OutboxError
 from core.stored import RecordState
 
@@ -35,12 +36,7 @@ def export_rejected(outbox: Outbox, path: str | os.PathLike[str]) -> int:
     if not rows:
         return 0
     target = Path(path)
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise OutboxError(f"{target} exists: choose a new file name", hint="export never overwrites a file") from exc
-    except OSError as exc:
-        raise OutboxError(f"cannot create {target}: {exc.strerror}") from exc
+    fd = create_export_file(target, OutboxError)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         for row in reversed(rows):
             doc: dict[str, object] = {

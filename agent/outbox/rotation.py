@@ -24,6 +24,7 @@ from pathlib import Path
 
 from agent.config import StorageSettings, read_secret_file
 from agent.crypto import hmac_sm3
+from agent.files import replace_private_file
 from agent.outbox import chain
 from agent.outbox.keys import CREDENTIAL_NAME, KEY_BYTES, DataKey, key_path
 from core.errors import KeyFileError, OutboxError, SecretError
@@ -66,22 +67,6 @@ def load_retired(storage: StorageSettings) -> dict[str, DataKey]:
             ) from exc
         keys[parts[0]] = key
     return keys
-
-
-def _write_secret(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +127,11 @@ def rotate_key(storage: StorageSettings) -> Rotation:
             (under_old,) = conn.execute("SELECT COUNT(*) FROM records WHERE key_id IS NULL").fetchone()
         retired = {kid: key for kid, key in outbox.keys.retired.items() if kid in used}
         retired[old_id] = old
-        _write_secret(retired_path(storage), "".join(f"{kid} {key.key.hex()}\n" for kid, key in retired.items()))
+        replace_private_file(
+            retired_path(storage), "".join(f"{kid} {key.key.hex()}\n" for kid, key in retired.items()).encode("ascii")
+        )
         new_path = key_path(storage).with_name(key_path(storage).name + ".new")
-        _write_secret(new_path, new.key.hex() + "\n")
+        replace_private_file(new_path, (new.key.hex() + "\n").encode("ascii"))
         old_ckey, new_ckey = chain.chain_key(old.key), chain.chain_key(new.key)
         with outbox.db.write("rotate the outbox key") as conn:
             conn.execute("UPDATE records SET key_id = ? WHERE key_id IS NULL", (old_id,))

@@ -44,7 +44,6 @@ from agent.outbox.sealing import PHOTO_FIELDS, KeyRing, Payload
 from agent.outbox.settings_store import RegistrationState, SettingsStore
 from core.clock import Clock
 from core.errors import KeyFileError
-from core.outcome import OutcomeKind
 from core.stored import RecordState
 
 if TYPE_CHECKING:
@@ -94,6 +93,10 @@ class Outbox:
             on_enqueued=self._note_enqueued,
             on_deleted=self._note_deleted,
         )
+        # Committing a verification and recording an attempt's end are the queue's, with its
+        # signatures and docs (Queue.enqueue, Queue.finish): handed straight through.
+        self.enqueue = self.queue.enqueue
+        self.finish = self.queue.finish
         self.settings_store = SettingsStore(db)
         self.handover_marks = Handovers(db, keys, clock)
 
@@ -213,27 +216,6 @@ class Outbox:
         if self.watermark is not None:
             self.watermark.note(None, -count)
 
-    # -- capture -----------------------------------------------------------------------------------
-    def enqueue(
-        self,
-        payload: Payload,
-        *,
-        simulated: bool = False,
-        held_reason: str | None = None,
-        raw_wlt: bytes | None = None,
-        idempotency_key: str | None = None,
-        meta: Mapping[str, object] | None = None,
-    ) -> int:
-        """Commit one verification and return its id (see ``Queue.enqueue``)."""
-        return self.queue.enqueue(
-            payload,
-            simulated=simulated,
-            held_reason=held_reason,
-            raw_wlt=raw_wlt,
-            idempotency_key=idempotency_key,
-            meta=meta,
-        )
-
     # -- reading -----------------------------------------------------------------------------------
     def id_for_key(self, idempotency_key: str) -> int | None:
         return self.queue.id_for_key(idempotency_key)
@@ -287,31 +269,6 @@ class Outbox:
 
     def claim(self, limit: int, now: float | None = None, *, max_wait_s: float | None = None) -> builtins.list[Claim]:
         return self.queue.claim(limit, now, max_wait_s=max_wait_s)
-
-    def finish(
-        self,
-        claim: Claim,
-        outcome: OutcomeKind | str,
-        *,
-        message: str,
-        request_id: str | None = None,
-        http_status: int | None = None,
-        exception_code: str | None = None,
-        next_attempt_at: float | None = None,
-        now: float | None = None,
-        return_time_ms: int | None = None,
-    ) -> None:
-        self.queue.finish(
-            claim,
-            outcome,
-            message=message,
-            request_id=request_id,
-            http_status=http_status,
-            exception_code=exception_code,
-            next_attempt_at=next_attempt_at,
-            now=now,
-            return_time_ms=return_time_ms,
-        )
 
     def release(self, claim: Claim) -> None:
         self.queue.release(claim)

@@ -27,13 +27,7 @@ from typing import Any, ClassVar
 from pydantic import field_validator
 
 from core.card import IdCard
-from core.errors import (
-    CardReadError,
-    DeviceNotFound,
-    DeviceTimeout,
-    DriverError,
-    ProtocolError,
-)
+from core.errors import CardReadError, DeviceNotFound, DeviceTimeout, DriverError, ProtocolError
 from core.privacy import mask_card_no
 from drivers.base import CardReader, CardReaderSettings, DriverSettings, ProbeResult
 from drivers.card_reader import codec
