@@ -19,12 +19,7 @@ def create_secret_file(path: Path, data: bytes) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_synced(tmp, data, os.O_EXCL)
         try:
             os.link(tmp, path)  # link() never replaces: the first writer wins
         except FileExistsError:
@@ -43,14 +38,18 @@ def replace_private_file(path: Path, data: bytes) -> None:
     renamed over it and the directory fsynced, so a crash leaves the old content or the new, never
     half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _write_synced(tmp, data, os.O_TRUNC)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_synced(path: Path, data: bytes, mode_flag: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode_flag, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -32,13 +32,13 @@ from agent.face.scoring import (
 from agent.face.session import (
     CardEncoding,
     FaceOutcome,
-    FaceRetry,
     Scorer,
     encode_card,
     score_frames,
     score_live,
 )
 from core.errors import DriverNotFound, FaceError
+from core.stored import FaceRetry
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings

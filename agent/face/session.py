@@ -36,6 +36,7 @@ from agent.face.scoring import (
 )
 from core.errors import DeviceTimeout, DriverError
 from core.images import ImageError, decode_image, encode_jpeg, normalize_jpeg
+from core.stored import FaceRetry
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
@@ -112,14 +113,6 @@ class _Common(TypedDict):
     camera_error: str | None
     rejects: dict[str, int]
     liveness: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class FaceRetry:
-    """The grey zone's retry: the best score before it and how many more frames were compared."""
-
-    score_before: float
-    frames: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,7 +359,7 @@ class Scorer:
         retry = (
             None
             if self.retry_from_score is None
-            else FaceRetry(self.retry_from_score, self.compared - self.compared_before_retry)
+            else FaceRetry(score_before=self.retry_from_score, frames=self.compared - self.compared_before_retry)
         )
         return FaceOutcome(
             score, result, reason, code, distance, best_frame_index=self.best_index, retry=retry, **common

@@ -14,7 +14,6 @@ the same file: WAL lets them read while the daemon writes.
 from __future__ import annotations
 
 import builtins
-import datetime as dt
 import logging
 import os
 import sqlite3
@@ -93,9 +92,10 @@ class Outbox:
             on_enqueued=self._note_enqueued,
             on_deleted=self._note_deleted,
         )
-        # Committing a verification and recording an attempt's end are the queue's, with its
-        # signatures and docs (Queue.enqueue, Queue.finish): handed straight through.
+        # Committing a verification, finding a card's records and recording an attempt's end are the
+        # queue's, with its signatures and docs (Queue.enqueue, .find, .finish): handed straight through.
         self.enqueue = self.queue.enqueue
+        self.find = self.queue.find
         self.finish = self.queue.finish
         self.settings_store = SettingsStore(db)
         self.handover_marks = Handovers(db, keys, clock)
@@ -228,16 +228,6 @@ class Outbox:
 
     def raw_wlt(self, record_id: int) -> bytes | None:
         return self.queue.raw_wlt(record_id)
-
-    def find(
-        self,
-        card_no: str | None = None,
-        since: dt.datetime | None = None,
-        limit: int = 50,
-        *,
-        before_id: int | None = None,
-    ) -> Rows:
-        return self.queue.find(card_no, since, limit, before_id=before_id)
 
     def list(self, state: RecordState | str | None = None, limit: int = 50) -> Rows:
         return self.queue.list(state, limit)

@@ -176,7 +176,7 @@ class Verifier:
             meta["engine_score"] = outcome.engine_score
             meta["engine_result"] = outcome.engine_result
         if outcome.retry is not None:
-            meta["face_retry"] = {"score_before": outcome.retry.score_before, "frames": outcome.retry.frames}
+            meta["face_retry"] = outcome.retry.model_dump()
         if camera_jpeg is None:
             camera_jpeg = placeholder_jpeg()
             meta["camera_placeholder"] = True
