@@ -2,7 +2,7 @@
 
 ``DriverSlot`` owns one configured driver (the card reader or the camera). ``get()`` returns the
 open driver, or ``None`` while it is faulty; a failure (``fault(exc)``) closes it and schedules a
-reopen with exponential backoff (1 s doubling to 30 s). The first failure of an episode is logged
+reopen on the one backoff curve (core.backoff: 1 s doubling to 30 s). The first failure of an episode is logged
 at warning level, the retries quietly, the recovery at info: a device failure is logged once.
 ``state()`` is what status shows: ``ok``, ``fault`` (with the reason and the next retry), or
 ``off`` (not configured for this mode).
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from agent.service.status import Part, PartState
+from core.backoff import Backoff
 from drivers.base import Driver
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,12 @@ class DriverSlot(Generic[D]):
         self.label = label
         self._factory = factory
         self._clock = clock
-        self._initial = backoff_initial_s
-        self._max = backoff_max_s
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._lock = threading.RLock()
         self._driver: D | None = None
         self._error: str | None = None
         self._since = time.time()
         self._next_try = 0.0
-        self._delay = backoff_initial_s
         self.failures = 0
         """Faults since start (for status and tests)."""
         self.opens = 0
@@ -82,7 +81,7 @@ class DriverSlot(Generic[D]):
             log.info("%s recovered: %s", self.label, self._describe())
         self._error = None
         self._since = time.time()
-        self._delay = self._initial
+        self._backoff.succeeded()
         self.opens += 1
         return self._driver
 
@@ -105,8 +104,7 @@ class DriverSlot(Generic[D]):
         else:
             log.debug("%s still unavailable: %s", self.label, text)
         self._error = text
-        self._next_try = self._clock() + self._delay
-        self._delay = min(self._max, self._delay * 2)
+        self._next_try = self._clock() + self._backoff.failed()
 
     def state(self) -> Part:
         with self._lock:
