@@ -36,7 +36,9 @@ def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     scrapes = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     with tempfile.TemporaryDirectory() as tmp:
-        settings = bench_settings(tmp, token=TOKEN)
+        settings = bench_settings(  # relay on: the records are posted the way a terminal posts them
+            tmp, relay=True, token=TOKEN, max_relay_per_min=6000, max_unsent_relayed=1_000_000, relay_reserve_bytes=0
+        )
         outbox = Outbox.open(settings.storage)
         events = EventBus()
         metrics = Metrics(events, lambda: collect_status(settings, outbox=outbox).to_json())
