@@ -14,6 +14,7 @@ the same file: WAL lets them read while the daemon writes.
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 import logging
 import os
 import sqlite3
@@ -43,6 +44,7 @@ from agent.outbox.sealing import PHOTO_FIELDS, KeyRing, Payload
 from agent.outbox.settings_store import RegistrationState, SettingsStore
 from core.clock import Clock
 from core.errors import KeyFileError
+from core.outcome import OutcomeKind
 from core.stored import RecordState
 
 if TYPE_CHECKING:
@@ -92,11 +94,6 @@ class Outbox:
             on_enqueued=self._note_enqueued,
             on_deleted=self._note_deleted,
         )
-        # Committing a verification, finding a card's records and recording an attempt's end are the
-        # queue's, with its signatures and docs (Queue.enqueue, .find, .finish): handed straight through.
-        self.enqueue = self.queue.enqueue
-        self.find = self.queue.find
-        self.finish = self.queue.finish
         self.settings_store = SettingsStore(db)
         self.handover_marks = Handovers(db, keys, clock)
 
@@ -216,6 +213,27 @@ class Outbox:
         if self.watermark is not None:
             self.watermark.note(None, -count)
 
+    # -- capture -----------------------------------------------------------------------------------
+    def enqueue(
+        self,
+        payload: Payload,
+        *,
+        simulated: bool = False,
+        held_reason: str | None = None,
+        raw_wlt: bytes | None = None,
+        idempotency_key: str | None = None,
+        meta: Mapping[str, object] | None = None,
+    ) -> int:
+        """Commit one verification and return its id (see ``Queue.enqueue``)."""
+        return self.queue.enqueue(
+            payload,
+            simulated=simulated,
+            held_reason=held_reason,
+            raw_wlt=raw_wlt,
+            idempotency_key=idempotency_key,
+            meta=meta,
+        )
+
     # -- reading -----------------------------------------------------------------------------------
     def id_for_key(self, idempotency_key: str) -> int | None:
         return self.queue.id_for_key(idempotency_key)
@@ -228,6 +246,16 @@ class Outbox:
 
     def raw_wlt(self, record_id: int) -> bytes | None:
         return self.queue.raw_wlt(record_id)
+
+    def find(
+        self,
+        card_no: str | None = None,
+        since: dt.datetime | None = None,
+        limit: int = 50,
+        *,
+        before_id: int | None = None,
+    ) -> Rows:
+        return self.queue.find(card_no, since, limit, before_id=before_id)
 
     def list(self, state: RecordState | str | None = None, limit: int = 50) -> Rows:
         return self.queue.list(state, limit)
@@ -259,6 +287,31 @@ class Outbox:
 
     def claim(self, limit: int, now: float | None = None, *, max_wait_s: float | None = None) -> builtins.list[Claim]:
         return self.queue.claim(limit, now, max_wait_s=max_wait_s)
+
+    def finish(
+        self,
+        claim: Claim,
+        outcome: OutcomeKind | str,
+        *,
+        message: str,
+        request_id: str | None = None,
+        http_status: int | None = None,
+        exception_code: str | None = None,
+        next_attempt_at: float | None = None,
+        now: float | None = None,
+        return_time_ms: int | None = None,
+    ) -> None:
+        self.queue.finish(
+            claim,
+            outcome,
+            message=message,
+            request_id=request_id,
+            http_status=http_status,
+            exception_code=exception_code,
+            next_attempt_at=next_attempt_at,
+            now=now,
+            return_time_ms=return_time_ms,
+        )
 
     def release(self, claim: Claim) -> None:
         self.queue.release(claim)
