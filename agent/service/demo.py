@@ -27,10 +27,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.service import samples
 from core.stored import RecordState
+
+if TYPE_CHECKING:
+    from core.images import Frame
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +175,9 @@ def _switch_camera(faces: Any, no_face: Any) -> Any:
             faces.close()
             no_face.close()
 
-        def _read_frame(self, timeout_s: float) -> Any:
-            return (faces if self.show_face else no_face).read_frame(timeout_s)
+        def _read_frame(self, timeout_s: float) -> Frame | None:
+            frame: Frame = (faces if self.show_face else no_face).read_frame(timeout_s)
+            return frame
 
     return DemoCamera()
 
