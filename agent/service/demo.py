@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.service import samples
+from core.records import JsonObject
 from core.stored import RecordState
 
 if TYPE_CHECKING:
@@ -45,8 +46,8 @@ DRAIN_TIMEOUT_S = 90.0
 
 def demo_config(
     workdir: Path,
-    platform: str | dict[str, Any],
-    images: dict[str, Any],
+    platform: str | JsonObject,
+    images: samples.SampleImages,
     *,
     card_dir: Path | None = None,
     state_dir: Path | None = None,
@@ -240,7 +241,7 @@ class _Platform:
     def up(self) -> bool:
         return self._mock is not None
 
-    def section(self) -> dict[str, Any]:
+    def section(self) -> JsonObject:
         """The agent's [platform] table for this mock."""
         from agent.mock_platform import platform_section
 
