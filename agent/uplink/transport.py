@@ -71,7 +71,7 @@ class _Stream(httpcore.NetworkStream):
     ) -> httpcore.NetworkStream:
         return _Stream(self._inner.start_tls(ssl_context, server_hostname, _left(timeout)), self._backend)
 
-    def get_extra_info(self, info: str) -> Any:
+    def get_extra_info(self, info: str) -> Any:  # Any: httpcore's NetworkStream.get_extra_info returns Any
         return self._inner.get_extra_info(info)
 
     def shutdown(self) -> None:
