@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from core.errors import ConfigError, SecretError
-from core.records import OPERATOR_MAX_LEN
+from core.records import OPERATOR_MAX_LEN, JsonObject
 from drivers import registry
 
 DEFAULT_CONFIG_PATH = Path("/etc/fvagent/fvagent.toml")
@@ -423,7 +423,7 @@ class DriverSection(BaseModel):
     """Name of the driver (see `fvagent doctor` for the installed ones)."""
 
     @property
-    def options(self) -> dict[str, Any]:
+    def options(self) -> dict[str, Any]:  # Any: pydantic's model_extra; the driver's Settings validates it
         """The driver's own settings: every key but ``driver``."""
         return dict(self.model_extra or {})
 
@@ -609,7 +609,7 @@ class Settings(_Section):
         ``systemd credential 'NAME'``."""
         return dict(self._secret_sources)
 
-    def masked(self) -> dict[str, Any]:
+    def masked(self) -> JsonObject:
         """The effective configuration as plain data, every secret shown as ``********``."""
         return {key: _masked(value) for key, value in self.model_dump(mode="python", exclude={"source"}).items()}
 

@@ -90,7 +90,7 @@ class Verification:
     """Wall-clock time of the commit (epoch seconds)."""
     error: str | None = None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, str | int | float | bool | None]:
         return {
             "id": self.outbox_id,
             "at": _iso(self.at),
