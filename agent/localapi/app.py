@@ -45,6 +45,7 @@ from agent.localapi.backend import (
     IdempotencyConflict,
     NotFound,
     RelayRateLimited,
+    VerificationView,
 )
 from agent.localapi.trust import (
     Access,
@@ -319,7 +320,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
                 description="a retried post with the same key returns the same id",
             ),
         ] = None,
-    ) -> Any:
+    ) -> JSONResponse:
         if not relay_open:
             return _error(
                 404,
@@ -367,7 +368,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         request: Request,
         record_id: Annotated[int, Path(ge=1, le=MAX_ID)],
         photos: Annotated[bool, Query(description="include headImg/cameraImg (full-data token only)")] = False,
-    ) -> Any:
+    ) -> VerificationView | JSONResponse:
         scope = access.require_api(request)
         _only_params(request, "photos")
         if photos and scope != "full":
@@ -394,7 +395,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
             ),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    ) -> Any:
+    ) -> dict[str, list[VerificationView]]:
         scope = access.require_api(request)
         _only_params(request, "cardNo", "since", "limit")
         since_dt = since if since is None or since.tzinfo is not None else since.replace(tzinfo=CHINA_TZ)
@@ -467,16 +468,17 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         request: Request,
         since: Annotated[dt.date | None, Query(description="yyyy-MM-dd, China time; default: every stored one")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 200,
-    ) -> Any:
+    ) -> dict[str, list[JsonObject]]:
         access.require_ui(request)
         _only_params(request, "since", "limit")
         since_dt = dt.datetime.combine(since, dt.time(), CHINA_TZ) if since is not None else None
         return {"items": await run_in_threadpool(backend.follow_ups, since=since_dt, limit=limit)}
 
-    @app.post("/ui/verifications/{record_id}/handover", include_in_schema=False)
+    # response_model=None: the answer is the mark or an error response, not one model
+    @app.post("/ui/verifications/{record_id}/handover", include_in_schema=False, response_model=None)
     async def ui_handover(
         request: Request, record_id: Annotated[int, Path(ge=1, le=MAX_ID)], _: Annotated[str, Depends(page_write)]
-    ) -> Any:
+    ) -> JsonObject | JSONResponse:
         _only_params(request)
         try:
             return await run_in_threadpool(backend.mark_handed_over, record_id)
