@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal, TypeAlias, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict
 
 from agent.events import (
     STATUS,
@@ -36,6 +36,10 @@ from core.errors import RecordError, StorageFull
 from core.privacy import mask_card_no, mask_name
 from core.records import JsonObject, Payload, validate_operator
 from core.stored import RecordState
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+    from agent.outbox.store import Outbox
 
 StatusSource: TypeAlias = Callable[[], Status]
 """Where the local API reads the agent's status: the service's ``status``, or ``collect_status``."""
@@ -151,8 +155,8 @@ class DeskBackend:
 
     def __init__(
         self,
-        settings: Any,
-        outbox: Any,
+        settings: Settings,
+        outbox: Outbox,
         events: EventBus,
         operator: OperatorState,
         *,
@@ -504,6 +508,7 @@ class DeskBackend:
 
     def page_status(self) -> JsonObject:
         """The small summary the operator page shows: queue depth, platform state, operator."""
+        stats: dict[str, Any]  # the OutboxStats counts, read by state name
         try:
             stats = dict(self.outbox.stats())
         except Exception:  # the page must keep working while the outbox is unhappy
