@@ -51,7 +51,7 @@ def demo_config(
     *,
     card_dir: Path | None = None,
     state_dir: Path | None = None,
-) -> dict[str, Any]:
+) -> JsonObject:
     """The configuration the demo runs with, as a TOML-ready document. ``platform`` is the
     ``[platform]`` table (the mock's ``platform_section``) or just a base URL (demo credentials)."""
     reader: dict[str, Any] = {"driver": "fake"}
