@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from core.errors import ConfigError, SecretError
-from core.records import OPERATOR_MAX_LEN
+from core.records import OPERATOR_MAX_LEN, JsonObject
 from drivers import registry
 
 DEFAULT_CONFIG_PATH = Path("/etc/fvagent/fvagent.toml")
@@ -423,7 +423,7 @@ class DriverSection(BaseModel):
     """Name of the driver (see `fvagent doctor` for the installed ones)."""
 
     @property
-    def options(self) -> dict[str, Any]:
+    def options(self) -> dict[str, Any]:  # Any: pydantic's model_extra; the driver's Settings validates it
         """The driver's own settings: every key but ``driver``."""
         return dict(self.model_extra or {})
 
@@ -609,7 +609,7 @@ class Settings(_Section):
         ``systemd credential 'NAME'``."""
         return dict(self._secret_sources)
 
-    def masked(self) -> dict[str, Any]:
+    def masked(self) -> JsonObject:
         """The effective configuration as plain data, every secret shown as ``********``."""
         return {key: _masked(value) for key, value in self.model_dump(mode="python", exclude={"source"}).items()}
 
@@ -699,7 +699,7 @@ def _resolve_relative_paths(raw: dict[str, Any], base_dir: Path) -> None:
                     section[name] = str(base_dir / value)
 
 
-def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_drivers: bool = True) -> Settings:
+def parse_config(raw: Mapping[str, object], *, source: Path | None = None, validate_drivers: bool = True) -> Settings:
     """Validate a parsed TOML document into ``Settings``; raise ``ConfigError`` listing every fault.
 
     Every fault is one ``(key.path, rule)`` pair in ``ConfigError.problems``. Relative paths of
@@ -707,17 +707,17 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_dr
     ``validate_drivers`` the ``[card_reader]`` and ``[camera]`` sections are also checked by their
     drivers (which must then be importable).
     """
-    raw = _deep_copy(raw)
+    doc: dict[str, Any] = _deep_copy(raw)  # Any: TOML values, checked by Settings below
     problems: list[tuple[str, str]] = []
     sources: dict[str, str] = {}
     base_dir = source.parent if source is not None else None
-    if "source" in raw:
+    if "source" in doc:
         problems.append(("source", "unknown key"))
-        del raw["source"]
+        del doc["source"]
     if base_dir is not None:
-        _resolve_relative_paths(raw, base_dir)
+        _resolve_relative_paths(doc, base_dir)
     for path, names in _SECRETS.items():
-        section: Any = raw
+        section: Any = doc
         for part in path:
             section = section.get(part) if isinstance(section, dict) else None
         if isinstance(section, dict):
@@ -726,7 +726,7 @@ def parse_config(raw: dict[str, Any], *, source: Path | None = None, validate_dr
     failed_secrets = {path.removesuffix("_file") for path, _ in problems}
     settings: Settings | None = None
     try:
-        settings = Settings.model_validate({**raw, "source": source})
+        settings = Settings.model_validate({**doc, "source": source})
     except ValidationError as exc:
         for err in exc.errors():
             problems.extend(p for p in _problems_from(err) if p[0] not in failed_secrets)

@@ -22,12 +22,16 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.files import replace_private_file
 from core.privacy import mask_name
 from core.records import validate_operator
+
+if TYPE_CHECKING:
+    from agent.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class Event:
 
     seq: int
     kind: str
-    data: dict[str, Any]
+    data: dict[str, Any]  # Any: JSON values that each subscriber reads by name (publish checks it is a dict)
     time: float
     """Wall-clock time of publishing, epoch seconds."""
 
@@ -163,7 +167,7 @@ class EventBus:
         self.instance_id = os.urandom(4).hex()
         """Differs between runs, so a client's remembered ``seq`` from an earlier run is not mistaken for this one's."""
 
-    def publish(self, kind: str, data: dict[str, Any]) -> Event:
+    def publish(self, kind: str, data: Mapping[str, object]) -> Event:
         """Deliver ``data`` as an event of ``kind`` to every subscriber. Never blocks; returns the event.
 
         ``data`` must be JSON-serialisable and must hold no unmasked personal data or photos: it can
@@ -240,7 +244,7 @@ class OperatorState:
         self._value = self._load()
 
     @classmethod
-    def for_settings(cls, settings: Any) -> OperatorState:
+    def for_settings(cls, settings: Settings) -> OperatorState:
         """The state of the configured agent: ``<storage.dir>/operator.json``, default ``[device] operator``."""
         return cls(Path(settings.storage.dir) / OPERATOR_FILE, settings.device.operator)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -28,7 +28,12 @@ from prometheus_client.registry import Collector
 
 from agent.events import VERIFICATION, EventBus
 from agent.uplink.clock import PlatformClock
+from core.outcome import Outcome
+from core.records import Payload
 from core.stored import RecordState
+
+if TYPE_CHECKING:
+    from agent.uplink.client import PlatformClient
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +114,11 @@ class CountingClient:
     Everything else is the wrapped client's (``register_device``, ``close`` ...).
     """
 
-    def __init__(self, client: Any, metrics: Metrics) -> None:
+    def __init__(self, client: PlatformClient, metrics: Metrics) -> None:
         self._client = client
         self._metrics = metrics
 
-    def upload_verification(self, payload: Any) -> Any:
+    def upload_verification(self, payload: Payload) -> Outcome:
         try:
             outcome = self._client.upload_verification(payload)
         except Exception:

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 
 class Repeats:
@@ -30,7 +29,7 @@ class Repeats:
         self._count = 0
         self._since = 0.0
 
-    def log(self, level: int, msg: str, *args: Any) -> None:
+    def log(self, level: int, msg: str, *args: object) -> None:
         text = msg % args if args else msg
         now = self._clock()
         with self._lock:

@@ -34,7 +34,7 @@ def fifty(req):
 with ForgedPlatform() as fp:
     fp.upload = fifty
     p = PlatformSettings(base_url=fp.url, org_app_id=APP_ID, org_app_secret=SECRET, timeout_s=20,
-                         auth={"kind": "static", "ticket": "T"})
+                         allow_plain_http=True, auth={"kind": "static", "ticket": "T"})
     before = psutil.Process().memory_info().rss
     t = time.monotonic()
     with PlatformClient(p) as c:

@@ -9,7 +9,7 @@ and addresses a platform's message may quote to it.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
 
 
 def mask_card_no(card_no: str | None) -> str:
@@ -61,14 +61,19 @@ def mask_personal(text: str, known: tuple[str, ...] = ()) -> str:
 PHOTO_FIELDS = ("headImg", "cameraImg", "fingerCollectImg")
 
 
-def mask_record(payload: dict[str, Any]) -> dict[str, Any]:
+def _text(value: object) -> str | None:
+    # Record values are JSON; only a string has anything to mask (None masks to "", as before).
+    return value if isinstance(value, str) else None
+
+
+def mask_record(payload: Mapping[str, object]) -> dict[str, object]:
     """A verification record without its photos, name and card number masked, address, birthday and
     issuing authority replaced by ``***``."""
     record = {k: v for k, v in payload.items() if k not in PHOTO_FIELDS}
     if "realName" in record:
-        record["realName"] = mask_name(record["realName"])
+        record["realName"] = mask_name(_text(record["realName"]))
     if "cardNo" in record:
-        record["cardNo"] = mask_card_no(record["cardNo"])
+        record["cardNo"] = mask_card_no(_text(record["cardNo"]))
     for name in ("address", "birthday", "police"):
         if record.get(name):
             record[name] = "***"

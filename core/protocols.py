@@ -8,10 +8,12 @@ type checker proves that the real one fits. The real implementations: ``RecordSi
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 from core.images import Frame
 from core.outcome import Outcome
+from core.records import Payload
 
 
 class RecordSink(Protocol):
@@ -19,13 +21,13 @@ class RecordSink(Protocol):
 
     def enqueue(
         self,
-        payload: dict[str, Any],
+        payload: Payload,
         *,
         simulated: bool = False,
         held_reason: str | None = None,
         raw_wlt: bytes | None = None,
         idempotency_key: str | None = None,
-        meta: dict[str, Any] | None = None,
+        meta: Mapping[str, object] | None = None,
     ) -> int: ...
 
 
@@ -33,9 +35,9 @@ class PlatformClient(Protocol):
     """The platform's two calls, each answered with an ``Outcome`` (never an exception for the
     network). A payload is the JSON object as sent (a dict: the real client refuses anything else)."""
 
-    def register_device(self, payload: dict[str, Any]) -> Outcome: ...
+    def register_device(self, payload: Payload) -> Outcome: ...
 
-    def upload_verification(self, payload: dict[str, Any]) -> Outcome: ...
+    def upload_verification(self, payload: Payload) -> Outcome: ...
 
     def abort(self) -> None:
         """Cut the requests in flight (at stop); they end as retryable outcomes."""

@@ -53,6 +53,16 @@ OPERATOR_MAX_LEN = 10
 OPERATOR_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
 """The operator rule as a JSON Schema pattern: not all blank, no control characters."""
 
+JsonObject = dict[str, object]
+"""A JSON document that is built to be serialized or read field by field with checks (a summary, a
+status, an API answer, a checkpoint)."""
+
+# Any: a payload comes from json.loads (which returns Any) and is indexed by spec field name all the
+# way downstream (sealing, the queue, the uploader, the local API, the mock platform). The record is
+# validated by VerificationRecord / DeviceRegistration at the seam, so `object` here would only add casts.
+Payload = dict[str, Any]
+"""A record's spec-named JSON body (``VerificationRecord.to_payload()``, or a held record's raw fields)."""
+
 
 class DeviceIdentity(Protocol):
     """What a payload needs to know of this device: the ``[device]`` settings satisfy it."""
@@ -88,15 +98,15 @@ _ISO_LOCAL = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}
 _MAX_B64_CHARS = 4 * math.ceil(MAX_IMAGE_BYTES / 3)
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
-Check = Callable[[Any, ValidationInfo], Any]
-TextCheck = Callable[[Any, ValidationInfo], str]
+Check = Callable[[object, ValidationInfo], object]
+TextCheck = Callable[[object, ValidationInfo], str]
 
 
 # --------------------------------------------------------------------------------------------------
 # Field rules. Each returns the normalized value or raises ValueError with the rule (never the value).
 
 
-def _json_kind(v: Any) -> str:
+def _json_kind(v: object) -> str:
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -112,14 +122,14 @@ def _json_kind(v: Any) -> str:
     return type(v).__name__
 
 
-def _string(v: Any) -> str:
+def _string(v: object) -> str:
     if not isinstance(v, str):
         raise ValueError(f"must be a JSON string, got {_json_kind(v)}")
     return v
 
 
 def _varchar(n: int, *, allow_empty: bool = False) -> TextCheck:
-    def check(v: Any, info: ValidationInfo) -> str:
+    def check(v: object, info: ValidationInfo) -> str:
         s = _string(v)
         if not s and not allow_empty:
             raise ValueError("must not be empty")
@@ -135,7 +145,7 @@ def _has_control_characters(s: str) -> bool:
     return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in s)
 
 
-def _operation_user(v: Any, info: ValidationInfo) -> str:
+def _operation_user(v: object, info: ValidationInfo) -> str:
     s = _varchar(OPERATOR_MAX_LEN)(v, info)
     if not s.strip():
         raise ValueError("must not be blank")
@@ -164,7 +174,7 @@ def validate_operator(name: object) -> str:
     return value
 
 
-def _date(v: Any, info: ValidationInfo) -> str:
+def _date(v: object, info: ValidationInfo) -> str:
     s = _string(v)
     if not _DATE.fullmatch(s):
         raise ValueError("must be a date as yyyy-MM-dd")
@@ -175,7 +185,7 @@ def _date(v: Any, info: ValidationInfo) -> str:
     return s
 
 
-def _datetime19(v: Any, info: ValidationInfo) -> str:
+def _datetime19(v: object, info: ValidationInfo) -> str:
     s = _string(v)
     if not _DATETIME.fullmatch(s):
         raise ValueError("must be yyyy-MM-dd HH:mm:ss")
@@ -191,7 +201,7 @@ def _long_term_end(info: ValidationInfo | None) -> str:
     return str((ctx or {}).get("long_term_end") or LONG_TERM_END)
 
 
-def _card_end_date(v: Any, info: ValidationInfo) -> str:
+def _card_end_date(v: object, info: ValidationInfo) -> str:
     s = _string(v)
     long_term = _long_term_end(info)
     if s == long_term:
@@ -206,7 +216,7 @@ def _small_code(choices: tuple[int, ...], *, numeric_string: bool) -> Check:
     """A code sent as a JSON number; numeric strings accepted on input when ``numeric_string``."""
     listed = ", ".join(map(str, choices))
 
-    def check(v: Any, info: ValidationInfo) -> int:
+    def check(v: object, info: ValidationInfo) -> int:
         if isinstance(v, str) and numeric_string and len(v) == 1 and v.isdigit():
             v = int(v)
         if isinstance(v, float):
@@ -221,7 +231,7 @@ def _small_code(choices: tuple[int, ...], *, numeric_string: bool) -> Check:
     return check
 
 
-def _score(v: Any, info: ValidationInfo) -> float:
+def _score(v: object, info: ValidationInfo) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise ValueError(f"must be a JSON number, got {_json_kind(v)}")
     if not math.isfinite(v) or not 0 <= v <= 1:
@@ -246,7 +256,7 @@ def standard_base64_size(s: str) -> int | None:
     return len(data) // 4 * 3 - len(outside)
 
 
-def _jpeg_base64(v: Any, info: ValidationInfo) -> str:
+def _jpeg_base64(v: object, info: ValidationInfo) -> str:
     s = _string(v)
     if not s:
         raise ValueError("must not be empty: a base64 JPEG")
@@ -262,7 +272,7 @@ def _jpeg_base64(v: Any, info: ValidationInfo) -> str:
     return s
 
 
-def _sex_code(v: Any, info: ValidationInfo) -> str:
+def _sex_code(v: object, info: ValidationInfo) -> str:
     s = _string(v)
     if s not in codes.SEX_NAMES:
         if len(s) == 2 and s.startswith("0") and s[1:] in codes.SEX_NAMES:
@@ -271,7 +281,7 @@ def _sex_code(v: Any, info: ValidationInfo) -> str:
     return s
 
 
-def _sex_name(v: Any, info: ValidationInfo) -> str:
+def _sex_name(v: object, info: ValidationInfo) -> str:
     s = _string(v)
     # 未说明 is three characters against the table's varchar(2): the code table wins, because it is
     # the only name the spec gives for code 9 and refusing it would make such a record unsendable.
@@ -280,14 +290,14 @@ def _sex_name(v: Any, info: ValidationInfo) -> str:
     return s
 
 
-def _nation_code(v: Any, info: ValidationInfo) -> str:
+def _nation_code(v: object, info: ValidationInfo) -> str:
     s = _string(v)
     if s not in codes.NATIONS:
         raise ValueError("must be a two-digit GB/T 3304 code, 01..56, 97 or 98")
     return s
 
 
-def _nation_name(v: Any, info: ValidationInfo) -> str:
+def _nation_name(v: object, info: ValidationInfo) -> str:
     s = _varchar(10)(v, info)
     if s not in codes.NATIONS.values() and s not in codes.NATION_ALIASES:
         if codes.nation_code(s) is not None:
@@ -297,7 +307,7 @@ def _nation_name(v: Any, info: ValidationInfo) -> str:
     return s
 
 
-def _iso_local(v: Any, info: ValidationInfo) -> str:
+def _iso_local(v: object, info: ValidationInfo) -> str:
     s = _string(v)
     m = _ISO_LOCAL.fullmatch(s)
     if m is None:
@@ -310,7 +320,7 @@ def _iso_local(v: Any, info: ValidationInfo) -> str:
 
 
 def _optional(check: Check) -> Check:
-    def optional(v: Any, info: ValidationInfo) -> Any:
+    def optional(v: object, info: ValidationInfo) -> object:
         return None if v is None else check(v, info)
 
     return optional
@@ -365,7 +375,7 @@ _RESULTS = (0, 1, 2)
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def to_payload(self) -> dict[str, Any]:
+    def to_payload(self) -> Payload:
         """The JSON-ready body: spec field names in table order, optional fields left out when unset."""
         return self.model_dump(mode="json", exclude_none=True)
 
@@ -538,7 +548,7 @@ _ADAPTERS: dict[type[BaseModel], dict[str, TypeAdapter[Any]]] = {
 
 
 def _validate_fields(
-    model: type[BaseModel], data: Any, context: dict[str, Any], what: str
+    model: type[BaseModel], data: object, context: dict[str, Any], what: str
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Validate each field on its own: the values that passed, and a problem for every one that did not."""
     if not isinstance(data, Mapping):
@@ -578,7 +588,7 @@ def _raise(what: str, problems: list[tuple[str, str]]) -> NoReturn:
     )
 
 
-def parse_verification(data: Mapping[str, Any], *, long_term_end: str = LONG_TERM_END) -> VerificationRecord:
+def parse_verification(data: object, *, long_term_end: str = LONG_TERM_END) -> VerificationRecord:
     """Validate JSON data (spec field names) into a ``VerificationRecord``.
 
     ``long_term_end`` is the configured ``cardEndDate`` of a long-term card
@@ -595,7 +605,7 @@ def parse_verification(data: Mapping[str, Any], *, long_term_end: str = LONG_TER
     return VerificationRecord.model_construct(**values)
 
 
-def parse_registration(data: Mapping[str, Any]) -> DeviceRegistration:
+def parse_registration(data: object) -> DeviceRegistration:
     """Validate JSON data (spec field names) into a ``DeviceRegistration``; ``RecordError`` lists every fault."""
     values, problems = _validate_fields(DeviceRegistration, data, {}, "device registration")
     if problems:
@@ -603,7 +613,7 @@ def parse_registration(data: Mapping[str, Any]) -> DeviceRegistration:
     return DeviceRegistration.model_validate(values)
 
 
-def registration_payload(device: DeviceDescription, *, now: dt.datetime | None = None) -> dict[str, Any]:
+def registration_payload(device: DeviceDescription, *, now: dt.datetime | None = None) -> Payload:
     """The body of POST /machine/info for the ``[device]`` settings, stamped with ``registerTime``.
 
     ``now`` defaults to the current time; it is sent as China local time (ISO, milliseconds).
@@ -651,7 +661,7 @@ class VerificationCapture:
     finger_result: int | None = None
 
 
-def verification_fields(capture: VerificationCapture) -> dict[str, Any]:
+def verification_fields(capture: VerificationCapture) -> Payload:
     """The platform fields of one verification, mapped from what it captured, unvalidated.
 
     The one card -> payload mapping: ``build_verification`` validates it into a record, and a card
@@ -671,7 +681,7 @@ def verification_fields(capture: VerificationCapture) -> dict[str, Any]:
     verify_date = local.date()
     expired = card.valid_to is not None and card.valid_to < verify_date
     nation_code = card.nation_code or codes.NATION_OTHER
-    data: dict[str, Any] = {
+    data: Payload = {
         "realName": card.name or (card.english_name or ""),
         "cardType": card.card_type,
         "cardNo": card.card_no,
@@ -723,7 +733,7 @@ def build_verification(capture: VerificationCapture) -> VerificationRecord:
         _raise("verification record", [(f, r) for f, r in exc.problems if not derived.get(f)])
 
 
-def natural_key(record: VerificationRecord | Mapping[str, Any]) -> tuple[str, str, str]:
+def natural_key(record: VerificationRecord | Mapping[str, object]) -> tuple[str, str, str]:
     """(machineCode, cardNo, verifyTime): the same verification always has the same key."""
     if isinstance(record, VerificationRecord):
         return (record.machineCode, record.cardNo, record.verifyTime)

@@ -9,7 +9,7 @@ status and the operator page.
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -74,6 +74,6 @@ class RecordMeta(BaseModel):
     body_sha256: str | None = None
     """Relay: keyed digest of the request body, to tell a retried post from a different one."""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The meta as stored: JSON types, unset and default values left out."""
         return self.model_dump(mode="json", exclude_defaults=True)

@@ -16,12 +16,16 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from core.card import IdCard
 from core.errors import DeviceTimeout, DriverError
+
+if TYPE_CHECKING:
+    from core.images import Frame
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class Driver:
         self._lock = threading.RLock()
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], *, name: str | None = None) -> Driver:
+    def from_options(cls, options: Mapping[str, object], *, name: str | None = None) -> Driver:
         """Build from a config section's driver options (raises pydantic's ValidationError)."""
         return cls(cls.Settings.model_validate(options), name=name)
 
@@ -190,7 +194,7 @@ class Camera(Driver):
 
     kind = "camera"
 
-    def read_frame(self, timeout_s: float) -> Any:
+    def read_frame(self, timeout_s: float) -> Frame:
         """Return the next frame as a BGR ``numpy.ndarray``.
 
         Raises ``DeviceTimeout`` when no frame arrives in ``timeout_s``, ``DeviceNotFound`` when the
@@ -203,6 +207,6 @@ class Camera(Driver):
             raise DeviceTimeout(f"no frame within {timeout_s:.1f} s", device=self.describe())
         return frame
 
-    def _read_frame(self, timeout_s: float) -> Any:
+    def _read_frame(self, timeout_s: float) -> Frame | None:
         """Return a frame or ``None`` when none came within ``timeout_s``."""
         raise NotImplementedError

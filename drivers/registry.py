@@ -8,13 +8,14 @@ dependency is missing says which package to install.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from pydantic import ValidationError
 
 from core.errors import ConfigError, DriverNotFound
-from drivers.base import Driver
+from drivers.base import Driver, DriverSettings
 
 GROUPS = {
     "card_reader": "fvagent.card_readers",
@@ -41,6 +42,8 @@ def available(kind: str) -> list[str]:
 _PACKAGE_OF_MODULE = {"serial": "pyserial", "usb": "pyusb", "cv2": "opencv-python-headless", "dlib": "dlib-bin"}
 
 
+# Any: EntryPoint.load() returns Any, and the groups hold face engines (agent.face.FaceEngine) as well
+# as drivers, so the caller checks what it got (create() takes it as a Driver, load_engine checks).
 def load_class(kind: str, name: str) -> type[Any]:
     """Import and return the plugin class registered as ``name`` for ``kind``.
 
@@ -56,7 +59,8 @@ def load_class(kind: str, name: str) -> type[Any]:
             hint="set driver to one of the installed names, or install the vendor's package",
         )
     try:
-        return ep.load()  # type: ignore[no-any-return]
+        cls: type[Any] = ep.load()
+        return cls
     except ImportError as exc:
         missing = exc.name or str(exc)
         package = _PACKAGE_OF_MODULE.get(missing.split(".")[0])
@@ -71,14 +75,15 @@ def load_class(kind: str, name: str) -> type[Any]:
         raise DriverNotFound(f"{kind} driver {name!r} cannot load: module {missing!r} is missing", hint=hint) from exc
 
 
-def validate_settings(kind: str, name: str, options: dict[str, Any]) -> Any:
+def validate_settings(kind: str, name: str, options: Mapping[str, object]) -> DriverSettings:
     """Validate a driver's own config section; raise ``ConfigError`` with ``(key, rule)`` problems."""
     try:
         cls = load_class(kind, name)
     except DriverNotFound as exc:
         raise ConfigError(exc.message, problems=[("driver", exc.message)]) from exc
     try:
-        return cls.Settings.model_validate(options)
+        settings: DriverSettings = cls.Settings.model_validate(options)
+        return settings
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -88,8 +93,9 @@ def validate_settings(kind: str, name: str, options: dict[str, Any]) -> Any:
         raise ConfigError(f"invalid settings for {kind} driver {name!r}", problems=problems) from exc
 
 
-def create(kind: str, name: str, options: dict[str, Any] | None = None) -> Driver:
+def create(kind: str, name: str, options: Mapping[str, object] | None = None) -> Driver:
     """Build (not open) the driver ``name`` of ``kind`` from its config options."""
     cls = load_class(kind, name)
     settings = validate_settings(kind, name, options or {})
-    return cls(settings, name=name)  # type: ignore[no-any-return]
+    driver: Driver = cls(settings, name=name)
+    return driver

@@ -20,6 +20,7 @@ import datetime as dt
 import hmac
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from agent.files import create_export_file
 from agent.outbox import chain
 from core.errors import AuditError, OutboxCorrupt
 from core.privacy import mask_record
+from core.records import JsonObject
 
 if TYPE_CHECKING:
     from agent.outbox.store import Outbox, Row
@@ -54,7 +56,7 @@ class _Writer:
         self._hash = hashes.Hash(hashes.SM3())
         self.lines = 0
 
-    def write(self, doc: dict[str, Any]) -> None:
+    def write(self, doc: Mapping[str, object]) -> None:
         data = (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
         self._fh.write(data)
         self._hash.update(data)
@@ -170,7 +172,7 @@ def _record_line(outbox: Outbox, row: Row, full: bool, checkpoint: dict[str, Any
     return doc
 
 
-def verify_export(path: str | os.PathLike[str], public_key: str) -> dict[str, Any]:
+def verify_export(path: str | os.PathLike[str], public_key: str) -> JsonObject:
     """Check an export's signature under ``public_key`` and every event digest in it. Returns
     ``{"records", "events", "machineCode", "createdAt", "chainCheck"}``; raises ``AuditError`` naming
     the first problem."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Mapping
 
 from agent.cli import Subparsers, add_command, add_config_arg, add_group, config_path, print_error
 
@@ -73,14 +73,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def to_toml(data: dict[str, Any]) -> str:
+def to_toml(data: Mapping[str, object]) -> str:
     """Render nested plain data as TOML; unset (None) keys become comments."""
     lines: list[str] = []
     _emit_table(data, [], lines)
     return "\n".join(lines).strip() + "\n"
 
 
-def _emit_table(table: dict[str, Any], path: list[str], lines: list[str]) -> None:
+def _emit_table(table: Mapping[str, object], path: list[str], lines: list[str]) -> None:
     scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in table.items() if isinstance(v, dict)}
     if path and (scalars or not tables):
@@ -95,7 +95,7 @@ def _emit_table(table: dict[str, Any], path: list[str], lines: list[str]) -> Non
         _emit_table(value, [*path, key], lines)
 
 
-def _toml_value(value: Any) -> str:
+def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

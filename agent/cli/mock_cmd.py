@@ -14,6 +14,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from agent.cli import Subparsers, add_command
@@ -160,7 +161,7 @@ def build_config(args: argparse.Namespace) -> tuple[MockPlatformConfig, str | No
     return MockPlatformConfig(**values), source
 
 
-def agent_section_text(section: dict[str, Any], *, with_secrets: bool) -> str:
+def agent_section_text(section: Mapping[str, object], *, with_secrets: bool) -> str:
     """The ``[platform]`` tables to paste into the agent's config (TOML)."""
     skip_auth = {
         "kind",
@@ -174,7 +175,7 @@ def agent_section_text(section: dict[str, Any], *, with_secrets: bool) -> str:
         "token_secret_param",
     }
 
-    def val(v: Any) -> str:
+    def val(v: object) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, int | float):
@@ -194,7 +195,8 @@ def agent_section_text(section: dict[str, Any], *, with_secrets: bool) -> str:
             f"encrypt = {val(section['encrypt'])}",
         ]
     auth = section["auth"]
-    auth_lines = [f"{k} = {val(v)}" for k, v in auth.items() if with_secrets or k == "token_url" or k not in skip_auth]
+    auth_items = auth.items() if isinstance(auth, Mapping) else ()
+    auth_lines = [f"{k} = {val(v)}" for k, v in auth_items if with_secrets or k == "token_url" or k not in skip_auth]
     if not with_secrets:
         auth_lines = [line for line in auth_lines if line.startswith("token_url")]
     if auth_lines:

@@ -20,7 +20,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -320,7 +320,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     configured = platform.conventions
     shorten = (lambda s: s) if args.full else _shorten
 
-    def render(overrides: dict[str, Any]) -> dict[str, str]:
+    def render(overrides: Mapping[str, object]) -> dict[str, str]:
         conv = Conventions(configured.model_copy(update=overrides), platform.org_app_id, secret)
         out: dict[str, str] = {}
         t = conv.send_time(at)

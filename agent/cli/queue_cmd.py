@@ -198,7 +198,7 @@ def _ls_follow_ups(args: argparse.Namespace) -> int:
     print(f"{'ID':>7}  {'VERIFIED':19}  RESULT  NAME    CARD                {'HANDED OVER':26} UPLOAD  REASON")
     for it in items:
         mark = it["handover"]
-        handed = f"{mark['at'][5:16]} {mark['operator']}" if mark else "未移交"
+        handed = f"{mark['at'][5:16]} {mark['operator']}" if isinstance(mark, dict) else "未移交"
         flag = " [simulated]" if it["simulated"] else ""
         print(
             f"{it['id']:>7}  {it['verifyTime']:19}  {it['resultText']:6}  {it['name']:6}  {it['cardNo']:18}  "

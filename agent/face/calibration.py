@@ -31,7 +31,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Required, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -41,6 +41,7 @@ from agent.face.scoring import distance_to_score, result_for_score, threshold_di
 from agent.face.session import encode_card_image, working_image
 from core.errors import FaceError
 from core.images import ImageError, decode_image
+from core.records import JsonObject
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
@@ -173,13 +174,37 @@ class Fold:
     genuine_pairs: int
 
 
+class DistanceStats(TypedDict, total=False):
+    """The spread of a set of distances; only ``n`` when there are none."""
+
+    n: Required[int]
+    median: float
+    p5: float
+    p95: float
+    min: float
+    max: float
+
+
+class CalibrationSummary(TypedDict):
+    """What a calibration measured: the photos, the faces not found, the pairs and their distances."""
+
+    photos: int
+    people: int
+    no_face_live: list[str]
+    no_face_card: list[str]
+    genuine_pairs: int
+    impostor_pairs: int
+    genuine: DistanceStats
+    impostor: DistanceStats
+
+
 @dataclasses.dataclass(frozen=True)
 class CrossValidation:
     """Every fold of ``cross_validate`` and the spread of its rates."""
 
     folds: list[Fold]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> JsonObject:
         """Mean and max of FRR and FAR over the folds and the chosen distances' range (None without folds)."""
         if not self.folds:
             return dict.fromkeys(
@@ -444,7 +469,7 @@ class Calibration:
                 folds.append(Fold(distance, point.far, point.frr, point.impostor_pairs, point.genuine_pairs))
         return folds
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> CalibrationSummary:
         genuine = self.distances[self.genuine_mask]
         impostor = self.distances[self.impostor_mask]
         genuine, impostor = genuine[~np.isnan(genuine)], impostor[~np.isnan(impostor)]
@@ -468,13 +493,12 @@ class Calibration:
             f"{kind}: {s['photos']} photos of {s['people']} people, "
             f"{s['genuine_pairs']} genuine and {s['impostor_pairs']} impostor pairs"
         ]
-        for what in ("no_face_live", "no_face_card"):
-            if s[what]:
-                lines.append(f"no face found ({what.removeprefix('no_face_')}): {', '.join(s[what])}")
+        for where, labels in (("live", s["no_face_live"]), ("card", s["no_face_card"])):
+            if labels:
+                lines.append(f"no face found ({where}): {', '.join(labels)}")
         lines.append("")
         lines.append("distance   median    p5      p95     min     max")
-        for what in ("genuine", "impostor"):
-            st = s[what]
+        for what, st in (("genuine", s["genuine"]), ("impostor", s["impostor"])):
             if st["n"]:
                 lines.append(
                     f"{what:<9} {st['median']:.3f}   {st['p5']:.3f}   {st['p95']:.3f}   "
@@ -494,7 +518,7 @@ class Calibration:
         lines.extend(self.decision())
         return "\n".join(lines)
 
-    def pairs(self) -> list[dict[str, Any]]:
+    def pairs(self) -> list[JsonObject]:
         """Every (card, live) pair for ``--json``; distance and score null where a face was missing."""
         out = []
         for i, card in enumerate(self.photos):
@@ -534,7 +558,7 @@ class Calibration:
             "score_midpoint": round(point.distance + math.log(f.threshold / (1 - f.threshold)) / f.score_slope, 4),
         }
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         far, frr = self.rates(self.face.threshold)
         configured = self.configured()
         target = self.face.target_far
@@ -602,9 +626,9 @@ class Calibration:
         ]
 
 
-def _stats(values: np.ndarray) -> dict[str, Any]:
+def _stats(values: np.ndarray) -> DistanceStats:
     if values.size == 0:
-        return {"n": 0}
+        return DistanceStats(n=0)
     return {
         "n": int(values.size),
         "median": float(np.median(values)),

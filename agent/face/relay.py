@@ -44,8 +44,8 @@ def _number(value: Any) -> float | None:
 
 
 def relay_outcome(
-    score: Any,
-    result: Any,
+    score: object,
+    result: object,
     *,
     reason: str | None = None,
     best_frame_jpeg: bytes | None = None,

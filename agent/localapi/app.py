@@ -35,6 +35,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.json_schema import JsonSchemaValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.config import LocalApiSettings
@@ -44,6 +45,7 @@ from agent.localapi.backend import (
     IdempotencyConflict,
     NotFound,
     RelayRateLimited,
+    VerificationView,
 )
 from agent.localapi.trust import (
     Access,
@@ -55,7 +57,7 @@ from agent.localapi.trust import (
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from core.clock import CHINA_TZ
 from core.errors import OutboxError, RecordError, StorageFull
-from core.records import OPERATOR_MAX_LEN, OPERATOR_PATTERN, VerificationRecord
+from core.records import OPERATOR_MAX_LEN, OPERATOR_PATTERN, JsonObject, VerificationRecord
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,8 @@ RELAY_DEFAULTED_FIELDS = ("operationUser", "deviceNo", "machineCode")
 """Fields a relayed verification may leave out: the current operator and this device's own."""
 
 
-def verification_body_schema(model: type[VerificationRecord] = VerificationRecord) -> dict[str, Any]:
+# Any: pydantic's JsonSchemaValue (what model_json_schema returns) is dict[str, Any].
+def verification_body_schema(model: type[VerificationRecord] = VerificationRecord) -> JsonSchemaValue:
     """The relay POST's request schema: ``model``'s own JSON Schema (every field rule carries its
     pattern, length or enum), with the fields the relay fills in no longer required and no null
     defaults."""
@@ -317,7 +320,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
                 description="a retried post with the same key returns the same id",
             ),
         ] = None,
-    ) -> Any:
+    ) -> JSONResponse:
         if not relay_open:
             return _error(
                 404,
@@ -365,7 +368,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         request: Request,
         record_id: Annotated[int, Path(ge=1, le=MAX_ID)],
         photos: Annotated[bool, Query(description="include headImg/cameraImg (full-data token only)")] = False,
-    ) -> Any:
+    ) -> VerificationView | JSONResponse:
         scope = access.require_api(request)
         _only_params(request, "photos")
         if photos and scope != "full":
@@ -392,7 +395,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
             ),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    ) -> Any:
+    ) -> dict[str, list[VerificationView]]:
         scope = access.require_api(request)
         _only_params(request, "cardNo", "since", "limit")
         since_dt = since if since is None or since.tzinfo is not None else since.replace(tzinfo=CHINA_TZ)
@@ -404,13 +407,13 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         summary="The same document as `fvagent status --json`",
         responses={**ERRORS, 200: {"content": {"application/json": {"schema": {"type": "object"}}}}},
     )
-    async def get_status(request: Request) -> Any:
+    async def get_status(request: Request) -> JSONResponse:
         access.require_api(request)
         _only_params(request)
         return JSONResponse(await run_in_threadpool(lambda: backend.status().to_json()))
 
     @app.get("/v1/operator", response_model=OperatorOut, summary="The current operationUser", responses=ERRORS)
-    async def get_operator(request: Request) -> Any:
+    async def get_operator(request: Request) -> dict[str, str]:
         access.require_api(request)
         _only_params(request)
         return {"operator": backend.get_operator()}
@@ -421,11 +424,13 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         summary="Set the operationUser for the following verifications",
         responses={**ERRORS, 422: {"model": ErrorOut, "description": "bad operator"}},
     )
-    async def put_operator(request: Request, body: OperatorIn, _: Annotated[str, Depends(credential_write)]) -> Any:
+    async def put_operator(
+        request: Request, body: OperatorIn, _: Annotated[str, Depends(credential_write)]
+    ) -> dict[str, str] | JSONResponse:
         _only_params(request)
         return await _set_operator(body.operator)
 
-    async def _set_operator(name: str) -> Any:
+    async def _set_operator(name: str) -> dict[str, str] | JSONResponse:
         try:
             return {"operator": await run_in_threadpool(backend.set_operator, name)}
         except RecordError as exc:
@@ -447,12 +452,15 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
 
     # -- /ui: the page's data -------------------------------------------------------------------
     @app.get("/ui/status", include_in_schema=False)
-    async def ui_status(request: Request) -> Any:
+    async def ui_status(request: Request) -> JsonObject:
         access.require_ui(request)
         return await run_in_threadpool(backend.page_status)
 
-    @app.put("/ui/operator", include_in_schema=False)
-    async def ui_operator(request: Request, body: OperatorIn, _: Annotated[str, Depends(page_write)]) -> Any:
+    # response_model=None: the answer is the operator or an error response, not one model
+    @app.put("/ui/operator", include_in_schema=False, response_model=None)
+    async def ui_operator(
+        request: Request, body: OperatorIn, _: Annotated[str, Depends(page_write)]
+    ) -> dict[str, str] | JSONResponse:
         return await _set_operator(body.operator)
 
     @app.get("/ui/followups", include_in_schema=False)
@@ -460,16 +468,17 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
         request: Request,
         since: Annotated[dt.date | None, Query(description="yyyy-MM-dd, China time; default: every stored one")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 200,
-    ) -> Any:
+    ) -> dict[str, list[JsonObject]]:
         access.require_ui(request)
         _only_params(request, "since", "limit")
         since_dt = dt.datetime.combine(since, dt.time(), CHINA_TZ) if since is not None else None
         return {"items": await run_in_threadpool(backend.follow_ups, since=since_dt, limit=limit)}
 
-    @app.post("/ui/verifications/{record_id}/handover", include_in_schema=False)
+    # response_model=None: the answer is the mark or an error response, not one model
+    @app.post("/ui/verifications/{record_id}/handover", include_in_schema=False, response_model=None)
     async def ui_handover(
         request: Request, record_id: Annotated[int, Path(ge=1, le=MAX_ID)], _: Annotated[str, Depends(page_write)]
-    ) -> Any:
+    ) -> JsonObject | JSONResponse:
         _only_params(request)
         try:
             return await run_in_threadpool(backend.mark_handed_over, record_id)
@@ -517,7 +526,7 @@ def _declare_bearer(app: FastAPI) -> None:
     """Say in the OpenAPI document that every /v1 operation needs the bearer token."""
     from fastapi.openapi.utils import get_openapi
 
-    def openapi() -> dict[str, Any]:
+    def openapi() -> dict[str, Any]:  # Any: FastAPI's app.openapi returns dict[str, Any]
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             doc.setdefault("components", {})["securitySchemes"] = {

@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict
 
 from agent.events import (
     STATUS,
@@ -34,8 +34,12 @@ from agent.service.status import PlatformState, Status
 from core.clock import CHINA_TZ
 from core.errors import RecordError, StorageFull
 from core.privacy import mask_card_no, mask_name
-from core.records import validate_operator
+from core.records import JsonObject, Payload, validate_operator
 from core.stored import RecordState
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+    from agent.outbox.store import Outbox
 
 StatusSource: TypeAlias = Callable[[], Status]
 """Where the local API reads the agent's status: the service's ``status``, or ``collect_status``."""
@@ -115,6 +119,24 @@ def _problem_error(message: str, problems: list[tuple[str, str]]) -> RecordError
     )
 
 
+class VerificationView(TypedDict):
+    """A stored verification as the desk sees it (GET /v1/verifications/{id}); ``record`` holds the
+    spec-named fields, masked unless asked for in full."""
+
+    id: int
+    state: str
+    createdAt: str | None
+    sentAt: str | None
+    attempts: int
+    lastError: str | None
+    heldReason: str | None
+    simulated: bool
+    source: object
+    masked: bool
+    hasPhotos: dict[str, bool]
+    record: Payload
+
+
 class DeskBackend:
     """The local API's operations over the service's parts.
 
@@ -133,8 +155,8 @@ class DeskBackend:
 
     def __init__(
         self,
-        settings: Any,
-        outbox: Any,
+        settings: Settings,
+        outbox: Outbox,
         events: EventBus,
         operator: OperatorState,
         *,
@@ -160,7 +182,7 @@ class DeskBackend:
         self._announce_lock = threading.Lock()
 
     # -- relay in ---------------------------------------------------------------------------------
-    def submit(self, body: Any, *, idempotency_key: str | None = None) -> int:
+    def submit(self, body: object, *, idempotency_key: str | None = None) -> int:
         """Validate a relayed verification (spec field names) and commit it to the outbox.
 
         Validation is the captured record's: ``parse_verification`` (every spec rule) plus the relay
@@ -309,7 +331,7 @@ class DeskBackend:
             return True
 
     # -- results out ------------------------------------------------------------------------------
-    def verification(self, record_id: int, *, full: bool = False, photos: bool = False) -> dict[str, Any]:
+    def verification(self, record_id: int, *, full: bool = False, photos: bool = False) -> VerificationView:
         """The stored verification ``record_id`` as the desk sees it. Raises ``NotFound``.
 
         ``full`` shows unmasked fields; ``photos`` (only with ``full``) adds headImg/cameraImg base64.
@@ -322,7 +344,7 @@ class DeskBackend:
 
     def find(
         self, *, card_no: str | None = None, since: dt.datetime | None = None, limit: int = 20, full: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> list[VerificationView]:
         """Recent verifications, newest first, of one card when ``card_no`` is given, since ``since``."""
         rows = self.outbox.find(card_no, since, limit)
         out = []
@@ -354,7 +376,7 @@ class DeskBackend:
         except (binascii.Error, ValueError) as exc:
             raise NotFound(f"verification {record_id}: stored {which} photo is not base64") from exc
 
-    def _view(self, row: Any, payload: dict[str, Any], *, full: bool, photos: bool) -> dict[str, Any]:
+    def _view(self, row: Any, payload: Payload, *, full: bool, photos: bool) -> VerificationView:
         record_id = int(_row_get(row, "id"))
         fields = FULL_FIELDS if full else MASKED_FIELDS
         record = {k: payload[k] for k in fields if k in payload and payload[k] is not None}
@@ -384,7 +406,7 @@ class DeskBackend:
         }
 
     # -- the page's feed --------------------------------------------------------------------------
-    def feed_item(self, event: Event) -> dict[str, Any] | None:
+    def feed_item(self, event: Event) -> JsonObject | None:
         """What the operator page shows for a ``verification`` event: masked, with photo links.
 
         The event's data is ``{"id": outbox_id, "reason": optional text, ...}``; the record's fields
@@ -405,7 +427,7 @@ class DeskBackend:
         rec = view["record"] if view else {}
         result = _as_int(rec.get("faceResult", data.get("result")))
         score = rec.get("faceScore", data.get("score"))
-        source = data.get("source") or (view or {}).get("source")
+        source = data.get("source") or (view["source"] if view else None)
         reason_text, detail = reason_zh(
             result,
             score,
@@ -415,7 +437,7 @@ class DeskBackend:
             threshold=self.settings.face.threshold,
         )
         error = data.get("error")
-        held = (view or {}).get("heldReason") or data.get("held")
+        held = (view["heldReason"] if view else None) or data.get("held")
         photos: dict[str, str | None] = {"head": None, "camera": None}
         if view is not None:
             record_id = view["id"]
@@ -437,7 +459,7 @@ class DeskBackend:
             "held": bool(held),
             "error": "记录未能保存，请通知技术人员" if error and not view else None,
             "errorDetail": str(error) if error and not view else None,
-            "simulated": bool((view or {}).get("simulated") or data.get("simulated")),
+            "simulated": bool((view["simulated"] if view else None) or data.get("simulated")),
             "source": source,
             "photos": photos,
             # how much longer the page shows it as the current result (a replayed old one: 0)
@@ -446,13 +468,13 @@ class DeskBackend:
         }
 
     # -- the follow-up list and hand-over marks ----------------------------------------------------
-    def follow_ups(self, *, since: dt.datetime | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def follow_ups(self, *, since: dt.datetime | None = None, limit: int = 100) -> list[JsonObject]:
         """The failed and not-verified verifications since ``since``, masked (``agent.localapi.followup``)."""
         from agent.localapi.followup import follow_ups
 
         return follow_ups(self.outbox, threshold=self.settings.face.threshold, since=since, limit=limit)
 
-    def mark_handed_over(self, record_id: int) -> dict[str, Any]:
+    def mark_handed_over(self, record_id: int) -> JsonObject:
         """Mark that the case of a failed (or not verified) verification was handed over to the
         police, by the current operator, now; kept in the outbox, never uploaded. Marking twice
         returns the first mark. Raises ``NotFound``, or ``RecordError`` for a passed verification."""
@@ -484,8 +506,9 @@ class DeskBackend:
             self._status_cache = (now, status)
             return status
 
-    def page_status(self) -> dict[str, Any]:
+    def page_status(self) -> JsonObject:
         """The small summary the operator page shows: queue depth, platform state, operator."""
+        stats: dict[str, Any]  # the OutboxStats counts, read by state name
         try:
             stats = dict(self.outbox.stats())
         except Exception:  # the page must keep working while the outbox is unhappy
@@ -533,7 +556,7 @@ class DeskBackend:
     def get_operator(self) -> str:
         return self.operator.get()
 
-    def set_operator(self, name: Any) -> str:
+    def set_operator(self, name: object) -> str:
         """Set the operationUser for the following verifications. Raises ``RecordError`` for a bad name."""
         try:
             value = validate_operator(name)

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.face.reasons import parse_reason
 from agent.localapi.backend import RESULT_TEXT, _as_int, _local_time, reason_zh
 from core.privacy import mask_card_no, mask_name
+from core.records import JsonObject
 from core.stored import RecordState
+
+if TYPE_CHECKING:
+    from agent.outbox.store import Outbox
 
 FOLLOW_UP_RESULTS = (0, 2)
 """faceResult values that need follow-up: 0 failed, 2 not verified."""
@@ -34,13 +38,13 @@ STATE_TEXT = {
 
 
 def follow_ups(
-    outbox: Any,
+    outbox: Outbox,
     *,
     threshold: float,
     results: Collection[int] = FOLLOW_UP_RESULTS,
     since: dt.datetime | None = None,
     limit: int = 100,
-) -> list[dict[str, Any]]:
+) -> list[JsonObject]:
     """Verifications with a faceResult in ``results``, committed at or after ``since``, newest first.
 
     Each item: ``id``, ``verifyTime``, ``name`` and ``cardNo`` (masked), ``result``, ``resultText``,

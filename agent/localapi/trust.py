@@ -28,7 +28,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import Request
 from starlette import types as asgi
@@ -71,7 +71,7 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def peer_cred(scope: Mapping[str, Any]) -> tuple[int, int, int] | None:
+def peer_cred(scope: Mapping[str, object]) -> tuple[int, int, int] | None:
     """(pid, uid, gid) of the Unix-socket peer, or ``None`` on TCP."""
     state = scope.get("state") or {}
     value = state.get(PEER_CRED_KEY) if isinstance(state, dict) else None
@@ -81,7 +81,7 @@ def peer_cred(scope: Mapping[str, Any]) -> tuple[int, int, int] | None:
     return int(pid), int(uid), int(gid)
 
 
-def own_origin(headers: Any) -> str | None:
+def own_origin(headers: Mapping[str, str]) -> str | None:
     """The origin the operator page has when served to this request: ``http://<Host>``."""
     host = (headers.get("host") or "").strip().lower()
     return f"http://{host}" if host else None

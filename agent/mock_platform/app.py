@@ -65,7 +65,7 @@ from agent.uplink.conventions import (
 )
 from core.errors import CryptoError, PlatformError, RecordError
 from core.privacy import mask_card_no
-from core.records import parse_registration, parse_verification
+from core.records import JsonObject, parse_registration, parse_verification
 
 log = logging.getLogger(__name__)
 
@@ -574,7 +574,7 @@ def build_app(state: MockState) -> ASGIApp:
     app = FastAPI(title="fvagent mock platform", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/_mock/faults")
-    async def get_faults() -> dict[str, Any]:
+    async def get_faults() -> JsonObject:
         return state.faults.model_dump()
 
     @app.post("/_mock/faults")
@@ -595,11 +595,11 @@ def build_app(state: MockState) -> ASGIApp:
         return JSONResponse(state.faults.model_dump())
 
     @app.post("/_mock/tokens/expire")
-    async def expire_tokens() -> dict[str, Any]:
+    async def expire_tokens() -> dict[str, int]:
         return {"expired": state.expire_tokens()}
 
     @app.post("/_mock/reset")
-    async def reset() -> dict[str, Any]:
+    async def reset() -> dict[str, bool]:
         state.reset()
         return {"reset": True}
 
@@ -612,11 +612,12 @@ def build_app(state: MockState) -> ASGIApp:
         return JSONResponse(state.store.verifications(include_images=images))
 
     @app.get("/_mock/requests")
-    async def requests(path: str | None = None) -> list[dict[str, Any]]:
-        return state.store.requests(path)
+    async def requests(path: str | None = None) -> list[JsonObject]:
+        # plain dicts: pydantic (the response model) takes no typing.TypedDict before Python 3.12
+        return [dict(row) for row in state.store.requests(path)]
 
     @app.get("/_mock/stats")
-    async def stats() -> dict[str, Any]:
+    async def stats() -> JsonObject:
         return {
             **state.store.stats(),
             "faults": _active(state.faults),

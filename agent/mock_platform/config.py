@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.config import ConventionSettings, PlatformSettings
+from core.records import JsonObject
 
 DEMO_ORG_APP_ID = "DEMO-ORG-APP"
 DEMO_ORG_APP_SECRET = "demo-secret-0001"  # 16 characters: an SM4 key under sm4_key_mode = "auto"
@@ -102,7 +103,7 @@ class MockPlatformConfig(BaseModel):
     use it (a platform, or a terminal, whose clock is off)."""
 
 
-def platform_section(config: MockPlatformConfig, url: str, **overrides: object) -> dict[str, Any]:
+def platform_section(config: MockPlatformConfig, url: str, **overrides: object) -> JsonObject:
     """The agent's ``[platform]`` table (with ``auth`` and ``conventions``) that talks to a mock
     platform at ``url`` configured by ``config``; ``overrides`` replace top-level keys
     (e.g. ``enabled=False``). Ready for TOML or ``PlatformSettings.model_validate``."""

@@ -13,6 +13,7 @@ import functools
 from typing import Any
 
 from core import codes
+from core.records import Payload
 
 
 def synthetic_card_no(n: int) -> str:
@@ -33,9 +34,7 @@ def small_jpeg_b64() -> str:
     return base64.b64encode(encode_jpeg(ramp, quality=80)).decode("ascii")
 
 
-def sample_registration(
-    *, machine_code: str = "MOCK0001", device_no: str = "SN-MOCK-0001", status: int = 0
-) -> dict[str, Any]:
+def sample_registration(*, machine_code: str = "MOCK0001", device_no: str = "SN-MOCK-0001", status: int = 0) -> Payload:
     """A POST /machine/info body."""
     return {
         "deptId": "D-OB-01",
@@ -53,7 +52,7 @@ def sample_registration(
 
 def sample_verification(
     n: int = 0, *, machine_code: str = "MOCK0001", device_no: str = "SN-MOCK-0001", **overrides: object
-) -> dict[str, Any]:
+) -> Payload:
     """A POST /verification/pregnant_woman/first body for synthetic person ``n``; ``overrides``
     replace fields (to break one on purpose)."""
     number = synthetic_card_no(n)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import logging
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
@@ -18,8 +17,9 @@ from agent.mock_platform.config import (
     platform_section,
     platform_settings,
 )
-from agent.mock_platform.store import MockStore
+from agent.mock_platform.store import MockStore, RequestRow
 from core.errors import PlatformError
+from core.records import JsonObject
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class MockPlatform:
         """Forget records, requests, tokens and faults (one server shared by several tests)."""
         self.state.reset()
 
-    def records(self, kind: str = "verification", *, include_images: bool = False) -> list[dict[str, Any]]:
+    def records(self, kind: str = "verification", *, include_images: bool = False) -> list[JsonObject]:
         """What the platform accepted, oldest first. ``kind="verification"``: one dict per accepted
         upload (duplicates included) with ``machineCode``, ``cardNo``, ``verifyTime``, ``received_at``,
         ``request_id``, ``encrypted`` and ``payload`` (images replaced by their length unless
@@ -158,7 +158,7 @@ class MockPlatform:
             (str(r["machineCode"]), str(r["cardNo"]), str(r["verifyTime"])) for r in self.store.verifications()
         )
 
-    def requests(self, path_suffix: str | None = None) -> list[dict[str, Any]]:
+    def requests(self, path_suffix: str | None = None) -> list[RequestRow]:
         """Every request seen (faulted ones included): ``at`` (epoch s), ``path``, ``request_id``,
         ``http_status`` (None when the connection was dropped), ``code``, ``exception_code``, ``msg``.
         ``path_suffix`` keeps those whose path ends with it (e.g. ``"/first"``)."""
@@ -169,7 +169,7 @@ class MockPlatform:
         """Arrival times (epoch seconds) of every request, token requests included unless filtered."""
         return [r["at"] for r in self.requests(path_suffix)]
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> JsonObject:
         """Counts: ``requests``, ``by_path``, ``by_answer`` ("200/00000", "200/A2301", "503/-", ...),
         ``request_rate_rps``, ``repeated_request_ids``, ``registrations``, ``verifications``,
         ``distinct_verifications``, ``duplicate_verifications``."""
@@ -179,7 +179,7 @@ class MockPlatform:
         """Natural keys accepted more than once, with their counts."""
         return self.store.duplicates()
 
-    def platform_section(self, **overrides: object) -> dict[str, Any]:
+    def platform_section(self, **overrides: object) -> JsonObject:
         """The agent's ``[platform]`` table for this mock (see ``config.platform_section``)."""
         return platform_section(self.config, self.url, **overrides)
 

@@ -13,7 +13,9 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from core.records import JsonObject, Payload
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -48,6 +50,20 @@ CREATE INDEX IF NOT EXISTS verifications_key ON verifications (machine_code, car
 """
 
 _IMAGE_FIELDS = ("headImg", "cameraImg", "fingerCollectImg")
+
+
+class RequestRow(TypedDict):
+    """One request the mock saw (faulted ones included)."""
+
+    at: float
+    """Arrival, epoch seconds."""
+    path: str
+    request_id: str | None
+    http_status: int | None
+    """None when the connection was dropped."""
+    code: int | None
+    exception_code: str | None
+    msg: str | None
 
 
 class MockStore:
@@ -89,7 +105,7 @@ class MockStore:
                 (at, path, request_id, http_status, code, exception_code, msg),
             )
 
-    def register(self, payload: dict[str, Any], request_id: str) -> bool:
+    def register(self, payload: Payload, request_id: str) -> bool:
         """Store a registration; False when the machineCode is registered already (B2301)."""
         with self._lock:
             cur = self._db.execute(
@@ -106,7 +122,7 @@ class MockStore:
             )
             return cur.rowcount == 1
 
-    def registration(self, machine_code: str) -> dict[str, Any] | None:
+    def registration(self, machine_code: str) -> JsonObject | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT device_no, status FROM registrations WHERE machine_code = ?", (machine_code,)
@@ -115,7 +131,7 @@ class MockStore:
 
     def add_verification(
         self,
-        payload: dict[str, Any],
+        payload: Payload,
         request_id: str,
         *,
         encrypted: bool,
@@ -150,12 +166,12 @@ class MockStore:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def verifications(self, *, include_images: bool = False) -> list[dict[str, Any]]:
+    def verifications(self, *, include_images: bool = False) -> list[JsonObject]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, at, request_id, encrypted, payload FROM verifications ORDER BY id"
             ).fetchall()
-        out = []
+        out: list[JsonObject] = []
         for rid, at, request_id, encrypted, payload_text in rows:
             payload = json.loads(payload_text)
             if not include_images:
@@ -174,10 +190,10 @@ class MockStore:
             )
         return out
 
-    def registrations(self) -> list[dict[str, Any]]:
+    def registrations(self) -> list[JsonObject]:
         with self._lock:
             rows = self._db.execute("SELECT at, request_id, payload FROM registrations ORDER BY at").fetchall()
-        out = []
+        out: list[JsonObject] = []
         for at, request_id, payload_text in rows:
             payload = json.loads(payload_text)
             out.append(
@@ -192,7 +208,7 @@ class MockStore:
             )
         return out
 
-    def requests(self, path: str | None = None) -> list[dict[str, Any]]:
+    def requests(self, path: str | None = None) -> list[RequestRow]:
         sql = "SELECT at, path, request_id, http_status, code, exception_code, msg FROM requests"
         args: tuple[Any, ...] = ()
         if path is not None:
@@ -200,10 +216,12 @@ class MockStore:
             args = (path,)
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
-        names = ("at", "path", "request_id", "http_status", "code", "exception_code", "msg")
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return [
+            RequestRow(at=at, path=p, request_id=rid, http_status=status, code=code, exception_code=exc, msg=msg)
+            for at, p, rid, status, code, exc, msg in rows
+        ]
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> JsonObject:
         with self._lock:
             db = self._db
             total = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
@@ -249,7 +267,7 @@ class MockStore:
         return {(m, c, v): n for m, c, v, n in rows}
 
 
-def _without_images(payload: dict[str, Any]) -> dict[str, Any]:
+def _without_images(payload: Payload) -> Payload:
     """The payload with each image replaced by ``<N base64 characters>`` (idempotent)."""
     out = dict(payload)
     for name in _IMAGE_FIELDS:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.crypto import GCM_NONCE, GCM_TAG, hmac_sm3, sm3
+from core.records import JsonObject
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,18 @@ _RESULT_KINDS = {
 }
 
 
+# Any: a checkpoint is JSON read back from the meta table (json.loads returns Any) and its fields are
+# read by name wherever it is used; its MAC (mac_ok_checkpoint) is what vouches for it.
+Checkpoint = dict[str, Any]
+"""The chain's checkpoint: what was purged (``seq``, ``digest``, ``events``, ``records``, ...) and its MAC."""
+
+
 def chain_key(outbox_key: bytes) -> bytes:
     """The HMAC-SM3 key of the chain head, derived from the outbox data key."""
     return hmac_sm3(outbox_key, _KEY_LABEL)
 
 
-def canonical(obj: Any) -> str:
+def canonical(obj: object) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -82,7 +89,12 @@ def blob_seal_id(conn: sqlite3.Connection, column: str, record_id: int, size: in
 
 
 def fixed_digest(
-    uid: str, created_at: float, simulated: Any, idempotency_key: str | None, card_index: bytes | None, meta: str | None
+    uid: str,
+    created_at: float,
+    simulated: object,
+    idempotency_key: str | None,
+    card_index: bytes | None,
+    meta: str | None,
 ) -> str:
     """SM3 of the columns a record keeps from its commit to its purge."""
     return sm3(
@@ -103,7 +115,7 @@ def _mac(ckey: bytes, what: str, seq: int, digest: bytes) -> str:
     return hmac_sm3(ckey, f"fvagent-chain-{what}/1\n{seq}\n".encode("ascii") + digest).hex()
 
 
-def mac_ok(ckey: bytes, what: str, seq: int, digest: bytes, mac: Any) -> bool:
+def mac_ok(ckey: bytes, what: str, seq: int, digest: bytes, mac: object) -> bool:
     return isinstance(mac, str) and hmac.compare_digest(_mac(ckey, what, seq, digest), mac)
 
 
@@ -113,11 +125,11 @@ class Head:
     digest: bytes
     mac: str
 
-    def doc(self) -> dict[str, Any]:
+    def doc(self) -> JsonObject:
         return {"seq": self.seq, "digest": self.digest.hex(), "mac": self.mac}
 
 
-def read_meta_json(conn: sqlite3.Connection, key: str) -> Any:
+def read_meta_json(conn: sqlite3.Connection, key: str) -> object:
     """A JSON value of the ``meta`` table, or ``None`` when absent or unreadable."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     if row is None or row[0] is None:
@@ -128,11 +140,11 @@ def read_meta_json(conn: sqlite3.Connection, key: str) -> Any:
         return None
 
 
-def _meta_put(conn: sqlite3.Connection, key: str, value: Any) -> None:
+def _meta_put(conn: sqlite3.Connection, key: str, value: object) -> None:
     conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, canonical(value).encode("utf-8")))
 
 
-def _head_from(doc: Any) -> Head | None:
+def _head_from(doc: object) -> Head | None:
     if not isinstance(doc, dict):
         return None
     try:
@@ -145,14 +157,14 @@ def read_head(conn: sqlite3.Connection) -> Head | None:
     return _head_from(read_meta_json(conn, "chain.head"))
 
 
-def read_checkpoint(conn: sqlite3.Connection) -> dict[str, Any] | None:
+def read_checkpoint(conn: sqlite3.Connection) -> Checkpoint | None:
     doc = read_meta_json(conn, "chain.checkpoint")
     return doc if isinstance(doc, dict) else None
 
 
 # -- writing -----------------------------------------------------------------------------------------
 def append(
-    conn: sqlite3.Connection, ckey: bytes, kind: str, record_id: int | None, at: float, body: dict[str, Any]
+    conn: sqlite3.Connection, ckey: bytes, kind: str, record_id: int | None, at: float, body: JsonObject
 ) -> Head:
     """Append one event inside the caller's write transaction and move the signed head to it.
 
@@ -185,7 +197,7 @@ def append(
     return new
 
 
-def commit_body(conn: sqlite3.Connection, record_id: int, *, upgrade: bool = False) -> tuple[float, dict[str, Any]]:
+def commit_body(conn: sqlite3.Connection, record_id: int, *, upgrade: bool = False) -> tuple[float, JsonObject]:
     """(created_at, body) of a record's commit event, read from the row just written."""
     t = conn.execute(
         "SELECT r.uid, r.created_at, r.simulated, r.idempotency_key, r.card_index, r.meta, r.state, "
@@ -193,7 +205,7 @@ def commit_body(conn: sqlite3.Connection, record_id: int, *, upgrade: bool = Fal
         "r.photos_erased_at FROM records r LEFT JOIN payloads p ON p.record_id = r.id WHERE r.id = ?",
         (record_id,),
     ).fetchone()
-    body: dict[str, Any] = {
+    body: JsonObject = {
         "fixed": fixed_digest(t[0], t[1], t[2], t[3], t[4], t[5]),
         "state": t[6],
         "held_reason": t[7],
@@ -347,12 +359,12 @@ def _prune(conn: sqlite3.Connection, ckey: bytes, at: float) -> None:
     _meta_put(conn, "chain.checkpoint", new)
 
 
-def checkpoint_mac(ckey: bytes, cp: dict[str, Any]) -> str:
+def checkpoint_mac(ckey: bytes, cp: Checkpoint) -> str:
     summary = canonical([cp["events"], cp["records"], cp["last_record_id"], cp["at"]]).encode("utf-8")
     return _mac(ckey, "checkpoint", int(cp["seq"]), bytes.fromhex(cp["digest"]) + summary)
 
 
-def mac_ok_checkpoint(ckey: bytes, cp: dict[str, Any]) -> bool:
+def mac_ok_checkpoint(ckey: bytes, cp: Checkpoint) -> bool:
     return hmac.compare_digest(checkpoint_mac(ckey, cp), str(cp.get("mac") or ""))
 
 

@@ -8,7 +8,9 @@ They are kept in the outbox itself (``meta`` key ``state.incidents``), so ``fvag
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from core.records import JsonObject
 
 if TYPE_CHECKING:
     from agent.outbox.store import Outbox
@@ -17,7 +19,7 @@ STATE_NAME = "incidents"
 KINDS = ("damaged", "missing", "key")
 
 
-def record(outbox: Outbox, kind: str, alert: str, **details: Any) -> None:
+def record(outbox: Outbox, kind: str, alert: str, **details: object) -> None:
     """Add one incident; ``alert`` is the one line status and doctor print."""
     if kind not in KINDS:
         raise ValueError(f"unknown incident kind {kind!r}")
@@ -26,7 +28,7 @@ def record(outbox: Outbox, kind: str, alert: str, **details: Any) -> None:
     outbox.set_state(STATE_NAME, found)
 
 
-def current(outbox: Outbox) -> list[dict[str, Any]]:
+def current(outbox: Outbox) -> list[JsonObject]:
     value = outbox.get_state(STATE_NAME)
     return [i for i in value if isinstance(i, dict)] if isinstance(value, list) else []
 
@@ -36,7 +38,7 @@ def alerts(outbox: Outbox) -> list[str]:
     return [str(i.get("alert")) for i in current(outbox)]
 
 
-def acknowledge(outbox: Outbox, kinds: tuple[str, ...] = ("damaged", "missing")) -> list[dict[str, Any]]:
+def acknowledge(outbox: Outbox, kinds: tuple[str, ...] = ("damaged", "missing")) -> list[JsonObject]:
     """Drop the incidents of ``kinds`` (those a technician can only take note of) and return them.
     An outbox waiting for its key stays an incident until it is merged."""
     found = current(outbox)

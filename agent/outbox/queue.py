@@ -30,7 +30,6 @@ from agent.outbox.db import Database
 from agent.outbox.keys import DataKey
 from agent.outbox.sealing import (
     KeyRing,
-    Payload,
     open_payload,
     open_wlt,
     seal_payload,
@@ -39,6 +38,7 @@ from agent.outbox.sealing import (
 from core.clock import Clock
 from core.errors import CryptoError, KeyFileError, OutboxCorrupt, OutboxError
 from core.outcome import OutcomeKind
+from core.records import Payload
 from core.stored import RecordState
 
 log = logging.getLogger(__name__)

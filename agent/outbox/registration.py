@@ -9,16 +9,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, SecretStr
+
+if TYPE_CHECKING:
+    from agent.config import DeviceSettings, PlatformSettings
 
 
 class _Fingerprinter(Protocol):
     def fingerprint(self, data: bytes) -> str: ...
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     if isinstance(value, BaseModel):
@@ -32,28 +35,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def settings_bytes(*parts: Any) -> bytes:
+def settings_bytes(*parts: object) -> bytes:
     """Canonical bytes of settings models (secrets revealed: only ever fed to a keyed digest)."""
     return json.dumps([_plain(p) for p in parts], sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
 
 
-def platform_fingerprint(keyed: _Fingerprinter, platform: Any) -> str:
+def platform_fingerprint(keyed: _Fingerprinter, platform: PlatformSettings) -> str:
     """Changes whenever anything in ``[platform]`` changes (URL, credentials, conventions, TLS files' paths)."""
     return keyed.fingerprint(b"platform\x00" + settings_bytes(platform))
 
 
-def device_fingerprint(keyed: _Fingerprinter, device: Any, platform: Any) -> str:
+def device_fingerprint(keyed: _Fingerprinter, device: DeviceSettings, platform: PlatformSettings) -> str:
     """Changes when ``[device]`` changes, or the device is pointed at another platform or org app id."""
-    return keyed.fingerprint(
-        b"device\x00"
-        + settings_bytes(device, getattr(platform, "base_url", None), getattr(platform, "org_app_id", None))
-    )
+    return keyed.fingerprint(b"device\x00" + settings_bytes(device, platform.base_url, platform.org_app_id))
 
 
-def platform_identity_fingerprint(keyed: _Fingerprinter, platform: Any) -> str:
+def platform_identity_fingerprint(keyed: _Fingerprinter, platform: PlatformSettings) -> str:
     """Names the platform itself (its URL and our org app id), not how we talk to it: what it is
     known to do (sign its replies) stays known across changes of conventions or credentials."""
-    return keyed.fingerprint(
-        b"platform-identity\x00"
-        + settings_bytes(getattr(platform, "base_url", None), getattr(platform, "org_app_id", None))
-    )
+    return keyed.fingerprint(b"platform-identity\x00" + settings_bytes(platform.base_url, platform.org_app_id))

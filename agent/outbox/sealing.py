@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
 
 from agent.outbox import chain
 from agent.outbox.blobs import dumps, pack_photos, unpack_photos
 from agent.outbox.keys import DataKey
+from core.records import Payload
 
 PHOTO_FIELDS = ("headImg", "cameraImg", "fingerCollectImg")
 """Payload fields sealed apart from the rest, so retention can erase them alone."""
-
-Payload = dict[str, Any]
-"""A record's spec-named JSON body (``VerificationRecord.to_payload()``, or a held record's raw fields);
-JSON values, so ``Any`` as ``json.loads`` returns them."""
 
 
 def aad(uid: str, part: str) -> bytes:

@@ -40,11 +40,12 @@ from agent.outbox.queue import (
     Rows,
 )
 from agent.outbox.reserve import Reserve
-from agent.outbox.sealing import PHOTO_FIELDS, KeyRing, Payload
+from agent.outbox.sealing import PHOTO_FIELDS, KeyRing
 from agent.outbox.settings_store import RegistrationState, SettingsStore
 from core.clock import Clock
 from core.errors import KeyFileError
 from core.outcome import OutcomeKind
+from core.records import Payload
 from core.stored import RecordState
 
 if TYPE_CHECKING:

@@ -27,10 +27,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.service import samples
+from core.records import JsonObject
 from core.stored import RecordState
+
+if TYPE_CHECKING:
+    from core.images import Frame
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +46,12 @@ DRAIN_TIMEOUT_S = 90.0
 
 def demo_config(
     workdir: Path,
-    platform: str | dict[str, Any],
-    images: dict[str, Any],
+    platform: str | JsonObject,
+    images: samples.SampleImages,
     *,
     card_dir: Path | None = None,
     state_dir: Path | None = None,
-) -> dict[str, Any]:
+) -> JsonObject:
     """The configuration the demo runs with, as a TOML-ready document. ``platform`` is the
     ``[platform]`` table (the mock's ``platform_section``) or just a base URL (demo credentials)."""
     reader: dict[str, Any] = {"driver": "fake"}
@@ -172,8 +176,9 @@ def _switch_camera(faces: Any, no_face: Any) -> Any:
             faces.close()
             no_face.close()
 
-        def _read_frame(self, timeout_s: float) -> Any:
-            return (faces if self.show_face else no_face).read_frame(timeout_s)
+        def _read_frame(self, timeout_s: float) -> Frame | None:
+            frame: Frame = (faces if self.show_face else no_face).read_frame(timeout_s)
+            return frame
 
     return DemoCamera()
 
@@ -236,7 +241,7 @@ class _Platform:
     def up(self) -> bool:
         return self._mock is not None
 
-    def section(self) -> dict[str, Any]:
+    def section(self) -> JsonObject:
         """The agent's [platform] table for this mock."""
         from agent.mock_platform import platform_section
 

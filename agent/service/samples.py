@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from core.codes import resident_id_check_digit
 from core.errors import FvagentError
+
+if TYPE_CHECKING:
+    from core.card import IdCard
 
 CARD_SIZE = (102, 126)
 FRAME_SIZE = (640, 480)
@@ -176,7 +179,7 @@ def no_face_frame(rgb: np.ndarray | None = None) -> np.ndarray:
     return _bgr(np.asarray(view))
 
 
-def sample_card(person: Person, photo_jpeg: bytes | None, **overrides: Any) -> Any:
+def sample_card(person: Person, photo_jpeg: bytes | None, **overrides: object) -> IdCard:
     """An ``IdCard`` for ``person`` as a fake reader yields it (marked simulated)."""
     from core.card import IdCard
 
@@ -198,7 +201,15 @@ def sample_card(person: Person, photo_jpeg: bytes | None, **overrides: Any) -> A
     return IdCard(**fields)
 
 
-def write_images(directory: Path) -> dict[str, Any]:
+class SampleImages(TypedDict):
+    """The sample JPEGs ``write_images`` wrote: the card photo, the live frames, the no-face frame."""
+
+    card: Path
+    live: list[Path]
+    no_face: Path
+
+
+def write_images(directory: Path) -> SampleImages:
     """Write the card photo, the live frames and the no-face frame as JPEGs into ``directory``.
 
     Returns ``{"card": Path, "live": [Path, ...], "no_face": Path}``.
@@ -218,17 +229,17 @@ def write_images(directory: Path) -> dict[str, Any]:
         live.append(path)
     no_face = directory / "no-face.jpg"
     no_face.write_bytes(encode_jpeg(no_face_frame(rgb)))
-    return {"card": card, "live": live, "no_face": no_face}
+    return SampleImages(card=card, live=live, no_face=no_face)
 
 
-def toml_text(doc: dict[str, Any], *, header: str = "") -> str:
+def toml_text(doc: Mapping[str, object], *, header: str = "") -> str:
     """A small TOML writer for configuration documents: tables, strings, numbers, booleans, dates
     and lists of those (all the config uses)."""
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     if lines:
         lines.append("")
 
-    def value(v: Any) -> str:
+    def value(v: object) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, int | float):
@@ -244,7 +255,7 @@ def toml_text(doc: dict[str, Any], *, header: str = "") -> str:
             return "[" + ", ".join(value(x) for x in v) + "]"
         raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
-    def table(name: str, body: dict[str, Any]) -> None:
+    def table(name: str, body: Mapping[str, object]) -> None:
         scalars = {k: v for k, v in body.items() if not isinstance(v, dict)}
         if name:
             lines.append(f"[{name}]")

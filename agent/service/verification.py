@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.config import Settings
@@ -47,7 +47,7 @@ from core.errors import FvagentError, RecordError
 from core.images import ImageError, decode_image, encode_jpeg, normalize_jpeg
 from core.privacy import mask_card_no, mask_name
 from core.protocols import CameraSource, RecordSink
-from core.records import VerificationCapture, build_verification, parse_verification, verification_fields
+from core.records import Payload, VerificationCapture, build_verification, parse_verification, verification_fields
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Verification:
     """Wall-clock time of the commit (epoch seconds)."""
     error: str | None = None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, str | int | float | bool | None]:
         return {
             "id": self.outbox_id,
             "at": _iso(self.at),
@@ -401,14 +401,14 @@ class Verifier:
 
 
 def complete_held(
-    payload: dict[str, Any],
+    payload: Payload,
     raw_wlt: bytes | None,
     *,
     settings: Settings,
     decoder: Callable[[bytes], bytes],
     engine: Callable[[], FaceEngine | None],
-    meta: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    meta: Mapping[str, object] | None = None,
+) -> Payload:
     """Complete a record held for its card photo: decode the WLT into headImg and, in compute mode,
     score the stored live photo against it (the face result was pending). Returns the validated
     payload. Raises ``RecordError``/``FvagentError`` when it cannot be completed (it stays held).

@@ -58,7 +58,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import httpx
 
@@ -71,6 +71,7 @@ from agent.uplink.transport import DeadlineTransport, deadline
 from core import protocols
 from core.errors import AuthError, CryptoError, PlatformDisabled, PlatformError
 from core.outcome import Outcome, OutcomeKind
+from core.records import Payload
 
 log = logging.getLogger(__name__)
 
@@ -180,17 +181,17 @@ class PlatformClient:
 
     # ---------------------------------------------------------------------------------------------
 
-    def register_device(self, payload: dict[str, Any]) -> Outcome:
+    def register_device(self, payload: Payload) -> Outcome:
         """POST /machine/info. B2301 (already registered) counts as accepted."""
         return self._call(PATH_REGISTER, payload, registration=True)
 
-    def upload_verification(self, payload: dict[str, Any]) -> Outcome:
+    def upload_verification(self, payload: Payload) -> Outcome:
         """POST /verification/pregnant_woman/first with one verification record's payload."""
         return self._call(PATH_VERIFICATION, payload, registration=False)
 
     # ---------------------------------------------------------------------------------------------
 
-    def _call(self, path: str, payload: dict[str, Any], *, registration: bool) -> Outcome:
+    def _call(self, path: str, payload: Payload, *, registration: bool) -> Outcome:
         if not self.platform.enabled:
             raise PlatformDisabled(
                 "the platform is switched off ([platform] enabled = false): nothing is sent",
@@ -205,7 +206,7 @@ class PlatformClient:
             outcome, _ = self._attempt(path, payload, registration=registration)
         return outcome
 
-    def _attempt(self, path: str, payload: dict[str, Any], *, registration: bool) -> tuple[Outcome, str | None]:
+    def _attempt(self, path: str, payload: Payload, *, registration: bool) -> tuple[Outcome, str | None]:
         """One request. Returns the outcome and, when the platform rejected the token, the credential sent."""
         request_id = uuid.uuid4().hex
         personal = tuple(str(payload[f]) for f in _PERSONAL_FIELDS if payload.get(f))
@@ -302,8 +303,25 @@ class PlatformClient:
         status = resp.status_code
         signed = False
 
-        def out(kind: OutcomeKind, message: str, **kw: Any) -> Outcome:
-            return Outcome(kind, ours.request_id, message, http_status=status, signed=signed, personal=personal, **kw)
+        def out(
+            kind: OutcomeKind,
+            message: str,
+            *,
+            retry_after_s: float | None = None,
+            failed_check: str | None = None,
+            **details: Unpack[_ReplyDetails],
+        ) -> Outcome:
+            return Outcome(
+                kind,
+                ours.request_id,
+                message,
+                http_status=status,
+                signed=signed,
+                personal=personal,
+                retry_after_s=retry_after_s,
+                failed_check=failed_check,
+                **details,
+            )
 
         retry_after = _retry_after(resp.headers.get("Retry-After"), self._clock())
         envelope, unreadable = _envelope(reply)
@@ -317,7 +335,7 @@ class PlatformClient:
         code = _int_or_none(envelope.get("code")) if envelope is not None else None
         msg = str(envelope.get("msg") or envelope.get("message") or "") if envelope is not None else ""
         platform_rid = envelope.get("requestId") if envelope is not None else None
-        details = dict(
+        details = _ReplyDetails(
             code=code,
             exception_code=exception_code,
             platform_request_id=str(platform_rid) if platform_rid is not None else None,
@@ -477,7 +495,7 @@ class PlatformClient:
             return "bad response signature: the reply may not come from the platform", False
         return None, True
 
-    def _decrypt_note(self, request_id: str, data: Any) -> str:
+    def _decrypt_note(self, request_id: str, data: object) -> str:
         try:
             self.conventions.response_data(data)
         except CryptoError as exc:
@@ -488,6 +506,15 @@ class PlatformClient:
 
 if TYPE_CHECKING:  # the type checker proves here that this is a client the uploader can take
     _fits: type[protocols.PlatformClient] = PlatformClient
+
+
+class _ReplyDetails(TypedDict, total=False):
+    """What a reply's envelope adds to its ``Outcome``."""
+
+    code: int | None
+    exception_code: str | None
+    platform_request_id: str | None
+    return_time_ms: int | None
 
 
 class _ReplyCheck:

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TypedDict
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,14 @@ CONFIRM_AGREE_S = 2.0
 """Two samples confirm a step when they agree this closely (a date-format time has 1 s resolution)."""
 CONFIRM_GAP_S = 5.0
 """... and were taken at least this far apart on the monotonic clock."""
+
+
+class ClockSnapshot(TypedDict):
+    """The platform clock as last measured: ``offset_s`` is platform minus local (rounded), ``measured_at``
+    local epoch seconds; both None before the first reply."""
+
+    offset_s: float | None
+    measured_at: float | None
 
 
 class PlatformClock:
@@ -117,7 +125,7 @@ class PlatformClock:
             why,
         )
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> ClockSnapshot:
         """``offset_s`` (platform minus local, rounded) and ``measured_at`` (local epoch seconds)."""
         offset = self._offset
         return {"offset_s": None if offset is None else round(offset, 1), "measured_at": self._measured_at}

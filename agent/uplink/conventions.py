@@ -17,7 +17,6 @@ import datetime as dt
 import hmac
 import json
 import re
-from typing import Any
 
 from agent import crypto
 from agent.config import ConventionSettings, PlatformSettings
@@ -228,7 +227,7 @@ class Conventions:
             return base64.b64encode(ciphertext).decode("ascii")
         return ciphertext.hex() if enc == "hex_lower" else ciphertext.hex().upper()
 
-    def decode_cipher(self, text: str) -> bytes:
+    def decode_cipher(self, text: object) -> bytes:
         """The ciphertext bytes of ``text`` per ``cipher_encoding``; ``CryptoError`` when it is not that."""
         enc = self.settings.cipher_encoding
         if not isinstance(text, str):
@@ -248,11 +247,11 @@ class Conventions:
         """SM4-ECB(plaintext) with the derived key and padding, encoded per ``cipher_encoding``."""
         return self.encode_cipher(crypto.sm4_ecb_encrypt(self.sm4_key(), plaintext, padding=self.settings.padding))
 
-    def decrypt_data(self, text: str) -> bytes:
+    def decrypt_data(self, text: object) -> bytes:
         """Inverse of ``encrypt_data``; ``CryptoError`` on a bad encoding, length, key or padding."""
         return crypto.sm4_ecb_decrypt(self.sm4_key(), self.decode_cipher(text), padding=self.settings.padding)
 
-    def looks_encrypted(self, value: Any) -> bool:
+    def looks_encrypted(self, value: object) -> bool:
         """``response_encrypted = "auto"``'s test: a string that decodes to whole 16-byte blocks."""
         if not isinstance(value, str) or not value:
             return False
@@ -262,7 +261,7 @@ class Conventions:
             return False
         return len(raw) > 0 and len(raw) % crypto.BLOCK == 0
 
-    def response_data(self, value: Any) -> Any:
+    def response_data(self, value: object) -> object:
         """A response's ``data`` field, decrypted and JSON-parsed when the convention says it is
         encrypted (``response_encrypted``); raises ``CryptoError`` when decryption fails."""
         mode = self.settings.response_encrypted
@@ -284,7 +283,7 @@ class Conventions:
     # ---------------------------------------------------------------------------------------------
     # Bodies and headers
 
-    def dumps(self, obj: Any) -> bytes:
+    def dumps(self, obj: object) -> bytes:
         """Compact JSON as UTF-8 bytes (non-ASCII escaped only when ``json_ensure_ascii``).
 
         A record's photos (two strings of ~130 KB of base64) are copied in rather than escaped
@@ -302,10 +301,10 @@ class Conventions:
             items.append(self._json(key) + b":" + self._json(value))
         return b"{" + b",".join(items) + b"}"
 
-    def _json(self, obj: Any) -> bytes:
+    def _json(self, obj: object) -> bytes:
         return json.dumps(obj, ensure_ascii=self.settings.json_ensure_ascii, separators=(",", ":")).encode("utf-8")
 
-    def request_body(self, payload: Any, *, encrypt: bool) -> bytes:
+    def request_body(self, payload: object, *, encrypt: bool) -> bytes:
         """The request body: the payload's JSON, or ``{"data": encrypt_data(JSON)}`` when ``encrypt``."""
         plain = self.dumps(payload)
         if not encrypt:
@@ -314,7 +313,7 @@ class Conventions:
         # serialized: the same bytes as dumps({"data": ...}) without scanning 350 KB once more.
         return b'{"data":"' + self.encrypt_data(plain).encode("ascii") + b'"}'
 
-    def open_request_body(self, body: bytes) -> tuple[Any, str, bool]:
+    def open_request_body(self, body: bytes) -> tuple[object, str, bool]:
         """The server's side of ``request_body``: ``(payload, text, was_encrypted)``, where ``text`` is
         the payload's JSON as it came (decrypted when it came encrypted), for a server that keeps it.
 

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -29,6 +29,9 @@ from pydantic import Field, field_validator, model_validator
 from core.errors import DeviceNotFound, DriverError
 from core.images import ImageError, decode_image
 from drivers.base import Camera, DriverSettings, ProbeResult
+
+if TYPE_CHECKING:
+    from core.images import Frame
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +129,7 @@ class FakeCamera(Camera):
         return result
 
     # -- frames ---------------------------------------------------------------------------------
-    def _read_frame(self, timeout_s: float) -> Any:
+    def _read_frame(self, timeout_s: float) -> Frame | None:
         s = self.settings
         if self._gone_since is not None:
             if not self._back():

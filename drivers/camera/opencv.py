@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
@@ -36,6 +36,9 @@ from pydantic import Field, field_validator
 from core.backoff import Backoff
 from core.errors import DeviceNotFound, DriverError, DriverNotFound
 from drivers.base import Camera, DriverSettings, ProbeResult
+
+if TYPE_CHECKING:
+    from core.images import Frame
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,9 @@ class OpenCVCamera(Camera):
         return ProbeResult(True, f"{self.describe()}: {w}x{h} frames", {"width": w, "height": h})
 
     # -- frames ---------------------------------------------------------------------------------
-    def _read_frame(self, timeout_s: float) -> Any:
+    def _read_frame(self, timeout_s: float) -> Frame | None:
+        ok: bool
+        frame: Frame | None  # cv2's VideoCapture.read() is untyped here (self._cap is Any)
         with self._lock:
             if self._cap is None:
                 self._reopen_or_raise()
