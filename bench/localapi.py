@@ -32,7 +32,7 @@ from agent.config import parse_config  # noqa: E402
 from agent.events import EventBus, OperatorState  # noqa: E402
 from agent.localapi import DeskBackend, LocalApiServer  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
-from agent.service.status import collect_status  # noqa: E402
+from agent.status import collect_status  # noqa: E402
 from core import codes  # noqa: E402
 from core.images import encode_jpeg  # noqa: E402
 

@@ -26,7 +26,7 @@ from agent.events import EventBus, OperatorState  # noqa: E402
 from agent.localapi import DeskBackend, LocalApiServer  # noqa: E402
 from agent.metrics import Metrics  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
-from agent.service.status import collect_status  # noqa: E402
+from agent.status import collect_status  # noqa: E402
 from bench.localapi import bench_settings, body, jpeg  # noqa: E402
 
 TOKEN = "bench-metrics-token-0123456789"

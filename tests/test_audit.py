@@ -379,7 +379,7 @@ def test_the_daemon_check_at_start_alerts_and_keeps_capturing(tmp_path: Path, cl
 def test_status_and_doctor_show_old_unsent_records_and_damaged_copies(tmp_path: Path, clock: Clock) -> None:
     from agent.config import load_config
     from agent.service.doctor import _check_audit
-    from agent.service.status import collect_status
+    from agent.status import collect_status
 
     config = load_config(_config(tmp_path), validate_drivers=False)
     with Outbox.open(config.storage, clock=clock) as box:

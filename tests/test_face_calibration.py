@@ -33,8 +33,8 @@ from agent.face.scoring import threshold_distance
 from agent.localapi.backend import DeskBackend
 from agent.outbox import Outbox
 from agent.service import samples
-from agent.service.status import collect_status
 from agent.service.verification import Verifier
+from agent.status import collect_status
 from tests.test_face_scoring import StubEngine, fake_camera, make_frame
 from tests.test_service import config_doc, write_config
 

@@ -21,7 +21,7 @@ from agent.config import load_config
 from agent.delivery import Uploader
 from agent.outbox import Outbox, housekeeping
 from agent.outbox.reserve import RESERVE_BYTES, RESERVE_NAME
-from agent.service.status import collect_status, status_path, write_status_file
+from agent.status import collect_status, status_path, write_status_file
 from agent.uplink.client import PlatformClient
 from core.errors import StorageFull
 from core.records import natural_key

@@ -27,7 +27,7 @@ from agent.config import Settings, parse_config
 from agent.events import EventBus, OperatorState
 from agent.localapi.backend import DeskBackend
 from agent.localapi.server import LocalApiServer
-from agent.service.status import DaemonState, LiveStatus, PlatformState, PlatformView, Status, build_status
+from agent.status import DaemonState, LiveStatus, PlatformState, PlatformView, Status, build_status
 from core import codes
 from core.errors import LocalApiError
 from core.images import encode_jpeg

@@ -29,8 +29,8 @@ from agent.events import VERIFICATION
 from agent.service import samples
 from agent.service.notify import Notifier
 from agent.service.service import CARD_RETRY_PAUSE_S, Heartbeat, Service
-from agent.service.status import collect_status, format_status
 from agent.service.verification import HELD_INVALID, HELD_NO_DECODER, Verifier
+from agent.status import collect_status, format_status
 from core.errors import CardReadError, DeviceNotFound
 from core.privacy import mask_name
 from drivers.base import CardReader, CardReaderSettings, DriverSettings

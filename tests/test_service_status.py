@@ -16,7 +16,8 @@ from agent.localapi.backend import PLATFORM_TEXT, _page_platform
 from agent.service import samples
 from agent.service.hardware import DriverSlot
 from agent.service.service import Service
-from agent.service.status import (
+from agent.service.supervision import CARD_RETRY_PAUSE_S, NO_READER_PAUSE_S, read_card
+from agent.status import (
     DaemonState,
     LiveStatus,
     LoopView,
@@ -31,7 +32,6 @@ from agent.service.status import (
     status_path,
     write_status_file,
 )
-from agent.service.supervision import CARD_RETRY_PAUSE_S, NO_READER_PAUSE_S, read_card
 from core.errors import DeviceTimeout
 from tests.test_service import ScriptedReader, config_doc, images, write_config  # noqa: F401 (fixture)
 

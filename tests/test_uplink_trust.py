@@ -19,7 +19,7 @@ from agent.config import ConventionSettings, Settings, load_config
 from agent.delivery import Uploader
 from agent.mock_platform import MockPlatform, MockPlatformConfig
 from agent.outbox import Outbox
-from agent.service.status import clock_offset_alert
+from agent.status import clock_offset_alert
 from agent.uplink.client import PlatformClient
 from agent.uplink.clock import PlatformClock
 from agent.uplink.conventions import Conventions

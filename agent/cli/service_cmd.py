@@ -94,7 +94,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     Print the queue by state, last success and error, registration, platform reachability and hardware state.
     Works whether the daemon runs or not. Exit 0 while it runs, 3 when it does not.
     """
-    from agent.service.status import collect_status, format_status
+    from agent.status import collect_status, format_status
 
     status = collect_status(load_settings(args))
     if args.json:
@@ -132,7 +132,7 @@ def cmd_verify_once(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.logsetup import setup_logging
     from agent.service.service import Service
-    from agent.service.status import daemon_status, read_live_status
+    from agent.status import daemon_status, read_live_status
 
     setup_logging(None)
     settings = load_config(config_path(args))

@@ -30,7 +30,7 @@ from agent.events import (
     OperatorState,
 )
 from agent.face.reasons import REASON_ZH, UNKNOWN_REASON_ZH, FaceReason, parse_reason
-from agent.service.status import PlatformState, Status
+from agent.status import PlatformState, Status
 from core.clock import CHINA_TZ
 from core.errors import RecordError, StorageFull
 from core.privacy import mask_card_no, mask_name
@@ -147,7 +147,7 @@ class DeskBackend:
             accepted here are published on it too.
         operator: the desk's ``OperatorState``.
         status_provider: returns the agent's ``Status`` (the service's own, or
-            ``agent.service.status.collect_status(settings)`` for the outbox and status file).
+            ``agent.status.collect_status(settings)`` for the outbox and status file).
             Results are cached ``status_ttl_s``.
         clock: wall-clock seconds (``time.time``), for the relay's clock-skew and rate rules.
         metrics: the service's ``agent.metrics.Metrics`` for GET /metrics (None: not served).

@@ -27,7 +27,7 @@ from agent.config import Settings, config_warnings, deployment_problems, load_co
 from agent.outbox import Outbox
 from agent.outbox.retention import damaged_alert, unsent_alert
 from agent.outbox.store import DB_NAME, damaged_copies
-from agent.service.status import Part, PartState, daemon_status, outbox_alerts, read_live_status
+from agent.status import Part, PartState, daemon_status, outbox_alerts, read_live_status
 from agent.uplink.client import PlatformClient
 from core.errors import ConfigError, DriverError
 from core.outcome import OutcomeKind

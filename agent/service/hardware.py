@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from agent.service.status import Part, PartState
+from agent.status import Part, PartState
 from core.backoff import Backoff
 from drivers.base import Driver
 

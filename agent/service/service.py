@@ -46,20 +46,6 @@ from agent.outbox.recovery import open_for_service
 from agent.service import wiring
 from agent.service.hardware import DriverSlot
 from agent.service.notify import Notifier
-from agent.service.status import (
-    DaemonState,
-    LiveStatus,
-    LoopView,
-    Part,
-    PartState,
-    Status,
-    build_status,
-    clock_offset_alert,
-    platform_view,
-    status_path,
-    uploader_section,
-    write_status_file,
-)
 from agent.service.supervision import (
     CARD_RETRY_PAUSE_S,
     READ_TIMEOUT_S,
@@ -75,6 +61,20 @@ from agent.service.supervision import (
     start_loop,
 )
 from agent.service.verification import Verification, Verifier, complete_held
+from agent.status import (
+    DaemonState,
+    LiveStatus,
+    LoopView,
+    Part,
+    PartState,
+    Status,
+    build_status,
+    clock_offset_alert,
+    platform_view,
+    status_path,
+    uploader_section,
+    write_status_file,
+)
 from core.errors import ConfigError, LocalApiError
 from drivers.base import Camera, CardReader
 
