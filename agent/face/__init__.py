@@ -39,6 +39,7 @@ from agent.face.session import (
 )
 from core.errors import DriverNotFound, FaceError
 from core.stored import FaceRetry
+from drivers import registry
 
 if TYPE_CHECKING:
     from agent.config import FaceSettings
@@ -69,8 +70,6 @@ __all__ = [
 
 def load_engine(face: FaceSettings) -> FaceEngine:
     """Build the configured face engine (models load lazily). Raises ``FaceError``."""
-    from drivers import registry  # late: drivers import core.errors
-
     try:
         cls = registry.load_class("face_engine", face.engine)
     except DriverNotFound as exc:

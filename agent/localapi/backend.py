@@ -39,7 +39,7 @@ from core.stored import RecordState
 
 if TYPE_CHECKING:
     from agent.config import Settings
-    from agent.outbox.store import Outbox
+    from agent.outbox.store import Outbox, Row
 
 StatusSource: TypeAlias = Callable[[], Status]
 """Where the local API reads the agent's status: the service's ``status``, or ``collect_status``."""
@@ -252,7 +252,7 @@ class DeskBackend:
         )
         if idempotency_key is not None:
             row = self.outbox.get(record_id)
-            first_hash = (_row_get(row, "meta") or {}).get("body_sha256") if row is not None else None
+            first_hash = (row.meta or {}).get("body_sha256") if row is not None else None
             if first_hash is not None and first_hash != body_hash:
                 raise IdempotencyConflict(
                     f"Idempotency-Key was already used for verification {record_id}, with a different body", record_id
@@ -349,7 +349,7 @@ class DeskBackend:
         rows = self.outbox.find(card_no, since, limit)
         out = []
         for row in rows:
-            payload = self.outbox.payload(_row_get(row, "id")) or {}
+            payload = self.outbox.payload(row.id) or {}
             out.append(self._view(row, payload, full=full, photos=False))
         return out
 
@@ -361,7 +361,7 @@ class DeskBackend:
         row = self.outbox.get(record_id)
         if row is None:
             raise NotFound(f"no verification with id {record_id}")
-        created = _row_get(row, "created_at")
+        created = row.created_at
         if max_age_s is not None and (created is None or self._clock() - float(created) > max_age_s):
             raise NotFound(
                 f"verification {record_id}'s photos are shown here only for {max_age_s / 60:.0f} minutes "
@@ -376,8 +376,8 @@ class DeskBackend:
         except (binascii.Error, ValueError) as exc:
             raise NotFound(f"verification {record_id}: stored {which} photo is not base64") from exc
 
-    def _view(self, row: Any, payload: Payload, *, full: bool, photos: bool) -> VerificationView:
-        record_id = int(_row_get(row, "id"))
+    def _view(self, row: Row, payload: Payload, *, full: bool, photos: bool) -> VerificationView:
+        record_id = int(row.id)
         fields = FULL_FIELDS if full else MASKED_FIELDS
         record = {k: payload[k] for k in fields if k in payload and payload[k] is not None}
         if not full:
@@ -389,16 +389,16 @@ class DeskBackend:
             for field in PHOTO_FIELDS.values():
                 if payload.get(field):
                     record[field] = payload[field]
-        meta = _row_get(row, "meta") or {}
+        meta = row.meta or {}
         return {
             "id": record_id,
-            "state": _row_get(row, "state"),
-            "createdAt": _iso(_row_get(row, "created_at")),
-            "sentAt": _iso(_row_get(row, "sent_at")),
-            "attempts": _row_get(row, "attempts") or 0,
-            "lastError": _row_get(row, "last_error"),
-            "heldReason": _row_get(row, "held_reason"),
-            "simulated": bool(_row_get(row, "simulated")),
+            "state": row.state,
+            "createdAt": _iso(row.created_at),
+            "sentAt": _iso(row.sent_at),
+            "attempts": row.attempts or 0,
+            "lastError": row.last_error,
+            "heldReason": row.held_reason,
+            "simulated": bool(row.simulated),
             "source": meta.get("source") if isinstance(meta, dict) else None,
             "masked": not full,
             "hasPhotos": {k: bool(payload.get(f)) for k, f in PHOTO_FIELDS.items()},
@@ -527,7 +527,7 @@ class DeskBackend:
             except Exception:
                 row = None
             if row is not None:
-                states[str(record_id)] = str(_row_get(row, "state"))
+                states[str(record_id)] = str(row.state)
         queue = sum(int(stats.get(state, 0) or 0) for state in RecordState if state.unsent)
         page_platform = _page_platform(platform)
         return {
@@ -625,12 +625,6 @@ def _parse_iso(value: Any) -> dt.datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else None
-
-
-def _row_get(row: Any, name: str) -> Any:
-    if isinstance(row, dict):
-        return row.get(name)
-    return getattr(row, name, None)
 
 
 def _safe_name(value: Any) -> str:
