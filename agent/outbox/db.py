@@ -199,9 +199,15 @@ class Database:
         return free if auto == 2 else 0  # 2 = incremental
 
     def return_free_pages(self, pages: int) -> None:
-        """Give up to ``pages`` free pages back to the file system, in one drain write."""
-        with self.write("return free space", drain=True) as conn:
-            conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+        """Give up to ``pages`` free pages back to the file system, in one drain write.
+
+        Run by ``executescript``, which steps the pragma until it is done: ``execute`` steps a
+        statement that returns no rows only once, and incremental_vacuum frees one page per step
+        (so it gave back one page per transaction, and retention took thousands of them)."""
+        if self.reserve is not None:
+            self.reserve.before_drain()
+        with self.read("return free space") as conn:
+            conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
 
     def _checkpoint_loop(self) -> None:
         """Fold the WAL into the database off the capture path.
