@@ -34,7 +34,7 @@ from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from pydantic.json_schema import JsonSchemaValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -91,25 +91,8 @@ class Accepted(BaseModel):
     id: int = Field(description="The local outbox id of the committed verification")
 
 
-class VerificationOut(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: int
-    state: str | None = Field(description="pending, sending, sent, rejected or held")
-    createdAt: str | None
-    sentAt: str | None
-    attempts: int
-    lastError: str | None
-    heldReason: str | None
-    simulated: bool
-    source: str | None
-    masked: bool = Field(description="true: realName and cardNo are masked and private fields left out")
-    hasPhotos: dict[str, bool]
-    record: dict[str, Any] = Field(description="the verification with the platform spec's field names")
-
-
 class VerificationList(BaseModel):
-    items: list[VerificationOut]
+    items: list[VerificationView]
 
 
 class OperatorIn(BaseModel):
@@ -356,7 +339,7 @@ def create_app(backend: DeskBackend, settings: LocalApiSettings) -> FastAPI:
 
     @app.get(
         "/v1/verifications/{record_id}",
-        response_model=VerificationOut,
+        response_model=VerificationView,
         summary="One verification by its local id",
         responses={
             **ERRORS,

@@ -20,7 +20,9 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.events import (
     STATUS,
@@ -119,22 +121,24 @@ def _problem_error(message: str, problems: list[tuple[str, str]]) -> RecordError
     )
 
 
-class VerificationView(TypedDict):
+class VerificationView(BaseModel):
     """A stored verification as the desk sees it (GET /v1/verifications/{id}); ``record`` holds the
-    spec-named fields, masked unless asked for in full."""
+    spec-named fields, masked unless asked for in full. The API's response model too."""
+
+    model_config = ConfigDict(extra="forbid")
 
     id: int
-    state: str
+    state: str | None = Field(description="pending, sending, sent, rejected or held")
     createdAt: str | None
     sentAt: str | None
     attempts: int
     lastError: str | None
     heldReason: str | None
     simulated: bool
-    source: object
-    masked: bool
+    source: str | None
+    masked: bool = Field(description="true: realName and cardNo are masked and private fields left out")
     hasPhotos: dict[str, bool]
-    record: Payload
+    record: Payload = Field(description="the verification with the platform spec's field names")
 
 
 class DeskBackend:
@@ -390,20 +394,21 @@ class DeskBackend:
                 if payload.get(field):
                     record[field] = payload[field]
         meta = row.meta or {}
-        return {
-            "id": record_id,
-            "state": row.state,
-            "createdAt": _iso(row.created_at),
-            "sentAt": _iso(row.sent_at),
-            "attempts": row.attempts or 0,
-            "lastError": row.last_error,
-            "heldReason": row.held_reason,
-            "simulated": bool(row.simulated),
-            "source": meta.get("source") if isinstance(meta, dict) else None,
-            "masked": not full,
-            "hasPhotos": {k: bool(payload.get(f)) for k, f in PHOTO_FIELDS.items()},
-            "record": record,
-        }
+        source = meta.get("source") if isinstance(meta, dict) else None
+        return VerificationView(
+            id=record_id,
+            state=row.state,
+            createdAt=_iso(row.created_at),
+            sentAt=_iso(row.sent_at),
+            attempts=row.attempts or 0,
+            lastError=row.last_error,
+            heldReason=row.held_reason,
+            simulated=bool(row.simulated),
+            source=None if source is None else str(source),
+            masked=not full,
+            hasPhotos={k: bool(payload.get(f)) for k, f in PHOTO_FIELDS.items()},
+            record=record,
+        )
 
     # -- the page's feed --------------------------------------------------------------------------
     def feed_item(self, event: Event) -> JsonObject | None:
@@ -424,10 +429,10 @@ class DeskBackend:
                 log.debug("event %d names no stored verification", event.seq)
         if view is None and not (data.get("cardNo") or data.get("error")):
             return None
-        rec = view["record"] if view else {}
+        rec = view.record if view else {}
         result = _as_int(rec.get("faceResult", data.get("result")))
         score = rec.get("faceScore", data.get("score"))
-        source = data.get("source") or (view["source"] if view else None)
+        source = data.get("source") or (view.source if view else None)
         reason_text, detail = reason_zh(
             result,
             score,
@@ -437,13 +442,13 @@ class DeskBackend:
             threshold=self.settings.face.threshold,
         )
         error = data.get("error")
-        held = (view["heldReason"] if view else None) or data.get("held")
+        held = (view.heldReason if view else None) or data.get("held")
         photos: dict[str, str | None] = {"head": None, "camera": None}
         if view is not None:
-            record_id = view["id"]
-            photos = {k: (f"/ui/photos/{record_id}/{k}" if has else None) for k, has in view["hasPhotos"].items()}
+            record_id = view.id
+            photos = {k: (f"/ui/photos/{record_id}/{k}" if has else None) for k, has in view.hasPhotos.items()}
         return {
-            "id": view["id"] if view else None,
+            "id": view.id if view else None,
             "seq": event.seq,
             "name": rec.get("realName", "") if view else _safe_name(data.get("name")),
             "cardNo": rec.get("cardNo") if view else _safe_card(data.get("cardNo")),
@@ -455,16 +460,16 @@ class DeskBackend:
             "verifyTime": rec.get("verifyTime")
             or dt.datetime.fromtimestamp(event.time, CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S"),
             "operator": rec.get("operationUser") or self.operator.get(),
-            "state": view["state"] if view else "unsaved",
+            "state": view.state if view else "unsaved",
             "held": bool(held),
             "error": "记录未能保存，请通知技术人员" if error and not view else None,
             "errorDetail": str(error) if error and not view else None,
-            "simulated": bool((view["simulated"] if view else None) or data.get("simulated")),
+            "simulated": bool((view.simulated if view else None) or data.get("simulated")),
             "source": source,
             "photos": photos,
             # how much longer the page shows it as the current result (a replayed old one: 0)
             "currentForS": round(max(0.0, self.settings.local_api.result_display_s - (time.time() - event.time)), 1),
-            "handover": self._handover(view["id"]) if view and result in (0, 2) else None,
+            "handover": self._handover(view.id) if view and result in (0, 2) else None,
         }
 
     # -- the follow-up list and hand-over marks ----------------------------------------------------
