@@ -256,9 +256,9 @@ class Uploader:
         self._monotonic = monotonic
         self._wait_event = wait_event
         self._rng = rng or random.Random()
-        self._backoff_lock = threading.Lock()
-        """Guards ``_backoff``: workers record failures and draw record delays concurrently."""
         self._lock = threading.RLock()
+        """Guards the client, the backoff (workers record failures and draw delays concurrently), the
+        pause and the requests' start times."""
         self._client: PlatformClient | None = None
         self._client_error: str | None = None
         self._observed = _Observed()
@@ -342,7 +342,7 @@ class Uploader:
         self._registration = self.outbox.registration_state()
         # One curve for both uses: the global backoff counts this episode's failures, a record's own
         # delay is drawn on its attempt count. A new [uploader] section brings a new curve.
-        with self._backoff_lock:
+        with self._lock:
             self._backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s, jitter=self._rng)
         self._observed.backoff_until = None
         self._client_error = None
@@ -558,7 +558,7 @@ class Uploader:
         }
         if outcome.kind is OutcomeKind.ACCEPTED:
             log.info("device %s registered with the platform (%s)", self.device.machine_code, outcome.message)
-            with self._backoff_lock:
+            with self._lock:
                 self._backoff.succeeded()
         elif outcome.kind is OutcomeKind.REJECTED:
             state["registered"] = False
@@ -586,8 +586,7 @@ class Uploader:
 
     def _retryable(self, outcome: Outcome, now: float) -> None:
         with self._lock:
-            with self._backoff_lock:
-                delay = self._honour_retry_after(self._backoff.failed(), outcome)
+            delay = self._honour_retry_after(self._backoff.failed(), outcome)
             until = now + delay
             self._observed.backoff_until = max(self._observed.backoff_until or 0.0, until)
             self._set(UploaderState.BACKOFF, f"the platform is failing ({outcome.message}); next try in {delay:.0f} s")
@@ -694,8 +693,7 @@ class Uploader:
         if kind is OutcomeKind.ACCEPTED:
             self._finish(result)
             with self._lock:
-                with self._backoff_lock:
-                    self._backoff.succeeded()
+                self._backoff.succeeded()
                 self._observed.backoff_until = None
                 self._accepted_times.append(self._monotonic())
             self._observed.last_success = {"at": now, "id": claim.id, "request_id": outcome.request_id}
@@ -734,7 +732,7 @@ class Uploader:
             return
         if kind is OutcomeKind.REJECTED:
             self._finish(result)
-            with self._lock, self._backoff_lock:
+            with self._lock:
                 self._backoff.succeeded()
             log.warning("record %d rejected by the platform: %s", claim.id, outcome.message)
         elif kind is OutcomeKind.BLOCKED:
@@ -746,7 +744,7 @@ class Uploader:
 
     def _record_delay(self, claim: Claim, outcome: Outcome) -> float:
         """This record's backoff before its next attempt (full jitter on its attempt count, Retry-After honoured)."""
-        with self._backoff_lock:
+        with self._lock:
             delay = self._backoff.delay(claim.attempt)
         return self._honour_retry_after(delay, outcome)
 
@@ -780,7 +778,7 @@ class Uploader:
             wait = poll
         if wait is not None:
             return Step(0, wait)
-        free = self._wait_for_tasks(lambda running: running < self.settings.concurrency)
+        free = self.settings.concurrency - self._wait_for_tasks(lambda running: running < self.settings.concurrency)
         if self._stop.is_set():
             return Step(0)
         self.outbox.wakeup.clear()
@@ -814,14 +812,7 @@ class Uploader:
     def wait_for_requests(self, timeout_s: float | None = None) -> bool:
         """Wait until every record handed to the workers has its answer recorded (tests, one-shot
         commands); False when ``timeout_s`` passed first."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._tasks_changed:
-            while self._tasks:
-                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
-                if left <= 0:
-                    return False
-                self._tasks_changed.wait(left)
-        return True
+        return self._wait_for_tasks(lambda running: running == 0, timeout_s=timeout_s, until_stop=False) == 0
 
     def drain_once(self) -> int:
         """Rounds of ``step()`` until nothing due is left or sending pauses, each request's answer
@@ -858,12 +849,7 @@ class Uploader:
                 self._sleep(stop, step.wait_s, wake=step.wake_on_record)
         finally:
             self.abort()  # requests in flight fail now and are retried after the restart
-            # Real time, not the injected clock: this waits for the worker threads themselves.
-            deadline = time.monotonic() + STOP_WAIT_S
-            with self._tasks_changed:
-                while self._tasks and time.monotonic() < deadline:
-                    self._tasks_changed.wait(0.2)
-                left = self._tasks
+            left = self._wait_for_tasks(lambda running: running == 0, timeout_s=STOP_WAIT_S, until_stop=False)
             self._set(UploaderState.STOPPED)
             if left:
                 log.warning("%d upload(s) still running at stop; their records are retried after the restart", left)
@@ -884,15 +870,23 @@ class Uploader:
             self._tasks -= 1
             self._tasks_changed.notify_all()
 
-    def _wait_for_tasks(self, done: Callable[[int], bool]) -> int:
-        """Wait (beating the heartbeat) until ``done(records in flight)`` or stop; returns the slots free.
+    def _wait_for_tasks(
+        self, done: Callable[[int], bool], *, timeout_s: float | None = None, until_stop: bool = True
+    ) -> int:
+        """Wait, beating the heartbeat, until ``done(records in flight)``, ``timeout_s`` passed or
+        (``until_stop``) the loop stops; returns the records still in flight.
 
-        Real time: this waits for the worker threads, which notify as each record finishes."""
+        Real time, not the injected clock: this waits for the worker threads, which notify as each
+        record finishes."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._tasks_changed:
-            while not done(self._tasks) and not self._stop.is_set():
+            while not done(self._tasks) and not (until_stop and self._stop.is_set()):
+                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                if left <= 0:
+                    break
                 self._beat()
-                self._tasks_changed.wait(0.2)
-            return self.settings.concurrency - self._tasks
+                self._tasks_changed.wait(left)
+            return self._tasks
 
     def _stuck(self) -> bool:
         """Whether a request has outlived its whole-request deadline by ``STUCK_GRACE_S`` (then the
