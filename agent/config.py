@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from core.errors import ConfigError, SecretError
-from core.records import OPERATOR_MAX_LEN, JsonObject
+from core.records import JsonObject, validate_operator
 from drivers import registry
 
 DEFAULT_CONFIG_PATH = Path("/etc/fvagent/fvagent.toml")
@@ -205,13 +205,19 @@ class DeviceSettings(_Section):
     """Department name, e.g. 妇产科 (deptName)."""
     register_user: str = Field(min_length=1, max_length=50)
     """Who registers the device (registerUser)."""
-    operator: str = Field(min_length=1, max_length=OPERATOR_MAX_LEN)
-    """Default operationUser for verifications until the desk sets another."""
+    operator: str
+    """Default operationUser for verifications until the desk sets another (the operationUser rule:
+    ``core.records.validate_operator``)."""
     status: Literal[0, 1] = 0
     """0 enabled, 1 disabled (停用), as sent at registration; 1 also holds every upload."""
     max_clock_offset_s: float = Field(default=120.0, gt=0)
     """Local clock this far from the platform's (learnt from its replies): a status alert and a
     doctor FAIL; verifications captured meanwhile keep the measured offset beside their verifyTime."""
+
+    @field_validator("operator")
+    @classmethod
+    def _operator_rule(cls, value: str) -> str:
+        return validate_operator(value)
 
 
 class AuthSettings(_Section):

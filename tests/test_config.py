@@ -237,7 +237,10 @@ _DELETE = object()
         ("device.operator", _DELETE, "device.operator", "required"),
         ("device.machine_code", "C" * 51, "device.machine_code", "must have at most 50 characters"),
         ("device.dept_name", "科" * 51, "device.dept_name", "must have at most 50 characters"),
-        ("device.operator", "护" * 11, "device.operator", "must have at most 10 characters"),
+        ("device.operator", "护" * 11, "device.operator", "must be at most 10 characters"),
+        # the operationUser rule itself (core.records.validate_operator), as the desk's PUT gets it
+        ("device.operator", "   ", "device.operator", "must not be empty"),
+        ("device.operator", "护\x07士", "device.operator", "must not contain control characters"),
         ("device.manufacturer", "", "device.manufacturer", "must have at least 1 character"),
         ("device.purchase_date", "2024-02-30", "device.purchase_date", "must be a valid date"),
         ("device.status", 2, "device.status", "must be 0 or 1"),
@@ -628,7 +631,7 @@ def test_check_prints_every_error_and_exits_2(tmp_path: Path, capsys: pytest.Cap
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert "  platform.base_url: must be an http(s) URL" in lines
-    assert any(line.startswith("  device.operator: must have at most 10 characters") for line in lines)
+    assert any(line.startswith("  device.operator: operator must be at most 10 characters") for line in lines)
     assert any(line.startswith("  face.mode: must be 'compute', 'relay' or 'both'") for line in lines)
     assert "has 3 error(s)" in captured.err
 
