@@ -579,6 +579,17 @@ def test_an_outbox_of_the_previous_release_is_chained_in_place(tmp_path: Path) -
 # -- key rotation ------------------------------------------------------------------------------------
 
 
+def test_a_hand_over_mark_made_before_a_key_rotation_still_opens(tmp_path: Path, clock: Clock) -> None:
+    settings = storage(tmp_path)
+    with Outbox.open(settings, clock=clock) as box:
+        record_id = box.enqueue(record(1))
+        box.mark_handed_over(record_id, "值班护士")
+    assert main(["outbox", "rotate-key", "--config", str(_config(tmp_path))]) == 0
+    with Outbox.open(settings, clock=clock) as box:
+        assert box.handovers([record_id])[record_id].operator == "值班护士"
+        assert box.mark_handed_over(record_id, "别人").operator == "值班护士"  # marked once: the first mark stays
+
+
 def test_rotate_key_new_records_under_the_new_key_old_ones_readable_until_purged(
     tmp_path: Path, clock: Clock, capsys: pytest.CaptureFixture[str]
 ) -> None:

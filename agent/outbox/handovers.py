@@ -66,13 +66,21 @@ class Handovers:
                 f"ON r.id = h.record_id WHERE h.record_id IN ({marks})",
                 ids,
             ).fetchall()
-        out = {}
-        for record_id, at, sealed, uid in rows:
+        return {
+            int(record_id): Handover(
+                record_id=int(record_id), at=float(at), operator=self._open(record_id, uid, sealed)
+            )
+            for record_id, at, sealed, uid in rows
+        }
+
+    def _open(self, record_id: int, uid: str, sealed: bytes) -> str:
+        """The operator's name in a mark, under whichever key sealed it: a mark made before a key
+        rotation is sealed under a key that is retired now."""
+        for key in self._keys.all():
             try:
-                operator = open_operator(self._keys.current, uid, sealed)
-            except (CryptoError, UnicodeDecodeError) as exc:
-                raise OutboxCorrupt(
-                    f"record {record_id}: its hand-over mark does not open (altered on disk)", record_id=record_id
-                ) from exc
-            out[int(record_id)] = Handover(record_id=int(record_id), at=float(at), operator=operator)
-        return out
+                return open_operator(key, uid, sealed)
+            except (CryptoError, UnicodeDecodeError):
+                continue
+        raise OutboxCorrupt(
+            f"record {record_id}: its hand-over mark does not open (altered on disk)", record_id=record_id
+        )
