@@ -16,7 +16,6 @@ Two sources, so it works whether the daemon runs or not:
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import enum
 import errno
 import json
@@ -34,7 +33,7 @@ from agent.config import Settings
 from agent.outbox import Outbox, incidents
 from agent.outbox.retention import budget_alert, refused_alert, unsent_alert
 from agent.outbox.store import DB_NAME
-from core.clock import CHINA_TZ
+from core.clock import china_isoformat
 from core.outcome import OutcomeKind
 from core.stored import RecordState
 
@@ -134,9 +133,7 @@ def _object(value: object) -> JSONObject | None:
 
 def iso(epoch: float | None) -> str | None:
     """Epoch seconds as ISO local (China) time, or None."""
-    if epoch is None:
-        return None
-    return dt.datetime.fromtimestamp(float(epoch), CHINA_TZ).isoformat(timespec="seconds")
+    return None if epoch is None else china_isoformat(float(epoch))
 
 
 # --------------------------------------------------------------------------------------------------

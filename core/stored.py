@@ -37,7 +37,7 @@ RecordSource = Literal["reader", "local_api"]
 
 
 class FaceRetry(BaseModel):
-    """The operator retried a failed face capture: the score before and the frames of the retry."""
+    """The face grey zone's retry: the best score before it and how many more frames were compared."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 

@@ -41,6 +41,7 @@ from agent.face.calibration import (
     parse_card_size,
 )
 from agent.face.liveness import HeadTurnChallenge, yaw
+from agent.face.session import QUALITY_CODES
 from core.errors import RecordError
 from core.images import decode_image
 from drivers import registry
@@ -260,7 +261,7 @@ def test_quality_gates_give_reasons(frame: np.ndarray, reason: str | None) -> No
     verdict = quality.assess(frame, StubEngine().detect(frame), FACE)
     assert verdict.reason == reason
     assert (verdict.face is None) == (reason is not None)
-    assert reason is None or reason in quality.HINTS
+    assert reason is None or reason in dict(QUALITY_CODES)  # each reason has its FaceReason code
 
 
 class FixedFaceEngine(StubEngine):

@@ -511,6 +511,8 @@ def test_face_engine_unavailable_still_records_result_2(
 class FlakyDriver:
     """A driver whose ``open()`` fails while ``broken``; counts the attempts."""
 
+    simulated = False  # as every Driver says
+
     def __init__(self) -> None:
         self.broken = True
         self.is_open = False

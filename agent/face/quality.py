@@ -27,16 +27,6 @@ TOO_DARK = "face too dark"
 TOO_BRIGHT = "face too bright"
 SEVERAL_FACES = "more than one face"
 
-HINTS = {
-    NO_FACE: "look at the camera",
-    TOO_SMALL: "come closer to the camera",
-    BLURRED: "hold still; clean the lens; check the focus",
-    TOO_DARK: "more light on the face",
-    TOO_BRIGHT: "less direct light or backlight",
-    SEVERAL_FACES: "only one person in front of the camera",
-}
-"""What the person at the desk can do about each reason."""
-
 
 @dataclasses.dataclass(frozen=True)
 class FrameQuality:

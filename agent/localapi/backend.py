@@ -3,8 +3,8 @@
 ``DeskBackend`` is built by the service from parts it already owns (settings, the open ``Outbox``,
 the ``EventBus``, the ``OperatorState``) and handed to ``create_app`` / ``LocalApiServer``. Its
 methods are plain synchronous calls (the app runs them in a worker thread), raise domain errors,
-and return plain JSON-able dicts in which personal data is masked unless the caller asked for, and
-is allowed, full data.
+and return ``VerificationView`` models, the typed ``Status`` or small JSON objects, in which personal
+data is masked unless the caller asked for, and is allowed, full data.
 """
 
 from __future__ import annotations
@@ -414,8 +414,8 @@ class DeskBackend:
     def feed_item(self, event: Event) -> JsonObject | None:
         """What the operator page shows for a ``verification`` event: masked, with photo links.
 
-        The event's data is ``{"id": outbox_id, "reason": optional text, ...}``; the record's fields
-        come from the outbox. An event whose record could not be stored (``id`` None) is shown from
+        The event's data is ``{"id": outbox_id, "reasonCode": FaceReason, "reason": English text, ...}``;
+        the record's fields come from the outbox. An event whose record could not be stored (``id`` None) is shown from
         the event's own masked fields (``name``, ``cardNo``, ``result``, ``score``, ``error``), so
         the desk sees that something went wrong. ``None`` when there is nothing to show.
         """

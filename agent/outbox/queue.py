@@ -671,6 +671,7 @@ class Queue:
 
         Raises ``OutboxError`` for an unknown id, a sent or held record, or one being sent now.
         """
+        now = self._clock()
         with self._db.write("retry the record") as conn:
             t = conn.execute("SELECT state FROM records WHERE id = ?", (int(record_id),)).fetchone()
             if t is None:
@@ -685,9 +686,9 @@ class Queue:
                 raise OutboxError(f"record {record_id} cannot be retried: {why}", record_id=record_id)
             conn.execute(
                 "UPDATE records SET state = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                (PENDING, self._clock(), self._clock(), int(record_id)),
+                (PENDING, now, now, int(record_id)),
             )
-            self._db.chained(chain.on_requeued(conn, self._keys.chain_key, [int(record_id)], self._clock(), "operator"))
+            self._db.chained(chain.on_requeued(conn, self._keys.chain_key, [int(record_id)], now, "operator"))
         self._wakeup.set()
 
     def retry_rejected(self) -> int:

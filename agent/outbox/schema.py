@@ -13,11 +13,6 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-from core.stored import RecordState
-
-STATES = tuple(RecordState)
-"""Every state a record can be in (``core.stored.RecordState``)."""
-
 
 def _v1(db: sqlite_utils.Database) -> None:
     # Plain SQL: AUTOINCREMENT (ids are never reused after retention deletes rows) is not something

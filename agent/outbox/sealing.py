@@ -13,10 +13,8 @@ import json
 from agent.outbox import chain
 from agent.outbox.blobs import dumps, pack_photos, unpack_photos
 from agent.outbox.keys import DataKey
+from core.privacy import PHOTO_FIELDS  # sealed apart from the rest, so retention can erase them alone
 from core.records import Payload
-
-PHOTO_FIELDS = ("headImg", "cameraImg", "fingerCollectImg")
-"""Payload fields sealed apart from the rest, so retention can erase them alone."""
 
 
 def aad(uid: str, part: str) -> bytes:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from agent.config import StorageSettings
 from agent.outbox import chain, rotation
-from agent.outbox.db import DB_NAME, LOCK_NAME, Database, damaged_copies, open_readonly, open_writable, rename_aside
+from agent.outbox.db import DB_NAME, Database, damaged_copies, open_readonly, open_writable, rename_aside
 from agent.outbox.handovers import Handover, Handovers
 from agent.outbox.keys import DataKey, key_for_check, load_key
 from agent.outbox.queue import (
@@ -40,7 +40,7 @@ from agent.outbox.queue import (
     Rows,
 )
 from agent.outbox.reserve import Reserve
-from agent.outbox.sealing import PHOTO_FIELDS, KeyRing
+from agent.outbox.sealing import KeyRing
 from agent.outbox.settings_store import RegistrationState, SettingsStore
 from core.clock import Clock
 from core.errors import KeyFileError
@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DB_NAME",
-    "LOCK_NAME",
-    "PHOTO_FIELDS",
     "SIMULATED_HELD_REASON",
     "Attempt",
     "Claim",

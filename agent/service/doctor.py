@@ -200,12 +200,8 @@ def _check_outbox(settings: Settings, add: Callable[[Check], None]) -> None:
         stats = dict(outbox.stats())
         for alert in outbox_alerts(outbox):
             add(Check("outbox alert", FAIL, alert, "see docs/operations.md, damage and recovery"))
-        integrity = getattr(outbox, "integrity_check", None)
-        problem = None
-        if callable(integrity):
-            result = integrity()
-            if result not in (None, True, "ok", ["ok"]):
-                problem = str(result)
+        result = outbox.integrity_check()
+        problem = None if result == ["ok"] else "; ".join(result)
     except Exception as exc:
         add(Check("outbox", FAIL, f"unreadable: {exc}", "see docs/operations.md, troubleshooting"))
         return
@@ -279,7 +275,7 @@ def _check_reader(settings: Settings, add: Callable[[Check], None], running_hw: 
     finally:
         if driver is not None:
             driver.close()
-    simulated = getattr(driver, "simulated", False)
+    simulated = driver is not None and driver.simulated
     if result.ok:
         add(
             Check(
@@ -327,7 +323,7 @@ def _check_camera(settings: Settings, add: Callable[[Check], None], running_hw: 
     finally:
         if camera is not None:
             camera.close()
-    simulated = getattr(camera, "simulated", False)
+    simulated = camera is not None and camera.simulated
     add(
         Check(
             name,

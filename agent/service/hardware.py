@@ -113,7 +113,7 @@ class DriverSlot(Generic[D]):
                 detail = f"{self._error}; retrying in {retry_in:.0f} s"
                 return Part(PartState.FAULT, detail, since=self._since, failures=self.failures)
             if self._driver is not None and self._driver.is_open:
-                simulated = bool(getattr(self._driver, "simulated", False))
+                simulated = self._driver.simulated
                 return Part(PartState.OK, self._describe(), since=self._since, simulated=simulated)
             return Part(PartState.CLOSED, f"{self.label} not opened yet")
 

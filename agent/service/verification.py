@@ -93,7 +93,7 @@ class Verification:
     def summary(self) -> dict[str, str | int | float | bool | None]:
         return {
             "id": self.outbox_id,
-            "at": _iso(self.at),
+            "at": china_isoformat(self.at),
             "result": self.result,
             "score": self.score,
             "reason": self.reason,
@@ -103,10 +103,6 @@ class Verification:
             "simulated": self.simulated,
             "error": self.error,
         }
-
-
-def _iso(epoch: float) -> str:
-    return china_isoformat(epoch)
 
 
 class Verifier:
