@@ -415,7 +415,7 @@ class QueueStatus:
     @property
     def depth(self) -> int:
         """What is still to be sent: pending, sending and held."""
-        return sum(self.count(s) for s in (RecordState.PENDING, RecordState.SENDING, RecordState.HELD))
+        return sum(self.count(s) for s in RecordState if s.unsent)
 
     def to_json(self) -> JSONObject:
         out: JSONObject = {state.value: self.count(state) for state in QUEUE_STATES}

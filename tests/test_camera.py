@@ -91,6 +91,9 @@ def test_unknown_camera_option_is_a_config_error() -> None:
         registry.validate_settings("camera", "fake", {"images": ["a.jpg"], "video": "b.avi"})
     with pytest.raises(ConfigError):
         registry.validate_settings("camera", "opencv", {"fourcc": "MJPEG"})
+    with pytest.raises(ConfigError) as info:  # the backoff curve's rule, said where the setting is
+        registry.validate_settings("camera", "opencv", {"reopen_backoff_initial_s": 5, "reopen_backoff_max_s": 2})
+    assert any(path == "reopen_backoff_max_s" for path, _ in info.value.problems), info.value.problems
 
 
 # -- fake camera --------------------------------------------------------------------------------

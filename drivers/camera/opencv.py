@@ -31,7 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from core.backoff import Backoff
 from core.errors import DeviceNotFound, DriverError, DriverNotFound
@@ -71,6 +71,14 @@ class OpenCVCameraSettings(DriverSettings):
     reopen_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
     """Longest pause between reopen attempts."""
 
+    @field_validator("reopen_backoff_max_s")
+    @classmethod
+    def _max_not_below_first(cls, v: float, info: ValidationInfo) -> float:
+        first = info.data.get("reopen_backoff_initial_s")
+        if first is not None and v < first:
+            raise ValueError(f"must be >= reopen_backoff_initial_s ({first})")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: int | str) -> int | str:
@@ -101,11 +109,7 @@ class OpenCVCamera(Camera):
         super().__init__(settings, name=name or "opencv")
         self.settings: OpenCVCameraSettings
         self._cap: Any = None
-        # A maximum below the first pause (the settings allow it) keeps every pause at the first.
-        self._reopen_backoff = Backoff(
-            self.settings.reopen_backoff_initial_s,
-            max(self.settings.reopen_backoff_initial_s, self.settings.reopen_backoff_max_s),
-        )
+        self._reopen_backoff = Backoff(self.settings.reopen_backoff_initial_s, self.settings.reopen_backoff_max_s)
         self._next_reopen = 0.0
         self._lost_logged = False
         self.reopens = 0
