@@ -513,17 +513,13 @@ class DeskBackend:
 
     def page_status(self) -> JsonObject:
         """The small summary the operator page shows: queue depth, platform state, operator."""
-        stats: dict[str, Any]  # the OutboxStats counts, read by state name
+        # The queue and the platform both from the one Status (which read the outbox's counts once).
+        status: Status | None
         try:
-            stats = dict(self.outbox.stats())
-        except Exception:  # the page must keep working while the outbox is unhappy
-            log.debug("outbox stats failed", exc_info=True)
-            stats = {}
-        try:
-            platform = self.status().platform.state
-        except Exception:
+            status = self.status()
+        except Exception:  # the page must keep working while the outbox or the service is unhappy
             log.debug("status failed", exc_info=True)
-            platform = PlatformState.UNKNOWN
+            status = None
         states: dict[str, str] = {}
         for event in self.events.recent(VERIFICATION, 10):  # so the page can follow each upload
             record_id = event.data.get("id")
@@ -533,11 +529,10 @@ class DeskBackend:
                 row = None
             if row is not None:
                 states[str(record_id)] = str(row.state)
-        queue = sum(int(stats.get(state, 0) or 0) for state in RecordState if state.unsent)
-        page_platform = _page_platform(platform)
+        page_platform = _page_platform(status.platform.state if status is not None else PlatformState.UNKNOWN)
         return {
-            "queueDepth": queue,
-            "queue": {state.value: stats.get(state, 0) for state in RecordState},
+            "queueDepth": status.queue.depth if status is not None else 0,
+            "queue": {state.value: status.queue.count(state) if status is not None else 0 for state in RecordState},
             "platform": page_platform.value,
             "platformText": PLATFORM_TEXT[page_platform],
             "operator": self.operator.get(),
