@@ -4,8 +4,9 @@ anyone is told it is done, sealed with SM4-GCM under the local data key.
 ``Outbox`` composes the parts, one concern each: ``db`` (the file: opening, pragmas, schema upgrade,
 quarantine of a damaged file, transactions, the background checkpoint), ``sealing`` (the one way a
 payload is sealed), ``queue`` (the records and their state machine, ``core.stored.RecordState``),
-``settings_store`` (registration and pause state); export and retention are clients of its public
-methods (``rejected_export``, ``retention``). docs/outbox.md is the guide.
+``settings_store`` (registration and pause state). The rejected-records export uses the facade;
+retention and the audit export, which need the queue's own queries and the file's free pages, use
+``outbox.queue`` and ``outbox.db`` (never a private attribute). docs/outbox.md is the guide.
 
 One ``Outbox`` is safe to share between threads. Other processes (the CLI while the daemon runs) open
 the same file: WAL lets them read while the daemon writes.
